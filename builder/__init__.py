@@ -1,0 +1,1 @@
+"""Making images: plan, context, instruction semantics, RUN sandbox, layers, cache, CLI."""

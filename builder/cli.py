@@ -1,0 +1,100 @@
+"""The `pybuild` command line: a thin dispatcher over per-command modules in builder.commands.
+
+Each command module exposes ``register(add_command)``; ``add_command(name, help)`` returns an
+argparse parser that already carries the global options (``--root``, ``--quiet``) and the module
+sets ``func`` on it. Command modules import heavy libraries inside their functions so that start-up
+stays cheap (it is part of every warm build).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable
+
+# Order is the order of `pybuild --help`.
+COMMAND_MODULES = [
+    "builder.commands.build",
+    "builder.commands.lint",
+    "builder.commands.images",
+    "builder.commands.remote",
+]
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", default=argparse.SUPPRESS,
+                        help="store root (default: $PYBUILD_ROOT or $XDG_DATA_HOME/pybuild)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="print only results and errors")
+    return common
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
+    """Build the full argument parser; returns it and the set of command names."""
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="pybuild", parents=[common],
+        description="Daemonless container image builder and registry client. "
+                    "`pybuild [build] -f Dockerfile CONTEXT` builds like `docker build`.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    names: set[str] = set()
+
+    def add_command(name: str, help: str, **kw) -> argparse.ArgumentParser:
+        names.add(name)
+        return sub.add_parser(name, help=help, parents=[common], **kw)
+
+    for mod_name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod_name:      # command not written yet in this checkout
+                continue
+            raise
+        mod.register(add_command)
+    return parser, names
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `pybuild` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, names = build_parser()
+    # `pybuild -f Dockerfile .` means `pybuild build -f Dockerfile .`, like `docker build`.
+    i = _after_globals(argv)
+    if "build" in names and i < len(argv) and argv[i] not in names and argv[i] not in ("-h", "--help"):
+        argv.insert(i, "build")
+    args = parser.parse_args(argv)
+    args.root = getattr(args, "root", None)
+    args.quiet = getattr(args, "quiet", False)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    from dockerfile_grammar.errors import DockerfileError
+    from registry.errors import RegistryError
+    from .errors import BuildError
+    try:
+        return int(func(args) or 0)
+    except (DockerfileError, RegistryError, BuildError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _after_globals(argv: list[str]) -> int:
+    """Index just after leading global options (`--root DIR`, `-q`)."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--root":
+            i += 2
+        elif argv[i].startswith("--root=") or argv[i] in ("-q", "--quiet"):
+            i += 1
+        else:
+            break
+    return i
+
+
+if __name__ == "__main__":
+    sys.exit(main())

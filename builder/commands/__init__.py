@@ -1,0 +1,1 @@
+"""One module per group of `pybuild` subcommands; each exposes register(add_command)."""

@@ -1,0 +1,1 @@
+"""Images as data: references, manifests, the local OCI store, auth and the registry client."""

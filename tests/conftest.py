@@ -1,0 +1,17 @@
+"""Shared pytest configuration: fixture modules live in tests/fixtures/, one concept each."""
+import os
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = [
+    "tests.fixtures.conformance",
+]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A fresh, empty pybuild store root for one test."""
+    r = tmp_path / "root"
+    r.mkdir()
+    return r
