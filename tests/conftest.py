@@ -6,6 +6,7 @@ import pytest
 
 pytest_plugins = [
     "tests.fixtures.conformance",
+    "tests.fixtures.registry",
 ]
 
 

@@ -1,0 +1,917 @@
+"""The registry HTTP client: the OCI distribution protocol over one pooled requests session.
+
+`RegistryClient` knows hosts (scheme, TLS, auth state) and speaks the protocol; `Repository`
+(from `client.repository(host, name)`) is the per-repository surface: blobs, manifests, tags,
+referrers. Everything retries with exponential backoff and jitter (honouring Retry-After) on
+408/429/5xx and dropped connections; downloads resume with Range; uploads resume from the
+registry's upload status.
+"""
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import ipaddress
+import json
+import random
+import re
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from urllib.parse import quote, urlencode, urljoin, urlsplit
+
+from . import mediatypes
+from .digest import digest_bytes, parse_digest
+from .errors import AuthError, DigestMismatchError, NotFoundError, RegistryError
+from .reference import DEFAULT_REGISTRY, DOCKER_HUB_API_HOST, LEGACY_DEFAULT_REGISTRY
+from .tlsconfig import ca_bundle_for, client_cert_for
+
+if TYPE_CHECKING:
+    import requests
+
+# OCI recommends registries accept manifests of at least 4 MiB; refuse more so that a hostile
+# server cannot make us buffer an arbitrary amount.
+MAX_MANIFEST_SIZE = 4 << 20
+READ_CHUNK = 1 << 20
+_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+
+# (offset) -> a readable binary stream (has .read) or an iterable of bytes, positioned at offset.
+BlobSource = Callable[[int], Any]
+
+
+@dataclass
+class ClientOptions:
+    """Tunables of a RegistryClient; the defaults suit Docker Hub and local registries alike."""
+    insecure_registries: tuple[str, ...] = ()   # hosts where TLS is not verified / plain HTTP is allowed
+    retries: int = 5                  # further attempts after the first one
+    backoff_initial: float = 0.5      # seconds; doubles per attempt, with jitter
+    backoff_max: float = 20.0
+    retry_after_max: float = 120.0    # a longer Retry-After fails at once, naming the wait
+    connect_timeout: float = 15.0
+    read_timeout: float = 120.0
+    max_per_host: int = 4             # concurrent blob transfers per registry host
+    monolithic_max: int = 32 << 20    # larger uploads go POST + PATCH + PUT (resumable)
+    chunk_size: int | None = None     # split PATCH uploads into chunks of this size (None: one PATCH)
+    user_agent: str = "pybuild/0.1"
+    use_credentials: bool = True      # look up stored credentials per host (auth.py)
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    """What a manifest HEAD tells: its media type, digest and size."""
+    media_type: str
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class RemoteManifest:
+    """A manifest fetched from a registry: the exact bytes, as digested."""
+    data: bytes
+    media_type: str
+    digest: str
+
+    def json(self) -> dict:
+        """The manifest parsed as JSON."""
+        return json.loads(self.data)
+
+
+@dataclass
+class _Host:
+    """Connection facts and auth state of one registry host."""
+    name: str                     # as written in references ("docker.io", "127.0.0.1:5000")
+    netloc: str                   # what we connect to ("registry-1.docker.io")
+    scheme: str | None = None     # decided by the first request
+    verify: bool | str = True
+    cert: tuple[str, str] | None = None
+    auth: Any = None              # registry.auth.Authenticator, or None for anonymous access
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    slots: threading.Semaphore | None = None
+
+
+class _Transport(Exception):
+    """A connection-level failure (refused, dropped, timed out); internal, retried."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and 127.0.0.0/8 / ::1 hosts (with or without a port)."""
+    name = _strip_port(host)
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):
+        return host[1:host.index("]")]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _registry_error_text(resp: "requests.Response") -> str:
+    """`CODE: message` pairs from a registry's JSON error body, or a short text excerpt."""
+    try:
+        body = resp.json()
+        errs = body.get("errors") or []
+        parts = []
+        for e in errs:
+            part = f"{e.get('code', '?')}: {e.get('message', '')}".strip()
+            if e.get("detail"):
+                part += f" ({json.dumps(e['detail'])[:200]})"
+            parts.append(part)
+        if parts:
+            return "; ".join(parts)
+    except ValueError:
+        pass
+    except AttributeError:
+        pass
+    text = (resp.text or "").strip().replace("\n", " ")
+    return text[:200] or resp.reason or ""
+
+
+def _retry_after(resp: "requests.Response") -> float | None:
+    """Seconds asked for by a Retry-After header (delta-seconds or HTTP date), if any."""
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _rate_limit_text(resp: "requests.Response") -> str:
+    """Docker Hub's rate-limit headers, if present, as a sentence fragment."""
+    parts = []
+    for name in ("ratelimit-limit", "ratelimit-remaining", "docker-ratelimit-source"):
+        value = resp.headers.get(name)
+        if value:
+            parts.append(f"{name}: {value}")
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
+class _IterReader:
+    """`read(n)` over an iterable of byte chunks (a streamed download feeding an upload)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._iter = iter(chunks)
+        self._pending = memoryview(b"")
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._pending:
+            try:
+                self._pending = memoryview(next(self._iter))
+            except StopIteration:
+                return b""
+        if n is None or n < 0:
+            n = len(self._pending)
+        data, self._pending = self._pending[:n], self._pending[n:]
+        return bytes(data)
+
+
+def as_reader(source: Any) -> Any:
+    """A blob source value (binary stream or iterable of bytes) as an object with read(n)."""
+    return source if hasattr(source, "read") else _IterReader(source)
+
+
+class _SizedReader:
+    """A file-like view of the next `length` bytes of a reader, which requests sends with a
+    Content-Length. It counts what was read (for progress and resume) and can hash it."""
+
+    def __init__(self, reader: Any, length: int, hasher: Any = None,
+                 on_read: Callable[[int], None] | None = None) -> None:
+        self._read = reader.read
+        self._left = length
+        self.hasher = hasher
+        self._on_read = on_read
+        self.sent = 0
+
+    def __len__(self) -> int:
+        return self._left
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        data = self._read(self._left if n is None or n < 0 else min(n, self._left))
+        if not data:
+            raise RegistryError(f"blob source ended {self._left} bytes early")
+        self._left -= len(data)
+        self.sent += len(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
+        if self._on_read is not None:
+            self._on_read(len(data))
+        return data
+
+
+def _make_session(pool_size: int) -> "requests.Session":
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    class _Adapter(HTTPAdapter):
+        # Bigger socket writes than urllib3's 16 KiB make uploads of file bodies cheaper.
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["blocksize"] = READ_CHUNK
+            super().init_poolmanager(*args, **kwargs)
+
+    session = requests.Session()
+    session.trust_env = True
+    adapter = _Adapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+class RegistryClient:
+    """A client for any number of registries, sharing one pooled, thread-safe requests session."""
+
+    def __init__(self, options: ClientOptions | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.options = options or ClientOptions()
+        self._session = _make_session(max(8, self.options.max_per_host * 2 + 2))
+        self._hosts: dict[str, _Host] = {}
+        self._hosts_lock = threading.Lock()
+        self._sleep = sleep
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._session.close()
+
+    def __enter__(self) -> "RegistryClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def repository(self, host: str, name: str) -> "Repository":
+        """The handle for repository `name` (e.g. "library/busybox") on registry `host`."""
+        return Repository(self, host, name)
+
+    # ---- hosts, scheme, TLS ------------------------------------------------------------------
+
+    def is_insecure(self, host: str) -> bool:
+        """True when `host` is listed in insecure_registries (TLS unverified, HTTP allowed)."""
+        name = _strip_port(host)
+        return any(h == host or h == name for h in self.options.insecure_registries)
+
+    def _host(self, host: str) -> _Host:
+        with self._hosts_lock:
+            h = self._hosts.get(host)
+            if h is None:
+                hub = host in (DEFAULT_REGISTRY, LEGACY_DEFAULT_REGISTRY)
+                h = _Host(name=host, netloc=DOCKER_HUB_API_HOST if hub else host,
+                          slots=threading.BoundedSemaphore(self.options.max_per_host))
+                # Per-host CAs from certs.d are added to the default roots (tlsconfig).
+                h.verify = False if self.is_insecure(host) else (ca_bundle_for(host) or True)
+                h.cert = client_cert_for(host)
+                h.auth = self._authenticator(host)
+                self._hosts[host] = h
+            return h
+
+    def _authenticator(self, host: str) -> Any:
+        try:
+            from .auth import Authenticator
+        except ImportError:   # auth.py lands separately; until then, anonymous access
+            return None
+        credential = None
+        if self.options.use_credentials:
+            from .credentials import lookup_credential
+            credential = lookup_credential(host)
+        return Authenticator(host, credential, self._session)
+
+    @contextmanager
+    def host_slot(self, host: str) -> Iterator[None]:
+        """Hold one of `host`'s max_per_host transfer slots (bounds parallel blob transfers)."""
+        sem = self._host(host).slots
+        assert sem is not None
+        with sem:
+            yield
+
+    def _scheme(self, h: _Host) -> str:
+        """Decide https vs http for a host once: https always, except loopback/insecure hosts
+        that do not speak TLS (Docker's rule), which fall back to plain http."""
+        if h.scheme is not None:
+            return h.scheme
+        with h.lock:
+            if h.scheme is not None:
+                return h.scheme
+            if not (is_loopback(h.name) or self.is_insecure(h.name)):
+                h.scheme = "https"
+                return h.scheme
+            import requests
+            try:
+                self._session.get(f"https://{h.netloc}/v2/", verify=h.verify, cert=h.cert,
+                                  timeout=(self.options.connect_timeout, self.options.read_timeout),
+                                  headers={"User-Agent": self.options.user_agent}).close()
+                h.scheme = "https"
+            except requests.exceptions.SSLError as exc:
+                tls_error = exc
+                try:
+                    r = self._session.get(f"http://{h.netloc}/v2/", timeout=(
+                        self.options.connect_timeout, self.options.read_timeout))
+                    r.close()
+                except requests.exceptions.RequestException:
+                    raise RegistryError(f"cannot reach registry {h.name}: TLS failed ({tls_error}) "
+                                        f"and plain HTTP failed too") from None
+                if r.status_code == 400 and "HTTPS" in (r.text or ""):
+                    raise RegistryError(
+                        f"TLS connection to {h.name} failed: {_short_exc(tls_error)}; put its CA "
+                        f"certificate in /etc/docker/certs.d/{h.name}/ca.crt or pass "
+                        f"--insecure-registry {h.name}") from None
+                h.scheme = "http"
+            except requests.exceptions.RequestException:
+                # Unreachable: let the first real request report it (with retries).
+                h.scheme = "https"
+                try:
+                    self._session.get(f"http://{h.netloc}/v2/", timeout=(
+                        self.options.connect_timeout, self.options.read_timeout)).close()
+                    h.scheme = "http"
+                except requests.exceptions.RequestException:
+                    pass
+            return h.scheme
+
+    def base_url(self, host: str) -> str:
+        """`scheme://netloc` of a registry host (deciding the scheme on first use)."""
+        h = self._host(host)
+        return f"{self._scheme(h)}://{h.netloc}"
+
+    def ping(self, host: str) -> bool:
+        """GET /v2/: True when the registry answers as an OCI distribution API (200 or 401)."""
+        resp = self.request(host, "GET", "/v2/", scopes=[], ok=(200, 401), authenticate=False)
+        resp.close()
+        return True
+
+    # ---- the request loop -------------------------------------------------------------------
+
+    def request(self, host: str, method: str, path_or_url: str, *, scopes: list[str],
+                headers: dict[str, str] | None = None, body: Callable[[], Any] | bytes | None = None,
+                stream: bool = False, ok: Iterable[int] = (200,), not_found_ok: bool = False,
+                retry_transport: bool = True, authenticate: bool = True,
+                what: str = "") -> "requests.Response":
+        """Send one protocol request with auth, redirects and retries; return the final response.
+
+        `body` is bytes or a zero-argument callable making a fresh body for each attempt.
+        Statuses in `ok` are returned; 404 too when `not_found_ok`; 404 otherwise raises
+        NotFoundError, 401/403 AuthError, anything else RegistryError. With
+        `retry_transport=False`, a dropped connection raises _Transport at once (for callers
+        that resume uploads themselves).
+        """
+        import requests
+        h = self._host(host)
+        url = path_or_url if "://" in path_or_url else f"{self.base_url(host)}{path_or_url}"
+        ok_set = set(ok)
+        attempt = 0
+        auth_tries = 0
+        while True:
+            hdrs = {"User-Agent": self.options.user_agent}
+            if headers:
+                hdrs.update(headers)
+            if authenticate and h.auth is not None:
+                hdrs.update(h.auth.headers(scopes))
+            data = body() if callable(body) else body
+            try:
+                resp = self._send(h, method, url, hdrs, data, stream)
+            except requests.exceptions.SSLError as exc:
+                # A certificate problem does not heal by retrying.
+                raise RegistryError(
+                    f"{method} {url}: TLS failed: {_short_exc(exc)}; put the registry's CA certificate "
+                    f"in /etc/docker/certs.d/{host}/ca.crt or pass --insecure-registry {host}") from None
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                    requests.exceptions.ChunkedEncodingError, _Transport) as exc:
+                if not retry_transport:
+                    raise _Transport(f"{method} {url}: {_short_exc(exc)}") from None
+                if attempt >= self.options.retries:
+                    raise RegistryError(
+                        f"{method} {url}: connection failed after {attempt + 1} attempt(s): "
+                        f"{_short_exc(exc)}; check that the registry is reachable") from None
+                self._backoff(attempt, None)
+                attempt += 1
+                continue
+            status = resp.status_code
+            if status in ok_set or (not_found_ok and status == 404):
+                return resp
+            if status == 401 and authenticate and h.auth is not None and auth_tries < 2:
+                auth_tries += 1
+                if h.auth.challenge(resp, scopes):
+                    resp.close()
+                    continue
+            if status in _RETRY_STATUSES and attempt < self.options.retries:
+                wait = _retry_after(resp)
+                if wait is not None and wait > self.options.retry_after_max:
+                    resp.close()
+                    raise RegistryError(
+                        f"{method} {url}: {status} {_registry_error_text(resp)}{_rate_limit_text(resp)}; "
+                        f"the registry asks to wait {wait:.0f}s (Retry-After), try again later")
+                resp.close()
+                self._backoff(attempt, wait)
+                attempt += 1
+                continue
+            raise self._error(method, url, resp, what, attempt)
+
+    def _send(self, h: _Host, method: str, url: str, hdrs: dict[str, str], data: Any,
+              stream: bool) -> "requests.Response":
+        """One request, following redirects by hand so that credentials never leave the host."""
+        timeout = (self.options.connect_timeout, self.options.read_timeout)
+        origin = urlsplit(url).netloc
+        for _ in range(10):
+            same = urlsplit(url).netloc == origin
+            resp = self._session.request(
+                method, url, headers=hdrs, data=data, stream=stream, allow_redirects=False,
+                verify=h.verify if same else True, cert=h.cert if same else None, timeout=timeout)
+            if resp.status_code not in _REDIRECTS or "Location" not in resp.headers:
+                return resp
+            resp.close()
+            url = urljoin(url, resp.headers["Location"])
+            if urlsplit(url).netloc != origin:
+                hdrs = {k: v for k, v in hdrs.items() if k.lower() != "authorization"}
+            if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
+                method, data = "GET", None
+        raise _Transport(f"too many redirects from {url}")
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> None:
+        delay = min(self.options.backoff_max, self.options.backoff_initial * (2 ** attempt))
+        delay *= random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        self._sleep(delay)
+
+    def _error(self, method: str, url: str, resp: "requests.Response", what: str,
+               attempt: int) -> RegistryError:
+        status = resp.status_code
+        text = _registry_error_text(resp)
+        resp.close()
+        subject = f"{what}: " if what else ""
+        where = f"{method} {url}"
+        if status == 404:
+            return NotFoundError(f"{subject}not found ({where}: {text})")
+        if status in (401, 403):
+            return AuthError(f"{subject}access denied ({where}: {status} {text}); "
+                             f"run `pybuild login {urlsplit(url).netloc}` or check your permissions")
+        if status == 429:
+            return RegistryError(f"{subject}rate limited ({where}: 429 {text}){_rate_limit_text(resp)} "
+                                 f"after {attempt + 1} attempt(s); wait and retry, or log in")
+        tries = f" after {attempt + 1} attempt(s)" if status in _RETRY_STATUSES else ""
+        return RegistryError(f"{subject}{where} failed: {status} {text}{tries}")
+
+    def _paginate(self, host: str, path: str, key: str, scopes: list[str], page_size: int | None,
+                  what: str) -> list[str]:
+        url = path + (f"?{urlencode({'n': page_size})}" if page_size else "")
+        out: list[str] = []
+        seen: set[str] = set()
+        while url and url not in seen:
+            seen.add(url)
+            resp = self.request(host, "GET", url, scopes=scopes, what=what)
+            try:
+                out.extend(resp.json().get(key) or [])
+            except ValueError:
+                raise RegistryError(f"{what}: invalid JSON from {resp.url}") from None
+            finally:
+                resp.close()
+            m = _LINK_NEXT.search(resp.headers.get("Link", ""))
+            url = urljoin(resp.url, m.group(1)) if m else ""
+        return out
+
+    def catalog(self, host: str, page_size: int | None = None) -> list[str]:
+        """All repository names of a registry (GET /v2/_catalog, following Link pagination)."""
+        return self._paginate(host, "/v2/_catalog", "repositories", ["registry:catalog:*"],
+                              page_size, f"catalog of {host}")
+
+
+def _once(value: Any) -> Callable[[], Any]:
+    """A body factory for a body that cannot be replayed: a second call (after a 401 retry)
+    raises _Transport so that the upload resumes from the registry's status instead."""
+    used = [False]
+
+    def make() -> Any:
+        if used[0]:
+            raise _Transport("request body already partly sent")
+        used[0] = True
+        return value
+    return make
+
+
+def _short_exc(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+class Repository:
+    """One repository on one registry: blobs, manifests, tags and referrers."""
+
+    def __init__(self, client: RegistryClient, host: str, name: str) -> None:
+        self.client = client
+        self.host = host
+        self.name = name
+        self.pull_scope = [f"repository:{name}:pull"]
+        self.push_scope = [f"repository:{name}:pull,push"]
+
+    def __repr__(self) -> str:
+        return f"Repository({self.host}/{self.name})"
+
+    @property
+    def ref(self) -> str:
+        """`host/name`, for messages."""
+        return f"{self.host}/{self.name}"
+
+    def _path(self, *parts: str) -> str:
+        return f"/v2/{self.name}/" + "/".join(quote(p, safe=":@") for p in parts)
+
+    # ---- blobs ------------------------------------------------------------------------------
+
+    def blob_size(self, digest: str) -> int | None:
+        """HEAD a blob: its size if the repository has it, else None."""
+        resp = self.client.request(self.host, "HEAD", self._path("blobs", digest), scopes=self.pull_scope,
+                                   not_found_ok=True, what=f"blob {digest} in {self.ref}")
+        resp.close()
+        if resp.status_code == 404:
+            return None
+        return int(resp.headers.get("Content-Length", "0") or 0)
+
+    def has_blob(self, digest: str) -> bool:
+        """True if the repository holds the blob (HEAD)."""
+        return self.blob_size(digest) is not None
+
+    def iter_blob(self, digest: str, size: int | None = None, offset: int = 0,
+                  chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        """Stream a blob's bytes from `offset`, resuming with Range after dropped connections.
+
+        The caller verifies the digest (the store's blob writer does). Raises RegistryError when
+        the body is longer than `size` or the retries are spent.
+        """
+        import requests
+        import urllib3.exceptions
+        pos = offset
+        failures = 0
+        what = f"blob {digest} of {self.ref}"
+        while True:
+            headers = {"Range": f"bytes={pos}-"} if pos else {}
+            resp = self.client.request(self.host, "GET", self._path("blobs", digest),
+                                       scopes=self.pull_scope, headers=headers, stream=True,
+                                       ok=(200, 206), what=what)
+            skip = 0
+            if pos and resp.status_code == 200:
+                skip = pos          # the server ignored Range: drop what we already have
+            elif resp.status_code == 206:
+                got = resp.headers.get("Content-Range", "")
+                m = re.match(r"bytes (\d+)-", got)
+                if not m or int(m.group(1)) != pos:
+                    resp.close()
+                    raise RegistryError(f"{what}: asked for bytes from {pos}, got range {got!r}")
+            progressed = False
+            try:
+                for chunk in resp.raw.stream(chunk_size, decode_content=False):
+                    if skip:
+                        cut = min(skip, len(chunk))
+                        chunk, skip = chunk[cut:], skip - cut
+                        if not chunk:
+                            continue
+                    pos += len(chunk)
+                    if size is not None and pos > size:
+                        raise DigestMismatchError(f"{what}: more data than the announced {size} bytes")
+                    progressed = True
+                    yield chunk
+                if size is None or pos == size:
+                    return
+                dropped: BaseException = _Transport(f"body ended at byte {pos} of {size}")
+            except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+                dropped = exc
+            finally:
+                resp.close()
+            failures = 0 if progressed else failures + 1
+            if failures > self.client.options.retries:
+                raise RegistryError(f"{what}: download kept failing at byte {pos}: "
+                                    f"{_short_exc(dropped)}")
+            self.client._backoff(failures, None)
+
+    def fetch_blob(self, digest: str, max_size: int = MAX_MANIFEST_SIZE) -> bytes:
+        """A small blob (a config) in memory, verified against its digest."""
+        buf = bytearray()
+        for chunk in self.iter_blob(digest):
+            buf += chunk
+            if len(buf) > max_size:
+                raise RegistryError(f"blob {digest} of {self.ref} is larger than {max_size} bytes")
+        data = bytes(buf)
+        got = digest_bytes(data, parse_digest(digest).algorithm)
+        if got != digest:
+            raise DigestMismatchError(f"blob {digest} of {self.ref}: content hashes to {got}")
+        return data
+
+    def mount_blob(self, digest: str, from_repo: str) -> str | None:
+        """Try a cross-repository mount of `digest` from `from_repo` on the same registry.
+
+        Returns None when mounted (201), else the Location of the upload session the registry
+        opened instead (202), which the caller can upload into.
+        """
+        q = urlencode({"mount": digest, "from": from_repo})
+        scopes = self.push_scope + [f"repository:{from_repo}:pull"]
+        resp = self.client.request(self.host, "POST", self._path("blobs", "uploads") + "/?" + q,
+                                   scopes=scopes, ok=(201, 202), what=f"mount of {digest} into {self.ref}")
+        resp.close()
+        if resp.status_code == 201:
+            return None
+        return urljoin(resp.url, resp.headers["Location"])
+
+    def upload_blob(self, digest: str, size: int, source: BlobSource, *,
+                    mount_from: Iterable[str] = (), chunk_size: int | None = None,
+                    monolithic: bool | None = None, verify: bool = True,
+                    on_progress: Callable[[int], None] | None = None) -> str:
+        """Upload a blob unless a mount succeeds; returns "mounted", "exists" or "uploaded".
+
+        `source(offset)` gives the bytes from offset on (a file positioned there or an iterable);
+        it is called again after a failure to resume. `monolithic` forces POST+PUT (default: up
+        to options.monolithic_max); otherwise POST, PATCH (in chunks of `chunk_size` or at least
+        the registry's OCI-Chunk-Min-Length) and PUT. With `verify`, what was sent is hashed and
+        a mismatch aborts before the final PUT (chunked) so nothing is committed.
+        """
+        opts = self.client.options
+        what = f"upload of {digest} to {self.ref}"
+        location: str | None = None
+        for repo in mount_from:
+            if repo == self.name:
+                continue
+            location = self.mount_blob(digest, repo)
+            if location is None:
+                return "mounted"
+            break
+        if monolithic is None:
+            monolithic = size <= opts.monolithic_max and chunk_size is None and opts.chunk_size is None
+        chunk = chunk_size or opts.chunk_size
+        attempt = 0
+        while True:
+            try:
+                if location is None:
+                    location, min_chunk = self._start_upload()
+                else:
+                    min_chunk = 0
+                if monolithic:
+                    self._put_monolithic(location, digest, size, source, on_progress, verify)
+                else:
+                    self._upload_chunked(location, digest, size, source, chunk, min_chunk,
+                                         on_progress, verify)
+                return "uploaded"
+            except _Transport as exc:
+                location = None
+                if attempt >= opts.retries:
+                    raise RegistryError(f"{what} failed after {attempt + 1} attempt(s): {exc}") from None
+                if self.blob_size(digest) == size:
+                    return "exists"
+                self.client._backoff(attempt, None)
+                attempt += 1
+
+    def _start_upload(self) -> tuple[str, int]:
+        resp = self.client.request(self.host, "POST", self._path("blobs", "uploads") + "/",
+                                   scopes=self.push_scope, ok=(202,), what=f"upload to {self.ref}")
+        resp.close()
+        try:
+            min_chunk = int(resp.headers.get("OCI-Chunk-Min-Length", "0") or 0)
+        except ValueError:
+            min_chunk = 0
+        return urljoin(resp.url, resp.headers["Location"]), min_chunk
+
+    @staticmethod
+    def _with_query(location: str, **params: str) -> str:
+        sep = "&" if "?" in location else "?"
+        return location + sep + urlencode(params)
+
+    def _put_monolithic(self, location: str, digest: str, size: int, source: BlobSource,
+                        on_progress: Callable[[int], None] | None, verify: bool) -> None:
+        readers: list[_SizedReader] = []
+
+        def body() -> _SizedReader:
+            r = _SizedReader(as_reader(source(0)), size, hashlib.new(parse_digest(digest).algorithm) if verify else None,
+                             on_progress)
+            readers.append(r)
+            return r
+
+        self._send_data("PUT", self._with_query(location, digest=digest), body, size, (201,),
+                        f"upload of {digest} to {self.ref}")
+        if verify and readers and readers[-1].hasher is not None:
+            got = f"{parse_digest(digest).algorithm}:{readers[-1].hasher.hexdigest()}"
+            if got != digest:
+                raise DigestMismatchError(f"upload of {digest} to {self.ref}: the source hashed to {got}")
+
+    def _send_data(self, method: str, url: str, body: Callable[[], Any], length: int,
+                   ok: tuple[int, ...], what: str, extra: dict[str, str] | None = None) -> "requests.Response":
+        """A request whose body cannot be replayed on a half-used connection: transport errors
+        and retryable statuses surface as _Transport so that the caller resumes or restarts."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
+        if extra:
+            headers.update(extra)
+        resp = self.client.request(self.host, method, url, scopes=self.push_scope, headers=headers,
+                                   body=body, ok=ok + tuple(_RETRY_STATUSES), retry_transport=False,
+                                   what=what)
+        if resp.status_code not in ok:
+            status = resp.status_code
+            text = _registry_error_text(resp)
+            resp.close()
+            raise _Transport(f"{method} answered {status} {text}")
+        resp.close()
+        return resp
+
+    def _upload_status(self, location: str) -> int | None:
+        """Bytes the registry holds for an upload session (from GET's Range), None if unknown."""
+        try:
+            resp = self.client.request(self.host, "GET", location, scopes=self.push_scope,
+                                       ok=(204, 200), not_found_ok=True, what=f"upload status on {self.ref}")
+        except RegistryError:
+            return None
+        resp.close()
+        if resp.status_code == 404:
+            return None
+        m = re.match(r"(?:bytes=)?0-(\d+)", resp.headers.get("Range", ""))
+        return int(m.group(1)) + 1 if m else 0
+
+    def _upload_chunked(self, location: str, digest: str, size: int, source: BlobSource,
+                        chunk: int | None, min_chunk: int, on_progress: Callable[[int], None] | None,
+                        verify: bool) -> None:
+        what = f"upload of {digest} to {self.ref}"
+        step = max(chunk or size, min_chunk, 1)
+        algorithm = parse_digest(digest).algorithm
+        hasher = hashlib.new(algorithm) if verify else None
+        offset = 0
+        stream = as_reader(source(0))
+        failures = 0
+        while offset < size:
+            n = min(step, size - offset)
+            reader = _SizedReader(stream, n, hasher, on_progress)
+            try:
+                resp = self._send_data(
+                    "PATCH", location, _once(reader), n, (202,), what,
+                    {"Content-Range": f"{offset}-{offset + n - 1}"})
+                location = urljoin(resp.url, resp.headers.get("Location", location))
+                offset += n
+                failures = 0
+            except _Transport:
+                # Ask the registry how much arrived, and go on from there with a fresh source.
+                have = self._upload_status(location)
+                failures += 1
+                if have is None or failures > self.client.options.retries:
+                    raise
+                self.client._backoff(failures - 1, None)
+                if on_progress is not None:
+                    on_progress(have - offset - reader.sent)
+                hasher = None if have else (hashlib.new(algorithm) if verify else None)
+                offset = have
+                stream = as_reader(source(offset))
+        if hasher is not None:
+            got = f"{algorithm}:{hasher.hexdigest()}"
+            if got != digest:
+                self.client.request(self.host, "DELETE", location, scopes=self.push_scope,
+                                    ok=(204, 200, 404), what=what).close()
+                raise DigestMismatchError(f"{what}: the source hashed to {got}; upload cancelled")
+        self._send_data("PUT", self._with_query(location, digest=digest), lambda: b"", 0, (201,), what)
+
+    # ---- manifests --------------------------------------------------------------------------
+
+    def get_manifest(self, reference: str, accept: Iterable[str] = mediatypes.MANIFEST_TYPES) -> RemoteManifest:
+        """GET a manifest by tag or digest, verified when fetched by digest."""
+        what = f"manifest {self.ref}{'@' if ':' in reference else ':'}{reference}"
+        resp = self.client.request(self.host, "GET", self._path("manifests", reference), scopes=self.pull_scope,
+                                   headers={"Accept": ", ".join(accept)}, stream=True, what=what)
+        try:
+            length = int(resp.headers.get("Content-Length", "0") or 0)
+            if length > MAX_MANIFEST_SIZE:
+                raise RegistryError(f"{what}: {length} bytes is larger than the {MAX_MANIFEST_SIZE} allowed")
+            data = resp.raw.read(MAX_MANIFEST_SIZE + 1, decode_content=True)
+        finally:
+            resp.close()
+        if len(data) > MAX_MANIFEST_SIZE:
+            raise RegistryError(f"{what}: larger than the {MAX_MANIFEST_SIZE} bytes allowed")
+        media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            raise RegistryError(f"{what}: the registry returned invalid JSON") from None
+        if isinstance(doc, dict) and doc.get("mediaType"):
+            media_type = doc["mediaType"]
+        if doc.get("schemaVersion") == 1 if isinstance(doc, dict) else False:
+            raise RegistryError(f"{what}: Docker schema 1 manifests are not supported; "
+                                f"re-push the image with a current tool")
+        if ":" in reference:
+            algorithm = parse_digest(reference).algorithm
+            got = digest_bytes(data, algorithm)
+            if got != reference:
+                raise DigestMismatchError(f"{what}: content hashes to {got}")
+            digest = reference
+        else:
+            digest = digest_bytes(data)
+            announced = resp.headers.get("Docker-Content-Digest")
+            if announced and announced.startswith("sha256:") and announced != digest:
+                raise DigestMismatchError(f"{what}: registry says {announced}, content hashes to {digest}")
+        return RemoteManifest(data=data, media_type=media_type, digest=digest)
+
+    def head_manifest(self, reference: str, accept: Iterable[str] = mediatypes.MANIFEST_TYPES) -> ManifestInfo | None:
+        """HEAD a manifest: its media type, digest and size, or None if it does not exist."""
+        resp = self.client.request(self.host, "HEAD", self._path("manifests", reference), scopes=self.pull_scope,
+                                   headers={"Accept": ", ".join(accept)}, not_found_ok=True,
+                                   what=f"manifest {self.ref} {reference}")
+        resp.close()
+        if resp.status_code == 404:
+            return None
+        digest = resp.headers.get("Docker-Content-Digest") or (reference if ":" in reference else "")
+        if not digest:
+            # No digest header: only a GET can tell.
+            m = self.get_manifest(reference, accept)
+            return ManifestInfo(m.media_type, m.digest, len(m.data))
+        return ManifestInfo(resp.headers.get("Content-Type", "").split(";")[0].strip(), digest,
+                            int(resp.headers.get("Content-Length", "0") or 0))
+
+    def put_manifest(self, reference: str, data: bytes, media_type: str) -> str:
+        """PUT a manifest under a tag or its digest; returns its digest.
+
+        A manifest with a `subject` is also added to the referrers tag-schema index
+        (`sha256-<hex>`) when the registry does not announce referrers support (OCI-Subject).
+        """
+        digest = digest_bytes(data)
+        resp = self.client.request(self.host, "PUT", self._path("manifests", reference), scopes=self.push_scope,
+                                   headers={"Content-Type": media_type}, body=data, ok=(201, 200),
+                                   what=f"manifest {self.ref}:{reference}")
+        resp.close()
+        announced = resp.headers.get("Docker-Content-Digest")
+        if announced and announced != digest:
+            raise DigestMismatchError(f"manifest {self.ref}:{reference}: registry stored {announced}, "
+                                      f"we sent {digest}")
+        doc = json.loads(data)
+        subject = doc.get("subject") if isinstance(doc, dict) else None
+        if subject and not resp.headers.get("OCI-Subject"):
+            descriptor: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": len(data)}
+            artifact_type = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType")
+            if artifact_type:
+                descriptor["artifactType"] = artifact_type
+            if doc.get("annotations"):
+                descriptor["annotations"] = doc["annotations"]
+            self._add_referrer_fallback(subject["digest"], descriptor)
+        return digest
+
+    def delete_manifest(self, reference: str) -> str:
+        """Delete a manifest (a tag is resolved to its digest first); returns the digest deleted."""
+        digest = reference
+        if ":" not in reference:
+            info = self.head_manifest(reference)
+            if info is None:
+                raise NotFoundError(f"manifest {self.ref}:{reference} not found")
+            digest = info.digest
+        scopes = [f"repository:{self.name}:delete"] + self.push_scope
+        self.client.request(self.host, "DELETE", self._path("manifests", digest), scopes=scopes,
+                            ok=(202, 200, 204), what=f"delete of {self.ref}@{digest}").close()
+        return digest
+
+    # ---- tags, referrers --------------------------------------------------------------------
+
+    def tags(self, page_size: int | None = None) -> list[str]:
+        """All tags (GET /v2/NAME/tags/list, following Link pagination)."""
+        return self.client._paginate(self.host, self._path("tags", "list"), "tags", self.pull_scope,
+                                     page_size, f"tags of {self.ref}")
+
+    def referrers(self, digest: str, artifact_type: str | None = None) -> list[dict]:
+        """Descriptors of manifests whose subject is `digest`.
+
+        Uses the referrers API; when the registry does not have it (404), reads the tag-schema
+        fallback index `sha256-<hex>` instead.
+        """
+        path = self._path("referrers", digest)
+        if artifact_type:
+            path += "?" + urlencode({"artifactType": artifact_type})
+        resp = self.client.request(self.host, "GET", path, scopes=self.pull_scope, not_found_ok=True,
+                                   headers={"Accept": mediatypes.OCI_INDEX}, what=f"referrers of {digest}")
+        if resp.status_code == 200 and resp.headers.get("Content-Type", "").startswith(mediatypes.OCI_INDEX):
+            manifests = resp.json().get("manifests") or []
+            filtered = bool(resp.headers.get("OCI-Filters-Applied"))
+            resp.close()
+        else:
+            resp.close()
+            manifests = self._referrer_fallback(digest).get("manifests") or []
+            filtered = False
+        if artifact_type and not filtered:
+            manifests = [m for m in manifests if m.get("artifactType") == artifact_type]
+        return manifests
+
+    @staticmethod
+    def referrers_tag(digest: str) -> str:
+        """The fallback tag of a subject digest: `sha256:abc` -> `sha256-abc`."""
+        d = parse_digest(digest)
+        return f"{d.algorithm}-{d.hex}"
+
+    def _referrer_fallback(self, subject: str) -> dict:
+        tag = self.referrers_tag(subject)
+        try:
+            return self.get_manifest(tag, accept=(mediatypes.OCI_INDEX,)).json()
+        except NotFoundError:
+            return {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": []}
+
+    def _add_referrer_fallback(self, subject: str, descriptor: dict) -> None:
+        index = self._referrer_fallback(subject)
+        manifests = [m for m in index.get("manifests", []) if m.get("digest") != descriptor["digest"]]
+        manifests.append(descriptor)
+        index["manifests"] = manifests
+        data = json.dumps(index, separators=(",", ":")).encode()
+        self.put_manifest(self.referrers_tag(subject), data, mediatypes.OCI_INDEX)
