@@ -1,0 +1,371 @@
+"""Deterministic tar production: a PAX/ustar entry encoder and a tree walker.
+
+Output is byte-for-byte reproducible: entries come in sorted order, user and group names are
+empty, times are whole seconds (clamped to SOURCE_DATE_EPOCH when given), and only the
+`security.capability` extended attribute is recorded by default (as Docker does), so the same
+tree always gives the same diffID.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
+
+from registry.errors import RegistryError
+
+BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+_CHUNK = 1 << 20
+
+REGTYPE = b"0"
+LNKTYPE = b"1"
+SYMTYPE = b"2"
+CHRTYPE = b"3"
+BLKTYPE = b"4"
+DIRTYPE = b"5"
+FIFOTYPE = b"6"
+PAXTYPE = b"x"
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+DEFAULT_XATTRS = ("security.capability",)
+
+
+class TarWriteError(RegistryError):
+    """A tar entry could not be produced (unsupported file type, file changed while read, ...)."""
+
+
+def _octal(value: int, width: int) -> bytes:
+    """Zero-padded octal, NUL-terminated, as GNU tar and Go write numeric fields."""
+    return b"%0*o\x00" % (width - 1, value)
+
+
+def _pax_record(key: str, value: bytes) -> bytes:
+    body = b" " + key.encode("utf-8") + b"=" + value + b"\n"
+    n = len(body) + len(str(len(body)))
+    if len(str(n)) != len(str(len(body))):
+        n += 1
+    return str(n).encode() + body
+
+
+def _fits_name(b: bytes, limit: int) -> bool:
+    return len(b) <= limit and b.isascii()
+
+
+def encode_header(
+    name: bytes,
+    typeflag: bytes,
+    *,
+    size: int = 0,
+    mode: int = 0o644,
+    uid: int = 0,
+    gid: int = 0,
+    mtime: int = 0,
+    linkname: bytes = b"",
+    devmajor: int = 0,
+    devminor: int = 0,
+    xattrs: dict[str, bytes] | None = None,
+) -> bytes:
+    """The header block(s) of one entry: a PAX extended header when a field does not fit ustar."""
+    pax: list[bytes] = []
+    if not _fits_name(name, 100):
+        pax.append(_pax_record("path", name))
+    if not _fits_name(linkname, 100):
+        pax.append(_pax_record("linkpath", linkname))
+    fields = {"uid": uid, "gid": gid, "size": size, "mtime": mtime}
+    limits = {"uid": 8, "gid": 8, "size": 12, "mtime": 12}
+    for key in ("gid", "mtime", "size", "uid"):
+        if not 0 <= fields[key] < 8 ** (limits[key] - 1):
+            pax.append(_pax_record(key, str(fields[key]).encode()))
+            fields[key] = 0
+    for key in sorted(xattrs or {}):
+        pax.append(_pax_record("SCHILY.xattr." + key, (xattrs or {})[key]))
+    out = b""
+    if pax:
+        # Records sorted by key for reproducibility (Go sorts them too).
+        data = b"".join(sorted(pax, key=lambda r: r.split(b" ", 1)[1].split(b"=", 1)[0]))
+        out = _ustar(b"PaxHeader", PAXTYPE, size=len(data), mode=0o644, uid=0, gid=0, mtime=0,
+                     linkname=b"", devmajor=0, devminor=0)
+        out += data + bytes(-len(data) % BLOCK)
+    return out + _ustar(name, typeflag, size=fields["size"], mode=mode, uid=fields["uid"],
+                        gid=fields["gid"], mtime=fields["mtime"], linkname=linkname,
+                        devmajor=devmajor, devminor=devminor)
+
+
+def _ustar(name: bytes, typeflag: bytes, *, size: int, mode: int, uid: int, gid: int, mtime: int,
+           linkname: bytes, devmajor: int, devminor: int) -> bytes:
+    # Over-long or non-ASCII names are carried by the PAX record; the ustar field keeps a stand-in.
+    hname = name if _fits_name(name, 100) else name.decode("ascii", "replace").encode("ascii", "replace")[:100]
+    hlink = linkname if _fits_name(linkname, 100) else (
+        linkname.decode("ascii", "replace").encode("ascii", "replace")[:100])
+    buf = bytearray(BLOCK)
+    buf[0:len(hname)] = hname
+    buf[100:108] = _octal(mode & 0o7777, 8)
+    buf[108:116] = _octal(uid, 8)
+    buf[116:124] = _octal(gid, 8)
+    buf[124:136] = _octal(size, 12)
+    buf[136:148] = _octal(mtime, 12)
+    buf[148:156] = b"        "
+    buf[156:157] = typeflag
+    buf[157:157 + len(hlink)] = hlink
+    buf[257:265] = b"ustar\x0000"
+    if typeflag in (CHRTYPE, BLKTYPE):
+        buf[329:337] = _octal(devmajor, 8)
+        buf[337:345] = _octal(devminor, 8)
+    buf[148:156] = b"%06o\x00 " % sum(buf)
+    return bytes(buf)
+
+
+def _sink_writer(out: Any) -> Callable[[bytes], Any]:
+    if hasattr(out, "write"):
+        return out.write
+    if callable(out):
+        return out
+    raise TypeError(f"tar output must be a binary file-like object or a callable, not {type(out).__name__}")
+
+
+def _clean_name(name: str) -> str:
+    """Normalize an archive path: relative, no `.` or empty components, no trailing slash."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise TarWriteError(f"tar entry name {name!r} contains '..': names must stay inside the layer")
+    return "/".join(parts)
+
+
+def _read_xattrs(path: str, names: Iterable[str]) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for n in names:
+        try:
+            found[n] = os.getxattr(path, n, follow_symlinks=False)
+        except OSError:
+            continue
+    return found
+
+
+@dataclass
+class EntryMeta:
+    """Ownership, permissions and time of one entry; `mode` holds permission and setuid/setgid/sticky bits."""
+
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0
+
+
+class TarEmitter:
+    """Writes tar entries one by one to `out` (a binary file-like object or a callable).
+
+    Names are archive paths relative to the image root (`usr/bin/x`); directories get a trailing
+    slash as Docker writes them. Times are clamped to `source_date_epoch` when given. The emitter
+    remembers the directories it wrote, so `ensure_parents` adds only missing ones, and the inodes
+    of multiply-linked files it read, so later names of the same inode become hard links.
+    Call close() to write the end-of-archive marker; it does not close `out`.
+    """
+
+    def __init__(self, out: Any, *, source_date_epoch: int | None = None,
+                 xattrs: Iterable[str] = DEFAULT_XATTRS) -> None:
+        self._write = _sink_writer(out)
+        self.source_date_epoch = source_date_epoch
+        self.xattr_names = tuple(xattrs)
+        self._dirs: set[str] = set()
+        self._inodes: dict[tuple[int, int], str] = {}
+        self._buf = bytearray()
+        self.entries = 0
+        self.closed = False
+
+    # -- low level -------------------------------------------------------------------------
+    def _time(self, mtime: float | int) -> int:
+        t = int(mtime)
+        if self.source_date_epoch is not None and t > self.source_date_epoch:
+            t = self.source_date_epoch
+        return max(t, 0)
+
+    def _emit(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) >= _CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            self._write(bytes(self._buf))
+            self._buf.clear()
+
+    def _header(self, name: str, typeflag: bytes, meta: EntryMeta, **kw: Any) -> None:
+        bname = os.fsencode(name)
+        self._emit(encode_header(bname, typeflag, mode=meta.mode, uid=meta.uid, gid=meta.gid,
+                                 mtime=self._time(meta.mtime), **kw))
+        self.entries += 1
+
+    # -- entries ---------------------------------------------------------------------------
+    def add_dir(self, name: str, meta: EntryMeta, *, xattrs: dict[str, bytes] | None = None) -> None:
+        """A directory entry (written as `name/`)."""
+        name = _clean_name(name)
+        if not name:
+            return
+        self._header(name + "/", DIRTYPE, meta, xattrs=xattrs)
+        self._dirs.add(name)
+
+    def ensure_parents(self, name: str, meta: EntryMeta | Callable[[str], EntryMeta]) -> None:
+        """Add directory entries for every parent of `name` not yet written, outermost first.
+
+        `meta` is fixed metadata or a function from the parent's path to its metadata (the build
+        engine passes the base image's metadata so existing directories keep theirs).
+        """
+        parts = _clean_name(name).split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in self._dirs:
+                self.add_dir(d, meta(d) if callable(meta) else meta)
+
+    def add_bytes(self, name: str, data: bytes, meta: EntryMeta,
+                  *, xattrs: dict[str, bytes] | None = None) -> None:
+        """A regular file with contents given in memory (heredocs, generated files)."""
+        self._header(_clean_name(name), REGTYPE, meta, size=len(data), xattrs=xattrs)
+        self._emit(data)
+        self._emit(bytes(-len(data) % BLOCK))
+
+    def add_stream(self, name: str, stream: BinaryIO, size: int, meta: EntryMeta,
+                   *, xattrs: dict[str, bytes] | None = None, source: str | None = None) -> None:
+        """A regular file of exactly `size` bytes read from `stream` (error if it is shorter)."""
+        self._header(_clean_name(name), REGTYPE, meta, size=size, xattrs=xattrs)
+        self._flush()
+        left = size
+        while left > 0:
+            chunk = stream.read(min(left, _CHUNK))
+            if not chunk:
+                raise TarWriteError(
+                    f"{source or name}: file shrank while being read ({size - left} of {size} bytes); "
+                    "retry once it is no longer being written")
+            self._write(chunk)
+            left -= len(chunk)
+        self._emit(bytes(-size % BLOCK))
+
+    def add_symlink(self, name: str, target: str, meta: EntryMeta) -> None:
+        """A symbolic link to `target` (stored verbatim)."""
+        self._header(_clean_name(name), SYMTYPE, meta, linkname=os.fsencode(target))
+
+    def add_hardlink(self, name: str, target: str, meta: EntryMeta) -> None:
+        """A hard link to the earlier entry `target` (an archive path)."""
+        self._header(_clean_name(name), LNKTYPE, meta, linkname=os.fsencode(_clean_name(target)))
+
+    def add_device(self, name: str, kind: str, major: int, minor: int, meta: EntryMeta) -> None:
+        """A character (`kind="char"`) or block (`kind="block"`) device node."""
+        flag = CHRTYPE if kind == "char" else BLKTYPE
+        self._header(_clean_name(name), flag, meta, devmajor=major, devminor=minor)
+
+    def add_fifo(self, name: str, meta: EntryMeta) -> None:
+        """A named pipe."""
+        self._header(_clean_name(name), FIFOTYPE, meta)
+
+    def add_whiteout(self, name: str, mtime: int = 0) -> None:
+        """An OCI whiteout for `name`: an empty file `.wh.<base>` in the same directory."""
+        parent, _, base = _clean_name(name).rpartition("/")
+        wh = (parent + "/" if parent else "") + WHITEOUT_PREFIX + base
+        self._header(wh, REGTYPE, EntryMeta(0, 0, 0, mtime), size=0)
+
+    def add_opaque(self, dirname: str, mtime: int = 0) -> None:
+        """An OCI opaque marker: lower layers' contents of `dirname` are hidden."""
+        d = _clean_name(dirname)
+        self._header((d + "/" if d else "") + OPAQUE_WHITEOUT, REGTYPE, EntryMeta(0, 0, 0, mtime), size=0)
+
+    def add_path(self, name: str, path: str, *, st: os.stat_result | None = None,
+                 uid: int | None = None, gid: int | None = None, mode: int | None = None,
+                 mtime: int | None = None) -> None:
+        """The file system object at `path` (not followed if a symlink) as entry `name`.
+
+        `uid`, `gid`, `mode` (permission bits) and `mtime` override what lstat says (COPY --chown,
+        --chmod). A second name of an already written inode becomes a hard link. Sockets are
+        skipped, as Docker does.
+        """
+        if st is None:
+            st = os.lstat(path)
+        m = st.st_mode
+        meta = EntryMeta(
+            mode=stat.S_IMODE(m) if mode is None else mode,
+            uid=st.st_uid if uid is None else uid,
+            gid=st.st_gid if gid is None else gid,
+            mtime=int(st.st_mtime) if mtime is None else mtime,
+        )
+        if stat.S_ISDIR(m):
+            self.add_dir(name, meta, xattrs=_read_xattrs(path, self.xattr_names) or None)
+            return
+        if stat.S_ISLNK(m):
+            self.add_symlink(name, os.readlink(path), meta)
+            return
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            first = self._inodes.get(key)
+            if first is not None:
+                self.add_hardlink(name, first, meta)
+                return
+            self._inodes[key] = _clean_name(name)
+        if stat.S_ISREG(m):
+            xattrs = _read_xattrs(path, self.xattr_names) or None
+            with open(path, "rb") as f:
+                self.add_stream(name, f, st.st_size, meta, xattrs=xattrs, source=path)
+        elif stat.S_ISCHR(m) or stat.S_ISBLK(m):
+            self.add_device(name, "char" if stat.S_ISCHR(m) else "block",
+                            os.major(st.st_rdev), os.minor(st.st_rdev), meta)
+        elif stat.S_ISFIFO(m):
+            self.add_fifo(name, meta)
+        elif stat.S_ISSOCK(m):
+            return
+        else:
+            raise TarWriteError(f"{path}: unsupported file type {stat.S_IFMT(m):o}")
+
+    def close(self) -> None:
+        """Write the end-of-archive marker (two zero blocks) and flush; `out` stays open."""
+        if not self.closed:
+            self._emit(_ZERO_BLOCK * 2)
+            self._flush()
+            self.closed = True
+
+
+def _sorted_entries(path: str) -> list[os.DirEntry]:
+    with os.scandir(path) as it:
+        entries = list(it)
+    # Byte order of the encoded names, like Go's sort of strings: stable across locales.
+    entries.sort(key=lambda e: os.fsencode(e.name))
+    return entries
+
+
+def write_tree_tar(root_dir: str | os.PathLike, out: Any, *, source_date_epoch: int | None = None,
+                   prefix: str = "", exclude: Callable[[str], bool] | None = None,
+                   uid: int | None = None, gid: int | None = None,
+                   xattrs: Iterable[str] = DEFAULT_XATTRS, close: bool = True) -> int:
+    """Write the tree under `root_dir` as a deterministic tar to `out`; return the entry count.
+
+    Entries are named relative to `root_dir` (under `prefix` if given), walked depth-first in
+    byte order, PAX format, with owners, modes, symlinks, hard links (same inode), devices, FIFOs
+    and the `xattrs` named (security.capability by default). `exclude(relpath)` true skips an
+    entry (and a directory's contents). `uid`/`gid` override every owner. The root itself is not
+    an entry. `close=False` leaves the archive open for more entries (returns the emitter count).
+    """
+    em = TarEmitter(out, source_date_epoch=source_date_epoch, xattrs=xattrs)
+    emit_tree(em, os.fspath(root_dir), prefix=prefix, exclude=exclude, uid=uid, gid=gid)
+    if close:
+        em.close()
+    return em.entries
+
+
+def emit_tree(em: TarEmitter, root_dir: str, *, prefix: str = "",
+              exclude: Callable[[str], bool] | None = None,
+              uid: int | None = None, gid: int | None = None) -> None:
+    """Add every entry under `root_dir` to `em` (see write_tree_tar)."""
+    prefix = _clean_name(prefix)
+    # An explicit stack of directory iterators: deep trees cannot hit the recursion limit.
+    stack: list[tuple[Iterator[os.DirEntry], str]] = [(iter(_sorted_entries(root_dir)), "")]
+    while stack:
+        it, rel = stack[-1]
+        e = next(it, None)
+        if e is None:
+            stack.pop()
+            continue
+        crel = f"{rel}/{e.name}" if rel else e.name
+        if exclude is not None and exclude(crel):
+            continue
+        st = e.stat(follow_symlinks=False)
+        em.add_path(f"{prefix}/{crel}" if prefix else crel, e.path, st=st, uid=uid, gid=gid)
+        if stat.S_ISDIR(st.st_mode):
+            stack.append((iter(_sorted_entries(e.path)), crel))

@@ -1,0 +1,170 @@
+"""registry.layer / registry.tarwriter: one-pass layer hashing, deterministic tars, overlay uppers."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from registry.compression import Compression, decompress_bytes
+from registry.layer import EntryMeta, LayerWriter, TarEmitter, write_overlay_upper_tar, write_tree_tar
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (device nodes, chown, overlayfs)")
+
+
+def make_tree(root: Path) -> None:
+    """A small tree with every kind of entry write_tree_tar handles."""
+    (root / "b" / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("hello\n")
+    (root / "b" / "sub" / "data.bin").write_bytes(os.urandom(70000))
+    (root / "b" / "exec").write_text("#!/bin/sh\n")
+    os.chmod(root / "b" / "exec", 0o4755)
+    os.symlink("../a.txt", root / "b" / "link")
+    os.link(root / "a.txt", root / "b" / "hard")
+    os.mkfifo(root / "fifo")
+    long_dir = root / ("d" * 90) / ("e" * 90)
+    long_dir.mkdir(parents=True)
+    (long_dir / "long-name-file").write_text("x")
+    (root / "ünïcode").write_text("u")
+    os.utime(root / "a.txt", (2_000_000_000, 2_000_000_000))
+
+
+def tar_of(root: Path, **kw) -> bytes:  # type: ignore[no-untyped-def]
+    buf = io.BytesIO()
+    write_tree_tar(root, buf, **kw)
+    return buf.getvalue()
+
+
+def test_layer_writer_hashes_in_one_pass(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    tar = tar_of(tmp_path)
+    for algorithm in ("gzip", "zstd", "uncompressed"):
+        for threaded in (True, False):
+            sink = io.BytesIO()
+            with LayerWriter(sink, Compression(algorithm), threaded=threaded) as lw:
+                # Odd write sizes exercise the chunk buffering.
+                for i in range(0, len(tar), 7777):
+                    lw.write(tar[i:i + 7777])
+            r = lw.result
+            assert r is not None
+            blob = sink.getvalue()
+            assert r.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
+            assert r.digest == "sha256:" + hashlib.sha256(blob).hexdigest()
+            assert r.size == len(blob)
+            assert r.uncompressed_size == len(tar)
+            assert decompress_bytes(blob) == tar
+            assert r.media_type == Compression(algorithm).media_type()
+
+
+def test_layer_writer_callable_sink_and_large_writes() -> None:
+    parts: list[bytes] = []
+    data = os.urandom(3 << 20)
+    lw = LayerWriter(parts.append, Compression("gzip"), docker_media_types=True)
+    lw.write(data)
+    r = lw.close()
+    assert lw.close() is r
+    assert r.media_type == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    assert decompress_bytes(b"".join(parts)) == data
+    with pytest.raises(ValueError):
+        lw.write(b"x")
+
+
+def test_tree_tar_is_deterministic_and_complete(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    one = tar_of(src)
+    # A copy made in another order, at another time, has the same tar except for mtimes,
+    # so compare with SOURCE_DATE_EPOCH clamping all times to the past.
+    assert one == tar_of(src)
+    with tarfile.open(fileobj=io.BytesIO(one)) as tf:
+        members = {m.name: m for m in tf.getmembers()}
+        names = [m.name for m in tf.getmembers()]
+    assert names == sorted(names, key=lambda n: [os.fsencode(p) for p in n.split("/")])
+    assert members["a.txt"].isreg() and members["a.txt"].mtime == 2_000_000_000
+    assert members["b/hard"].islnk() and members["b/hard"].linkname == "a.txt"
+    assert members["b/link"].issym() and members["b/link"].linkname == "../a.txt"
+    assert members["b/exec"].mode == 0o4755
+    assert members["fifo"].isfifo()
+    assert members["ünïcode"].isreg()
+    long_name = "d" * 90 + "/" + "e" * 90 + "/long-name-file"
+    assert members[long_name].size == 1
+    assert all(m.uname == "" and m.gname == "" for m in members.values())
+    with tarfile.open(fileobj=io.BytesIO(one)) as tf:
+        assert tf.extractfile("b/sub/data.bin").read() == (src / "b/sub/data.bin").read_bytes()  # type: ignore[union-attr]
+    # GNU tar lists the archive and sees the directories with their trailing slash.
+    listing = subprocess.run(["tar", "-tf", "-"], input=one, capture_output=True, check=True).stdout.decode()
+    assert "b/sub/\n" in listing and long_name in listing
+
+
+def test_source_date_epoch_clamps_times(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    tar = tar_of(tmp_path, source_date_epoch=1_000_000)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        assert {m.mtime for m in tf.getmembers()} == {1_000_000}
+    os.utime(tmp_path / "b" / "exec", (5, 5))
+    with tarfile.open(fileobj=io.BytesIO(tar_of(tmp_path, source_date_epoch=1_000_000))) as tf:
+        assert tf.getmember("b/exec").mtime == 5
+
+
+def test_prefix_exclude_and_owner_override(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    tar = tar_of(tmp_path, prefix="/app/", exclude=lambda rel: rel.startswith("b/sub"), uid=1000, gid=1001)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        names = tf.getnames()
+        assert "app/a.txt" in names and "app/b/exec" in names
+        assert not any(n.startswith("app/b/sub") for n in names)
+        assert {(m.uid, m.gid) for m in tf.getmembers()} == {(1000, 1001)}
+
+
+@needs_root
+def test_devices_owners_and_capabilities(tmp_path: Path) -> None:
+    os.mknod(tmp_path / "null", 0o666 | 0o020000, os.makedev(1, 3))
+    f = tmp_path / "ping"
+    f.write_bytes(b"\x7fELF")
+    os.chown(f, 123, 456)
+    # cap_net_raw+ep in the VFS v2 format, set with setcap's on-disk encoding.
+    cap = bytes.fromhex("0000000202000000000000000000000000000000")
+    os.setxattr(f, "security.capability", cap)
+    tar = tar_of(tmp_path)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        dev = tf.getmember("null")
+        assert dev.ischr() and (dev.devmajor, dev.devminor) == (1, 3)
+        ping = tf.getmember("ping")
+        assert (ping.uid, ping.gid) == (123, 456)
+        assert ping.pax_headers["SCHILY.xattr.security.capability"].encode("utf-8", "surrogateescape") == cap
+
+
+def test_emitter_entries_and_parents() -> None:
+    buf = io.BytesIO()
+    em = TarEmitter(buf, source_date_epoch=100)
+    em.ensure_parents("usr/local/bin/tool", EntryMeta(0o755, 0, 0, 50))
+    em.add_bytes("usr/local/bin/tool", b"#!/bin/sh\necho hi\n", EntryMeta(0o755, 1, 2, 500))
+    em.ensure_parents("usr/local/bin/other", EntryMeta(0o700))
+    em.add_symlink("usr/bin/tool", "/usr/local/bin/tool", EntryMeta(0o777))
+    em.add_whiteout("etc/old.conf")
+    em.add_opaque("var/cache")
+    em.close()
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        got = [(m.name, m.type, m.mtime) for m in tf.getmembers()]
+    assert got == [
+        ("usr", tarfile.DIRTYPE, 50), ("usr/local", tarfile.DIRTYPE, 50), ("usr/local/bin", tarfile.DIRTYPE, 50),
+        ("usr/local/bin/tool", tarfile.REGTYPE, 100), ("usr/bin/tool", tarfile.SYMTYPE, 0),
+        ("etc/.wh.old.conf", tarfile.REGTYPE, 0), ("var/cache/.wh..wh..opq", tarfile.REGTYPE, 0),
+    ]
+
+
+def test_emitter_detects_shrinking_file() -> None:
+    em = TarEmitter(io.BytesIO())
+    with pytest.raises(Exception, match="shrank"):
+        em.add_stream("f", io.BytesIO(b"abc"), 10, EntryMeta(0o644), source="/ctx/f")
+
+
+def test_emitter_rejects_dotdot_names() -> None:
+    em = TarEmitter(io.BytesIO())
+    with pytest.raises(Exception, match=r"'\.\.'"):
+        em.add_bytes("../etc/passwd", b"", EntryMeta(0o644))
