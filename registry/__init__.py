@@ -1,1 +1,8 @@
 """Images as data: references, manifests, the local OCI store, auth and the registry client."""
+from .digest import Digest, InvalidDigestError, digest_bytes, digest_file, digest_stream, is_digest, parse_digest
+from .errors import AuthError, DigestMismatchError, InvalidReferenceError, NotFoundError, RegistryError
+from .manifest import (ContainerConfig, Descriptor, History, ImageConfig, Index, InvalidManifestError, Manifest,
+                       parse_manifest, select_manifest)
+from .platform import InvalidPlatformError, Platform, host_platform, parse_platform, platform_matches
+from .reference import Reference, parse_reference
+from .store import GCResult, ImageRecord, LocalImage, Store, default_root, open_store

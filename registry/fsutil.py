@@ -1,0 +1,113 @@
+"""Small filesystem primitives for the store: atomic file writes and advisory file locks."""
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a directory entry change (a rename or create) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so readers see the old or the new content, never a mix.
+
+    Temp file in the same directory, fsync, rename over, fsync the directory.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def create_if_absent(path: str | os.PathLike, data: bytes) -> bool:
+    """Atomically create `path` with `data` unless it exists; True if this call created it.
+
+    Uses link(2), which fails on an existing name, so concurrent creators never overwrite
+    each other (a plain rename would replace a file another process already filled).
+    """
+    path = Path(path)
+    if path.exists():
+        return False
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        os.unlink(tmp)
+    fsync_dir(path.parent)
+    return True
+
+
+class FileLock:
+    """An flock(2) on a lock file, exclusive by default; a context manager.
+
+    Each acquisition opens its own file description, so the lock also excludes other threads
+    of the same process.
+    """
+
+    def __init__(self, path: str | os.PathLike, shared: bool = False):
+        self.path = Path(path)
+        self.shared = shared
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock; with blocking=False return False instead of waiting."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        flags = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
+        if not blocking:
+            flags |= fcntl.LOCK_NB
+        try:
+            fcntl.flock(fd, flags)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor releases it)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def fd(self) -> int | None:
+        """The locked file descriptor while held."""
+        return self._fd
+
+    def __enter__(self) -> "FileLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
