@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
@@ -168,3 +169,87 @@ def test_emitter_rejects_dotdot_names() -> None:
     em = TarEmitter(io.BytesIO())
     with pytest.raises(Exception, match=r"'\.\.'"):
         em.add_bytes("../etc/passwd", b"", EntryMeta(0o644))
+
+
+def _tree(top: Path) -> dict[str, tuple]:
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            extra = Path(p).read_bytes() if os.path.isfile(p) and not os.path.islink(p) else (
+                os.readlink(p) if os.path.islink(p) else None)
+            out[os.path.relpath(p, top)] = (st.st_mode, st.st_uid, extra)
+    return out
+
+
+@pytest.fixture
+def overlay(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A mounted kernel overlayfs over a small lower tree: yields (lower, upper, merged)."""
+    lower, upper, work, merged = (tmp_path / n for n in ("lower", "upper", "work", "merged"))
+    for d in (lower, upper, work, merged):
+        d.mkdir()
+    (lower / "etc").mkdir()
+    (lower / "etc" / "keep.conf").write_text("keep")
+    (lower / "etc" / "delete.conf").write_text("delete")
+    (lower / "replace" / "sub").mkdir(parents=True)
+    (lower / "replace" / "old").write_text("old")
+    (lower / "replace" / "sub" / "deep").write_text("deep")
+    (lower / "modify").write_text("v1")
+    r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={lower},upperdir={upper},workdir={work},redirect_dir=off,metacopy=off",
+                        str(merged)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount overlayfs here: {r.stderr.strip()}")
+    try:
+        yield lower, upper, merged
+    finally:
+        subprocess.run(["umount", "-l", str(merged)], check=False)
+
+
+@needs_root
+def test_overlay_upper_becomes_oci_layer(overlay, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from registry.tarsafe import apply_layer
+
+    lower, upper, merged = overlay
+    os.unlink(merged / "etc" / "delete.conf")
+    subprocess.run(["rm", "-rf", str(merged / "replace")], check=True)
+    (merged / "replace").mkdir()
+    (merged / "replace" / "new").write_text("new")
+    (merged / "modify").write_text("v2")
+    (merged / "added").mkdir()
+    os.symlink("/etc/keep.conf", merged / "added" / "link")
+    expected = _tree(merged)
+    subprocess.run(["umount", str(merged)], check=True)
+
+    blob = io.BytesIO()
+    with LayerWriter(blob, Compression("gzip")) as lw:
+        write_overlay_upper_tar(upper, lw, source_date_epoch=1_700_000_000)
+    tar = decompress_bytes(blob.getvalue())
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        names = tf.getnames()
+        assert all(not k.startswith("SCHILY.xattr.trusted.") for m in tf.getmembers() for k in m.pax_headers)
+    assert "etc/.wh.delete.conf" in names
+    assert names.index("replace") < names.index("replace/.wh..wh..opq") < names.index("replace/new")
+    assert "replace/old" not in names and "etc/keep.conf" not in names
+    assert {"modify", "added", "added/link"} <= set(names)
+
+    # Applying the layer on a copy of the lower tree gives what the merged mount showed.
+    applied = tmp_path / "applied"
+    subprocess.run(["cp", "-a", str(lower), str(applied)], check=True)
+    assert lw.result is not None
+    apply_layer(io.BytesIO(blob.getvalue()), applied, lw.result.media_type)
+    assert _tree(applied) == expected
+
+    # The same layer extracted in overlay form and stacked on the lower tree mounts to that view too.
+    ovl_layer, work2, merged2 = tmp_path / "ovl-layer", tmp_path / "work2", tmp_path / "merged2"
+    for d in (work2, merged2):
+        d.mkdir()
+    apply_layer(io.BytesIO(blob.getvalue()), ovl_layer, whiteouts="overlay")
+    assert stat.S_ISCHR(os.lstat(ovl_layer / "etc" / "delete.conf").st_mode)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={ovl_layer}:{lower}", str(merged2)],
+                   check=True)
+    try:
+        assert _tree(merged2) == expected
+    finally:
+        subprocess.run(["umount", str(merged2)], check=True)
