@@ -278,10 +278,7 @@ class RegistryClient:
             return h
 
     def _authenticator(self, host: str) -> Any:
-        try:
-            from .auth import Authenticator
-        except ImportError:   # auth.py lands separately; until then, anonymous access
-            return None
+        from .auth import Authenticator
         credential = None
         if self.options.use_credentials:
             from .credentials import lookup_credential
@@ -289,12 +286,19 @@ class RegistryClient:
         return Authenticator(host, credential, self._session)
 
     @contextmanager
-    def host_slot(self, host: str) -> Iterator[None]:
-        """Hold one of `host`'s max_per_host transfer slots (bounds parallel blob transfers)."""
-        sem = self._host(host).slots
-        assert sem is not None
-        with sem:
+    def host_slot(self, *hosts: str) -> Iterator[None]:
+        """Hold one of the max_per_host transfer slots of each host (bounds parallel blob
+        transfers). Several hosts are taken in sorted order, so concurrent holders never deadlock."""
+        sems = [self._host(h).slots for h in sorted(set(hosts))]
+        for sem in sems:
+            assert sem is not None
+            sem.acquire()
+        try:
             yield
+        finally:
+            for sem in reversed(sems):
+                assert sem is not None
+                sem.release()
 
     def _scheme(self, h: _Host) -> str:
         """Decide https vs http for a host once: https always, except loopback/insecure hosts

@@ -1,0 +1,249 @@
+"""Pull, push and copy against real registry:2 instances: digests survive round trips, blobs
+are skipped or mounted when possible, corrupt content never lands in the store."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from registry import mediatypes as mt
+from registry.client import ClientOptions, RegistryClient
+from registry.errors import DigestMismatchError, NotFoundError
+from registry.manifest import Index, Manifest
+from registry.platform import Platform
+from registry.store import Store
+from registry.transfer import BlobSources, copy, pull, push
+from tests.fixtures.synthetic_images import make_image, multi_platform_image, random_layer, tar_layer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client() -> Iterator[RegistryClient]:
+    c = RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05))
+    yield c
+    c.close()
+
+
+def _store(path: Path) -> Store:
+    return Store(path)
+
+
+def _tree(store: Store, digest: str) -> list[str]:
+    """Every digest reachable from a manifest or index, in a stable order."""
+    doc = store.get_manifest(digest)
+    out = [digest]
+    if isinstance(doc, Index):
+        for d in doc.manifests:
+            out += _tree(store, d.digest) if store.has_blob(d.digest) else [d.digest]
+    else:
+        out += [doc.config.digest] + [layer.digest for layer in doc.layers]
+    return out
+
+
+def _registry_blob_path(registry, digest: str) -> Path:
+    hexd = digest.split(":")[1]
+    return registry.storage / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+
+
+def test_round_trip_identical_digests(client, registry, tmp_path):
+    a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
+    layers = [tar_layer({f"file{i}": bytes([i]) * (1000 * (i + 1))}) for i in range(3)]
+    src = make_image(a, f"{registry.host}/rt/app:v1", layers, cmd=["/bin/true"])
+    res = push(client, a, f"{registry.host}/rt/app:v1")
+    assert res.digest == src.digest and res.blobs_transferred == 4 and res.blobs_skipped == 0
+
+    got = pull(client, f"{registry.host}/rt/app:v1", b)
+    assert got.digest == src.digest
+    assert _tree(b, got.digest) == _tree(a, src.digest)
+    for d in _tree(a, src.digest):
+        assert b.read_blob(d) == a.read_blob(d)
+    assert b.resolve(f"{registry.host}/rt/app:v1").digest == src.digest
+    assert got.platforms == ["linux/amd64"]
+
+    # Again: everything is there already, on both sides.
+    assert push(client, a, f"{registry.host}/rt/app:v1").blobs_skipped == 4
+    again = pull(client, f"{registry.host}/rt/app:v1", b)
+    assert again.blobs_skipped == 4 and again.bytes_transferred == 0
+
+
+def test_push_to_other_name_and_mount(client, registry, tmp_path):
+    a = _store(tmp_path / "a")
+    src = make_image(a, "local/thing:1", [tar_layer({"x": b"mount me" * 500})])
+    push(client, a, "local/thing:1", f"{registry.host}/mnt/first:1")
+    assert BlobSources(a.root).repositories_on(src.digest, registry.host) == []
+    assert "mnt/first" in BlobSources(a.root).repositories_on(
+        a.get_manifest(src.digest).layers[0].digest, registry.host)
+    res = push(client, a, "local/thing:1", f"{registry.host}/mnt/second:1")
+    assert res.blobs_mounted == 2 and res.blobs_transferred == 0
+    assert client.repository(registry.host, "mnt/second").head_manifest("1").digest == src.digest
+
+
+def test_pull_by_digest(client, registry, tmp_path):
+    a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
+    src = make_image(a, f"{registry.host}/bydigest/app:v1", [tar_layer({"d": b"digest"})])
+    push(client, a, f"{registry.host}/bydigest/app:v1")
+    got = pull(client, f"{registry.host}/bydigest/app@{src.digest}", b)
+    assert got.digest == src.digest
+    assert b.resolve(f"{registry.host}/bydigest/app@{src.digest}").digest == src.digest
+
+
+def test_multi_platform_index(client, registry, tmp_path):
+    a = _store(tmp_path / "a")
+    ref = f"{registry.host}/multi/app:v1"
+    index, children = multi_platform_image(a, ref)
+    res = push(client, a, ref)
+    assert res.digest == index.digest
+    assert sorted(res.platforms) == ["linux/amd64", "linux/arm64/v8"]
+    # Shared base layer: 2 configs + 1 base + 2 own layers.
+    assert res.blobs_transferred == 5
+
+    arm = _store(tmp_path / "arm")
+    got = pull(client, ref, arm, platform="linux/arm64")
+    assert got.digest == children["linux/arm64/v8"].digest and got.platforms == ["linux/arm64/v8"]
+    assert arm.resolve(ref).digest == children["linux/arm64/v8"].digest
+    assert not arm.has_blob(children["linux/amd64"].digest)
+
+    host = _store(tmp_path / "host")
+    assert pull(client, ref, host).digest == children["linux/amd64"].digest   # this machine: amd64
+
+    full = _store(tmp_path / "full")
+    got = pull(client, ref, full, all_platforms=True)
+    assert got.digest == index.digest and got.media_type == mt.OCI_INDEX
+    assert _tree(full, index.digest) == _tree(a, index.digest)
+    with pytest.raises(NotFoundError, match="s390x"):
+        pull(client, ref, _store(tmp_path / "none"), platform="linux/s390x")
+
+
+def test_push_index_with_missing_children_says_so(client, registry, tmp_path):
+    a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
+    ref = f"{registry.host}/partial/app:v1"
+    index, _ = multi_platform_image(a, ref, seed=3)
+    push(client, a, ref)
+    pull(client, ref, b, platform="linux/arm64")
+    b.tag("partial-index:1", b.put_manifest(a.read_blob(index.digest)))
+    with pytest.raises(NotFoundError, match="all-platforms"):
+        push(client, b, "partial-index:1", f"{registry.host}/partial/other:1")
+
+
+def test_docker_media_types_round_trip(client, registry, tmp_path):
+    a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
+    ref = f"{registry.host}/dockertypes/app:v1"
+    src = make_image(a, ref, [tar_layer({"d": b"docker"})], docker=True)
+    push(client, a, ref)
+    got = pull(client, ref, b)
+    assert got.digest == src.digest and got.media_type == mt.DOCKER_MANIFEST
+
+
+def test_copy_between_registries(client, registry, registry2, tmp_path):
+    a = _store(tmp_path / "a")
+    ref = f"{registry.host}/copy/app:v1"
+    index, children = multi_platform_image(a, ref, seed=7)
+    push(client, a, ref)
+    dst = f"{registry2.host}/copied/app:v2"
+    res = copy(client, ref, dst, all_platforms=True)
+    assert res.digest == index.digest and res.blobs_transferred == 5
+    repo2 = client.repository(registry2.host, "copied/app")
+    assert repo2.get_manifest("v2").digest == index.digest
+    b = _store(tmp_path / "b")
+    pull(client, dst, b, all_platforms=True)
+    assert _tree(b, index.digest) == _tree(a, index.digest)
+    for d in _tree(a, index.digest):
+        assert b.read_blob(d) == a.read_blob(d)
+    # Single platform: only that manifest, tagged.
+    one = copy(client, ref, f"{registry2.host}/copied/one:v1", platform="linux/arm64")
+    assert one.digest == children["linux/arm64/v8"].digest
+    assert one.blobs_transferred == 3     # config, base and own layer: HEAD is per repository
+
+
+def test_copy_within_registry_mounts(client, registry, tmp_path):
+    a = _store(tmp_path / "a")
+    ref = f"{registry.host}/copysrc/app:v1"
+    src = make_image(a, ref, [tar_layer({"m": b"mounted" * 100})])
+    push(client, a, ref)
+    res = copy(client, ref, f"{registry.host}/copydst/app:v1")
+    assert res.digest == src.digest and res.blobs_mounted == 2 and res.blobs_transferred == 0
+
+
+def test_corrupt_blob_in_registry_stores_nothing(client, registry, tmp_path):
+    a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
+    ref = f"{registry.host}/corrupt/app:v1"
+    src = make_image(a, ref, [tar_layer({"c": hashlib.sha256(b"x").digest() * 4000})])
+    push(client, a, ref)
+    layer = a.get_manifest(src.digest).layers[0]
+    path = _registry_blob_path(registry, layer.digest)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    path.write_bytes(bytes(data))
+    with pytest.raises(DigestMismatchError):
+        pull(client, ref, b)
+    assert not b.has_blob(layer.digest)
+    with pytest.raises(NotFoundError):
+        b.resolve(ref)
+    assert list((b.layout / "ingest").glob("*.partial")) == []
+
+
+def test_resume_partial_download(client, registry, tmp_path):
+    a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
+    ref = f"{registry.host}/resume/app:v1"
+    big, diff = random_layer(a, 3 * 1024 * 1024 + 5, seed=11)
+    make_image(a, ref, layer_descs=[(big, diff)])
+    push(client, a, ref)
+    # A killed earlier pull left the first 1 MiB behind.
+    hexd = big.digest.split(":")[1]
+    partial = b.layout / "ingest" / f"sha256-{hexd}.partial"
+    partial.write_bytes(a.read_blob(big.digest)[: 1 << 20])
+    res = pull(client, ref, b)
+    assert b.read_blob(big.digest, verify=True) == a.read_blob(big.digest)
+    config = a.get_manifest(a.resolve(ref).digest).config
+    assert res.bytes_transferred == config.size + big.size - (1 << 20)
+    # A corrupt leftover is detected and the blob fetched again from the start.
+    c = _store(tmp_path / "c")
+    partial = c.layout / "ingest" / f"sha256-{hexd}.partial"
+    partial.write_bytes(b"\0" * 1000)
+    pull(client, ref, c)
+    assert c.read_blob(big.digest, verify=True) == a.read_blob(big.digest)
+
+
+@pytest.mark.large
+def test_large_blob_round_trip(client, registry, tmp_path):
+    """A 200 MB layer: pushed through the chunked (POST+PATCH+PUT) path, pulled streaming."""
+    a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
+    ref = f"{registry.host}/large/app:v1"
+    big, diff = random_layer(a, 200 * 1000 * 1000 + 123, seed=200)
+    src = make_image(a, ref, layer_descs=[(big, diff)])
+    res = push(client, a, ref)
+    assert res.bytes_transferred >= big.size
+    got = pull(client, ref, b)
+    assert got.digest == src.digest
+    assert b.blob_size(big.digest) == big.size
+    assert b.read_blob(big.digest, verify=True) == a.read_blob(big.digest)
+
+
+def test_chunked_push_with_small_chunks(registry, tmp_path):
+    c = RegistryClient(ClientOptions(chunk_size=1024 * 1024))
+    a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
+    ref = f"{registry.host}/chunks/app:v1"
+    big, diff = random_layer(a, 4 * 1024 * 1024 + 99, seed=4)
+    src = make_image(a, ref, layer_descs=[(big, diff)])
+    push(c, a, ref)
+    assert pull(c, ref, b).digest == src.digest
+    assert b.read_blob(big.digest, verify=True) == a.read_blob(big.digest)
+    c.close()
+
+
+def test_manifest_platform_in_index_only(client, registry, tmp_path):
+    """Docker manifest list flavour with arm/v7 selection."""
+    a = _store(tmp_path / "a")
+    ref = f"{registry.host}/armv7/app:v1"
+    descs = [make_image(a, None, [tar_layer({"p": str(p).encode()})], platform=p, docker=True)
+             for p in (Platform("linux", "amd64"), Platform("linux", "arm", "v7"))]
+    from tests.fixtures.synthetic_images import make_index
+    make_index(a, ref, descs, docker=True)
+    push(client, a, ref)
+    b = _store(tmp_path / "b")
+    got = pull(client, ref, b, platform="linux/arm/v7")
+    assert got.digest == descs[1].digest
+    assert isinstance(b.get_manifest(got.digest), Manifest)
