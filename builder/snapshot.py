@@ -1,8 +1,8 @@
 """Snapshots: a root filesystem made of extracted layers, with a writable overlay on top.
 
-Each image layer is extracted once into ``<root>/layers/<diffid hex>/`` in overlayfs's own
-format (OCI whiteouts become 0/0 character devices, opaque markers become the
-``trusted.overlay.opaque`` xattr), so a stack of layers is just a list of lower directories.
+Each image layer is extracted once (registry.tarsafe.apply_layer) into
+``<root>/layers/<diffid hex>/`` in overlayfs's own format (OCI whiteouts become 0/0 character
+devices, opaque markers become the ``trusted.overlay.opaque`` xattr), so a stack of layers is just a list of lower directories.
 A RUN step mounts ``lowerdirs + upper + work``; afterwards the upper directory *is* the change
 and can itself be adopted as the extracted directory of the new layer (no re-extraction).
 
@@ -17,12 +17,13 @@ import os
 import shutil
 import stat
 import subprocess
-import tarfile
 import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+from registry.tarsafe import apply_layer
 
 from .errors import BuildError
 
@@ -47,16 +48,16 @@ class LayerDirs:
     def has(self, diff_id: str) -> bool:
         return self.path(diff_id).is_dir()
 
-    def ensure(self, diff_id: str, open_tar: Callable[[], BinaryIO]) -> Path:
-        """Extract the (uncompressed) layer tar from ``open_tar()`` once; return its directory."""
+    def ensure(self, diff_id: str, open_blob: Callable[[], BinaryIO]) -> Path:
+        """Extract the layer blob (any compression) from ``open_blob()`` once; return its directory."""
         final = self.path(diff_id)
         if final.is_dir():
             return final
         self.layers.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.layers))
         try:
-            with open_tar() as f:
-                extract_for_overlay(f, tmp)
+            with open_blob() as f:
+                apply_layer(f, tmp, whiteouts="overlay")
             os.chmod(tmp, 0o755)
             try:
                 os.rename(tmp, final)
@@ -102,47 +103,6 @@ class LayerDirs:
 
 def _hex(diff_id: str) -> str:
     return diff_id.split(":", 1)[-1]
-
-
-def extract_for_overlay(fileobj: BinaryIO, dest: Path) -> None:
-    """Extract an uncompressed layer tar into the empty directory ``dest`` in overlay format.
-
-    Owners are numeric, modes (setuid included) and xattrs are kept; entries that would land
-    outside ``dest`` (absolute paths, ``..``, through symlinks) are refused.
-    """
-    dest = Path(dest)
-    real = os.path.realpath(dest)
-    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
-        for m in tar:
-            name = os.path.normpath(m.name.lstrip("/"))
-            if name in (".", ""):
-                continue
-            if name.startswith("../") or name == "..":
-                raise BuildError(f"layer entry {m.name!r} points outside the layer: refusing it")
-            parent = os.path.dirname(name)
-            base = os.path.basename(name)
-            pdir = os.path.join(dest, parent)
-            os.makedirs(pdir, exist_ok=True)
-            if not os.path.realpath(pdir).startswith(real):
-                raise BuildError(f"layer entry {m.name!r} goes through a symlink out of the layer")
-            if base == OPAQUE_MARKER:
-                os.setxattr(pdir, OPAQUE_XATTR, b"y")
-                continue
-            if base.startswith(WHITEOUT_PREFIX):
-                target = os.path.join(pdir, base[len(WHITEOUT_PREFIX):])
-                _remove(target)
-                os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-                continue
-            if m.islnk():
-                link = os.path.normpath(m.linkname.lstrip("/"))
-                if link.startswith(".."):
-                    raise BuildError(f"layer hard link {m.name!r} -> {m.linkname!r} leaves the layer")
-                m.linkname = link
-            m.name = name
-            target = os.path.join(dest, name)
-            if os.path.lexists(target) and not (m.isdir() and os.path.isdir(target)):
-                _remove(target)
-            tar.extract(m, dest, set_attrs=True, numeric_owner=True, filter="fully_trusted")
 
 
 def _remove(path: str) -> None:
