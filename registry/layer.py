@@ -16,7 +16,7 @@ import os
 import stat
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from registry.compression import Compression
 from registry.errors import RegistryError
@@ -29,9 +29,12 @@ from registry.tarwriter import (
     write_tree_tar,
 )
 
+if TYPE_CHECKING:
+    from registry.manifest import Descriptor
+
 __all__ = [
     "LayerResult", "LayerWriter", "LayerError", "TarEmitter", "EntryMeta", "TarWriteError",
-    "write_tree_tar", "emit_tree", "write_overlay_upper_tar", "OVERLAY_OPAQUE_XATTRS",
+    "write_tree_tar", "emit_tree", "write_overlay_upper_tar", "store_layer", "OVERLAY_OPAQUE_XATTRS",
 ]
 
 _CHUNK = 1 << 20
@@ -64,6 +67,12 @@ class LayerResult:
     size: int
     media_type: str
     uncompressed_size: int
+
+    def descriptor(self) -> "Descriptor":
+        """The manifest layer descriptor of the blob."""
+        from registry.manifest import Descriptor
+
+        return Descriptor(self.media_type, self.digest, self.size)
 
 
 class _HashThread:
@@ -220,6 +229,22 @@ class LayerWriter:
             self.close()
         else:
             self.abort()
+
+
+def store_layer(store: Any, write_tar: Callable[[LayerWriter], Any], compression: Compression | None = None,
+                *, docker_media_types: bool = False) -> LayerResult:
+    """Produce a layer straight into `store` (anything with `blob_writer(media_type=...)`).
+
+    `write_tar(lw)` writes the uncompressed tar into the LayerWriter (e.g.
+    `lambda lw: write_tree_tar(rootfs, lw)`). The blob is committed only if everything
+    succeeded; on an exception nothing is stored.
+    """
+    compression = compression or Compression()
+    with store.blob_writer(media_type=compression.media_type(docker=docker_media_types)) as w:
+        with LayerWriter(w, compression, docker_media_types=docker_media_types) as lw:
+            write_tar(lw)
+    assert lw.result is not None
+    return lw.result
 
 
 def _overlay_xattr(path: str, names: Iterable[str]) -> bytes | None:

@@ -206,6 +206,10 @@ class TarEmitter:
         self._header(name + "/", DIRTYPE, meta, xattrs=xattrs)
         self._dirs.add(name)
 
+    def has_dir(self, name: str) -> bool:
+        """Whether a directory entry for `name` was already written by this emitter."""
+        return _clean_name(name) in self._dirs
+
     def ensure_parents(self, name: str, meta: EntryMeta | Callable[[str], EntryMeta]) -> None:
         """Add directory entries for every parent of `name` not yet written, outermost first.
 

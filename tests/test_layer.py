@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from registry.compression import Compression, decompress_bytes
-from registry.layer import EntryMeta, LayerWriter, TarEmitter, write_overlay_upper_tar, write_tree_tar
+from registry.layer import (
+    EntryMeta,
+    LayerWriter,
+    TarEmitter,
+    store_layer,
+    write_overlay_upper_tar,
+    write_tree_tar,
+)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (device nodes, chown, overlayfs)")
 
@@ -253,3 +260,26 @@ def test_overlay_upper_becomes_oci_layer(overlay, tmp_path: Path) -> None:  # ty
         assert _tree(merged2) == expected
     finally:
         subprocess.run(["umount", str(merged2)], check=True)
+
+
+def test_store_layer_commits_into_the_store(root: Path, tmp_path: Path) -> None:
+    from registry.store import Store
+
+    (tmp_path / "t").mkdir()
+    make_tree(tmp_path / "t")
+    store = Store(root)
+    res = store_layer(store, lambda lw: write_tree_tar(tmp_path / "t", lw), Compression("zstd"))
+    assert store.has_blob(res.digest)
+    assert res.descriptor().media_type == "application/vnd.oci.image.layer.v1.tar+zstd"
+    with store.open_blob(res.digest) as f:
+        assert hashlib.sha256(decompress_bytes(f.read())).hexdigest() == res.diff_id.split(":")[1]
+    # A failing producer stores nothing.
+    before = set(store.blobs())
+
+    def failing(lw: LayerWriter) -> None:
+        lw.write(b"partial")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        store_layer(store, failing)
+    assert set(store.blobs()) == before
