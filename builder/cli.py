@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "builder.commands.lint",
     "builder.commands.images",
     "builder.commands.remote",
+    "builder.commands.login",
 ]
 
 

@@ -1,0 +1,350 @@
+"""Authentication against real registry:2 instances: HTTP Basic, Docker's token flow, TLS, login/logout.
+
+The registries come from tests/fixtures/registry_secure.py; the client is registry.client's
+RegistryClient, whose Authenticator (registry/auth.py) gets credentials from the environment or the
+Docker config (isolated per test by `cred_env`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from registry import mediatypes
+from registry.auth import Authenticator, parse_challenges, repository_scopes
+from registry.client import ClientOptions, RegistryClient
+from registry.credentials import Credential, env_var_stem
+from registry.digest import digest_bytes
+from registry.errors import AuthError, RegistryError
+from registry.tlsconfig import ca_bundle_for, client_cert_for
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _client() -> RegistryClient:
+    return RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05))
+
+
+def _login_env(monkeypatch: pytest.MonkeyPatch, host: str, user: str, password: str) -> None:
+    stem = env_var_stem(host)
+    monkeypatch.setenv(f"{stem}_USER", user)
+    monkeypatch.setenv(f"{stem}_PASSWORD", password)
+
+
+def _blob(n: int, seed: int) -> bytes:
+    return (hashlib.sha256(str(seed).encode()).digest() * (n // 32 + 1))[:n]
+
+
+def _push_image(client: RegistryClient, host: str, name: str, seed: int = 0, layers: int = 2) -> tuple[str, dict]:
+    """Push a small OCI image (config + LAYERS layers) tagged `v1`; returns (manifest digest, manifest)."""
+    repo = client.repository(host, name)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed,
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    descs = []
+    for i, data in enumerate([config] + [_blob(5000 + i, seed * 100 + i) for i in range(layers)]):
+        d = digest_bytes(data)
+        assert repo.upload_blob(d, len(data), lambda off, data=data: [data[off:]]) in ("uploaded", "exists")
+        descs.append({"mediaType": mediatypes.OCI_CONFIG if i == 0 else mediatypes.OCI_LAYER_GZIP,
+                      "digest": d, "size": len(data)})
+    manifest = {"schemaVersion": 2, "mediaType": mediatypes.OCI_MANIFEST, "config": descs[0], "layers": descs[1:]}
+    data = json.dumps(manifest).encode()
+    return repo.put_manifest("v1", data, mediatypes.OCI_MANIFEST), manifest
+
+
+def _pull_image(client: RegistryClient, host: str, name: str) -> str:
+    """Fetch tag v1 and every blob it names (each verified against its digest); the manifest digest."""
+    repo = client.repository(host, name)
+    m = repo.get_manifest("v1")
+    doc = m.json()
+    for desc in [doc["config"]] + doc["layers"]:
+        assert digest_bytes(repo.fetch_blob(desc["digest"])) == desc["digest"]
+    return m.digest
+
+
+# -- WWW-Authenticate parsing ----------------------------------------------------------------------
+
+def test_parse_challenges():
+    h = ('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+         'scope="repository:samalba/my-app:pull,push",error="insufficient_scope"')
+    assert parse_challenges(h) == [("bearer", {"realm": "https://auth.docker.io/token",
+                                               "service": "registry.docker.io",
+                                               "scope": "repository:samalba/my-app:pull,push",
+                                               "error": "insufficient_scope"})]
+    assert parse_challenges('Basic realm="a \\"quoted\\" realm", Bearer realm=https://x/t, scope="a b"') == [
+        ("basic", {"realm": 'a "quoted" realm'}), ("bearer", {"realm": "https://x/t", "scope": "a b"})]
+    assert parse_challenges("Negotiate") == [("negotiate", {})]
+    assert parse_challenges("") == []
+
+
+def test_repository_scopes():
+    assert repository_scopes("a/b") == ["repository:a/b:pull"]
+    assert repository_scopes("a/b", push=True, mount_from="c") == ["repository:a/b:pull,push",
+                                                                   "repository:c:pull"]
+
+
+# -- Basic -------------------------------------------------------------------------------------------
+
+def test_basic_push_pull_round_trip(basic_registry, cred_env, monkeypatch):
+    host = basic_registry.host
+    _login_env(monkeypatch, host, "alice", basic_registry.users["alice"])
+    with _client() as c:
+        digest, _ = _push_image(c, host, "basic/roundtrip")
+    with _client() as c:             # a fresh client: nothing cached
+        assert _pull_image(c, host, "basic/roundtrip") == digest
+
+
+def test_basic_without_credentials_says_how_to_log_in(basic_registry, cred_env):
+    with _client() as c, pytest.raises(AuthError) as e:
+        c.repository(basic_registry.host, "basic/anything").tags()
+    assert f"pybuild login {basic_registry.host}" in str(e.value)
+
+
+def test_basic_wrong_password_is_rejected_without_echoing_it(basic_registry, cred_env, monkeypatch):
+    host = basic_registry.host
+    _login_env(monkeypatch, host, "alice", "WrongPassw0rd")
+    with _client() as c, pytest.raises(AuthError) as e:
+        _push_image(c, host, "basic/denied")
+    msg = str(e.value)
+    assert "rejected" in msg and "'alice'" in msg and "WrongPassw0rd" not in msg
+
+
+# -- Bearer tokens -----------------------------------------------------------------------------------
+
+def test_token_pusher_pushes_puller_pulls_but_cannot_push(token_registry, cred_env, monkeypatch):
+    host, server = token_registry.host, token_registry.server
+    _login_env(monkeypatch, host, "pusher", "pushpass")
+    with _client() as c:
+        digest, manifest = _push_image(c, host, "tok/app", layers=4)
+    # one token for the push scope serves the HEADs, the uploads and the manifest PUT
+    assert server.issued_count("pusher") <= 2, server.requests
+
+    _login_env(monkeypatch, host, "puller", "pullpass")
+    with _client() as c:
+        assert _pull_image(c, host, "tok/app") == digest
+        with pytest.raises(AuthError) as e:
+            _push_image(c, host, "tok/app", seed=7)
+    msg = str(e.value)
+    assert "denied user 'puller' push on repository tok/app" in msg and "pullpass" not in msg
+    # nothing of the refused push landed
+    _login_env(monkeypatch, host, "pusher", "pushpass")
+    with _client() as c:
+        config = json.dumps({"architecture": "amd64", "os": "linux", "seed": 7,
+                             "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+        assert not c.repository(host, "tok/app").has_blob(digest_bytes(config))
+        assert c.repository(host, "tok/app").get_manifest("v1").digest == digest
+
+
+def test_token_anonymous_access(token_registry, cred_env, monkeypatch):
+    host = token_registry.host
+    _login_env(monkeypatch, host, "pusher", "pushpass")
+    with _client() as c:
+        digest, _ = _push_image(c, host, "public/tool")
+        _push_image(c, host, "private/tool")
+    monkeypatch.delenv(f"{env_var_stem(host)}_USER")
+    with _client() as c:
+        assert _pull_image(c, host, "public/tool") == digest      # anonymous token, pull granted
+        with pytest.raises(AuthError) as e:
+            c.repository(host, "private/tool").get_manifest("v1")
+    assert "anonymous" in str(e.value) and f"pybuild login {host}" in str(e.value)
+
+
+def test_token_server_rejects_wrong_password(token_registry, cred_env, monkeypatch):
+    host = token_registry.host
+    _login_env(monkeypatch, host, "pusher", "not-the-Password")
+    with _client() as c, pytest.raises(AuthError) as e:
+        c.repository(host, "tok/x").tags()
+    msg = str(e.value)
+    assert "rejected the credentials of user 'pusher'" in msg and token_registry.server.realm in msg
+    assert "not-the-Password" not in msg
+
+
+def test_identity_token_uses_oauth2_refresh_grant(token_registry, cred_env):
+    host, server = token_registry.host, token_registry.server
+    server.refresh_tokens["refresh-tok-1"] = "pusher"
+    cred_env.config_json.write_text(json.dumps({"auths": {host: {"auth": "", "identitytoken": "refresh-tok-1"}}}))
+    with _client() as c:
+        digest, _ = _push_image(c, host, "tok/oauth")
+        assert _pull_image(c, host, "tok/oauth") == digest
+    assert server.requests and all(r.method == "POST" and r.user == "pusher" for r in server.requests)
+    del server.refresh_tokens["refresh-tok-1"]
+    with _client() as c, pytest.raises(AuthError, match="identity token"):
+        c.repository(host, "tok/oauth").tags()
+
+
+def test_cross_repo_mount_asks_for_source_pull_scope(token_registry, cred_env, monkeypatch):
+    host, server = token_registry.host, token_registry.server
+    _login_env(monkeypatch, host, "pusher", "pushpass")
+    data = _blob(3000, 42)
+    d = digest_bytes(data)
+    with _client() as c:
+        assert c.repository(host, "mnt/src").upload_blob(d, len(data), lambda off: [data[off:]]) == "uploaded"
+        assert c.repository(host, "mnt/dst").upload_blob(d, len(data), lambda off: [data[off:]],
+                                                         mount_from=["mnt/src"]) == "mounted"
+        assert c.repository(host, "mnt/dst").fetch_blob(d) == data
+    asked = [set(r.scopes) for r in server.requests]
+    assert {"repository:mnt/dst:pull,push", "repository:mnt/src:pull"} in asked
+
+
+def test_catalog_scope(token_registry, cred_env, monkeypatch):
+    host = token_registry.host
+    _login_env(monkeypatch, host, "pusher", "pushpass")
+    with _client() as c:
+        _push_image(c, host, "cat/one")
+        assert "cat/one" in c.catalog(host)
+    _login_env(monkeypatch, host, "puller", "pullpass")
+    with _client() as c, pytest.raises(AuthError, match="denied user 'puller'.*registry catalog"):
+        c.catalog(host)
+
+
+def _slow_source(data: bytes, pieces: int, pause: float):
+    """A blob source that yields DATA in PIECES with PAUSE seconds before each piece after the first."""
+    step = max(1, len(data) // pieces)
+
+    def source(offset: int):
+        for i in range(offset, len(data), step):
+            if i:
+                time.sleep(pause)
+            yield data[i:i + step]
+    return source
+
+
+def test_expiring_tokens_are_refreshed_before_use(token_registry, cred_env, monkeypatch):
+    """Tokens that live 3 s and say so: a transfer of several requests over ~7 s keeps going."""
+    host, server = token_registry.host, token_registry.server
+    server.lifetime = 3
+    _login_env(monkeypatch, host, "pusher", "pushpass")
+    data = os.urandom(8 * 4096)
+    d = digest_bytes(data)
+    with _client() as c:
+        repo = c.repository(host, "refresh/ahead")
+        # chunked upload: one PATCH per 4 KiB, each sent after a pause
+        assert repo.upload_blob(d, len(data), _slow_source(data, 8, 0.8), chunk_size=4096) == "uploaded"
+        assert repo.fetch_blob(d) == data
+    assert server.issued_count("pusher") >= 2
+
+
+def test_token_dying_early_is_replaced_after_401_mid_transfer(token_registry, cred_env, monkeypatch):
+    """Tokens announced for 300 s that the registry refuses after 2 s: 401s in the middle of an
+    upload and of a pull are answered with a new token and the transfers complete."""
+    host, server = token_registry.host, token_registry.server
+    server.lifetime, server.advertised_expires_in = 2, 300
+    _login_env(monkeypatch, host, "pusher", "pushpass")
+    data = os.urandom(6 * 4096)
+    d = digest_bytes(data)
+    with _client() as c:
+        repo = c.repository(host, "refresh/early")
+        assert repo.upload_blob(d, len(data), _slow_source(data, 6, 0.9), chunk_size=4096) == "uploaded"
+        issued = server.issued_count("pusher")
+        assert issued >= 2
+        time.sleep(2.2)                              # the token in the cache is now refused
+        assert repo.fetch_blob(d) == data
+        assert server.issued_count("pusher") > issued
+
+
+def test_authenticator_shares_one_token_between_threads(token_registry, cred_env):
+    import requests
+
+    host, server = token_registry.host, token_registry.server
+    session = requests.Session()
+    auth = Authenticator(host, Credential("puller", "pullpass"), session)
+    url = f"{token_registry.registry.url}/v2/"
+    first = session.get(url)
+    assert first.status_code == 401 and auth.challenge(first, [])
+    scopes = ["repository:threads/x:pull"]
+    results: list[int] = []
+
+    def work() -> None:
+        for _ in range(5):
+            r = session.get(f"{token_registry.registry.url}/v2/threads/x/tags/list", headers=auth.headers(scopes))
+            results.append(r.status_code)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [404] * 40                        # authorized (the repository does not exist)
+    assert sum(1 for r in server.requests if r.scopes == scopes) == 1
+    assert "pullpass" not in repr(auth)
+
+
+# -- TLS ---------------------------------------------------------------------------------------------
+
+def test_tls_registry_trusted_through_certs_dir(tls_registry, cred_env, monkeypatch):
+    monkeypatch.setenv("PYBUILD_CERTS_DIR", str(tls_registry.certs_dir))
+    with _client() as c:
+        assert c.base_url(tls_registry.host).startswith("https://")
+        digest, _ = _push_image(c, tls_registry.host, "tls/app")
+        assert _pull_image(c, tls_registry.host, "tls/app") == digest
+
+
+def test_tls_registry_rejected_without_its_ca(tls_registry, cred_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("PYBUILD_CERTS_DIR", str(tmp_path / "empty-certs.d"))
+    with _client() as c, pytest.raises(RegistryError) as e:
+        c.repository(tls_registry.host, "tls/app").tags()
+    msg = str(e.value)
+    assert "TLS" in msg and f"certs.d/{tls_registry.host}/ca.crt" in msg
+
+
+def test_ca_bundle_lookup(tmp_path, monkeypatch, test_ca):
+    a, b = tmp_path / "a", tmp_path / "b"
+    monkeypatch.setenv("PYBUILD_CERTS_DIR", f"{a}{os.pathsep}{b}")
+    assert ca_bundle_for("reg.example:5000") is None
+    (b / "reg.example:5000").mkdir(parents=True)
+    (b / "reg.example:5000" / "ca.crt").write_bytes(test_ca.cert_pem)
+    bundle = ca_bundle_for("reg.example:5000")
+    text = Path(bundle).read_bytes()
+    assert text.endswith(test_ca.cert_pem) and text.count(b"BEGIN CERTIFICATE") > 1   # system roots kept
+    assert ca_bundle_for("reg.example:5000") == bundle
+    assert ca_bundle_for("reg.example") is None
+    assert client_cert_for("reg.example:5000") is None
+    leaf = test_ca.issue("client", server=False)
+    leaf.write(b / "reg.example:5000", "client")
+    (b / "reg.example:5000" / "client.crt").rename(b / "reg.example:5000" / "client.cert")
+    assert client_cert_for("reg.example:5000") == (str(b / "reg.example:5000" / "client.cert"),
+                                                   str(b / "reg.example:5000" / "client.key"))
+
+
+# -- login / logout ------------------------------------------------------------------------------------
+
+def _pybuild(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "builder", *args], input=stdin, capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+
+
+@pytest.mark.parametrize("kind", ["basic", "token"])
+def test_login_logout_round_trip(kind, basic_registry, token_registry, cred_env):
+    reg = basic_registry if kind == "basic" else token_registry
+    user, pw = ("alice", basic_registry.users["alice"]) if kind == "basic" else ("pusher", "pushpass")
+    host = reg.host
+
+    bad = _pybuild("login", host, "-u", user, "--password-stdin", stdin="WrongOne\n")
+    assert bad.returncode == 1 and "WrongOne" not in bad.stdout + bad.stderr
+    assert "error:" in bad.stderr and "Traceback" not in bad.stderr
+    assert not cred_env.config_json.exists()
+
+    ok = _pybuild("login", host, "-u", user, "--password-stdin", stdin=pw + "\n")
+    assert ok.returncode == 0, ok.stderr
+    assert "Login Succeeded" in ok.stdout and pw not in ok.stdout + ok.stderr
+    entry = json.loads(cred_env.config_json.read_text())["auths"][host]
+    assert entry == {"auth": __import__("base64").b64encode(f"{user}:{pw}".encode()).decode()}
+    # the saved credential is what later commands use
+    with _client() as c:
+        digest, _ = _push_image(c, host, f"login/{kind}")
+        assert _pull_image(c, host, f"login/{kind}") == digest
+
+    out = _pybuild("logout", host)
+    assert out.returncode == 0 and "Removed login credentials" in out.stdout
+    assert host not in json.loads(cred_env.config_json.read_text())["auths"]
+    with _client() as c, pytest.raises(AuthError):
+        _push_image(c, host, f"login/{kind}", seed=3)
+    again = _pybuild("logout", host)
+    assert again.returncode == 0 and "Not logged in" in again.stdout
