@@ -6,3 +6,4 @@ from .manifest import (ContainerConfig, Descriptor, History, ImageConfig, Index,
 from .platform import InvalidPlatformError, Platform, host_platform, parse_platform, platform_matches
 from .reference import Reference, parse_reference
 from .store import GCResult, ImageRecord, LocalImage, Store, default_root, open_store
+from .imports import ImageImportError, ImportResult, import_image

@@ -1,0 +1,152 @@
+"""Local image commands: `images`, `rmi`, `import`, `store gc|verify`.
+
+They work on the store at --root ($PYBUILD_ROOT, else $XDG_DATA_HOME/pybuild) and never touch
+the network.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime
+
+
+def register(add_command) -> None:
+    """Add the images, rmi, import and store commands."""
+    p = add_command("images", "list the images in the local store")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="table (default) or json (one object per image, full digests)")
+    p.set_defaults(func=_images)
+
+    p = add_command("rmi", "remove image tags and the blobs no other image or cache uses")
+    p.add_argument("refs", nargs="+", metavar="REF", help="image name, name:tag, name@digest or digest prefix")
+    p.add_argument("--no-prune", action="store_true", help="only untag; keep the blobs until `store gc`")
+    p.set_defaults(func=_rmi)
+
+    p = add_command("import", "make a one-layer image from a root filesystem directory or a tar (like docker import)")
+    p.add_argument("source", metavar="ROOTFS_DIR|TAR", help="a directory, a tar (gzip/zstd/bzip2/xz ok) or - for stdin")
+    p.add_argument("name", metavar="NAME[:TAG]", help="the tag to give the image")
+    p.add_argument("-c", "--change", action="append", default=[], metavar="INSTRUCTION",
+                   help="apply a Dockerfile instruction to the config: CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, "
+                        "ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR (repeatable)")
+    p.add_argument("-m", "--message", help="history comment for the layer")
+    p.add_argument("--platform", help="OS/ARCH[/VARIANT] to record in the config (default: this host)")
+    p.set_defaults(func=_import)
+
+    p = add_command("store", "maintain the local store (gc, verify)")
+    p.add_argument("action", choices=("gc", "verify"),
+                   help="gc: delete unreferenced blobs; verify: check every blob and image")
+    p.set_defaults(func=_store)
+
+
+def _open(args: argparse.Namespace):
+    from registry.store import open_store
+    return open_store(args.root)
+
+
+def human_size(n: int) -> str:
+    """Decimal units like Docker: 1.98MB, 512B."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g}{unit}" if unit != "B" else f"{n}B"
+        n /= 1000
+    return f"{n}B"
+
+
+def human_age(created: str | None, now: float | None = None) -> str:
+    """`3 days ago` from an RFC 3339 time (`N/A` when absent or unreadable)."""
+    if not created:
+        return "N/A"
+    try:
+        t = datetime.fromisoformat(created).timestamp()
+    except ValueError:
+        return "N/A"
+    secs = max(0, int((now or time.time()) - t))
+    for size, unit in ((365 * 86400, "year"), (30 * 86400, "month"), (7 * 86400, "week"), (86400, "day"),
+                       (3600, "hour"), (60, "minute"), (1, "second")):
+        if secs >= size or unit == "second":
+            k = secs // size
+            return f"{k} {unit}{'s' if k != 1 else ''} ago"
+    return "N/A"
+
+
+def image_rows(store) -> list[dict]:
+    """One dict per tagged image: repository, tag, digest, size (compressed bytes for this host's
+    platform), created, platform."""
+    from registry.errors import RegistryError
+
+    rows = []
+    for rec in store.list_images():
+        ref = rec.reference
+        repo = ref.familiar_name if ref else rec.name
+        tag = (ref.tag if ref and ref.tag else "<none>")
+        size, created, platform = 0, None, None
+        try:
+            desc, manifest = store.image_manifest(rec.descriptor.digest)
+            cfg = store.get_config(manifest.config.digest)
+            size = desc.size + manifest.config.size + sum(layer.size for layer in manifest.layers)
+            created, platform = cfg.created, str(cfg.platform)
+        except RegistryError:
+            size = rec.descriptor.size
+        rows.append({"name": rec.name, "repository": repo, "tag": tag, "digest": rec.descriptor.digest,
+                     "media_type": rec.descriptor.media_type, "size": size, "created": created,
+                     "platform": platform})
+    return rows
+
+
+def _images(args: argparse.Namespace) -> int:
+    rows = image_rows(_open(args))
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [("REPOSITORY", "TAG", "DIGEST", "SIZE", "CREATED")]
+    for r in rows:
+        table.append((r["repository"], r["tag"], r["digest"][:19], human_size(r["size"]), human_age(r["created"])))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    for row in table:
+        print("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _rmi(args: argparse.Namespace) -> int:
+    store = _open(args)
+    for ref in args.refs:
+        store.untag(ref)
+        if not args.quiet:
+            print(f"Untagged: {ref}")
+    if not args.no_prune:
+        result = store.gc()
+        if not args.quiet and result.removed_blobs:
+            print(f"Deleted: {result.removed_blobs} blobs ({human_size(result.freed_bytes)})")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from registry.imports import import_image
+    from registry.platform import parse_platform
+
+    store = _open(args)
+    platform = parse_platform(args.platform) if args.platform else None
+    result = import_image(store, args.source, args.name, changes=args.change, platform=platform,
+                          message=args.message)
+    if not args.quiet:
+        print(f"Imported {result.reference.familiar} ({result.layer.size} bytes compressed)", file=sys.stderr)
+    print(result.descriptor.digest)
+    return 0
+
+
+def _store(args: argparse.Namespace) -> int:
+    store = _open(args)
+    if args.action == "gc":
+        result = store.gc()
+        if not args.quiet:
+            print(f"removed {result.removed_blobs} blobs ({human_size(result.freed_bytes)}), "
+                  f"kept {result.kept_blobs}")
+        return 0
+    problems = store.verify()
+    for p in problems:
+        print(p)
+    if not problems and not args.quiet:
+        print(f"store at {store.root}: all blobs and images are intact")
+    return 1 if problems else 0
