@@ -393,6 +393,9 @@ class RegistryClient:
                     requests.exceptions.ChunkedEncodingError, _Transport) as exc:
                 if not retry_transport:
                     raise _Transport(f"{method} {url}: {_short_exc(exc)}") from None
+                if _unresolvable(exc):
+                    raise RegistryError(f"{method} {url}: cannot resolve host {urlsplit(url).hostname!r}; "
+                                        f"check the registry name in the reference") from None
                 if attempt >= self.options.retries:
                     raise RegistryError(
                         f"{method} {url}: connection failed after {attempt + 1} attempt(s): "
@@ -488,6 +491,13 @@ class RegistryClient:
         """All repository names of a registry (GET /v2/_catalog, following Link pagination)."""
         return self._paginate(host, "/v2/_catalog", "repositories", ["registry:catalog:*"],
                               page_size, f"catalog of {host}")
+
+
+def _unresolvable(exc: BaseException) -> bool:
+    """True when a connection error is a failed DNS lookup (retrying rarely helps)."""
+    import urllib3.exceptions
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, urllib3.exceptions.NameResolutionError)
 
 
 def _once(value: Any) -> Callable[[], Any]:
