@@ -9,6 +9,7 @@ Layout (the standard OCI image layout, plus a few private entries other tools ig
     <root>/images/roots/<name>        digests other components keep alive (one per line)
     <root>/images/leases/<id>         digests written by a live process (flock-held)
     <root>/images/.lock               flock serializing index.json updates and gc
+    <root>/images/.gc.lock            flock: blob publishing (shared) against gc (exclusive)
 
 Tags: every entry of index.json carries `org.opencontainers.image.ref.name` = the familiar
 reference (`busybox:latest`, `localhost:5000/app:v1`, `busybox@sha256:...`) and
@@ -280,8 +281,19 @@ class Store:
         return self.layout / "blobs" / d.algorithm / d.hex
 
     def has_blob(self, digest: str) -> bool:
-        """True if the blob is in the store."""
-        return self.blob_path(digest).is_file()
+        """True if the blob is in the store.
+
+        Inside `lease()` a blob found here is also added to the lease, so skipping a download
+        because the blob exists is safe against a concurrent gc.
+        """
+        path = self.blob_path(digest)
+        if not self._leases:
+            return path.is_file()
+        with FileLock(self.layout / ".gc.lock", shared=True):
+            if not path.is_file():
+                return False
+            self._note(digest)
+            return True
 
     def blob_size(self, digest: str) -> int:
         """Size in bytes of a stored blob (NotFoundError if absent)."""
@@ -324,7 +336,6 @@ class Store:
             raise DigestMismatchError(f"blob content does not match its digest: expected {expected_digest}, "
                                       f"got {digest} ({len(data)} bytes); nothing was stored")
         if self.has_blob(digest):
-            self._note(digest)
             return Descriptor(media_type, digest, len(data))
         with self.blob_writer(expected_digest=digest, media_type=media_type) as w:
             w.write(data)
@@ -375,12 +386,15 @@ class Store:
         """Rename a verified temp file to its content address (keeping an existing copy)."""
         target = self.blob_path(digest)
         target.parent.mkdir(parents=True, exist_ok=True)
-        self._note(digest)
-        if target.exists():
-            os.unlink(tmp)
-            return
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, target)
+        # Shared against gc's exclusive hold: a blob appears (and lands in a lease) either
+        # before a gc reads the leases or after it has finished sweeping, never in between.
+        with FileLock(self.layout / ".gc.lock", shared=True):
+            self._note(digest)
+            if target.exists():
+                os.unlink(tmp)
+                return
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, target)
         fsync_dir(target.parent)
 
     def _missing(self, digest: str) -> NotFoundError:
@@ -651,7 +665,7 @@ class Store:
     def gc(self, extra_roots: Iterable[str] = ()) -> GCResult:
         """Delete blobs nothing references (see reachable) and stale ingest files."""
         result = GCResult()
-        with FileLock(self.layout / ".lock"):
+        with FileLock(self.layout / ".lock"), FileLock(self.layout / ".gc.lock"):
             keep = self.reachable(extra_roots)
             for digest in list(self.blobs()):
                 if digest in keep:

@@ -232,6 +232,19 @@ def test_lease_protects_untagged_blobs_from_a_concurrent_gc(root):
     assert os.listdir(root / "images" / "leases") == []
 
 
+def test_lease_covers_blobs_found_existing(root):
+    store = Store(root)
+    d = store.put_blob(b"already here, not tagged")
+    with store.lease():
+        assert store.has_blob(d.digest)         # a pull skipping an existing blob
+        assert store.put_blob(b"already here, not tagged").digest == d.digest
+        out = subprocess.run([sys.executable, "-c",
+                              "import sys; from registry.store import Store; print(Store(sys.argv[1]).gc().removed_blobs)",
+                              str(root)], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "0"
+    assert store.gc().removed_blobs == 1
+
+
 def test_dead_lease_is_ignored(root):
     store = Store(root)
     d = store.put_blob(b"orphan")
