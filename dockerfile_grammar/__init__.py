@@ -9,6 +9,7 @@ from .syntax import Directive, Heredoc, Node, ParseWarning, SyntaxTree
 
 # Typed instructions, expansion and lint load on first use (PEP 562) to keep `import` cheap.
 _LAZY = {
+    "parse": "parser", "dump_ast": "dump",
     "ExpansionResult": "expansion", "Lexer": "expansion", "expand_with_matches": "expansion",
     "expand_word": "expansion", "expand_words": "expansion",
     "GitRef": "gitref", "parse_git_ref": "gitref",
@@ -28,6 +29,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "parse", "dump_ast",
     "DockerfileError", "Directive", "Heredoc", "Node", "ParseWarning", "SyntaxTree",
     "ExpansionResult", "Lexer", "expand_with_matches", "expand_word", "expand_words",
     "GitRef", "parse_git_ref", "Dockerfile", "Instruction", "Stage", "instruction_from_node",

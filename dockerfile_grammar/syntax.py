@@ -56,6 +56,21 @@ class Node:
     trigger: "Node | None" = None        # the nested instruction of ONBUILD
     keyword: str = ""                   # the instruction word exactly as written ("From")
     prev_comments: list[str] = field(default_factory=list)  # comment lines directly above
+    # Where ``original`` came from: (offset in original, physical line, 1-based column) per
+    # joined piece, so a character offset can be mapped back to a line and column.
+    segments: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
+
+    def position(self, offset: int) -> tuple[int, int]:
+        """(line, column) in the source file of character ``offset`` of ``original``."""
+        if not self.segments:
+            return self.start_line, 1
+        best = self.segments[0]
+        for seg in self.segments:
+            if seg[0] <= offset:
+                best = seg
+            else:
+                break
+        return best[1], best[2] + offset - best[0]
 
 
 @dataclass
@@ -68,6 +83,16 @@ class SyntaxTree:
     escape_token: str = "\\"
     warnings: list[ParseWarning] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)   # physical source lines, for error excerpts
+
+    @property
+    def start_line(self) -> int:
+        """First line of the first instruction (0 when there are none)."""
+        return self.children[0].start_line if self.children else 0
+
+    @property
+    def end_line(self) -> int:
+        """Last line consumed by the last instruction (0 when there are none)."""
+        return self.children[-1].end_line if self.children else 0
 
     def directive(self, name: str) -> str | None:
         for d in self.directives:

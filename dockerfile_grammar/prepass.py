@@ -1,0 +1,249 @@
+"""The hand-written pre-pass: physical lines -> directives, logical lines and heredoc bodies.
+
+What a context-free grammar cannot do lives here, following BuildKit's line scanner:
+parser directives at the top of the file (``syntax``, ``escape``, ``check``), the escape
+character, line continuations (with comment lines dropped and blank lines warned about inside
+them), the UTF-8 BOM, CRLF line ends, and reading heredoc bodies after their instruction line.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import DockerfileError
+from .goquote import GO_SPACE
+from .syntax import Directive, Heredoc, ParseWarning
+
+MAX_LINE_BYTES = 65535  # BuildKit's scanner limit (bufio.MaxScanTokenSize - 1)
+VALID_DIRECTIVES = ("syntax", "escape", "check")
+# After "#" and optional blanks: name, "=", value (Go's \s is [\t\n\f\r ]).
+_DIRECTIVE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z")
+EMPTY_CONTINUATION_DETAIL = "Empty continuation lines will become errors in a future release"
+
+
+@dataclass
+class LogicalLine:
+    """One instruction's text after continuation joining, with where each piece came from."""
+
+    text: str
+    start_line: int
+    end_line: int
+    # (offset in text, physical line, 1-based column of that offset): one entry per piece.
+    segments: list[tuple[int, int, int]]
+    comments: list[str] = field(default_factory=list)
+
+
+class PrePass:
+    """Walks the physical lines of one Dockerfile, BuildKit style.
+
+    Call ``next_line()`` until it returns None; after each line the caller may call
+    ``read_heredoc_bodies()`` to consume the bodies of the heredocs that line introduced.
+    """
+
+    def __init__(self, text: str, filename: str = "Dockerfile") -> None:
+        self.filename = filename
+        lines = text.split("\n")
+        # A final "\n" ends the last line; it does not start an empty one.
+        self.ends_with_newline = len(lines) > 1 and lines[-1] == ""
+        if lines[-1] == "":
+            lines.pop()
+        if lines and lines[0].startswith("\ufeff"):
+            lines[0] = lines[0][1:]
+        self.lines = lines
+        self.pos = 0                      # index of the next physical line to read
+        self.escape_token = "\\"
+        self.directives: list[Directive] = []
+        self.warnings: list[ParseWarning] = []
+        self._directives_done = False
+        self._comments: list[str] = []
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def error(self, message: str, line: int, column: int = 1, *, end_line: int | None = None,
+              hint: str | None = None) -> DockerfileError:
+        """A DockerfileError pointing at a physical line (1-based) of this file."""
+        source = self.lines[line - 1].rstrip("\r") if 0 < line <= len(self.lines) else None
+        return DockerfileError(message, filename=self.filename, line=line, column=column,
+                               source_line=source, hint=hint, end_line=end_line)
+
+    # -- physical lines -----------------------------------------------------------------------
+
+    def _take(self) -> str:
+        raw = self.lines[self.pos]
+        self.pos += 1
+        if len(raw) > MAX_LINE_BYTES // 4 and len(raw.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
+            raise self.error(f"dockerfile line greater than max allowed size of {MAX_LINE_BYTES}",
+                             self.pos, hint="split the line with a line continuation")
+        return raw
+
+    def _directive(self, token: str, line: int, lead: int) -> bool:
+        """Record ``token`` as a parser directive if it is one; True when it was.
+
+        ``lead`` is the number of blanks stripped before ``token`` (for error columns).
+        """
+        if self._directives_done:
+            return False
+        if not token.startswith("#"):
+            self._directives_done = True
+            return False
+        m = _DIRECTIVE.match(token[1:].lstrip(GO_SPACE))
+        if m is None or m.group(1).lower() not in VALID_DIRECTIVES:
+            self._directives_done = True
+            return False
+        name, value = m.group(1).lower(), m.group(2)
+        column = lead + token.index(m.group(1)) + 1
+        if any(d.name == name for d in self.directives):
+            raise self.error(f"only one {name} parser directive can be used", line, column,
+                             hint=f"remove the repeated '# {name}=' line")
+        if name == "escape":
+            if value not in ("\\", "`"):
+                raise self.error(f"invalid escape token '{value}' does not match ` or \\", line,
+                                 lead + token.index(value, column - lead) + 1,
+                                 hint="use '# escape=\\' or '# escape=`'")
+            self.escape_token = value
+        self.directives.append(Directive(name=name, value=value, line=line))
+        return True
+
+    def _trim_continuation(self, s: str) -> tuple[str, bool]:
+        """Strip a trailing escape character (plus blanks); True in [1] when none was there.
+
+        An escape character preceded by another escape character is literal, as in BuildKit.
+        """
+        esc = self.escape_token
+        t = s.rstrip(" \t")
+        if t.endswith(esc) and (len(t) == 1 or t[-2] != esc):
+            return t[:-1], False
+        return s, True
+
+    # -- logical lines ------------------------------------------------------------------------
+
+    def next_line(self) -> LogicalLine | None:
+        """The next instruction's logical line, or None at the end of the file."""
+        lines = self.lines
+        while self.pos < len(lines):
+            raw = self._take()
+            line_no = self.pos
+            stripped = raw.lstrip(GO_SPACE)
+            is_comment = stripped.startswith("#")
+            if is_comment:
+                # BuildKit drops the first byte and trims: "  # x" is remembered as "# x".
+                comment = raw[1:].strip(GO_SPACE)
+                if comment:
+                    self._comments.append(comment)
+                else:
+                    self._comments = []
+            token = stripped.rstrip("\r\n")
+            if self._directive(token, line_no, len(raw) - len(stripped)) and self._comments:
+                self._comments.pop()
+            if is_comment:
+                token = ""
+            text, end_of_line = self._trim_continuation(token)
+            if end_of_line and not text:
+                continue
+            start_col = len(raw) - len(stripped) + 1
+            parts = [text]
+            segments = [(0, line_no, start_col)]
+            offset = len(text)
+            first_empty = 0
+            while not end_of_line and self.pos < len(lines):
+                raw = self._take()
+                token = raw.rstrip("\r\n")
+                stripped = token.lstrip(GO_SPACE)
+                if stripped.startswith("#"):
+                    continue  # comment lines inside a continuation vanish
+                if not stripped:
+                    first_empty = first_empty or self.pos
+                    continue
+                piece, end_of_line = self._trim_continuation(token)
+                segments.append((offset, self.pos, 1))
+                parts.append(piece)
+                offset += len(piece)
+            joined = "".join(parts)
+            if first_empty:
+                self.warnings.append(ParseWarning(
+                    short="Empty continuation line found in: " + joined,
+                    detail=EMPTY_CONTINUATION_DETAIL, line=first_empty,
+                    rule="NoEmptyContinuation"))
+            comments, self._comments = self._comments, []
+            return LogicalLine(text=joined, start_line=line_no, end_line=self.pos,
+                               segments=segments, comments=comments)
+        return None
+
+    def read_heredoc_bodies(self, heredocs: list[Heredoc], start_line: int) -> int:
+        """Fill in each heredoc's content from the following lines; returns the last line used.
+
+        The body is raw: line ends are kept as written (CRLF too). The terminator line must
+        equal the delimiter (after removing leading tabs for ``<<-``).
+        """
+        lines = self.lines
+        for doc in heredocs:
+            body = []
+            while True:
+                if self.pos >= len(lines):
+                    raise self.error("unterminated heredoc", start_line, end_line=self.pos,
+                                     hint=f"add a line containing only '{doc.name}' after the "
+                                          "heredoc body")
+                raw = self._take()
+                candidate = raw.rstrip("\r\n")
+                if doc.chomp:
+                    candidate = candidate.lstrip("\t")
+                if candidate == doc.name:
+                    break
+                has_newline = self.pos < len(lines) or self.ends_with_newline
+                body.append(raw + "\n" if has_newline else raw)
+            doc.content = "".join(body)
+        return self.pos
+
+
+def _directive_scan(lines: list[str], prefix: str, key: str, first_line: int
+                    ) -> tuple[str, str, int] | None:
+    seen: set[str] = set()
+    for number, line in enumerate(lines, start=first_line + 1):
+        if not line.startswith(prefix):
+            return None
+        m = _DIRECTIVE.match(line[len(prefix):].lstrip(GO_SPACE))
+        if m is None or m.group(1).lower() not in VALID_DIRECTIVES:
+            return None
+        name = m.group(1).lower()
+        if name in seen:
+            return None
+        seen.add(name)
+        if name == key:
+            value = m.group(2)
+            return value.split(" ", 1)[0], value, number
+    return None
+
+
+def detect_directive(text: str, key: str = "syntax", any_format: bool = True
+                     ) -> tuple[str, str, int] | None:
+    """Find a parser directive the way BuildKit selects a frontend, without parsing the file.
+
+    Returns (value up to the first space, full value, 1-based line) or None. A ``#!`` first
+    line is skipped. With ``any_format`` (BuildKit does this for ``syntax`` only) the
+    ``//key=value`` comment style and a JSON document ``{"key": "..."}`` are accepted too.
+    """
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    first_line = 0
+    if text.startswith("#!"):
+        text = text.partition("\n")[2]
+        first_line = 1
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+    found = _directive_scan(lines, "#", key, first_line)
+    if found is not None or not any_format:
+        return found
+    found = _directive_scan(lines, "//", key, first_line)
+    if found is not None:
+        return found
+    import json
+
+    def _reject(name: str) -> None:
+        raise ValueError(name)  # Go's JSON has no NaN/Infinity
+
+    try:
+        doc = json.loads(text, parse_constant=_reject)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get(key), str):
+        return doc[key], doc[key], first_line
+    return None
