@@ -36,15 +36,11 @@ def empty_image(os_name: str, arch: str, variant: str = "") -> dict:
 
 
 def from_base(base: dict) -> dict:
-    """A stage's starting config: a deep copy of the base image's config, cleaned of its created time."""
+    """A stage's starting config: a deep copy of the base image's config (RUN adds PATH if it has none)."""
     cfg = copy.deepcopy(base)
     cfg.setdefault("config", {})
     cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []})
     cfg.setdefault("history", [])
-    cfg["config"].setdefault("Env", [])
-    if not any(e.startswith("PATH=") for e in cfg["config"]["Env"]):
-        # Images without PATH still get one in RUN (BuildKit adds it to the image too).
-        cfg["config"]["Env"].insert(0, "PATH=" + DEFAULT_PATH)
     return cfg
 
 

@@ -1,0 +1,78 @@
+"""`pybuild [build] [-f FILE|-] [-t NAME[:TAG]]... CONTEXT`: docker-build compatible builds."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(add_command) -> None:
+    """Add the `build` command."""
+    p = add_command("build", "build an image from a Dockerfile (like `docker build`)")
+    p.add_argument("context", metavar="CONTEXT", help="build context: a directory, a tar file, or - (tar on stdin)")
+    p.add_argument("-f", "--file", dest="file", metavar="FILE", help="the Dockerfile (default CONTEXT/Dockerfile; - for stdin)")
+    p.add_argument("-t", "--tag", dest="tags", action="append", default=[], metavar="NAME[:TAG]",
+                   help="name the image (repeatable)")
+    p.add_argument("--build-arg", dest="build_args", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="set a build argument (KEY alone takes the value from the environment)")
+    p.add_argument("--target", help="build this stage (and what it needs) instead of the last one")
+    p.add_argument("--platform", help="target platform; only this host's is supported")
+    p.add_argument("--label", dest="labels", action="append", default=[], metavar="KEY=VALUE",
+                   help="add a label to the image (repeatable)")
+    p.add_argument("--no-cache", action="store_true", help="do not use the build cache")
+    p.add_argument("--pull", action="store_true", help="always pull base images again")
+    p.add_argument("--progress", default="auto", choices=["auto", "plain", "tty", "quiet", "rawjson"],
+                   help="progress output (default auto: tty on a terminal, plain otherwise)")
+    p.add_argument("--iidfile", metavar="FILE", help="write the image ID (config digest) to FILE")
+    p.add_argument("--metadata-file", metavar="FILE",
+                   help="write image digest, config digest and per-step details as JSON to FILE")
+    p.add_argument("--push", action="store_true", help="push the tagged image after the build")
+    p.add_argument("-o", "--output", dest="outputs", action="append", default=[], metavar="type=TYPE[,dest=PATH]",
+                   help="export: type=image|registry|oci|docker|tar|local with dest=PATH")
+    p.add_argument("--secret", dest="secrets", action="append", default=[], metavar="id=ID,src=PATH|env=VAR",
+                   help="a secret for RUN --mount=type=secret")
+    p.add_argument("--network", default="default", choices=["default", "host", "none"],
+                   help="network for RUN (default: the host's, as BuildKit without CNI)")
+    p.add_argument("--compression", default="gzip", metavar="ALGO[,level=N]",
+                   help="layer compression: gzip (ISA-L), zstd, uncompressed")
+    p.add_argument("--isolation", default="oci", choices=["oci", "chroot"],
+                   help="RUN sandbox: oci (runc) or chroot (namespaces + chroot, no runtime needed)")
+    p.set_defaults(func=run)
+
+
+def _build_args(values: list[str]) -> dict[str, str]:
+    import os
+    out: dict[str, str] = {}
+    for v in values:
+        k, eq, val = v.partition("=")
+        if eq:
+            out[k] = val
+        elif k in os.environ:
+            out[k] = os.environ[k]
+    return out
+
+
+def _labels(values: list[str]) -> dict[str, str]:
+    from ..errors import BuildError
+    out = {}
+    for v in values:
+        k, eq, val = v.partition("=")
+        if not k:
+            raise BuildError(f"--label {v!r}: expected KEY=VALUE")
+        out[k] = val
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of `pybuild build`."""
+    from ..build import BuildOptions, build
+    progress = "quiet" if args.quiet else args.progress
+    opts = BuildOptions(
+        context=args.context, dockerfile=args.file, tags=args.tags, build_args=_build_args(args.build_args),
+        target=args.target, platform=args.platform, labels=_labels(args.labels), no_cache=args.no_cache,
+        pull=args.pull, progress=progress, iidfile=args.iidfile, metadata_file=args.metadata_file,
+        push=args.push, outputs=args.outputs, secrets=args.secrets, network=args.network,
+        compression=args.compression, isolation=args.isolation, root=args.root)
+    result = build(opts)
+    if args.quiet:
+        print(result.image_id)
+    return 0

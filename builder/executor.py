@@ -1,0 +1,246 @@
+"""Executing build steps on a stage's state: FROM, RUN in the sandbox, COPY/ADD, WORKDIR, commit.
+
+A :class:`StageState` is the image being built by one stage: its config dict (see
+builder.config), its layers, and the cache key of the last step. The :class:`Executor` turns
+steps into layers in the store; metadata instructions are handled by builder.config directly.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import posixpath
+import shutil
+import stat
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from registry import mediatypes as mt
+from registry.manifest import Descriptor, ImageConfig, Manifest
+from registry.store import Store
+
+from . import config as cfgmod
+from .errors import BuildError
+from .layers import LayerMaker, LayerRef, prune_upper
+from .sandbox import Mount, RunSpec, run as sandbox_run
+from .snapshot import mount_snapshot
+from .users import ResolvedUser, resolve_user
+
+
+@dataclass
+class StageState:
+    """The image a stage is building."""
+
+    name: str
+    config: dict
+    layers: list[LayerRef] = field(default_factory=list)
+    key: str = ""
+    flags: cfgmod.StageFlags = field(default_factory=cfgmod.StageFlags)
+    base_ref: str = ""
+
+    def copy(self) -> "StageState":
+        import copy as _copy
+        return StageState(self.name, _copy.deepcopy(self.config), list(self.layers), self.key,
+                          cfgmod.StageFlags(self.flags.cmd_set), self.base_ref)
+
+
+@dataclass
+class RunMount:
+    """A RUN --mount after expansion, in terms the executor understands."""
+
+    type: str                         # bind | cache | tmpfs | secret | ssh
+    target: str
+    source: str = ""
+    from_state: StageState | None = None     # bind/cache from a stage or image
+    from_context: Path | None = None          # bind from the build context directory
+    readonly: bool = True
+    cache_id: str = ""
+    sharing: str = "shared"
+    mode: int | None = None
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    secret_data: bytes | None = None
+    env: str | None = None
+    required: bool = False
+
+
+def rfc3339(ts: float) -> str:
+    """RFC 3339 UTC with nanoseconds trimmed like Go's time.RFC3339Nano."""
+    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    frac = f"{dt.microsecond:06d}".rstrip("0")
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
+
+
+class Executor:
+    """Runs steps against the store rooted at ``root``."""
+
+    def __init__(self, store: Store, root: Path, layers: LayerMaker, isolation: str = "oci",
+                 source_date_epoch: int | None = None):
+        self.store = store
+        self.root = Path(root)
+        self.layers = layers
+        self.isolation = isolation
+        self.source_date_epoch = source_date_epoch
+
+    def now(self) -> str:
+        """The creation time to record (SOURCE_DATE_EPOCH when set)."""
+        return rfc3339(self.source_date_epoch if self.source_date_epoch is not None else time.time())
+
+    # -- users -------------------------------------------------------------------------------
+    def user(self, state: StageState, spec: str | None = None, for_chown: bool = False) -> ResolvedUser:
+        """Resolve ``spec`` (default: the stage's USER) through the stage's /etc/passwd and /etc/group."""
+        if spec is None:
+            spec = state.config["config"].get("User") or ""
+        if not spec:
+            return ResolvedUser(0, 0)
+        user, _, group = spec.partition(":")
+        if user.isdigit() and (not group or group.isdigit()) and for_chown:
+            return ResolvedUser(int(user), int(group) if group else int(user))
+        return resolve_user(spec, self.layers.view(state.layers), for_chown=for_chown)
+
+    # -- RUN -----------------------------------------------------------------------------------
+    def run(self, state: StageState, argv: list[str], env: list[str], mounts: list[RunMount],
+            network: str, output: Callable[[str, bytes], None]) -> tuple[int, LayerRef | None]:
+        """Run ``argv`` on the stage's rootfs; returns the exit code and the layer (None if nothing changed)."""
+        user = self.user(state)
+        cwd = state.config["config"].get("WorkingDir") or "/"
+        lower_ids = [l.diff_id for l in state.layers]
+        self.layers.dirs(state.layers)
+        snap = mount_snapshot(self.root, lower_ids)
+        try:
+            with contextlib.ExitStack() as stack:
+                sb_mounts, extra_env = self._mounts(state, mounts, cwd, stack)
+                spec = RunSpec(args=argv, rootfs=snap.merged, env=env + extra_env, cwd=cwd,
+                               uid=user.uid, gid=user.gid, additional_gids=user.additional_gids,
+                               mounts=sb_mounts, network=network)
+                rc = sandbox_run(spec, output, isolation=self.isolation,
+                                 state_dir=self.root / "tmp")
+            if rc != 0:
+                return rc, None
+            upper = snap.changes()
+            prune_upper(upper, self.layers.view(state.layers))
+            return 0, self.layers.commit_upper(upper)
+        finally:
+            snap.cleanup()
+
+    def _mounts(self, state: StageState, mounts: list[RunMount], cwd: str,
+                stack: contextlib.ExitStack) -> tuple[list[Mount], list[str]]:
+        out: list[Mount] = []
+        env: list[str] = []
+        for m in mounts:
+            target = m.target if m.target.startswith("/") else posixpath.join(cwd, m.target)
+            if m.type == "tmpfs":
+                opts = [f"size={m.size}"] if m.size else []
+                out.append(Mount(target, type="tmpfs", options=opts))
+            elif m.type == "bind":
+                out.append(Mount(target, source=str(self._bind_source(m, stack)), readonly=m.readonly))
+            elif m.type == "cache":
+                out.append(Mount(target, source=str(self._cache_dir(m, stack)), readonly=m.readonly))
+            elif m.type == "secret":
+                if m.secret_data is None:
+                    if m.required:
+                        raise BuildError(f"secret {m.cache_id} is required but was not given: "
+                                         f"pass --secret id={m.cache_id},src=FILE")
+                    continue
+                if m.env:
+                    env.append(f"{m.env}={m.secret_data.decode('utf-8', 'replace')}")
+                if m.target or not m.env:
+                    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=self._tmp())))
+                    f = tmp / "secret"
+                    f.write_bytes(m.secret_data)
+                    os.chown(f, m.uid, m.gid)
+                    os.chmod(f, m.mode if m.mode is not None else 0o400)
+                    out.append(Mount(target or f"/run/secrets/{m.cache_id}", source=str(f), readonly=True))
+            elif m.type == "ssh":
+                if m.required:
+                    raise BuildError("RUN --mount=type=ssh: SSH agent forwarding is not supported by "
+                                     "pybuild; drop required=true or fetch with another method")
+            else:
+                raise BuildError(f"unsupported mount type {m.type!r}")
+        return out, env
+
+    def _tmp(self) -> Path:
+        d = self.root / "tmp"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _bind_source(self, m: RunMount, stack: contextlib.ExitStack) -> Path:
+        """Host path to bind: a context path, or a path in a mounted stage/image rootfs.
+
+        A read-write bind gets its own overlay so that writes are discarded, as BuildKit does.
+        """
+        if m.from_state is not None:
+            snap = mount_snapshot(self.root, [l.diff_id for l in m.from_state.layers]
+                                  if self.layers.dirs(m.from_state.layers) is not None else [],
+                                  writable=not m.readonly)
+            stack.callback(snap.cleanup)
+            base = snap.merged
+        elif m.from_context is not None:
+            base = m.from_context
+            if not m.readonly:
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=self._tmp())))
+                shutil.copytree(base, tmp / "ctx", symlinks=True)
+                base = tmp / "ctx"
+        else:
+            raise BuildError(f"bind mount at {m.target}: no source")
+        src = Path(os.path.normpath(os.path.join(base, m.source.lstrip("/")))) if m.source else base
+        if not str(src).startswith(str(base)):
+            raise BuildError(f"bind mount source {m.source} leaves its root")
+        if not os.path.lexists(src):
+            raise BuildError(f"bind mount source {m.source or '/'} does not exist")
+        return src
+
+    def _cache_dir(self, m: RunMount, stack: contextlib.ExitStack) -> Path:
+        """The persistent directory of a cache mount (created with its mode/uid/gid)."""
+        key = hashlib.sha256(m.cache_id.encode()).hexdigest()[:32]
+        d = self.root / "cachemounts" / key
+        if not d.is_dir():
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, m.mode if m.mode is not None else 0o755)
+            os.chown(d, m.uid, m.gid)
+            if m.from_state is not None and m.source:
+                view = self.layers.view(m.from_state.layers)
+                s = view.stat(m.source)
+                if s is not None and stat.S_ISDIR(s[1].st_mode):
+                    for vpath, host, st in list(view.walk(view.resolve(m.source) or m.source))[1:]:
+                        rel = vpath[len(m.source.rstrip("/")) + 1:]
+                        dst = d / rel
+                        if stat.S_ISDIR(st.st_mode):
+                            dst.mkdir(exist_ok=True)
+                        elif stat.S_ISLNK(st.st_mode):
+                            os.symlink(os.readlink(host), dst)
+                        else:
+                            shutil.copy2(host, dst)
+        if m.sharing in ("locked", "private"):
+            lock = open(self.root / "cachemounts" / f"{key}.lock", "w")
+            stack.callback(lock.close)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return d
+
+    # -- commit --------------------------------------------------------------------------------
+    def add_layer(self, state: StageState, layer: LayerRef | None, created_by: str) -> None:
+        """Record a step's result in the stage's config (layer + history)."""
+        if layer is not None:
+            state.layers.append(layer)
+            cfgmod.add_layer(state.config, layer.diff_id)
+        cfgmod.add_history(state.config, created_by, self.now(), empty_layer=layer is None)
+
+    def commit_image(self, state: StageState, docker_media_types: bool = False
+                     ) -> tuple[Descriptor, Descriptor, bytes]:
+        """Write the stage's config and manifest to the store; returns (manifest, config, config bytes)."""
+        cfg = cfgmod.finalize(dict(state.config), self.now())
+        image_config = ImageConfig.from_dict(cfg, where=f"stage {state.name}")
+        config_media = mt.DOCKER_CONFIG if docker_media_types else mt.OCI_CONFIG
+        data = image_config.to_bytes()
+        config_desc = self.store.put_blob(data, config_media)
+        manifest = Manifest(config=Descriptor(config_media, config_desc.digest, config_desc.size),
+                            layers=[l.descriptor for l in state.layers],
+                            media_type=mt.DOCKER_MANIFEST if docker_media_types else mt.OCI_MANIFEST)
+        manifest_desc = self.store.put_manifest(manifest)
+        return manifest_desc, config_desc, data
