@@ -24,6 +24,7 @@ Store are protected from a concurrent gc in any process).
 """
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -358,8 +359,16 @@ class Store:
             digest = f"{algorithm}:{h.hexdigest()}"
             if expected_digest is not None and digest != expected_digest:
                 raise DigestMismatchError(f"{path}: expected {expected_digest}, got {digest}; nothing was stored")
-            self._publish(path, digest)
-            return Descriptor(media_type, digest, size)
+            try:
+                self._publish(path, digest)
+                return Descriptor(media_type, digest, size)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+            # Another filesystem: copy, then drop the original as a move would have.
+            desc = self.put_file(path, media_type, digest)
+            os.unlink(path)
+            return desc
         with open(path, "rb") as f, self.blob_writer(expected_digest, media_type=media_type) as w:
             while chunk := f.read(CHUNK):
                 w.write(chunk)

@@ -5,6 +5,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 import uuid
 
@@ -78,6 +79,17 @@ def test_import_tar_any_compression(root, tmp_path, busybox_rootfs, compress):
     assert res.diff_id == "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
     assert store.image_config("fromtar:v1", Platform("linux", "arm64")).architecture == "arm64"
     assert "./bin/busybox" in layer_members(store, res.layer.digest)
+
+
+def test_cli_import_from_stdin(root, busybox_rootfs):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tf:
+        tf.add(busybox_rootfs / "etc", arcname="etc")
+    out = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "import", "-", "stdin:1", "-q"],
+                         input=raw.getvalue(), capture_output=True, check=True)
+    store = Store(root)
+    assert out.stdout.decode().strip() == store.resolve("stdin:1").digest
+    assert store.image_config("stdin:1").history[0].comment == "Imported from -"
 
 
 def test_import_rejects_bad_sources(root, tmp_path):

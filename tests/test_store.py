@@ -72,6 +72,18 @@ def test_put_and_read_blobs(root):
     assert not src.exists() and store.read_blob(moved.digest) == b"file content"
 
 
+def test_put_file_move_across_filesystems(root):
+    other = "/dev/shm"
+    if not os.path.isdir(other) or os.stat(other).st_dev == os.stat(root).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the test's tmp dir")
+    src = os.path.join(other, f"pybuild-test-{os.getpid()}")
+    with open(src, "wb") as f:
+        f.write(b"elsewhere")
+    store = Store(root)
+    desc = store.put_file(src, move=True)
+    assert not os.path.exists(src) and store.read_blob(desc.digest) == b"elsewhere"
+
+
 def test_mismatched_blob_stores_nothing(root):
     store = Store(root)
     wrong = digest_bytes(b"other")

@@ -79,7 +79,7 @@ def image_rows(store) -> list[dict]:
     rows = []
     for rec in store.list_images():
         ref = rec.reference
-        repo = ref.familiar_name if ref else rec.name
+        repo = ref.familiar_name if ref else (rec.name or "<none>")
         tag = (ref.tag if ref and ref.tag else "<none>")
         size, created, platform = 0, None, None
         try:
