@@ -15,6 +15,7 @@ _LAZY = {
     "GitRef": "gitref", "parse_git_ref": "gitref",
     "Dockerfile": "instructions", "Instruction": "instructions", "Stage": "instructions",
     "instruction_from_node": "instructions", "parse_dockerfile": "instructions",
+    "Diagnostic": "linter", "lint": "linter",
 }
 
 
@@ -33,5 +34,5 @@ __all__ = [
     "DockerfileError", "Directive", "Heredoc", "Node", "ParseWarning", "SyntaxTree",
     "ExpansionResult", "Lexer", "expand_with_matches", "expand_word", "expand_words",
     "GitRef", "parse_git_ref", "Dockerfile", "Instruction", "Stage", "instruction_from_node",
-    "parse_dockerfile",
+    "parse_dockerfile", "Diagnostic", "lint",
 ]

@@ -420,9 +420,12 @@ def _run(node: Node) -> RunCommand:
         devices.append(dev)
     try:
         network = parse_network(flags.string("network", "default"))
+    except MountError as exc:
+        raise _Invalid(str(exc), exc.hint, "--network") from None
+    try:
         security = parse_security(flags.string("security", "sandbox"))
     except MountError as exc:
-        raise _Invalid(str(exc), exc.hint) from None
+        raise _Invalid(str(exc), exc.hint, "--security") from None
     cmd, files = _shell_dependent(node)
     return RunCommand(node, cmd=cmd, prepend_shell=not node.json_form, files=files, mounts=mounts,
                       network=network, security=security, devices=devices, flags_used=flags.used)
