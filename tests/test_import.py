@@ -207,6 +207,12 @@ def test_umoci_unpacks_and_checks_diffids(busybox_image, tmp_path):
     assert (bundle / "rootfs" / "bin" / "sh").is_symlink()
     config = json.loads((bundle / "config.json").read_text())
     assert config["process"]["args"] == ["sh"]
+    # Names with a registry and a port work too: the annotation holds the familiar name.
+    store = Store(busybox_image)
+    store.tag("localhost:5000/team/app:v1", store.resolve("busybox"))
+    subprocess.run([umoci, "unpack", "--image", f"{busybox_image}/images:localhost:5000/team/app:v1",
+                    str(tmp_path / "bundle2")], check=True, capture_output=True)
+    assert (tmp_path / "bundle2" / "rootfs" / "etc" / "passwd").is_file()
 
 
 @pytest.mark.integration
