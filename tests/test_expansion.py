@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dockerfile_grammar import DockerfileError
 from dockerfile_grammar.expansion import Lexer, expand_with_matches, expand_word, expand_words
@@ -148,3 +150,23 @@ def test_split_keeps_quoted_spaces() -> None:
     assert expand_words('a "b  c" $X', {"X": " d  e "}) == ["a", "b  c", "d", "e"]
     assert expand_words('""', {}) == []
     assert expand_words("", {}) == []
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab $'\"\\{}:-+?#%/*`x1_ \t")), max_size=30),
+       st.sampled_from(["\\", "`"]))
+def test_arbitrary_words_only_raise_dockerfile_error(word: str, escape: str) -> None:
+    env = {"a": "x y", "b": "", "x": "*"}
+    for fn in (expand_word, expand_words, expand_with_matches):
+        try:
+            fn(word, env, escape)
+        except DockerfileError:
+            pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20))
+def test_words_without_specials_are_unchanged(word: str) -> None:
+    if any(c in word for c in "$'\"\\"):
+        return
+    assert expand_word(word, {}) == word

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.fixtures.conformance import CONFORMANCE_DIR
 
@@ -189,3 +191,25 @@ def test_cli_missing_file_and_subprocess(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stdout.startswith(f"{tmp_path}/Dockerfile:2:")
     assert ": error: " in proc.stdout and "Traceback" not in proc.stderr
+
+
+_LINES = st.sampled_from([
+    "FROM a", "FROM a AS b", "from $X as Y", "ARG A=1", "ARG", "ENV K V", "ENV =x", "COPY a", "COPY --from=b a /c",
+    "RUN --mount=type=cache,target=$T x", "RUN --mount=type=bad x", "CMD x", "HEALTHCHECK CMD", "ONBUILD ONBUILD x",
+    "WORKDIR rel", "EXPOSE 80/TCP", "SHELL x", "LABEL a=${b", "USER ${u:?}", "FOO bar", "MAINTAINER", "# check=skip=all",
+    "RUN <<EOF", "EOF", "\\", "", "VOLUME [\"\"]", "STOPSIGNAL 9", "ADD --chmod=9x a b",
+])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_LINES, max_size=12))
+def test_lint_never_raises(lines: list[str]) -> None:
+    diags = lint("\n".join(lines) + "\n")
+    assert all(d.severity in ("error", "warning") and d.line >= 1 and d.column >= 1 for d in diags)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("FROMRUNCOPYENVARG fromas-=$'\"\\[]{},:<>#\n\t/x1")), max_size=80))
+def test_lint_arbitrary_text_never_raises(text: str) -> None:
+    for d in lint(text):
+        assert d.severity in ("error", "warning")
