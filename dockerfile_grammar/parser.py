@@ -113,7 +113,7 @@ def _split_name_values(keyword: str, words: list[str], rest: str) -> list[str]:
         # Legacy form "KEY value...": the value is the rest of the line verbatim.
         parts = _ASCII_BLANKS.split(rest, 1)
         if len(parts) < 2:
-            raise _LineError(f"{keyword} must have two arguments",
+            raise _LineError(f"{keyword} must have two arguments", 0,
                              hint=f"write {keyword} {parts[0]}=<value>")
         return [parts[0], parts[1], ""]
     out = []
@@ -144,7 +144,8 @@ def parse_line(line: str, escape_token: str = "\\") -> Node:
     if m is None:
         cmd, rest, rest_at = s, "", len(line)
     else:
-        cmd, rest, rest_at = s[:m.start()], s[m.end():], line.index(s) + m.end()
+        lead = len(line) - len(line.lstrip(GO_SPACE))
+        cmd, rest, rest_at = s[:m.start()], s[m.end():], lead + m.end()
     value = go_lower(cmd)
     node = Node(value=value, original=line, keyword=cmd)
     style = STYLES.get(value, "text")
@@ -193,8 +194,11 @@ def _fill(node: Node, value: str, style: str, tokens: list[Any], rest: str, rest
             _check_not_json(first.value, at)
             node.args.append(first.value)
         elif value == "onbuild":
-            trigger = parse_line(first.value, escape_token)
-            node.trigger = trigger
+            try:
+                node.trigger = parse_line(first.value, escape_token)
+            except _LineError as err:
+                err.offset += at  # re-base the trigger's offset onto this line
+                raise
         elif value in STYLES:
             node.args = [first.value]
     elif kind == "WORD_FIRST":
@@ -206,7 +210,11 @@ def _fill(node: Node, value: str, style: str, tokens: list[Any], rest: str, rest
         if value == "arg":
             node.args = words
         else:
-            node.args = _split_name_values(value.upper(), words, rest[first.start_pos:])
+            try:
+                node.args = _split_name_values(value.upper(), words, rest[first.start_pos:])
+            except _LineError as err:
+                err.offset += at
+                raise
 
 
 def _can_contain_heredoc(node: Node) -> bool:
