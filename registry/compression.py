@@ -281,6 +281,11 @@ def open_decompressed(stream: BinaryIO) -> BinaryIO:
     return io.BufferedReader(_Guarded(inner, fmt), _CHUNK)  # type: ignore[return-value]
 
 
+def with_head(head: bytes, stream: BinaryIO) -> BinaryIO:
+    """A buffered reader giving `head` and then the rest of `stream` (puts back bytes already read)."""
+    return io.BufferedReader(_Prefixed(head, stream), _CHUNK)  # type: ignore[arg-type]
+
+
 def decompress_bytes(data: bytes) -> bytes:
     """Decompress a whole buffer of any supported format (small blobs, tests)."""
     return open_decompressed(io.BytesIO(data)).read()
