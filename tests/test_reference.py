@@ -1,5 +1,6 @@
 """Reference parsing and normalization, against vectors from Docker's reference test tables."""
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from registry.errors import InvalidReferenceError
 from registry.reference import Reference, is_valid_tag, parse_reference
@@ -155,3 +156,21 @@ def test_is_valid_tag():
     assert not is_valid_tag("")
     assert not is_valid_tag(".hidden")
     assert not is_valid_tag("a" * 129)
+
+
+_ALPHABET = "abcAZ019._-:/@[]" + "sha256" + "f"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=_ALPHABET, max_size=40) | st.from_regex(
+    r"\A([a-z0-9.-]{1,10}(:[0-9]{1,5})?/)?[a-z0-9]{1,8}([._-][a-z0-9]{1,5})?(/[a-z0-9]{1,8}){0,2}(:[\w][\w.-]{0,10})?\Z"))
+def test_any_text_parses_or_fails_cleanly(text):
+    """Whatever the input, parsing raises InvalidReferenceError or gives a fixed point."""
+    try:
+        ref = parse_reference(text)
+    except InvalidReferenceError as exc:
+        assert repr(text)[1:-1][:30] in str(exc) or text == ""
+        return
+    assert parse_reference(str(ref)) == ref
+    assert parse_reference(ref.familiar) == ref
+    assert ref.tag or ref.digest
