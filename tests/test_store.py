@@ -322,3 +322,36 @@ def test_bad_inputs_have_clear_errors(root):
         store.blob_writer(expected_digest="md5:abc")
     with pytest.raises(RegistryError, match="invalid gc root name"):
         store.add_root("../x", [])
+
+
+def test_two_resumable_writers_of_one_blob_do_not_collide(root):
+    store = Store(root)
+    data = b"same blob from two downloads"
+    d = digest_bytes(data)
+    first = store.blob_writer(expected_digest=d, resumable=True)
+    second = store.blob_writer(expected_digest=d, resumable=True)   # partial file is taken: private temp
+    assert first.resumable and not second.resumable
+    first.write(data[:10])
+    second.write(data)
+    assert second.commit().digest == d
+    first.write(data[10:])
+    assert first.commit().digest == d and store.read_blob(d, verify=True) == data
+    assert os.listdir(root / "images" / "ingest") == []
+
+
+def test_killed_writer_leaves_no_blob_and_no_index_damage(root):
+    store = Store(root)
+    store.tag("kept", make_image(store))
+    code = ("import sys, os, time; from registry.store import Store\n"
+            "s = Store(sys.argv[1]); w = s.blob_writer()\n"
+            "w.write(b'x' * 100000); w._file.flush(); print('ready', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(list(store.blobs())) == 3 and store.verify() == []
+    leftovers = os.listdir(root / "images" / "ingest")
+    assert len(leftovers) == 1 and leftovers[0].endswith(".tmp")
+    assert store.resolve("kept")
