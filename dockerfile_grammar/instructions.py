@@ -16,9 +16,9 @@ from .errors import DockerfileError
 from .instructions_flags import FlagError, FlagKind, ParsedFlags, parse_flags
 from .instructions_mounts import (Device, Mount, MountError, parse_device, parse_mount, parse_network,
                                   parse_security)
-from .syntax import Node, SyntaxTree
-from .values import (MINIMUM_DURATION_NS, chomp_heredoc, parse_chmod, parse_go_duration,
-                     parse_heredoc_word)
+from .syntax import Heredoc, Node, SyntaxTree
+from .heredoc import chomp_heredoc_content, parse_heredoc_word
+from .values import MINIMUM_DURATION_NS, parse_chmod, parse_go_duration
 
 INSTRUCTION_NAMES = ("ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK",
                      "LABEL", "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME",
@@ -463,12 +463,12 @@ def _sources_and_dest(node: Node) -> tuple[list[str], str, list[SourceContent]]:
         body = bodies.get(word.name)
         data = body.content if body is not None else ""
         if word.chomp:
-            data = chomp_heredoc(data)
+            data = chomp_heredoc_content(data)
         contents.append(SourceContent(word.name, data, word.expand))
     return paths, dest, contents
 
 
-def _heredoc_word(word: str):
+def _heredoc_word(word: str) -> Heredoc | None:
     try:
         return parse_heredoc_word(word)
     except ValueError:

@@ -61,6 +61,9 @@ def parse_flags(instruction: str, flags: list[str], spec: dict[str, FlagKind]) -
         if kind == "bool":
             if not eq:
                 out.values[name] = True
+            elif not value:
+                raise FlagError(f"missing a value on flag: --{name}", raw,
+                                f"write --{name}, --{name}=true or --{name}=false")
             elif value.lower() in ("true", "false"):
                 out.values[name] = value.lower() == "true"
             else:

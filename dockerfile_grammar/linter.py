@@ -240,7 +240,8 @@ class _Linter:
             base = _expand_quiet(frm.base_name, global_env).lower()
             parent = states.get(base)
             if parent is not None:
-                state = _StageState(dict(parent.env), set(parent.declared), parent.shell_set, parent.workdir_set)
+                # workdir_set is per stage in BuildKit: only WORKDIRs of this stage count
+                state = _StageState(dict(parent.env), set(parent.declared), parent.shell_set)
             else:
                 env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
                 env.update(self.image_env)

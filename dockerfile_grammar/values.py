@@ -1,5 +1,5 @@
-"""Small value syntaxes used inside instructions: Go durations, EXPOSE port specs, heredoc
-delimiter words, ``--chmod`` modes.
+"""Small value syntaxes used inside instructions: Go durations, EXPOSE port specs, ``--chmod``
+modes.
 
 Every parser here raises ValueError with a BuildKit-like message; the instruction layer turns
 it into a DockerfileError carrying the location.
@@ -7,7 +7,6 @@ it into a DockerfileError carrying the location.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 _DURATION_UNITS = {
     "ns": 1, "us": 1_000, "\u00b5s": 1_000, "\u03bcs": 1_000, "ms": 1_000_000,
@@ -181,53 +180,6 @@ def _port(text: str) -> int:
     if value > 65535:
         raise ValueError(f"invalid port {text}")
     return value
-
-
-# ---------------------------------------------------------------------------------------------
-# Heredoc delimiter words
-
-_HEREDOC_WORD = re.compile(r"^(\d*)<<(-?)([^<]*)$", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class HeredocWord:
-    """What a ``<<[-]WORD`` token says: the delimiter name and how to treat the body."""
-
-    name: str
-    expand: bool
-    chomp: bool
-    file_descriptor: int
-
-
-def parse_heredoc_word(word: str) -> HeredocWord | None:
-    """Recognise a heredoc token like ``<<EOF``, ``<<-'EOF'``, ``3<<EOF``; None if it is not one.
-
-    Raises ValueError for unbalanced quotes in the delimiter.
-    """
-    m = _HEREDOC_WORD.match(word)
-    if m is None or not m.group(3):
-        return None
-    from .errors import DockerfileError
-    from .expansion import Lexer
-    rest = m.group(3)
-    try:
-        words = Lexer(skip_unset=True).process(rest, {}, split=True).words
-        raw = Lexer(skip_unset=True, raw_quotes=True).process(rest, {}, split=True).words
-    except DockerfileError as exc:
-        raise ValueError(exc.message) from None
-    if len(words) != 1 or len(raw) != 1:
-        return None
-    quotes = words[0].count("'") + words[0].count('"')
-    raw_quotes = raw[0].count("'") + raw[0].count('"')
-    return HeredocWord(words[0], quotes == raw_quotes, m.group(2) == "-", int(m.group(1) or 0))
-
-
-_LEADING_TABS = re.compile(r"^\t+", re.MULTILINE)
-
-
-def chomp_heredoc(content: str) -> str:
-    """Remove leading tabs of every line (the ``<<-`` form)."""
-    return _LEADING_TABS.sub("", content)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,8 +12,7 @@ from dockerfile_grammar.instructions import (AddCommand, CopyCommand, Entrypoint
                                              instruction_from_node, parse_dockerfile)
 from dockerfile_grammar.instructions_mounts import MountError, parse_device, parse_mount
 from dockerfile_grammar.syntax import Node
-from dockerfile_grammar.values import (format_go_duration, parse_chmod, parse_go_duration,
-                                       parse_heredoc_word, parse_port_spec)
+from dockerfile_grammar.values import format_go_duration, parse_chmod, parse_go_duration, parse_port_spec
 from tests.fixtures.conformance import CONFORMANCE_DIR
 
 BUILDKIT = CONFORMANCE_DIR / "buildkit"
@@ -196,16 +195,6 @@ def test_git_ref_fragment_format(case: dict) -> None:
 
 # --------------------------------------------------------------------------------------------
 # own cases
-
-
-@pytest.mark.parametrize("word,expected", [
-    ("<<EOF", ("EOF", True, False, 0)), ("<<-'EOF'", ("EOF", False, True, 0)),
-    ("3<<\"E\"OF", ("EOF", False, False, 3)), ("<<eo\\'f", ("eo'f", True, False, 0)),
-    ("<<", None), ("<EOF", None), ("EOF", None), ("<<<EOF", None),
-])
-def test_heredoc_word(word: str, expected) -> None:
-    hd = parse_heredoc_word(word)
-    assert (None if hd is None else (hd.name, hd.expand, hd.chomp, hd.file_descriptor)) == expected
 
 
 def test_from_stage_names_and_platform() -> None:

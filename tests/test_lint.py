@@ -104,6 +104,8 @@ def test_no_false_positives_for_common_patterns() -> None:
 def test_stage_inherits_env_and_args() -> None:
     text = "FROM a AS base\nENV X=1\nARG Y\nFROM base\nCOPY $X$Y /d\nFROM a\nCOPY $X /d\n"
     assert findings(text) == [(7, 6, "UndefinedVar", "Usage of undefined variable '$X'")]
+    # an absolute WORKDIR of the parent stage does not count (per-stage, as in BuildKit)
+    assert rules("FROM a AS base\nWORKDIR /src\nFROM base\nWORKDIR sub\n") == ["WorkdirRelativePath"]
 
 
 def test_build_args_and_image_env_count_as_defined() -> None:
