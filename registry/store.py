@@ -126,7 +126,8 @@ class BlobWriter:
             d = parse_digest(expected_digest)
             path = ingest / f"{d.algorithm}-{d.hex}.partial"
             lock = FileLock(ingest / f"{d.algorithm}-{d.hex}.lock")
-            if lock.acquire(blocking=False):   # another process downloading it: use a private file
+            # If another writer holds this digest's partial file, fall back to a private temp file.
+            if lock.acquire(blocking=False):
                 self._lock = lock
                 self.resumable = True
                 self.path = path
@@ -657,7 +658,7 @@ class Store:
                 continue
             path = self.blob_path(digest)
             try:
-                if media_type is None and (path.stat().st_size > _MAX_SNIFF or path.read_bytes()[:1] != b"{"):
+                if media_type is None and not _may_be_json(path):
                     continue
                 doc = parse_manifest(path.read_bytes())
             except (FileNotFoundError, InvalidManifestError, InvalidDigestError):
@@ -774,6 +775,14 @@ def _looks_like_digest(text: str) -> bool:
         return True
     except InvalidDigestError:
         return False
+
+
+def _may_be_json(path: Path) -> bool:
+    """Cheap test before parsing a root of unknown type: small and starting with `{`."""
+    if path.stat().st_size > _MAX_SNIFF:
+        return False
+    with open(path, "rb") as f:
+        return f.read(1) == b"{"
 
 
 def _digest_lines(path: Path) -> list[str]:
