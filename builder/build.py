@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tarfile
-import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -122,43 +119,27 @@ def _source_date_epoch(opts: BuildOptions) -> int | None:
     return None
 
 
-def _read_dockerfile(opts: BuildOptions, context_dir: Path | None) -> tuple[str, str]:
+def _read_dockerfile(opts: BuildOptions, context) -> tuple[str, str]:
+    """The Dockerfile text and its name: -f FILE (relative to the current directory, or to the
+    archive root of a tar context), -f - (stdin), or CONTEXT/Dockerfile."""
     if opts.dockerfile_text is not None:
         return opts.dockerfile_text, opts.dockerfile or "Dockerfile"
+    if context.dockerfile_text is not None:          # `pybuild build - < Dockerfile`
+        return context.dockerfile_text, "Dockerfile"
     if opts.dockerfile == "-":
         return sys.stdin.read(), "Dockerfile"
-    path = Path(opts.dockerfile) if opts.dockerfile else (context_dir or Path(".")) / "Dockerfile"
-    if opts.dockerfile and not path.exists() and context_dir is not None and (context_dir / opts.dockerfile).exists():
-        path = context_dir / opts.dockerfile
+    if opts.dockerfile:
+        path = Path(opts.dockerfile)
+        if context.temporary and not path.is_absolute():
+            path = context.root / path
+    else:
+        path = context.root / "Dockerfile"
     try:
         return path.read_text(), str(path)
     except FileNotFoundError:
         raise BuildError(f"Dockerfile not found: {path} (use -f PATH)") from None
     except OSError as exc:
         raise BuildError(f"cannot read Dockerfile {path}: {exc.strerror}") from None
-
-
-def _context_dir(opts: BuildOptions, tmp: Path) -> Path:
-    """The context as a directory: itself, or a tar (file or stdin) unpacked under ``tmp``."""
-    src = opts.context
-    if src != "-" and Path(src).is_dir():
-        return Path(src).resolve()
-    if src == "-" and opts.dockerfile == "-":
-        raise BuildError("the Dockerfile and the context cannot both come from standard input")
-    from registry.compression import open_decompressed
-    from registry.tarsafe import extract_tar
-    out = tmp / "context"
-    try:
-        if src == "-":
-            extract_tar(open_decompressed(sys.stdin.buffer), out, same_owner=False)
-        elif Path(src).is_file():
-            with open(src, "rb") as f:
-                extract_tar(open_decompressed(f), out, same_owner=False)
-        else:
-            raise BuildError(f"build context {src!r} not found: give a directory, a tar file or -")
-    except RegistryError as exc:
-        raise BuildError(f"build context {src}: {exc}") from None
-    return out
 
 
 class _ImageLoader:
@@ -218,7 +199,8 @@ class _ImageLoader:
 def build(opts: BuildOptions) -> BuildResult:
     """Build the image ``opts`` describes; see the module docstring."""
     from dockerfile_grammar.instructions import parse_dockerfile
-    from .context import BuildContext
+    from .context import open_context
+    from .hashcache import open_hash_cache
 
     store = open_store(opts.root)
     root = Path(store.root)
@@ -245,14 +227,15 @@ def build(opts: BuildOptions) -> BuildResult:
     secrets = dict(parse_secret(s) for s in opts.secrets)
     sde = _source_date_epoch(opts)
 
-    tmp = Path(tempfile.mkdtemp(prefix="build-", dir=_mkdir(root / "tmp")))
+    if opts.context == "-" and opts.dockerfile == "-":
+        raise BuildError("the Dockerfile and the context cannot both come from standard input")
+    context = open_context(opts.context, dockerfile=opts.dockerfile if opts.dockerfile != "-" else None,
+                           hash_cache=open_hash_cache(root), tmp_dir=_mkdir(root / "tmp"))
     try:
-        ctx_dir = _context_dir(opts, tmp)
-        text, filename = _read_dockerfile(opts, ctx_dir)
+        text, filename = _read_dockerfile(opts, context)
         step = progress.step(f"[internal] load build definition from {Path(filename).name}")
         df = parse_dockerfile(text, filename)
         step.done()
-        context = BuildContext(ctx_dir, dockerfile=filename)
         plan = make_plan(df, opts.build_args, opts.target, platform)
         if plan.unused_build_args:
             progress.message(f"[warning] build-args not consumed by the build: {', '.join(plan.unused_build_args)}")
@@ -270,8 +253,7 @@ def build(opts: BuildOptions) -> BuildResult:
             final = sb.states[plan.target]
             if opts.labels:
                 cfgmod.add_labels(final.config, list(opts.labels.items()))
-            docker_types = any(o.type == "docker" for o in output_specs)
-            manifest_desc, config_desc, config_bytes = executor.commit_image(final, docker_types)
+            manifest_desc, config_desc, config_bytes = executor.commit_image(final)
             store.add_root(CACHE_ROOT_NAME, sorted(gc_roots(root)))
             _outputs(store, root, layers, final, manifest_desc, config_desc, opts, output_specs, sde)
         image_id = config_desc.digest
@@ -296,7 +278,7 @@ def build(opts: BuildOptions) -> BuildResult:
             }, indent=2) + "\n")
         return result
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        context.close()
 
 
 def _mkdir(p: Path) -> Path:

@@ -231,16 +231,13 @@ class Executor:
             cfgmod.add_layer(state.config, layer.diff_id)
         cfgmod.add_history(state.config, created_by, self.now(), empty_layer=layer is None)
 
-    def commit_image(self, state: StageState, docker_media_types: bool = False
-                     ) -> tuple[Descriptor, Descriptor, bytes]:
+    def commit_image(self, state: StageState) -> tuple[Descriptor, Descriptor, bytes]:
         """Write the stage's config and manifest to the store; returns (manifest, config, config bytes)."""
         cfg = cfgmod.finalize(dict(state.config), self.now())
         image_config = ImageConfig.from_dict(cfg, where=f"stage {state.name}")
-        config_media = mt.DOCKER_CONFIG if docker_media_types else mt.OCI_CONFIG
         data = image_config.to_bytes()
-        config_desc = self.store.put_blob(data, config_media)
-        manifest = Manifest(config=Descriptor(config_media, config_desc.digest, config_desc.size),
-                            layers=[l.descriptor for l in state.layers],
-                            media_type=mt.DOCKER_MANIFEST if docker_media_types else mt.OCI_MANIFEST)
+        config_desc = self.store.put_blob(data, mt.OCI_CONFIG)
+        manifest = Manifest(config=Descriptor(mt.OCI_CONFIG, config_desc.digest, config_desc.size),
+                            layers=[l.descriptor for l in state.layers], media_type=mt.OCI_MANIFEST)
         manifest_desc = self.store.put_manifest(manifest)
         return manifest_desc, config_desc, data

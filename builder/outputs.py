@@ -98,7 +98,10 @@ def _add_blob(tar: tarfile.TarFile, store: Store, name: str, digest: str) -> Non
 def export_oci(store: Store, manifest: Descriptor, blobs: list[str], dest: str, tags: list[str],
                as_tar: bool = True) -> None:
     """An OCI image layout with the image (archive, or directory when ``as_tar`` is False)."""
-    ann = {"org.opencontainers.image.ref.name": tags[0].rsplit(":", 1)[-1]} if tags else {}
+    ann = {}
+    if tags:
+        from registry.reference import parse_reference
+        ann["org.opencontainers.image.ref.name"] = parse_reference(tags[0]).tag or "latest"
     entry = Descriptor(manifest.media_type, manifest.digest, manifest.size, annotations=dict(ann))
     index = Index(manifests=[entry]).to_bytes()
     layout = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()

@@ -437,7 +437,7 @@ class StageBuilder:
             src_key = from_state.key
         else:
             local = [s for s in srcs if not _is_url(s)]
-            src_key = svc.context.checksum(local, excludes) if local else ""
+            src_key = svc.context.checksum(local, excludes, parents=parents) if local else ""
         urls = [s for s in srcs if _is_url(s)]
         if urls and not is_add:
             raise self._error(inst, "source can't be a URL for COPY")
@@ -478,7 +478,7 @@ class StageBuilder:
                     cw.add_bytes(posixpath.join(dest, fname), data, 0o600, mtime)
                 else:
                     cw.add_bytes(dest, data, 0o600, mtime)
-            exclude = svc.context.exclude_matcher(excludes) if excludes else None
+            exclude = svc.context.exclude_matcher(excludes)
             if from_state is not None:
                 view = svc.layers.view(from_state.layers)
                 for s in srcs:
@@ -499,9 +499,10 @@ class StageBuilder:
                 if not entries:
                     raise self._error(inst, f"{s}: no such file or directory in the build context "
                                             f"({svc.context.root})")
-                for rel, host in entries:
+                for entry in entries:
+                    rel, host = entry.rel, entry.host
                     name = rel if parents else posixpath.basename(rel) if rel else ""
-                    src = Source("path", name, exclude=exclude)
+                    src = Source("path", name, exclude=svc.context.source_filter(entry, excludes))
                     host_st = os.stat(host)
                     if stat.S_ISDIR(host_st.st_mode):
                         cw.add_tree(posixpath.join(dest, name) if parents else dest, Path(host), src)

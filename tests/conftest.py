@@ -6,7 +6,7 @@ import pytest
 
 pytest_plugins = [
     "tests.fixtures.conformance",
-    "tests.fixtures.images",
+    "tests.fixtures.images", "tests.fixtures.building",
     "tests.fixtures.registry",
     "tests.fixtures.registry_secure", "tests.fixtures.credentials_env",
 ]
