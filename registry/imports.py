@@ -75,7 +75,7 @@ def import_image(store: Store, source: str | os.PathLike, name: str | Reference,
                 if src == "-":
                     _copy_tar(sys.stdin.buffer, lw, "standard input")
                 elif os.path.isdir(src):
-                    write_tree_tar(src, lw)
+                    write_tree_tar(src, lw, exclude=_store_excluder(store, src))
                 elif os.path.isfile(src):
                     with open(src, "rb") as f:
                         _copy_tar(f, lw, src)
@@ -93,6 +93,18 @@ def import_image(store: Store, source: str | os.PathLike, name: str | Reference,
         manifest_desc = store.put_manifest(Manifest(config=config_desc, layers=[layer]))
         ref = store.tag(ref, manifest_desc)
     return ImportResult(ref, manifest_desc, config, layer, result.diff_id)
+
+
+def _store_excluder(store: Store, src: str):
+    """An exclude function leaving the store itself out when it lies inside the imported tree
+    (otherwise the layer would contain the blob being written)."""
+    try:
+        inside = Path(store.root).resolve().relative_to(Path(src).resolve()).as_posix()
+    except ValueError:
+        return None
+    if inside == ".":
+        raise ImageImportError(f"cannot import {src!r}: it is the store root itself")
+    return lambda rel: rel.strip("/") == inside
 
 
 def _copy_tar(stream: BinaryIO, out: LayerWriter, where: str) -> None:

@@ -52,6 +52,15 @@ def test_import_directory(root, busybox_rootfs):
     assert store.verify() == []
 
 
+def test_import_leaves_out_a_store_inside_the_tree(busybox_rootfs):
+    store = Store(busybox_rootfs / "var" / "pybuild")
+    res = import_image(store, busybox_rootfs, "self")
+    names = layer_members(store, res.layer.digest)
+    assert "var" in names and not any(n.startswith("var/pybuild") for n in names)
+    with pytest.raises(ImageImportError, match="store root itself"):
+        import_image(store, store.root, "x")
+
+
 def test_import_is_reproducible(tmp_path, busybox_rootfs):
     a = import_image(Store(tmp_path / "a"), busybox_rootfs, "x", created=FIXED)
     b = import_image(Store(tmp_path / "b"), busybox_rootfs, "y", created=FIXED)
