@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 
 from .errors import DockerfileError
 from .expansion import expand_with_matches
-from .instructions import (ArgCommand, CmdCommand, EntrypointCommand, EnvCommand, ExposeCommand,
+from .instructions import (ArgCommand, CmdCommand, CopyCommand, EntrypointCommand, EnvCommand, ExposeCommand,
                            FromCommand, HealthcheckCommand, Instruction, LabelCommand, MaintainerCommand,
                            RunCommand, ShellCommand, WorkdirCommand, instruction_from_node)
 from .syntax import Node, SyntaxTree
@@ -247,6 +247,7 @@ class _Linter:
                 env.update(self.image_env)
                 state = _StageState(env, set())
             self.check_body(body, state, global_env)
+            self.check_sources(frm, body, index, stages)
             states[frm.stage_name or str(index)] = state
             states.setdefault(str(index), state)
 
@@ -304,6 +305,28 @@ class _Linter:
             elif frm.platform in ("$TARGETPLATFORM", "${TARGETPLATFORM}"):
                 self.warn("RedundantTargetPlatform", node, "Setting platform to predefined "
                           f"{frm.platform} in FROM is redundant as this is the default behavior", "--platform")
+
+    def check_sources(self, frm: FromCommand, body: list[Instruction], index: int,
+                      stages: list[tuple[FromCommand, list[Instruction]]]) -> None:
+        """Build-time errors BuildKit raises for COPY that are visible without building."""
+        later = {f.stage_name: i for i, (f, _) in enumerate(stages) if f.stage_name and i >= index}
+        current = frm.stage_name or str(index)
+        for cmd in body:
+            if not isinstance(cmd, CopyCommand):
+                continue
+            for src in cmd.sources:
+                if src.startswith(("http://", "https://")):
+                    self._build_error(cmd.node, "source can't be a URL for COPY", src,
+                                      "use ADD to download files, or COPY a local file")
+            ref = cmd.from_.lower()
+            if ref in later or (ref.isdigit() and int(ref) >= index):
+                self._build_error(cmd.node, f'cannot copy from stage "{cmd.from_}", it needs to be defined '
+                                  f'before current stage "{current}"', "--from=" + cmd.from_,
+                                  "move that stage above this one")
+
+    def _build_error(self, node: Node, message: str, needle: str, hint: str) -> None:
+        line, col = self._locate(node, needle)
+        self.out.append(Diagnostic(self.tree.filename, line, col, "error", "", message, hint))
 
     def check_body(self, body: list[Instruction], state: _StageState, global_env: dict[str, str]) -> None:
         once: dict[str, Instruction] = {}

@@ -145,6 +145,16 @@ def test_validation_errors_are_all_reported_with_positions() -> None:
     assert diags[2].hint == "did you mean COPY?"
 
 
+def test_build_time_copy_errors() -> None:
+    diags = lint("FROM a AS one\nCOPY --from=two /x /y\nCOPY --from=1 /x /y\nCOPY https://x.org/f /f\n"
+                 "FROM b AS two\nCOPY --from=ONE /x /y\n")
+    assert [(d.line, d.column, d.severity, d.message) for d in diags] == [
+        (2, 6, "error", 'cannot copy from stage "two", it needs to be defined before current stage "one"'),
+        (3, 6, "error", 'cannot copy from stage "1", it needs to be defined before current stage "one"'),
+        (4, 6, "error", "source can't be a URL for COPY"),
+    ]
+
+
 def test_parse_error_is_a_diagnostic() -> None:
     diags = lint("FROM a\nRUN <<EOF\necho never ends\n")
     assert len(diags) == 1 and diags[0].severity == "error" and diags[0].line >= 2
