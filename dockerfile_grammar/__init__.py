@@ -1,6 +1,6 @@
 """Dockerfile text -> raw syntax tree -> typed instructions; variable expansion.
 
-Public API: parse, dump_ast, expand_word, expand_words, parse_instructions, lint, DockerfileError.
+Public API: parse, dump_ast, expand_word, expand_words, parse_dockerfile, lint, DockerfileError.
 """
 from __future__ import annotations
 
