@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dockerfile_grammar import DockerfileError
 from dockerfile_grammar.gitref import parse_git_ref
@@ -393,3 +395,15 @@ def test_expandable_words() -> None:
     assert isinstance(cmds[0], FromCommand) and cmds[0].expandable_words() == ["$IMG"]
     assert cmds[1].expandable_words() == ["src", "$D", "$U"]
     assert cmds[2].expandable_words() == ["K", "$V"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("type=bindcachesecretsshtmpfs,target/src$\"'0123456789:-.@#?&rowu")),
+               max_size=40))
+def test_value_parsers_fail_only_with_their_errors(text: str) -> None:
+    for fn, errors in ((parse_mount, MountError), (parse_device, MountError), (parse_port_spec, ValueError),
+                       (parse_go_duration, ValueError), (parse_chmod, ValueError), (parse_git_ref, DockerfileError)):
+        try:
+            fn(text)
+        except errors:
+            pass
