@@ -6,7 +6,8 @@ Rules (BuildKit names and messages): ConsistentInstructionCasing, DuplicateStage
 ExposeInvalidFormat, ExposeProtoCasing, FromAsCasing, FromPlatformFlagConstDisallowed,
 InvalidDefaultArgInFrom, JSONArgsRecommended, LegacyKeyValueFormat, MaintainerDeprecated,
 MultipleInstructionsDisallowed, NoEmptyContinuation, RedundantTargetPlatform, ReservedStageName,
-SecretsUsedInArgOrEnv, StageNameCasing, UndefinedArgInFrom, UndefinedVar, WorkdirRelativePath.
+SecretsUsedInArgOrEnv, StageNameCasing, UndefinedArgInFrom, UndefinedVar, WorkdirRelativePath, and
+the experimental InvalidDefinitionDescription (on with ``# check=experimental=...``).
 
 ``# check=skip=Rule1,Rule2`` (or ``skip=all``) turns rules off; ``# check=error=true`` makes
 the remaining findings errors. The checks need no base image: variables a base image defines
@@ -31,7 +32,10 @@ RULES = (
     "LegacyKeyValueFormat", "MaintainerDeprecated", "MultipleInstructionsDisallowed",
     "NoEmptyContinuation", "RedundantTargetPlatform", "ReservedStageName", "SecretsUsedInArgOrEnv",
     "StageNameCasing", "UndefinedArgInFrom", "UndefinedVar", "WorkdirRelativePath",
+    "InvalidDefinitionDescription",
 )
+# Off unless named in `# check=experimental=...` (as in BuildKit).
+EXPERIMENTAL_RULES = ("InvalidDefinitionDescription",)
 AUTOMATIC_PLATFORM_ARGS = ("TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT", "TARGETOSVERSION",
                            "BUILDPLATFORM", "BUILDOS", "BUILDARCH", "BUILDVARIANT", "BUILDOSVERSION",
                            "TARGETSTAGE")
@@ -80,6 +84,7 @@ class _CheckConfig:
     skip: set[str] = field(default_factory=set)
     skip_all: bool = False
     error: bool = False
+    experimental: set[str] = field(default_factory=set)   # experimental rules switched on
 
 
 def _check_config(tree: SyntaxTree) -> _CheckConfig:
@@ -96,6 +101,9 @@ def _check_config(tree: SyntaxTree) -> _CheckConfig:
             cfg.skip |= names
         elif key == "error":
             cfg.error = val.strip().lower() == "true"
+        elif key == "experimental":
+            names = {v.strip() for v in val.split(",") if v.strip()}
+            cfg.experimental |= set(EXPERIMENTAL_RULES) if "all" in {n.lower() for n in names} else names
     return cfg
 
 
@@ -126,6 +134,8 @@ class _Linter:
 
     def warn(self, rule: str, node: Node | int, message: str, needle: str | None = None) -> None:
         if self.cfg.skip_all or rule in self.cfg.skip:
+            return
+        if rule in EXPERIMENTAL_RULES and rule not in self.cfg.experimental:
             return
         line, column = self._locate(node, needle)
         self.out.append(Diagnostic(self.tree.filename, line, column, "error" if self.cfg.error else "warning",
@@ -204,6 +214,7 @@ class _Linter:
         for cmd in cmds:
             if isinstance(cmd, ArgCommand):
                 keys = [a.key for a in cmd.args]
+                self.check_description(cmd, keys)
             elif isinstance(cmd, EnvCommand):
                 keys = [kv.key for kv in cmd.env]
             else:
@@ -251,11 +262,23 @@ class _Linter:
             states[frm.stage_name or str(index)] = state
             states.setdefault(str(index), state)
 
+    def check_description(self, cmd: Instruction, keys: list[str]) -> None:
+        """InvalidDefinitionDescription: a comment right above FROM/ARG should start with the name."""
+        comments = [c.strip().lstrip("#").strip() for c in cmd.node.prev_comments]
+        if not comments or not keys:
+            return
+        if comments[-1].split(" ")[0] in keys:
+            return
+        example = keys[0] if len(keys) == 1 else "<arg_key>"
+        self.warn("InvalidDefinitionDescription", cmd.node,
+                  f"Comment for {cmd.name} should follow the format: `# {example} <description>`")
+
     def check_from(self, frm: FromCommand, global_env: dict[str, str], declared: set[str],
                    defaults_env: dict[str, str], seen: dict[str, FromCommand]) -> None:
         node = frm.node
         name = frm.stage_name
         if name:
+            self.check_description(frm, [name])
             written = node.args[2] if len(node.args) == 3 else name
             if written != written.lower():
                 self.warn("StageNameCasing", node, f"Stage name '{written}' should be lowercase", written)

@@ -126,6 +126,15 @@ def test_check_directive_skip_and_error() -> None:
     assert [(d.rule, d.severity) for d in diags] == [("MaintainerDeprecated", "error")]
 
 
+def test_experimental_definition_description() -> None:
+    text = "# the base image\nFROM a AS base\n# version sets it\nARG version\n# x\nARG a b\n"
+    assert rules(text) == []
+    assert findings("# check=experimental=InvalidDefinitionDescription\n" + text) == [
+        (3, 1, "InvalidDefinitionDescription", "Comment for FROM should follow the format: `# base <description>`"),
+        (7, 1, "InvalidDefinitionDescription", "Comment for ARG should follow the format: `# <arg_key> <description>`"),
+    ]
+
+
 def test_empty_continuation_conformance() -> None:
     path = CONFORMANCE_DIR / "buildkit" / "parser" / "empty-continuation-case" / "Dockerfile"
     if not path.is_file():
