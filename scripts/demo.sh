@@ -75,12 +75,17 @@ pybuild images
 say "7. run the pulled images with podman"
 podman_flags=(--runtime runc --cgroup-manager cgroupfs --events-backend file)
 run_flags=(--rm --network host --ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
-out=$(podman "${podman_flags[@]}" run "${run_flags[@]}" "oci:$work/root2/images:$repo/hello:latest" 2>/dev/null)
+run_image() {   # copy from pybuild's OCI store into podman's storage, then run
+  local local_name="localhost/pybuild-demo-$1:latest"
+  skopeo copy -q "oci:$PYBUILD_ROOT/images:$repo/$1:latest" "containers-storage:$local_name"
+  podman "${podman_flags[@]}" run "${run_flags[@]}" "$local_name"
+  podman "${podman_flags[@]}" rmi -f "$local_name" >/dev/null 2>&1 || true
+}
+out=$(run_image hello)
 echo "$out"
 [ "$(echo "$out" | head -1)" = "Hello from pybuild" ]
-out=$(podman "${podman_flags[@]}" run "${run_flags[@]}" "oci:$work/root2/images:$repo/multistage:latest" 2>/dev/null)
+out=$(run_image multistage)
 echo "$out"
 echo "$out" | grep -q "report version 1.0"
-podman "${podman_flags[@]}" rmi -f "$repo/hello:latest" "$repo/multistage:latest" >/dev/null 2>&1 || true
 
 say "demo passed: built, cached, pushed, pulled back and ran"
