@@ -19,19 +19,19 @@ fi
 
 # podman on these machines: runc, cgroupfs, file events, host netns, bounded nofile.
 mkdir -p /etc/containers
-if ! grep -q 'pybuild' /etc/containers/containers.conf 2>/dev/null; then
+if [ ! -f /etc/containers/containers.conf ] || grep -q 'pybuild' /etc/containers/containers.conf; then
   cat > /etc/containers/containers.conf <<'CONF'
 # written by pybuild scripts/setup.sh
 [containers]
 netns = "host"
-default_ulimits = ["nofile=20000:20000"]
+default_ulimits = ["nofile=20000:20000", "nproc=20000:20000"]
 [engine]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 CONF
 fi
-if ! grep -q 'pybuild' /etc/containers/registries.conf 2>/dev/null; then
+if [ ! -f /etc/containers/registries.conf ] || grep -q 'pybuild' /etc/containers/registries.conf; then
   cat > /etc/containers/registries.conf <<'CONF'
 # written by pybuild scripts/setup.sh: loopback registries started by tests are plain HTTP
 unqualified-search-registries = []
