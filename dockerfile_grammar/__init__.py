@@ -11,7 +11,7 @@ from .syntax import Directive, Heredoc, Node, ParseWarning, SyntaxTree
 _LAZY = {
     "parse": "parser", "dump_ast": "dump",
     "ExpansionResult": "expansion", "Lexer": "expansion", "expand_with_matches": "expansion",
-    "expand_word": "expansion", "expand_words": "expansion",
+    "expand_word": "expansion", "expand_words": "expansion", "expand_heredoc": "expansion",
     "GitRef": "gitref", "parse_git_ref": "gitref",
     "Dockerfile": "instructions", "Instruction": "instructions", "Stage": "instructions",
     "instruction_from_node": "instructions", "parse_dockerfile": "instructions",
@@ -33,6 +33,6 @@ __all__ = [
     "parse", "dump_ast",
     "DockerfileError", "Directive", "Heredoc", "Node", "ParseWarning", "SyntaxTree",
     "ExpansionResult", "Lexer", "expand_with_matches", "expand_word", "expand_words",
-    "GitRef", "parse_git_ref", "Dockerfile", "Instruction", "Stage", "instruction_from_node",
+    "expand_heredoc", "GitRef", "parse_git_ref", "Dockerfile", "Instruction", "Stage", "instruction_from_node",
     "parse_dockerfile", "Diagnostic", "lint",
 ]

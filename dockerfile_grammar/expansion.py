@@ -502,3 +502,13 @@ def expand_words(word: str, env: Mapping[str, str], escape: str = "\\") -> list[
 def expand_with_matches(word: str, env: Mapping[str, str], escape: str = "\\") -> ExpansionResult:
     """Expand ``word`` and report which variable names were found set and which were unset."""
     return _lexer(escape).process(word, env, split=True)
+
+
+_HEREDOC_LEXER = Lexer("\\", skip_process_quotes=True)
+
+
+def expand_heredoc(body: str, env: Mapping[str, str]) -> str:
+    """Expand the body of a COPY/ADD heredoc whose delimiter was not quoted, like BuildKit:
+    variables are replaced and ``\\`` escapes applied, but quotes are kept as text and the
+    escape character is always ``\\`` (whatever the ``# escape=`` directive says)."""
+    return _HEREDOC_LEXER.process(body, env).value

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dockerfile_grammar import DockerfileError
-from dockerfile_grammar.expansion import Lexer, expand_with_matches, expand_word, expand_words
+from dockerfile_grammar.expansion import Lexer, expand_heredoc, expand_with_matches, expand_word, expand_words
 from tests.fixtures.conformance import CONFORMANCE_DIR
 
 SHELL_DIR = CONFORMANCE_DIR / "buildkit" / "shell"
@@ -170,3 +170,8 @@ def test_words_without_specials_are_unchanged(word: str) -> None:
     if any(c in word for c in "$'\"\\"):
         return
     assert expand_word(word, {}) == word
+
+
+def test_heredoc_body_expansion_keeps_quotes() -> None:
+    body = 'name="${NAME}" \'$NAME\'\n\\$HOME stays, \\\\ is one, line \\\ncontinues\n'
+    assert expand_heredoc(body, {"NAME": "x"}) == 'name="x" \'x\'\n$HOME stays, \\ is one, line \ncontinues\n'
