@@ -16,7 +16,8 @@ def register(add_command) -> None:
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="text: file:line:col: severity: message (Rule); json: a list of objects")
     p.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
-                   help="treat this build argument as supplied (affects UndefinedVar/UndefinedArgInFrom)")
+                   help="value for a declared ARG, as `pybuild build` would get it (used to resolve "
+                        "FROM references and paths; undeclared names stay undefined, as in BuildKit)")
     p.add_argument("context", nargs="?", default=".", help="build context directory (default: .)")
     p.set_defaults(func=run)
 
