@@ -332,9 +332,9 @@ def _flags(node: Node, spec: dict[str, FlagKind]) -> ParsedFlags:
 
 
 def _exactly_one(node: Node) -> str:
-    _flags(node, {})
     if len(node.args) != 1:
         raise _Invalid(f"{node.value.upper()} requires exactly one argument")
+    _flags(node, {})
     return node.args[0]
 
 
@@ -449,14 +449,14 @@ def _sources_and_dest(node: Node) -> tuple[list[str], str, list[SourceContent]]:
         raise _Invalid(f"{what} requires at least two arguments, but only one was provided. "
                        "Destination could not be determined", f"write {what} <src>... <dest>")
     *srcs, dest = node.args
-    heredoc_mode = not node.json_form
-    if heredoc_mode and _heredoc_word(dest) is not None:
+    # BuildKit looks for heredoc words in the JSON form too (and rejects one as destination).
+    if _heredoc_word(dest) is not None:
         raise _Invalid(f"{what} cannot accept a heredoc as a destination", needle=dest)
     bodies = {h.name: h for h in node.heredocs}
     paths: list[str] = []
     contents: list[SourceContent] = []
     for src in srcs:
-        word = _heredoc_word(src) if heredoc_mode else None
+        word = _heredoc_word(src)
         if word is None:
             paths.append(src)
             continue
@@ -578,6 +578,8 @@ def _arg(node: Node) -> ArgCommand:
     defs = []
     for word in node.args:
         key, eq, value = word.partition("=")
+        if eq and not key:
+            raise _Invalid("ARG names can not be blank", "write ARG name[=default]", word)
         defs.append(ArgDef(key, value if eq else None, _comment(node, key)))
     return ArgCommand(node, args=defs)
 

@@ -386,6 +386,8 @@ def test_volume_and_arity() -> None:
 def test_instruction_before_from_is_rejected_but_arg_is_global() -> None:
     df = parse_text("ARG A=1 B\nFROM scratch\n")
     assert [(a.key, a.value) for a in df.meta_args[0].args] == [("A", "1"), ("B", None)]
+    with pytest.raises(DockerfileError, match="ARG names can not be blank"):
+        parse_text("ARG =1\nFROM scratch\n")
     with pytest.raises(DockerfileError, match="no build stage"):
         parse_text("RUN true\nFROM scratch\n")
 
