@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Union
 
 from .errors import DockerfileError
 from .instructions_flags import FlagError, FlagKind, ParsedFlags, parse_flags
 from .instructions_mounts import (Device, Mount, MountError, parse_device, parse_mount, parse_network,
                                   parse_security)
-from .syntax import Heredoc, Node, SyntaxTree
 from .heredoc import chomp_heredoc_content, parse_heredoc_word
+from .syntax import Heredoc, Node, SyntaxTree
 from .values import MINIMUM_DURATION_NS, parse_chmod, parse_go_duration
 
 INSTRUCTION_NAMES = ("ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK",
@@ -262,12 +261,6 @@ class HealthcheckCommand(Instruction):
 class ShellCommand(Instruction):
     shell: list[str] = field(default_factory=list)
     name = "SHELL"
-
-
-InstructionType = Union[FromCommand, RunCommand, CmdCommand, EntrypointCommand, LabelCommand,
-                        MaintainerCommand, ExposeCommand, EnvCommand, AddCommand, CopyCommand,
-                        VolumeCommand, UserCommand, WorkdirCommand, ArgCommand, OnbuildCommand,
-                        StopsignalCommand, HealthcheckCommand, ShellCommand]
 
 
 @dataclass
