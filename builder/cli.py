@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "builder.commands.images",
     "builder.commands.remote",
     "builder.commands.login",
+    "builder.commands.run",
 ]
 
 
