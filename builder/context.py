@@ -31,12 +31,12 @@ _GLOB_CHARS = frozenset("*?[\\")
 
 
 class ContextEntry(NamedTuple):
-    """A matched COPY source: `rel` as named (context-relative, "" for the root), `host` the
-    file on disk after following symlinks inside the context, `real` its context-relative path."""
+    """A matched COPY source, unpackable as `rel, host`: `rel` as the source named it
+    (context-relative, "" for the root) and `host` the path on disk after following symlinks
+    inside the context (use BuildContext.real_rel for its context-relative form)."""
 
     rel: str
     host: str
-    real: str
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class BuildContext:
         ex = self.exclude_matcher(excludes)
         if not self.matcher and ex is None:
             return None
-        base = entry.real
+        base = self.real_rel(entry)
 
         def skip(inner: str) -> bool:
             if ex is not None and ex(inner):
@@ -140,6 +140,10 @@ class BuildContext:
         return skip
 
     # -- resolving sources --------------------------------------------------------------------
+    def real_rel(self, entry: ContextEntry) -> str:
+        """The context-relative path of an entry's resolved host path ("" for the root)."""
+        return entry.host[len(self._root_s) + 1:] if entry.host != self._root_s else ""
+
     def _host(self, rel: str) -> str:
         return os.path.join(self._root_s, rel) if rel else self._root_s
 
@@ -216,14 +220,14 @@ class BuildContext:
                 return []
             if ex is not None and rel and ex(rel.rsplit("/", 1)[-1]):
                 return []
-            return [ContextEntry(rel, self._host(real), real)]
+            return [ContextEntry(rel, self._host(real))]
         out: list[ContextEntry] = []
         for named, real in self._glob(rel.split("/"), src, parents):
             if self.is_ignored(named) or self.is_ignored(real):
                 continue
             if ex is not None and ex(named.rsplit("/", 1)[-1]):
                 continue
-            out.append(ContextEntry(named, self._host(real), real))
+            out.append(ContextEntry(named, self._host(real)))
         out.sort(key=lambda e: os.fsencode(e.rel))
         return out
 
@@ -291,10 +295,11 @@ class BuildContext:
         pattern could re-include something inside it."""
         ex = Matcher(excludes) if excludes else None
         m = self.matcher
+        base = self.real_rel(entry)
         parent_state: MatchState | None = None
-        if m and entry.real:
+        if m and base:
             # Seed the incremental matcher with the source directory's own ancestry.
-            parts = entry.real.split("/")
+            parts = base.split("/")
             for i in range(len(parts)):
                 _, parent_state = m.match_child("/".join(parts[:i + 1]), parent_state)
         stack: list[tuple[Iterator[str], str, str, MatchState | None]] = [
@@ -306,7 +311,7 @@ class BuildContext:
                 stack.pop()
                 continue
             inner = f"{inner_dir}/{name}" if inner_dir else name
-            crel = f"{entry.real}/{inner}" if entry.real else inner
+            crel = f"{base}/{inner}" if base else inner
             host = os.path.join(host_dir, name)
             st = os.lstat(host)
             is_dir = stat.S_ISDIR(st.st_mode)

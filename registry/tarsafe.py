@@ -49,6 +49,28 @@ class UnsafeArchiveError(ArchiveError):
     """An archive entry tried to reach outside the extraction root (path traversal, link escape)."""
 
 
+# Go's archive/tar refuses PAX and GNU long-name headers above 1 MiB; so do we, before tarfile
+# would read a hostile multi-gigabyte "header" into memory.
+MAX_META_HEADER = 1 << 20
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """TarInfo that refuses oversized PAX / GNU long-name headers instead of reading them whole."""
+
+    def _proc_pax(self, tarfile_: tarfile.TarFile):  # type: ignore[no-untyped-def,override]
+        self._check_meta_size()
+        return super()._proc_pax(tarfile_)  # type: ignore[misc]
+
+    def _proc_gnulong(self, tarfile_: tarfile.TarFile):  # type: ignore[no-untyped-def,override]
+        self._check_meta_size()
+        return super()._proc_gnulong(tarfile_)  # type: ignore[misc]
+
+    def _check_meta_size(self) -> None:
+        if self.size > MAX_META_HEADER:
+            raise ArchiveError(f"tar extended header of {self.size} bytes exceeds the "
+                               f"{MAX_META_HEADER}-byte limit (hostile or corrupt archive)")
+
+
 @dataclass
 class ExtractStats:
     """What an extraction did: entries applied, file bytes written, whiteouts, skipped devices."""
@@ -92,7 +114,7 @@ def extract_tar(stream: BinaryIO, target_dir: str | os.PathLike, *, whiteouts: s
     ex = _Extractor(os.path.realpath(target_dir), whiteouts,
                     os.geteuid() == 0 if same_owner is None else same_owner, chown, max_bytes)
     try:
-        with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tf:
+        with tarfile.open(fileobj=stream, mode="r|", errorlevel=2, tarinfo=_BoundedTarInfo) as tf:
             for member in tf:
                 try:
                     ex.entry(tf, member)

@@ -83,8 +83,9 @@ def test_sources_outside_the_context_are_refused(ctxdir: Path, tmp_path: Path) -
         assert repr(src) in str(ei.value)
     with pytest.raises(BuildError, match="too many levels"):
         ctx.resolve("loop1")
-    e = ctx.resolve("in-rel")[0]
-    assert (e.rel, e.real) == ("in-rel", "src/app.py")
+    rel, host = ctx.resolve("in-rel")[0]
+    assert (rel, ctx.real_rel(ctx.resolve("in-rel")[0])) == ("in-rel", "src/app.py")
+    assert host == str(ctxdir / "src" / "app.py")
     assert names(ctx.resolve("in-abs/README.md")) == ["in-abs/README.md"]
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from registry.compression import Compression
 from registry.layer import LayerWriter, write_tree_tar
+from registry.errors import RegistryError
 from registry.tarsafe import ArchiveError, UnsafeArchiveError, apply_layer, extract_tar
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (owners, device nodes, overlayfs)")
@@ -282,3 +283,48 @@ def test_extract_without_whiteouts_and_chown(tmp_path: Path) -> None:
 def test_media_type_is_checked(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="unsupported layer media type"):
         apply_layer(io.BytesIO(T().bytes()), tmp_path / "r", "application/json")
+
+
+# -- fuzzing: only ArchiveError escapes, nothing lands outside ---------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SEED_TAR = (T().add("d", tarfile.DIRTYPE).add("d/f", data=b"hello" * 50).add("s", tarfile.SYMTYPE, linkname="d/f")
+             .add("h", tarfile.LNKTYPE, linkname="d/f").add("d/.wh.x").add("p" * 150, data=b"long")
+             .add("x", pax={"SCHILY.xattr.user.k": "v"}).bytes())
+
+
+def _fuzz_extract(tmp: Path, data: bytes) -> None:
+    import shutil
+
+    top = tmp / "fz"
+    shutil.rmtree(top, ignore_errors=True)
+    root = top / "root"
+    try:
+        apply_layer(io.BytesIO(data), root)
+    except RegistryError:  # ArchiveError, or CompressionError for a corrupt compressed stream
+        pass
+    assert sorted(os.listdir(top)) == ["root"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=3000))
+def test_fuzz_random_bytes(tmp_path: Path, data: bytes) -> None:
+    _fuzz_extract(tmp_path, data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, len(_SEED_TAR) - 1), st.integers(0, 255)), min_size=1, max_size=8))
+def test_fuzz_mutated_tar(tmp_path: Path, flips: list[tuple[int, int]]) -> None:
+    data = bytearray(_SEED_TAR)
+    for pos, val in flips:
+        data[pos] = val
+    _fuzz_extract(tmp_path, bytes(data))
+
+
+def test_oversized_pax_header_is_refused_without_reading_it(tmp_path: Path) -> None:
+    from registry.tarwriter import PAXTYPE, encode_header
+
+    header = encode_header(b"PaxHeader", PAXTYPE, size=1 << 30)  # claims 1 GiB of PAX records
+    with pytest.raises(ArchiveError, match="extended header"):
+        apply_layer(io.BytesIO(header + bytes(1024)), tmp_path / "r")
