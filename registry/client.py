@@ -564,7 +564,8 @@ class Repository:
         import requests
         import urllib3.exceptions
         pos = offset
-        failures = 0
+        failures = 0        # in a row without progress
+        interruptions = 0   # in all: a server that cuts every response short must not loop forever
         what = f"blob {digest} of {self.ref}"
         while True:
             headers = {"Range": f"bytes={pos}-"} if pos else {}
@@ -601,9 +602,10 @@ class Repository:
             finally:
                 resp.close()
             failures = 0 if progressed else failures + 1
-            if failures > self.client.options.retries:
-                raise RegistryError(f"{what}: download kept failing at byte {pos}: "
-                                    f"{_short_exc(dropped)}")
+            interruptions += 1
+            if failures > self.client.options.retries or interruptions > 4 * self.client.options.retries:
+                raise RegistryError(f"{what}: download failed {interruptions} times, last at byte {pos} of "
+                                    f"{size if size is not None else '?'}: {_short_exc(dropped)}")
             self.client._backoff(failures, None)
 
     def fetch_blob(self, digest: str, max_size: int = MAX_MANIFEST_SIZE) -> bytes:
@@ -721,7 +723,7 @@ class Repository:
         if extra:
             headers.update(extra)
         resp = self.client.request(self.host, method, url, scopes=self.push_scope, headers=headers,
-                                   body=body, ok=ok + tuple(_RETRY_STATUSES), retry_transport=False,
+                                   body=body, ok=ok + tuple(_RETRY_STATUSES) + (416,), retry_transport=False,
                                    what=what)
         if resp.status_code not in ok:
             status = resp.status_code
@@ -742,7 +744,7 @@ class Repository:
         if resp.status_code == 404:
             return None
         m = re.match(r"(?:bytes=)?0-(\d+)", resp.headers.get("Range", ""))
-        return int(m.group(1)) + 1 if m else 0
+        return int(m.group(1)) + 1 if m and m.group(1) != "0" else 0   # distribution says 0-0 when empty
 
     def _upload_chunked(self, location: str, digest: str, size: int, source: BlobSource,
                         chunk: int | None, min_chunk: int, on_progress: Callable[[int], None] | None,

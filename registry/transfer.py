@@ -162,8 +162,9 @@ def _store_bytes(store: Any, digest: str, data: bytes, media_type: str) -> None:
 def _download(repo: Repository, store: Any, desc: Descriptor, progress: Progress, counter: _Counter,
               sources: BlobSources) -> None:
     """Stream one blob into the store, resuming a partial download left by an earlier attempt
-    (in this process or a killed one); a resumed file that then fails verification is
-    downloaded once more from the start before the mismatch is reported."""
+    (in this process or a killed one). Content that fails verification is never stored; it is
+    fetched once more from the start (a corrupt leftover or a transient fault) before the
+    mismatch is reported."""
     if store.has_blob(desc.digest):
         counter.add("skipped")
         progress.task(_label(desc.digest), desc.size).finish("already exists")
@@ -181,10 +182,11 @@ def _download(repo: Repository, store: Any, desc: Descriptor, progress: Progress
                         w.write(chunk)
                         task.advance(len(chunk))
                 break
-            except DigestMismatchError:
-                if not resumed or attempt:
-                    raise
+            except DigestMismatchError as exc:
                 task.advance(-desc.size)
+                if attempt:
+                    raise DigestMismatchError(f"pulling blob {desc.digest} from {repo.ref}: {exc}") from None
+                progress.message(f"{_label(desc.digest)}: content did not match its digest, downloading again")
     sources.add(desc.digest, repo.host, repo.name)
     counter.add("transferred", desc.size - resumed)
     task.finish("downloaded")
@@ -267,9 +269,10 @@ def _store_source(store: Any, digest: str, opened: list) -> Callable[[int], Any]
 
 def _upload(dst: Repository, desc: Descriptor, open_source: Callable[[int], Any], progress: Progress,
             counter: _Counter, mount_candidates: Iterable[str], sources: BlobSources | None,
-            slot_hosts: tuple[str, ...] = ()) -> None:
+            slot_hosts: tuple[str, ...] = (), verify: bool = True) -> None:
     """Put one blob into `dst` unless it is there: HEAD, then mount or upload (holding the
-    transfer slots of `dst` and of `slot_hosts`, the source registries read from)."""
+    transfer slots of `dst` and of `slot_hosts`, the source registries read from). `verify`
+    hashes what is sent (needless for store blobs, which were verified when stored)."""
     if mt.is_nondistributable(desc.media_type) and desc.urls:
         counter.add("skipped")      # foreign layers stay where their URLs point
         return
@@ -282,7 +285,7 @@ def _upload(dst: Repository, desc: Descriptor, open_source: Callable[[int], Any]
     with dst.client.host_slot(dst.host, *slot_hosts):
         task = progress.task(_label(desc.digest), desc.size)
         outcome = dst.upload_blob(desc.digest, desc.size, open_source, mount_from=list(mount_candidates),
-                                  on_progress=task.advance)
+                                  verify=verify, on_progress=task.advance)
     if outcome == "mounted":
         counter.add("mounted")
         task.finish("mounted")
@@ -346,7 +349,7 @@ def push(client: RegistryClient, store: Any, src: str, dest: str | Reference | N
     progress.message(f"pushing {src} to {dst_ref}")
     try:
         jobs = [lambda d=d: _upload(dst, d, _store_source(store, d.digest, opened), progress, counter,
-                                    sources.repositories_on(d.digest, dst.host), sources)
+                                    sources.repositories_on(d.digest, dst.host), sources, verify=False)
                 for d in blobs.values()]
         _run_parallel(jobs, client.options.max_per_host)
     finally:
