@@ -8,7 +8,7 @@ pytest_plugins = [
     "tests.fixtures.conformance",
     "tests.fixtures.images", "tests.fixtures.building",
     "tests.fixtures.registry",
-    "tests.fixtures.registry_secure", "tests.fixtures.credentials_env",
+    "tests.fixtures.registry_secure", "tests.fixtures.credentials_env", "tests.fixtures.fault_proxy",
 ]
 
 
