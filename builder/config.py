@@ -36,11 +36,17 @@ def empty_image(os_name: str, arch: str, variant: str = "") -> dict:
 
 
 def from_base(base: dict) -> dict:
-    """A stage's starting config: a deep copy of the base image's config (RUN adds PATH if it has none)."""
+    """A stage's starting config: a deep copy of the base image's config.
+
+    A base without PATH gets the default one first in Env, as Docker's builders do.
+    """
     cfg = copy.deepcopy(base)
     cfg.setdefault("config", {})
     cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []})
     cfg.setdefault("history", [])
+    env = cfg["config"].get("Env") or []
+    if not any(e.startswith("PATH=") for e in env):
+        cfg["config"]["Env"] = ["PATH=" + DEFAULT_PATH] + list(env)
     return cfg
 
 
