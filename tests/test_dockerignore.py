@@ -132,3 +132,36 @@ def test_parse_file_with_comments() -> None:
     assert not m.matches("src/a.pyc")
     with pytest.raises(DockerignoreError, match="illegal exclusion"):
         parse_dockerignore("a\n!\n")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PATTERN_ALPHABET = st.sampled_from(list("ab/.*?[]^-\\!# {}()+$|\u263a\n"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.text(_PATTERN_ALPHABET, max_size=12), max_size=4),
+       st.text(st.sampled_from(list("ab/.*[]\\\u263a")), max_size=12))
+def test_fuzz_only_dockerignore_errors_escape(patterns: list[str], path: str) -> None:
+    try:
+        m = Matcher(patterns)
+    except DockerignoreError:
+        return
+    full = m.matches(path)
+    parts = path.split("/")
+    # The walker only ever asks about clean relative paths.
+    if path and all(p not in ("", ".", "..") for p in parts):
+        state = None
+        for i in range(1, len(parts)):
+            _, state = m.match_child("/".join(parts[:i]), state)
+        assert m.match_child(path, state)[0] == full
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzz_ignore_file_reader(text: str) -> None:
+    try:
+        parse_dockerignore(text)
+    except DockerignoreError:
+        pass
