@@ -9,10 +9,12 @@ before their index, so a registry never refers to content it lacks.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from . import mediatypes as mt
 from .client import RegistryClient, Repository
@@ -32,6 +34,8 @@ class TransferResult:
     media_type: str
     size: int
     platforms: list[str] = field(default_factory=list)   # platforms of the image manifests moved
+    source_digest: str = ""         # what the source reference resolved to (an index, for a pull
+                                    # that picked one platform from it: Docker's "Digest:")
     blobs_transferred: int = 0
     blobs_skipped: int = 0          # already present at the destination
     blobs_mounted: int = 0
@@ -42,7 +46,6 @@ class _Counter:
     """Thread-safe tallies for a TransferResult."""
 
     def __init__(self) -> None:
-        import threading
         self.lock = threading.Lock()
         self.transferred = self.skipped = self.mounted = self.bytes = 0
 
@@ -159,6 +162,61 @@ def _store_bytes(store: Any, digest: str, data: bytes, media_type: str) -> None:
         store.put_blob(data, media_type, expected_digest=digest)
 
 
+# Blobs at least this big are received on a helper thread while the store writes and hashes,
+# so network and disk overlap even for an image of one big layer.
+_PREFETCH_MIN = 8 << 20
+_PREFETCH_DEPTH = 8      # chunks of 1 MiB in flight: bounds the memory a download uses
+
+
+def _prefetched(chunks: Iterator[bytes], depth: int = _PREFETCH_DEPTH) -> Iterator[bytes]:
+    """Iterate `chunks` on a background thread, `depth` items ahead; errors are re-raised here.
+
+    Stopping early (an exception in the consumer) stops the producer and closes `chunks`.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        q.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+            item: Any = end
+        except BaseException as exc:   # handed to the consumer, which re-raises it
+            item = exc
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    t = threading.Thread(target=produce, name="pybuild-prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join()
+
+
 def _download(repo: Repository, store: Any, desc: Descriptor, progress: Progress, counter: _Counter,
               sources: BlobSources) -> None:
     """Stream one blob into the store, resuming a partial download left by an earlier attempt
@@ -178,7 +236,10 @@ def _download(repo: Repository, store: Any, desc: Descriptor, progress: Progress
                                        resumable=True) as w:
                     resumed = w.offset
                     task.advance(resumed)
-                    for chunk in repo.iter_blob(desc.digest, desc.size, offset=w.offset):
+                    chunks = repo.iter_blob(desc.digest, desc.size, offset=w.offset)
+                    if desc.size - w.offset >= _PREFETCH_MIN:
+                        chunks = _prefetched(chunks)
+                    for chunk in chunks:
                         w.write(chunk)
                         task.advance(len(chunk))
                 break
@@ -244,13 +305,21 @@ def pull(client: RegistryClient, ref: str | Reference, store: Any, *,
             store.tag(name, desc)
     progress.message(f"{r}: {desc.digest}")
     result = TransferResult(reference=name, digest=desc.digest, media_type=desc.media_type, size=desc.size,
-                            platforms=[_config_platform(store, m) for _, _, m in images])
+                            platforms=[_config_platform(store, m) for _, _, m in images], source_digest=digest)
     return counter.fill(result)
 
 
 def _config_platform(store: Any, m: Manifest) -> str:
     try:
         return str(store.get_config(m.config.digest).platform)
+    except RegistryError:
+        return ""
+
+
+def _remote_platform(repo: Repository, m: Manifest) -> str:
+    from .manifest import ImageConfig
+    try:
+        return str(ImageConfig.from_bytes(repo.fetch_blob(m.config.digest)).platform)
     except RegistryError:
         return ""
 
@@ -362,7 +431,8 @@ def push(client: RegistryClient, store: Any, src: str, dest: str | Reference | N
     progress.message(f"{dst_ref}: digest: {digest} size: {len(top_data)}")
     return counter.fill(TransferResult(reference=str(dst_ref), digest=digest, media_type=top.media_type,
                                        size=len(top_data),
-                                       platforms=[_config_platform(store, m) for m in images]))
+                                       platforms=[_config_platform(store, m) for m in images],
+                                       source_digest=top.digest))
 
 
 # ---- copy ------------------------------------------------------------------------------------
@@ -382,6 +452,7 @@ def copy(client: RegistryClient, src: str | Reference, dest: str | Reference, *,
     srepo = client.repository(s.registry, s.repository)
     drepo = client.repository(d.registry, d.repository)
     data, media_type, digest = _fetch_manifest(srepo, s.identifier)
+    source_digest = digest
     doc = parse_manifest(data, media_type, where=f"manifest {s}")
 
     def remote(desc: Descriptor) -> bytes:
@@ -416,4 +487,6 @@ def copy(client: RegistryClient, src: str | Reference, dest: str | Reference, *,
         drepo.put_manifest(desc.digest, mdata, desc.media_type)
     out = drepo.put_manifest(d.tag or digest, data, media_type)
     progress.message(f"{d}: digest: {out} size: {len(data)}")
-    return counter.fill(TransferResult(reference=str(d), digest=out, media_type=media_type, size=len(data)))
+    return counter.fill(TransferResult(reference=str(d), digest=out, media_type=media_type, size=len(data),
+                                       platforms=[_remote_platform(srepo, m) for m in images],
+                                       source_digest=source_digest))

@@ -103,6 +103,7 @@ def test_multi_platform_index(client, registry, tmp_path):
     arm = _store(tmp_path / "arm")
     got = pull(client, ref, arm, platform="linux/arm64")
     assert got.digest == children["linux/arm64/v8"].digest and got.platforms == ["linux/arm64/v8"]
+    assert got.source_digest == index.digest
     assert arm.resolve(ref).digest == children["linux/arm64/v8"].digest
     assert not arm.has_blob(children["linux/amd64"].digest)
 

@@ -92,8 +92,9 @@ def _pull(args: argparse.Namespace) -> int:
         finally:
             progress.close()
     if not args.quiet:
-        print(f"Digest: {res.digest} ({res.blobs_transferred} blobs downloaded, "
-              f"{res.blobs_skipped} already present)", file=sys.stderr)
+        picked = f" (platform {res.platforms[0]}: {res.digest})" if res.source_digest != res.digest else ""
+        print(f"Digest: {res.source_digest}{picked}; {res.blobs_transferred} blobs downloaded, "
+              f"{res.blobs_skipped} already present", file=sys.stderr)
     print(res.reference)
     return 0
 
