@@ -1,0 +1,130 @@
+"""Registry transfer benchmark: pybuild vs `skopeo copy`, measured side by side in one run.
+
+1. Push and pull of a multi-layer image (default 5 x 12 MB = 60 MB of incompressible layers) to
+   and from a local registry:2: each tool runs as a command (start-up included), each trial
+   against a fresh registry so that neither tool can skip or mount blobs from an earlier trial.
+   Prints median seconds and the ratio pybuild/skopeo (target <= 1.0).
+2. pybuild's peak RSS (of the child process, via wait4) pulling a 500 MB image (target < 150 MB).
+
+Usage: python3 benchmarks/registry/run.py [--trials N] [--layer-mb MB] [--layers N] [--big-mb MB]
+Needs Debian's docker-registry and skopeo (scripts/setup.sh installs both).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from registry.platform import host_platform  # noqa: E402
+from registry.store import Store  # noqa: E402
+from tests.fixtures.registry import start_registry  # noqa: E402
+from tests.fixtures.synthetic_images import make_image, random_layer  # noqa: E402
+
+PYBUILD = [sys.executable, "-m", "builder"]
+
+
+def build_image(root: Path, name: str, layers: int, layer_bytes: int, seed: int) -> None:
+    """A store under `root` holding `name`: `layers` random layers of `layer_bytes` each."""
+    store = Store(root)
+    descs = [random_layer(store, layer_bytes, seed=seed * 1000 + i) for i in range(layers)]
+    make_image(store, name, layer_descs=descs, platform=host_platform(), cmd=["sh"])
+
+
+def timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"command failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr}")
+    return elapsed
+
+
+def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of one child process, measured with wait4."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    elapsed = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise SystemExit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr.read().decode()}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def bench_push_pull(work: Path, trials: int, layers: int, layer_bytes: int) -> dict[str, float]:
+    src_root = work / "src"
+    build_image(src_root, "bench/app:v1", layers, layer_bytes, seed=1)
+    layout = Store(src_root).layout
+    times: dict[str, list[float]] = {"pybuild push": [], "skopeo push": [], "pybuild pull": [], "skopeo pull": []}
+    for t in range(trials):
+        # Alternate who goes first so that page-cache warmth does not favour one tool.
+        order = ["pybuild", "skopeo"] if t % 2 == 0 else ["skopeo", "pybuild"]
+        for tool in order:
+            reg = start_registry()
+            try:
+                ref = f"{reg.host}/bench/app:v1"
+                if tool == "pybuild":
+                    times["pybuild push"].append(timed(
+                        PYBUILD + ["--root", str(src_root), "-q", "push", "bench/app:v1", ref]))
+                    dst = work / f"pull-pybuild-{t}"
+                    times["pybuild pull"].append(timed(PYBUILD + ["--root", str(dst), "-q", "pull", ref]))
+                else:
+                    times["skopeo push"].append(timed(
+                        ["skopeo", "copy", "-q", "--dest-tls-verify=false",
+                         f"oci:{layout}:bench/app:v1", f"docker://{ref}"]))
+                    dst = work / f"pull-skopeo-{t}"
+                    times["skopeo pull"].append(timed(
+                        ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{dst}:app"]))
+                shutil.rmtree(dst, ignore_errors=True)
+            finally:
+                reg.stop()
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_rss(work: Path, big_mb: int) -> tuple[float, float]:
+    root = work / "big"
+    per = big_mb * 1000 * 1000 // 4
+    build_image(root, "bench/big:v1", 4, per, seed=2)
+    reg = start_registry()
+    try:
+        ref = f"{reg.host}/bench/big:v1"
+        timed(PYBUILD + ["--root", str(root), "-q", "push", "bench/big:v1", ref])
+        return peak_rss_mb(PYBUILD + ["--root", str(work / "big-pull"), "-q", "pull", ref])
+    finally:
+        reg.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--layers", type=int, default=5)
+    ap.add_argument("--layer-mb", type=int, default=12)
+    ap.add_argument("--big-mb", type=int, default=500)
+    args = ap.parse_args()
+    if not shutil.which("skopeo"):
+        raise SystemExit("skopeo is not installed (run scripts/setup.sh)")
+    with tempfile.TemporaryDirectory(prefix="pybuild-bench-") as tmp:
+        work = Path(tmp)
+        size = args.layers * args.layer_mb
+        res = bench_push_pull(work, args.trials, args.layers, args.layer_mb * 1000 * 1000)
+        print(f"image: {args.layers} layers x {args.layer_mb} MB = {size} MB, median of {args.trials} trials")
+        for op in ("push", "pull"):
+            ours, theirs = res[f"pybuild {op}"], res[f"skopeo {op}"]
+            print(f"  {op}: pybuild {ours:.3f} s, skopeo {theirs:.3f} s, ratio {ours / theirs:.2f}x "
+                  f"(target <= 1.0x)")
+        secs, rss = bench_rss(work, args.big_mb)
+        print(f"pull of a {args.big_mb} MB image: {secs:.2f} s, pybuild peak RSS {rss:.1f} MB (target < 150 MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
