@@ -2,9 +2,9 @@
 
 `LayerWriter` takes the uncompressed tar through write() and, in the same pass, hashes it (the
 diffID), compresses it, hashes the compressed bytes (the blob digest) and hands them to a sink
-(a store blob writer, any binary file, or a callable). Hashing the uncompressed stream runs in
-a helper thread while the main thread compresses: both release the GIL, so on two cores the
-diffID is nearly free.
+(a store blob writer, any binary file, or a callable). Compression, the blob hash and the sink
+writes run in a helper thread while the producer's thread writes the tar and hashes it: ISA-L,
+zstd and hashlib release the GIL, so the stages overlap on two cores.
 
 Tar production lives in registry/tarwriter.py (re-exported here); `write_overlay_upper_tar`
 turns an overlayfs upper directory into an OCI layer (whiteouts, opaque directories).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import stat
 import threading
 from dataclasses import dataclass
@@ -38,8 +39,6 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
-# Below this, handing a chunk to the hashing thread costs more than hashing it here.
-_THREAD_MIN = 64 << 10
 
 OVERLAY_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 _OVERLAY_UNSUPPORTED = {
@@ -75,50 +74,44 @@ class LayerResult:
         return Descriptor(self.media_type, self.digest, self.size)
 
 
-class _HashThread:
-    """One persistent worker that runs hash updates off the main thread, one chunk at a time."""
+class _CompressThread:
+    """Compresses, hashes and writes out chunks in order, off the producer's thread.
 
-    def __init__(self, h: "hashlib._Hash") -> None:
-        self._h = h
-        self._cv = threading.Condition()
-        self._job: bytes | None = None
-        self._stop = False
-        self._t = threading.Thread(target=self._run, name="diffid-hash", daemon=True)
+    The producer (tar writing and diffID hashing) and this stage run side by side; ISA-L, zstd
+    and hashlib release the GIL, so on two cores both stay busy. The bounded queue keeps memory
+    at a few MiB. An error here (a full disk in the sink) is raised to the producer on its next
+    call.
+    """
+
+    def __init__(self, work: Callable[[bytes], None]) -> None:
+        self._work = work
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self._t = threading.Thread(target=self._run, name="layer-compress", daemon=True)
         self._t.start()
 
     def _run(self) -> None:
         while True:
-            with self._cv:
-                while self._job is None and not self._stop:
-                    self._cv.wait()
-                if self._job is None:
-                    return
-                job = self._job
-            self._h.update(job)
-            with self._cv:
-                self._job = None
-                self._cv.notify_all()
+            chunk = self._q.get()
+            if chunk is None:
+                return
+            if self.error is None:
+                try:
+                    self._work(chunk)
+                except BaseException as e:  # handed to the producer thread
+                    self.error = e
 
-    def submit(self, data: bytes) -> None:
-        with self._cv:
-            while self._job is not None:
-                self._cv.wait()
-            self._job = data
+    def put(self, chunk: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self._q.put(chunk)
 
-            self._cv.notify_all()
-
-    def wait(self) -> None:
-        with self._cv:
-            while self._job is not None:
-                self._cv.wait()
-
-    def stop(self) -> None:
-        with self._cv:
-            while self._job is not None:
-                self._cv.wait()
-            self._stop = True
-            self._cv.notify_all()
+    def finish(self) -> None:
+        """Wait until every chunk is processed; re-raise a worker error."""
+        self._q.put(None)
         self._t.join()
+        if self.error is not None:
+            raise self.error
 
 
 class LayerWriter:
@@ -126,7 +119,9 @@ class LayerWriter:
 
     `sink` is an object with write(bytes) (a store blob writer or a file) or a callable taking
     bytes. close() (or leaving a `with` block without error) finishes the stream and returns
-    the LayerResult; the sink itself is neither closed nor committed here.
+    the LayerResult; the sink itself is neither closed nor committed here. With `threaded`
+    (the default) compression and sink writes run in a helper thread once the layer passes
+    1 MiB; the sink is then called from that thread, one call at a time, in order.
 
         with store.blob_writer() as w:
             with LayerWriter(w, Compression("gzip")) as lw:
@@ -150,7 +145,8 @@ class LayerWriter:
         self._size = 0
         self._usize = 0
         self._buf = bytearray()
-        self._hasher = _HashThread(self._diff) if threaded else None
+        self._threaded = threaded
+        self._worker: _CompressThread | None = None
         self.result: LayerResult | None = None
 
     # io-like surface so tarfile and shutil.copyfileobj accept it
@@ -176,6 +172,9 @@ class LayerWriter:
             self._process(chunk)
         return n
 
+    def _compress(self, chunk: bytes) -> None:
+        self._out(self._compressor.compress(chunk))
+
     def _out(self, data: bytes) -> None:
         if data:
             self._blob.update(data)
@@ -184,13 +183,13 @@ class LayerWriter:
 
     def _process(self, chunk: bytes) -> None:
         self._usize += len(chunk)
-        if self._hasher is not None and len(chunk) >= _THREAD_MIN:
-            self._hasher.submit(chunk)
+        self._diff.update(chunk)
+        if self._threaded:
+            if self._worker is None:
+                self._worker = _CompressThread(self._compress)
+            self._worker.put(chunk)
         else:
-            if self._hasher is not None:
-                self._hasher.wait()
-            self._diff.update(chunk)
-        self._out(self._compressor.compress(chunk))
+            self._compress(chunk)
 
     def flush(self) -> None:
         """No-op: data is compressed in 1 MiB chunks and flushed when the layer is closed."""
@@ -203,9 +202,10 @@ class LayerWriter:
             chunk = bytes(self._buf)
             self._buf.clear()
             self._process(chunk)
+        if self._worker is not None:
+            worker, self._worker = self._worker, None
+            worker.finish()
         self._out(self._compressor.flush())
-        if self._hasher is not None:
-            self._hasher.stop()
         self.result = LayerResult(
             diff_id="sha256:" + self._diff.hexdigest(),
             digest="sha256:" + self._blob.hexdigest(),
@@ -217,9 +217,12 @@ class LayerWriter:
 
     def abort(self) -> None:
         """Stop the helper thread without producing a result (the caller discards the sink)."""
-        if self._hasher is not None:
-            self._hasher.stop()
-            self._hasher = None
+        if self._worker is not None:
+            worker, self._worker = self._worker, None
+            try:
+                worker.finish()
+            except BaseException:
+                pass  # the caller is already handling the error that made it abort
 
     def __enter__(self) -> "LayerWriter":
         return self

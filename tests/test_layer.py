@@ -283,3 +283,19 @@ def test_store_layer_commits_into_the_store(root: Path, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         store_layer(store, failing)
     assert set(store.blobs()) == before
+
+
+def test_sink_errors_reach_the_producer() -> None:
+    calls = 0
+
+    def full_disk(b: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        raise OSError(28, "No space left on device")
+
+    lw = LayerWriter(full_disk, Compression("uncompressed"))
+    with pytest.raises(OSError, match="No space"):
+        for _ in range(20):
+            lw.write(os.urandom(1 << 20))
+        lw.close()
+    assert calls == 1
