@@ -348,3 +348,56 @@ def test_login_logout_round_trip(kind, basic_registry, token_registry, cred_env)
         _push_image(c, host, f"login/{kind}", seed=3)
     again = _pybuild("logout", host)
     assert again.returncode == 0 and "Not logged in" in again.stdout
+
+
+def test_mutual_tls_client_certificate_from_certs_dir(mtls_registry, cred_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("PYBUILD_CERTS_DIR", str(mtls_registry.certs_dir))
+    with _client() as c:
+        digest, _ = _push_image(c, mtls_registry.host, "mtls/app")
+        assert _pull_image(c, mtls_registry.host, "mtls/app") == digest
+    # the same CA without the client pair: the registry refuses the handshake
+    only_ca = tmp_path / "only-ca"
+    (only_ca / mtls_registry.host).mkdir(parents=True)
+    (only_ca / mtls_registry.host / "ca.crt").write_bytes(mtls_registry.ca_cert.read_bytes())
+    monkeypatch.setenv("PYBUILD_CERTS_DIR", str(only_ca))
+    with _client() as c, pytest.raises(RegistryError, match="TLS|connection"):
+        c.repository(mtls_registry.host, "mtls/app").tags()
+
+
+# -- interop: credentials written by skopeo, and by pybuild for skopeo ----------------------------------
+
+def _skopeo(*args: str, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["skopeo", *args], input=stdin, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def skopeo_bin():
+    import shutil
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed (Debian package skopeo; run scripts/setup.sh)")
+
+
+def test_skopeo_login_file_is_used_by_pybuild(skopeo_bin, basic_registry, cred_env, monkeypatch, tmp_path):
+    host = basic_registry.host
+    authfile = tmp_path / "podman-auth.json"
+    r = _skopeo("login", "--authfile", str(authfile), "--tls-verify=false", "-u", "bob", "--password-stdin",
+                host, stdin=basic_registry.users["bob"] + "\n")
+    assert r.returncode == 0, r.stderr
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(authfile))
+    with _client() as c:
+        digest, _ = _push_image(c, host, "interop/skopeo-login")
+        assert _pull_image(c, host, "interop/skopeo-login") == digest
+
+
+@pytest.mark.parametrize("kind", ["basic", "token"])
+def test_pybuild_login_is_used_by_skopeo(kind, skopeo_bin, basic_registry, token_registry, cred_env):
+    reg = basic_registry if kind == "basic" else token_registry
+    user, pw = ("bob", basic_registry.users["bob"]) if kind == "basic" else ("pusher", "pushpass")
+    assert _pybuild("login", reg.host, "-u", user, "--password-stdin", stdin=pw).returncode == 0
+    with _client() as c:
+        digest, _ = _push_image(c, reg.host, f"interop/{kind}")
+    r = _skopeo("inspect", "--raw", "--authfile", str(cred_env.config_json), "--tls-verify=false",
+                f"docker://{reg.host}/interop/{kind}:v1")
+    assert r.returncode == 0, r.stderr
+    assert digest_bytes(r.stdout.encode()) == digest
