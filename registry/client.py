@@ -411,6 +411,9 @@ class RegistryClient:
                 if h.auth.challenge(resp, scopes):
                     resp.close()
                     continue
+            if status == 429 and resp.headers.get("ratelimit-remaining", "").split(";")[0].strip() == "0":
+                # Docker Hub's pull quota is spent: it refills over hours, retrying now is futile.
+                raise self._error(method, url, resp, what, attempt)
             if status in _RETRY_STATUSES and attempt < self.options.retries:
                 wait = _retry_after(resp)
                 if wait is not None and wait > self.options.retry_after_max:

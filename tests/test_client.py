@@ -244,3 +244,29 @@ def test_authorization_not_forwarded_to_another_host(client):
     finally:
         storage.shutdown()
         front.shutdown()
+
+
+def test_rate_limit_headers_in_error_and_no_futile_retries(registry, fault_proxy):
+    """Docker Hub answers 429 with ratelimit-* headers when the pull quota is spent: the error
+    shows them, and the client does not keep retrying a quota that refills over hours."""
+    rule = fault_proxy.add("status", status=429, path="/manifests/", times=-1,
+                           headers={"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "0;w=21600"})
+    c = RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05))
+    with pytest.raises(RegistryError) as e:
+        c.repository(fault_proxy.host, "library/busybox").get_manifest("latest")
+    c.close()
+    msg = str(e.value)
+    assert "rate limited" in msg and "ratelimit-limit: 100;w=21600" in msg and "ratelimit-remaining: 0" in msg
+    assert rule.hits == 1
+
+
+def test_retry_after_is_honoured_then_succeeds(registry, fault_proxy):
+    repo_direct = RegistryClient().repository(registry.host, "client/retry")
+    data = _image_manifest(repo_direct)
+    repo_direct.put_manifest("v1", data, mediatypes.OCI_MANIFEST)
+    slept: list[float] = []
+    c = RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05), sleep=slept.append)
+    fault_proxy.add("status", status=503, path="/manifests/", times=2, headers={"Retry-After": "2"})
+    assert c.repository(fault_proxy.host, "client/retry").get_manifest("v1").data == data
+    assert len(slept) == 2 and all(s >= 2 for s in slept)
+    c.close()
