@@ -116,7 +116,8 @@ def _rmi(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"Untagged: {ref}")
     if not args.no_prune:
-        result = store.gc()
+        from ..cache import gc_roots   # blobs of cached build steps stay
+        result = store.gc(extra_roots=gc_roots(store.root))
         if not args.quiet and result.removed_blobs:
             print(f"Deleted: {result.removed_blobs} blobs ({human_size(result.freed_bytes)})")
     return 0
@@ -139,7 +140,8 @@ def _import(args: argparse.Namespace) -> int:
 def _store(args: argparse.Namespace) -> int:
     store = _open(args)
     if args.action == "gc":
-        result = store.gc()
+        from ..cache import gc_roots   # blobs of cached build steps stay
+        result = store.gc(extra_roots=gc_roots(store.root))
         if not args.quiet:
             print(f"removed {result.removed_blobs} blobs ({human_size(result.freed_bytes)}), "
                   f"kept {result.kept_blobs}")
