@@ -8,7 +8,6 @@ registry's upload status.
 """
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import ipaddress
 import json
@@ -142,6 +141,7 @@ def _retry_after(resp: "requests.Response") -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils      # only for the rare HTTP-date form; costs start-up time otherwise
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
