@@ -224,3 +224,36 @@ def test_push_gives_up_with_a_clear_error(registry, fault_proxy, tmp_path):
     with _client() as c:                                # no manifest refers to missing blobs
         assert c.repository(registry.host, "faults/never").head_manifest("v1") is None
     assert_store_sound(a)
+
+
+# -- copy (registry to registry, streamed) --------------------------------------------------------------
+
+COPY_FAULTS = {
+    "source drops mid-blob": [dict(action="drop", method="GET", path=BLOB, after=250_000, times=2)],
+    "source truncates and answers 503": [dict(action="truncate", method="GET", path=BLOB, after=5000, times=1),
+                                         dict(action="status", status=503, method="GET", path=BLOB, times=1)],
+    "source corrupts a blob": [dict(action="corrupt", method="GET", path=BLOB, after=99, times=1)],
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(COPY_FAULTS))
+def test_copy_from_a_faulty_source(scenario, client, registry, registry2, fault_proxy, tmp_path):
+    """Source behind the proxy, destination a second registry: the copy completes with identical
+    digests, or fails clearly with no manifest at the destination (so no image refers to a blob
+    that did not arrive intact; the destination registry verifies every upload's digest)."""
+    from registry.transfer import copy
+
+    ref, src = _seed_registry(client, registry, tmp_path, f"faults/copy-{_slug(scenario)}", seed=20)
+    _program(fault_proxy, COPY_FAULTS[scenario])
+    dest = f"{registry2.host}/copied/{_slug(scenario)}:v1"
+    try:
+        res = copy(client, f"{fault_proxy.host}/{ref}", dest)
+    except RegistryError as exc:
+        assert "sha256:" in str(exc) or fault_proxy.host in str(exc), str(exc)
+        assert client.repository(registry2.host, f"copied/{_slug(scenario)}").head_manifest("v1") is None
+    else:
+        assert res.digest == src.resolve("local/seed:v1").digest
+        check, got = _pulled_directly(registry2, f"copied/{_slug(scenario)}:v1", tmp_path)
+        assert _tree(check, got) == _tree(src, res.digest)
+        assert_store_sound(check)
+    assert fault_proxy.faults()
