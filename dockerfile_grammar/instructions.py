@@ -16,6 +16,7 @@ from .instructions_flags import FlagError, FlagKind, ParsedFlags, parse_flags
 from .instructions_mounts import (Device, Mount, MountError, parse_device, parse_mount, parse_network,
                                   parse_security)
 from .heredoc import chomp_heredoc_content, parse_heredoc_word
+from .suggest import suggest
 from .syntax import Heredoc, Node, SyntaxTree
 from .values import MINIMUM_DURATION_NS, parse_chmod, parse_go_duration
 
@@ -624,10 +625,8 @@ _BUILDERS = {
 
 
 def closest_instruction(word: str) -> str | None:
-    """The valid instruction name closest to ``word`` (for "did you mean" hints)."""
-    import difflib
-    close = difflib.get_close_matches(word.upper(), INSTRUCTION_NAMES, n=1, cutoff=0.5)
-    return close[0] if close else None
+    """The valid instruction name closest to ``word`` (for "did you mean" hints), in its case style."""
+    return suggest(word, INSTRUCTION_NAMES, case_sensitive=False) or None
 
 
 def _keyword(node: Node) -> str:

@@ -85,9 +85,9 @@ def parse_flags(instruction: str, flags: list[str], spec: dict[str, FlagKind]) -
 def _valid_flags_hint(instruction: str, name: str, spec: dict[str, FlagKind]) -> str:
     if not spec:
         return f"{instruction} takes no flags"
-    import difflib
-    close = difflib.get_close_matches(name, list(spec), n=1, cutoff=0.6)
+    from .suggest import suggest
+    close = suggest(name, spec)
     valid = ", ".join("--" + k for k in spec)
     if close:
-        return f"did you mean --{close[0]}? valid flags for {instruction}: {valid}"
+        return f"did you mean --{close}? valid flags for {instruction}: {valid}"
     return f"valid flags for {instruction}: {valid}"

@@ -11,6 +11,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Callable
 
+from .suggest import suggest
+
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
 CACHE_SHARING = ("shared", "private", "locked")
 NETWORK_MODES = ("default", "none", "host")
@@ -174,18 +176,16 @@ def _set_raw(m: Mount, key: str, val: str) -> None:
 
 
 def _unknown_key(key: str, fld: str) -> None:
-    import difflib
-    close = difflib.get_close_matches(key, _MOUNT_KEYS, n=1)
-    hint = f"did you mean {close[0]}? " if close else ""
+    close = suggest(key, _MOUNT_KEYS)
+    hint = f"did you mean {close}? " if close else ""
     raise MountError(f"unexpected key '{key}' in '{fld}'", hint + "valid keys: " + ", ".join(_MOUNT_KEYS))
 
 
 def _apply(m: Mount, key: str, val: str, fld: str, ro_auto: bool) -> bool:
     if key == "type":
         if val.lower() not in MOUNT_TYPES:
-            import difflib
-            close = difflib.get_close_matches(val.lower(), MOUNT_TYPES, n=1)
-            hint = (f"did you mean {close[0]}? " if close else "") + "types: " + ", ".join(MOUNT_TYPES)
+            close = suggest(val.lower(), MOUNT_TYPES)
+            hint = (f"did you mean {close}? " if close else "") + "types: " + ", ".join(MOUNT_TYPES)
             raise MountError(f"unsupported mount type {val!r}", hint)
         m.type = val.lower()
     elif key == "from":

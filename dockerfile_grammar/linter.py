@@ -24,6 +24,7 @@ from .expansion import expand_with_matches
 from .instructions import (ArgCommand, CmdCommand, CopyCommand, EntrypointCommand, EnvCommand, ExposeCommand,
                            FromCommand, HealthcheckCommand, Instruction, LabelCommand, MaintainerCommand,
                            RunCommand, ShellCommand, WorkdirCommand, instruction_from_node)
+from .suggest import suggest
 from .syntax import Node, SyntaxTree
 
 RULES = (
@@ -309,7 +310,7 @@ class _Linter:
                     continue
                 undeclared = True
                 msg = f"FROM argument '{var}' is not declared"
-                guess = _suggest(var, sorted(declared - set(AUTOMATIC_PLATFORM_ARGS)))
+                guess = suggest(var, sorted(declared - set(AUTOMATIC_PLATFORM_ARGS)))
                 if guess:
                     msg += f" (did you mean {guess}?)"
                 self.warn("UndefinedArgInFrom", node, msg, "$")
@@ -435,7 +436,7 @@ class _Linter:
                 if var in declared or var in _NON_ENV_ARGS:
                     continue
                 msg = f"Usage of undefined variable '${var}'"
-                guess = _suggest(var, sorted(set(env) | declared))
+                guess = suggest(var, list(env) + sorted(declared - set(env)))
                 if guess:
                     msg += f" (did you mean ${guess}?)"
                 self.warn("UndefinedVar", node, msg, "$" + var if ("$" + var) in node.original else "${" + var)
@@ -483,31 +484,6 @@ def _plausible_image(ref: str) -> bool:
         # registry host may contain upper case and a port
         return bool(re.match(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$", host)) and _plausible_image(rest)
     return bool(_IMAGE_REF.match(ref))
-
-
-def _levenshtein(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def _suggest(word: str, options: list[str]) -> str:
-    """The closest option, if close enough (case-insensitive equality first)."""
-    for opt in options:
-        if opt.lower() == word.lower() and opt != word:
-            return opt
-    best, best_dist = "", None
-    for opt in options:
-        dist = _levenshtein(word.lower(), opt.lower())
-        if best_dist is None or dist < best_dist:
-            best, best_dist = opt, dist
-    if best_dist is not None and 0 < best_dist <= max(1, len(word) // 3):
-        return best
-    return ""
 
 
 def lint_tree(tree: SyntaxTree, *, build_args: Mapping[str, str] | None = None,

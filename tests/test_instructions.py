@@ -409,3 +409,18 @@ def test_value_parsers_fail_only_with_their_errors(text: str) -> None:
             fn(text)
         except errors:
             pass
+
+
+def test_suggestions_follow_buildkit() -> None:
+    from dockerfile_grammar.suggest import suggest
+    assert suggest("VERSON", ["VERSION", "VERSIONS"]) == "VERSION"
+    assert suggest("X", ["Y"]) == "Y"                      # distance 1 is close enough
+    assert suggest("TAG", ["TAGS_LIST"]) == ""            # distance 6 is not
+    assert suggest("TAG", ["TAG", "TAGS"]) == ""          # an exact match means no suggestion
+    assert suggest("coppy", ["COPY", "ADD"], case_sensitive=False) == "copy"
+    with pytest.raises(DockerfileError) as info:
+        parse_text("FROM scratch\nworkdri /x\n")
+    assert info.value.hint == "did you mean workdir?"
+    with pytest.raises(DockerfileError) as info:
+        parse_text("FROM scratch\nFOO bar\n")
+    assert info.value.hint.startswith("valid instructions: ADD, ARG")
