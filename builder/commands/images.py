@@ -36,7 +36,10 @@ def register(add_command) -> None:
 
     p = add_command("store", "maintain the local store (gc, verify)")
     p.add_argument("action", choices=("gc", "verify"),
-                   help="gc: delete unreferenced blobs; verify: check every blob and image")
+                   help="gc: delete unreferenced blobs; verify: check every blob, image, cache record and "
+                        "what crashed processes left behind")
+    p.add_argument("--repair", action="store_true",
+                   help="with verify: remove what is broken and unreferenced, then check again")
     p.set_defaults(func=_store)
 
 
@@ -146,9 +149,17 @@ def _store(args: argparse.Namespace) -> int:
             print(f"removed {result.removed_blobs} blobs ({human_size(result.freed_bytes)}), "
                   f"kept {result.kept_blobs}")
         return 0
-    problems = store.verify()
+    from ..storecheck import check_root, repair_root
+    if args.repair:
+        repaired = repair_root(store.root)
+        if not args.quiet:
+            for what in repaired.removed:
+                print(f"removed: {what}")
+        problems = repaired.remaining
+    else:
+        problems = check_root(store.root)
     for p in problems:
-        print(p)
+        print(f"{p.kind}: {p.message}")
     if not problems and not args.quiet:
-        print(f"store at {store.root}: all blobs and images are intact")
+        print(f"store at {store.root}: all blobs, images and cache records are intact")
     return 1 if problems else 0
