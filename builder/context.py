@@ -51,7 +51,12 @@ class SourceRecord:
     content: str
 
     def line(self) -> str:
-        return f"{self.path}\0{self.kind}\0{self.mode:o}\0{self.uid}:{self.gid}\0{self.content}\n"
+        """The record as it is fed into checksum_sources."""
+        return _line(self.path, self.kind, self.mode, self.uid, self.gid, self.content)
+
+
+def _line(path: str, kind: str, mode: int, uid: int, gid: int, content: str) -> str:
+    return f"{path}\0{kind}\0{mode:o}\0{uid}:{gid}\0{content}\n"
 
 
 def _kind(mode: int) -> str:
@@ -281,52 +286,53 @@ class BuildContext:
 
     @staticmethod
     def _listdir(host: str) -> list[str]:
+        """Names in a directory, in the order walks use ([] if it is not a directory)."""
         try:
             names = os.listdir(host)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(names, key=os.fsencode)
+        return sorted(names)
 
     # -- walking and hashing ------------------------------------------------------------------
     def walk(self, entry: ContextEntry, excludes: Sequence[str] = ()) -> Iterator[tuple[str, str, os.stat_result]]:
         """Every entry under the directory source `entry`: (path relative to it, host path,
-        lstat), depth-first in byte order, .dockerignore and --exclude applied. Symlinks are
+        lstat), depth-first in name order, .dockerignore and --exclude applied. Symlinks are
         reported, not followed. An ignored directory is skipped whole unless an exception
         pattern could re-include something inside it."""
-        ex = Matcher(excludes) if excludes else None
-        m = self.matcher
+        ex = Matcher(excludes).matches if excludes else None
+        m = self.matcher if self.matcher else None
         base = self.real_rel(entry)
+        prefix = base + "/" if base else ""
         parent_state: MatchState | None = None
-        if m and base:
+        if m is not None and base:
             # Seed the incremental matcher with the source directory's own ancestry.
             parts = base.split("/")
             for i in range(len(parts)):
                 _, parent_state = m.match_child("/".join(parts[:i + 1]), parent_state)
-        stack: list[tuple[Iterator[str], str, str, MatchState | None]] = [
-            (iter(self._listdir(entry.host)), entry.host, "", parent_state)]
+        S_ISDIR = stat.S_ISDIR
+        stack: list[tuple[Iterator[os.DirEntry], str, MatchState | None]] = [
+            (iter(_scandir_sorted(entry.host)), "", parent_state)]
         while stack:
-            names, host_dir, inner_dir, pstate = stack[-1]
-            name = next(names, None)
-            if name is None:
+            entries, inner_dir, pstate = stack[-1]
+            e = next(entries, None)
+            if e is None:
                 stack.pop()
                 continue
-            inner = f"{inner_dir}/{name}" if inner_dir else name
-            crel = f"{base}/{inner}" if base else inner
-            host = os.path.join(host_dir, name)
-            st = os.lstat(host)
-            is_dir = stat.S_ISDIR(st.st_mode)
+            inner = inner_dir + e.name
+            st = e.stat(follow_symlinks=False)
+            is_dir = S_ISDIR(st.st_mode)
             state: MatchState | None = None
-            if m:
-                ignored, state = m.match_child(crel, pstate)
+            if m is not None:
+                ignored, state = m.match_child(prefix + inner, pstate)
                 if ignored:
-                    if is_dir and m.has_exceptions and m.may_include_under(crel):
-                        stack.append((iter(self._listdir(host)), host, inner, state))
+                    if is_dir and m.has_exceptions and m.may_include_under(prefix + inner):
+                        stack.append((iter(_scandir_sorted(e.path)), inner + "/", state))
                     continue
-            if ex is not None and ex.matches(inner):
+            if ex is not None and ex(inner):
                 continue
-            yield inner, host, st
+            yield inner, e.path, st
             if is_dir:
-                stack.append((iter(self._listdir(host)), host, inner, state))
+                stack.append((iter(_scandir_sorted(e.path)), inner + "/", state))
 
     def file_digest(self, host: str, st: os.stat_result | None = None) -> str:
         """sha256 of a context file's content, through the hash cache."""
@@ -342,33 +348,9 @@ class BuildContext:
         return checksum_sources(self, srcs, excludes, parents=parents, uid=uid, gid=gid, chmod=chmod)
 
 
-def source_records(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[str] = (), *,
-                   parents: bool = False, uid: int | None = None, gid: int | None = None,
-                   chmod: Callable[[int, bool], int] | None = None) -> list[SourceRecord]:
-    """Every file a COPY/ADD of `srcs` would take from the context, as SourceRecords (in order).
-
-    A source that matches nothing is a BuildError naming it. See checksum_sources for fields.
-    """
-    records: list[SourceRecord] = []
-    owner_uid = 0 if uid is None else uid
-    owner_gid = 0 if gid is None else gid
-
-    def record(path: str, host: str, st: os.stat_result) -> None:
-        m = st.st_mode
-        kind = _kind(m)
-        mode = stat.S_IMODE(m)
-        if chmod is not None and kind != "symlink":
-            mode = chmod(mode, kind == "dir")
-        if kind == "file":
-            content = ctx.file_digest(host, st)
-        elif kind == "symlink":
-            content = os.readlink(host)
-        elif kind in ("char", "block"):
-            content = f"{os.major(st.st_rdev)},{os.minor(st.st_rdev)}"
-        else:
-            content = ""
-        records.append(SourceRecord(path, kind, mode, owner_uid, owner_gid, content))
-
+def _source_files(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[str],
+                  parents: bool) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(path as named, host path, lstat) of every file a COPY/ADD of `srcs` takes, in order."""
     for src in srcs:
         entries = ctx.resolve(src, excludes, parents=parents)
         if not entries:
@@ -376,11 +358,42 @@ def source_records(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[st
                              f"({ctx.root}){' (excluded by .dockerignore)' if _ignored_literal(ctx, src) else ''}")
         for e in entries:
             st = os.lstat(e.host)
-            record(e.rel, e.host, st)
+            yield e.rel, e.host, st
             if stat.S_ISDIR(st.st_mode):
+                prefix = e.rel + "/" if e.rel else ""
                 for inner, host, est in ctx.walk(e, excludes):
-                    record(f"{e.rel}/{inner}" if e.rel else inner, host, est)
-    return records
+                    yield prefix + inner, host, est
+
+
+def _records(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[str], parents: bool,
+             uid: int | None, gid: int | None,
+             chmod: Callable[[int, bool], int] | None) -> Iterator[tuple[str, str, int, int, int, str]]:
+    owner_uid = 0 if uid is None else uid
+    owner_gid = 0 if gid is None else gid
+    digest = ctx.file_digest
+    for path, host, st in _source_files(ctx, srcs, excludes, parents):
+        m = st.st_mode
+        mode = m & 0o7777
+        if stat.S_ISREG(m):
+            kind, content = "file", digest(host, st)
+        elif stat.S_ISLNK(m):
+            kind, content = "symlink", os.readlink(host)
+        else:
+            kind = _kind(m)
+            content = f"{os.major(st.st_rdev)},{os.minor(st.st_rdev)}" if kind in ("char", "block") else ""
+        if chmod is not None and kind != "symlink":
+            mode = chmod(mode, kind == "dir")
+        yield path, kind, mode, owner_uid, owner_gid, content
+
+
+def source_records(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[str] = (), *,
+                   parents: bool = False, uid: int | None = None, gid: int | None = None,
+                   chmod: Callable[[int, bool], int] | None = None) -> list[SourceRecord]:
+    """Every file a COPY/ADD of `srcs` would take from the context, as SourceRecords (in order).
+
+    A source that matches nothing is a BuildError naming it. See checksum_sources for fields.
+    """
+    return [SourceRecord(*r) for r in _records(ctx, srcs, excludes, parents, uid, gid, chmod)]
 
 
 def _ignored_literal(ctx: BuildContext, src: str) -> bool:
@@ -405,9 +418,15 @@ def checksum_sources(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[
     the context's absolute path, inode numbers, xattrs.
     """
     h = hashlib.sha256()
-    for r in source_records(ctx, srcs, excludes, parents=parents, uid=uid, gid=gid, chmod=chmod):
-        h.update(r.line().encode("utf-8", "surrogateescape"))
+    lines = [_line(*r) for r in _records(ctx, srcs, excludes, parents, uid, gid, chmod)]
+    h.update("".join(lines).encode("utf-8", "surrogateescape"))
     return "sha256:" + h.hexdigest()
+
+
+def _scandir_sorted(path: str) -> list[os.DirEntry]:
+    # Name order (code points; fixed for a given tree, which is all a cache key needs).
+    with os.scandir(path) as it:
+        return sorted(it, key=lambda e: e.name)
 
 
 def _read_text(path: Path) -> str:

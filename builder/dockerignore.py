@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from builder.errors import BuildError
 
@@ -158,6 +158,18 @@ class Pattern:
         assert self.regex is not None
         return self.regex.match(path) is not None
 
+    def matcher(self) -> Callable[[str], object]:
+        """A fast single-argument predicate equivalent to match() (truthy when it matches)."""
+        if self.kind == EXACT:
+            return self.text.__eq__
+        if self.kind == PREFIX:
+            head = self.text[:-2]
+            return lambda path: path.startswith(head)
+        if self.kind == SUFFIX:
+            return self.match
+        assert self.regex is not None
+        return self.regex.match
+
 
 def compile_pattern(raw: str) -> Pattern | None:
     """Compile one pattern line (after trimming); None for an empty one. Errors name the pattern."""
@@ -238,6 +250,7 @@ class Matcher:
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns: list[Pattern] = [cp for cp in (compile_pattern(p) for p in patterns) if cp is not None]
         self.has_exceptions = any(p.exclusion for p in self.patterns)
+        self._fast = [(p.matcher(), p.exclusion) for p in self.patterns]
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
@@ -268,21 +281,28 @@ class Matcher:
         parent directory (None for an entry at the root). Returns the state to pass to children."""
         matched = False
         state: list[bool] = []
-        for i, pat in enumerate(self.patterns):
-            hit = parent[i] if parent else False
-            if not hit:
-                if pat.exclusion != matched:
-                    state.append(False)
-                    continue
-                hit = pat.match(path)
-                if not hit and parent is None:
-                    d = go_dir(path)
-                    if d != ".":
-                        parts = d.split("/")
-                        hit = any(pat.match("/".join(parts[:j + 1])) for j in range(len(parts)))
-            state.append(hit)
+        append = state.append
+        if parent:
+            for (fn, exclusion), hit in zip(self._fast, parent):
+                if not hit:
+                    if exclusion != matched:
+                        append(False)
+                        continue
+                    hit = bool(fn(path))
+                append(hit)
+                if hit:
+                    matched = not exclusion
+            return matched, tuple(state)
+        d = go_dir(path)
+        parts = d.split("/") if d != "." else []
+        for fn, exclusion in self._fast:
+            if exclusion != matched:
+                append(False)
+                continue
+            hit = bool(fn(path)) or any(fn("/".join(parts[:j + 1])) for j in range(len(parts)))
+            append(hit)
             if hit:
-                matched = not pat.exclusion
+                matched = not exclusion
         return matched, tuple(state)
 
     def may_include_under(self, dirpath: str) -> bool:

@@ -44,6 +44,8 @@ class HashCache:
         self._loaded_mtime: int | None = None
         self.hits = 0
         self.misses = 0
+        # Last-used times are coarse (see digest), so one clock reading per cache instance will do.
+        self._now_s = int(time.time())
         self.bytes_hashed = 0
         if self.path is not None:
             self._entries = self._load()
@@ -72,7 +74,7 @@ class HashCache:
             st = os.stat(p)
         if not stat.S_ISREG(st.st_mode):
             raise BuildError(f"{p}: not a regular file, cannot hash its content")
-        now_s = int(time.time())
+        now_s = self._now_s
         e = self._entries.get(p)
         if e is not None and e[0] == st.st_size and e[1] == st.st_mtime_ns and e[2] == st.st_ino \
                 and e[3] == st.st_ctime_ns:

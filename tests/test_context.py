@@ -277,3 +277,13 @@ def test_hash_cache_survives_garbage_and_merges_writers(tmp_path: Path) -> None:
     one.save()
     two.save()
     assert len(HashCache(path)) == 2
+
+
+def test_checksum_is_the_hash_of_the_records(ctxdir: Path) -> None:
+    import hashlib
+
+    ctx = open_context(ctxdir)
+    recs = source_records(ctx, ["src", "*.txt"], uid=5, gid=6)
+    want = "sha256:" + hashlib.sha256("".join(r.line() for r in recs).encode()).hexdigest()
+    assert checksum_sources(ctx, ["src", "*.txt"], uid=5, gid=6) == want
+    assert {(r.uid, r.gid) for r in recs} == {(5, 6)}
