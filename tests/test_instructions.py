@@ -423,4 +423,7 @@ def test_suggestions_follow_buildkit() -> None:
     assert info.value.hint == "did you mean workdir?"
     with pytest.raises(DockerfileError) as info:
         parse_text("FROM scratch\nFOO bar\n")
+    assert info.value.hint == "did you mean FROM?"        # as BuildKit: distance 2
+    with pytest.raises(DockerfileError) as info:
+        parse_text("FROM scratch\nBLAHBLAH bar\n")
     assert info.value.hint.startswith("valid instructions: ADD, ARG")
