@@ -299,3 +299,78 @@ def test_sink_errors_reach_the_producer() -> None:
             lw.write(os.urandom(1 << 20))
         lw.close()
     assert calls == 1
+
+
+def _oci_layout(layout: Path, layers: list) -> None:  # type: ignore[type-arg]
+    """Write an OCI image layout (tag `t`) whose layers are the given LayerWriter results+blobs."""
+    import json
+
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> str:
+        d = hashlib.sha256(data).hexdigest()
+        (blobs / d).write_bytes(data)
+        return "sha256:" + d
+
+    for _, blob in layers:
+        put(blob)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [r.diff_id for r, _ in layers]}}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(config),
+                   "size": len(config)},
+        "layers": [{"mediaType": r.media_type, "digest": r.digest, "size": r.size} for r, _ in layers]}).encode()
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": put(manifest),
+        "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "t"}}]}))
+
+
+def _layer(write, compression: str):  # type: ignore[no-untyped-def]
+    sink = io.BytesIO()
+    with LayerWriter(sink, Compression(compression)) as lw:
+        write(lw)
+    return lw.result, sink.getvalue()
+
+
+@needs_root
+def test_umoci_and_skopeo_accept_our_layers(tmp_path: Path) -> None:
+    """umoci unpack verifies every diffID and applies our whiteouts; skopeo decodes zstd layers."""
+    base = tmp_path / "base"
+    (base / "etc").mkdir(parents=True)
+    (base / "etc" / "gone").write_text("x")
+    (base / "etc" / "kept").write_text("k")
+    (base / "opq").mkdir()
+    (base / "opq" / "old").write_text("o")
+    os.symlink("etc/kept", base / "link")
+
+    def top(lw: LayerWriter) -> None:
+        em = TarEmitter(lw)
+        em.add_whiteout("etc/gone")
+        em.add_dir("opq", EntryMeta(0o700))
+        em.add_opaque("opq")
+        em.add_bytes("opq/new", b"n", EntryMeta(0o600, 1000, 1000, 1))
+        em.close()
+
+    layers = [_layer(lambda lw: write_tree_tar(base, lw), "gzip"), _layer(top, "gzip")]
+    layout = tmp_path / "layout"
+    _oci_layout(layout, layers)
+    bundle = tmp_path / "bundle"
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:t", str(bundle)], check=True,
+                   capture_output=True)
+    rootfs = bundle / "rootfs"
+    assert sorted(os.listdir(rootfs / "etc")) == ["kept"]
+    assert sorted(os.listdir(rootfs / "opq")) == ["new"]
+    assert os.stat(rootfs / "opq" / "new").st_uid == 1000
+    assert os.readlink(rootfs / "link") == "etc/kept"
+
+    zlayout = tmp_path / "zlayout"
+    _oci_layout(zlayout, [_layer(lambda lw: write_tree_tar(base, lw), "zstd")])
+    out = tmp_path / "out"
+    subprocess.run(["skopeo", "copy", "-q", "--dest-compress-format", "gzip", "--dest-compress",
+                    f"oci:{zlayout}:t", f"oci:{out}:t"], check=True, capture_output=True)
+    subprocess.run(["umoci", "unpack", "--image", f"{out}:t", str(tmp_path / "bundle2")], check=True,
+                   capture_output=True)
+    assert (tmp_path / "bundle2" / "rootfs" / "etc" / "gone").read_text() == "x"
