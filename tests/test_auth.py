@@ -401,3 +401,56 @@ def test_pybuild_login_is_used_by_skopeo(kind, skopeo_bin, basic_registry, token
                 f"docker://{reg.host}/interop/{kind}:v1")
     assert r.returncode == 0, r.stderr
     assert digest_bytes(r.stdout.encode()) == digest
+
+
+def test_token_server_over_https_trusted_through_certs_dir(token_registry_https_realm, cred_env,
+                                                          monkeypatch, tmp_path):
+    host = token_registry_https_realm.host
+    _login_env(monkeypatch, host, "pusher", "pushpass")
+    monkeypatch.setenv("PYBUILD_CERTS_DIR", str(token_registry_https_realm.certs_dir))
+    with _client() as c:
+        digest, _ = _push_image(c, host, "realm/tls")
+        assert _pull_image(c, host, "realm/tls") == digest
+    monkeypatch.setenv("PYBUILD_CERTS_DIR", str(tmp_path / "no-certs"))
+    with _client() as c, pytest.raises(AuthError) as e:
+        c.repository(host, "realm/tls").tags()
+    msg = str(e.value)
+    assert "TLS verification of token server https://127.0.0.1:" in msg and "/ca.crt" in msg
+    assert "pushpass" not in msg
+
+
+def _response(status: int, www_authenticate: str | None, sent_auth: str | None = None):
+    """A requests.Response as the client would hand it to challenge()."""
+    import requests
+
+    req = requests.Request("GET", "https://reg.example/v2/x/tags/list",
+                           headers={"Authorization": sent_auth} if sent_auth else {}).prepare()
+    resp = requests.Response()
+    resp.status_code, resp.request, resp.url = status, req, req.url
+    if www_authenticate is not None:
+        resp.headers["WWW-Authenticate"] = www_authenticate
+    return resp
+
+
+def test_challenge_edge_cases():
+    import requests
+
+    session = requests.Session()
+    anon = Authenticator("reg.example", None, session)
+    assert anon.challenge(_response(404, None), []) is False          # not a 401: nothing to do
+    with pytest.raises(AuthError, match="without a WWW-Authenticate"):
+        anon.challenge(_response(401, None), [])
+    with pytest.raises(AuthError, match="negotiate.*not support"):
+        anon.challenge(_response(401, "Negotiate"), [])
+    with pytest.raises(AuthError, match="requires a user name and password.*pybuild login reg.example"):
+        anon.challenge(_response(401, 'Basic realm="r"'), [])
+    assert anon.headers(["repository:x:pull"]) == {}
+
+    alice = Authenticator("reg.example", Credential("alice", "s3cret-pw"), session)
+    assert alice.headers([]) == {}                                      # nothing sent before a challenge
+    assert alice.challenge(_response(401, 'Basic realm="r"'), []) is True
+    sent = alice.headers([])["Authorization"]
+    assert sent.startswith("Basic ")
+    with pytest.raises(AuthError) as e:                                 # the same header refused again
+        alice.challenge(_response(401, 'Basic realm="r"', sent_auth=sent), [])
+    assert "'alice'" in str(e.value) and "s3cret-pw" not in str(e.value)
