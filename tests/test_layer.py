@@ -374,3 +374,22 @@ def test_umoci_and_skopeo_accept_our_layers(tmp_path: Path) -> None:
     subprocess.run(["umoci", "unpack", "--image", f"{out}:t", str(tmp_path / "bundle2")], check=True,
                    capture_output=True)
     assert (tmp_path / "bundle2" / "rootfs" / "etc" / "gone").read_text() == "x"
+
+
+def test_header_fields_beyond_ustar_go_to_pax() -> None:
+    from registry.tarwriter import encode_header
+
+    buf = io.BytesIO()
+    em = TarEmitter(buf)
+    em.add_bytes("big-ids", b"x", EntryMeta(0o644, 3_000_000, 4_000_000, 2 ** 34))
+    em.add_symlink("sym", "t" * 300 + "/ünï", EntryMeta(0o777))
+    em.add_hardlink("x" * 120 + "/hl", "big-ids", EntryMeta(0o644))
+    em.close()
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        a, b, c = tf.getmembers()
+    assert (a.uid, a.gid, a.mtime) == (3_000_000, 4_000_000, 2 ** 34)
+    assert b.linkname == "t" * 300 + "/ünï"
+    assert c.name == "x" * 120 + "/hl" and c.linkname == "big-ids"
+    # A size past the 8 GiB ustar limit is carried by PAX (header only: no data follows here).
+    hdr = encode_header(b"huge", b"0", size=9 << 30)
+    assert b" size=9663676416\n" in hdr and len(hdr) == 3 * 512
