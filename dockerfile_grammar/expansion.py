@@ -293,6 +293,9 @@ class _State:
             raise _ExpandError("syntax error: bad substitution")
         name = self.name()
         ch = self.peek()
+        if not ch:
+            # BuildKit reports an "unsupported modifier" made of EOF here; say what is missing.
+            raise _ExpandError("syntax error: missing '}'")
         self.i += 1
         mod = ch
         null_is_unset = False

@@ -249,7 +249,7 @@ class _Linter:
         seen_names: dict[str, FromCommand] = {}
         for index, (frm, body) in enumerate(stages):
             self.check_from(frm, global_env, declared_globals, defaults_env, seen_names)
-            base = _expand_quiet(frm.base_name, global_env).lower()
+            base = (_expand_quiet(frm.base_name, global_env, self.tree.escape_token) or "").lower()
             parent = states.get(base)
             if parent is not None:
                 # workdir_set is per stage in BuildKit: only WORKDIRs of this stage count
@@ -315,7 +315,7 @@ class _Linter:
                     msg += f" (did you mean {guess}?)"
                 self.warn("UndefinedArgInFrom", node, msg, "$")
         if "$" in frm.base_name and not undeclared:
-            default = _expand_quiet(frm.base_name, defaults_env)
+            default = _expand_quiet(frm.base_name, defaults_env, self.tree.escape_token)
             if default is not None and not _plausible_image(default):
                 self.warn("InvalidDefaultArgInFrom", node, f"Default value for ARG {frm.base_name} results in "
                                                            "empty or invalid base image name", frm.base_name)
@@ -388,9 +388,8 @@ class _Linter:
                 state.shell_set = True
             self.check_variables(cmd, state, global_env)
             if isinstance(cmd, WorkdirCommand):
-                path = _expand_quiet(cmd.path, state.env)
-                path = cmd.path if path is None else path
-                if not path.startswith("/") and not state.workdir_set:
+                path = _expand_quiet(cmd.path, state.env, self.tree.escape_token)
+                if path is not None and not path.startswith("/") and not state.workdir_set:
                     self.warn("WorkdirRelativePath", node, f"Relative workdir {_q(path)} can have unexpected "
                                                            "results if the base image changes", cmd.path)
                 state.workdir_set = True
@@ -463,9 +462,9 @@ def _q(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _expand_quiet(word: str, env: Mapping[str, str]) -> str | None:
+def _expand_quiet(word: str, env: Mapping[str, str], escape: str) -> str | None:
     try:
-        return expand_with_matches(word, env).value
+        return expand_with_matches(word, env, escape).value
     except DockerfileError:
         return None
 

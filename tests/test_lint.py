@@ -164,6 +164,12 @@ def test_build_time_copy_errors() -> None:
     ]
 
 
+def test_bad_substitutions_are_errors_not_crashes() -> None:
+    diags = lint("FROM ${BASE\nWORKDIR ${D/\nCOPY ${:x} /d\n")
+    assert [(d.line, d.severity) for d in diags] == [(1, "error"), (2, "error"), (3, "error")]
+    assert "missing '}'" in diags[0].message and "bad substitution" in diags[2].message
+
+
 def test_parse_error_is_a_diagnostic() -> None:
     diags = lint("FROM a\nRUN <<EOF\necho never ends\n")
     assert len(diags) == 1 and diags[0].severity == "error" and diags[0].line >= 2
@@ -217,7 +223,7 @@ def test_cli_missing_file_and_subprocess(tmp_path: Path) -> None:
 _LINES = st.sampled_from([
     "FROM a", "FROM a AS b", "from $X as Y", "ARG A=1", "ARG", "ENV K V", "ENV =x", "COPY a", "COPY --from=b a /c",
     "RUN --mount=type=cache,target=$T x", "RUN --mount=type=bad x", "CMD x", "HEALTHCHECK CMD", "ONBUILD ONBUILD x",
-    "WORKDIR rel", "EXPOSE 80/TCP", "SHELL x", "LABEL a=${b", "USER ${u:?}", "FOO bar", "MAINTAINER", "# check=skip=all",
+    "WORKDIR rel", "WORKDIR ${x", "FROM ${b", "FROM a AS ${c", "EXPOSE 80/TCP", "SHELL x", "LABEL a=${b", "USER ${u:?}", "FOO bar", "MAINTAINER", "# check=skip=all",
     "RUN <<EOF", "EOF", "\\", "", "VOLUME [\"\"]", "STOPSIGNAL 9", "ADD --chmod=9x a b",
 ])
 
