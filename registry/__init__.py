@@ -7,3 +7,5 @@ from .platform import InvalidPlatformError, Platform, host_platform, parse_platf
 from .reference import Reference, parse_reference
 from .store import GCResult, ImageRecord, LocalImage, Store, default_root, open_store
 from .imports import ImageImportError, ImportResult, import_image
+from .compression import Compression, CompressionError, open_decompressed, parse_compression
+from .layer import EntryMeta, LayerResult, LayerWriter, TarEmitter, store_layer, write_overlay_upper_tar, write_tree_tar
