@@ -756,31 +756,43 @@ def _wait_exit(c: Container, timeout: float) -> bool:
 def start_detached(c: Container, timeout: float = 30.0) -> None:
     """Start ``c`` under a supervisor process that outlives the caller (``run -d``).
 
-    Returns once the container is running (or already finished).
+    The supervisor is a fork of this process (no second interpreter start-up) in its own
+    session, with /dev/null as stdio: it runs the container, writes its log and state, and
+    removes it afterwards if it was created with ``auto_remove``. Returns once the container
+    is running (or already finished).
     """
-    env = dict(os.environ)
-    repo = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
-        proc = subprocess.Popen([sys.executable, "-m", "builder.containers", str(c.root), c.id],
-                                stdin=null_in, stdout=null_out, stderr=null_out,
-                                start_new_session=True, env=env, close_fds=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        rc = 125
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            rc = supervise(c)
+        finally:
+            os._exit(rc)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        st = json.loads((c.dir / "state.json").read_text()) if (c.dir / "state.json").is_file() else {}
+        try:
+            st = json.loads((c.dir / "state.json").read_text())
+        except (OSError, ValueError):
+            st = {}
         if st.get("status") in ("running", "exited"):
             c.state = ContainerState(**st)
             return
-        if proc.poll() is not None:
-            raise BuildError(f"the supervisor of container {c.id[:12]} exited with code {proc.returncode} "
-                             "before starting it")
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            raise BuildError(f"the supervisor of container {c.id[:12]} exited with code "
+                             f"{os.waitstatus_to_exitcode(status)} before starting it")
         time.sleep(0.02)
     raise BuildError(f"container {c.id[:12]} did not start within {timeout:.0f} s")
 
 
-def supervise(root: Path, cid: str) -> int:
-    """Body of the ``-d`` supervisor: run the container, logging only; remove it if asked."""
-    c = load(root, cid)
+def supervise(c: Container) -> int:
+    """Run the container with its output going to the log only; remove it if asked."""
     rc = start(c)
     if c.auto_remove:
         remove(c)
@@ -921,7 +933,3 @@ def commit(store: Store, c: Container, name: str, message: str = "", author: str
         desc = store.put_manifest(new)
         store.tag(ref, desc)
     return desc
-
-
-if __name__ == "__main__":
-    sys.exit(supervise(Path(sys.argv[1]), sys.argv[2]))
