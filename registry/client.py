@@ -333,14 +333,14 @@ class RegistryClient:
                         f"--insecure-registry {h.name}") from None
                 h.scheme = "http"
             except requests.exceptions.RequestException:
-                # Unreachable: let the first real request report it (with retries).
-                h.scheme = "https"
                 try:
                     self._session.get(f"http://{h.netloc}/v2/", timeout=(
                         self.options.connect_timeout, self.options.read_timeout)).close()
                     h.scheme = "http"
                 except requests.exceptions.RequestException:
-                    pass
+                    # Unreachable for now: decide nothing, so that a retry probes again; the
+                    # request this call serves reports the failure.
+                    return "https"
             return h.scheme
 
     def base_url(self, host: str) -> str:
@@ -371,11 +371,11 @@ class RegistryClient:
         """
         import requests
         h = self._host(host)
-        url = path_or_url if "://" in path_or_url else f"{self.base_url(host)}{path_or_url}"
         ok_set = set(ok)
         attempt = 0
         auth_tries = 0
         while True:
+            url = path_or_url if "://" in path_or_url else f"{self.base_url(host)}{path_or_url}"
             hdrs = {"User-Agent": self.options.user_agent}
             if headers:
                 hdrs.update(headers)
@@ -571,7 +571,10 @@ class Repository:
         interruptions = 0   # in all: a server that cuts every response short must not loop forever
         what = f"blob {digest} of {self.ref}"
         while True:
-            headers = {"Range": f"bytes={pos}-"} if pos else {}
+            # identity: a transparently compressed body would not hash to the digest.
+            headers = {"Accept-Encoding": "identity"}
+            if pos:
+                headers["Range"] = f"bytes={pos}-"
             resp = self.client.request(self.host, "GET", self._path("blobs", digest),
                                        scopes=self.pull_scope, headers=headers, stream=True,
                                        ok=(200, 206), what=what)

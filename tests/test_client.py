@@ -270,3 +270,17 @@ def test_retry_after_is_honoured_then_succeeds(registry, fault_proxy):
     assert c.repository(fault_proxy.host, "client/retry").get_manifest("v1").data == data
     assert len(slept) == 2 and all(s >= 2 for s in slept)
     c.close()
+
+
+def test_unreachable_loopback_registry_is_probed_again_later():
+    from tests.fixtures.registry import free_port, start_registry
+    port = free_port()
+    c = RegistryClient(ClientOptions(retries=0))
+    with pytest.raises(RegistryError, match="connection failed"):
+        c.ping(f"127.0.0.1:{port}")
+    reg = start_registry({"http": {"addr": f"127.0.0.1:{port}"}})
+    try:
+        assert c.ping(reg.host) and c.base_url(reg.host) == f"http://{reg.host}"
+    finally:
+        reg.stop()
+        c.close()
