@@ -84,6 +84,7 @@ run_image() {   # copy from pybuild's OCI store into podman's storage, then run
 out=$(run_image hello)
 echo "$out"
 [ "$(echo "$out" | head -1)" = "Hello from pybuild" ]
+say "7b. and with pybuild run"; out=$(pybuild run --rm "$repo/hello:latest"); echo "$out"; [ "$(echo "$out" | head -1)" = "Hello from pybuild" ]
 out=$(run_image multistage)
 echo "$out"
 echo "$out" | grep -q "report version 1.0"
