@@ -13,6 +13,18 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from registry.errors import RegistryError
+from registry.mediatypes import (
+    DOCKER_FOREIGN_LAYER,
+    DOCKER_LAYER,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_ZSTD,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_NONDIST,
+    OCI_LAYER_NONDIST_GZIP,
+    OCI_LAYER_NONDIST_ZSTD,
+    OCI_LAYER_ZSTD,
+)
 
 GZIP = "gzip"
 ZSTD = "zstd"
@@ -23,16 +35,6 @@ ALGORITHMS = (GZIP, ZSTD, UNCOMPRESSED)
 DEFAULT_LEVELS = {GZIP: 1, ZSTD: 3, UNCOMPRESSED: 0}
 LEVEL_RANGES = {GZIP: (0, 3), ZSTD: (-7, 22), UNCOMPRESSED: (0, 0)}
 
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-OCI_LAYER_NONDIST = "application/vnd.oci.image.layer.nondistributable.v1.tar"
-OCI_LAYER_NONDIST_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-OCI_LAYER_NONDIST_ZSTD = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
-DOCKER_FOREIGN_LAYER_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-
 _MEDIA_TYPE_ALGORITHM = {
     OCI_LAYER: UNCOMPRESSED,
     OCI_LAYER_GZIP: GZIP,
@@ -42,7 +44,8 @@ _MEDIA_TYPE_ALGORITHM = {
     OCI_LAYER_NONDIST_ZSTD: ZSTD,
     DOCKER_LAYER_GZIP: GZIP,
     DOCKER_LAYER: UNCOMPRESSED,
-    DOCKER_FOREIGN_LAYER_GZIP: GZIP,
+    DOCKER_LAYER_ZSTD: ZSTD,
+    DOCKER_FOREIGN_LAYER: GZIP,
 }
 _OCI_MEDIA_TYPE = {GZIP: OCI_LAYER_GZIP, ZSTD: OCI_LAYER_ZSTD, UNCOMPRESSED: OCI_LAYER}
 # Docker schema 2 has no zstd media type; Docker itself writes the OCI one for zstd layers.
