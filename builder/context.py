@@ -211,9 +211,26 @@ class BuildContext:
 
         A plain path is looked up (following symlinks inside the context); a glob is matched
         segment by segment. Ignored files (.dockerignore) and --exclude matches are left out.
-        With `parents` (COPY --parents) a `**` segment matches any number of directories;
-        without it `**` is an ordinary pattern, like `*`.
+        With `parents` (COPY --parents) a `**` segment matches any number of directories,
+        without it `**` is an ordinary pattern, like `*`; and a `/./` in the source marks where
+        the kept parents start: the entries' `rel` is then relative to that point
+        (`./x/./y/*.txt` gives `y/a.txt`).
         """
+        pivot = ""
+        if parents:
+            body = src.lstrip("/")
+            while body.startswith("./"):
+                body = body[2:]
+            head, sep, _ = body.partition("/./")
+            if sep:
+                pivot = self._clean_source(head)
+        entries = self._resolve(src, excludes, parents)
+        if not pivot:
+            return entries
+        cut = len(pivot) + 1
+        return [ContextEntry(e.rel[cut:], e.host) for e in entries if e.rel.startswith(pivot + "/")]
+
+    def _resolve(self, src: str, excludes: Sequence[str], parents: bool) -> list[ContextEntry]:
         rel = self._clean_source(src)
         ex = self.exclude_matcher(excludes)
         if not has_glob(rel):
@@ -394,6 +411,25 @@ def source_records(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[st
     A source that matches nothing is a BuildError naming it. See checksum_sources for fields.
     """
     return [SourceRecord(*r) for r in _records(ctx, srcs, excludes, parents, uid, gid, chmod)]
+
+
+def diff_source_records(old: Sequence[SourceRecord], new: Sequence[SourceRecord]) -> dict[str, list[str]]:
+    """What changed between two recordings of a COPY/ADD's sources (for `cache explain`):
+    paths `added`, `removed`, and `changed` (with what: content, mode, type, owner, link)."""
+    before = {r.path: r for r in old}
+    after = {r.path: r for r in new}
+    changed: list[str] = []
+    for path in sorted(before.keys() & after.keys()):
+        a, b = before[path], after[path]
+        what = [name for name, x, y in (("type", a.kind, b.kind), ("mode", a.mode, b.mode),
+                                        ("owner", (a.uid, a.gid), (b.uid, b.gid)))
+                if x != y]
+        if a.content != b.content:
+            what.append("link target" if b.kind == "symlink" else "content")
+        if what:
+            changed.append(f"{path} ({', '.join(what)})")
+    return {"added": sorted(after.keys() - before.keys()), "removed": sorted(before.keys() - after.keys()),
+            "changed": changed}
 
 
 def _ignored_literal(ctx: BuildContext, src: str) -> bool:

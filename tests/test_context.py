@@ -63,6 +63,10 @@ def test_resolve_literals_globs_and_roots(ctxdir: Path) -> None:
     # ** spans directories only with --parents; otherwise it is a plain segment pattern.
     assert names(ctx.resolve("**/*.py", parents=True)) == ["src/app.py", "src/lib/util.py"]
     assert names(ctx.resolve("**/*.py")) == ["src/app.py"]
+    # `/./` marks where the parents kept by --parents start.
+    assert names(ctx.resolve("./src/./lib/*.py", parents=True)) == ["lib/util.py"]
+    assert names(ctx.resolve("src/./**/*.py", parents=True)) == ["app.py", "lib/util.py"]
+    assert names(ctx.resolve("src/./lib", parents=True)) == ["lib"]
     with pytest.raises(BuildError, match="bad glob"):
         ctx.resolve("[")
 
@@ -287,3 +291,17 @@ def test_checksum_is_the_hash_of_the_records(ctxdir: Path) -> None:
     want = "sha256:" + hashlib.sha256("".join(r.line() for r in recs).encode()).hexdigest()
     assert checksum_sources(ctx, ["src", "*.txt"], uid=5, gid=6) == want
     assert {(r.uid, r.gid) for r in recs} == {(5, 6)}
+
+
+def test_diff_source_records_names_the_change(ctxdir: Path) -> None:
+    from builder.context import diff_source_records
+
+    ctx = open_context(ctxdir)
+    before = source_records(ctx, ["src"])
+    write(ctxdir / "src" / "app.py", "print(2)")
+    os.chmod(ctxdir / "src" / "lib" / "util.py", 0o600)
+    write(ctxdir / "src" / "new.py", "n")
+    os.unlink(ctxdir / "src" / "lib" / "util.pyc")
+    d = diff_source_records(before, source_records(ctx, ["src"]))
+    assert d == {"added": ["src/new.py"], "removed": ["src/lib/util.pyc"],
+                 "changed": ["src/app.py (content)", "src/lib/util.py (mode)"]}
