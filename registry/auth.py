@@ -166,7 +166,6 @@ class _Token:
     scopes: frozenset[str]
     expires_at: float            # time.monotonic()
     fetched_at: float
-    after_refusal: bool          # fetched because the registry refused the previous one
     uses: int = 0                # requests it was handed to
 
     def fresh(self, now: float) -> bool:
@@ -212,7 +211,7 @@ class Authenticator:
         need = _normalize(scopes)
         tok = self._cached(need)
         if tok is None:
-            tok = self._fetch(need, after_refusal=False, refused=None)
+            tok = self._fetch(need, refused=None)
         with self._lock:
             tok.uses += 1
         return {"Authorization": f"Bearer {tok.value}"}
@@ -282,14 +281,15 @@ class Authenticator:
         if refused is not None:
             if params.get("error") == "insufficient_scope" and _covers(refused.scopes, need):
                 raise self._denied(need, refused.value)
-            # A replacement refused on its first use is not expiry: the setup is broken.
-            if refused.after_refusal and refused.uses <= 1 and refused.fresh(time.monotonic()):
+            # A token refused on its very first use, well before it expires, did not expire: the
+            # registry does not trust the token server (retrying would only hide that).
+            if refused.uses <= 1 and refused.fresh(time.monotonic()):
                 raise AuthError(f"registry {self.host} refused a token that {_safe_url(realm)} had just "
                                 f"issued ({params.get('error') or 'no reason given'}); the token server "
                                 f"and the registry disagree (service, issuer or signing certificate)")
         elif current is not None and sent_token is None:
             return True          # the token appeared while this request was in flight
-        self._fetch(need, after_refusal=refused is not None, refused=refused)
+        self._fetch(need, refused=refused)
         return True
 
     def _denied(self, need: frozenset[str], token: str) -> AuthError:
@@ -324,7 +324,7 @@ class Authenticator:
                 return tok
         return None
 
-    def _fetch(self, need: frozenset[str], after_refusal: bool, refused: _Token | None) -> _Token:
+    def _fetch(self, need: frozenset[str], refused: _Token | None) -> _Token:
         """Fetch (once, however many threads ask at the same time) a token for NEED."""
         with self._lock:
             lock = self._fetch_locks.setdefault(need, threading.Lock())
@@ -337,8 +337,7 @@ class Authenticator:
             assert bearer is not None
             value, expires_in = self._request_token(bearer, sorted(need))
             now = time.monotonic()
-            tok = _Token(value=value, scopes=need, expires_at=now + expires_in, fetched_at=now,
-                         after_refusal=after_refusal)
+            tok = _Token(value=value, scopes=need, expires_at=now + expires_in, fetched_at=now)
             with self._lock:
                 if self._bearer is bearer:
                     self._tokens[need] = tok

@@ -454,3 +454,24 @@ def test_challenge_edge_cases():
     with pytest.raises(AuthError) as e:                                 # the same header refused again
         alice.challenge(_response(401, 'Basic realm="r"', sent_auth=sent), [])
     assert "'alice'" in str(e.value) and "s3cret-pw" not in str(e.value)
+
+
+def test_registry_that_distrusts_the_token_server_is_reported(token_registry, test_ca, cred_env, monkeypatch,
+                                                              tmp_path):
+    """A registry configured for another issuer refuses every token at once: the error says that
+    the registry and the token server disagree instead of blaming the (correct) password."""
+    from tests.fixtures.registry_secure import start_secure_registry
+
+    server = token_registry.server
+    bundle = tmp_path / "ca.crt"
+    bundle.write_bytes(test_ca.cert_pem)
+    reg = start_secure_registry({"auth": {"token": {"realm": server.realm, "service": server.service,
+                                                    "issuer": "somebody-else", "rootcertbundle": str(bundle)}}})
+    try:
+        _login_env(monkeypatch, reg.host, "pusher", "pushpass")
+        with _client() as c, pytest.raises(AuthError) as e:
+            c.repository(reg.host, "distrust/x").tags()
+        msg = str(e.value)
+        assert "refused a token" in msg and "disagree" in msg and "pushpass" not in msg
+    finally:
+        reg.stop()
