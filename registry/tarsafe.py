@@ -217,6 +217,9 @@ class _Extractor:
 
     # -- entries --------------------------------------------------------------------------
     def entry(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        # PAX headers can carry NUL bytes, which no file name or link target may contain.
+        if "\0" in m.name or "\0" in m.linkname:
+            raise ArchiveError(f"entry {m.name!r} has a NUL byte in its name or link target")
         parts = _clean(m.name, "entry")
         if not parts:
             # The root's own entry ("./"): the target's metadata is the caller's business.
@@ -359,6 +362,8 @@ class _Extractor:
             if not key.startswith("SCHILY.xattr."):
                 continue
             name = key[len("SCHILY.xattr."):]
+            if "\0" in name:
+                raise ArchiveError(f"entry {m.name!r} has a NUL byte in the name of xattr {name!r}")
             # An archive must not forge overlay metadata (fake opaque dirs, redirects).
             if name.startswith(("trusted.overlay.", "user.overlay.")):
                 continue

@@ -51,3 +51,30 @@ def test_huge_sparse_entry_is_written_as_holes(tmp_path: Path, fmt: str) -> None
     with open(out, "rb") as f:
         f.seek(apparent - 3)
         assert f.read() == b"\0\0\0tail\n"
+
+
+def _pax_tar(name: str, linkname: str = "", pax: dict[str, str] | None = None) -> bytes:
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("placeholder")
+        ti.type = tarfile.SYMTYPE if linkname else tarfile.REGTYPE
+        ti.linkname = "x" if linkname else ""
+        ti.pax_headers = {"path": name, **({"linkpath": linkname} if linkname else {}), **(pax or {})}
+        tf.addfile(ti)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name,linkname,pax", [
+    ("a\0b", "", None),
+    ("link", "/etc\0passwd", None),
+    ("f", "", {"SCHILY.xattr.user.a\0b": "v"}),
+])
+def test_nul_bytes_in_names_are_archive_errors(tmp_path: Path, name: str, linkname: str, pax) -> None:
+    """A PAX header can smuggle a NUL into a name, link target or xattr name: the archive is
+    refused with ArchiveError (not a ValueError from the os module)."""
+    import io
+    from registry.tarsafe import ArchiveError
+    with pytest.raises(ArchiveError, match="NUL byte"):
+        extract_tar(io.BytesIO(_pax_tar(name, linkname, pax)), tmp_path / "dest")
