@@ -475,3 +475,25 @@ def test_registry_that_distrusts_the_token_server_is_reported(token_registry, te
         assert "refused a token" in msg and "disagree" in msg and "pushpass" not in msg
     finally:
         reg.stop()
+
+
+def test_cli_pull_push_with_token_auth(token_registry, cred_env, tmp_path):
+    """`pybuild login` as pusher, pull and push; as puller the push fails with a clear message."""
+    host = token_registry.host
+    assert _pybuild("login", host, "-u", "pusher", "--password-stdin", stdin="pushpass").returncode == 0
+    with _client() as c:
+        digest, _ = _push_image(c, host, "cli/app")
+    root = str(tmp_path / "root")
+    pulled = _pybuild("--root", root, "pull", f"{host}/cli/app:v1")
+    assert pulled.returncode == 0, pulled.stderr
+    pushed = _pybuild("--root", root, "push", f"{host}/cli/app:v1", f"{host}/cli/copy:v1")
+    assert pushed.returncode == 0, pushed.stderr
+    with _client() as c:
+        assert c.repository(host, "cli/copy").get_manifest("v1").digest == digest
+
+    assert _pybuild("login", host, "-u", "puller", "--password-stdin", stdin="pullpass").returncode == 0
+    denied = _pybuild("--root", root, "push", f"{host}/cli/app:v1", f"{host}/cli/denied:v1")
+    out = denied.stdout + denied.stderr
+    assert denied.returncode == 1 and "Traceback" not in out
+    assert "denied user 'puller' push on repository cli/denied" in denied.stderr
+    assert "pullpass" not in out and "pushpass" not in out
