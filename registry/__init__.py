@@ -1,5 +1,7 @@
 """Images as data: references, manifests, the local OCI store, auth and the registry client."""
 from .digest import Digest, InvalidDigestError, digest_bytes, digest_file, digest_stream, is_digest, parse_digest
+from .auth import Authenticator
+from .credentials import Credential, credential_override, erase_credential, lookup_credential, save_credential
 from .errors import AuthError, DigestMismatchError, InvalidReferenceError, NotFoundError, RegistryError
 from .manifest import (ContainerConfig, Descriptor, History, ImageConfig, Index, InvalidManifestError, Manifest,
                        parse_manifest, select_manifest)
