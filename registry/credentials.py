@@ -30,8 +30,6 @@ import binascii
 import json
 import os
 import re
-import shutil
-import subprocess
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -286,6 +284,9 @@ def _run_helper(name: str, action: str, stdin: str, host: str, missing_ok: bool 
     The helper protocol: `get` and `erase` take the server URL, `store` a JSON object; a helper that
     does not know the server says "credentials not found" and exits non-zero.
     """
+    import shutil
+    import subprocess
+
     program = f"docker-credential-{name}"
     exe = shutil.which(program)
     if exe is None:
