@@ -418,13 +418,14 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
     env = _merge_env(c_cfg.env or [], opts.env)
     cid = secrets.token_hex(32)
     cdir = containers_dir(root) / cid
+    name = ""
     cdir.mkdir(parents=True)
     try:
-        name = opts.name
-        if name:
-            if not all(ch.isalnum() or ch in "_.-" for ch in name) or not name[0].isalnum():
-                raise BuildError(f"invalid container name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
-            _reserve_name(root, name, cid)
+        if opts.name:
+            if not all(ch.isalnum() or ch in "_.-" for ch in opts.name) or not opts.name[0].isalnum():
+                raise BuildError(f"invalid container name {opts.name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+            _reserve_name(root, opts.name, cid)
+            name = opts.name
         else:
             name = _pick_name(root, cid)
         c = Container(
@@ -441,7 +442,8 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
         _save_config(c)
         save_state(c)
     except BaseException:
-        _release_name(root, opts.name, cid)
+        _release_name(root, name, cid)
+        Store(root).remove_root(f"container-{cid}")
         shutil.rmtree(cdir, ignore_errors=True)
         raise
     return c
@@ -886,7 +888,8 @@ def commit(store: Store, c: Container, name: str, message: str = "", author: str
 
     The config is the container's (Entrypoint, Cmd, Env, WorkingDir, User, as ``docker commit``
     records them) with ``changes`` (Dockerfile instructions: CMD, ENV, ...) applied; a history
-    entry names the command. Deletions become whiteouts. Returns the manifest descriptor.
+    entry names the command. Deletions become whiteouts. A running container is not paused:
+    its layer is taken as it is at that moment. Returns the manifest descriptor.
     """
     from registry import mediatypes as mt
     from registry.compression import Compression

@@ -114,13 +114,14 @@ def _run(args: argparse.Namespace) -> int:
             ct.start_detached(c)
             print(c.id)
             return 0
+        try:
+            return ct.start(c, output=_write)
+        finally:
+            if c.auto_remove:
+                ct.remove(c)
     except (BuildError, RegistryError) as exc:
-        print(f"pybuild: error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 125
-    rc = ct.start(c, output=_write)
-    if c.auto_remove:
-        ct.remove(c)
-    return rc
 
 
 def _ps(args: argparse.Namespace) -> int:
