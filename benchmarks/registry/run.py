@@ -41,32 +41,26 @@ def build_image(root: Path, name: str, layers: int, layer_bytes: int, seed: int)
     make_image(store, name, layer_descs=descs, platform=host_platform(), cmd=["sh"])
 
 
-def timed(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
-    elapsed = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"command failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr}")
-    return elapsed
-
-
-def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of one child process, measured with wait4."""
+def run_child(cmd: list[str]) -> tuple[float, float, float]:
+    """Run a command; (wall seconds, CPU seconds user+sys, peak RSS MB) of that child (wait4)."""
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
     _, status, usage = os.wait4(p.pid, 0)
     elapsed = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        raise SystemExit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr.read().decode()}")
-    return elapsed, usage.ru_maxrss / 1024
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"command failed ({code}): {' '.join(cmd)}\n{p.stderr.read().decode()}")
+    p.stderr.close()
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def bench_push_pull(work: Path, trials: int, layers: int, layer_bytes: int) -> dict[str, float]:
+def bench_push_pull(work: Path, trials: int, layers: int, layer_bytes: int) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) seconds per tool and direction."""
     src_root = work / "src"
     build_image(src_root, "bench/app:v1", layers, layer_bytes, seed=1)
     layout = Store(src_root).layout
-    times: dict[str, list[float]] = {"pybuild push": [], "skopeo push": [], "pybuild pull": [], "skopeo pull": []}
+    runs: dict[str, list[tuple[float, float, float]]] = {
+        "pybuild push": [], "skopeo push": [], "pybuild pull": [], "skopeo pull": []}
     for t in range(trials):
         # Alternate who goes first so that page-cache warmth does not favour one tool.
         order = ["pybuild", "skopeo"] if t % 2 == 0 else ["skopeo", "pybuild"]
@@ -74,22 +68,21 @@ def bench_push_pull(work: Path, trials: int, layers: int, layer_bytes: int) -> d
             reg = start_registry()
             try:
                 ref = f"{reg.host}/bench/app:v1"
+                dst = work / f"pull-{tool}-{t}"
                 if tool == "pybuild":
-                    times["pybuild push"].append(timed(
+                    runs["pybuild push"].append(run_child(
                         PYBUILD + ["--root", str(src_root), "-q", "push", "bench/app:v1", ref]))
-                    dst = work / f"pull-pybuild-{t}"
-                    times["pybuild pull"].append(timed(PYBUILD + ["--root", str(dst), "-q", "pull", ref]))
+                    runs["pybuild pull"].append(run_child(PYBUILD + ["--root", str(dst), "-q", "pull", ref]))
                 else:
-                    times["skopeo push"].append(timed(
+                    runs["skopeo push"].append(run_child(
                         ["skopeo", "copy", "-q", "--dest-tls-verify=false",
                          f"oci:{layout}:bench/app:v1", f"docker://{ref}"]))
-                    dst = work / f"pull-skopeo-{t}"
-                    times["skopeo pull"].append(timed(
+                    runs["skopeo pull"].append(run_child(
                         ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{dst}:app"]))
                 shutil.rmtree(dst, ignore_errors=True)
             finally:
                 reg.stop()
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for k, v in runs.items()}
 
 
 def bench_rss(work: Path, big_mb: int) -> tuple[float, float]:
@@ -99,8 +92,9 @@ def bench_rss(work: Path, big_mb: int) -> tuple[float, float]:
     reg = start_registry()
     try:
         ref = f"{reg.host}/bench/big:v1"
-        timed(PYBUILD + ["--root", str(root), "-q", "push", "bench/big:v1", ref])
-        return peak_rss_mb(PYBUILD + ["--root", str(work / "big-pull"), "-q", "pull", ref])
+        run_child(PYBUILD + ["--root", str(root), "-q", "push", "bench/big:v1", ref])
+        secs, _, rss = run_child(PYBUILD + ["--root", str(work / "big-pull"), "-q", "pull", ref])
+        return secs, rss
     finally:
         reg.stop()
 
@@ -114,16 +108,17 @@ def main() -> int:
     args = ap.parse_args()
     if not shutil.which("skopeo"):
         raise SystemExit("skopeo is not installed (run scripts/setup.sh)")
-    timed(PYBUILD + ["--help"])      # warm-up: writes the bytecode caches
+    run_child(PYBUILD + ["--help"])      # warm-up: writes the bytecode caches
     with tempfile.TemporaryDirectory(prefix="pybuild-bench-") as tmp:
         work = Path(tmp)
         size = args.layers * args.layer_mb
         res = bench_push_pull(work, args.trials, args.layers, args.layer_mb * 1000 * 1000)
-        print(f"image: {args.layers} layers x {args.layer_mb} MB = {size} MB, median of {args.trials} trials")
+        print(f"image: {args.layers} layers x {args.layer_mb} MB = {size} MB, median of {args.trials} trials "
+              f"(load average {os.getloadavg()[0]:.1f})")
         for op in ("push", "pull"):
-            ours, theirs = res[f"pybuild {op}"], res[f"skopeo {op}"]
+            (ours, ours_cpu), (theirs, theirs_cpu) = res[f"pybuild {op}"], res[f"skopeo {op}"]
             print(f"  {op}: pybuild {ours:.3f} s, skopeo {theirs:.3f} s, ratio {ours / theirs:.2f}x "
-                  f"(target <= 1.0x)")
+                  f"(target <= 1.0x); CPU {ours_cpu:.3f} s vs {theirs_cpu:.3f} s")
         secs, rss = bench_rss(work, args.big_mb)
         print(f"pull of a {args.big_mb} MB image: {secs:.2f} s, pybuild peak RSS {rss:.1f} MB (target < 150 MB)")
     return 0
