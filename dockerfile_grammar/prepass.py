@@ -8,21 +8,22 @@ them), the UTF-8 BOM, CRLF line ends, and reading heredoc bodies after their ins
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import DockerfileError
 from .goquote import GO_SPACE
 from .syntax import Directive, Heredoc, ParseWarning
 
 MAX_LINE_BYTES = 65535  # BuildKit's scanner limit (bufio.MaxScanTokenSize - 1)
+MAYBE_TOO_LONG = MAX_LINE_BYTES // 4  # UTF-8 needs at most 4 bytes per character
+LEADING_BLANKS = frozenset(GO_SPACE) | {""}  # first characters that call for a left strip
 VALID_DIRECTIVES = ("syntax", "escape", "check")
 # After "#" and optional blanks: name, "=", value (Go's \s is [\t\n\f\r ]).
 _DIRECTIVE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z")
 EMPTY_CONTINUATION_DETAIL = "Empty continuation lines will become errors in a future release"
 
 
-@dataclass
-class LogicalLine:
+class LogicalLine(NamedTuple):
     """One instruction's text after continuation joining, with where each piece came from."""
 
     text: str
@@ -30,7 +31,7 @@ class LogicalLine:
     end_line: int
     # (offset in text, physical line, 1-based column of that offset): one entry per piece.
     segments: list[tuple[int, int, int]]
-    comments: list[str] = field(default_factory=list)
+    comments: list[str]
 
 
 class PrePass:
@@ -54,8 +55,8 @@ class PrePass:
         self.escape_token = "\\"
         self.directives: list[Directive] = []
         self.warnings: list[ParseWarning] = []
-        self._directives_done = False
-        self._comments: list[str] = []
+        self.directives_done = False
+        self.comments: list[str] = []
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -71,9 +72,8 @@ class PrePass:
     def _take(self) -> str:
         raw = self.lines[self.pos]
         self.pos += 1
-        if len(raw) > MAX_LINE_BYTES // 4 and len(raw.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
-            raise self.error(f"dockerfile line greater than max allowed size of {MAX_LINE_BYTES}",
-                             self.pos, hint="split the line with a line continuation")
+        if len(raw) > MAYBE_TOO_LONG:
+            self._check_length(raw)
         return raw
 
     def _directive(self, token: str, line: int, lead: int) -> bool:
@@ -81,14 +81,14 @@ class PrePass:
 
         ``lead`` is the number of blanks stripped before ``token`` (for error columns).
         """
-        if self._directives_done:
+        if self.directives_done:
             return False
         if not token.startswith("#"):
-            self._directives_done = True
+            self.directives_done = True
             return False
         m = _DIRECTIVE.match(token[1:].lstrip(GO_SPACE))
         if m is None or m.group(1).lower() not in VALID_DIRECTIVES:
-            self._directives_done = True
+            self.directives_done = True
             return False
         name, value = m.group(1).lower(), m.group(2)
         column = lead + token.index(m.group(1)) + 1
@@ -120,54 +120,116 @@ class PrePass:
     def next_line(self) -> LogicalLine | None:
         """The next instruction's logical line, or None at the end of the file."""
         lines = self.lines
-        while self.pos < len(lines):
-            raw = self._take()
-            line_no = self.pos
-            stripped = raw.lstrip(GO_SPACE)
-            is_comment = stripped.startswith("#")
-            if is_comment:
-                # BuildKit drops the first byte and trims: "  # x" is remembered as "# x".
-                comment = raw[1:].strip(GO_SPACE)
-                if comment:
-                    self._comments.append(comment)
-                else:
-                    self._comments = []
-            token = stripped.rstrip("\r\n")
-            if self._directive(token, line_no, len(raw) - len(stripped)) and self._comments:
-                self._comments.pop()
-            if is_comment:
-                token = ""
-            text, end_of_line = self._trim_continuation(token)
-            if end_of_line and not text:
+        n = len(lines)
+        while not self.directives_done and self.pos < n:
+            got = self._next_line_general()
+            if got is not None:
+                return got
+        esc = self.escape_token  # final once the directives are done
+        while self.pos < n:
+            # Fast path for the usual line: one physical line, not a comment, no escape at the end.
+            raw = lines[self.pos]
+            self.pos += 1
+            if len(raw) > MAYBE_TOO_LONG:
+                self._check_length(raw)
+            stripped = raw.lstrip(GO_SPACE) if raw[:1] in LEADING_BLANKS else raw
+            if not stripped:
                 continue
-            start_col = len(raw) - len(stripped) + 1
-            parts = [text]
-            segments = [(0, line_no, start_col)]
-            offset = len(text)
-            first_empty = 0
-            while not end_of_line and self.pos < len(lines):
-                raw = self._take()
-                token = raw.rstrip("\r\n")
-                stripped = token.lstrip(GO_SPACE)
-                if stripped.startswith("#"):
-                    continue  # comment lines inside a continuation vanish
-                if not stripped:
-                    first_empty = first_empty or self.pos
-                    continue
-                piece, end_of_line = self._trim_continuation(token)
-                segments.append((offset, self.pos, 1))
-                parts.append(piece)
-                offset += len(piece)
-            joined = "".join(parts)
-            if first_empty:
-                self.warnings.append(ParseWarning(
-                    short="Empty continuation line found in: " + joined,
-                    detail=EMPTY_CONTINUATION_DETAIL, line=first_empty,
-                    rule="NoEmptyContinuation"))
-            comments, self._comments = self._comments, []
-            return LogicalLine(text=joined, start_line=line_no, end_line=self.pos,
-                               segments=segments, comments=comments)
+            if stripped[0] == "#":
+                self.note_comment(raw)
+                continue
+            token = stripped.rstrip("\r") if stripped[-1] == "\r" else stripped
+            last = token[-1]
+            if last == esc or last == " " or last == "\t":
+                self.pos -= 1
+                got = self._next_line_general()
+                if got is not None:
+                    return got
+                continue
+            comments = self.comments
+            if comments:
+                self.comments = []
+            else:
+                comments = []
+            line_no = self.pos
+            return LogicalLine(token, line_no, line_no, [(0, line_no, len(raw) - len(stripped) + 1)],
+                               comments)
         return None
+
+    def _check_length(self, raw: str) -> None:
+        if len(raw.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
+            raise self.error(f"dockerfile line greater than max allowed size of {MAX_LINE_BYTES}",
+                             self.pos, hint="split the line with a line continuation")
+
+    def note_comment(self, raw: str) -> None:
+        """Remember a comment line for the next instruction's ``prev_comments``."""
+        # BuildKit drops the first byte and trims: "  # x" is remembered as "# x".
+        comment = raw[1:].strip(GO_SPACE)
+        if comment:
+            self.comments.append(comment)
+        else:
+            self.comments = []
+
+    def _next_line_general(self) -> LogicalLine | None:
+        """One physical line with every rule applied (directives, comments, continuations).
+
+        Returns None when the line produced no instruction (blank, comment, directive).
+        """
+        lines = self.lines
+        raw = self._take()
+        line_no = self.pos
+        stripped = raw.lstrip(GO_SPACE)
+        is_comment = stripped.startswith("#")
+        if is_comment:
+            self.note_comment(raw)
+        token = stripped.rstrip("\r\n")
+        if self._directive(token, line_no, len(raw) - len(stripped)) and self.comments:
+            self.comments.pop()
+        if is_comment:
+            token = ""
+        text, end_of_line = self._trim_continuation(token)
+        if end_of_line and not text:
+            return None
+        start_col = len(raw) - len(stripped) + 1
+        parts = [text]
+        segments = [(0, line_no, start_col)]
+        offset = len(text)
+        first_empty = 0
+        esc = self.escape_token
+        n = len(lines)
+        pos = self.pos
+        while not end_of_line and pos < n:
+            raw = lines[pos]
+            pos += 1
+            if len(raw) > MAYBE_TOO_LONG:
+                self.pos = pos
+                self._check_length(raw)
+            token = raw.rstrip("\r") if raw[-1:] == "\r" else raw
+            stripped = token.lstrip(GO_SPACE) if token[:1] in LEADING_BLANKS else token
+            if not stripped:
+                first_empty = first_empty or pos
+                continue
+            if stripped[0] == "#":
+                continue  # comment lines inside a continuation vanish
+            # Inline _trim_continuation: an escape character at the end (after optional
+            # blanks) continues the line unless it is itself escaped.
+            t = token.rstrip(" \t") if token[-1] in " \t" else token
+            if t[-1] == esc and (len(t) == 1 or t[-2] != esc):
+                piece = t[:-1]
+            else:
+                piece, end_of_line = token, True
+            segments.append((offset, pos, 1))
+            parts.append(piece)
+            offset += len(piece)
+        self.pos = pos
+        joined = "".join(parts)
+        if first_empty:
+            self.warnings.append(ParseWarning(
+                short="Empty continuation line found in: " + joined,
+                detail=EMPTY_CONTINUATION_DETAIL, line=first_empty,
+                rule="NoEmptyContinuation"))
+        comments, self.comments = self.comments, []
+        return LogicalLine(joined, line_no, self.pos, segments, comments)
 
     def read_heredoc_bodies(self, heredocs: list[Heredoc], start_line: int) -> int:
         """Fill in each heredoc's content from the following lines; returns the last line used.

@@ -12,7 +12,7 @@ import pytest
 from dockerfile_grammar import DockerfileError, dump_ast, parse
 from dockerfile_grammar.heredoc import (HeredocSyntaxError, chomp_heredoc_content,
                                         heredocs_from_line, parse_heredoc_word)
-from dockerfile_grammar.parser import _split_name_values, parse_line
+from dockerfile_grammar.arguments import parse_line, split_name_values
 from dockerfile_grammar.prepass import detect_directive
 from tests.fixtures.conformance import CONFORMANCE_DIR, require_conformance
 
@@ -38,6 +38,15 @@ def test_testfile_dump_is_byte_exact(name: str) -> None:
     require_conformance()
     case = PARSER / "testfiles" / name
     assert dump_ast(_read(case / "Dockerfile")) == _read(case / "result")
+
+
+@pytest.mark.parametrize("name", _names("testfiles") or ["<missing>"])
+def test_testfile_dump_through_the_grammar_only(name: str) -> None:
+    # The Lark grammar alone (no fast path) must give the same byte-exact dump.
+    require_conformance()
+    case = PARSER / "testfiles" / name
+    tree = parse(_read(case / "Dockerfile"), use_grammar=True)
+    assert dump_ast(tree) == _read(case / "result")
 
 
 @pytest.mark.parametrize("name", _names("testfiles-negative") or ["<missing>"])
@@ -205,4 +214,4 @@ def test_unit_heredoc_chomp() -> None:
 
 
 def test_unit_name_val_helper_old_and_new_forms() -> None:
-    assert _split_name_values("LABEL", ["foo", "bar"], "foo bar") == ["foo", "bar", ""]
+    assert split_name_values("LABEL", ["foo", "bar"], "foo bar") == ["foo", "bar", ""]

@@ -155,3 +155,32 @@ def test_heredoc_bodies_round_trip(body: list[str], chomp: bool, quoted: bool) -
         ("EOT", "".join(b + "\n" for b in body), chomp, not quoted)]
     assert run.end_line == 3 + len(body)
     assert tree.children[2].value == "cmd"
+
+
+# --- the fast path agrees with the grammar (the reference) ----------------------------------
+
+ARG_ALPHABET = list("abc=-[]\",' \t\\`$:/.{}") + ["\x85", "\xa0", "é", "\u3000", "\x1c"]
+line_keyword = st.sampled_from(["FROM", "run", "Cmd", "ENTRYPOINT", "SHELL", "COPY", "ADD",
+                                "VOLUME", "EXPOSE", "ARG", "ENV", "LABEL", "HEALTHCHECK", "USER",
+                                "WORKDIR", "STOPSIGNAL", "MAINTAINER", "ONBUILD", "FOO"])
+arg_text = st.lists(st.one_of(
+    st.text(alphabet=st.sampled_from(ARG_ALPHABET), max_size=12),
+    st.sampled_from(["--", "--x=1", '--m="a b"', "-- ", '["a", "b"]', '["a", 1]', "[]",
+                     "a=b", 'k="v w"', "CMD", "RUN x", "NONE"])), max_size=5).map(" ".join)
+
+
+def _outcome(line: str, escape: str, use_grammar: bool):
+    from dockerfile_grammar.arguments import LineError, parse_line
+    from dockerfile_grammar.dump import dump_node
+    try:
+        node = parse_line(line, escape, use_grammar=use_grammar)
+    except LineError as err:
+        return ("error", err.message, err.offset)
+    return ("ok", dump_node(node), node.json_form, node.keyword)
+
+
+@SETTINGS
+@given(line_keyword, arg_text, st.sampled_from(["\\", "`"]))
+def test_fast_path_matches_grammar(keyword: str, text: str, escape: str) -> None:
+    line = f"{keyword} {text}"
+    assert _outcome(line, escape, False) == _outcome(line, escape, True)

@@ -5,7 +5,7 @@ import pytest
 
 from dockerfile_grammar import DockerfileError, dump_ast, parse
 from dockerfile_grammar.goquote import go_lower, go_quote, go_trim_space
-from dockerfile_grammar.parser import parse_line, unquote_flag
+from dockerfile_grammar.arguments import parse_line, unquote_flag
 from dockerfile_grammar.prepass import detect_directive
 
 
