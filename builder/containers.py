@@ -686,26 +686,41 @@ def signal_container(supervisor_pid: int, sig: int) -> bool:
 
 
 class _SignalGuard:
-    """Signal handling of the supervising process (see the module docstring)."""
+    """Signal handling of the supervising process (see the module docstring).
+
+    A signal that arrives before the runtime has started is delivered as soon as it has.
+    """
 
     def __init__(self, c: Container):
         self.c = c
         self.saved: dict[int, object] = {}
         self.timer: threading.Timer | None = None
         self.stops = 0
+        self.done = threading.Event()
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
             self.saved[sig] = signal.signal(sig, self._handle)
 
     def uninstall(self) -> None:
+        self.done.set()
         if self.timer is not None:
             self.timer.cancel()
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)
 
+    def _deliver(self, sig: int) -> None:
+        if signal_container(os.getpid(), sig):
+            return
+
+        def retry() -> None:
+            while not self.done.wait(0.05):
+                if signal_container(os.getpid(), sig):
+                    return
+        threading.Thread(target=retry, daemon=True).start()
+
     def _kill(self) -> None:
-        signal_container(os.getpid(), signal.SIGKILL)
+        self._deliver(signal.SIGKILL)
 
     def _handle(self, signum: int, _frame) -> None:
         if signum in (signal.SIGINT, signal.SIGQUIT):
@@ -713,10 +728,10 @@ class _SignalGuard:
             if self.stops >= 3:               # a third Ctrl-C means: really, now
                 self._kill()
             else:
-                signal_container(os.getpid(), signum)
+                self._deliver(signum)
             return
         if self.timer is None:
-            signal_container(os.getpid(), signal_number(self.c.stop_signal))
+            self._deliver(signal_number(self.c.stop_signal))
             self.timer = threading.Timer(self.c.stop_timeout, self._kill)
             self.timer.daemon = True
             self.timer.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -116,6 +117,11 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         try:
             return ct.start(c, output=_write)
+        except BrokenPipeError:
+            # Our reader went away (`pybuild run IMAGE yes | head`): the container was killed;
+            # end like a pipeline member killed by SIGPIPE, without a traceback.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         finally:
             if c.auto_remove:
                 ct.remove(c)
