@@ -7,7 +7,6 @@ WORKDIR creating a directory) look their key up in the cache first.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import posixpath
@@ -29,6 +28,7 @@ from registry.platform import Platform, host_platform, platform_matches
 
 from . import config as cfgmod
 from .cache import BuildCache, CacheRecord, step_key
+from .cache_keys import layers_content_id, records_digest
 from .copying import CopyOptions, CopyWriter, Source, is_archive, resolve_dest
 from .errors import BuildError
 from .executor import Executor, RunMount, StageState
@@ -272,41 +272,44 @@ class StageBuilder:
         state.key = step_key(state.key, str(self.svc.platform), created_by)
         self.svc.executor.add_layer(state, None, created_by)
 
-    def _cached(self, state: StageState, key: str) -> CacheRecord | None:
-        if self.svc.no_cache:
-            return None
-        rec = self.svc.cache.get(key)
-        if rec is None:
-            return None
-        if rec.layer is not None and not self.svc.executor.store.has_blob(rec.layer["digest"]):
-            return None
-        return rec
+    def _cached(self, state: StageState, key: str, step: Step | None = None) -> CacheRecord | None:
+        # The cache decides (local record, or remote one whose layer is fetched lazily) and
+        # remembers the outcome and miss reason for progress, metadata and reports.
+        return self.svc.cache.lookup(key, state.name, step, no_cache=self.svc.no_cache)
 
     def _apply_cached(self, state: StageState, key: str, rec: CacheRecord) -> LayerRef | None:
-        state.config = copy.deepcopy(rec.config)
-        state.key = key
+        # A record holds the step's change only (layer + history entry), so a hit applies
+        # cleanly whatever metadata steps came before it.
         layer = LayerRef.from_dict(rec.layer) if rec.layer else None
         if layer is not None:
             state.layers.append(layer)
+            cfgmod.add_layer(state.config, layer.diff_id)
+        ex = self.svc.executor
+        created = rec.history.get("created") if ex.source_date_epoch is None else None
+        cfgmod.add_history(state.config, rec.history.get("created_by", ""), created or ex.now(),
+                           empty_layer=layer is None)
+        state.key = key
         return layer
 
     def _commit(self, state: StageState, key: str, layer: LayerRef | None, created_by: str) -> None:
         self.svc.executor.add_layer(state, layer, created_by)
         state.key = key
-        self.svc.cache.put(CacheRecord(key, layer.to_dict() if layer else None, copy.deepcopy(state.config)))
+        self.svc.cache.record(key, layer.to_dict() if layer else None, dict(state.config["history"][-1]),
+                              state.name)
 
     # -- WORKDIR -------------------------------------------------------------------------------
     def _workdir(self, state: StageState, path: str, inst: I.Instruction) -> tuple[bool, LayerRef | None]:
         wd = cfgmod.set_workdir(state.config, path)
         created_by = "WORKDIR " + wd
         user = state.config["config"].get("User") or ""
-        key = step_key(state.key, str(self.svc.platform), created_by, user=user)
+        key = step_key(layers_content_id(state.layers), str(self.svc.platform), created_by, user=user)
         if wd == "/":
             self._meta(state, created_by)
             return False, None
         rec = self._cached(state, key)
         if rec is not None:
             return True, self._apply_cached(state, key, rec)
+        self.svc.cache.ensure_local(state.layers)
         view = self.svc.layers.view(state.layers)
         layer = None
         if view.resolve(wd) is None or not view.is_dir(wd):
@@ -336,13 +339,15 @@ class StageBuilder:
         env = self._run_env(state, scope)
         keyed_env = [e for e in env if e.partition("=")[0] not in PROXY_ARGS]
         created_by = "RUN " + self._arg_prefix(scope) + " ".join(argv) + " # buildkit"
-        key = step_key(state.key, str(svc.platform), "RUN", argv=argv, env=keyed_env,
+        key = step_key(layers_content_id(state.layers), str(svc.platform), "RUN", argv=argv, env=keyed_env,
                        user=cfg["config"].get("User") or "", cwd=cfg["config"].get("WorkingDir") or "/",
-                       network=network, mounts=[_mount_key(m) for m in mounts],
+                       network=network, mounts=[_mount_key(m, svc.context) for m in mounts],
                        scripts={k: v for k, v in script_files.items()})
-        rec = self._cached(state, key)
+        rec = self._cached(state, key, step)
         if rec is not None:
             return True, self._apply_cached(state, key, rec)
+        for layers in [state.layers] + [m.from_state.layers for m in mounts if m.from_state is not None]:
+            svc.cache.ensure_local(layers)
         for name, content in script_files.items():
             tmp = Path(tempfile.mkdtemp(prefix="heredoc-", dir=svc.executor._tmp()))
             f = tmp / "script"
@@ -433,11 +438,14 @@ class StageBuilder:
                 raise self._error(inst, f"When using {what} with more than one source file, the "
                                         "destination must be a directory and end with a /")
         # Sources and their checksum for the cache key.
+        files = None
         if from_state is not None:
-            src_key = from_state.key
+            src_key = layers_content_id(from_state.layers)
         else:
+            from .context import source_records
             local = [s for s in srcs if not _is_url(s)]
-            src_key = svc.context.checksum(local, excludes, parents=parents) if local else ""
+            files = source_records(svc.context, local, excludes, parents=parents) if local else None
+            src_key = records_digest(files) if files is not None else ""
         urls = [s for s in srcs if _is_url(s)]
         if urls and not is_add:
             raise self._error(inst, "source can't be a URL for COPY")
@@ -448,14 +456,17 @@ class StageBuilder:
             ([f"--from={from_}"] if from_ else []) + ([f"--chown={chown}"] if chown else []) +
             ([f"--chmod={inst.chmod}"] if inst.chmod else []) + srcs + [c.path for c in inst.source_contents]
             + [dest_raw]) + " # buildkit"
-        key = step_key(state.key, str(svc.platform), created_by, sources=src_key, dest=dest,
+        key = step_key(layers_content_id(state.layers), str(svc.platform), created_by, files=files,
+                       sources=src_key, dest=dest,
                        heredocs=heredocs, urls={u: d[2] for u, d in downloads.items()},
                        excludes=excludes, parents=parents, link=inst.link,
                        user=state.config["config"].get("User") or "")
-        rec = self._cached(state, key)
+        rec = self._cached(state, key, step)
         if rec is not None:
             return True, self._apply_cached(state, key, rec)
-
+        svc.cache.ensure_local(state.layers)
+        if from_state is not None:
+            svc.cache.ensure_local(from_state.layers)
         target_view = svc.layers.view(state.layers)
         opts = CopyOptions(chmod=chmod, link=inst.link)
         if chown:
@@ -542,10 +553,17 @@ class StageBuilder:
         return data, name, digest, mtime
 
 
-def _mount_key(m: RunMount) -> list:
-    return [m.type, m.target, m.source, m.readonly, m.cache_id, m.from_state.key if m.from_state else "",
-            m.mode, m.uid, m.gid, m.env,
-            __import__("hashlib").sha256(m.secret_data).hexdigest() if m.secret_data is not None else None]
+def _mount_key(m: RunMount, context) -> list:
+    """What of a RUN mount enters the key: its options, the content ID of a stage/image source,
+    the checksum of a context source. Not a secret's value (Docker leaves it out too, and keys
+    and their inputs travel in remote caches)."""
+    if m.from_state is not None:
+        source = layers_content_id(m.from_state.layers)
+    elif m.type == "bind" and m.from_context is not None:
+        source = context.checksum([m.source or "."])
+    else:
+        source = ""
+    return [m.type, m.target, m.source, m.readonly, m.cache_id, source, m.mode, m.uid, m.gid, m.env]
 
 
 def _go_list(items: list[str]) -> str:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import AuthError
+from .errors import AuthError, RegistryError
 
 DOCKER_HUB_HOSTS = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
@@ -218,7 +218,7 @@ def _from_env(host: str) -> Credential | None:
 def _read_config(path: Path) -> dict[str, Any] | None:
     try:
         text = path.read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
         raise AuthError(f"cannot read registry credentials file {path}: {exc.strerror}") from None
@@ -312,16 +312,18 @@ def _run_helper(name: str, action: str, stdin: str, host: str, missing_ok: bool 
 
 
 def _write_config(path: Path, config: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Write CONFIG to PATH atomically (temp file + rename), readable by the owner only."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(config, f, indent="\t")
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        raise RegistryError(f"cannot write registry credentials file {path}: {exc.strerror}; "
+                            f"set DOCKER_CONFIG to a writable directory") from None

@@ -220,3 +220,13 @@ def test_credential_override(cred_env):
     with credential_override("o.example", Credential("mem", "m")):
         assert lookup_credential("o.example") == Credential("mem", "m")
     assert lookup_credential("o.example") == Credential("file", "f")
+
+
+def test_unwritable_config_dir_is_a_clear_error(cred_env, monkeypatch, tmp_path):
+    from registry.errors import RegistryError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("DOCKER_CONFIG", str(blocker / "sub"))
+    with pytest.raises(RegistryError, match="cannot write registry credentials file .*DOCKER_CONFIG"):
+        save_credential("w.example", Credential("u", "secret-value"))
