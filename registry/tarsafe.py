@@ -35,6 +35,9 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 _MAX_LINKS = 255
+# Deeper trees break recursive tree walkers (shutil.rmtree, os.walk recurse once per level and
+# Python stops near 1000 frames); no real image nests anywhere near this.
+MAX_DEPTH = 512
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
 
@@ -181,11 +184,13 @@ class _Extractor:
             except FileNotFoundError:
                 if not create:
                     return None
+                self._check_depth(rel, entry)
                 os.mkdir(p, 0o755)
                 self._created.add(p)
                 rel.append(c)
                 continue
             if stat.S_ISDIR(st.st_mode):
+                self._check_depth(rel, entry)
                 rel.append(c)
             elif stat.S_ISLNK(st.st_mode):
                 links += 1
@@ -202,6 +207,12 @@ class _Extractor:
         out = os.path.join(self.root, *rel) if rel else self.root
         self._dircache[key] = out
         return out
+
+    @staticmethod
+    def _check_depth(rel: list[str], entry: str) -> None:
+        if len(rel) >= MAX_DEPTH:
+            raise ArchiveError(f"entry {entry[:200]!r}... is nested more than {MAX_DEPTH} directories deep: "
+                               "refusing the archive")
 
     def _remove(self, path: str) -> None:
         try:

@@ -9,13 +9,67 @@ with a sentinel file that hostile entries aim at; it must be unchanged afterward
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import os
+import re
+import stat
 import subprocess
+import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from registry.tarsafe import extract_tar
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds mount overlayfs; device nodes need root")
+DEEP = 12 * "../"
+
+
+@dataclass
+class E:
+    """One tar entry of a hostile corpus."""
+
+    name: str
+    type: bytes = tarfile.REGTYPE
+    data: bytes = b"x"
+    link: str = ""
+    mode: int = 0o644
+    dev: tuple[int, int] = (0, 0)
+    pax: dict[str, str] = field(default_factory=dict)
+
+
+def make_tar(entries: list[E]) -> bytes:
+    """An uncompressed PAX tar of `entries`, in order (duplicates allowed)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for e in entries:
+            ti = tarfile.TarInfo(e.name)
+            ti.type, ti.mode, ti.linkname, ti.mtime = e.type, e.mode, e.link, 1_600_000_000
+            ti.devmajor, ti.devminor = e.dev
+            ti.pax_headers = dict(e.pax)
+            if e.type == tarfile.REGTYPE:
+                ti.size = len(e.data)
+                tf.addfile(ti, io.BytesIO(e.data))
+            else:
+                tf.addfile(ti)
+    return buf.getvalue()
+
+
+def snapshot(top: Path) -> dict[str, tuple]:
+    """path -> (mode, size, content or link) of everything under `top`."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            extra = os.readlink(p) if stat.S_ISLNK(st.st_mode) else (
+                Path(p).read_bytes() if stat.S_ISREG(st.st_mode) else b"")
+            out[os.path.relpath(p, top)] = (st.st_mode, st.st_size, extra)
+    return out
 
 
 def _sparse_tar(tmp_path: Path, apparent: int, fmt: str) -> Path:
@@ -78,3 +132,181 @@ def test_nul_bytes_in_names_are_archive_errors(tmp_path: Path, name: str, linkna
     from registry.tarsafe import ArchiveError
     with pytest.raises(ArchiveError, match="NUL byte"):
         extract_tar(io.BytesIO(_pax_tar(name, linkname, pax)), tmp_path / "dest")
+
+
+# -- the corpus -------------------------------------------------------------------------------
+# Each case: layers (lists of entries, built for a given `outside` directory) and the expected
+# outcome per entry point: ("ok", check(rootfs, outside)) or ("error", regex of the message).
+
+def _case_layers(case: str, out: str) -> list[list[E]]:
+    o = out.lstrip("/")
+    return {
+        "dotdot": [[E(DEEP + o + "/dotdot")]],
+        "absolute": [[E(out + "/abs")]],
+        "symlink-abs-then-write": [[E("esc", tarfile.SYMTYPE, link=out), E("esc/pwned")]],
+        "symlink-climb-then-write": [[E("esc", tarfile.SYMTYPE, link=DEEP + o), E("esc/pwned")]],
+        "symlink-earlier-layer": [[E("esc", tarfile.SYMTYPE, link=out)], [E("esc/pwned")]],
+        "hardlink-abs-outside": [[E("hl", tarfile.LNKTYPE, link=out + "/sentinel")]],
+        "hardlink-climb": [[E("hl", tarfile.LNKTYPE, link=DEEP + o + "/sentinel")]],
+        "hardlink-through-symlink": [[E("esc", tarfile.SYMTYPE, link=out),
+                                      E("hl", tarfile.LNKTYPE, link="esc/sentinel")]],
+        "symlink-replaced-by-dir": [[E("d", tarfile.SYMTYPE, link=out), E("d", tarfile.DIRTYPE, mode=0o755),
+                                     E("d/f", data=b"inside")]],
+        "duplicates": [[E("f", data=b"one"), E("f", data=b"two"), E("g", tarfile.DIRTYPE, mode=0o755),
+                        E("g/x"), E("g", data=b"now a file"), E("h", data=b"file"),
+                        E("h", tarfile.SYMTYPE, link="f")]],
+        "devices": [[E("dev", tarfile.DIRTYPE, mode=0o755), E("dev/null2", tarfile.CHRTYPE, mode=0o666, dev=(1, 3)),
+                     E("dev/sda9", tarfile.BLKTYPE, mode=0o660, dev=(8, 0)), E("dev/fifo", tarfile.FIFOTYPE)]],
+        "setuid": [[E("suid", mode=0o4755), E("sgid", mode=0o2755), E("sticky", tarfile.DIRTYPE, mode=0o1777)]],
+        "whiteout-through-symlink": [[E("esc", tarfile.SYMTYPE, link=out)], [E("esc/.wh.sentinel", data=b"")]],
+        "whiteout-climb": [[E(DEEP + o + "/.wh.sentinel", data=b"")]],
+        "whiteout-dotdot-name": [[E("a", tarfile.DIRTYPE, mode=0o755)], [E("a/.wh..", data=b"")]],
+        "symlink-loop-parent": [[E("a", tarfile.SYMTYPE, link="b"), E("b", tarfile.SYMTYPE, link="a"), E("a/f")]],
+        "nesting-too-deep": [[E("d/" * 1500 + "f")]],
+        "path-too-long": [[E("/".join(["n" * 250] * 20))]],
+    }[case]
+
+
+def _exists(rel: str) -> Callable[[Path, Path], None]:
+    def check(rootfs: Path, outside: Path) -> None:
+        assert os.path.lexists(rootfs / rel.format(o=str(outside).lstrip("/"))), rel
+    return check
+
+
+def _absent(rel: str) -> Callable[[Path, Path], None]:
+    def check(rootfs: Path, outside: Path) -> None:
+        assert not os.path.lexists(rootfs / rel), rel
+    return check
+
+
+def _duplicates(rootfs: Path, outside: Path) -> None:
+    assert (rootfs / "f").read_bytes() == b"two"
+    assert (rootfs / "g").read_bytes() == b"now a file"
+    assert os.readlink(rootfs / "h") == "f"
+
+
+def _devices(rootfs: Path, outside: Path) -> None:
+    st = os.lstat(rootfs / "dev" / "null2")
+    assert stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 1 and os.minor(st.st_rdev) == 3
+    st = os.lstat(rootfs / "dev" / "sda9")
+    assert stat.S_ISBLK(st.st_mode) and os.major(st.st_rdev) == 8
+    assert stat.S_ISFIFO(os.lstat(rootfs / "dev" / "fifo").st_mode)
+
+
+def _setuid(rootfs: Path, outside: Path) -> None:
+    assert stat.S_IMODE(os.lstat(rootfs / "suid").st_mode) == 0o4755
+    assert stat.S_IMODE(os.lstat(rootfs / "sgid").st_mode) == 0o2755
+    assert stat.S_IMODE(os.lstat(rootfs / "sticky").st_mode) == 0o1777
+
+
+def _symlink_replaced(rootfs: Path, outside: Path) -> None:
+    assert (rootfs / "d").is_dir() and not (rootfs / "d").is_symlink()
+    assert (rootfs / "d" / "f").read_bytes() == b"inside"
+
+
+# Outcome when the archive is a layer of a pulled image.
+LAYER_OUTCOMES: dict[str, tuple[str, object]] = {
+    "dotdot": ("error", r"climbs out of the extraction root"),
+    "absolute": ("ok", _exists("{o}/abs")),
+    "symlink-abs-then-write": ("ok", _exists("{o}/pwned")),
+    "symlink-climb-then-write": ("ok", _exists("{o}/pwned")),
+    # Layers are extracted each into its own directory (as Docker's overlay2 does): the later
+    # layer's esc/ is a directory that hides the earlier symlink in the merged rootfs.
+    "symlink-earlier-layer": ("ok", _exists("esc/pwned")),
+    "hardlink-abs-outside": ("error", r"hard link 'hl' -> .*does not exist"),
+    "hardlink-climb": ("error", r"climbs out of the extraction root"),
+    "hardlink-through-symlink": ("error", r"hard link 'hl' -> 'esc/sentinel'.*does not exist"),
+    "symlink-replaced-by-dir": ("ok", _symlink_replaced),
+    "duplicates": ("ok", _duplicates),
+    "devices": ("ok", _devices),
+    "setuid": ("ok", _setuid),
+    # The later layer holds esc/ as a directory with a whiteout device in it, over a symlink:
+    # overlayfs does not merge a directory with a symlink, so the export refuses the tree.
+    "whiteout-through-symlink": ("error", r"copy failed: cp: cannot stat .*esc/sentinel"),
+    "whiteout-climb": ("error", r"climbs out of the extraction root"),
+    "whiteout-dotdot-name": ("error", r"names no removable entry"),
+    "symlink-loop-parent": ("error", r"too many levels of symbolic links"),
+    "nesting-too-deep": ("error", r"nested more than 512 directories deep"),
+    "path-too-long": ("error", r"cannot extract entry .*File name too long"),
+}
+
+
+def _image_from_layers(store, name: str, layers: list[bytes]):
+    """Tag `name` in `store`: an image whose layers are the given uncompressed tars (gzip'ed)."""
+    from registry.manifest import Descriptor, ImageConfig, Manifest
+    from registry.platform import host_platform
+    descs, diff_ids = [], []
+    for tar in layers:
+        blob = gzip.compress(tar, compresslevel=1)
+        d = store.put_blob(blob, "application/vnd.oci.image.layer.v1.tar+gzip")
+        descs.append(Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", d.digest, d.size))
+        diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
+    hp = host_platform()
+    cfg = store.put_config(ImageConfig(architecture=hp.architecture, os="linux", variant=hp.variant,
+                                       diff_ids=diff_ids, created="2000-01-01T00:00:00Z"))
+    store.tag(name, store.put_manifest(Manifest(config=cfg, layers=descs)))
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory) -> Path:
+    """The directory every hostile entry aims at, with a sentinel file and subdirectory."""
+    d = tmp_path_factory.mktemp("outside")
+    (d / "sentinel").write_text("keep me")
+    (d / "sub").mkdir()
+    (d / "sub" / "file").write_text("keep me too")
+    return d
+
+
+@pytest.fixture(scope="module")
+def hostile_registry(registry, outside: Path, tmp_path_factory) -> str:
+    """Every corpus case pushed to registry:2 as `<host>/hostile/<case>:1`; returns the host."""
+    from registry.client import RegistryClient
+    from registry.store import Store
+    from registry.transfer import push
+    store = Store(tmp_path_factory.mktemp("hostile-src"))
+    with RegistryClient() as client:
+        for case in LAYER_OUTCOMES:
+            ref = f"{registry.host}/hostile/{case}:1"
+            _image_from_layers(store, ref, [make_tar(l) for l in _case_layers(case, str(outside))])
+            push(client, store, ref)
+    return registry.host
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str]:
+    from builder.cli import main
+    code = main(list(argv))
+    cap = capsys.readouterr()
+    return code, cap.out + cap.err
+
+
+def _expect(outcome: tuple[str, object], code: int, text: str, rootfs: Path, outside: Path) -> None:
+    kind, what = outcome
+    if kind == "error":
+        assert code == 1, f"expected a refusal, the build succeeded: {text}"
+        assert re.search(what, text), text
+        assert "Traceback" not in text
+    else:
+        assert code == 0, text
+        what(rootfs, outside)
+
+
+@needs_root
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", list(LAYER_OUTCOMES))
+def test_pulled_layer(case: str, hostile_registry: str, outside: Path, root: Path, tmp_path: Path,
+                      capsys) -> None:
+    """`pybuild pull` of the hostile image, then a build FROM it exporting the rootfs."""
+    before = snapshot(outside)
+    ref = f"{hostile_registry}/hostile/{case}:1"
+    code, text = _cli(capsys, "--root", str(root), "pull", ref)
+    assert code == 0, text               # pulling only stores blobs; nothing is extracted yet
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {ref}\n")
+    dest = tmp_path / "export"
+    code, text = _cli(capsys, "--root", str(root), "build", "--progress", "plain",
+                      "--output", f"type=local,dest={dest}", str(ctx))
+    _expect(LAYER_OUTCOMES[case], code, text, dest, outside)
+    assert snapshot(outside) == before
+    from builder.storecheck import check_root
+    assert [p for p in check_root(root) if p.kind == "broken"] == []
