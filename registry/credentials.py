@@ -31,7 +31,7 @@ import json
 import os
 import re
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -324,6 +324,7 @@ def _write_config(path: Path, config: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):
+            tmp.unlink()
         raise RegistryError(f"cannot write registry credentials file {path}: {exc.strerror}; "
                             f"set DOCKER_CONFIG to a writable directory") from None
