@@ -50,6 +50,10 @@ class BuildOptions:
     platform: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     no_cache: bool = False
+    no_cache_filter: list[str] = field(default_factory=list)   # stages built without the cache
+    cache_from: list[str] = field(default_factory=list)        # type=registry,ref=R | type=local,src=D
+    cache_to: list[str] = field(default_factory=list)          # type=registry,ref=R[,mode=] | type=local,dest=D
+    cache_report: str | None = None                            # Markdown cache summary file
     pull: bool = False
     progress: str = "auto"
     progress_out: TextIO | None = None
@@ -242,20 +246,26 @@ def build(opts: BuildOptions) -> BuildResult:
 
         layers = LayerMaker(store, root, compression, sde)
         executor = Executor(store, root, layers, isolation=opts.isolation, source_date_epoch=sde)
-        svc = Services(plan=plan, executor=executor, layers=layers, cache=BuildCache(root),
+        from .cache_remote import finish_build, load_remotes, open_build_cache
+        cache = open_build_cache(root, store, no_cache=opts.no_cache, no_cache_filter=opts.no_cache_filter,
+                                 cache_from=opts.cache_from)
+        load_remotes(cache, progress)
+        svc = Services(plan=plan, executor=executor, layers=layers, cache=cache,
                        progress=progress, context=context, platform=platform, no_cache=opts.no_cache,
                        pull=opts.pull, network=opts.network, secrets=secrets,
                        load_image=_ImageLoader(store, platform, progress), escape=df.escape_token)
         sb = StageBuilder(svc)
         t_start = time.monotonic()
-        with store.lease():
+        with store.lease(), cache.in_use():
             _build_stages(sb, plan)
             final = sb.states[plan.target]
+            cache.ensure_local(final.layers)     # lazy remote hits: the image needs its layers
             if opts.labels:
                 cfgmod.add_labels(final.config, list(opts.labels.items()))
             manifest_desc, config_desc, config_bytes = executor.commit_image(final)
             store.add_root(CACHE_ROOT_NAME, sorted(gc_roots(root)))
             _outputs(store, root, layers, final, manifest_desc, config_desc, opts, output_specs, sde)
+            finish_build(cache, store, plan, opts.cache_to, opts.cache_report, progress, ",".join(opts.tags))
         image_id = config_desc.digest
         step = progress.step("[internal] exporting to image")
         step.done()
@@ -275,6 +285,7 @@ def build(opts: BuildOptions) -> BuildResult:
                 "containerimage.descriptor": manifest_desc.to_dict(),
                 "image.name": ",".join(opts.tags),
                 "pybuild.steps": steps,
+                "pybuild.cache": cache.report(),
             }, indent=2) + "\n")
         return result
     finally:

@@ -121,9 +121,11 @@ def extract_tar(stream: BinaryIO, target_dir: str | os.PathLike, *, whiteouts: s
             for member in tf:
                 try:
                     ex.entry(tf, member)
-                except OSError as e:
+                except (OSError, ValueError) as e:
+                    # ValueError: os functions refusing a value (a NUL in an xattr name, ...).
+                    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
                     raise ArchiveError(f"cannot extract entry {member.name!r} into {target_dir}: "
-                                       f"{e.strerror or e}") from e
+                                       f"{reason}") from e
     except tarfile.TarError as e:
         raise ArchiveError(f"malformed tar archive after {ex.stats.entries} entries: {e}") from e
     ex.finish()
@@ -132,6 +134,8 @@ def extract_tar(stream: BinaryIO, target_dir: str | os.PathLike, *, whiteouts: s
 
 def _clean(name: str, what: str) -> list[str]:
     """Path components of an archive name, relative to the root; `..` above the root is refused."""
+    if "\0" in name:
+        raise ArchiveError(f"{what} {name!r} contains a NUL byte: corrupt or hostile archive")
     parts: list[str] = []
     for p in name.split("/"):
         if p in ("", "."):
@@ -278,8 +282,8 @@ class _Extractor:
             self._xattrs(m, dst)
             return
         elif m.issym():
-            if not m.linkname:
-                raise ArchiveError(f"symlink {m.name!r} has an empty target")
+            if not m.linkname or "\0" in m.linkname:
+                raise ArchiveError(f"symlink {m.name!r} has an empty or NUL-containing target")
             os.symlink(m.linkname, dst)
             self._own(dst, uid, gid)
             self._mtime(dst, m.mtime)

@@ -328,3 +328,11 @@ def test_oversized_pax_header_is_refused_without_reading_it(tmp_path: Path) -> N
     header = encode_header(b"PaxHeader", PAXTYPE, size=1 << 30)  # claims 1 GiB of PAX records
     with pytest.raises(ArchiveError, match="extended header"):
         apply_layer(io.BytesIO(header + bytes(1024)), tmp_path / "r")
+
+
+@pytest.mark.parametrize("pax", [{"path": "a\0b"}, {"linkpath": "x\0y"}])
+def test_nul_bytes_in_pax_names_are_refused(tmp_path: Path, pax: dict[str, str]) -> None:
+    kind = tarfile.SYMTYPE if "linkpath" in pax else tarfile.REGTYPE
+    tar = T().add("f", kind, linkname="t" if kind == tarfile.SYMTYPE else "", pax=pax).bytes()
+    with pytest.raises(ArchiveError, match="NUL"):
+        apply_layer(io.BytesIO(tar), tmp_path / "r")

@@ -19,6 +19,15 @@ def register(add_command) -> None:
     p.add_argument("--label", dest="labels", action="append", default=[], metavar="KEY=VALUE",
                    help="add a label to the image (repeatable)")
     p.add_argument("--no-cache", action="store_true", help="do not use the build cache")
+    p.add_argument("--no-cache-filter", dest="no_cache_filter", action="append", default=[], metavar="STAGE",
+                   help="do not use the cache for the named stage (repeatable)")
+    p.add_argument("--cache-from", dest="cache_from", action="append", default=[],
+                   metavar="type=registry,ref=REPO:TAG|type=local,src=DIR", help="also look steps up in this cache (repeatable)")
+    p.add_argument("--cache-to", dest="cache_to", action="append", default=[],
+                   metavar="type=registry,ref=REPO:TAG[,mode=min|max]|type=local,dest=DIR",
+                   help="export the build's cache there after the build (repeatable)")
+    p.add_argument("--cache-report", dest="cache_report", metavar="FILE.md",
+                   help="write a Markdown summary of cache hits and misses (e.g. $GITHUB_STEP_SUMMARY)")
     p.add_argument("--pull", action="store_true", help="always pull base images again")
     p.add_argument("--progress", default="auto", choices=["auto", "plain", "tty", "quiet", "rawjson"],
                    help="progress output (default auto: tty on a terminal, plain otherwise)")
@@ -69,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     opts = BuildOptions(
         context=args.context, dockerfile=args.file, tags=args.tags, build_args=_build_args(args.build_args),
         target=args.target, platform=args.platform, labels=_labels(args.labels), no_cache=args.no_cache,
+        no_cache_filter=args.no_cache_filter, cache_from=args.cache_from, cache_to=args.cache_to,
+        cache_report=args.cache_report,
         pull=args.pull, progress=progress, iidfile=args.iidfile, metadata_file=args.metadata_file,
         push=args.push, outputs=args.outputs, secrets=args.secrets, network=args.network,
         compression=args.compression, isolation=args.isolation, root=args.root)
