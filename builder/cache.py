@@ -1,75 +1,181 @@
-"""The local build cache: one record per step key -> the step's layer (if any) and resulting config.
+"""The build cache: one record per step key -> the step's layer (if any) and its history entry.
 
-A key is the sha256 of the parent step's key, the platform, the expanded instruction and what
-else decides the result (RUN: effective environment, mounts, network, user, shell; COPY/ADD: the
-checksum of the sources). Records live in ``<root>/cache/<hex>.json``, written atomically. The
-blobs they name are kept alive by :func:`gc_roots`, which the store's garbage collector calls.
+Keys are made by builder.cache_keys (re-exported here as ``step_key``). Layout under the root::
+
+    cache/<hex>.json            one record per key, written atomically (temp file + rename)
+    cache/inputs/<hex>.json     per-file source records of a COPY/ADD (read by `cache explain`)
+    cache/parents/<p>/<hex>     empty markers: keys recorded on top of parent content <p>
+    cache/usage.log             appended "<hex> <epoch>" per hit (last used, hit counts)
+    cache/.lock                 builds hold it shared, `cache prune` exclusively
+
+A record is written only after its layer blob is in the store, so a killed build never leaves
+a record naming a missing blob; the blobs records name are kept alive by :func:`gc_roots`.
+
+:class:`BuildCache` is also a build's view of the cache: ``lookup`` consults the local records,
+then the remote sources (``--cache-from``; their layers are fetched only when
+:meth:`BuildCache.ensure_local` is asked for them), and remembers for every lookup whether it
+hit and, on a miss, why (the nearest earlier entry and what differs).
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Protocol
 
-CACHE_VERSION = "pybuild-cache-v1"
+from .cache_keys import StepKey, describe, diff_inputs, key_document, step_key
 
+__all__ = ["BuildCache", "CacheRecord", "RemoteSource", "gc_roots", "step_key", "CACHE_ROOT_NAME"]
 
-def step_key(parent: str, platform: str, instruction: str, **extra: Any) -> str:
-    """The cache key of a step (a ``sha256:`` digest string)."""
-    payload = json.dumps([CACHE_VERSION, parent, platform, instruction, extra], sort_keys=True,
-                         separators=(",", ":"), default=str)
-    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+RECORD_VERSION = 2
+CACHE_ROOT_NAME = "build-cache"
 
 
 @dataclass
 class CacheRecord:
-    """What a step produced: its layer descriptor (with ``diff_id``) or None, and the config after it."""
+    """What a step produced: its layer descriptor (with ``diff_id``) or None, and the config
+    change it made (``config["history"]``: the history entry). ``key_doc`` holds the key's
+    parent, platform, instruction and inputs; ``stage`` the stage that recorded it."""
 
     key: str
     layer: dict | None
     config: dict
     created: float = 0.0
+    stage: str = ""
+    key_doc: dict = field(default_factory=dict)
+
+    @property
+    def history(self) -> dict:
+        """The history entry of the step."""
+        return self.config.get("history") or {}
+
+    @property
+    def size(self) -> int:
+        """The compressed size of the layer (0 without one)."""
+        return int((self.layer or {}).get("size", 0))
+
+    @property
+    def step(self) -> str:
+        """A one-line description of the step."""
+        return describe(self.key_doc) if self.key_doc else self.history.get("created_by", "")
+
+    def to_json(self) -> dict:
+        """The stored form."""
+        return {"v": RECORD_VERSION, "layer": self.layer, "config": self.config,
+                "created": self.created or time.time(), "stage": self.stage, "key": self.key_doc}
+
+    @classmethod
+    def from_json(cls, key: str, d: dict) -> "CacheRecord":
+        """Read the stored form (KeyError/TypeError/ValueError for records of another version)."""
+        if d.get("v") != RECORD_VERSION or not isinstance(d["config"], dict):
+            raise ValueError("not a current cache record")
+        return cls(key, d.get("layer"), d["config"], float(d.get("created", 0.0)), d.get("stage", ""),
+                   d.get("key") or {})
+
+
+class RemoteSource(Protocol):
+    """A ``--cache-from`` source (see builder.cache_remote)."""
+
+    name: str
+
+    def records(self) -> dict[str, CacheRecord]:
+        """Every record the source offers, by key."""
+
+    def fetch(self, layer: dict, store: Any) -> None:
+        """Download the layer blob into ``store``."""
+
+
+@dataclass
+class Lookup:
+    """One lookup of a build: for --metadata-file, --cache-report and progress."""
+
+    stage: str
+    step: str
+    key: str
+    status: str                  # hit | remote | miss
+    reason: str = ""
+    size: int = 0
+    source: str = ""
+
+
+def _hex(key: str) -> str:
+    return key.split(":", 1)[-1]
+
+
+def _atomic_write(dirpath: Path, dest: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dirpath)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class BuildCache:
-    """Reads and writes cache records under ``<root>/cache``."""
+    """Reads and writes cache records under ``<root>/cache`` (see the module docstring)."""
 
-    def __init__(self, root: Path):
-        self.dir = Path(root) / "cache"
+    def __init__(self, root: Path, store: Any = None, *, no_cache: bool = False,
+                 no_cache_filter: list[str] | tuple[str, ...] = (), remotes: list | None = None):
+        self.root = Path(root)
+        self.dir = self.root / "cache"
+        self.store = store
+        self.no_cache = no_cache
+        self.no_cache_filter = set(no_cache_filter)
+        self.remotes: list = list(remotes or [])
+        self.lookups: list[Lookup] = []
+        self.used: dict[str, CacheRecord] = {}          # key -> record, every step this build hit or made
+        self._pending: dict[str, tuple[Any, list[CacheRecord]]] = {}   # layer digest -> (remote, records)
+        self._lock = threading.Lock()
+        self._remote_records: dict[str, tuple[Any, CacheRecord]] | None = None
+        self.fetched: list[str] = []                     # layer digests downloaded from remotes
 
+    # -- records -------------------------------------------------------------------------------
     def _path(self, key: str) -> Path:
-        return self.dir / (key.split(":", 1)[-1] + ".json")
+        return self.dir / (_hex(key) + ".json")
 
     def get(self, key: str) -> CacheRecord | None:
-        """The record for ``key``, or None (also for unreadable records)."""
+        """The record for ``key``, or None (also for unreadable records or other versions)."""
         try:
-            d = json.loads(self._path(key).read_text())
-            return CacheRecord(key=key, layer=d.get("layer"), config=d["config"],
-                               created=d.get("created", 0.0))
-        except (OSError, ValueError, KeyError):
+            return CacheRecord.from_json(key, json.loads(self._path(key).read_bytes()))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def put(self, record: CacheRecord) -> None:
-        """Store ``record`` atomically (temp file + rename)."""
+    def put(self, record: CacheRecord, files: list | None = None) -> None:
+        """Store ``record`` atomically; ``files`` (SourceRecords) go to its inputs file first."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"layer": record.layer, "config": record.config,
-                           "created": record.created or time.time()}).encode()
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.dir)
+        if not record.created:
+            record.created = time.time()
+        h = _hex(record.key)
+        if files is not None:
+            (self.dir / "inputs").mkdir(exist_ok=True)
+            rows = [[r.path, r.kind, r.mode, r.uid, r.gid, r.content] for r in files]
+            _atomic_write(self.dir, self.dir / "inputs" / f"{h}.json",
+                          json.dumps(rows, separators=(",", ":")).encode("utf-8", "surrogateescape"))
+        _atomic_write(self.dir, self._path(record.key), json.dumps(record.to_json()).encode())
+        parent = record.key_doc.get("parent")
+        if parent:
+            d = self.dir / "parents" / _hex(parent)
+            d.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(d / h, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+
+    def input_files(self, key: str) -> list | None:
+        """The per-file source records stored with a COPY/ADD record (None if there are none)."""
+        from .context import SourceRecord
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self._path(record.key))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+            rows = json.loads((self.dir / "inputs" / f"{_hex(key)}.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        return [SourceRecord(*r) for r in rows]
 
     def records(self) -> list[CacheRecord]:
         """All readable records."""
@@ -82,14 +188,232 @@ class BuildCache:
                 out.append(rec)
         return out
 
-    def clear(self) -> int:
-        """Remove every record; returns how many were removed."""
-        n = 0
-        if self.dir.is_dir():
-            for p in self.dir.glob("*.json"):
-                p.unlink(missing_ok=True)
-                n += 1
-        return n
+    def remove(self, key: str) -> None:
+        """Delete a record with its inputs file and parent marker."""
+        rec = self.get(key)
+        h = _hex(key)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(key))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.dir / "inputs" / f"{h}.json")
+        if rec is not None and rec.key_doc.get("parent"):
+            d = self.dir / "parents" / _hex(rec.key_doc["parent"])
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(d / h)
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+
+    def children(self, parent: str) -> list[CacheRecord]:
+        """Records (local and remote) of steps recorded on top of ``parent`` content, newest first."""
+        out = []
+        try:
+            names = os.listdir(self.dir / "parents" / _hex(parent))
+        except OSError:
+            names = []
+        for n in names:
+            rec = self.get("sha256:" + n)
+            if rec is not None:
+                out.append(rec)
+        seen = {r.key for r in out}
+        out += [r for _, r in self._remote().values() if r.key_doc.get("parent") == parent and r.key not in seen]
+        out.sort(key=lambda r: r.created, reverse=True)
+        return out
+
+    # -- usage ---------------------------------------------------------------------------------
+    def touch(self, key: str) -> None:
+        """Note one hit on ``key`` (an O_APPEND write of one short line: cheap and safe to race)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / "usage.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{_hex(key)} {int(time.time())}\n".encode())
+        finally:
+            os.close(fd)
+
+    def usage(self) -> dict[str, tuple[int, float]]:
+        """key -> (hits, last used epoch) from the usage log."""
+        out: dict[str, tuple[int, float]] = {}
+        try:
+            data = (self.dir / "usage.log").read_text()
+        except OSError:
+            return out
+        for line in data.splitlines():
+            parts = line.split()
+            try:
+                t = float(parts[1])
+                n = int(parts[2]) if len(parts) > 2 else 1
+            except (IndexError, ValueError):
+                continue
+            hits, last = out.get("sha256:" + parts[0], (0, 0.0))
+            out["sha256:" + parts[0]] = (hits + n, max(last, t))
+        return out
+
+    def compact_usage(self, keep: set[str]) -> None:
+        """Rewrite the usage log as one ``<hex> <last used> <hits>`` line per surviving key."""
+        if not self.dir.is_dir():
+            return
+        lines = [f"{_hex(k)} {int(last)} {hits}\n" for k, (hits, last) in self.usage().items() if k in keep]
+        _atomic_write(self.dir, self.dir / "usage.log", "".join(lines).encode())
+
+    # -- locking -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def in_use(self, exclusive: bool = False) -> Iterator[None]:
+        """Hold the cache lock: shared for a build, exclusive for prune (which waits for builds)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- a build's lookups ---------------------------------------------------------------------
+    def _remote(self) -> dict[str, tuple[Any, CacheRecord]]:
+        if self._remote_records is None:
+            merged: dict[str, tuple[Any, CacheRecord]] = {}
+            for src in self.remotes:
+                for key, rec in src.records().items():
+                    merged.setdefault(key, (src, rec))
+            self._remote_records = merged
+        return self._remote_records
+
+    def lookup(self, key: StepKey | str, stage: str = "", step: Any = None,
+               no_cache: bool = False) -> CacheRecord | None:
+        """The usable record for ``key`` (local, or remote with its layer fetched lazily), or None.
+
+        Every lookup is remembered (``self.lookups``); a miss gets a reason, which is also
+        written to the progress ``step`` when one is given.
+        """
+        label = describe(key) if isinstance(key, StepKey) else ""
+        if no_cache or self.no_cache or stage in self.no_cache_filter:
+            self._note(Lookup(stage, label, key, "miss", "--no-cache" if no_cache or self.no_cache else
+                              f"--no-cache-filter {stage}"), step)
+            return None
+        rec = self.get(key)
+        if rec is not None and (rec.layer is None or self._local_blob(rec.layer["digest"])):
+            self.touch(key)
+            self.used[key] = rec
+            self._note(Lookup(stage, label, key, "hit", size=rec.size), step)
+            return rec
+        found = self._remote().get(key)
+        if found is not None:
+            src, rec = found
+            with self._lock:
+                if rec.layer is not None and not self._local_blob(rec.layer["digest"]):
+                    self._pending.setdefault(rec.layer["digest"], (src, []))[1].append(rec)
+                else:
+                    self.put(CacheRecord(rec.key, rec.layer, rec.config, rec.created, rec.stage, rec.key_doc))
+            self.used[key] = rec
+            self._note(Lookup(stage, label, key, "remote", size=rec.size, source=src.name), step)
+            return rec
+        reason = self.miss_reason(key, stage) if isinstance(key, StepKey) else "not in the cache"
+        self._note(Lookup(stage, label, key, "miss", reason), step)
+        return None
+
+    def _local_blob(self, digest: str) -> bool:
+        return self.store is None or self.store.has_blob(digest)
+
+    def _note(self, lk: Lookup, step: Any) -> None:
+        with self._lock:
+            self.lookups.append(lk)
+        if step is not None and lk.status == "miss":
+            step.log("cache", f"cache miss: {lk.reason}\n".encode())
+        elif step is not None and lk.status == "remote":
+            step.log("cache", f"cache hit from {lk.source}\n".encode())
+
+    def record(self, key: StepKey | str, layer: dict | None, history: dict, stage: str) -> CacheRecord:
+        """Store what a step just produced (its layer blob must already be in the store)."""
+        doc = key_document(key) if isinstance(key, StepKey) else {}
+        rec = CacheRecord(key, layer, {"history": history}, time.time(), stage, doc)
+        self.put(rec, key.files if isinstance(key, StepKey) else None)
+        self.used[key] = rec
+        return rec
+
+    def ensure_local(self, layers: list) -> None:
+        """Fetch the blobs of ``layers`` (LayerRefs) that remote hits left in their source;
+        their records then become local ones."""
+        for layer in layers:
+            self.ensure_local_digest(layer.descriptor.digest)
+
+    def ensure_local_digest(self, digest: str) -> None:
+        """Fetch one layer blob of a remote hit (no-op for blobs already local)."""
+        with self._lock:
+            pending = self._pending.pop(digest, None)
+            if pending is None:
+                return
+            src, recs = pending
+            try:
+                src.fetch(recs[0].layer, self.store)
+            except BaseException:
+                self._pending[digest] = pending
+                raise
+            for rec in recs:
+                self.put(CacheRecord(rec.key, rec.layer, rec.config, rec.created, rec.stage, rec.key_doc))
+            self.fetched.append(digest)
+
+    def is_pending(self, digest: str) -> bool:
+        """Whether a layer of a remote hit has not been fetched (it exists only in its source)."""
+        return digest in self._pending
+
+    # -- explanations ----------------------------------------------------------------------------
+    def nearest(self, key: StepKey, stage: str) -> tuple[CacheRecord | None, bool]:
+        """The earlier entry closest to ``key``: (record, same_parent). A sibling recorded on the
+        same parent content comes first (same stage and instruction kind preferred); else the
+        newest record of the same stage with the same instruction (a different parent)."""
+        kind = key.instruction.split(" ", 1)[0]
+        sibs = [r for r in self.children(key.parent) if r.key != key]
+        if sibs:
+            def score(r: CacheRecord) -> tuple:
+                doc = r.key_doc
+                return (r.stage == stage, doc.get("instruction", "").split(" ", 1)[0] == kind,
+                        doc.get("instruction") == key.instruction, r.created)
+            return max(sibs, key=score), True
+        best: CacheRecord | None = None
+        for r in self._all_records():
+            doc = r.key_doc
+            if r.stage == stage and doc.get("instruction") == key.instruction and \
+                    doc.get("platform") == key.platform:
+                if best is None or r.created > best.created:
+                    best = r
+        return best, False
+
+    def _all_records(self) -> list[CacheRecord]:
+        return self.records() + [r for _, r in self._remote().values()]
+
+    def miss_reason(self, key: StepKey, stage: str) -> str:
+        """Why ``key`` missed, in one line."""
+        return "; ".join(self.explain_miss(key, stage)[1])
+
+    def explain_miss(self, key: StepKey, stage: str) -> tuple[CacheRecord | None, list[str]]:
+        """The nearest earlier entry and the reasons ``key`` differs from it."""
+        near, same_parent = self.nearest(key, stage)
+        if near is None:
+            if not self.dir.is_dir() and not self.remotes:
+                return None, ["the cache is empty"]
+            return None, ["no earlier entry for this step (new step, or its parent never built before)"]
+        if not same_parent:
+            new = key_document(key)
+            reasons = [r for r in diff_inputs({**near.key_doc, "parent": new["parent"]}, new)]
+            return near, ["parent changed (the previous step's result differs)"] + reasons
+        reasons = diff_inputs(near.key_doc, key_document(key))
+        if "source files changed" in reasons and key.files is not None:
+            old_files = self.input_files(near.key)
+            if old_files is not None:
+                from .context import diff_source_records
+                d = diff_source_records(old_files, key.files)
+                parts = []
+                for what in ("changed", "added", "removed"):
+                    if d[what]:
+                        shown = ", ".join(d[what][:5]) + (f" (+{len(d[what]) - 5} more)" if len(d[what]) > 5 else "")
+                        parts.append(f"{what}: {shown}")
+                if parts:
+                    reasons[reasons.index("source files changed")] = "files " + "; ".join(parts)
+        return near, reasons or ["no difference in the recorded inputs"]
+
+    def report(self) -> list[dict]:
+        """Every lookup of the build as JSON-able dicts (for --metadata-file)."""
+        return [{"stage": l.stage, "step": l.step, "key": l.key, "cache": l.status,
+                 **({"reason": l.reason} if l.reason else {}),
+                 **({"source": l.source} if l.source else {})} for l in self.lookups]
 
 
 def gc_roots(root: Path) -> set[str]:
