@@ -483,18 +483,39 @@ class _Log:
         self.f.close()
 
 
-def read_logs(c: Container) -> Iterator[tuple[str, bytes]]:
-    """The container's output so far as ``(stream, chunk)`` pairs."""
+def read_logs(c: Container, follow: bool = False) -> Iterator[tuple[str, bytes]]:
+    """The container's output as ``(stream, chunk)`` pairs; with ``follow``, until it exits."""
+    path = c.dir / "log.jsonl"
+    f = None
+    pending = ""
+    while True:
+        if f is None:
+            try:
+                f = open(path, encoding="utf-8")
+            except FileNotFoundError:
+                pass
+        running = follow and _still_running(c)
+        if f is not None:
+            for line in f:
+                pending += line
+                if not pending.endswith("\n"):
+                    break                    # a record being written right now
+                rec = json.loads(pending)
+                pending = ""
+                yield rec["stream"], rec["log"].encode("utf-8", "surrogateescape")
+        if not running:
+            break
+        time.sleep(0.1)
+    if f is not None:
+        f.close()
+
+
+def _still_running(c: Container) -> bool:
     try:
-        f = open(c.dir / "log.jsonl", encoding="utf-8")
-    except FileNotFoundError:
-        return
-    with f:
-        for line in f:
-            if not line.endswith("\n"):
-                break                     # a record being written right now
-            rec = json.loads(line)
-            yield rec["stream"], rec["log"].encode("utf-8", "surrogateescape")
+        st = json.loads((c.dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return st.get("status") == "running" and _alive(st.get("pid", 0))
 
 
 def _make_workdir(view: RootView, merged: Path, path: str) -> None:

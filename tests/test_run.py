@@ -252,6 +252,15 @@ def test_detached_ps_logs_stop_rm(img: Path):
     assert pybuild(img, "ps", "-a", check_rc=0).stdout.count("\n") == 1      # --rm left nothing
 
 
+def test_logs_follow_until_exit(img: Path):
+    cid = pybuild(img, "run", "-d", "busybox", "sh", "-c",
+                  "for i in 1 2 3; do echo line $i; sleep 0.3; done; echo bye >&2; exit 9",
+                  check_rc=0).stdout.strip()
+    r = pybuild(img, "logs", "-f", cid, check_rc=0)
+    assert r.stdout == "line 1\nline 2\nline 3\n" and r.stderr == "bye\n"
+    assert "Exited (9)" in pybuild(img, "ps", "-a").stdout
+
+
 def test_container_keeps_its_image_alive_across_gc(img: Path):
     pybuild(img, "run", "--name", "keep", "busybox", "true", check_rc=0)
     pybuild(img, "rmi", "busybox", check_rc=0)

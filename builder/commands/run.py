@@ -59,6 +59,7 @@ def register(add_command) -> None:
 
     p = add_command("logs", "print a container's output")
     p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the container exits")
     p.set_defaults(func=_logs)
 
     p = add_command("diff", "list the paths a container added (A), changed (C) or deleted (D)")
@@ -178,7 +179,7 @@ def _rm(args: argparse.Namespace) -> int:
 def _logs(args: argparse.Namespace) -> int:
     from builder import containers as ct
     _, root = _root(args)
-    for stream, chunk in ct.read_logs(ct.lookup(root, args.container)):
+    for stream, chunk in ct.read_logs(ct.lookup(root, args.container), follow=args.follow):
         _write(stream, chunk)
     return 0
 
