@@ -301,47 +301,66 @@ class RegistryClient:
                 sem.release()
 
     def _scheme(self, h: _Host) -> str:
-        """Decide https vs http for a host once: https always, except loopback/insecure hosts
-        that do not speak TLS (Docker's rule), which fall back to plain http."""
+        """Decide https vs http for a host once. Remote hosts: https. Loopback hosts (Docker's
+        rule) may speak plain http: ask over http first (cheap, no TLS set-up) and switch to https
+        when the server says it wants TLS. Hosts in insecure_registries: https first, unverified,
+        then http, so that nothing goes in clear text where TLS works."""
         if h.scheme is not None:
             return h.scheme
         with h.lock:
             if h.scheme is not None:
                 return h.scheme
-            if not (is_loopback(h.name) or self.is_insecure(h.name)):
-                h.scheme = "https"
-                return h.scheme
-            import requests
-            try:
-                self._session.get(f"https://{h.netloc}/v2/", verify=h.verify, cert=h.cert,
-                                  timeout=(self.options.connect_timeout, self.options.read_timeout),
-                                  headers={"User-Agent": self.options.user_agent}).close()
-                h.scheme = "https"
-            except requests.exceptions.SSLError as exc:
-                tls_error = exc
-                try:
-                    r = self._session.get(f"http://{h.netloc}/v2/", timeout=(
-                        self.options.connect_timeout, self.options.read_timeout))
-                    r.close()
-                except requests.exceptions.RequestException:
-                    raise RegistryError(f"cannot reach registry {h.name}: TLS failed ({tls_error}) "
-                                        f"and plain HTTP failed too") from None
-                if r.status_code == 400 and "HTTPS" in (r.text or ""):
-                    raise RegistryError(
-                        f"TLS connection to {h.name} failed: {_short_exc(tls_error)}; put its CA "
-                        f"certificate in /etc/docker/certs.d/{h.name}/ca.crt or pass "
-                        f"--insecure-registry {h.name}") from None
-                h.scheme = "http"
-            except requests.exceptions.RequestException:
-                try:
-                    self._session.get(f"http://{h.netloc}/v2/", timeout=(
-                        self.options.connect_timeout, self.options.read_timeout)).close()
-                    h.scheme = "http"
-                except requests.exceptions.RequestException:
-                    # Unreachable for now: decide nothing, so that a retry probes again; the
-                    # request this call serves reports the failure.
-                    return "https"
-            return h.scheme
+            if is_loopback(h.name):
+                scheme = self._probe_http_first(h)
+            elif self.is_insecure(h.name):
+                scheme = self._probe_https_first(h)
+            else:
+                scheme = "https"
+            if scheme is None:
+                # Unreachable for now: decide nothing, so that a retry probes again; the request
+                # this call serves reports the failure.
+                return "https"
+            h.scheme = scheme
+            return scheme
+
+    def _probe(self, url: str, h: _Host) -> "requests.Response":
+        resp = self._session.get(url, verify=h.verify, cert=h.cert,
+                                 timeout=(self.options.connect_timeout, self.options.read_timeout),
+                                 headers={"User-Agent": self.options.user_agent}, allow_redirects=False)
+        resp.close()
+        return resp
+
+    def _probe_http_first(self, h: _Host) -> str | None:
+        import requests
+        try:
+            r = self._probe(f"http://{h.netloc}/v2/", h)
+        except requests.exceptions.RequestException:
+            r = None
+        # Go's TLS servers answer a plain request with this 400; others may just hang up.
+        if r is not None and not (r.status_code == 400 and "HTTPS" in (r.text or "")):
+            return "http"
+        try:
+            self._probe(f"https://{h.netloc}/v2/", h)
+        except requests.exceptions.SSLError as exc:
+            raise RegistryError(
+                f"TLS connection to {h.name} failed: {_short_exc(exc)}; put its CA certificate in "
+                f"/etc/docker/certs.d/{h.name}/ca.crt or pass --insecure-registry {h.name}") from None
+        except requests.exceptions.RequestException:
+            return None
+        return "https"
+
+    def _probe_https_first(self, h: _Host) -> str | None:
+        import requests
+        try:
+            self._probe(f"https://{h.netloc}/v2/", h)
+            return "https"
+        except requests.exceptions.RequestException:
+            pass
+        try:
+            self._probe(f"http://{h.netloc}/v2/", h)
+            return "http"
+        except requests.exceptions.RequestException:
+            return None
 
     def base_url(self, host: str) -> str:
         """`scheme://netloc` of a registry host (deciding the scheme on first use)."""
