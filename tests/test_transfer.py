@@ -10,7 +10,7 @@ import pytest
 
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient
-from registry.errors import DigestMismatchError, NotFoundError
+from registry.errors import DigestMismatchError, NotFoundError, RegistryError
 from registry.manifest import Index, Manifest
 from registry.platform import Platform
 from registry.store import Store
@@ -248,3 +248,28 @@ def test_manifest_platform_in_index_only(client, registry, tmp_path):
     got = pull(client, ref, b, platform="linux/arm/v7")
     assert got.digest == descs[1].digest
     assert isinstance(b.get_manifest(got.digest), Manifest)
+
+
+def test_failed_pull_resumes_next_time(registry, fault_proxy, tmp_path):
+    """A pull that gives up mid-blob leaves its partial download; the next pull (a new client,
+    as in a new process) continues from there instead of starting over."""
+    a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
+    big, diff = random_layer(a, 6 * 1024 * 1024, seed=31)
+    src = make_image(a, "local/resume:v1", layer_descs=[(big, diff)])
+    direct = RegistryClient()
+    push(direct, a, "local/resume:v1", f"{registry.host}/resume2/app:v1")
+    fault_proxy.add("drop", method="GET", path=big.digest, after=3 * 1024 * 1024, times=-1)
+    ref = f"{fault_proxy.host}/resume2/app:v1"
+    with RegistryClient(ClientOptions(retries=0)) as flaky, pytest.raises(RegistryError, match="download failed"):
+        pull(flaky, ref, b)
+    partial = b.layout / "ingest" / f"sha256-{big.digest.split(':')[1]}.partial"
+    kept = partial.stat().st_size
+    assert 0 < kept <= 3 * 1024 * 1024 and not b.has_blob(big.digest)
+    fault_proxy.clear()
+    with RegistryClient() as fresh:
+        res = pull(fresh, ref, b)
+    assert res.digest == src.digest
+    assert res.blobs_skipped == 1                 # the config arrived the first time
+    assert res.bytes_transferred == big.size - kept
+    assert b.read_blob(big.digest, verify=True) == a.read_blob(big.digest)
+    direct.close()
