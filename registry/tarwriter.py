@@ -17,6 +17,7 @@ from registry.errors import RegistryError
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _CHUNK = 1 << 20
+_SMALL_FILE = 256 << 10
 
 REGTYPE = b"0"
 LNKTYPE = b"1"
@@ -36,11 +37,6 @@ class TarWriteError(RegistryError):
     """A tar entry could not be produced (unsupported file type, file changed while read, ...)."""
 
 
-def _octal(value: int, width: int) -> bytes:
-    """Zero-padded octal, NUL-terminated, as GNU tar and Go write numeric fields."""
-    return b"%0*o\x00" % (width - 1, value)
-
-
 def _pax_record(key: str, value: bytes) -> bytes:
     body = b" " + key.encode("utf-8") + b"=" + value + b"\n"
     n = len(body) + len(str(len(body)))
@@ -51,6 +47,15 @@ def _pax_record(key: str, value: bytes) -> bytes:
 
 def _fits_name(b: bytes, limit: int) -> bool:
     return len(b) <= limit and b.isascii()
+
+
+_MAX_OCT8 = 8 ** 7
+_MAX_OCT12 = 8 ** 11
+_MAGIC = b"ustar\x0000"
+_CONST_SUM = sum(b"        ") + sum(_MAGIC)  # checksum field counted as spaces, plus the magic
+_NO_OWNER_NAMES = bytes(64)
+_NO_DEV = bytes(16)
+_TAIL = bytes(167)  # prefix (155) + pad (12)
 
 
 def encode_header(
@@ -68,53 +73,49 @@ def encode_header(
     xattrs: dict[str, bytes] | None = None,
 ) -> bytes:
     """The header block(s) of one entry: a PAX extended header when a field does not fit ustar."""
-    pax: list[bytes] = []
+    if (not xattrs and len(name) <= 100 and len(linkname) <= 100 and name.isascii() and linkname.isascii()
+            and 0 <= uid < _MAX_OCT8 and 0 <= gid < _MAX_OCT8 and 0 <= size < _MAX_OCT12
+            and 0 <= mtime < _MAX_OCT12):
+        return _ustar(name, typeflag, size, mode, uid, gid, mtime, linkname, devmajor, devminor)
+    pax: list[tuple[str, bytes]] = []
     if not _fits_name(name, 100):
-        pax.append(_pax_record("path", name))
+        pax.append(("path", name))
     if not _fits_name(linkname, 100):
-        pax.append(_pax_record("linkpath", linkname))
-    fields = {"uid": uid, "gid": gid, "size": size, "mtime": mtime}
-    limits = {"uid": 8, "gid": 8, "size": 12, "mtime": 12}
-    for key in ("gid", "mtime", "size", "uid"):
-        if not 0 <= fields[key] < 8 ** (limits[key] - 1):
-            pax.append(_pax_record(key, str(fields[key]).encode()))
-            fields[key] = 0
-    for key in sorted(xattrs or {}):
-        pax.append(_pax_record("SCHILY.xattr." + key, (xattrs or {})[key]))
-    out = b""
-    if pax:
-        # Records sorted by key for reproducibility (Go sorts them too).
-        data = b"".join(sorted(pax, key=lambda r: r.split(b" ", 1)[1].split(b"=", 1)[0]))
-        out = _ustar(b"PaxHeader", PAXTYPE, size=len(data), mode=0o644, uid=0, gid=0, mtime=0,
-                     linkname=b"", devmajor=0, devminor=0)
-        out += data + bytes(-len(data) % BLOCK)
-    return out + _ustar(name, typeflag, size=fields["size"], mode=mode, uid=fields["uid"],
-                        gid=fields["gid"], mtime=fields["mtime"], linkname=linkname,
-                        devmajor=devmajor, devminor=devminor)
+        pax.append(("linkpath", linkname))
+    if not 0 <= uid < _MAX_OCT8:
+        pax.append(("uid", str(uid).encode()))
+        uid = 0
+    if not 0 <= gid < _MAX_OCT8:
+        pax.append(("gid", str(gid).encode()))
+        gid = 0
+    if not 0 <= size < _MAX_OCT12:
+        pax.append(("size", str(size).encode()))
+        size = 0
+    if not 0 <= mtime < _MAX_OCT12:
+        pax.append(("mtime", str(mtime).encode()))
+        mtime = 0
+    for key, value in (xattrs or {}).items():
+        pax.append(("SCHILY.xattr." + key, value))
+    # Records sorted by key for reproducibility (Go sorts them too).
+    data = b"".join(_pax_record(k, v) for k, v in sorted(pax))
+    out = _ustar(b"PaxHeader", PAXTYPE, len(data), 0o644, 0, 0, 0, b"", 0, 0)
+    out += data + bytes(-len(data) % BLOCK)
+    return out + _ustar(name, typeflag, size, mode, uid, gid, mtime, linkname, devmajor, devminor)
 
 
-def _ustar(name: bytes, typeflag: bytes, *, size: int, mode: int, uid: int, gid: int, mtime: int,
+def _ustar(name: bytes, typeflag: bytes, size: int, mode: int, uid: int, gid: int, mtime: int,
            linkname: bytes, devmajor: int, devminor: int) -> bytes:
     # Over-long or non-ASCII names are carried by the PAX record; the ustar field keeps a stand-in.
-    hname = name if _fits_name(name, 100) else name.decode("ascii", "replace").encode("ascii", "replace")[:100]
-    hlink = linkname if _fits_name(linkname, 100) else (
-        linkname.decode("ascii", "replace").encode("ascii", "replace")[:100])
-    buf = bytearray(BLOCK)
-    buf[0:len(hname)] = hname
-    buf[100:108] = _octal(mode & 0o7777, 8)
-    buf[108:116] = _octal(uid, 8)
-    buf[116:124] = _octal(gid, 8)
-    buf[124:136] = _octal(size, 12)
-    buf[136:148] = _octal(mtime, 12)
-    buf[148:156] = b"        "
-    buf[156:157] = typeflag
-    buf[157:157 + len(hlink)] = hlink
-    buf[257:265] = b"ustar\x0000"
-    if typeflag in (CHRTYPE, BLKTYPE):
-        buf[329:337] = _octal(devmajor, 8)
-        buf[337:345] = _octal(devminor, 8)
-    buf[148:156] = b"%06o\x00 " % sum(buf)
-    return bytes(buf)
+    if not _fits_name(name, 100):
+        name = name.decode("ascii", "replace").encode("ascii", "replace")[:100]
+    if not _fits_name(linkname, 100):
+        linkname = linkname.decode("ascii", "replace").encode("ascii", "replace")[:100]
+    numbers = b"%07o\x00%07o\x00%07o\x00%011o\x00%011o\x00" % (mode & 0o7777, uid, gid, size, mtime)
+    dev = b"%07o\x00%07o\x00" % (devmajor, devminor) if typeflag in (CHRTYPE, BLKTYPE) else _NO_DEV
+    # Only the non-zero parts contribute to the checksum, so sum just those.
+    chk = _CONST_SUM + sum(name) + sum(numbers) + typeflag[0] + sum(linkname) + sum(dev)
+    return b"".join((name.ljust(100, b"\x00"), numbers, b"%06o\x00 " % chk, typeflag,
+                     linkname.ljust(100, b"\x00"), _MAGIC, _NO_OWNER_NAMES, dev, _TAIL))
 
 
 def _sink_writer(out: Any) -> Callable[[bytes], Any]:
@@ -238,12 +239,51 @@ class TarEmitter:
         while left > 0:
             chunk = stream.read(min(left, _CHUNK))
             if not chunk:
-                raise TarWriteError(
-                    f"{source or name}: file shrank while being read ({size - left} of {size} bytes); "
-                    "retry once it is no longer being written")
+                raise TarWriteError(self._shrank(source or name, size - left, size))
             self._write(chunk)
             left -= len(chunk)
         self._emit(bytes(-size % BLOCK))
+
+    def _add_file(self, name: str, path: str, st: os.stat_result, meta: EntryMeta,
+                  xattrs: dict[str, bytes] | None) -> None:
+        # O_NOFOLLOW|O_NONBLOCK: if the file was swapped for a symlink or a FIFO since lstat, fail
+        # instead of reading through the link or blocking forever.
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise TarWriteError(f"{path}: cannot read it: {e.strerror}") from None
+        try:
+            now = os.fstat(fd)
+            if not stat.S_ISREG(now.st_mode) or (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+                raise TarWriteError(f"{path}: was replaced while being read; retry once it is stable")
+            size = st.st_size
+            self._header(name, REGTYPE, meta, size=size, xattrs=xattrs)
+            if size <= _SMALL_FILE:
+                # Small files go through the emitter's buffer: one sink write for many files.
+                data = os.read(fd, size) if size else b""
+                while len(data) < size:
+                    more = os.read(fd, size - len(data))
+                    if not more:
+                        raise TarWriteError(self._shrank(path, len(data), size))
+                    data += more
+                self._emit(data + bytes(-size % BLOCK))
+                return
+            self._flush()
+            left = size
+            while left > 0:
+                chunk = os.read(fd, min(left, _CHUNK))
+                if not chunk:
+                    raise TarWriteError(self._shrank(path, size - left, size))
+                self._write(chunk)
+                left -= len(chunk)
+            self._emit(bytes(-size % BLOCK))
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _shrank(source: str, got: int, size: int) -> str:
+        return (f"{source}: file shrank while being read ({got} of {size} bytes); "
+                "retry once it is no longer being written")
 
     def add_symlink(self, name: str, target: str, meta: EntryMeta) -> None:
         """A symbolic link to `target` (stored verbatim)."""
@@ -305,9 +345,7 @@ class TarEmitter:
                 return
             self._inodes[key] = _clean_name(name)
         if stat.S_ISREG(m):
-            xattrs = _read_xattrs(path, self.xattr_names) or None
-            with open(path, "rb") as f:
-                self.add_stream(name, f, st.st_size, meta, xattrs=xattrs, source=path)
+            self._add_file(_clean_name(name), path, st, meta, _read_xattrs(path, self.xattr_names) or None)
         elif stat.S_ISCHR(m) or stat.S_ISBLK(m):
             self.add_device(name, "char" if stat.S_ISCHR(m) else "block",
                             os.major(st.st_rdev), os.minor(st.st_rdev), meta)
