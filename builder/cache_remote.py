@@ -136,7 +136,7 @@ class RegistryCache:
         if self._client is None:
             from registry.client import RegistryClient
             self._client = RegistryClient()
-        return self._client.repository(self.ref.domain, self.ref.path)
+        return self._client.repository(self.ref.registry, self.ref.repository)
 
     def records(self) -> dict[str, CacheRecord]:
         """The records of the index (empty when the ref does not exist yet)."""
@@ -279,7 +279,7 @@ def _push(cache: BuildCache, store: Any, spec: CacheSpec, index: bytes, index_de
     from registry.reference import parse_reference
     ref = parse_reference(spec.ref)
     with RegistryClient() as client:
-        repo = client.repository(ref.domain, ref.path)
+        repo = client.repository(ref.registry, ref.repository)
         done: set[str] = set()
         for layer in layers:
             digest = layer["digest"]
@@ -292,7 +292,7 @@ def _push(cache: BuildCache, store: Any, spec: CacheSpec, index: bytes, index_de
                 # A lazy remote hit: mount it from the cache repository it came from when that
                 # is on the same registry, else fetch it once and upload it.
                 if any(repo.mount_blob(digest, src) is None
-                       for src in _mount_sources(cache, digest, ref.domain) if src != ref.path):
+                       for src in _mount_sources(cache, digest, ref.registry) if src != ref.repository):
                     continue
                 cache.ensure_local_digest(digest)
             size = store.blob_size(digest)
@@ -311,9 +311,9 @@ def _mount_sources(cache: BuildCache, digest: str, host: str) -> list[str]:
     """Repositories on ``host`` whose cache index names ``digest`` (for a cross-repo mount)."""
     out = []
     for src in cache.remotes:
-        if isinstance(src, RegistryCache) and src.ref.domain == host:
+        if isinstance(src, RegistryCache) and src.ref.registry == host:
             if any(r.layer and r.layer.get("digest") == digest for r in (src._records or {}).values()):
-                out.append(src.ref.path)
+                out.append(src.ref.repository)
     return out
 
 
