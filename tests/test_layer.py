@@ -393,3 +393,21 @@ def test_header_fields_beyond_ustar_go_to_pax() -> None:
     # A size past the 8 GiB ustar limit is carried by PAX (header only: no data follows here).
     hdr = encode_header(b"huge", b"0", size=9 << 30)
     assert b" size=9663676416\n" in hdr and len(hdr) == 3 * 512
+
+
+def test_file_swapped_after_lstat_is_refused(tmp_path: Path) -> None:
+    from registry.tarwriter import TarWriteError
+
+    secret = tmp_path / "secret"
+    secret.write_text("host secret")
+    f = tmp_path / "f"
+    f.write_text("context file")
+    st = os.lstat(f)
+    f.unlink()
+    os.symlink(secret, f)
+    with pytest.raises(TarWriteError, match="cannot read"):
+        TarEmitter(io.BytesIO()).add_path("f", str(f), st=st)
+    f.unlink()
+    os.mkfifo(f)  # would block a plain open() forever
+    with pytest.raises(TarWriteError, match="replaced"):
+        TarEmitter(io.BytesIO()).add_path("f", str(f), st=st)
