@@ -859,6 +859,22 @@ def _release_name(root: Path, name: str, cid: str) -> None:
         pass
 
 
+def _kill_orphans(c: Container) -> None:
+    """Kill and delete runc containers whose bundle is this container's (supervisor gone)."""
+    if not runtime_available():
+        return
+    r = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
+    try:
+        entries = json.loads(r.stdout or "null") or []
+    except ValueError:
+        return
+    prefix = str(c.dir / "run") + os.sep
+    for e in entries:
+        if str(e.get("bundle", "")).startswith(prefix):
+            subprocess.run(["runc", "kill", e["id"], "KILL"], capture_output=True)
+            subprocess.run(["runc", "delete", "--force", e["id"]], capture_output=True)
+
+
 def remove(c: Container, force: bool = False) -> None:
     """Delete the container: its writable layer, logs and record (``force`` kills it first)."""
     if c.running:
@@ -867,6 +883,8 @@ def remove(c: Container, force: bool = False) -> None:
                              "or use `pybuild rm -f`")
         signal_container(c.state.pid, signal.SIGKILL)
         _wait_exit(c, 30)
+    if c.state.status == "running":
+        _kill_orphans(c)          # its supervisor died; runc may still run the container
     if c.snapshot:
         merged = c.root / "snapshots" / c.snapshot / "merged"
         if _is_mounted(merged):

@@ -261,6 +261,24 @@ def test_logs_follow_until_exit(img: Path):
     assert "Exited (9)" in pybuild(img, "ps", "-a").stdout
 
 
+def test_rm_cleans_up_after_a_killed_supervisor(img: Path):
+    cid = pybuild(img, "run", "-d", "--name", "orphan", "busybox", "sleep", "300", check_rc=0).stdout.strip()
+    c = ct.load(img, cid)
+    os.kill(c.state.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while "Dead" not in pybuild(img, "ps", "-a").stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    bundle = str(img / "containers" / cid / "run")
+    runc = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True).stdout
+    assert bundle in runc                        # the container outlived its supervisor
+    pybuild(img, "rm", "orphan", check_rc=0)
+    runc = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True).stdout
+    assert bundle not in runc
+    assert str(img) not in Path("/proc/self/mountinfo").read_text()
+    assert not (img / "containers" / cid).exists()
+
+
 def test_container_keeps_its_image_alive_across_gc(img: Path):
     pybuild(img, "run", "--name", "keep", "busybox", "true", check_rc=0)
     pybuild(img, "rmi", "busybox", check_rc=0)
