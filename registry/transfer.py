@@ -303,7 +303,6 @@ def pull(client: RegistryClient, ref: str | Reference, store: Any, *,
         name = str(r)
         if tag:
             store.tag(name, desc)
-    progress.message(f"{r}: {desc.digest}")
     result = TransferResult(reference=name, digest=desc.digest, media_type=desc.media_type, size=desc.size,
                             platforms=[_config_platform(store, m) for _, _, m in images], source_digest=digest)
     return counter.fill(result)
