@@ -423,3 +423,137 @@ def gc_roots(root: Path) -> set[str]:
         if rec.layer and rec.layer.get("digest"):
             digests.add(rec.layer["digest"])
     return digests
+
+
+# -- inventory and pruning (`pybuild cache ls|du|prune`) ---------------------------------------
+@dataclass
+class Entry:
+    """A record with its usage, for listing and pruning."""
+
+    record: CacheRecord
+    hits: int
+    last_used: float
+    referenced: bool            # its layer blob belongs to a stored image (pruning frees nothing)
+
+    def to_dict(self) -> dict:
+        """JSON form (`cache ls --format json`)."""
+        r = self.record
+        return {"key": r.key, "step": r.step, "stage": r.stage, "size": r.size,
+                "layer": (r.layer or {}).get("digest", ""), "created": r.created,
+                "last_used": self.last_used, "hits": self.hits, "referenced_by_image": self.referenced}
+
+
+def image_blobs(store: Any) -> set[str]:
+    """Digests stored images (tags, and gc roots other than the build cache's) reference."""
+    from registry.manifest import Manifest
+    todo = [d.digest for d in store.read_index().manifests]
+    roots = store.layout / "roots"
+    for f in roots.iterdir() if roots.is_dir() else ():
+        if f.name != CACHE_ROOT_NAME and not f.name.startswith("."):
+            todo += [l.strip() for l in f.read_text().splitlines() if l.strip()]
+    seen: set[str] = set()
+    while todo:
+        d = todo.pop()
+        if d in seen:
+            continue
+        seen.add(d)
+        try:
+            doc = store.get_manifest(d)
+        except Exception:      # a layer, a config, or a missing blob: nothing to descend into
+            continue
+        if isinstance(doc, Manifest):
+            todo += [doc.config.digest] + [l.digest for l in doc.layers]
+        else:
+            todo += [m.digest for m in doc.manifests]
+    return seen
+
+
+def entries(root: Path, store: Any) -> list[Entry]:
+    """Every record with hits, last use and whether an image references its layer; oldest use first."""
+    cache = BuildCache(root)
+    usage = cache.usage()
+    used_by_images = image_blobs(store)
+    out = []
+    for rec in cache.records():
+        hits, last = usage.get(rec.key, (0, 0.0))
+        digest = (rec.layer or {}).get("digest", "")
+        out.append(Entry(rec, hits, max(last, rec.created), bool(digest) and digest in used_by_images))
+    out.sort(key=lambda e: e.last_used)
+    return out
+
+
+@dataclass
+class Usage:
+    """`cache du`: sizes of the layer blobs the cache names (each blob counted once)."""
+
+    entries: int
+    total: int
+    reclaimable: int            # blobs only the cache keeps (no stored image references them)
+
+
+def disk_usage(items: list[Entry]) -> Usage:
+    """Total and reclaimable bytes of ``items``."""
+    total: dict[str, int] = {}
+    reclaim: dict[str, int] = {}
+    for e in items:
+        if e.record.layer:
+            d = e.record.layer["digest"]
+            total[d] = e.record.size
+            if not e.referenced:
+                reclaim[d] = e.record.size
+    return Usage(len(items), sum(total.values()), sum(reclaim.values()))
+
+
+@dataclass
+class PruneResult:
+    """What `cache prune` removed."""
+
+    removed: int = 0
+    freed_bytes: int = 0
+    kept: int = 0
+
+
+def prune(root: Path, store: Any, *, all: bool = False, keep_storage: int | None = None,
+          older_than: float | None = None) -> PruneResult:
+    """Remove cache entries, least recently used first, then collect the blobs nothing needs.
+
+    Without options: entries whose layer no stored image references (those free space).
+    ``all``: every entry. ``keep_storage``: stop once the reclaimable size is at most that many
+    bytes. ``older_than`` (seconds): only entries last used longer ago than that. Blobs of
+    stored images are never removed (the store's gc keeps everything images reference), and
+    running builds are waited for (they hold the cache lock shared).
+    """
+    cache = BuildCache(root)
+    with cache.in_use(exclusive=True):
+        items = entries(root, store)
+        now = time.time()
+        candidates = [e for e in items if older_than is None or now - e.last_used > older_than]
+        victims: list[Entry] = []
+        if keep_storage is not None:
+            reclaim = disk_usage(items).reclaimable
+            holders: dict[str, int] = {}
+            for e in items:
+                if e.record.layer:
+                    holders[e.record.layer["digest"]] = holders.get(e.record.layer["digest"], 0) + 1
+            for e in candidates:
+                if reclaim <= keep_storage:
+                    break
+                victims.append(e)
+                d = (e.record.layer or {}).get("digest")
+                if d:
+                    holders[d] -= 1
+                    if holders[d] == 0 and not e.referenced:
+                        reclaim -= e.record.size
+        elif all:
+            victims = candidates
+        else:
+            victims = [e for e in candidates if e.record.layer and not e.referenced]
+        gone = {e.record.key for e in victims}
+        for e in victims:
+            cache.remove(e.record.key)
+        keep = {e.record.key for e in items if e.record.key not in gone}
+        cache.compact_usage(keep)
+        roots = gc_roots(root)
+        store.add_root(CACHE_ROOT_NAME, sorted(roots))
+        gc = store.gc(extra_roots=roots)
+        return PruneResult(len(victims), gc.freed_bytes, len(keep))

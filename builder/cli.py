@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "builder.commands.remote",
     "builder.commands.login",
     "builder.commands.run",
+    "builder.commands.cache",
 ]
 
 
