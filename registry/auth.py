@@ -53,9 +53,6 @@ def repository_scopes(repository: str, push: bool = False, mount_from: str | Non
     return scopes
 
 
-CATALOG_SCOPE = "registry:catalog:*"
-
-
 def parse_challenges(header: str) -> list[tuple[str, dict[str, str]]]:
     """Parse a WWW-Authenticate value into [(scheme lower-cased, {param: value})].
 
