@@ -310,3 +310,117 @@ def test_pulled_layer(case: str, hostile_registry: str, outside: Path, root: Pat
     assert snapshot(outside) == before
     from builder.storecheck import check_root
     assert [p for p in check_root(root) if p.kind == "broken"] == []
+
+
+def _empty(rootfs: Path, outside: Path) -> None:
+    assert os.listdir(rootfs) == []
+
+
+# Outcome of `ADD caseN.tar /dst/` (one ADD per layer of the case) in a build FROM scratch; the
+# checks look below /dst. ADD re-emits the archive's entries into a new layer, which is then
+# extracted like any layer, so both the emitter and tarsafe stand between the tar and the host.
+ADD_OUTCOMES: dict[str, tuple[str, object]] = {
+    "dotdot": ("ok", _empty),                                   # the climbing entry is dropped
+    "absolute": ("ok", _exists("{o}/abs")),
+    # ADD does not keep a symlink that a later entry of the same tar writes through: the
+    # parent becomes a directory of the new layer (Docker would keep the link and write
+    # /dst/<target>/pwned); either way nothing leaves /dst.
+    "symlink-abs-then-write": ("ok", _exists("esc/pwned")),
+    "symlink-climb-then-write": ("ok", _exists("esc/pwned")),
+    "symlink-earlier-layer": ("ok", _exists("esc/pwned")),
+    "hardlink-abs-outside": ("error", r"hard link 'dst/hl' -> .*target does not exist"),
+    "hardlink-climb": ("error", r"contains '\.\.': names must stay inside the layer"),
+    "hardlink-through-symlink": ("error", r"hard link 'dst/hl' -> 'dst/esc/sentinel'.*does not exist"),
+    "symlink-replaced-by-dir": ("ok", _symlink_replaced),
+    "duplicates": ("ok", _duplicates),
+    "devices": ("ok", _devices),
+    "setuid": ("ok", _setuid),
+    "whiteout-through-symlink": ("error", r"copy failed: cp: cannot stat .*esc/sentinel"),
+    "whiteout-climb": ("ok", _empty),
+    "whiteout-dotdot-name": ("error", r"names no removable entry"),
+    "symlink-loop-parent": ("ok", _exists("a/f")),
+    "nesting-too-deep": ("error", r"nested more than 512 directories deep"),
+    "path-too-long": ("error", r"cannot extract entry .*File name too long"),
+}
+
+
+@needs_root
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", list(ADD_OUTCOMES))
+def test_add_local_tar(case: str, outside: Path, root: Path, tmp_path: Path, capsys) -> None:
+    """`ADD caseN.tar /dst/` of the hostile tars in a real build, exported with type=local."""
+    before = snapshot(outside)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    lines = ["FROM scratch"]
+    for i, layer in enumerate(_case_layers(case, str(outside))):
+        (ctx / f"l{i}.tar").write_bytes(make_tar(layer))
+        lines.append(f"ADD l{i}.tar /dst/")
+    (ctx / "Dockerfile").write_text("\n".join(lines) + "\n")
+    dest = tmp_path / "export"
+    code, text = _cli(capsys, "--root", str(root), "build", "--progress", "plain",
+                      "--output", f"type=local,dest={dest}", str(ctx))
+    _expect(ADD_OUTCOMES[case], code, text, dest / "dst", outside)
+    assert snapshot(outside) == before
+    from builder.storecheck import check_root
+    assert [p for p in check_root(root) if p.kind == "broken"] == []
+
+
+@needs_root
+@pytest.mark.timeout(120)
+def test_add_gzip_bomb_is_extracted_as_holes(root: Path, tmp_path: Path, capsys) -> None:
+    """A 256 KiB .tar.gz expanding to 256 MiB of zeros: ADD extracts it correctly (bounded
+    work, no hang) and the exported file is sparse on disk."""
+    size = 256 << 20
+
+    class Zeros(io.RawIOBase):
+        left = size
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b):  # type: ignore[no-untyped-def]
+            n = min(len(b), self.left)
+            b[:n] = bytes(n)
+            self.left -= n
+            return n
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tf:
+        ti = tarfile.TarInfo("zeros")
+        ti.size = size
+        tf.addfile(ti, io.BufferedReader(Zeros(), 1 << 20))
+    bomb = raw.getvalue()
+    assert len(bomb) < 512 << 10
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "bomb.tar.gz").write_bytes(bomb)
+    (ctx / "Dockerfile").write_text("FROM scratch\nADD bomb.tar.gz /x/\n")
+    dest = tmp_path / "export"
+    code, text = _cli(capsys, "--root", str(root), "build", "--progress", "plain",
+                      "--output", f"type=local,dest={dest}", str(ctx))
+    assert code == 0, text
+    st = (dest / "x" / "zeros").stat()
+    assert st.st_size == size
+    assert st.st_blocks * 512 < size // 16        # holes all the way through the export
+
+
+@needs_root
+@pytest.mark.timeout(120)
+def test_export_into_a_directory_holding_a_symlink_does_not_follow_it(outside: Path, root: Path,
+                                                                      tmp_path: Path, capsys) -> None:
+    """`--output type=local` into a directory where an earlier export left `esc -> outside`
+    (from a hostile image): exporting a tree with esc/ as a directory must not write through
+    the link (cp refuses to replace a non-directory with a directory)."""
+    before = snapshot(outside)
+    dest = tmp_path / "export"
+    dest.mkdir()
+    os.symlink(outside, dest / "esc")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "pwned").write_text("x")
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY pwned /esc/pwned\n")
+    code, text = _cli(capsys, "--root", str(root), "build", "--progress", "plain",
+                      "--output", f"type=local,dest={dest}", str(ctx))
+    assert code == 1 and "cannot overwrite non-directory" in text, text
+    assert snapshot(outside) == before
