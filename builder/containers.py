@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from registry.errors import NotFoundError, RegistryError
-from registry.manifest import Descriptor, History, ImageConfig, Manifest
+from registry.manifest import Descriptor, History, Manifest
 from registry.store import Store
 
 from .errors import BuildError
