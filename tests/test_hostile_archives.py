@@ -424,3 +424,33 @@ def test_export_into_a_directory_holding_a_symlink_does_not_follow_it(outside: P
                       "--output", f"type=local,dest={dest}", str(ctx))
     assert code == 1 and "cannot overwrite non-directory" in text, text
     assert snapshot(outside) == before
+
+
+@needs_root
+@pytest.mark.timeout(120)
+def test_pulled_layer_with_10gb_sparse_file(registry, root: Path, tmp_path: Path, capsys) -> None:
+    """A pulled image whose layer (10 KB) holds a 10 GiB sparse file: pull, build FROM it and
+    export: the file arrives with its size and content, as holes on disk."""
+    from registry.client import RegistryClient
+    from registry.store import Store
+    from registry.transfer import push
+    apparent = 10 << 30
+    tar = _sparse_tar(tmp_path, apparent, "posix").read_bytes()
+    src = Store(tmp_path / "src")
+    ref = f"{registry.host}/hostile/sparse10g:1"
+    _image_from_layers(src, ref, [tar])
+    with RegistryClient() as client:
+        push(client, src, ref)
+    assert _cli(capsys, "--root", str(root), "pull", ref)[0] == 0
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {ref}\n")
+    dest = tmp_path / "export"
+    code, text = _cli(capsys, "--root", str(root), "build", "--progress", "plain",
+                      "--output", f"type=local,dest={dest}", str(ctx))
+    assert code == 0, text
+    st = (dest / "big").stat()
+    assert st.st_size == apparent + 5 and st.st_blocks * 512 < 1 << 20
+    with open(dest / "big", "rb") as f:
+        f.seek(apparent)
+        assert f.read() == b"tail\n"
