@@ -360,21 +360,24 @@ class BuildCache:
         same parent content comes first (same stage and instruction kind preferred); else the
         newest record of the same stage with the same instruction (a different parent)."""
         kind = key.instruction.split(" ", 1)[0]
+
+        def likeness(r: CacheRecord) -> int:
+            a = r.key_doc.get("inputs", {})
+            return sum(1 for k, v in key.inputs.items() if a.get(k) == v)
+
         sibs = [r for r in self.children(key.parent) if r.key != key]
         if sibs:
             def score(r: CacheRecord) -> tuple:
                 doc = r.key_doc
                 return (r.stage == stage, doc.get("instruction", "").split(" ", 1)[0] == kind,
-                        doc.get("instruction") == key.instruction, r.created)
+                        doc.get("instruction") == key.instruction, likeness(r), r.created)
             return max(sibs, key=score), True
-        best: CacheRecord | None = None
-        for r in self._all_records():
-            doc = r.key_doc
-            if r.stage == stage and doc.get("instruction") == key.instruction and \
-                    doc.get("platform") == key.platform:
-                if best is None or r.created > best.created:
-                    best = r
-        return best, False
+        same = [r for r in self._all_records()
+                if r.stage == stage and r.key_doc.get("instruction") == key.instruction
+                and r.key_doc.get("platform") == key.platform]
+        if not same:
+            return None, False
+        return max(same, key=lambda r: (likeness(r), r.created)), False
 
     def _all_records(self) -> list[CacheRecord]:
         return self.records() + [r for _, r in self._remote().values()]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import BuildCache, CacheRecord
-from .cache_keys import StepKey, describe
+from .cache_keys import StepKey, describe, diff_inputs, key_document
 
 
 @dataclass
@@ -64,6 +64,8 @@ class ExplainCache(BuildCache):
             if key.parent in self._placeholders:
                 reasons = ["parent changed: an earlier step of this stage misses, so this step runs on new content"]
                 near_rec = self.nearest(key, stage)[0]
+                if near_rec is not None:
+                    reasons += diff_inputs({**near_rec.key_doc, "parent": key.parent}, key_document(key))
             else:
                 near_rec, reasons = self.explain_miss(key, stage)
             if near_rec is not None:
