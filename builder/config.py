@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import BuildError
 

@@ -12,9 +12,9 @@ import posixpath
 import re
 import stat
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable
 
 from registry.layer import EntryMeta, TarEmitter
 
@@ -24,22 +24,16 @@ from .rootview import RootView
 
 @dataclass
 class Source:
-    """One top-level COPY/ADD source after glob expansion.
+    """One top-level COPY/ADD source (a file or directory) after glob expansion.
 
-    kind: ``path`` (host file or directory at ``path``), ``bytes`` (``data``: heredoc or
-    download), ``archive`` (a tar to unpack at the destination, ``path`` or ``data``).
-    ``name`` is the name the source keeps at a directory destination (basename, or the
-    relative path for ``--parents``). ``keep_owner`` keeps the source's uid/gid (COPY --from).
+    ``name`` is the name it keeps at a directory destination (basename, or the relative path
+    for ``--parents``); ``keep_owner`` keeps the source's uid/gid (COPY --from);
+    ``exclude`` says which paths inside a directory source to skip (relative to it).
     """
 
-    kind: str
     name: str
-    path: Path | None = None
-    data: bytes | None = None
-    mode: int = 0o644
-    mtime: int = 0
     keep_owner: bool = False
-    exclude: Callable[[str], bool] | None = None   # relative path inside a dir source -> skip?
+    exclude: Callable[[str], bool] | None = None
 
 
 @dataclass
@@ -263,10 +257,3 @@ def is_archive(head: bytes) -> bool:
             or head[:4] == b"\x28\xb5\x2f\xfd":
         return True
     return len(head) >= 262 and head[257:262] == b"ustar"
-
-
-def iter_matches(names: list[str], pattern: str) -> Iterator[str]:
-    """Names matching a Go filepath.Match-style pattern (used for stage-rootfs globs)."""
-    import fnmatch
-    rx = re.compile(fnmatch.translate(pattern).replace(".*", "[^/]*"))
-    return (n for n in names if rx.match(n))

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from registry import mediatypes as mt
 from registry.manifest import Descriptor, ImageConfig, Manifest
@@ -176,8 +176,8 @@ class Executor:
         A read-write bind gets its own overlay so that writes are discarded, as BuildKit does.
         """
         if m.from_state is not None:
-            snap = mount_snapshot(self.root, [l.diff_id for l in m.from_state.layers]
-                                  if self.layers.dirs(m.from_state.layers) is not None else [],
+            self.layers.dirs(m.from_state.layers)
+            snap = mount_snapshot(self.root, [l.diff_id for l in m.from_state.layers],
                                   writable=not m.readonly)
             stack.callback(snap.cleanup)
             base = snap.merged

@@ -45,9 +45,6 @@ class LayerDirs:
         """Directory of the extracted layer ``diff_id`` (may not exist yet)."""
         return self.layers / _hex(diff_id)
 
-    def has(self, diff_id: str) -> bool:
-        return self.path(diff_id).is_dir()
-
     def ensure(self, diff_id: str, open_blob: Callable[[], BinaryIO]) -> Path:
         """Extract the layer blob (any compression) from ``open_blob()`` once; return its directory."""
         final = self.path(diff_id)

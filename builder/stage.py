@@ -7,8 +7,10 @@ WORKDIR creating a directory) look their key up in the cache first.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import posixpath
 import stat
 import tempfile
@@ -22,7 +24,7 @@ from dockerfile_grammar.errors import DockerfileError
 from dockerfile_grammar import instructions as I
 from dockerfile_grammar.instructions_mounts import MountError, parse_mount
 from dockerfile_grammar.values import parse_chmod, parse_port_spec
-from registry.errors import NotFoundError, RegistryError
+from registry.errors import RegistryError
 from registry.layer import EntryMeta
 from registry.platform import Platform, host_platform, platform_matches
 
@@ -357,7 +359,6 @@ class StageBuilder:
         rc, layer = svc.executor.run(state, argv, env, mounts, network, step.log)
         for m in mounts:
             if m.target.startswith("/dev/pipes/") and m.from_context is not None:
-                import shutil
                 shutil.rmtree(m.from_context, ignore_errors=True)
         if rc != 0:
             tail = "\n".join("  " + l for l in step.last_lines(TAIL_LINES))
@@ -498,7 +499,7 @@ class StageBuilder:
                         raise self._error(inst, f"{s}: not found in {from_}")
                     for path in matches:
                         name = path.lstrip("/") if parents else posixpath.basename(path.rstrip("/")) or ""
-                        src = Source("path", name, keep_owner=True, exclude=exclude)
+                        src = Source(name, keep_owner=True, exclude=exclude)
                         st = view.stat(path)
                         is_dir = st is not None and stat.S_ISDIR(st[1].st_mode)
                         cw.add_view_tree(at(name) if not is_dir or parents else dest, view, path, src)
@@ -513,7 +514,7 @@ class StageBuilder:
                 for entry in entries:
                     rel, host = entry.rel, entry.host
                     name = rel if parents else posixpath.basename(rel) if rel else ""
-                    src = Source("path", name, exclude=svc.context.source_filter(entry, excludes))
+                    src = Source(name, exclude=svc.context.source_filter(entry, excludes))
                     host_st = os.stat(host)
                     if stat.S_ISDIR(host_st.st_mode):
                         cw.add_tree(posixpath.join(dest, name) if parents else dest, Path(host), src)
@@ -530,7 +531,6 @@ class StageBuilder:
 
     def _download(self, url: str, checksum: str, inst: I.Instruction) -> tuple[bytes, str, str, int]:
         """Fetch an ADD URL: (data, file name, sha256 digest, mtime from Last-Modified)."""
-        import hashlib
         import requests
         from email.utils import parsedate_to_datetime
         try:

@@ -13,8 +13,7 @@ import pytest
 from builder.errors import BuildError
 from dockerfile_grammar.errors import DockerfileError
 from registry.store import Store
-from tests.fixtures.building import (build_in, need, podman_run, store_snapshot, tree_manifest,
-                                     unpack_image)
+from tests.fixtures.building import build_in, need, podman_run, store_snapshot, unpack_image
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="builds need root (runc, overlay mounts)")]

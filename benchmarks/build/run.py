@@ -1,0 +1,164 @@
+"""Build benchmark: pybuild vs buildah (`buildah bud --layers`) in the same run.
+
+(a) base + COPY of 2000 small files + two RUN steps, cold (no cache) and warm (everything
+    cached); the base is the busybox image made with `pybuild import` (or, with --debootstrap,
+    a Debian minbase made by debootstrap from Debian's packages, about 30 s once).
+(c) `RUN touch /x` on bases of 10k and 100k extra files, timed after a first build (pybuild
+    extracts a base layer once and reuses it; the cost of a RUN should not grow with the base).
+
+Both tools are invoked as command lines (start-up included), as a user would run them.
+Docker BuildKit is not run here (no Docker engine on these machines); DESIGN.md has its figures.
+
+Run (root): python3 benchmarks/build/run.py [--repeat 3] [--debootstrap] [--skip-c]
+Prints seconds (median of --repeat) and pybuild/buildah ratios (< 1.0: pybuild is faster).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUILDAH = ["buildah"]
+
+
+def sh(*cmd: str, env: dict | None = None, cwd: str | None = None) -> None:
+    r = subprocess.run(list(cmd), capture_output=True, text=True, env=env, cwd=cwd)
+    if r.returncode != 0:
+        sys.exit(f"command failed: {' '.join(cmd)}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+
+
+# Measure pybuild as installed, with bytecode caches (some CI images set PYTHONDONTWRITEBYTECODE,
+# which would make every run recompile the package).
+PYBUILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def timed(*cmd: str, env: dict | None = None) -> float:
+    t = time.perf_counter()
+    sh(*cmd, env=env)
+    return time.perf_counter() - t
+
+
+def busybox_rootfs(dest: Path, extra_files: int = 0) -> Path:
+    """The busybox rootfs of tests/fixtures/images.py, plus ``extra_files`` small files."""
+    sys.path.insert(0, str(REPO))
+    from tests.fixtures.images import make_busybox_rootfs
+    make_busybox_rootfs(dest)
+    for i in range(extra_files):
+        d = dest / "usr" / "share" / "bulk" / f"{i // 1000:03d}"
+        if i % 1000 == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}").write_text(f"file {i}\n")
+    return dest
+
+
+def debootstrap_rootfs(dest: Path) -> Path:
+    sh("debootstrap", "--variant=minbase", "bookworm", str(dest))
+    return dest
+
+
+def make_base(work: Path, root: Path, name: str, rootfs: Path) -> None:
+    """Import ``rootfs`` as ``name`` into pybuild's store and into containers-storage for buildah."""
+    env = {**os.environ, "PYBUILD_ROOT": str(root)}
+    sh("pybuild", "import", str(rootfs), name, env=env)
+    ref = name if "/" in name else f"docker.io/library/{name}"
+    sh("skopeo", "copy", "-q", f"oci:{root}/images:{name}", f"containers-storage:{ref}")
+
+
+def context_a(work: Path, base: str) -> Path:
+    ctx = work / "ctx-a"
+    files = ctx / "files"
+    for i in range(2000):
+        d = files / f"d{i // 100:02d}"
+        if i % 100 == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:04d}.txt").write_text(f"small file {i}\n" * 4)
+    (ctx / "Dockerfile").write_text(
+        f"FROM {base}\nCOPY files/ /data/\nRUN find /data -type f | wc -l > /count\n"
+        "RUN echo built > /done && cat /count\n")
+    return ctx
+
+
+def context_touch(work: Path, base: str, tag: str) -> Path:
+    ctx = work / f"ctx-{tag}"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base}\nRUN touch /x\n")
+    return ctx
+
+
+def pybuild_cmd(root: Path, ctx: Path, tag: str, no_cache: bool) -> list[str]:
+    return ["pybuild", "--root", str(root), "build", "-q", "-t", tag] + (["--no-cache"] if no_cache else []) + [str(ctx)]
+
+
+def buildah_cmd(ctx: Path, tag: str, no_cache: bool) -> list[str]:
+    return BUILDAH + ["bud", "--layers", "--pull-never", "-q", "-t", tag] + (["--no-cache"] if no_cache else []) + [str(ctx)]
+
+
+def median_of(n: int, cmd: list[str]) -> float:
+    env = PYBUILD_ENV if cmd[0] == "pybuild" else None
+    return statistics.median(timed(*cmd, env=env) for _ in range(n))
+
+
+def row(label: str, ours: float, theirs: float) -> None:
+    print(f"{label:<38} pybuild {ours:7.3f}s   buildah {theirs:7.3f}s   ratio {ours / theirs:5.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--debootstrap", action="store_true", help="use a Debian minbase base for (a)")
+    ap.add_argument("--skip-c", action="store_true", help="skip the 10k/100k-file bases")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root (runc, overlay mounts, buildah)")
+    work = Path(tempfile.mkdtemp(prefix="pybuild-bench-"))
+    root = work / "root"
+    tags: list[str] = []
+    try:
+        run_id = uuid.uuid4().hex[:8]
+        base = f"bench-base-{run_id}:latest"
+        rootfs = debootstrap_rootfs(work / "minbase") if args.debootstrap else busybox_rootfs(work / "busybox")
+        make_base(work, root, base, rootfs)
+        ctx = context_a(work, base)
+        tag = f"localhost/bench-a-{run_id}:latest"
+        tags += [tag, base]
+        print(f"(a) {'debootstrap minbase' if args.debootstrap else 'busybox'} + COPY 2000 files + 2 RUN, "
+              f"median of {args.repeat}")
+        # one untimed build each: extracts the base once for pybuild, warms buildah's storage
+        sh(*pybuild_cmd(root, ctx, tag, True), env=PYBUILD_ENV)
+        sh(*buildah_cmd(ctx, tag, True))
+        cold_ours = median_of(args.repeat, pybuild_cmd(root, ctx, tag, True))
+        cold_theirs = median_of(args.repeat, buildah_cmd(ctx, tag, True))
+        row("cold (--no-cache)", cold_ours, cold_theirs)
+        warm_ours = median_of(args.repeat, pybuild_cmd(root, ctx, tag, False))
+        warm_theirs = median_of(args.repeat, buildah_cmd(ctx, tag, False))
+        row("warm (all steps cached)", warm_ours, warm_theirs)
+        if not args.skip_c:
+            print(f"(c) RUN touch /x on bases with many files, median of {args.repeat} (after one build)")
+            for n in (10_000, 100_000):
+                big = f"bench-big{n // 1000}k-{run_id}:latest"
+                make_base(work, root, big, busybox_rootfs(work / f"big{n}", n))
+                tags.append(big)
+                bctx = context_touch(work, big, f"{n}")
+                btag = f"localhost/bench-c{n // 1000}k-{run_id}:latest"
+                tags.append(btag)
+                sh(*pybuild_cmd(root, bctx, btag, True), env=PYBUILD_ENV)
+                sh(*buildah_cmd(bctx, btag, True))
+                ours = median_of(args.repeat, pybuild_cmd(root, bctx, btag, True))
+                theirs = median_of(args.repeat, buildah_cmd(bctx, btag, True))
+                row(f"{n // 1000}k-file base, RUN touch /x", ours, theirs)
+    finally:
+        for t in tags:
+            subprocess.run(BUILDAH + ["rmi", "-f", t], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
