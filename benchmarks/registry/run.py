@@ -54,13 +54,35 @@ def run_child(cmd: list[str]) -> tuple[float, float, float]:
     return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
+LIBRARY_PULL = """
+import sys, time
+from registry.client import RegistryClient
+from registry.store import Store
+from registry.transfer import pull
+store = Store(sys.argv[2])
+t0, c0 = time.perf_counter(), time.process_time()
+with RegistryClient() as client:
+    pull(client, sys.argv[1], store)
+print(time.perf_counter() - t0, time.process_time() - c0)
+"""
+
+
+def library_pull(ref: str, root: Path) -> tuple[float, float, float]:
+    """pull() as the build engine calls it, timed inside the process (no interpreter start-up)."""
+    r = subprocess.run([sys.executable, "-c", LIBRARY_PULL, ref, str(root)], capture_output=True, text=True,
+                       env=ENV, check=True)
+    wall, cpu = (float(x) for x in r.stdout.split())
+    return wall, cpu, 0.0
+
+
 def bench_push_pull(work: Path, trials: int, layers: int, layer_bytes: int) -> dict[str, tuple[float, float]]:
     """Median (wall, CPU) seconds per tool and direction."""
     src_root = work / "src"
     build_image(src_root, "bench/app:v1", layers, layer_bytes, seed=1)
     layout = Store(src_root).layout
     runs: dict[str, list[tuple[float, float, float]]] = {
-        "pybuild push": [], "skopeo push": [], "pybuild pull": [], "skopeo pull": []}
+        "pybuild push": [], "skopeo push": [], "pybuild pull": [], "skopeo pull": [],
+        "pybuild pull (library)": []}
     for t in range(trials):
         # Alternate who goes first so that page-cache warmth does not favour one tool.
         order = ["pybuild", "skopeo"] if t % 2 == 0 else ["skopeo", "pybuild"]
@@ -73,6 +95,8 @@ def bench_push_pull(work: Path, trials: int, layers: int, layer_bytes: int) -> d
                     runs["pybuild push"].append(run_child(
                         PYBUILD + ["--root", str(src_root), "-q", "push", "bench/app:v1", ref]))
                     runs["pybuild pull"].append(run_child(PYBUILD + ["--root", str(dst), "-q", "pull", ref]))
+                    runs["pybuild pull (library)"].append(library_pull(ref, work / f"lib-{t}"))
+                    shutil.rmtree(work / f"lib-{t}", ignore_errors=True)
                 else:
                     runs["skopeo push"].append(run_child(
                         ["skopeo", "copy", "-q", "--dest-tls-verify=false",
@@ -119,6 +143,10 @@ def main() -> int:
             (ours, ours_cpu), (theirs, theirs_cpu) = res[f"pybuild {op}"], res[f"skopeo {op}"]
             print(f"  {op}: pybuild {ours:.3f} s, skopeo {theirs:.3f} s, ratio {ours / theirs:.2f}x "
                   f"(target <= 1.0x); CPU {ours_cpu:.3f} s vs {theirs_cpu:.3f} s")
+        lib, lib_cpu = res["pybuild pull (library)"]
+        theirs, theirs_cpu = res["skopeo pull"]
+        print(f"  pull as a library call (no interpreter start-up): {lib:.3f} s, ratio {lib / theirs:.2f}x "
+              f"to skopeo's command; CPU {lib_cpu:.3f} s")
         secs, rss = bench_rss(work, args.big_mb)
         print(f"pull of a {args.big_mb} MB image: {secs:.2f} s, pybuild peak RSS {rss:.1f} MB (target < 150 MB)")
     return 0
