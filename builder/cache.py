@@ -137,6 +137,7 @@ class BuildCache:
         self._lock = threading.Lock()
         self._remote_records: dict[str, tuple[Any, CacheRecord]] | None = None
         self.fetched: list[str] = []                     # layer digests downloaded from remotes
+        self.context_checks: list[list] = []             # [srcs, excludes, parents, digest] per context read
 
     # -- records -------------------------------------------------------------------------------
     def _path(self, key: str) -> Path:
@@ -319,6 +320,16 @@ class BuildCache:
             step.log("cache", f"cache miss: {lk.reason}\n".encode())
         elif step is not None and lk.status == "remote":
             step.log("cache", f"cache hit from {lk.source}\n".encode())
+
+    def context_sources(self, context: Any, srcs: list[str], excludes: list[str] = (), parents: bool = False) -> list:
+        """SourceRecords of a COPY/ADD (or bind mount) from the build context; the check is
+        remembered (sources and digest) so that a later no-op rebuild can repeat just the checks."""
+        from .context import source_records
+        from .cache_keys import records_digest
+        files = source_records(context, srcs, list(excludes), parents=parents)
+        with self._lock:
+            self.context_checks.append([list(srcs), list(excludes), parents, records_digest(files)])
+        return files
 
     def record(self, key: StepKey | str, layer: dict | None, history: dict, stage: str) -> CacheRecord:
         """Store what a step just produced (its layer blob must already be in the store)."""

@@ -343,7 +343,7 @@ class StageBuilder:
         created_by = "RUN " + self._arg_prefix(scope) + " ".join(argv) + " # buildkit"
         key = step_key(layers_content_id(state.layers), str(svc.platform), "RUN", argv=argv, env=keyed_env,
                        user=cfg["config"].get("User") or "", cwd=cfg["config"].get("WorkingDir") or "/",
-                       network=network, mounts=[_mount_key(m, svc.context) for m in mounts],
+                       network=network, mounts=[_mount_key(m, svc) for m in mounts],
                        scripts={k: v for k, v in script_files.items()})
         rec = self._cached(state, key, step)
         if rec is not None:
@@ -443,9 +443,8 @@ class StageBuilder:
         if from_state is not None:
             src_key = layers_content_id(from_state.layers)
         else:
-            from .context import source_records
             local = [s for s in srcs if not _is_url(s)]
-            files = source_records(svc.context, local, excludes, parents=parents) if local else None
+            files = svc.cache.context_sources(svc.context, local, excludes, parents) if local else None
             src_key = records_digest(files) if files is not None else ""
         urls = [s for s in srcs if _is_url(s)]
         if urls and not is_add:
@@ -553,14 +552,14 @@ class StageBuilder:
         return data, name, digest, mtime
 
 
-def _mount_key(m: RunMount, context) -> list:
+def _mount_key(m: RunMount, svc: Services) -> list:
     """What of a RUN mount enters the key: its options, the content ID of a stage/image source,
     the checksum of a context source. Not a secret's value (Docker leaves it out too, and keys
     and their inputs travel in remote caches)."""
     if m.from_state is not None:
         source = layers_content_id(m.from_state.layers)
     elif m.type == "bind" and m.from_context is not None:
-        source = context.checksum([m.source or "."])
+        source = records_digest(svc.cache.context_sources(svc.context, [m.source or "."]))
     else:
         source = ""
     return [m.type, m.target, m.source, m.readonly, m.cache_id, source, m.mode, m.uid, m.gid, m.env]
