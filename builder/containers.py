@@ -933,7 +933,36 @@ def diff(c: Container) -> list[tuple[str, str]]:
                 if opaque:            # everything the image had below is gone
                     kept = set(os.listdir(host))
                     out += [("D", posixpath.join(path, n)) for n in view.listdir(path) if n not in kept]
+    if c.running:
+        out = _hide_mount_points(c, view, out)
     return sorted(out, key=lambda x: x[1])
+
+
+def _hide_mount_points(c: Container, view: RootView, changes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Leave out what the runtime put there for a running container (its mount points and the
+    directories copied up or made only to hold them), as ``docker diff`` does; on exit the
+    sandbox removes them and the upper directory is pruned, so they never reach a commit."""
+    mounts = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/proc", "/sys", "/dev"] + [
+        v["target"] for v in c.volumes]
+
+    def under(path: str, top: str) -> bool:
+        return path == top or path.startswith(top.rstrip("/") + "/")
+
+    kept = [(k, p) for k, p in changes if not any(under(p, m) for m in mounts)]
+    paths = {p for _, p in kept}
+    out = []
+    upper = c.upper
+    for kind, path in kept:
+        holds_mount = any(under(m, path) and m != path for m in mounts)
+        has_change_below = any(under(q, path) and q != path for q in paths)
+        if holds_mount and not has_change_below and upper is not None:
+            st = os.lstat(upper / path.lstrip("/"))
+            low = view.stat(path, follow=False)
+            if kind == "A" or (low is not None and (st.st_mode, st.st_uid, st.st_gid) ==
+                               (low[1].st_mode, low[1].st_uid, low[1].st_gid)):
+                continue
+        out.append((kind, path))
+    return out
 
 
 def commit(store: Store, c: Container, name: str, message: str = "", author: str = "",

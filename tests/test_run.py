@@ -163,9 +163,12 @@ def test_writes_are_private_to_each_container(img: Path):
     assert len(a.stdout.strip()) == 64
     try:
         deadline = time.monotonic() + 30
-        while "A /tmp/a" not in pybuild(img, "diff", "a").stdout:
-            assert time.monotonic() < deadline, "container a never wrote its file"
+        while "D /bin/vi" not in (running_diff := pybuild(img, "diff", "a").stdout):
+            assert time.monotonic() < deadline, "container a never made its changes"
             time.sleep(0.1)
+        # The runtime's mount points (/etc/hosts...) are not the container's changes.
+        assert running_diff.splitlines() == ["C /bin", "D /bin/vi", "C /etc", "A /etc/motd", "C /tmp",
+                                             "A /tmp/a"]
         # Another container of the same image, while the first one still runs.
         r = pybuild(img, "run", "--rm", "busybox", "sh", "-c",
                     "cat /tmp/a; cat /etc/motd; ls /bin/vi", check_rc=0)
