@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -82,8 +81,9 @@ def _run_parallel(jobs: list[Callable[[], None]], workers: int) -> None:
         for job in jobs:
             job()
         return
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="pybuild-xfer") as pool:
-        futures: list[Future] = [pool.submit(job) for job in jobs]
+        futures = [pool.submit(job) for job in jobs]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for f in pending:
             f.cancel()
