@@ -971,8 +971,9 @@ def commit(store: Store, c: Container, name: str, message: str = "", author: str
 
     The config is the container's (Entrypoint, Cmd, Env, WorkingDir, User, as ``docker commit``
     records them) with ``changes`` (Dockerfile instructions: CMD, ENV, ...) applied; a history
-    entry names the command. Deletions become whiteouts. A running container is not paused:
-    its layer is taken as it is at that moment. Returns the manifest descriptor.
+    entry names the command. Deletions become whiteouts. Returns the manifest descriptor.
+    A running container is refused: its upper directory still holds the runtime's mount points
+    (/etc/hosts...) and is changing.
     """
     from registry import mediatypes as mt
     from registry.compression import Compression
@@ -980,6 +981,9 @@ def commit(store: Store, c: Container, name: str, message: str = "", author: str
     from registry.layer import store_layer, write_overlay_upper_tar
     from registry.reference import parse_reference
 
+    if c.running:
+        raise BuildError(f"container {c.name} is running: stop it first (`pybuild stop {c.name}`), "
+                         "then commit")
     ref = parse_reference(name)
     manifest = store.get_manifest(c.image_digest)
     if not isinstance(manifest, Manifest):

@@ -169,6 +169,8 @@ def test_writes_are_private_to_each_container(img: Path):
         # The runtime's mount points (/etc/hosts...) are not the container's changes.
         assert running_diff.splitlines() == ["C /bin", "D /bin/vi", "C /etc", "A /etc/motd", "C /tmp",
                                              "A /tmp/a"]
+        r = pybuild(img, "commit", "a", "too-early:1")
+        assert r.returncode == 1 and "stop it first" in r.stderr
         # Another container of the same image, while the first one still runs.
         r = pybuild(img, "run", "--rm", "busybox", "sh", "-c",
                     "cat /tmp/a; cat /etc/motd; ls /bin/vi", check_rc=0)
