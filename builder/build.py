@@ -287,6 +287,9 @@ def build(opts: BuildOptions) -> BuildResult:
                 "pybuild.steps": steps,
                 "pybuild.cache": cache.report(),
             }, indent=2) + "\n")
+        from .cache_fast import remember
+        remember(root, opts, text.encode("utf-8", "surrogateescape"), plan, cache, store, manifest_desc.digest,
+                 config_desc.digest)
         return result
     finally:
         context.close()

@@ -272,6 +272,10 @@ class RegistryClient:
                           slots=threading.BoundedSemaphore(self.options.max_per_host))
                 # Per-host CAs from certs.d are added to the default roots (tlsconfig).
                 h.verify = False if self.is_insecure(host) else (ca_bundle_for(host) or True)
+                if h.verify is False:
+                    # The user asked for it by name (--insecure-registry): no warning per request.
+                    import urllib3
+                    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
                 h.cert = client_cert_for(host)
                 h.auth = self._authenticator(host)
                 self._hosts[host] = h

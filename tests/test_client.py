@@ -284,3 +284,17 @@ def test_unreachable_loopback_registry_is_probed_again_later():
     finally:
         reg.stop()
         c.close()
+
+
+def test_insecure_registry_skips_tls_verification(tls_registry, cred_env, monkeypatch, tmp_path):
+    """--insecure-registry HOST: a registry whose CA we do not have still works, over https."""
+    monkeypatch.setenv("PYBUILD_CERTS_DIR", str(tmp_path / "empty-certs.d"))
+    c = RegistryClient(ClientOptions(insecure_registries=(tls_registry.host,)))
+    try:
+        repo = c.repository(tls_registry.host, "client/insecure")
+        data = _image_manifest(repo)
+        digest = repo.put_manifest("v1", data, mediatypes.OCI_MANIFEST)
+        assert c.base_url(tls_registry.host).startswith("https://")
+        assert repo.get_manifest("v1").digest == digest
+    finally:
+        c.close()

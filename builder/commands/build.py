@@ -72,6 +72,12 @@ def _labels(values: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of `pybuild build`."""
+    from ..cache_fast import try_fast_build      # a no-op rebuild needs no engine (start-up)
+    image_id = try_fast_build(args, _build_args(args.build_args), _labels(args.labels))
+    if image_id is not None:
+        if args.quiet:
+            print(image_id)
+        return 0
     from ..build import BuildOptions, build
     progress = "quiet" if args.quiet else args.progress
     opts = BuildOptions(
