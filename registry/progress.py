@@ -2,6 +2,7 @@
 when quiet. Thread-safe (parallel blob transfers report into one reporter); no dependencies."""
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -144,8 +145,10 @@ class BarProgress(Progress):
             self._drawn = 0
 
     def _draw(self) -> None:
+        # A wrapped line would throw off the cursor-up count: keep each bar within the width.
+        width = max(20, shutil.get_terminal_size().columns - 1)
         for t in self._active:
-            self.stream.write(self._line(t) + "\n")
+            self.stream.write(self._line(t)[:width] + "\n")
         self._drawn = len(self._active)
         self.stream.flush()
 
