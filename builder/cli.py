@@ -73,17 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    from dockerfile_grammar.errors import DockerfileError
-    from registry.errors import RegistryError
-    from .errors import BuildError
     try:
         return int(func(args) or 0)
-    except (DockerfileError, RegistryError, BuildError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # The error packages are imported only once something failed: importing `registry`
+        # loads the whole package, a cost every warm build would pay at start-up.
+        from dockerfile_grammar.errors import DockerfileError
+        from registry.errors import RegistryError
+        from .errors import BuildError
+        if not isinstance(exc, (DockerfileError, RegistryError, BuildError)):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _after_globals(argv: list[str]) -> int:
