@@ -33,7 +33,8 @@ ALGORITHMS = (GZIP, ZSTD, UNCOMPRESSED)
 
 # Defaults: ISA-L level 1 is ~15x faster than zlib -6 at a ratio close to it; zstd 3 is zstd's own default.
 DEFAULT_LEVELS = {GZIP: 1, ZSTD: 3, UNCOMPRESSED: 0}
-LEVEL_RANGES = {GZIP: (0, 3), ZSTD: (-7, 22), UNCOMPRESSED: (0, 0)}
+# gzip takes zlib's familiar 0-9 (as Docker's compression-level does); ISA-L has 0-3, see _isal_level.
+LEVEL_RANGES = {GZIP: (0, 9), ZSTD: (-7, 22), UNCOMPRESSED: (0, 0)}
 
 _MEDIA_TYPE_ALGORITHM = {
     OCI_LAYER: UNCOMPRESSED,
@@ -159,13 +160,21 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _isal_level(level: int) -> int:
+    """zlib's 0-9 onto ISA-L's 0-3: 0 stays 0 (fastest ISA-L mode), 1 is ISA-L's fast default,
+    2-4 its middle level, 5-9 its best."""
+    if level <= 1:
+        return level
+    return 2 if level <= 4 else 3
+
+
 def make_compressor(compression: Compression) -> Compressor:
     """A streaming compressor for `compression`: deterministic output for the same input."""
     if compression.algorithm == GZIP:
         from isal import isal_zlib
 
         # wbits 31 = gzip wrapper; ISA-L writes mtime 0, no name, OS 255: the bytes depend on the input only.
-        return isal_zlib.compressobj(compression.effective_level, isal_zlib.DEFLATED, 31)
+        return isal_zlib.compressobj(_isal_level(compression.effective_level), isal_zlib.DEFLATED, 31)
     if compression.algorithm == ZSTD:
         import zstandard
 
