@@ -33,8 +33,8 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
-    """Build the full argument parser; returns it and the set of command names."""
+def build_parser(modules: list[str] | None = None) -> tuple[argparse.ArgumentParser, set[str]]:
+    """Build the argument parser (of ``modules``, default all); returns it and the command names."""
     common = _common_options()
     parser = argparse.ArgumentParser(
         prog="pybuild", parents=[common],
@@ -47,7 +47,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
         names.add(name)
         return sub.add_parser(name, help=help, parents=[common], **kw)
 
-    for mod_name in COMMAND_MODULES:
+    for mod_name in modules or COMMAND_MODULES:
         try:
             mod = importlib.import_module(mod_name)
         except ModuleNotFoundError as exc:
@@ -61,9 +61,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pybuild` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, names = build_parser()
-    # `pybuild -f Dockerfile .` means `pybuild build -f Dockerfile .`, like `docker build`.
     i = _after_globals(argv)
+    # An explicit `build` needs only its own parser (building them all is a start-up cost).
+    parser, names = build_parser(["builder.commands.build"] if argv[i:i + 1] == ["build"] else None)
+    # `pybuild -f Dockerfile .` means `pybuild build -f Dockerfile .`, like `docker build`.
     if "build" in names and i < len(argv) and argv[i] not in names and argv[i] not in ("-h", "--help"):
         argv.insert(i, "build")
     args = parser.parse_args(argv)
