@@ -794,24 +794,40 @@ def _wait_exit(c: Container, timeout: float) -> bool:
 def start_detached(c: Container, timeout: float = 30.0) -> None:
     """Start ``c`` under a supervisor process that outlives the caller (``run -d``).
 
-    The supervisor is a fork of this process (no second interpreter start-up) in its own
-    session, with /dev/null as stdio: it runs the container, writes its log and state, and
-    removes it afterwards if it was created with ``auto_remove``. Returns once the container
-    is running (or already finished).
+    The supervisor is a fork of this process (no second interpreter start-up), forked twice so
+    that it belongs to init and never lingers as the caller's zombie, in its own session with
+    /dev/null as stdio: it runs the container, writes its log and state, and removes it
+    afterwards if it was created with ``auto_remove``. Returns once the container is running
+    (or already finished).
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
+    r, w = os.pipe()
+    first = os.fork()
+    if first == 0:
         rc = 125
         try:
+            os.close(r)
             os.setsid()
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            rc = supervise(c)
+            pid = os.fork()
+            if pid:
+                os.write(w, str(pid).encode())
+                rc = 0
+            else:
+                os.close(w)
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                rc = supervise(c)
         finally:
             os._exit(rc)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        text = f.read().decode()
+    os.waitpid(first, 0)
+    if not text.isdigit():
+        raise BuildError(f"could not fork the supervisor of container {c.id[:12]}")
+    pid = int(text)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -821,10 +837,8 @@ def start_detached(c: Container, timeout: float = 30.0) -> None:
         if st.get("status") in ("running", "exited"):
             c.state = ContainerState(**st)
             return
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            raise BuildError(f"the supervisor of container {c.id[:12]} exited with code "
-                             f"{os.waitstatus_to_exitcode(status)} before starting it")
+        if not _alive(pid):
+            raise BuildError(f"the supervisor of container {c.id[:12]} died before starting it")
         time.sleep(0.02)
     raise BuildError(f"container {c.id[:12]} did not start within {timeout:.0f} s")
 
