@@ -161,9 +161,7 @@ def try_fast_build(args: Any, build_args: dict[str, str], labels: dict[str, str]
 def _context_unchanged(root: Path, args: Any, checks: list) -> bool:
     if not checks:
         return True
-    from .context import BuildContext
-    from .cache_keys import records_digest
-    from .context import source_records
+    from .context import BuildContext, checksum_sources
     from .dockerignore import read_ignore_lines
     from .errors import BuildError
     from .hashcache import open_hash_cache
@@ -184,7 +182,8 @@ def _context_unchanged(root: Path, args: Any, checks: list) -> bool:
     try:
         for srcs, excludes, parents, digest in checks:
             try:
-                if records_digest(source_records(ctx, srcs, excludes, parents=parents)) != digest:
+                # Equal to cache_keys.records_digest of the same records, without building them.
+                if checksum_sources(ctx, srcs, excludes, parents=parents) != digest:
                     return False
             except (BuildError, OSError):
                 return False
