@@ -142,6 +142,24 @@ def test_volumes_read_only_and_read_write(img: Path, tmp_path: Path):
     pybuild(img, "run", "--rm", "-v", "relative:/x", "busybox", "true", check_rc=125)
 
 
+def test_library_api(img: Path):
+    """Everything the CLI does is a call: create, start (output to a callback), diff, commit, remove."""
+    store = Store(img)
+    c = ct.create(store, img, ct.RunOptions(image="busybox", command=["sh", "-c", "echo made > /made; echo out"],
+                                           env=["X=1"]))
+    assert c.args == ["sh", "-c", "echo made > /made; echo out"] and c.state.status == "created"
+    chunks: list[tuple[str, bytes]] = []
+    assert ct.start(c, output=lambda stream, data: chunks.append((stream, data))) == 0
+    assert b"".join(d for s, d in chunks if s == "stdout") == b"out\n"
+    assert ct.load(img, c.id).state.exit_code == 0
+    assert ct.diff(c) == [("A", "/made")]
+    desc = ct.commit(store, c, "made:1")
+    assert store.resolve("made:1").digest == desc.digest
+    assert "X=1" in store.image_config("made:1").config.env
+    ct.remove(c)
+    assert ct.list_containers(img, all=True) == []
+
+
 def test_network_none_and_chroot_isolation(img: Path):
     r = pybuild(img, "run", "--rm", "--network", "none", "busybox", "ls", "/sys/class/net", check_rc=0)
     assert r.stdout.split() == ["lo"]
