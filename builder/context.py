@@ -12,7 +12,6 @@ escapes), plus `**` for any number of directories (used with `--parents`).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import stat
@@ -537,7 +536,3 @@ def open_context(spec: str | os.PathLike, *, dockerfile: str | os.PathLike | Non
     return BuildContext(root_real, ignore_file=ignore_file, ignore_patterns=patterns, hash_cache=hash_cache,
                         temporary=temporary, dockerfile_text=dockerfile_text)
 
-
-def context_from_bytes(data: bytes, **kw) -> BuildContext:  # type: ignore[no-untyped-def]
-    """A context from an in-memory tar (tests, library callers)."""
-    return open_context("-", stdin=io.BytesIO(data), **kw)
