@@ -48,7 +48,11 @@ _BACKSLASH = re.compile(r"\\([\s\S]?)")
 _HEAD = re.compile(r"([^\t\v\f\r ]*)[\t\v\f\r ]*"
                    r"((?:--[^\x00-\x20\x7f\"'\\]*(?:[\t\v\f\r ]+|\Z))*)")
 _JSON_ITEM = re.compile(r'"([^"]*)"')
-_ASCII_BLANK_CHARS = frozenset("\t\v\f\r ")
+# Keywords as usually written -> (lower-case name, argument style).
+_KEYWORDS = {k: (v, st) for v, st in STYLES.items() for k in (v, v.upper(), v.title())}
+# A first argument character after which the line needs the full head regex: blanks (more
+# than one separator) or "-" (possible flags).
+_HEAD_NEEDED = frozenset("\t\v\f\r -")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 _lark: Any = None
@@ -65,7 +69,7 @@ class LineError(Exception):
         self.hint = hint
 
 
-def _grammar_terminals(*names: str) -> list[re.Pattern[str]]:
+def grammar_terminals(*names: str) -> list[re.Pattern[str]]:
     """Compile terminals' regex literals straight from dockerfile.lark (no Lark import)."""
     text = _GRAMMAR.read_text(encoding="utf-8")
     out = []
@@ -77,7 +81,7 @@ def _grammar_terminals(*names: str) -> list[re.Pattern[str]]:
     return out
 
 
-_JSON_STRINGS, _QWORD_BS, _QWORD_BT = _grammar_terminals("JSON_STRINGS", "QWORD_BS", "QWORD_BT")
+_QWORD_BS, _QWORD_BT = grammar_terminals("QWORD_BS", "QWORD_BT")
 # findall over an argument text yields exactly the grammar's word tokens: what no QWORD can
 # start with are blanks and a trailing escape character, both of which the grammar drops.
 _QWORDS = {"\\": _QWORD_BS, "`": _QWORD_BT}
@@ -91,6 +95,31 @@ def _decode_json_strings(text: str) -> list[str]:
         return _JSON_ITEM.findall(text)  # no escapes: the strings are the quoted runs
     # Go decodes an unpaired \uD800-style escape as U+FFFD; Python keeps the lone surrogate.
     return [s if s.isascii() else _SURROGATE.sub("\ufffd", s) for s in json.loads(text)]
+
+
+_scan_json = json.JSONDecoder().scan_once  # the C scanner, strict about control characters
+
+
+def _json_strings(text: str) -> list[str] | None:
+    """The strings of ``text`` when it is exactly a JSON array of strings (what the grammar's
+    JSON_STRINGS terminal matches), else None.
+
+    Uses Python's C JSON scanner, which is much faster than the terminal's regex; tests check
+    the two agree. Non-string elements (NaN included) give None: the caller decides then.
+    """
+    try:
+        items, end = _scan_json(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return None
+    if end != len(text) or type(items) is not list:
+        return None
+    for item in items:
+        if type(item) is not str:
+            return None
+        if not item.isascii() and _SURROGATE.search(item):
+            # Go decodes an unpaired \uD800-style escape as U+FFFD.
+            return [_SURROGATE.sub("\ufffd", x) for x in items]
+    return items
 
 
 def unquote_flag(raw: str) -> str:
@@ -174,18 +203,41 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")  # Python accepts NaN/Infinity, Go does not
 
 
+def _words(text: str, escape_token: str, split: Any) -> list[str]:
+    """The grammar's quote-aware words (QWORD tokens) of an argument text."""
+    if escape_token not in text and "'" not in text:
+        words = split(text)
+        if '"' not in text:
+            return words  # nothing quoted: the words are the blank-split
+        # Only "..." quotes: when every blank-split word holds an even number of them, no
+        # quoted part spans a blank, so the split is already the word list.
+        for w in words:
+            if w.count('"') & 1:
+                break
+        else:
+            return words
+    return _QWORDS[escape_token].findall(text)
+
+
 def fast_node(s: str, escape_token: str, original: str, start_line: int, end_line: int,
               comments: list[str], segments: list[tuple[int, int, int]]) -> Node | None:
     """The Node of a stripped logical line ``s``, or None when the grammar must decide.
 
     LineError offsets are into ``s``.
     """
-    if not s.isascii() and _OTHER_BLANK.search(s):
+    if s.isprintable():
+        # No tabs or other blanks but " ": str.split() is exactly BuildKit's blank split.
+        split = str.split
+    elif not s.isascii() and _OTHER_BLANK.search(s):
         return None
+    else:
+        split = _ASCII_BLANKS.split
     cmd, _, text = s.partition(" ")
-    if cmd.isalpha() and text[:1] not in _ASCII_BLANK_CHARS and text[:2] != "--":
+    known = _KEYWORDS.get(cmd)
+    if known is not None and text[:1] not in _HEAD_NEEDED:
         pos = len(cmd) + 1 if text else len(cmd)  # the usual "KEYWORD args" shape
         flags: list[str] = []
+        value, style = known
     else:
         m = _HEAD.match(s)
         cmd, flag_text = m.groups()
@@ -204,8 +256,8 @@ def fast_node(s: str, escape_token: str, original: str, start_line: int, end_lin
                 if text != s[len(s) - len(text):]:
                     return None  # blanks between those words were not single spaces
             pos = len(s) - len(text)
-    value = cmd.lower() if cmd.isascii() else go_lower(cmd)
-    style = STYLES.get(value)
+        value = cmd.lower() if cmd.isascii() else go_lower(cmd)
+        style = STYLES.get(value)
     json_form = False
     trigger = None
     if style is None:
@@ -215,13 +267,14 @@ def fast_node(s: str, escape_token: str, original: str, start_line: int, end_lin
     elif style == "exec_or_shell":
         if text[0] != "[":
             args = [text]
-        elif _JSON_STRINGS.match(text) is not None:
-            args = _decode_json_strings(text)
-            json_form = True
         else:
-            args = _json_error_or(text, pos, [text])
+            args = _json_strings(text)
+            if args is not None:
+                json_form = True
+            else:
+                args = _json_error_or(text, pos, [text])
     elif style == "ws_words":
-        args = _ASCII_BLANKS.split(text)
+        args = split(text)
     elif style == "words":
         if value != "arg" and "=" not in text:
             # ENV/LABEL legacy "KEY value...": the first word has no "=" (nor any other).
@@ -232,24 +285,31 @@ def fast_node(s: str, escape_token: str, original: str, start_line: int, end_lin
                 raise err
             args = [parts[0], parts[1], ""]
         else:
-            if '"' in text or "'" in text or escape_token in text:
-                args = _QWORDS[escape_token].findall(text)
-            else:
-                args = _ASCII_BLANKS.split(text)  # nothing quoted: the words are the blank-split
+            args = _words(text, escape_token, split)
             if value != "arg":
-                try:
-                    args = split_name_values(value.upper(), args, text)
-                except LineError as err:
-                    err.offset += pos
-                    raise
+                triples: list[str] = []
+                for word in args:
+                    key, eq, val = word.partition("=")
+                    if not eq:
+                        break
+                    triples += (key, val, "=")
+                else:
+                    args = triples
+                if args is not triples:  # legacy form or a word without "=": full rules
+                    try:
+                        args = split_name_values(value.upper(), args, text)
+                    except LineError as err:
+                        err.offset += pos
+                        raise
     elif style == "list_or_exec":
         if text[0] != "[":
-            args = _ASCII_BLANKS.split(text)
-        elif _JSON_STRINGS.match(text) is not None:
-            args = _decode_json_strings(text)
-            json_form = True
+            args = split(text)
         else:
-            args = _json_error_or(text, pos, _ASCII_BLANKS.split(text))
+            args = _json_strings(text)
+            if args is not None:
+                json_form = True
+            else:
+                args = _json_error_or(text, pos, split(text))
     elif value == "onbuild":
         args = []
         trigger = parse_trigger(text, escape_token, pos)
@@ -262,8 +322,8 @@ def fast_node(s: str, escape_token: str, original: str, start_line: int, end_lin
             rest = parts[1]
             if rest[0] != "[":
                 args.append(rest)
-            elif _JSON_STRINGS.match(rest) is not None:
-                args += _decode_json_strings(rest)
+            elif (items := _json_strings(rest)) is not None:
+                args += items
                 json_form = True
             else:
                 more = _json_error_or(rest, len(s) - len(rest), [rest])

@@ -19,6 +19,12 @@ from .syntax import Node, SyntaxTree
 __all__ = ["parse", "parse_line", "STYLES"]
 
 HEREDOC_INSTRUCTIONS = ("run", "copy", "add")
+# Keywords whose argument is the text verbatim unless it is JSON (spelled as usual).
+_SHELL_TEXT_KEYWORDS = {k: v for v, style in STYLES.items() if style in ("exec_or_shell", "text")
+                        and v != "onbuild" for k in (v, v.upper(), v.title())}
+# First characters of such text that need the full line parser: none (no argument), blanks,
+# a possible flag, a possible JSON array.
+_NOT_PLAIN_TEXT = frozenset(["", "\t", "\v", "\f", "\r", " ", "-", "["])
 # Last characters after which a line needs the general pre-pass: a possible continuation
 # (either escape character) or trailing blanks.
 _NOT_SIMPLE_END = frozenset(" \t\r\v\f\\`")
@@ -93,31 +99,48 @@ def parse(text: str, filename: str = "Dockerfile", *, use_grammar: bool = False)
     while pre.pos < n:
         if pre.directives_done and not use_grammar:
             # Blank lines, comment lines and plain one-line instructions (no leading blank, no
-            # continuation, no heredoc) skip the general pre-pass.
+            # continuation, no heredoc) skip the general pre-pass. State lives in locals here
+            # and is written back before the general path runs.
             pos = pre.pos
-            raw = lines[pos]
-            if not raw:
-                pre.pos = pos + 1
-                continue
-            first = raw[0]
-            if first == "#":
-                pre.pos = pos + 1
-                pre.note_comment(raw)
-                continue
-            if (first not in LEADING_BLANKS and raw[-1] not in _NOT_SIMPLE_END
-                    and "<<" not in raw and len(raw) <= MAYBE_TOO_LONG):
-                try:
-                    node = fast_node(raw, pre.escape_token, raw, pos + 1, pos + 1, pre.comments,
-                                     [(0, pos + 1, 1)])
-                except LineError:
-                    node = None  # the general path reports it, with its location
-                if node is not None:
-                    pre.pos = pos + 1
-                    pre.comments = []
-                    if node.trigger is not None:
-                        _shift_segments(node.trigger, node)
-                    append(node)
+            esc = pre.escape_token
+            comments = pre.comments
+            while pos < n:
+                raw = lines[pos]
+                if not raw:
+                    pos += 1
                     continue
+                first = raw[0]
+                if first == "#":
+                    pos += 1
+                    pre.comments = comments
+                    pre.note_comment(raw)
+                    comments = pre.comments
+                    continue
+                if (first in LEADING_BLANKS or raw[-1] in _NOT_SIMPLE_END or "<<" in raw
+                        or len(raw) > MAYBE_TOO_LONG):
+                    break
+                cmd, _, text = raw.partition(" ")
+                value = _SHELL_TEXT_KEYWORDS.get(cmd)
+                if value is not None and text[:1] not in _NOT_PLAIN_TEXT and raw.isprintable():
+                    # The commonest line of all: RUN/CMD/USER/WORKDIR... with plain text.
+                    node = Node(value, raw, [text], [], False, pos + 1, pos + 1, [], None, cmd,
+                                comments, [])
+                else:
+                    try:
+                        node = fast_node(raw, esc, raw, pos + 1, pos + 1, comments, [])
+                    except LineError:
+                        node = None  # the general path reports it, with its location
+                    if node is None:
+                        break
+                pos += 1
+                comments = []  # the node owns the previous list now
+                if node.trigger is not None:
+                    _shift_segments(node.trigger, node)
+                append(node)
+            pre.pos = pos
+            pre.comments = comments
+            if pos >= n:
+                break
         logical = pre.next_line()
         if logical is not None:
             append(_node_from_logical(pre, logical, use_grammar))

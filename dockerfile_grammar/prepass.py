@@ -55,7 +55,9 @@ class PrePass:
         self.escape_token = "\\"
         self.directives: list[Directive] = []
         self.warnings: list[ParseWarning] = []
-        self.directives_done = False
+        # Directives can only come first: a first line that is not a comment ends the block
+        # before it starts (BuildKit's directive parser stops at the first non-"#" line).
+        self.directives_done = not (lines and lines[0].lstrip(GO_SPACE).startswith("#"))
         self.comments: list[str] = []
 
     # -- errors -----------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class Directive:
     line: int
 
 
-@dataclass
+@dataclass(slots=True)  # slots: parsing creates one per instruction, keep them cheap
 class Node:
     """One instruction (one logical line), BuildKit-compatible.
 
@@ -57,13 +57,14 @@ class Node:
     keyword: str = ""                   # the instruction word exactly as written ("From")
     prev_comments: list[str] = field(default_factory=list)  # comment lines directly above
     # Where ``original`` came from: (offset in original, physical line, 1-based column) per
-    # joined piece, so a character offset can be mapped back to a line and column.
+    # joined piece, so a character offset can be mapped back to a line and column. Empty for
+    # an instruction written on one line starting in column 1.
     segments: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
 
     def position(self, offset: int) -> tuple[int, int]:
         """(line, column) in the source file of character ``offset`` of ``original``."""
         if not self.segments:
-            return self.start_line, 1
+            return self.start_line, 1 + offset
         best = self.segments[0]
         for seg in self.segments:
             if seg[0] <= offset:

@@ -184,3 +184,39 @@ def _outcome(line: str, escape: str, use_grammar: bool):
 def test_fast_path_matches_grammar(keyword: str, text: str, escape: str) -> None:
     line = f"{keyword} {text}"
     assert _outcome(line, escape, False) == _outcome(line, escape, True)
+
+
+json_like = st.one_of(
+    st.lists(json_string, max_size=4).map(lambda xs: json.dumps(xs, ensure_ascii=False)),
+    st.lists(json_string, max_size=4).map(json.dumps),
+    st.text(alphabet=st.sampled_from(list('[]",\\ tu0aN1{}:') + ["\t", "\x01", "é"]), max_size=20)
+    .map(lambda t: "[" + t))
+
+
+@SETTINGS
+@given(json_like)
+def test_json_scanner_agrees_with_the_grammar_terminal(text: str) -> None:
+    from dockerfile_grammar.arguments import _decode_json_strings, _json_strings, grammar_terminals
+    (terminal,) = grammar_terminals("JSON_STRINGS")
+    matched = terminal.match(text) is not None
+    got = _json_strings(text)
+    assert (got is not None) == matched
+    if matched:
+        assert got == _decode_json_strings(text)
+
+
+def _tree_summary(text: str, use_grammar: bool):
+    from dockerfile_grammar.dump import dump_node
+    try:
+        tree = parse(text, use_grammar=use_grammar)
+    except DockerfileError as err:
+        return ("error", err.message, err.line, err.column)
+    return [(dump_node(n), n.start_line, n.end_line, n.json_form, n.prev_comments,
+             [(h.name, h.content) for h in n.heredocs], n.position(len(n.original) // 2))
+            for n in tree.children], [(w.short, w.line) for w in tree.warnings]
+
+
+@SETTINGS
+@given(dockerfile_like)
+def test_whole_file_fast_path_matches_reference(text: str) -> None:
+    assert _tree_summary(text, False) == _tree_summary(text, True)
