@@ -290,15 +290,17 @@ def pull(client: RegistryClient, ref: str | Reference, store: Any, *,
     for _, _, m in images:
         for d in _image_blobs(m):
             blobs.setdefault(d.digest, d)
-    # The lease keeps what this pull writes safe from a concurrent gc until it is tagged.
+    # The lease keeps what this pull writes safe from a concurrent gc until it is tagged. Nothing
+    # refers to the blobs before the tag, so manifests are stored alongside the layers (their
+    # writes overlap the downloads) and only the tag waits for everything.
+    docs = {mdigest: (mdata, m.media_type) for mdata, mdigest, m in images}
+    docs.setdefault(top[2], (top[0], top[1]))
     with store.lease():
-        _run_parallel([lambda d=d: _download(repo, store, d, progress, counter, sources)
-                       for d in blobs.values()], client.options.max_per_host)
-        # Manifests after their blobs, children before the index.
-        for mdata, mdigest, m in images:
-            _store_bytes(store, mdigest, mdata, m.media_type)
+        jobs = [lambda k=k, v=v: _store_bytes(store, k, v[0], v[1]) for k, v in docs.items()]
+        jobs += [lambda d=d: _download(repo, store, d, progress, counter, sources) for d in blobs.values()]
+        _run_parallel(jobs, client.options.max_per_host)
+        for _, mdigest, _ in images:
             sources.add(mdigest, repo.host, repo.name)
-        _store_bytes(store, top[2], top[0], top[1])
         desc = Descriptor(media_type=top[1], digest=top[2], size=len(top[0]))
         name = str(r)
         if tag:
