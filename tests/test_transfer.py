@@ -274,3 +274,30 @@ def test_failed_pull_resumes_next_time(registry, fault_proxy, tmp_path):
     assert res.bytes_transferred == big.size - kept
     assert b.read_blob(big.digest, verify=True) == a.read_blob(big.digest)
     direct.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_copy_of_corrupt_source_commits_nothing(registry, registry2, tmp_path, chunked):
+    """A source blob that does not match its digest is refused on the way (by the client before
+    the final PUT on the chunked path, by the destination on the monolithic one)."""
+    c = RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05,
+                                     monolithic_max=0 if chunked else 32 << 20))
+    a = _store(tmp_path / "a")
+    ref = f"{registry.host}/copycorrupt/app{int(chunked)}:v1"
+    src = make_image(a, ref, [tar_layer({"x": hashlib.sha256(b"c").digest() * (3000 + chunked)})])
+    push(c, a, ref)
+    layer = a.get_manifest(src.digest).layers[0]
+    path = _registry_blob_path(registry, layer.digest)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01
+    path.write_bytes(bytes(data))
+    dst = f"{registry2.host}/copycorrupt/app{int(chunked)}:v1"
+    with pytest.raises(RegistryError) as e:
+        copy(c, ref, dst)
+    assert layer.digest in str(e.value)
+    if chunked:
+        assert isinstance(e.value, DigestMismatchError)
+    repo2 = c.repository(registry2.host, f"copycorrupt/app{int(chunked)}")
+    assert not repo2.has_blob(layer.digest)
+    assert repo2.head_manifest("v1") is None
+    c.close()
