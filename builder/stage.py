@@ -583,6 +583,9 @@ def _is_url(s: str) -> bool:
 
 def _local_archive(path: str) -> bool:
     try:
+        # Only a regular file can be an archive: opening a FIFO would block the build forever.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
         with open(path, "rb") as f:
             return is_archive(f.read(512))
     except OSError:
