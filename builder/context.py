@@ -130,18 +130,35 @@ class BuildContext:
 
     def source_filter(self, entry: ContextEntry, excludes: Sequence[str] = ()) -> Callable[[str], bool] | None:
         """A predicate over paths inside the directory source `entry` (relative to it) that is
-        true for what the copy must skip: .dockerignore'd files and --exclude matches."""
+        true for what the copy must skip: .dockerignore'd files and --exclude matches.
+
+        An ignored directory that a `!` exception could re-include something from is not
+        skipped (the copy must descend into it; Docker then creates it as the parent of what
+        is re-included), matching walk()."""
         ex = self.exclude_matcher(excludes)
         if not self.matcher and ex is None:
             return None
         base = self.real_rel(entry)
+        host = entry.host
 
         def skip(inner: str) -> bool:
             if ex is not None and ex(inner):
                 return True
-            return self.is_ignored(f"{base}/{inner}" if base else inner)
+            rel = f"{base}/{inner}" if base else inner
+            if not self.is_ignored(rel):
+                return False
+            return not self._descend_ignored(rel, os.path.join(host, inner))
 
         return skip
+
+    def _descend_ignored(self, rel: str, host: str, st: os.stat_result | None = None) -> bool:
+        """Whether the ignored `rel` is a directory that an exception pattern may re-include from."""
+        if not (self.matcher.has_exceptions and self.matcher.may_include_under(rel)):
+            return False
+        try:
+            return stat.S_ISDIR((st or os.lstat(host)).st_mode)
+        except FileNotFoundError:
+            return False
 
     # -- resolving sources --------------------------------------------------------------------
     def real_rel(self, entry: ContextEntry) -> str:
@@ -340,9 +357,7 @@ class BuildContext:
             state: MatchState | None = None
             if m is not None:
                 ignored, state = m.match_child(prefix + inner, pstate)
-                if ignored:
-                    if is_dir and m.has_exceptions and m.may_include_under(prefix + inner):
-                        stack.append((iter(_scandir_sorted(e.path)), inner + "/", state))
+                if ignored and not (is_dir and self._descend_ignored(prefix + inner, e.path, st)):
                     continue
             if ex is not None and ex(inner):
                 continue

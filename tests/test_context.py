@@ -104,7 +104,11 @@ def test_dockerignore_applies_to_resolve_and_walk(ctxdir: Path) -> None:
     walked = [inner for inner, _, _ in ctx.walk(root)]
     assert "src/lib/util.pyc" not in walked and "src/lib/util.py" in walked
     assert "docs/README.md" in walked and "docs/guide.md" not in walked and "c.md" not in walked
-    assert "docs" not in walked  # the directory itself stays excluded; its re-included file is walked
+    # The excluded directory is still entered, and listed as the parent of its re-included file.
+    assert "docs" in walked
+    skip_root = ctx.source_filter(root)
+    assert skip_root is not None
+    assert not skip_root("docs") and not skip_root("docs/README.md") and skip_root("docs/guide.md")
     src = ctx.resolve("src")[0]
     assert [i for i, _, _ in ctx.walk(src)] == ["app.py", "lib", "lib/util.py"]
     assert [i for i, _, _ in ctx.walk(src, ["lib/*.py"])] == ["app.py", "lib"]
