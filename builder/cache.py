@@ -6,6 +6,7 @@ Keys are made by builder.cache_keys (re-exported here as ``step_key``). Layout u
     cache/inputs/<hex>.json     per-file source records of a COPY/ADD (read by `cache explain`)
     cache/parents/<p>/<hex>     empty markers: keys recorded on top of parent content <p>
     cache/usage.log             appended "<hex> <epoch>" per hit (last used, hit counts)
+    cache/layers.idx            appended layer digest per record (the gc roots, without reading records)
     cache/.lock                 builds hold it shared, `cache prune` exclusively
 
 A record is written only after its layer blob is in the store, so a killed build never leaves
@@ -34,6 +35,7 @@ from .cache_keys import StepKey, describe, diff_inputs, key_document, step_key
 __all__ = ["BuildCache", "CacheRecord", "RemoteSource", "gc_roots", "step_key", "CACHE_ROOT_NAME"]
 
 RECORD_VERSION = 2
+LAYERS_INDEX = "layers.idx"
 CACHE_ROOT_NAME = "build-cache"
 
 
@@ -161,6 +163,11 @@ class BuildCache:
             rows = [[r.path, r.kind, r.mode, r.uid, r.gid, r.content] for r in files]
             _atomic_write(self.dir, self.dir / "inputs" / f"{h}.json",
                           json.dumps(rows, separators=(",", ":")).encode("utf-8", "surrogateescape"))
+        if record.layer and record.layer.get("digest"):
+            # The gc root line first: killed in between, a blob is kept too long, never lost.
+            if not (self.dir / LAYERS_INDEX).exists():
+                rewrite_layers_index(self)      # a root from before the index: start it complete
+            _append(self.dir / LAYERS_INDEX, record.layer["digest"] + "\n")
         _atomic_write(self.dir, self._path(record.key), json.dumps(record.to_json()).encode())
         parent = record.key_doc.get("parent")
         if parent:
@@ -224,11 +231,7 @@ class BuildCache:
     def touch(self, key: str) -> None:
         """Note one hit on ``key`` (an O_APPEND write of one short line: cheap and safe to race)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / "usage.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{_hex(key)} {int(time.time())}\n".encode())
-        finally:
-            os.close(fd)
+        _append(self.dir / "usage.log", f"{_hex(key)} {int(time.time())}\n")
 
     def usage(self) -> dict[str, tuple[int, float]]:
         """key -> (hits, last used epoch) from the usage log."""
@@ -431,12 +434,41 @@ class BuildCache:
 
 
 def gc_roots(root: Path) -> set[str]:
-    """Blob digests the cache still needs (layers of cached steps): extra roots for store gc."""
-    digests: set[str] = set()
-    for rec in BuildCache(root).records():
-        if rec.layer and rec.layer.get("digest"):
-            digests.add(rec.layer["digest"])
+    """Blob digests the cache still needs (layers of cached steps): extra roots for store gc.
+
+    Read from ``cache/layers.idx`` (one digest per line, appended by every record with a layer,
+    rewritten by prune), so a build does not read every record; digests whose blob is gone
+    are left out. Without the index (an older root) the records are read and the index written.
+    """
+    cache = BuildCache(root)
+    blobs = Path(root) / "images" / "blobs"
+    try:
+        lines = (cache.dir / LAYERS_INDEX).read_text().split()
+    except FileNotFoundError:
+        return rewrite_layers_index(cache)
+    out = set()
+    for d in lines:
+        algo, _, hexd = d.partition(":")
+        if hexd and (blobs / algo / hexd).is_file():
+            out.add(d)
+    return out
+
+
+def rewrite_layers_index(cache: BuildCache) -> set[str]:
+    """Rewrite ``cache/layers.idx`` from the records; returns the digests."""
+    digests = {rec.layer["digest"] for rec in cache.records() if rec.layer and rec.layer.get("digest")}
+    if cache.dir.is_dir():
+        _atomic_write(cache.dir, cache.dir / LAYERS_INDEX, "".join(f"{d}\n" for d in sorted(digests)).encode())
     return digests
+
+
+def _append(path: Path, text: str) -> None:
+    # One write with O_APPEND: lines of concurrent writers never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 # -- inventory and pruning (`pybuild cache ls|du|prune`) ---------------------------------------
@@ -567,7 +599,7 @@ def prune(root: Path, store: Any, *, all: bool = False, keep_storage: int | None
             cache.remove(e.record.key)
         keep = {e.record.key for e in items if e.record.key not in gone}
         cache.compact_usage(keep)
-        roots = gc_roots(root)
+        roots = rewrite_layers_index(cache)
         store.add_root(CACHE_ROOT_NAME, sorted(roots))
         gc = store.gc(extra_roots=roots)
         return PruneResult(len(victims), gc.freed_bytes, len(keep))
