@@ -8,7 +8,7 @@ container's own, then runs the command through the RUN sandbox (builder.sandbox)
 
 Records live under ``<root>/containers/<id>/``::
 
-    config.json   what was asked for (image, command, env, user, volumes...) - written once
+    config.json   what was asked for (image, command, env, user, volumes...) and its snapshot
     state.json    created | running | exited, the supervising pid, exit code, times
     log.jsonl     output, one JSON object per chunk: {"stream", "time", "log"}
     fs -> ../../snapshots/<sid>   the snapshot: fs/upper is the writable layer, fs/merged the rootfs
