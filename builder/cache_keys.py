@@ -90,7 +90,7 @@ def describe(key: StepKey | dict) -> str:
     if instruction == "RUN":
         argv = inputs.get("argv") or []
         return "RUN " + (argv[-1] if len(argv) >= 3 and argv[-2] == "-c" else " ".join(argv))
-    return instruction
+    return instruction.removesuffix(" # buildkit")
 
 
 def key_document(key: StepKey) -> dict:
