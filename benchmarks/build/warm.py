@@ -134,6 +134,11 @@ def main() -> None:
         row("warm (all steps cached)", ours, theirs)
         print(f"{'vs Docker BuildKit (DESIGN.md)':<34} pybuild/0.125s = {ours[0] / BUILDKIT_WARM_A:.2f} (wall), "
               f"{ours[1] / BUILDKIT_WARM_A:.2f} (cpu)")
+        # The same rebuild through the whole engine (a --metadata-file build never takes the
+        # no-op path): parse, plan, one lookup per step, a new image config.
+        engine_path = medians(args.repeat, pybuild_cmd(root, ctx, tag)[:-1] +
+                              ["--metadata-file", str(work / "meta.json"), str(ctx)])
+        row("warm, full engine path", engine_path, theirs)
         importtime(root, ctx, tag)
         if not args.skip_b:
             t = time.perf_counter()
