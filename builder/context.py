@@ -402,19 +402,23 @@ def _records(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[str], pa
     owner_uid = 0 if uid is None else uid
     owner_gid = 0 if gid is None else gid
     digest = ctx.file_digest
-    for path, host, st in _source_files(ctx, srcs, excludes, parents):
-        m = st.st_mode
-        mode = m & 0o7777
-        if stat.S_ISREG(m):
-            kind, content = "file", digest(host, st)
-        elif stat.S_ISLNK(m):
-            kind, content = "symlink", os.readlink(host)
-        else:
-            kind = _kind(m)
-            content = f"{os.major(st.st_rdev)},{os.minor(st.st_rdev)}" if kind in ("char", "block") else ""
-        if chmod is not None and kind != "symlink":
-            mode = chmod(mode, kind == "dir")
-        yield path, kind, mode, owner_uid, owner_gid, content
+    try:
+        for path, host, st in _source_files(ctx, srcs, excludes, parents):
+            m = st.st_mode
+            mode = m & 0o7777
+            if stat.S_ISREG(m):
+                kind, content = "file", digest(host, st)
+            elif stat.S_ISLNK(m):
+                kind, content = "symlink", os.readlink(host)
+            else:
+                kind = _kind(m)
+                content = f"{os.major(st.st_rdev)},{os.minor(st.st_rdev)}" if kind in ("char", "block") else ""
+            if chmod is not None and kind != "symlink":
+                mode = chmod(mode, kind == "dir")
+            yield path, kind, mode, owner_uid, owner_gid, content
+    except FileNotFoundError as exc:
+        # Something else deleted a source between resolving and reading it (lstat, readlink, walk).
+        raise BuildError(f"{exc.filename}: disappeared from the build context while it was being read") from None
 
 
 def source_records(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[str] = (), *,
