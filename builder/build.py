@@ -312,14 +312,22 @@ def _build_stages(sb: StageBuilder, plan) -> None:
                     if plan.stages[i].deps <= done:
                         pending.remove(i)
                         running[pool.submit(sb.build_stage, plan.stages[i])] = i
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                # A timeout keeps the main thread responsive to Ctrl-C (an untimed lock wait
+                # is not interrupted by signals).
+                finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     i = running.pop(fut)
                     fut.result()
                     done.add(i)
         except BaseException:
+            # Stop the other stages: no new steps, and kill what runs in the sandbox now, so
+            # that their threads unwind (cleaning up their mounts) before we re-raise.
+            sb.svc.cancelled.set()
+            sb.svc.executor.cancel.set()
             for fut in running:
                 fut.cancel()
+            from .sandbox import cancel_all
+            cancel_all()
             raise
 
 

@@ -14,6 +14,7 @@ import posixpath
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -81,12 +82,13 @@ class Executor:
     """Runs steps against the store rooted at ``root``."""
 
     def __init__(self, store: Store, root: Path, layers: LayerMaker, isolation: str = "oci",
-                 source_date_epoch: int | None = None):
+                 source_date_epoch: int | None = None, cancel: threading.Event | None = None):
         self.store = store
         self.root = Path(root)
         self.layers = layers
         self.isolation = isolation
         self.source_date_epoch = source_date_epoch
+        self.cancel = cancel or threading.Event()      # set when the build is interrupted
 
     def now(self) -> str:
         """The creation time to record (SOURCE_DATE_EPOCH when set)."""
@@ -120,7 +122,7 @@ class Executor:
                                uid=user.uid, gid=user.gid, additional_gids=user.additional_gids,
                                mounts=sb_mounts, network=network)
                 rc = sandbox_run(spec, output, isolation=self.isolation,
-                                 state_dir=self.root / "tmp")
+                                 state_dir=self.root / "tmp", cancel=self.cancel)
             if rc != 0:
                 return rc, None
             upper = snap.changes()

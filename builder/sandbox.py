@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,34 @@ class RunSpec:
 
 OutputCallback = Callable[[str, bytes], None]   # (stream name "stdout"|"stderr", chunk)
 
+# Sandboxes running in this process (container id or "" for chroot -> process), so that an
+# interrupted build can stop them from the main thread while other threads wait on them.
+_live: dict[int, tuple[str, subprocess.Popen]] = {}
+_live_lock = threading.Lock()
+
+
+def cancel_all() -> None:
+    """Kill every sandboxed command this process is running (an interrupted build calls it)."""
+    with _live_lock:
+        items = list(_live.values())
+    for cid, proc in items:
+        if cid:
+            subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
+        try:
+            proc.kill()
+        except OSError:
+            pass
+
+
+def _track(cid: str, proc: subprocess.Popen) -> None:
+    with _live_lock:
+        _live[proc.pid] = (cid, proc)
+
+
+def _untrack(proc: subprocess.Popen) -> None:
+    with _live_lock:
+        _live.pop(proc.pid, None)
+
 
 def runtime_available() -> bool:
     """True when ``runc`` is on PATH (the oci isolation can run)."""
@@ -94,12 +123,16 @@ def runtime_available() -> bool:
 
 
 def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "oci",
-        state_dir: Path | None = None) -> int:
+        state_dir: Path | None = None, cancel: threading.Event | None = None) -> int:
     """Run ``spec`` to completion and return its exit code (128+N when killed by signal N).
 
     ``state_dir`` holds the bundle and generated /etc files (a temp dir under it is removed
-    afterwards). The container is deleted even on KeyboardInterrupt.
+    afterwards). The container is deleted even on KeyboardInterrupt. When ``cancel`` is set
+    (before, or by another thread while it runs, together with :func:`cancel_all`), the command
+    is not started or is killed.
     """
+    if cancel is not None and cancel.is_set():
+        raise BuildError("interrupted: the command was not started")
     if spec.network not in NETWORK_MODES:
         raise BuildError(f"unknown network mode {spec.network!r}: use one of {', '.join(NETWORK_MODES)}")
     if not spec.args:
@@ -115,8 +148,8 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
     try:
         etc = _write_etc_files(bundle, spec)
         if isolation == "oci":
-            return _run_oci(spec, bundle, etc, output)
-        return _run_chroot(spec, bundle, etc, output)
+            return _run_oci(spec, bundle, etc, output, cancel)
+        return _run_chroot(spec, bundle, etc, output, cancel)
     finally:
         _remove_stubs(stubs)
         shutil.rmtree(bundle, ignore_errors=True)
@@ -275,14 +308,17 @@ def _exit_code(rc: int) -> int:
 
 
 def _run_oci(spec: RunSpec, bundle: Path, etc: dict[str, Path],
-             output: OutputCallback | None) -> int:
+             output: OutputCallback | None, cancel: threading.Event | None) -> int:
     (bundle / "config.json").write_text(json.dumps(oci_config(spec, etc)))
     cid = "pybuild-" + uuid.uuid4().hex[:16]
     cmd = ["runc", "run", "--bundle", str(bundle), cid]
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
+        _track(cid, proc)
         try:
+            if cancel is not None and cancel.is_set():     # cancelled while starting
+                subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
             _pump(proc, output)
             return _exit_code(proc.wait())
         except BaseException:
@@ -290,12 +326,14 @@ def _run_oci(spec: RunSpec, bundle: Path, etc: dict[str, Path],
             proc.kill()
             proc.wait()
             raise
+        finally:
+            _untrack(proc)
     finally:
         subprocess.run(["runc", "delete", "--force", cid], capture_output=True)
 
 
 def _run_chroot(spec: RunSpec, bundle: Path, etc: dict[str, Path],
-                output: OutputCallback | None) -> int:
+                output: OutputCallback | None, cancel: threading.Event | None) -> int:
     env = list(spec.env)
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, "PATH=" + DEFAULT_PATH)
@@ -318,13 +356,18 @@ def _run_chroot(spec: RunSpec, bundle: Path, etc: dict[str, Path],
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True,
                             env={"PYTHONPATH": repo, "PATH": os.environ.get("PATH", DEFAULT_PATH)})
+    _track("", proc)
     try:
+        if cancel is not None and cancel.is_set():
+            proc.kill()
         _pump(proc, output)
         return _exit_code(proc.wait())
     except BaseException:
         proc.kill()
         proc.wait()
         raise
+    finally:
+        _untrack(proc)
 
 
 def _chroot_child(plan_path: str) -> None:

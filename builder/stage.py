@@ -14,6 +14,7 @@ import shutil
 import posixpath
 import stat
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,7 @@ class Services:
     load_image: Callable[[str, bool], StageState] | None = None
     escape: str = "\\"
     steps: list[StepRecord] = field(default_factory=list)
+    cancelled: threading.Event = field(default_factory=threading.Event)   # set when interrupted
 
 
 class StageBuilder:
@@ -134,6 +136,8 @@ class StageBuilder:
         if triggers:
             self._onbuild(ps, state, scope, triggers)
         for n, inst in enumerate(ps.stage.instructions, start=2):
+            if svc.cancelled.is_set():
+                raise BuildError(f"stage {ps.name}: build interrupted")
             step = svc.progress.step(f"{prefix}{n}/{total}] {inst.original.strip()}")
             t0 = time.monotonic()
             try:
