@@ -356,9 +356,13 @@ class BuildContext:
             is_dir = S_ISDIR(st.st_mode)
             state: MatchState | None = None
             if m is not None:
-                ignored, state = m.match_child(prefix + inner, pstate)
-                if ignored and not (is_dir and self._descend_ignored(prefix + inner, e.path, st)):
-                    continue
+                if not is_dir and pstate is not None:
+                    if m.child_excluded(prefix + inner, pstate):
+                        continue
+                else:
+                    ignored, state = m.match_child(prefix + inner, pstate)
+                    if ignored and not (is_dir and self._descend_ignored(prefix + inner, e.path, st)):
+                        continue
             if ex is not None and ex(inner):
                 continue
             yield inner, e.path, st

@@ -305,6 +305,18 @@ class Matcher:
                 matched = not exclusion
         return matched, tuple(state)
 
+    def child_excluded(self, path: str, parent: MatchState) -> bool:
+        """match_child(path, parent)[0] without building the state (for files: no children)."""
+        matched = False
+        for (fn, exclusion), hit in zip(self._fast, parent):
+            if not hit:
+                if exclusion != matched:
+                    continue
+                hit = fn(path)
+            if hit:
+                matched = not exclusion
+        return matched
+
     def may_include_under(self, dirpath: str) -> bool:
         """Whether some exception pattern could re-include an entry under the excluded `dirpath`
         (if not, a walker can skip the whole directory)."""

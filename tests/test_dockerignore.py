@@ -116,6 +116,8 @@ def test_incremental_matching_equals_full_matching(patterns: list[str]) -> None:
         excluded, st = m.match_child(path, parent_state)
         state[path] = st
         assert excluded == m.matches(path), path
+        if parent_state is not None:
+            assert m.child_excluded(path, parent_state) == excluded
 
 
 def test_may_include_under() -> None:
