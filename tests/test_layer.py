@@ -411,3 +411,26 @@ def test_file_swapped_after_lstat_is_refused(tmp_path: Path) -> None:
     os.mkfifo(f)  # would block a plain open() forever
     with pytest.raises(TarWriteError, match="replaced"):
         TarEmitter(io.BytesIO()).add_path("f", str(f), st=st)
+
+
+@needs_root
+def test_overlay_renames_chmods_and_hardlinks(overlay, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With redirect_dir=off a renamed lower dir is copied up whole; chmod and hard links copy up too."""
+    from registry.tarsafe import apply_layer
+
+    lower, upper, merged = overlay
+    subprocess.run(["mv", str(merged / "replace"), str(merged / "moved")], check=True)
+    os.chmod(merged / "etc" / "keep.conf", 0o600)
+    os.chown(merged / "modify", 1234, 5678)
+    os.link(merged / "etc" / "keep.conf", merged / "keep-link")
+    expected = _tree(merged)
+    subprocess.run(["umount", str(merged)], check=True)
+    blob = io.BytesIO()
+    with LayerWriter(blob, Compression("zstd")) as lw:
+        write_overlay_upper_tar(upper, lw)
+    applied = tmp_path / "applied"
+    subprocess.run(["cp", "-a", str(lower), str(applied)], check=True)
+    assert lw.result is not None
+    apply_layer(io.BytesIO(blob.getvalue()), applied, lw.result.media_type)
+    assert _tree(applied) == expected
+    assert os.stat(applied / "keep-link").st_ino == os.stat(applied / "etc" / "keep.conf").st_ino
