@@ -608,7 +608,7 @@ def start(c: Container, output: Callable[[str, bytes], None] | None = None,
     try:
         if guard:
             guard.install()
-        rc = _prepare_and_run(c, snap, view, emit)
+        rc = _exit_status(c, _prepare_and_run(c, snap, view, emit))
     except BuildError as exc:
         emit("stderr", f"pybuild: {exc}\n".encode())
         c.state.error = str(exc)
@@ -706,6 +706,20 @@ def signal_container(supervisor_pid: int, sig: int) -> bool:
     return sent
 
 
+def kill_container(c: Container, supervisor_pid: int) -> bool:
+    """SIGKILL the container's first process, noting that it was killed (see _exit_status)."""
+    (c.dir / "killed").touch()
+    return signal_container(supervisor_pid, signal.SIGKILL)
+
+
+def _exit_status(c: Container, rc: int) -> int:
+    """The container's exit code: util-linux's unshare (chroot isolation) reports a child killed
+    by a signal as a plain 1, so a container we SIGKILLed is given Docker's 137 explicitly."""
+    if rc == 1 and c.isolation == "chroot" and (c.dir / "killed").exists():
+        return 128 + signal.SIGKILL
+    return rc
+
+
 class _SignalGuard:
     """Signal handling of the supervising process (see the module docstring).
 
@@ -741,6 +755,7 @@ class _SignalGuard:
         threading.Thread(target=retry, daemon=True).start()
 
     def _kill(self) -> None:
+        (self.c.dir / "killed").touch()
         self._deliver(signal.SIGKILL)
 
     def _handle(self, signum: int, _frame) -> None:
@@ -770,7 +785,7 @@ def stop(c: Container, timeout: int | None = None, sig: str | None = None) -> bo
     timeout = c.stop_timeout if timeout is None else timeout
     signal_container(c.state.pid, signal_number(sig or c.stop_signal))
     if not _wait_exit(c, timeout):
-        signal_container(c.state.pid, signal.SIGKILL)
+        kill_container(c, c.state.pid)
         _wait_exit(c, 30)
     return True
 
@@ -895,7 +910,7 @@ def remove(c: Container, force: bool = False) -> None:
         if not force:
             raise BuildError(f"container {c.name} is running: stop it (`pybuild stop {c.name}`) "
                              "or use `pybuild rm -f`")
-        signal_container(c.state.pid, signal.SIGKILL)
+        kill_container(c, c.state.pid)
         _wait_exit(c, 30)
     if c.state.status == "running":
         _kill_orphans(c)          # its supervisor died; runc may still run the container

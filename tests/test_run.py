@@ -319,14 +319,16 @@ def _start_ready(root: Path, *args: str) -> subprocess.Popen:
     return p
 
 
-def test_sigterm_stops_the_container(img: Path):
-    p = _start_ready(img, "busybox", "sh", "-c",
+@pytest.mark.parametrize("isolation", ["oci", "chroot"])
+def test_sigterm_stops_the_container(img: Path, isolation: str):
+    p = _start_ready(img, "--isolation", isolation, "busybox", "sh", "-c",
                      'trap "echo got TERM; exit 42" TERM; echo ready; while true; do sleep 0.1; done')
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=10)
     assert p.returncode == 42 and out == "got TERM\n"
     # A plain `sleep` as first process ignores SIGTERM: SIGKILL follows after the stop timeout.
-    p = _start_ready(img, "--stop-timeout", "1", "busybox", "sh", "-c", "echo ready; exec sleep 300")
+    p = _start_ready(img, "--isolation", isolation, "--stop-timeout", "1", "busybox", "sh", "-c",
+                     "echo ready; exec sleep 300")
     p.send_signal(signal.SIGTERM)
     p.communicate(timeout=15)
     assert p.returncode == 137
