@@ -434,3 +434,17 @@ def test_overlay_renames_chmods_and_hardlinks(overlay, tmp_path: Path) -> None: 
     apply_layer(io.BytesIO(blob.getvalue()), applied, lw.result.media_type)
     assert _tree(applied) == expected
     assert os.stat(applied / "keep-link").st_ino == os.stat(applied / "etc" / "keep.conf").st_ino
+
+
+def test_same_tree_elsewhere_gives_the_same_layer_digest(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(src), str(copy)], check=True)
+    results = []
+    for tree in (src, copy):
+        with LayerWriter(io.BytesIO(), Compression("gzip")) as lw:
+            write_tree_tar(tree, lw, source_date_epoch=1_700_000_000)
+        results.append(lw.result)
+    assert results[0] == results[1]
