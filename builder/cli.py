@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `pybuild images | head`: the reader left; exit like a shell pipeline would, quietly
+        # (stdout is pointed at /dev/null so the interpreter's final flush cannot fail again).
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         # The error packages are imported only once something failed: importing `registry`
         # loads the whole package, a cost every warm build would pay at start-up.
