@@ -11,3 +11,5 @@ from .store import GCResult, ImageRecord, LocalImage, Store, default_root, open_
 from .imports import ImageImportError, ImportResult, import_image
 from .compression import Compression, CompressionError, open_decompressed, parse_compression
 from .layer import EntryMeta, LayerResult, LayerWriter, TarEmitter, store_layer, write_overlay_upper_tar, write_tree_tar
+from .client import ClientOptions, RegistryClient, Repository
+from .transfer import TransferResult, copy, pull, push
