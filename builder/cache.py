@@ -602,4 +602,18 @@ def prune(root: Path, store: Any, *, all: bool = False, keep_storage: int | None
         roots = rewrite_layers_index(cache)
         store.add_root(CACHE_ROOT_NAME, sorted(roots))
         gc = store.gc(extra_roots=roots)
+        _prune_build_summaries(cache.dir / "builds", store, everything=all)
         return PruneResult(len(victims), gc.freed_bytes, len(keep))
+
+
+def _prune_build_summaries(d: Path, store: Any, everything: bool) -> None:
+    """Drop no-op rebuild summaries (builder.cache_fast) whose image is gone, or all of them."""
+    for p in d.glob("*.json") if d.is_dir() else ():
+        try:
+            manifest = json.loads(p.read_bytes())["manifest"]
+            gone = everything or not store.has_blob(manifest)
+        except (OSError, ValueError, KeyError, TypeError):
+            gone = True
+        if gone:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)

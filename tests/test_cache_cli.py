@@ -77,6 +77,7 @@ def test_ls_du_and_prune_keep_image_blobs(busybox_image, tmp_path, capsys):
         assert store.has_blob(l.descriptor.digest)
     assert [p for p in check_root(root)] == []
     assert entries(root, store) == []
+    assert not list((root / "cache" / "builds").glob("*.json"))     # no-op rebuild summaries too
 
 
 def test_prune_keep_storage_removes_oldest_first(busybox_image, tmp_path, capsys):
