@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence
@@ -103,6 +101,8 @@ class BuildContext:
         """Save the hash cache; remove the unpacked copy of a tar context."""
         self.hash_cache.save()
         if self.temporary:
+            import shutil
+
             shutil.rmtree(self.root, ignore_errors=True)
             self.temporary = False
 
@@ -495,6 +495,48 @@ def _is_tar(head: bytes) -> bool:
     return len(head) >= 262 and head[257:262] == b"ustar"
 
 
+def _unpack_context(spec_s: str, stdin: BinaryIO | None,
+                    tmp_dir: str | os.PathLike | None) -> tuple[str, str | None]:
+    """Unpack a tar context (file or stdin, any compression) into a new temporary directory:
+    (its path, None); or for a bare Dockerfile on stdin: (an empty directory, the text)."""
+    import shutil
+    import tempfile
+
+    from registry.compression import open_decompressed, with_head
+    from registry.errors import RegistryError
+    from registry.tarsafe import extract_tar
+
+    dockerfile_text: str | None = None
+    if spec_s == "-":
+        raw: BinaryIO = stdin if stdin is not None else sys.stdin.buffer
+        label = "standard input"
+    else:
+        if not os.path.exists(spec_s):
+            raise BuildError(f"build context {spec_s!r} not found: give a directory, a tar file or '-'")
+        raw = open(spec_s, "rb")
+        label = spec_s
+    try:
+        stream = open_decompressed(raw)
+        head = stream.read(512)
+        stream = with_head(head, stream)
+        root = tempfile.mkdtemp(prefix="pybuild-context-", dir=tmp_dir)
+        if _is_tar(head):
+            try:
+                extract_tar(stream, root, whiteouts="none", same_owner=False)
+            except RegistryError as e:
+                shutil.rmtree(root, ignore_errors=True)
+                raise BuildError(f"build context from {label}: {e}") from None
+        elif spec_s == "-":
+            dockerfile_text = stream.read().decode("utf-8", "surrogateescape")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            raise BuildError(f"build context {spec_s!r} is neither a directory nor a tar archive")
+    finally:
+        if spec_s != "-":
+            raw.close()
+    return root, dockerfile_text
+
+
 def open_context(spec: str | os.PathLike, *, dockerfile: str | os.PathLike | None = None,
                  hash_cache: HashCache | None = None, stdin: BinaryIO | None = None,
                  tmp_dir: str | os.PathLike | None = None) -> BuildContext:
@@ -506,56 +548,32 @@ def open_context(spec: str | os.PathLike, *, dockerfile: str | os.PathLike | Non
     next to it replaces the context's `.dockerignore`. Tar contexts are unpacked safely into a
     temporary directory (under `tmp_dir`), removed by close().
     """
-    from registry.compression import open_decompressed, with_head
-    from registry.errors import RegistryError
-    from registry.tarsafe import extract_tar
-
     spec_s = os.fspath(spec)
     dockerfile_text: str | None = None
-    temporary = False
-    if spec_s == "-" or not os.path.isdir(spec_s):
-        if spec_s == "-":
-            raw: BinaryIO = stdin if stdin is not None else sys.stdin.buffer
-            label = "standard input"
-        else:
-            if not os.path.exists(spec_s):
-                raise BuildError(f"build context {spec_s!r} not found: give a directory, a tar file or '-'")
-            raw = open(spec_s, "rb")
-            label = spec_s
-        try:
-            stream = open_decompressed(raw)
-            head = stream.read(512)
-            stream = with_head(head, stream)
-            root = tempfile.mkdtemp(prefix="pybuild-context-", dir=tmp_dir)
-            temporary = True
-            if _is_tar(head):
-                try:
-                    extract_tar(stream, root, whiteouts="none", same_owner=False)
-                except RegistryError as e:
-                    shutil.rmtree(root, ignore_errors=True)
-                    raise BuildError(f"build context from {label}: {e}") from None
-            elif spec_s == "-":
-                dockerfile_text = stream.read().decode("utf-8", "surrogateescape")
-            else:
-                shutil.rmtree(root, ignore_errors=True)
-                raise BuildError(f"build context {spec_s!r} is neither a directory nor a tar archive")
-        finally:
-            if raw is not stdin and spec_s != "-":
-                raw.close()
+    temporary = spec_s == "-" or not os.path.isdir(spec_s)
+    if temporary:
+        root, dockerfile_text = _unpack_context(spec_s, stdin, tmp_dir)
     else:
         root = spec_s
     root_real = os.path.realpath(root)
-    ignore_file: Path | None = None
-    if dockerfile is not None and dockerfile_text is None:
-        df = Path(dockerfile)
-        if temporary and not df.is_absolute():
-            df = Path(root_real) / df
-        candidate = Path(str(df) + ".dockerignore")
-        if candidate.is_file():
-            ignore_file = candidate
-    if ignore_file is None and os.path.isfile(os.path.join(root_real, ".dockerignore")):
-        ignore_file = Path(root_real) / ".dockerignore"
-    patterns = read_ignore_lines(_read_text(ignore_file)) if ignore_file is not None else []
-    return BuildContext(root_real, ignore_file=ignore_file, ignore_patterns=patterns, hash_cache=hash_cache,
-                        temporary=temporary, dockerfile_text=dockerfile_text)
+    try:
+        ignore_file: Path | None = None
+        if dockerfile is not None and dockerfile_text is None:
+            df = Path(dockerfile)
+            if temporary and not df.is_absolute():
+                df = Path(root_real) / df
+            candidate = Path(str(df) + ".dockerignore")
+            if candidate.is_file():
+                ignore_file = candidate
+        if ignore_file is None and os.path.isfile(os.path.join(root_real, ".dockerignore")):
+            ignore_file = Path(root_real) / ".dockerignore"
+        patterns = read_ignore_lines(_read_text(ignore_file)) if ignore_file is not None else []
+        return BuildContext(root_real, ignore_file=ignore_file, ignore_patterns=patterns, hash_cache=hash_cache,
+                            temporary=temporary, dockerfile_text=dockerfile_text)
+    except BaseException:
+        if temporary:
+            import shutil
+
+            shutil.rmtree(root_real, ignore_errors=True)
+        raise
 

@@ -18,7 +18,6 @@ import hashlib
 import marshal
 import os
 import stat
-import tempfile
 import time
 from pathlib import Path
 
@@ -123,6 +122,8 @@ class HashCache:
             self._entries = merged
         cutoff = int(time.time()) - MAX_AGE_S
         keep = {k: v for k, v in self._entries.items() if v[5] >= cutoff}
+        import tempfile  # only when saving: keeps a warm build's start-up light
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".hashes-", dir=self.path.parent)
         try:

@@ -309,3 +309,13 @@ def test_diff_source_records_names_the_change(ctxdir: Path) -> None:
     d = diff_source_records(before, source_records(ctx, ["src"]))
     assert d == {"added": ["src/new.py"], "removed": ["src/lib/util.pyc"],
                  "changed": ["src/app.py (content)", "src/lib/util.py (mode)"]}
+
+
+def test_bad_ignore_file_in_tar_context_leaves_no_temp_dir(tmp_path: Path) -> None:
+    d = tmp_path / "c"
+    write(d / ".dockerignore", "!\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with pytest.raises(BuildError, match="illegal exclusion"):
+        open_context("-", stdin=io.BytesIO(_tar_of(d)), tmp_dir=tmp)
+    assert list(tmp.iterdir()) == []
