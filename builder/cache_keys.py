@@ -119,6 +119,8 @@ def diff_inputs(old: dict, new: dict) -> list[str]:
             reasons.extend(_env_diff(x or [], y or []))
         elif field == "argv":
             reasons.append(f"command changed: {_short(x)} -> {_short(y)}")
+        elif field == "sources" and "--from=" in str(new.get("instruction", "")):
+            reasons.append("the --from stage or image has other content")
         elif field == "sources":
             reasons.append("source files changed")
         else:
