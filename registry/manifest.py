@@ -289,6 +289,8 @@ def parse_manifest(data: bytes, media_type: str | None = None, where: str = "man
     """
     doc = load_json(data, where)
     kind = doc.get("mediaType") or media_type
+    if not isinstance(kind, (str, type(None))):
+        raise InvalidManifestError(f"{where}: mediaType must be a string, not {json.dumps(kind)[:80]}")
     if kind in mt.SCHEMA1_TYPES or doc.get("schemaVersion") == 1:
         raise InvalidManifestError(
             f"{where}: Docker schema 1 manifests are not supported (deprecated since 2017); "
@@ -297,12 +299,16 @@ def parse_manifest(data: bytes, media_type: str | None = None, where: str = "man
         raise InvalidManifestError(f"{where}: unsupported schemaVersion {doc.get('schemaVersion')!r}")
     if kind is None or kind == "":
         kind = mt.OCI_INDEX if "manifests" in doc else mt.OCI_MANIFEST
-    if mt.is_index(kind):
-        return Index.from_dict(doc, where, kind)
-    if mt.is_image_manifest(kind):
-        return Manifest.from_dict(doc, where, kind)
-    if "config" in doc:      # an artifact manifest with an unusual Content-Type
-        return Manifest.from_dict(doc, where)
+    try:
+        if mt.is_index(kind):
+            return Index.from_dict(doc, where, kind)
+        if mt.is_image_manifest(kind):
+            return Manifest.from_dict(doc, where, kind)
+        if "config" in doc:      # an artifact manifest with an unusual Content-Type
+            return Manifest.from_dict(doc, where)
+    except (TypeError, ValueError, AttributeError) as exc:
+        # A field of the wrong JSON type (a list where an object belongs, ...).
+        raise InvalidManifestError(f"{where}: malformed {kind}: {exc}") from None
     raise InvalidManifestError(f"{where}: unsupported manifest media type {kind!r}; expected one of "
                                + ", ".join(mt.MANIFEST_TYPES))
 
@@ -494,7 +500,12 @@ class ImageConfig:
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "image config") -> "ImageConfig":
         """Read an image config from its JSON bytes."""
-        return cls.from_dict(load_json(data, where), where)
+        doc = load_json(data, where)
+        try:
+            return cls.from_dict(doc, where)
+        except (TypeError, ValueError, AttributeError) as exc:
+            # A field of the wrong JSON type (`"Env": true`, `"history": 1`, ...).
+            raise InvalidManifestError(f"{where}: malformed image config: {exc}") from None
 
     def to_dict(self) -> dict:
         """The JSON object in OCI field order (`config` and `rootfs` always present)."""
