@@ -293,6 +293,7 @@ def build(opts: BuildOptions) -> BuildResult:
         return result
     finally:
         context.close()
+        progress.close()
 
 
 def _mkdir(p: Path) -> Path:

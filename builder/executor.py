@@ -100,7 +100,9 @@ class Executor:
         if spec is None:
             spec = state.config["config"].get("User") or ""
         if not spec:
-            return ResolvedUser(0, 0)
+            if for_chown:
+                return ResolvedUser(0, 0)
+            spec = "0"
         user, _, group = spec.partition(":")
         if user.isdigit() and (not group or group.isdigit()) and for_chown:
             return ResolvedUser(int(user), int(group) if group else int(user))
@@ -118,6 +120,9 @@ class Executor:
         try:
             with contextlib.ExitStack() as stack:
                 sb_mounts, extra_env = self._mounts(state, mounts, cwd, stack)
+                if not any(e.startswith("HOME=") for e in env):
+                    # Like Docker: HOME from the user's passwd entry when the image sets none.
+                    env = env + ["HOME=" + (user.home if user.home != "/" or user.uid else "/root")]
                 spec = RunSpec(args=argv, rootfs=snap.merged, env=env + extra_env, cwd=cwd,
                                uid=user.uid, gid=user.gid, additional_gids=user.additional_gids,
                                mounts=sb_mounts, network=network)

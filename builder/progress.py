@@ -1,7 +1,8 @@
 """Build progress like BuildKit's: numbered steps, CACHED / DONE with durations, streamed output.
 
 Modes: ``plain`` (``#N [stage k/n] INSTR`` then ``#N 0.123 output line`` and ``#N DONE 0.3s``),
-``tty`` (the same steps, with output dimmed and a live elapsed timer on the running step),
+``tty`` (the same steps, output dimmed, and a live status line at the bottom showing the running
+steps with their elapsed time, redrawn a few times a second),
 ``quiet`` (nothing), ``rawjson`` (one JSON object per event), ``auto`` (tty on a terminal, else
 plain). Thread-safe: stages built concurrently interleave whole lines.
 """
@@ -90,6 +91,10 @@ class Progress:
         self._count = 0
         self._t0 = time.monotonic()
         self.steps: list[Step] = []
+        self._running: dict[int, Step] = {}
+        self._status_shown = False
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def step(self, name: str) -> Step:
         """Start a new numbered step named ``name`` (e.g. ``[stage-1 2/4] RUN make``)."""
@@ -97,6 +102,10 @@ class Progress:
             self._count += 1
             st = Step(self, self._count, name)
             self.steps.append(st)
+            self._running[st.number] = st
+            if self.mode == "tty" and self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
+                self._ticker.start()
             if self.mode == "plain":
                 self._write(f"\n#{st.number} {name}\n")
             elif self.mode == "tty":
@@ -124,6 +133,7 @@ class Progress:
 
     def _emit_end(self, st: Step, status: str, message: str) -> None:
         with self._lock:
+            self._running.pop(st.number, None)
             if self.mode == "plain":
                 if status == "cached":
                     self._write(f"#{st.number} CACHED\n")
@@ -142,9 +152,47 @@ class Progress:
                 self._json({"event": status, "step": st.number, "duration": round(st.duration, 3),
                             **({"error": message} if message else {})})
 
+    def close(self) -> None:
+        """Stop the live status line (tty mode); safe to call more than once."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+        with self._lock:
+            self._clear_status()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.2):
+            with self._lock:
+                self._clear_status()
+                self._draw_status()
+
+    def _status_text(self) -> str:
+        now = time.monotonic()
+        parts = [f"{st.name} {now - st.started:.1f}s" for st in self._running.values()]
+        return ("=> " + " | ".join(parts))[:200] if parts else ""
+
+    def _clear_status(self) -> None:
+        if self._status_shown:
+            self.out.write("\r\033[K")
+            self._status_shown = False
+
+    def _draw_status(self) -> None:
+        text = self._status_text()
+        if text:
+            self.out.write(f"\033[36m{text}\033[0m")
+            self._status_shown = True
+        self.out.flush()
+
     def _json(self, obj: dict) -> None:
         self._write(json.dumps(obj) + "\n")
 
     def _write(self, text: str) -> None:
+        if self.mode == "tty":
+            # Lines go above the status line: clear it, write, draw it again.
+            self._clear_status()
+            self.out.write(text)
+            self._draw_status()
+            return
         self.out.write(text)
         self.out.flush()

@@ -340,6 +340,11 @@ class StageBuilder:
         env_map = self._env(state, scope)
         shell = cfgmod.shell_of(cfg)
         argv, script_files = self._run_argv(inst, shell)
+        if inst.security == "insecure":
+            raise self._error(inst, "--security=insecure needs the security.insecure entitlement, "
+                                    "which pybuild does not grant; drop the flag")
+        if inst.devices:
+            raise self._error(inst, "--device (CDI devices) is not supported by pybuild; drop the flag")
         mounts = [self._mount(ps, m, env_map, inst) for m in inst.mounts]
         network = inst.network if inst.network != "default" else svc.network
         env = self._run_env(state, scope)

@@ -177,7 +177,7 @@ FROM busybox
 RUN rm /etc/group && mkdir -p /gone/deep && echo x > /gone/deep/f
 RUN rm -rf /gone && echo "app:x:1000:" > /etc/group && echo "extra:x:2000:app" >> /etc/group
 USER app
-RUN id > /tmp/id-app && touch /tmp/owned-by-app
+RUN id > /tmp/id-app && touch /tmp/owned-by-app && echo "$HOME" > /tmp/home-app
 USER 4242
 RUN id -u > /tmp/id-num
 USER root
@@ -194,6 +194,7 @@ RUN true
     st = os.stat(rootfs / "tmp" / "owned-by-app")
     assert (st.st_uid, st.st_gid) == (1000, 1000)
     assert (rootfs / "tmp" / "id-num").read_text() == "4242\n"
+    assert (rootfs / "tmp" / "home-app").read_text() == "/home/app\n"     # HOME from /etc/passwd
     assert (rootfs / "pwd").read_text() == "/rel/sub\n"
     # `RUN true` changed nothing: no layer
     last = res.steps[-1]
