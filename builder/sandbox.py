@@ -341,6 +341,7 @@ def _run_chroot(spec: RunSpec, bundle: Path, etc: dict[str, Path],
         "rootfs": str(spec.rootfs), "args": spec.args, "env": env, "cwd": spec.cwd or "/",
         "uid": spec.uid, "gid": spec.gid, "groups": sorted(set(spec.additional_gids)),
         "hostname": spec.hostname,
+        "new_net": spec.network == "none",
         "binds": [[str(src), dest, False] for dest, src in etc.items()] +
                  [[m.source, m.destination, m.readonly] for m in spec.mounts if m.type == "bind"],
         "tmpfs": [[m.destination, ",".join(["mode=1777"] + m.options)]
@@ -418,6 +419,8 @@ def _chroot_child(plan_path: str) -> None:
         mount("tmpfs", target(dest, True), "tmpfs", MS_NOSUID | MS_NODEV, opts)
     import socket
     socket.sethostname(plan["hostname"])
+    if plan["new_net"]:
+        _loopback_up()
     os.chroot(root)
     os.chdir(plan["cwd"] if os.path.isdir(plan["cwd"]) else "/")
     os.setgroups(plan["groups"])
@@ -430,6 +433,17 @@ def _chroot_child(plan_path: str) -> None:
     except OSError as exc:
         sys.stderr.write(f"exec {args[0]}: {exc.strerror}\n")
         os._exit(127)
+
+
+def _loopback_up() -> None:
+    """Bring up ``lo`` in a new network namespace (runc does this for the oci isolation)."""
+    import fcntl
+    import socket
+    import struct
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH", b"lo", 0)))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP))
 
 
 if __name__ == "__main__":

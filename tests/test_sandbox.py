@@ -85,10 +85,10 @@ def test_proc_dev_etc_files(rootfs, isolation):
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_network_none_has_no_interfaces_but_lo(rootfs, isolation):
-    rc, out, _ = _run(RunSpec(args=["/bin/sh", "-c", "cat /proc/net/dev"], rootfs=rootfs, network="none"),
-                      isolation)
-    ifaces = [l.split(":")[0].strip() for l in out.splitlines()[2:]]
-    assert rc == 0 and ifaces == ["lo"]
+    rc, out, _ = _run(RunSpec(args=["/bin/sh", "-c", "cat /proc/net/dev; ping -c1 -W2 127.0.0.1 >/dev/null && echo lo-up"],
+                              rootfs=rootfs, network="none"), isolation)
+    ifaces = [l.split(":")[0].strip() for l in out.splitlines()[2:-1]]
+    assert rc == 0 and ifaces == ["lo"] and out.splitlines()[-1] == "lo-up"
     rc, out, _ = _run(RunSpec(args=["/bin/sh", "-c", "cat /proc/net/dev"], rootfs=rootfs, network="host"),
                       isolation)
     host_ifaces = [l.split(":")[0].strip() for l in Path("/proc/net/dev").read_text().splitlines()[2:]]
