@@ -220,7 +220,7 @@ def _words(text: str, escape_token: str, split: Any) -> list[str]:
 
 
 def fast_node(s: str, escape_token: str, original: str, start_line: int, end_line: int,
-              comments: list[str], segments: list[tuple[int, int, int]]) -> Node | None:
+              comments: list[str]) -> Node | None:
     """The Node of a stripped logical line ``s``, or None when the grammar must decide.
 
     LineError offsets are into ``s``.
@@ -333,7 +333,7 @@ def fast_node(s: str, escape_token: str, original: str, start_line: int, end_lin
     if args is None:
         return None
     return Node(value, original, args, flags, json_form, start_line, end_line, [], trigger, cmd,
-                comments, segments)
+                comments)
 
 
 # --- grammar path ---------------------------------------------------------------------------
@@ -358,8 +358,7 @@ def grammar_node(s: str, escape_token: str, original: str) -> Node:
     cmd, rest, rest_at = (s, "", len(s)) if m is None else (s[:m.start()], s[m.end():], m.end())
     value = go_lower(cmd)
     style = STYLES.get(value)
-    node = Node(value, original, [""] if style is None else [], [], False, 0, 0, [], None, cmd,
-                [], [])
+    node = Node(value, original, [""] if style is None else [], [], False, 0, 0, [], None, cmd, [])
     if not rest:
         return node
     start = style or "text"
@@ -427,7 +426,7 @@ def parse_line(line: str, escape_token: str = "\\", *, use_grammar: bool = False
     try:
         node = None
         if not use_grammar:
-            node = fast_node(s, escape_token, line, 0, 0, [], [])
+            node = fast_node(s, escape_token, line, 0, 0, [])
         if node is None:
             node = grammar_node(s, escape_token, line)
     except LineError as err:

@@ -36,23 +36,16 @@ def _can_contain_heredoc(node: Node) -> bool:
 
 
 def _locate(pre: PrePass, logical: LogicalLine, err: LineError) -> DockerfileError:
-    probe = Node("", logical.text, start_line=logical.start_line, segments=logical.segments)
-    line, column = probe.position(err.offset)
+    line, column = pre.position(logical.start_line, err.offset)
     return pre.error(err.message, line, column, end_line=logical.end_line, hint=err.hint)
 
 
-def _shift_segments(node: Node, parent: Node) -> None:
-    """Give an ONBUILD trigger the parent's line span and source positions."""
-    node.start_line, node.end_line = parent.start_line, parent.end_line
-    base = parent.original.rfind(node.original) if node.original else 0
-    node.segments = []
-    for off, line, col in parent.segments:
-        if off <= base:
-            node.segments = [(0, line, col + base - off)]
-        else:
-            node.segments.append((off - base, line, col))
-    if node.trigger is not None:
-        _shift_segments(node.trigger, node)
+def _span_triggers(node: Node) -> None:
+    """Give ONBUILD triggers (nested) the line span of the instruction that holds them."""
+    trigger = node.trigger
+    while trigger is not None:
+        trigger.start_line, trigger.end_line = node.start_line, node.end_line
+        trigger = trigger.trigger
 
 
 def _node_from_logical(pre: PrePass, logical: LogicalLine, use_grammar: bool) -> Node:
@@ -62,10 +55,9 @@ def _node_from_logical(pre: PrePass, logical: LogicalLine, use_grammar: bool) ->
     except LineError as err:
         raise _locate(pre, logical, err) from None
     node.start_line, node.end_line = logical.start_line, logical.end_line
-    node.segments = logical.segments
     node.prev_comments = logical.comments
     if node.trigger is not None:
-        _shift_segments(node.trigger, node)
+        _span_triggers(node)
     if "<<" in logical.text and _can_contain_heredoc(node):
         try:
             docs = heredocs_from_line(logical.text)
@@ -84,8 +76,9 @@ def parse(text: str, filename: str = "Dockerfile", *, use_grammar: bool = False)
     """Parse Dockerfile ``text`` into a raw SyntaxTree, accepting exactly what BuildKit's
     parser accepts (unknown instructions and flags included; validation comes later).
 
-    ``use_grammar=True`` parses every line with the Lark grammar (the reference) instead of
-    letting simple lines take the fast path; the result is the same, only slower.
+    ``use_grammar=True`` takes the reference route everywhere: every line goes through the
+    general pre-pass and the Lark grammar, no fast paths. The result is the same, only slower;
+    tests compare the two.
 
     Raises DockerfileError (with file, line, column, source line and hint) for what BuildKit's
     parser rejects: no instructions, ``ENV key`` without value, JSON arrays with non-strings,
@@ -124,10 +117,10 @@ def parse(text: str, filename: str = "Dockerfile", *, use_grammar: bool = False)
                 if value is not None and text[:1] not in _NOT_PLAIN_TEXT and raw.isprintable():
                     # The commonest line of all: RUN/CMD/USER/WORKDIR... with plain text.
                     node = Node(value, raw, [text], [], False, pos + 1, pos + 1, [], None, cmd,
-                                comments, [])
+                                comments)
                 else:
                     try:
-                        node = fast_node(raw, esc, raw, pos + 1, pos + 1, comments, [])
+                        node = fast_node(raw, esc, raw, pos + 1, pos + 1, comments)
                     except LineError:
                         node = None  # the general path reports it, with its location
                     if node is None:
@@ -135,7 +128,7 @@ def parse(text: str, filename: str = "Dockerfile", *, use_grammar: bool = False)
                 pos += 1
                 comments = []  # the node owns the previous list now
                 if node.trigger is not None:
-                    _shift_segments(node.trigger, node)
+                    _span_triggers(node)
                 append(node)
             pre.pos = pos
             pre.comments = comments

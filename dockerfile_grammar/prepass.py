@@ -24,13 +24,11 @@ EMPTY_CONTINUATION_DETAIL = "Empty continuation lines will become errors in a fu
 
 
 class LogicalLine(NamedTuple):
-    """One instruction's text after continuation joining, with where each piece came from."""
+    """One instruction's text after continuation joining."""
 
     text: str
     start_line: int
     end_line: int
-    # (offset in text, physical line, 1-based column of that offset): one entry per piece.
-    segments: list[tuple[int, int, int]]
     comments: list[str]
 
 
@@ -43,13 +41,14 @@ class PrePass:
 
     def __init__(self, text: str, filename: str = "Dockerfile") -> None:
         self.filename = filename
+        if text.startswith("\ufeff"):
+            text = text[1:]
+        self.text = text
         lines = text.split("\n")
         # A final "\n" ends the last line; it does not start an empty one.
         self.ends_with_newline = len(lines) > 1 and lines[-1] == ""
         if lines[-1] == "":
             lines.pop()
-        if lines and lines[0].startswith("\ufeff"):
-            lines[0] = lines[0][1:]
         self.lines = lines
         self.pos = 0                      # index of the next physical line to read
         self.escape_token = "\\"
@@ -68,6 +67,11 @@ class PrePass:
         source = self.lines[line - 1].rstrip("\r") if 0 < line <= len(self.lines) else None
         return DockerfileError(message, filename=self.filename, line=line, column=column,
                                source_line=source, hint=hint, end_line=end_line)
+
+    def position(self, start_line: int, offset: int) -> tuple[int, int]:
+        """(line, column) of character ``offset`` of the logical line starting at
+        ``start_line``."""
+        return source_position(self.lines, self.escape_token, start_line, offset)
 
     # -- physical lines -----------------------------------------------------------------------
 
@@ -107,56 +111,8 @@ class PrePass:
         return True
 
     def _trim_continuation(self, s: str) -> tuple[str, bool]:
-        """Strip a trailing escape character (plus blanks); True in [1] when none was there.
-
-        An escape character preceded by another escape character is literal, as in BuildKit.
-        """
-        esc = self.escape_token
-        t = s.rstrip(" \t")
-        if t.endswith(esc) and (len(t) == 1 or t[-2] != esc):
-            return t[:-1], False
-        return s, True
-
-    # -- logical lines ------------------------------------------------------------------------
-
-    def next_line(self) -> LogicalLine | None:
-        """The next instruction's logical line, or None at the end of the file."""
-        lines = self.lines
-        n = len(lines)
-        while not self.directives_done and self.pos < n:
-            got = self._next_line_general()
-            if got is not None:
-                return got
-        esc = self.escape_token  # final once the directives are done
-        while self.pos < n:
-            # Fast path for the usual line: one physical line, not a comment, no escape at the end.
-            raw = lines[self.pos]
-            self.pos += 1
-            if len(raw) > MAYBE_TOO_LONG:
-                self._check_length(raw)
-            stripped = raw.lstrip(GO_SPACE) if raw[:1] in LEADING_BLANKS else raw
-            if not stripped:
-                continue
-            if stripped[0] == "#":
-                self.note_comment(raw)
-                continue
-            token = stripped.rstrip("\r") if stripped[-1] == "\r" else stripped
-            last = token[-1]
-            if last == esc or last == " " or last == "\t":
-                self.pos -= 1
-                got = self._next_line_general()
-                if got is not None:
-                    return got
-                continue
-            comments = self.comments
-            if comments:
-                self.comments = []
-            else:
-                comments = []
-            line_no = self.pos
-            return LogicalLine(token, line_no, line_no, [(0, line_no, len(raw) - len(stripped) + 1)],
-                               comments)
-        return None
+        """Strip a trailing escape character (plus blanks); True in [1] when none was there."""
+        return trim_continuation(s, self.escape_token)
 
     def _check_length(self, raw: str) -> None:
         if len(raw.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
@@ -172,35 +128,50 @@ class PrePass:
         else:
             self.comments = []
 
-    def _next_line_general(self) -> LogicalLine | None:
-        """One physical line with every rule applied (directives, comments, continuations).
+    # -- logical lines ------------------------------------------------------------------------
 
-        Returns None when the line produced no instruction (blank, comment, directive).
+    def next_line(self) -> LogicalLine | None:
+        """The next instruction's logical line, or None at the end of the file."""
+        while self.pos < len(self.lines):
+            raw = self._take()
+            line_no = self.pos
+            stripped = raw.lstrip(GO_SPACE)
+            is_comment = stripped.startswith("#")
+            if is_comment:
+                self.note_comment(raw)
+            token = stripped.rstrip("\r\n")
+            if (not self.directives_done
+                    and self._directive(token, line_no, len(raw) - len(stripped))
+                    and self.comments):
+                self.comments.pop()  # a directive is not a doc comment
+            if is_comment:
+                continue
+            text, end_of_line = self._trim_continuation(token)
+            if end_of_line and not text:
+                continue
+            if not end_of_line:
+                rest, first_empty = self._continue()
+                text += rest
+                if first_empty:
+                    self.warnings.append(ParseWarning(
+                        short="Empty continuation line found in: " + text,
+                        detail=EMPTY_CONTINUATION_DETAIL, line=first_empty,
+                        rule="NoEmptyContinuation"))
+            comments, self.comments = self.comments, []
+            return LogicalLine(text, line_no, self.pos, comments)
+        return None
+
+    def _continue(self) -> tuple[str, int]:
+        """The rest of a continued logical line and the first blank line inside it (0 when
+        none): comment lines vanish, blank lines are skipped, pieces join with nothing between.
         """
         lines = self.lines
-        raw = self._take()
-        line_no = self.pos
-        stripped = raw.lstrip(GO_SPACE)
-        is_comment = stripped.startswith("#")
-        if is_comment:
-            self.note_comment(raw)
-        token = stripped.rstrip("\r\n")
-        if self._directive(token, line_no, len(raw) - len(stripped)) and self.comments:
-            self.comments.pop()
-        if is_comment:
-            token = ""
-        text, end_of_line = self._trim_continuation(token)
-        if end_of_line and not text:
-            return None
-        start_col = len(raw) - len(stripped) + 1
-        parts = [text]
-        segments = [(0, line_no, start_col)]
-        offset = len(text)
-        first_empty = 0
         esc = self.escape_token
-        n = len(lines)
+        parts = []
+        first_empty = 0
         pos = self.pos
-        while not end_of_line and pos < n:
+        n = len(lines)
+        while pos < n:
             raw = lines[pos]
             pos += 1
             if len(raw) > MAYBE_TOO_LONG:
@@ -213,25 +184,15 @@ class PrePass:
                 continue
             if stripped[0] == "#":
                 continue  # comment lines inside a continuation vanish
-            # Inline _trim_continuation: an escape character at the end (after optional
-            # blanks) continues the line unless it is itself escaped.
+            # trim_continuation, inlined: this loop runs for most lines of most Dockerfiles.
             t = token.rstrip(" \t") if token[-1] in " \t" else token
             if t[-1] == esc and (len(t) == 1 or t[-2] != esc):
-                piece = t[:-1]
+                parts.append(t[:-1])
             else:
-                piece, end_of_line = token, True
-            segments.append((offset, pos, 1))
-            parts.append(piece)
-            offset += len(piece)
+                parts.append(token)
+                break
         self.pos = pos
-        joined = "".join(parts)
-        if first_empty:
-            self.warnings.append(ParseWarning(
-                short="Empty continuation line found in: " + joined,
-                detail=EMPTY_CONTINUATION_DETAIL, line=first_empty,
-                rule="NoEmptyContinuation"))
-        comments, self.comments = self.comments, []
-        return LogicalLine(joined, line_no, self.pos, segments, comments)
+        return "".join(parts), first_empty
 
     def read_heredoc_bodies(self, heredocs: list[Heredoc], start_line: int) -> int:
         """Fill in each heredoc's content from the following lines; returns the last line used.
@@ -257,6 +218,39 @@ class PrePass:
                 body.append(raw + "\n" if has_newline else raw)
             doc.content = "".join(body)
         return self.pos
+
+
+def trim_continuation(s: str, esc: str) -> tuple[str, bool]:
+    """Strip a trailing escape character (plus blanks); True in [1] when none was there.
+
+    An escape character preceded by another escape character is literal, as in BuildKit.
+    """
+    t = s.rstrip(" \t")
+    if t.endswith(esc) and (len(t) == 1 or t[-2] != esc):
+        return t[:-1], False
+    return s, True
+
+
+def source_position(lines: list[str], esc: str, start_line: int, offset: int
+                    ) -> tuple[int, int]:
+    """(line, column), both 1-based, of character ``offset`` of the logical line that starts
+    on physical line ``start_line``, re-reading the lines as the pre-pass joined them."""
+    raw = lines[start_line - 1]
+    stripped = raw.lstrip(GO_SPACE)
+    piece, end_of_line = trim_continuation(stripped.rstrip("\r\n"), esc)
+    line, col, base = start_line, len(raw) - len(stripped) + 1, 0
+    pos = start_line
+    while offset >= base + len(piece) and not end_of_line and pos < len(lines):
+        raw = lines[pos]
+        pos += 1
+        token = raw.rstrip("\r\n")
+        stripped = token.lstrip(GO_SPACE)
+        if not stripped or stripped[0] == "#":
+            continue
+        base += len(piece)
+        piece, end_of_line = trim_continuation(token, esc)
+        line, col = pos, 1
+    return line, col + offset - base
 
 
 def _directive_scan(lines: list[str], prefix: str, key: str, first_line: int

@@ -56,22 +56,6 @@ class Node:
     trigger: "Node | None" = None        # the nested instruction of ONBUILD
     keyword: str = ""                   # the instruction word exactly as written ("From")
     prev_comments: list[str] = field(default_factory=list)  # comment lines directly above
-    # Where ``original`` came from: (offset in original, physical line, 1-based column) per
-    # joined piece, so a character offset can be mapped back to a line and column. Empty for
-    # an instruction written on one line starting in column 1.
-    segments: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
-
-    def position(self, offset: int) -> tuple[int, int]:
-        """(line, column) in the source file of character ``offset`` of ``original``."""
-        if not self.segments:
-            return self.start_line, 1 + offset
-        best = self.segments[0]
-        for seg in self.segments:
-            if seg[0] <= offset:
-                best = seg
-            else:
-                break
-        return best[1], best[2] + offset - best[0]
 
 
 @dataclass
@@ -94,6 +78,22 @@ class SyntaxTree:
     def end_line(self) -> int:
         """Last line consumed by the last instruction (0 when there are none)."""
         return self.children[-1].end_line if self.children else 0
+
+    def position(self, node: Node, offset: int) -> tuple[int, int]:
+        """(line, column), 1-based, in the source of character ``offset`` of
+        ``node.original`` (also for an ONBUILD trigger, whose text is inside its parent's)."""
+        from .prepass import source_position
+
+        for top in self.children:
+            base, current = 0, top
+            while current is not None and current is not node:
+                if current.trigger is not None:
+                    base += current.original.rfind(current.trigger.original)
+                current = current.trigger
+            if current is node:
+                return source_position(self.lines, self.escape_token, top.start_line,
+                                       base + offset)
+        raise ValueError("node is not part of this tree")
 
     def directive(self, name: str) -> str | None:
         for d in self.directives:

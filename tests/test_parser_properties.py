@@ -212,11 +212,21 @@ def _tree_summary(text: str, use_grammar: bool):
     except DockerfileError as err:
         return ("error", err.message, err.line, err.column)
     return [(dump_node(n), n.start_line, n.end_line, n.json_form, n.prev_comments,
-             [(h.name, h.content) for h in n.heredocs], n.position(len(n.original) // 2))
+             [(h.name, h.content) for h in n.heredocs], tree.position(n, len(n.original) // 2))
             for n in tree.children], [(w.short, w.line) for w in tree.warnings]
 
 
+continued_piece = st.tuples(
+    st.sampled_from(["", "  ", "\t", "# c", "  # c \\", "RUN a", "b", "\\", "`", "x\\\\",
+                     "é\xa0", "FROM y", "ENV k v", "COPY <<EOF /x", "EOF"]),
+    st.sampled_from(["", " \\", "\\", "\\  \t", " `", "\r", " \\\r", "\\ \r "]),
+).map("".join)
+continued_file = st.tuples(st.sampled_from(["", "# escape=`\n", "# syntax=x\n"]),
+                           st.lists(continued_piece, max_size=14).map("\n".join),
+                           st.sampled_from(["", "\n"])).map("".join)
+
+
 @SETTINGS
-@given(dockerfile_like)
+@given(st.one_of(dockerfile_like, continued_file))
 def test_whole_file_fast_path_matches_reference(text: str) -> None:
     assert _tree_summary(text, False) == _tree_summary(text, True)

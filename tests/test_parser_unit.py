@@ -259,12 +259,15 @@ def test_error_location_in_continuation_line() -> None:
     assert str(err).startswith("ctx/Dockerfile:3:3: when using JSON array syntax")
 
 
-def test_node_position_maps_offsets_back() -> None:
-    tree = parse("FROM x\n  RUN a \\\n    b\n")
+def test_tree_position_maps_offsets_back() -> None:
+    tree = parse("FROM x\n  RUN a \\\n# note\n\n    b\nONBUILD  RUN  c\n")
     run = tree.children[1]
     assert run.original == "RUN a     b"
-    assert run.position(0) == (2, 3)
-    assert run.position(run.original.index("b")) == (3, 5)
+    assert tree.position(run, 0) == (2, 3)
+    assert tree.position(run, run.original.index("b")) == (5, 5)
+    trigger = tree.children[2].trigger
+    assert trigger is not None and trigger.original == "RUN  c"
+    assert tree.position(trigger, trigger.original.index("c")) == (6, 15)
 
 
 # --- directive detection (frontend selection helper) ---------------------------------------
