@@ -81,10 +81,10 @@ def grammar_terminals(*names: str) -> list[re.Pattern[str]]:
     return out
 
 
-_QWORD_BS, _QWORD_BT = grammar_terminals("QWORD_BS", "QWORD_BT")
-# findall over an argument text yields exactly the grammar's word tokens: what no QWORD can
-# start with are blanks and a trailing escape character, both of which the grammar drops.
-_QWORDS = {"\\": _QWORD_BS, "`": _QWORD_BT}
+# Quote-aware word terminals by escape character, compiled on first use (big Unicode classes
+# are slow to compile, and most lines never need them).
+_QWORDS: dict[str, re.Pattern[str]] = {}
+_QWORD_TERMINAL = {"\\": "QWORD_BS", "`": "QWORD_BT"}
 
 
 # --- shared helpers -------------------------------------------------------------------------
@@ -216,7 +216,14 @@ def _words(text: str, escape_token: str, split: Any) -> list[str]:
                 break
         else:
             return words
-    return _QWORDS[escape_token].findall(text)
+    pattern = _QWORDS.get(escape_token)
+    if pattern is None:
+        # findall over an argument text yields exactly the grammar's word tokens: what no
+        # QWORD can start with are blanks and a trailing escape character, which the grammar
+        # drops too.
+        (pattern,) = grammar_terminals(_QWORD_TERMINAL[escape_token])
+        _QWORDS[escape_token] = pattern
+    return pattern.findall(text)
 
 
 def fast_node(s: str, escape_token: str, original: str, start_line: int, end_line: int,
