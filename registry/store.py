@@ -157,7 +157,17 @@ class BlobWriter:
 
     def write(self, data: bytes) -> int:
         """Append `data`, hashing it."""
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # A full disk: even a resumable partial blob goes, or the disk would stay full.
+            self._discard()
+            blob = f"blob {self.expected_digest}" if self.expected_digest else "a blob"
+            raise RegistryError(f"no space left on device writing {blob} into "
+                                f"{self.store.layout} after {self._size} bytes: free some space (e.g. "
+                                "`pybuild store gc`) or use another --root; the partial blob was removed") from None
         self._hasher.update(data)
         self._size += len(data)
         return len(data)
