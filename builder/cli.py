@@ -79,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        import errno
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: no space left on device{f' writing {exc.filename}' if exc.filename else ''}: free some "
+              "space (e.g. `pybuild store gc`) or use another --root", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # `pybuild images | head`: the reader left; exit like a shell pipeline would, quietly
         # (stdout is pointed at /dev/null so the interpreter's final flush cannot fail again).
