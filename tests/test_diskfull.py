@@ -97,3 +97,23 @@ def test_run_filling_the_disk(small_root: Path, busybox_rootfs: Path, tmp_path: 
     assert check_root(small_root) == []
     assert list((small_root / "snapshots").iterdir()) == []
     _small_import_works(small_root, tmp_path)
+
+
+def test_full_disk_for_an_output_file(small_root: Path, root: Path, tmp_path: Path) -> None:
+    """ENOSPC outside the store (here the --metadata-file's disk is full): one clear line,
+    exit 1, no traceback."""
+    disk = small_root.parent
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\xff" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "f").write_text("x" * 10000)
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY f /f\n")
+    r = _pybuild(root, "build", "-q", "--metadata-file", str(disk / "meta.json"), str(ctx))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "no space left on device" in r.stderr, r.stderr
