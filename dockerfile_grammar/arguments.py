@@ -3,11 +3,14 @@
 The syntax is defined by ``dockerfile.lark`` (one start rule per argument style, chosen from
 the keyword like BuildKit's dispatch table). Two ways of applying it:
 
-* the Lark parser built from that grammar, the reference for every line;
-* a fast path for the common simple shapes, which applies the grammar's own terminal regexes
-  (read from the same file) directly, skipping Lark's per-call overhead. It declines (returns
-  None) whenever a line needs more than splitting: quoted or escaped flags, ``--``, non-ASCII
-  blanks, JSON-looking text that is not an array of strings. Tests check that both agree.
+* the Lark parser built from that grammar: the reference, able to parse every line;
+* a fast path for the common shapes, because a Lark call costs more per line than a whole
+  line may cost here. It splits with the grammar's own terminals where it needs more than
+  blank-splitting (the quote-aware ``QWORD_*`` regexes are read from the .lark file) and
+  detects exec form with Python's C JSON scanner (property-tested against the grammar's
+  ``JSON_STRINGS`` terminal). It declines (returns None) what needs more: flags with quotes or
+  escapes, non-ASCII blanks, JSON nested too deep for Python's reader. Tests check that both
+  ways give the same nodes (``parse_line(..., use_grammar=True)`` forces the grammar).
 
 Lark is imported and its parser loaded (from Lark's cache) only when a line needs it.
 """
@@ -287,9 +290,8 @@ def fast_node(s: str, escape_token: str, original: str, start_line: int, end_lin
             # ENV/LABEL legacy "KEY value...": the first word has no "=" (nor any other).
             parts = _ASCII_BLANKS.split(text, 1)
             if len(parts) < 2:
-                err = LineError(f"{value.upper()} must have two arguments", pos,
+                raise LineError(f"{value.upper()} must have two arguments", pos,
                                 hint=f"write {value.upper()} {parts[0]}=<value>")
-                raise err
             args = [parts[0], parts[1], ""]
         else:
             args = _words(text, escape_token, split)
