@@ -215,3 +215,14 @@ def test_unit_heredoc_chomp() -> None:
 
 def test_unit_name_val_helper_old_and_new_forms() -> None:
     assert split_name_values("LABEL", ["foo", "bar"], "foo bar") == ["foo", "bar", ""]
+
+
+def test_unit_doc_comments_raw_prev_comments() -> None:
+    # The typed layer derives doc comments from prev_comments; the raw layer must attach the
+    # comment lines directly above each instruction.
+    require_conformance()
+    case = _unit("doc_comments")
+    tree = parse(case["dockerfile"])
+    assert [n.prev_comments for n in tree.children] == [
+        ["foo sets foo"], ["base defines first stage"], ["this is irrelevant"],
+        ["bar defines bar", "baz is something else"]]
