@@ -202,16 +202,16 @@ class _Checker:
         cache = BuildCache(self.root)
         if not cache.dir.is_dir():
             return
+        for p in sorted(cache.dir.rglob(".tmp-*")):
+            self._report("leftover", f"interrupted cache write {p}", lambda p=p: _rm(p))
         for p in sorted(cache.dir.iterdir()):
-            if p.name.startswith(".tmp-"):
-                self._report("leftover", f"interrupted cache write {p}", lambda p=p: _rm(p))
-                continue
-            if p.suffix != ".json":
+            if p.name.startswith(".tmp-") or p.suffix != ".json":
                 continue
             rec = cache.get("sha256:" + p.stem)
-            if rec is None or not isinstance(rec.config, dict):
-                self._report("broken", f"cache record {p} does not parse", lambda p=p: _rm(p),
-                             f"unreadable cache record {p.name}")
+            if rec is None:
+                # Builds skip such a record (a miss): debris, not damage.
+                self._report("leftover", f"cache record {p} is unreadable or from another pybuild version",
+                             lambda p=p: _rm(p), f"unreadable cache record {p.name}")
                 continue
             digest = (rec.layer or {}).get("digest")
             if digest and (not _valid(digest) or not store.blob_path(digest).is_file()):

@@ -1,6 +1,7 @@
 """Crash safety: pybuild killed with SIGKILL at random points never damages the store.
 
-The campaign (tests/crash_harness.py) runs import, pull, push, build, `store gc` and `rmi`
+The campaign (tests/crash_harness.py) runs import, pull, push, build, cache export
+(`--cache-to`), `store gc`, `rmi` and `cache prune`
 against one root and a real registry:2, SIGKILLs each run at a random moment (over 200 kills in
 all), checks the root after every kill with `check_root` (the code behind `pybuild store
 verify`), repairs every few kills with `repair_root` (`pybuild store verify --repair`) and then
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.cache import BuildCache, CacheRecord, gc_roots
 from builder.cli import main
 from builder.storecheck import check_root, repair_root
 from registry.store import Store
@@ -66,11 +68,11 @@ def test_repair_clears_leftovers_of_dead_processes(busybox_image: Path) -> None:
     (busybox_image / "cache" / ".tmp-x").write_text("{")
     (busybox_image / "cache" / ("a" * 64 + ".json")).write_text("not json")
     (busybox_image / "cache" / ("b" * 64 + ".json")).write_text(
-        '{"layer": {"digest": "sha256:' + "c" * 64 + '", "size": 1, "mediaType": "x", "diff_id": "sha256:'
+        '{"v": 2, "layer": {"digest": "sha256:' + "c" * 64 + '", "size": 1, "mediaType": "x", "diff_id": "sha256:'
         + "d" * 64 + '"}, "config": {}}')
     store.add_root("build-cache", ["sha256:" + "e" * 64])
     kinds = sorted(p.kind for p in check_root(busybox_image))
-    assert kinds == ["broken"] * 2 + ["leftover"] * 5
+    assert kinds == ["broken"] + ["leftover"] * 6
     result = repair_root(busybox_image)
     assert result.remaining == [] and len(result.removed) == 7
     assert store.resolve("busybox:latest")     # nothing good was lost
@@ -121,7 +123,7 @@ def test_kill_at_random_points(crash_root: Path, registry, busybox_rootfs: Path,
     rounds = lambda n: max(1, int(n * kill_scale))   # noqa: E731
 
     # import: a directory tree becomes a gzip layer, config, manifest and tag.
-    camp.hammer("import", lambda i: ["--root", r, "import", str(busybox_rootfs), f"imp:{i + 1}"], rounds(60),
+    camp.hammer("import", lambda i: ["--root", r, "import", str(busybox_rootfs), f"imp:{i + 1}"], rounds(55),
                 then=lambda i: store.resolve(f"imp:{i + 1}"))
 
     # push: every round to a new repository, so blobs are uploaded again (no mount, no skip).
@@ -134,7 +136,7 @@ def test_kill_at_random_points(crash_root: Path, registry, busybox_rootfs: Path,
         for rec in store.list_images():
             if rec.name.startswith(f"{reg}/crash/base"):
                 store.untag(rec.name)
-        store.gc(extra_roots=[d.digest for d in (store.resolve("busybox:latest"),)])
+        store.gc(extra_roots=gc_roots(root))
         return ["--root", r, "pull", f"{reg}/crash/base:1"]
     camp.hammer("pull", pull_argv, rounds(25), then=lambda i: store.resolve(f"{reg}/crash/base:1"))
 
@@ -146,22 +148,38 @@ def test_kill_at_random_points(crash_root: Path, registry, busybox_rootfs: Path,
     def build_argv(i: int) -> list[str]:
         (ctx / "f").write_text(f"round {i} {random.random()}\n" * 200)
         return ["--root", r, "build", "-q", "--progress", "quiet", "-t", "built:latest", str(ctx)]
-    camp.hammer("build", build_argv, rounds(35), then=lambda i: store.resolve("built:latest"))
+    camp.hammer("build", build_argv, rounds(30), then=lambda i: store.resolve("built:latest"))
 
-    # store gc and rmi (prune) with garbage to collect every round.
+    # cache export: the build above is cached; exporting its cache is the work.
+    export = tmp_path / "cache-export"
+    camp.hammer("cache-export", lambda i: ["--root", r, "build", "-q", "--progress", "quiet", "-t", "built:latest",
+                                           "--cache-to", f"type=local,dest={export}/{i + 1}", str(ctx)],
+                rounds(20), then=lambda i: (export / str(i + 1) / "index.json").read_bytes())
+
+    # store gc, rmi and cache prune, with something to remove every round.
     def gc_argv(i: int) -> list[str]:
-        for k in range(20):
+        for k in range(5):
             store.put_blob(os.urandom(2000))
         return ["--root", r, "store", "gc"]
-    camp.hammer("gc", gc_argv, rounds(30))
+    camp.hammer("gc", gc_argv, rounds(20))
 
     def rmi_argv(i: int) -> list[str]:
         desc = store.resolve("imp:0") if i < 0 else store.resolve("busybox:latest")
-        for k in range(10):
+        for k in range(3):
             store.tag(f"victim{k}:{i + 1}", desc)
         store.put_blob(os.urandom(5000))
-        return ["--root", r, "rmi", *[f"victim{k}:{i + 1}" for k in range(10)]]
-    camp.hammer("rmi", rmi_argv, rounds(30))
+        return ["--root", r, "rmi", *[f"victim{k}:{i + 1}" for k in range(3)]]
+    camp.hammer("rmi", rmi_argv, rounds(20))
+
+    def prune_argv(i: int) -> list[str]:
+        cache = BuildCache(root)
+        for k in range(3):
+            blob = store.put_blob(os.urandom(3000), "application/vnd.oci.image.layer.v1.tar+gzip")
+            cache.put(CacheRecord(key="sha256:" + os.urandom(32).hex(),
+                                  layer={**blob.to_dict(), "diff_id": "sha256:" + os.urandom(32).hex()},
+                                  config={"history": {"created_by": "test"}}))
+        return ["--root", r, "cache", "prune", "--all"]
+    camp.hammer("cache-prune", prune_argv, rounds(20))
 
     print("\n".join(camp.log))
     print(f"crash campaign (seed {seed}): {camp.kills} kills, {camp.finished} runs finished before their kill")
