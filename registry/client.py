@@ -1,4 +1,4 @@
-"""The registry HTTP client: the OCI distribution protocol over one pooled requests session.
+"""The registry HTTP client: the OCI distribution protocol over one pooled HTTP session (http.py).
 
 `RegistryClient` knows hosts (scheme, TLS, auth state) and speaks the protocol; `Repository`
 (from `client.repository(host, name)`) is the per-repository surface: blobs, manifests, tags,
@@ -17,17 +17,15 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from . import mediatypes
+from .http import ConnectError, HTTPError, NameResolutionError, ReadError, Response, Session, TLSConfig, TLSError
 from .digest import digest_bytes, parse_digest
 from .errors import AuthError, DigestMismatchError, NotFoundError, RegistryError
 from .reference import DEFAULT_REGISTRY, DOCKER_HUB_API_HOST, LEGACY_DEFAULT_REGISTRY
 from .tlsconfig import ca_bundle_for, client_cert_for
-
-if TYPE_CHECKING:
-    import requests
 
 # OCI recommends registries accept manifests of at least 4 MiB; refuse more so that a hostile
 # server cannot make us buffer an arbitrary amount.
@@ -112,7 +110,7 @@ def _strip_port(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def _registry_error_text(resp: "requests.Response") -> str:
+def _registry_error_text(resp: Response) -> str:
     """`CODE: message` pairs from a registry's JSON error body, or a short text excerpt."""
     try:
         body = resp.json()
@@ -133,7 +131,7 @@ def _registry_error_text(resp: "requests.Response") -> str:
     return text[:200] or resp.reason or ""
 
 
-def _retry_after(resp: "requests.Response") -> float | None:
+def _retry_after(resp: Response) -> float | None:
     """Seconds asked for by a Retry-After header (delta-seconds or HTTP date), if any."""
     value = resp.headers.get("Retry-After")
     if not value:
@@ -149,7 +147,7 @@ def _retry_after(resp: "requests.Response") -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _rate_limit_text(resp: "requests.Response") -> str:
+def _rate_limit_text(resp: Response) -> str:
     """Docker Hub's rate-limit headers, if present, as a sentence fragment."""
     parts = []
     for name in ("ratelimit-limit", "ratelimit-remaining", "docker-ratelimit-source"):
@@ -184,7 +182,7 @@ def as_reader(source: Any) -> Any:
 
 
 class _SizedReader:
-    """A file-like view of the next `length` bytes of a reader, which requests sends with a
+    """A file-like view of the next `length` bytes of a reader, sent as a body with a
     Content-Length. It counts what was read (for progress and resume) and can hash it."""
 
     def __init__(self, reader: Any, length: int, hasher: Any = None,
@@ -213,31 +211,36 @@ class _SizedReader:
         return data
 
 
-def _make_session(pool_size: int) -> "requests.Session":
-    import requests
-    from requests.adapters import HTTPAdapter
+class _LazyRequestsSession:
+    """The requests session the Authenticator fetches tokens with, made on first use: most
+    commands talk to registries that need no token, and importing requests is costly."""
 
-    class _Adapter(HTTPAdapter):
-        # Bigger socket writes than urllib3's 16 KiB make uploads of file bodies cheaper.
-        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["blocksize"] = READ_CHUNK
-            super().init_poolmanager(*args, **kwargs)
+    def __init__(self) -> None:
+        self._session: Any = None
+        self._lock = threading.Lock()
 
-    session = requests.Session()
-    session.trust_env = True
-    adapter = _Adapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+    def __getattr__(self, name: str) -> Any:
+        with self._lock:
+            if self._session is None:
+                import requests
+                self._session = requests.Session()
+        return getattr(self._session, name)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
 
 
 class RegistryClient:
-    """A client for any number of registries, sharing one pooled, thread-safe requests session."""
+    """A client for any number of registries, sharing one pooled, thread-safe HTTP session."""
 
     def __init__(self, options: ClientOptions | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.options = options or ClientOptions()
-        self._session = _make_session(max(8, self.options.max_per_host * 2 + 2))
+        self._session = Session(connect_timeout=self.options.connect_timeout,
+                                read_timeout=self.options.read_timeout,
+                                pool_size=max(8, self.options.max_per_host * 2 + 2))
+        self._token_session = _LazyRequestsSession()
         self._hosts: dict[str, _Host] = {}
         self._hosts_lock = threading.Lock()
         self._sleep = sleep
@@ -245,6 +248,7 @@ class RegistryClient:
     def close(self) -> None:
         """Close pooled connections."""
         self._session.close()
+        self._token_session.close()
 
     def __enter__(self) -> "RegistryClient":
         return self
@@ -272,10 +276,6 @@ class RegistryClient:
                           slots=threading.BoundedSemaphore(self.options.max_per_host))
                 # Per-host CAs from certs.d are added to the default roots (tlsconfig).
                 h.verify = False if self.is_insecure(host) else (ca_bundle_for(host) or True)
-                if h.verify is False:
-                    # The user asked for it by name (--insecure-registry): no warning per request.
-                    import urllib3
-                    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
                 h.cert = client_cert_for(host)
                 h.auth = self._authenticator(host)
                 self._hosts[host] = h
@@ -287,7 +287,7 @@ class RegistryClient:
         if self.options.use_credentials:
             from .credentials import lookup_credential
             credential = lookup_credential(host)
-        return Authenticator(host, credential, self._session)
+        return Authenticator(host, credential, self._token_session)
 
     @contextmanager
     def host_slot(self, *hosts: str) -> Iterator[None]:
@@ -327,43 +327,40 @@ class RegistryClient:
             h.scheme = scheme
             return scheme
 
-    def _probe(self, url: str, h: _Host) -> "requests.Response":
-        resp = self._session.get(url, verify=h.verify, cert=h.cert,
-                                 timeout=(self.options.connect_timeout, self.options.read_timeout),
-                                 headers={"User-Agent": self.options.user_agent}, allow_redirects=False)
+    def _probe(self, url: str, h: _Host) -> Response:
+        resp = self._session.request("GET", url, {"User-Agent": self.options.user_agent},
+                                     tls=TLSConfig(h.verify, h.cert))
         resp.close()
         return resp
 
     def _probe_http_first(self, h: _Host) -> str | None:
-        import requests
         try:
-            r = self._probe(f"http://{h.netloc}/v2/", h)
-        except requests.exceptions.RequestException:
+            r: Response | None = self._probe(f"http://{h.netloc}/v2/", h)
+        except HTTPError:
             r = None
         # Go's TLS servers answer a plain request with this 400; others may just hang up.
-        if r is not None and not (r.status_code == 400 and "HTTPS" in (r.text or "")):
+        if r is not None and not (r.status_code == 400 and "HTTPS" in r.text):
             return "http"
         try:
             self._probe(f"https://{h.netloc}/v2/", h)
-        except requests.exceptions.SSLError as exc:
+        except TLSError as exc:
             raise RegistryError(
                 f"TLS connection to {h.name} failed: {_short_exc(exc)}; put its CA certificate in "
                 f"/etc/docker/certs.d/{h.name}/ca.crt or pass --insecure-registry {h.name}") from None
-        except requests.exceptions.RequestException:
+        except HTTPError:
             return None
         return "https"
 
     def _probe_https_first(self, h: _Host) -> str | None:
-        import requests
         try:
             self._probe(f"https://{h.netloc}/v2/", h)
             return "https"
-        except requests.exceptions.RequestException:
+        except HTTPError:
             pass
         try:
             self._probe(f"http://{h.netloc}/v2/", h)
             return "http"
-        except requests.exceptions.RequestException:
+        except HTTPError:
             return None
 
     def base_url(self, host: str) -> str:
@@ -383,7 +380,7 @@ class RegistryClient:
                 headers: dict[str, str] | None = None, body: Callable[[], Any] | bytes | None = None,
                 stream: bool = False, ok: Iterable[int] = (200,), not_found_ok: bool = False,
                 retry_transport: bool = True, authenticate: bool = True,
-                what: str = "") -> "requests.Response":
+                what: str = "") -> Response:
         """Send one protocol request with auth, redirects and retries; return the final response.
 
         `body` is bytes or a zero-argument callable making a fresh body for each attempt.
@@ -392,7 +389,6 @@ class RegistryClient:
         `retry_transport=False`, a dropped connection raises _Transport at once (for callers
         that resume uploads themselves).
         """
-        import requests
         h = self._host(host)
         ok_set = set(ok)
         attempt = 0
@@ -407,16 +403,15 @@ class RegistryClient:
             data = body() if callable(body) else body
             try:
                 resp = self._send(h, method, url, hdrs, data, stream)
-            except requests.exceptions.SSLError as exc:
+            except TLSError as exc:
                 # A certificate problem does not heal by retrying.
                 raise RegistryError(
                     f"{method} {url}: TLS failed: {_short_exc(exc)}; put the registry's CA certificate "
                     f"in /etc/docker/certs.d/{host}/ca.crt or pass --insecure-registry {host}") from None
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                    requests.exceptions.ChunkedEncodingError, _Transport) as exc:
+            except (HTTPError, _Transport) as exc:
                 if not retry_transport:
                     raise _Transport(f"{method} {url}: {_short_exc(exc)}") from None
-                if _unresolvable(exc):
+                if isinstance(exc, NameResolutionError):
                     raise RegistryError(f"{method} {url}: cannot resolve host {urlsplit(url).hostname!r}; "
                                         f"check the registry name in the reference") from None
                 if attempt >= self.options.retries:
@@ -451,15 +446,14 @@ class RegistryClient:
             raise self._error(method, url, resp, what, attempt)
 
     def _send(self, h: _Host, method: str, url: str, hdrs: dict[str, str], data: Any,
-              stream: bool) -> "requests.Response":
+              stream: bool) -> Response:
         """One request, following redirects by hand so that credentials never leave the host."""
-        timeout = (self.options.connect_timeout, self.options.read_timeout)
         origin = urlsplit(url).netloc
         for _ in range(10):
             same = urlsplit(url).netloc == origin
-            resp = self._session.request(
-                method, url, headers=hdrs, data=data, stream=stream, allow_redirects=False,
-                verify=h.verify if same else True, cert=h.cert if same else None, timeout=timeout)
+            resp = self._session.request(method, url, hdrs, data,
+                                         tls=TLSConfig(h.verify, h.cert) if same else TLSConfig(),
+                                         stream=stream)
             if resp.status_code not in _REDIRECTS or "Location" not in resp.headers:
                 return resp
             resp.close()
@@ -477,7 +471,7 @@ class RegistryClient:
             delay = max(delay, retry_after)
         self._sleep(delay)
 
-    def _error(self, method: str, url: str, resp: "requests.Response", what: str,
+    def _error(self, method: str, url: str, resp: Response, what: str,
                attempt: int) -> RegistryError:
         status = resp.status_code
         text = _registry_error_text(resp)
@@ -517,13 +511,6 @@ class RegistryClient:
         """All repository names of a registry (GET /v2/_catalog, following Link pagination)."""
         return self._paginate(host, "/v2/_catalog", "repositories", ["registry:catalog:*"],
                               page_size, f"catalog of {host}")
-
-
-def _unresolvable(exc: BaseException) -> bool:
-    """True when a connection error is a failed DNS lookup (retrying rarely helps)."""
-    import urllib3.exceptions
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, urllib3.exceptions.NameResolutionError)
 
 
 def _once(value: Any) -> Callable[[], Any]:
@@ -587,8 +574,6 @@ class Repository:
         The caller verifies the digest (the store's blob writer does). Raises RegistryError when
         the body is longer than `size` or the retries are spent.
         """
-        import requests
-        import urllib3.exceptions
         pos = offset
         failures = 0        # in a row without progress
         interruptions = 0   # in all: a server that cuts every response short must not loop forever
@@ -612,7 +597,7 @@ class Repository:
                     raise RegistryError(f"{what}: asked for bytes from {pos}, got range {got!r}")
             progressed = False
             try:
-                for chunk in resp.raw.stream(chunk_size, decode_content=False):
+                for chunk in resp.iter_bytes(chunk_size):
                     if skip:
                         cut = min(skip, len(chunk))
                         chunk, skip = chunk[cut:], skip - cut
@@ -626,7 +611,7 @@ class Repository:
                 if size is None or pos == size:
                     return
                 dropped: BaseException = _Transport(f"body ended at byte {pos} of {size}")
-            except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+            except HTTPError as exc:
                 dropped = exc
             finally:
                 resp.close()
@@ -745,7 +730,7 @@ class Repository:
                 raise DigestMismatchError(f"upload of {digest} to {self.ref}: the source hashed to {got}")
 
     def _send_data(self, method: str, url: str, body: Callable[[], Any], length: int,
-                   ok: tuple[int, ...], what: str, extra: dict[str, str] | None = None) -> "requests.Response":
+                   ok: tuple[int, ...], what: str, extra: dict[str, str] | None = None) -> Response:
         """A request whose body cannot be replayed on a half-used connection: transport errors
         and retryable statuses surface as _Transport so that the caller resumes or restarts."""
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
@@ -826,7 +811,13 @@ class Repository:
             length = int(resp.headers.get("Content-Length", "0") or 0)
             if length > MAX_MANIFEST_SIZE:
                 raise RegistryError(f"{what}: {length} bytes is larger than the {MAX_MANIFEST_SIZE} allowed")
-            data = resp.raw.read(MAX_MANIFEST_SIZE + 1, decode_content=True)
+            data = bytearray()
+            while len(data) <= MAX_MANIFEST_SIZE:
+                piece = resp.read(MAX_MANIFEST_SIZE + 1 - len(data))
+                if not piece:
+                    break
+                data += piece
+            data = bytes(data)
         finally:
             resp.close()
         if len(data) > MAX_MANIFEST_SIZE:
