@@ -298,3 +298,41 @@ def test_insecure_registry_skips_tls_verification(tls_registry, cred_env, monkey
         assert repo.get_manifest("v1").digest == digest
     finally:
         c.close()
+
+
+class _KeepAlive(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with the client's port; /close also ends the connection."""
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = str(self.client_address[1]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        if self.path == "/close":
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_http_session_reuses_connections_and_survives_closed_ones():
+    from registry.http import Session
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeepAlive)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    s = Session()
+    try:
+        ports = [s.request("GET", f"{base}/a", {}).content for _ in range(3)]
+        assert len(set(ports)) == 1                      # one keep-alive connection
+        s.request("GET", f"{base}/close", {})            # the server hangs up after this answer
+        after = s.request("GET", f"{base}/a", {}).content
+        assert after != ports[0]                         # a fresh connection, no error
+        streamed = s.request("GET", f"{base}/a", {}, stream=True)
+        assert b"".join(streamed.iter_bytes(1)) == after  # read to the end: back to the pool
+        assert s.request("GET", f"{base}/a", {}).content == after
+    finally:
+        s.close()
+        srv.shutdown()
