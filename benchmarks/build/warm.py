@@ -50,8 +50,8 @@ def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def medians(n: int, cmd: list[str]) -> tuple[float, float]:
-    runs = [measure(cmd) for _ in range(n)]
+def medians(n: int, cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    runs = [measure(cmd, env) for _ in range(n)]
     return statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
 
 
@@ -134,6 +134,15 @@ def main() -> None:
         row("warm (all steps cached)", ours, theirs)
         print(f"{'vs Docker BuildKit (DESIGN.md)':<34} pybuild/0.125s = {ours[0] / BUILDKIT_WARM_A:.2f} (wall), "
               f"{ours[1] / BUILDKIT_WARM_A:.2f} (cpu)")
+        # The same rebuild by an interpreter without site initialisation (-S, with the repository
+        # and site-packages on PYTHONPATH): what start-up costs where no .pth hooks run. On
+        # these machines a sandbox hook imports certifi at every start; CI machines have none.
+        import site
+        bare_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parents[1])] + site.getsitepackages())}
+        bare = medians(args.repeat, [sys.executable, "-S", "-m", "builder"] + pybuild_cmd(root, ctx, tag)[1:],
+                       env=bare_env)
+        print(f"{'warm, python -S (no .pth hooks)':<34} pybuild {bare[0]:6.3f}s (cpu {bare[1]:5.3f}s)   "
+              f"pybuild/0.125s = {bare[0] / BUILDKIT_WARM_A:.2f} (wall), {bare[1] / BUILDKIT_WARM_A:.2f} (cpu)")
         # The same rebuild through the whole engine (a --metadata-file build never takes the
         # no-op path): parse, plan, one lookup per step, a new image config.
         engine_path = medians(args.repeat, pybuild_cmd(root, ctx, tag)[:-1] +
