@@ -336,3 +336,58 @@ def test_http_session_reuses_connections_and_survives_closed_ones():
     finally:
         s.close()
         srv.shutdown()
+
+
+class _ForwardProxy(http.server.BaseHTTPRequestHandler):
+    """A plain-HTTP forward proxy (absolute-form request lines); records what it forwarded."""
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[str, str, str | None]] = []
+
+    def _forward(self):
+        import http.client
+        from urllib.parse import urlsplit as split
+        u = split(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        _ForwardProxy.seen.append((self.command, self.path, self.headers.get("Proxy-Authorization")))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-authorization", "connection")}
+        up = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        up.request(self.command, u.path + (f"?{u.query}" if u.query else ""), body=body, headers=headers)
+        r = up.getresponse()
+        data = r.read()
+        self.send_response(r.status)
+        for k, v in r.getheaders():
+            if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        up.close()
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward
+
+    def log_message(self, *args):
+        pass
+
+
+def test_http_proxy_from_environment(registry, monkeypatch):
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ForwardProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    _ForwardProxy.seen.clear()
+    monkeypatch.setenv("HTTP_PROXY", f"http://bob:pw@127.0.0.1:{proxy.server_address[1]}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    c = RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05))
+    try:
+        repo = c.repository(registry.host, "client/proxied")
+        data = _image_manifest(repo)
+        d = repo.put_manifest("v1", data, mediatypes.OCI_MANIFEST)
+        assert repo.get_manifest("v1").digest == d
+    finally:
+        c.close()
+        proxy.shutdown()
+    methods = {m for m, _, _ in _ForwardProxy.seen}
+    assert {"GET", "POST", "PUT"} <= methods
+    assert all(path.startswith(f"http://{registry.host}/v2/") for _, path, _ in _ForwardProxy.seen)
+    assert all(auth == "Basic Ym9iOnB3" for _, _, auth in _ForwardProxy.seen)
