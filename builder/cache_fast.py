@@ -107,7 +107,8 @@ def remember(root: Path, opts: Any, dockerfile_bytes: bytes, plan: Any, cache: A
            "manifest": manifest_digest, "image_id": config_digest, "steps": steps, "created": time.time()}
     path = _summary_path(root, bid)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    # The temp file sits in cache/ itself, where `store verify --repair` removes leftovers.
+    tmp = root / "cache" / f".tmp-{os.getpid()}-{path.name}"
     tmp.write_text(json.dumps(doc))
     os.replace(tmp, path)
 
