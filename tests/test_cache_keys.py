@@ -107,3 +107,34 @@ def test_miss_reason_in_progress(busybox_image, tmp_path):
     out = io.StringIO()
     build_in(root, ctx, df, build_args={"V": "2"}, progress_out=out)
     assert "cache miss: variable V changed: '1' -> '2'" in out.getvalue()
+
+
+def test_key_documents_and_reasons():
+    """Keys hash their inputs canonically; reasons name what differs."""
+    from builder.cache_keys import content_id, diff_inputs, key_document, step_key
+    a = step_key("sha256:p", "linux/amd64", "RUN", argv=["sh", "-c", "make"], env=["A=1", "B=2"])
+    b = step_key("sha256:p", "linux/amd64", "RUN", env=["A=1", "B=2"], argv=["sh", "-c", "make"])
+    assert a == b and a.startswith("sha256:")
+    c = step_key("sha256:p", "linux/amd64", "RUN", argv=["sh", "-c", "make"], env=["A=2", "C=3"])
+    assert c != a
+    assert diff_inputs(key_document(a), key_document(c)) == [
+        "variable A changed: '1' -> '2'", "variable B removed (was '2')", "variable C added (='3')"]
+    d = step_key("sha256:q", "linux/amd64", "RUN", argv=["sh", "-c", "make"], env=["A=1", "B=2"])
+    assert diff_inputs(key_document(a), key_document(d)) == ["parent changed (the previous step's result differs)"]
+    # Content IDs depend on the layers and their order only.
+    assert content_id(["sha256:1", "sha256:2"]) != content_id(["sha256:2", "sha256:1"])
+    assert content_id([]) == content_id(())
+
+
+def test_size_and_duration_parsing():
+    import pytest
+    from builder.commands.cache import parse_duration, parse_size
+    from builder.errors import BuildError
+    assert parse_size("500MB") == 500 << 20 and parse_size("2g") == 2 << 30 and parse_size("1024") == 1024
+    assert parse_duration("24h") == 86400 and parse_duration("1h30m") == 5400 and parse_duration("7d") == 7 * 86400
+    for bad in ("", "12x", "MB"):
+        with pytest.raises(BuildError):
+            parse_size(bad)
+    for bad in ("", "1y", "h", "10"):
+        with pytest.raises(BuildError):
+            parse_duration(bad)
