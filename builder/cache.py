@@ -132,7 +132,7 @@ class BuildCache:
         self.store = store
         self.no_cache = no_cache
         self.no_cache_filter = set(no_cache_filter)
-        self.remotes: list = list(remotes or [])
+        self.remotes: list[RemoteSource] = list(remotes or [])
         self.lookups: list[Lookup] = []
         self.used: dict[str, CacheRecord] = {}          # key -> record, every step this build hit or made
         self._pending: dict[str, tuple[Any, list[CacheRecord]]] = {}   # layer digest -> (remote, records)
@@ -364,10 +364,6 @@ class BuildCache:
                 self.put(CacheRecord(rec.key, rec.layer, rec.config, rec.created, rec.stage, rec.key_doc))
             self.fetched.append(digest)
 
-    def is_pending(self, digest: str) -> bool:
-        """Whether a layer of a remote hit has not been fetched (it exists only in its source)."""
-        return digest in self._pending
-
     # -- explanations ----------------------------------------------------------------------------
     def nearest(self, key: StepKey, stage: str) -> tuple[CacheRecord | None, bool]:
         """The earlier entry closest to ``key``: (record, same_parent). A sibling recorded on the
@@ -430,6 +426,7 @@ class BuildCache:
         """Every lookup of the build as JSON-able dicts (for --metadata-file)."""
         return [{"stage": l.stage, "step": l.step, "key": l.key, "cache": l.status,
                  **({"reason": l.reason} if l.reason else {}),
+                 **({"layer_size": l.size} if l.size else {}),
                  **({"source": l.source} if l.source else {})} for l in self.lookups]
 
 
