@@ -132,6 +132,8 @@ class CrashCampaign:
         """Repair must leave nothing to report."""
         result = repair_root(self.root)
         assert not result.remaining, f"after repair ({after}): " + "; ".join(p.message for p in result.remaining)
+        from builder.storecheck import mounts_under
+        assert mounts_under(self.root) == [], f"after repair ({after}): still mounted"
 
     def hammer(self, name: str, make_argv: Callable[[int], list[str]], rounds: int,
                then: Callable[[int], object] | None = None, min_delay: float = 0.0) -> None:

@@ -454,3 +454,48 @@ def test_pulled_layer_with_10gb_sparse_file(registry, root: Path, tmp_path: Path
     with open(dest / "big", "rb") as f:
         f.seek(apparent)
         assert f.read() == b"tail\n"
+
+
+@needs_root
+@pytest.mark.timeout(120)
+def test_pulled_layer_gzip_bomb(registry, root: Path, tmp_path: Path, capsys) -> None:
+    """A 256 KiB gzip layer inflating to 256 MiB of zeros: pulled, extracted as holes, exported."""
+    from registry.client import RegistryClient
+    from registry.store import Store
+    from registry.transfer import push
+    size = 256 << 20
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        ti = tarfile.TarInfo("zeros")
+        ti.size = size
+        tf.addfile(ti)
+    header = buf.getvalue()[:512]
+    src = Store(tmp_path / "src")
+    ref = f"{registry.host}/hostile/gzipbomb:1"
+    # The layer's tar: one header, the zeros, the end-of-archive blocks; gzip'ed in a stream.
+    gz = io.BytesIO()
+    digest = hashlib.sha256()
+    with gzip.GzipFile(fileobj=gz, mode="wb", compresslevel=9) as g:
+        for chunk in [header] + [bytes(1 << 20)] * (size >> 20) + [bytes(1024)]:
+            g.write(chunk)
+            digest.update(chunk)
+    from registry.manifest import Descriptor, ImageConfig, Manifest
+    from registry.platform import host_platform
+    blob = src.put_blob(gz.getvalue(), "application/vnd.oci.image.layer.v1.tar+gzip")
+    assert blob.size < 512 << 10
+    hp = host_platform()
+    cfg = src.put_config(ImageConfig(architecture=hp.architecture, os="linux", variant=hp.variant,
+                                     diff_ids=["sha256:" + digest.hexdigest()], created="2000-01-01T00:00:00Z"))
+    src.tag(ref, src.put_manifest(Manifest(config=cfg, layers=[blob])))
+    with RegistryClient() as client:
+        push(client, src, ref)
+    assert _cli(capsys, "--root", str(root), "pull", ref)[0] == 0
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {ref}\n")
+    dest = tmp_path / "export"
+    code, text = _cli(capsys, "--root", str(root), "build", "--progress", "plain",
+                      "--output", f"type=local,dest={dest}", str(ctx))
+    assert code == 0, text
+    st = (dest / "zeros").stat()
+    assert st.st_size == size and st.st_blocks * 512 < size // 16
