@@ -22,6 +22,7 @@ one when a RUN, COPY or the final image needs it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -257,8 +258,7 @@ def export_cache(cache: BuildCache, store: Any, spec: CacheSpec, records: list[C
     from registry import mediatypes as mt
     from registry.manifest import Descriptor
     index = encode_index(records)
-    index_desc = Descriptor(INDEX_MEDIA_TYPE, "sha256:" + __import__("hashlib").sha256(index).hexdigest(),
-                            len(index))
+    index_desc = Descriptor(INDEX_MEDIA_TYPE, "sha256:" + hashlib.sha256(index).hexdigest(), len(index))
     layers = [r.layer for r in records if r.layer]
     manifest = _manifest(index_desc, layers)
     data = manifest.to_bytes()
@@ -342,7 +342,6 @@ def _write_local(cache: BuildCache, store: Any, spec: CacheSpec, index: bytes, i
     for layer in layers:
         put(layer["digest"])
     put(index_desc.digest, index)
-    import hashlib
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     put(digest, data)
     index_json = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
