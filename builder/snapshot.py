@@ -1,6 +1,6 @@
 """Snapshots: a root filesystem made of extracted layers, with a writable overlay on top.
 
-Each image layer is extracted once (registry.tarsafe.apply_layer) into
+Each image layer is extracted once (registry.tarsafe, checked against its diffID) into
 ``<root>/layers/<diffid hex>/`` in overlayfs's own format (OCI whiteouts become 0/0 character
 devices, opaque markers become the ``trusted.overlay.opaque`` xattr), so a stack of layers is just a list of lower directories.
 A RUN step mounts ``lowerdirs + upper + work``; afterwards the upper directory *is* the change
@@ -13,6 +13,7 @@ directory and computes the change by comparing the tree before and after (slow, 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from registry.tarsafe import apply_layer
+from registry.compression import open_decompressed
+from registry.tarsafe import extract_tar
 
 from .errors import BuildError
 
@@ -54,7 +56,7 @@ class LayerDirs:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.layers))
         try:
             with open_blob() as f:
-                apply_layer(f, tmp, whiteouts="overlay")
+                _apply_verified(f, tmp, diff_id)
             os.chmod(tmp, 0o755)
             try:
                 os.rename(tmp, final)
@@ -100,6 +102,38 @@ class LayerDirs:
 
 def _hex(diff_id: str) -> str:
     return diff_id.split(":", 1)[-1]
+
+
+class _HashingReader:
+    """A read-only stream that hashes what passes through it."""
+
+    def __init__(self, raw: BinaryIO, algorithm: str):
+        self.raw = raw
+        self.hasher = hashlib.new(algorithm)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.hasher.update(data)
+        return data
+
+
+def _apply_verified(blob: BinaryIO, dest: Path, diff_id: str) -> None:
+    """Extract a layer blob and check its uncompressed bytes against ``diff_id``.
+
+    Extracted layers are shared by every image naming that diffID, so an image whose config
+    lies about a layer must not get its content in under another layer's name.
+    """
+    algorithm, _, want = diff_id.partition(":")
+    if algorithm not in ("sha256", "sha512") or not want:
+        raise BuildError(f"layer diff_id {diff_id!r} is not a sha256 or sha512 digest")
+    reader = _HashingReader(open_decompressed(blob), algorithm)
+    extract_tar(reader, dest, whiteouts="overlay")
+    while reader.read(1 << 20):      # the tar's end blocks and padding count too
+        pass
+    got = reader.hasher.hexdigest()
+    if got != want:
+        raise BuildError(f"layer content does not match diff_id {diff_id} from the image config (it is "
+                         f"{algorithm}:{got}): corrupt or forged image; pull it again from a source you trust")
 
 
 def _remove(path: str) -> None:

@@ -42,19 +42,22 @@ def _ensure(dirs: LayerDirs, diff_id: str, data: bytes) -> Path:
     return dirs.ensure(diff_id, lambda: io.BytesIO(data))
 
 
-BASE = "sha256:" + "1" * 64
-TOP = "sha256:" + "2" * 64
+BASE_TAR = _tar([("etc", "d", ""), ("etc/passwd", "f", "root:x:0:0::/:/bin/sh\n"),
+                 ("etc/keep", "f", "k"), ("etc/link", "l", "passwd"),
+                 ("etc/hard", "h", "etc/passwd"), ("bin", "d", ""), ("bin/suid", "f", "s"),
+                 ("data", "d", ""), ("data/old", "f", "old")])
+TOP_TAR = _tar([("etc", "d", ""), ("etc/.wh.keep", "f", ""), ("data", "d", ""),
+                ("data/.wh..wh..opq", "f", ""), ("data/new", "f", "new")])
+# Extraction checks the content against the diffID, so the ids are the tars' real digests.
+BASE = "sha256:" + hashlib.sha256(BASE_TAR).hexdigest()
+TOP = "sha256:" + hashlib.sha256(TOP_TAR).hexdigest()
 
 
 @pytest.fixture
 def layers(root: Path) -> LayerDirs:
     dirs = LayerDirs(root)
-    _ensure(dirs, BASE, _tar([("etc", "d", ""), ("etc/passwd", "f", "root:x:0:0::/:/bin/sh\n"),
-                              ("etc/keep", "f", "k"), ("etc/link", "l", "passwd"),
-                              ("etc/hard", "h", "etc/passwd"), ("bin", "d", ""), ("bin/suid", "f", "s"),
-                              ("data", "d", ""), ("data/old", "f", "old")]))
-    _ensure(dirs, TOP, _tar([("etc", "d", ""), ("etc/.wh.keep", "f", ""), ("data", "d", ""),
-                             ("data/.wh..wh..opq", "f", ""), ("data/new", "f", "new")]))
+    _ensure(dirs, BASE, BASE_TAR)
+    _ensure(dirs, TOP, TOP_TAR)
     return dirs
 
 
@@ -101,8 +104,9 @@ def test_many_layers_exceed_one_page_of_options(root):
     dirs = LayerDirs(root)
     ids = []
     for i in range(120):       # 120 full paths would be ~9 KB of mount options
-        d = "sha256:" + hashlib.sha256(str(i).encode()).hexdigest()
-        _ensure(dirs, d, _tar([(f"f{i}", "f", str(i))]))
+        t = _tar([(f"f{i}", "f", str(i))])
+        d = "sha256:" + hashlib.sha256(t).hexdigest()
+        _ensure(dirs, d, t)
         ids.append(d)
     snap = mount_snapshot(root, ids)
     try:
