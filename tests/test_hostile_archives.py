@@ -499,3 +499,43 @@ def test_pulled_layer_gzip_bomb(registry, root: Path, tmp_path: Path, capsys) ->
     assert code == 0, text
     st = (dest / "zeros").stat()
     assert st.st_size == size and st.st_blocks * 512 < size // 16
+
+
+@needs_root
+@pytest.mark.timeout(120)
+def test_layer_lying_about_its_diff_id_cannot_poison_other_images(registry, root: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    """An image whose config claims another image's layer diffID for its own (different)
+    content: building FROM it is refused, and the honest image still gets its own content
+    (extracted layers are shared by diffID, so an unchecked one would be served to both)."""
+    from registry.client import RegistryClient
+    from registry.store import Store
+    good = make_tar([E("hello", data=b"good")])
+    evil = make_tar([E("hello", data=b"EVIL")])
+    src = Store(tmp_path / "src")
+    good_ref, evil_ref = f"{registry.host}/hostile/honest:1", f"{registry.host}/hostile/liar:1"
+    _image_from_layers(src, good_ref, [good])
+    _image_from_layers(src, evil_ref, [evil])
+    # Rewrite the liar's config so its diff_id is the honest layer's.
+    from registry.manifest import Manifest
+    from registry.transfer import push
+    evil_manifest = src.get_manifest(src.resolve(evil_ref).digest)
+    cfg = src.get_config(evil_manifest.config.digest)
+    cfg.diff_ids = ["sha256:" + hashlib.sha256(good).hexdigest()]
+    src.tag(evil_ref, src.put_manifest(Manifest(config=src.put_config(cfg), layers=evil_manifest.layers)))
+    with RegistryClient() as client:
+        push(client, src, good_ref)
+        push(client, src, evil_ref)
+    for ref in (evil_ref, good_ref):
+        assert _cli(capsys, "--root", str(root), "pull", ref)[0] == 0
+    results = {}
+    for name, ref in (("liar", evil_ref), ("honest", good_ref)):
+        ctx = tmp_path / f"ctx-{name}"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(f"FROM {ref}\n")
+        results[name] = _cli(capsys, "--root", str(root), "build", "--progress", "plain",
+                             "--output", f"type=local,dest={tmp_path / name}", str(ctx))
+    code, text = results["liar"]
+    assert code == 1 and "layer content does not match diff_id" in text and "Traceback" not in text, text
+    assert results["honest"][0] == 0, results["honest"][1]
+    assert (tmp_path / "honest" / "hello").read_bytes() == b"good"
