@@ -539,3 +539,22 @@ def test_layer_lying_about_its_diff_id_cannot_poison_other_images(registry, root
     assert code == 1 and "layer content does not match diff_id" in text and "Traceback" not in text, text
     assert results["honest"][0] == 0, results["honest"][1]
     assert (tmp_path / "honest" / "hello").read_bytes() == b"good"
+
+
+@needs_root
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("src", ["abs/hostname", "rel/hostname", "hn", "d/up", "/../../../etc/hostname"])
+def test_copy_from_image_resolves_links_inside_that_image(src: str, root: Path, tmp_path: Path, capsys) -> None:
+    """`COPY --from=<image>` through the image's own links to /etc, ../../etc, /etc/hostname:
+    they resolve inside that image's rootfs (which has no /etc), never on the host."""
+    from registry.store import Store
+    _image_from_layers(Store(root), "linky:1", [make_tar([
+        E("abs", tarfile.SYMTYPE, link="/etc"), E("rel", tarfile.SYMTYPE, link=DEEP + "etc"),
+        E("hn", tarfile.SYMTYPE, link="/etc/hostname"), E("d", tarfile.DIRTYPE, mode=0o755),
+        E("d/up", tarfile.SYMTYPE, link=DEEP + "etc/hostname")])])
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM scratch\nCOPY --from=linky:1 {src} /x\n")
+    code, text = _cli(capsys, "--root", str(root), "build", "--progress", "plain",
+                      "--output", f"type=local,dest={tmp_path / 'out'}", str(ctx))
+    assert code == 1 and f"{src}: not found in linky:1" in text and "Traceback" not in text, text
