@@ -127,10 +127,7 @@ def export_docker(store: Store, config_digest: str, layers: list[LayerRef], dest
                   tags: list[str]) -> None:
     """A docker-archive (``docker save`` format): manifest.json, the config and layer blobs."""
     from registry.reference import parse_reference
-    repo_tags = []
-    for t in tags:
-        r = parse_reference(t)
-        repo_tags.append(r.familiar if r.tag else r.familiar)
+    repo_tags = [parse_reference(t).familiar for t in tags]
     cfg_name = config_digest.split(":", 1)[1] + ".json"
     layer_names = [f"{l.descriptor.digest.split(':', 1)[1]}/layer.tar" for l in layers]
     manifest = [{"Config": cfg_name, "RepoTags": repo_tags, "Layers": layer_names}]
@@ -171,7 +168,7 @@ def write_text_atomic(path: str, text: str) -> None:
     os.replace(tmp, p)
 
 
-def push_tags(store: Store, tags: list[str], progress_out=None) -> list[str]:
+def push_tags(store: Store, tags: list[str]) -> list[str]:
     """Push each tag to its registry; returns the pushed digests."""
     from registry.client import RegistryClient
     from registry.transfer import push

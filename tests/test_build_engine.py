@@ -336,6 +336,18 @@ def test_outputs_and_metadata(busybox_image, tmp_path):
         info = json.loads(subprocess.run([skopeo, "inspect", "--config", ref], check=True,
                                          capture_output=True, text=True).stdout)
         assert info["config"]["Cmd"] == ["cat", "/hi"]
+    # podman loads the docker-archive and runs it
+    podman = need("podman")
+    from tests.fixtures.building import PODMAN_FLAGS, PODMAN_RUN_FLAGS
+    loaded = subprocess.run([podman, *PODMAN_FLAGS, "load", "-q", "-i", str(out / "docker.tar")],
+                            capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr
+    try:
+        ran = subprocess.run([podman, *PODMAN_FLAGS, "run", *PODMAN_RUN_FLAGS, "localhost/out:latest"],
+                             capture_output=True, text=True, timeout=120)
+        assert ran.stdout == "hi\n", ran.stderr
+    finally:
+        subprocess.run([podman, *PODMAN_FLAGS, "rmi", "-f", "localhost/out:latest"], capture_output=True)
 
 
 def test_push_to_registry(busybox_image, registry, tmp_path):
