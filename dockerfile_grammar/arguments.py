@@ -40,7 +40,7 @@ STYLES = {
 _START_RULES = ["exec_or_shell", "list_or_exec", "ws_words", "words_bs", "words_bt", "health",
                 "text"]
 
-_ASCII_BLANKS = re.compile(r"[\t\v\f\r ]+")
+ASCII_BLANKS = re.compile(r"[\t\v\f\r ]+")
 _OTHER_BLANK = re.compile("[\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 # One piece of a flag word: "...", '...', a backslash escape, or plain characters.
 _FLAG_PIECE = re.compile(r'"((?:[^"\\]|\\[\s\S]?)*)"?|\'((?:[^\'\\]|\\[\s\S]?)*)\'?'
@@ -52,7 +52,7 @@ _HEAD = re.compile(r"([^\t\v\f\r ]*)[\t\v\f\r ]*"
                    r"((?:--[^\x00-\x20\x7f\"'\\]*(?:[\t\v\f\r ]+|\Z))*)")
 _JSON_ITEM = re.compile(r'"([^"]*)"')
 # Keywords as usually written -> (lower-case name, argument style).
-_KEYWORDS = {k: (v, st) for v, st in STYLES.items() for k in (v, v.upper(), v.title())}
+KEYWORDS = {k: (v, st) for v, st in STYLES.items() for k in (v, v.upper(), v.title())}
 # A first argument character after which the line needs the full head regex: blanks (more
 # than one separator) or "-" (possible flags).
 _HEAD_NEEDED = frozenset("\t\v\f\r -")
@@ -149,7 +149,7 @@ def split_name_values(keyword: str, words: list[str], text: str) -> list[str]:
         return []
     if "=" not in words[0]:
         # Legacy form "KEY value...": the value is the rest of the line verbatim.
-        parts = _ASCII_BLANKS.split(text, 1)
+        parts = ASCII_BLANKS.split(text, 1)
         if len(parts) < 2:
             raise LineError(f"{keyword} must have two arguments", 0,
                             hint=f"write {keyword} {parts[0]}=<value>")
@@ -241,9 +241,9 @@ def fast_node(s: str, escape_token: str, original: str, start_line: int, end_lin
     elif not s.isascii() and _OTHER_BLANK.search(s):
         return None
     else:
-        split = _ASCII_BLANKS.split
+        split = ASCII_BLANKS.split
     cmd, _, text = s.partition(" ")
-    known = _KEYWORDS.get(cmd)
+    known = KEYWORDS.get(cmd)
     if known is not None and text[:1] not in _HEAD_NEEDED:
         pos = len(cmd) + 1 if text else len(cmd)  # the usual "KEYWORD args" shape
         flags: list[str] = []
@@ -268,6 +268,18 @@ def fast_node(s: str, escape_token: str, original: str, start_line: int, end_lin
             pos = len(s) - len(text)
         value = cmd.lower() if cmd.isascii() else go_lower(cmd)
         style = STYLES.get(value)
+    return node_from_parts(value, style, cmd, text, pos, flags, split, escape_token, original,
+                           start_line, end_line, comments)
+
+
+def node_from_parts(value: str, style: str | None, cmd: str, text: str, pos: int,
+                    flags: list[str], split: Any, escape_token: str, original: str,
+                    start_line: int, end_line: int, comments: list[str]) -> Node | None:
+    """fast_node after the keyword and flags are known: the arguments per style.
+
+    ``text`` is the argument text (starting at offset ``pos`` of the stripped line) and
+    ``split`` BuildKit's blank split for it. None when the grammar must decide.
+    """
     json_form = False
     trigger = None
     if style is None:
@@ -288,7 +300,7 @@ def fast_node(s: str, escape_token: str, original: str, start_line: int, end_lin
     elif style == "words":
         if value != "arg" and "=" not in text:
             # ENV/LABEL legacy "KEY value...": the first word has no "=" (nor any other).
-            parts = _ASCII_BLANKS.split(text, 1)
+            parts = ASCII_BLANKS.split(text, 1)
             if len(parts) < 2:
                 raise LineError(f"{value.upper()} must have two arguments", pos,
                                 hint=f"write {value.upper()} {parts[0]}=<value>")
@@ -325,7 +337,7 @@ def fast_node(s: str, escape_token: str, original: str, start_line: int, end_lin
     elif style == "text":
         args = [text]
     else:  # health: the type word, then RUN-style arguments
-        parts = _ASCII_BLANKS.split(text, 1)
+        parts = ASCII_BLANKS.split(text, 1)
         args = parts[:1]
         if len(parts) > 1:
             rest = parts[1]
@@ -335,7 +347,7 @@ def fast_node(s: str, escape_token: str, original: str, start_line: int, end_lin
                 args += items
                 json_form = True
             else:
-                more = _json_error_or(rest, len(s) - len(rest), [rest])
+                more = _json_error_or(rest, pos + len(text) - len(rest), [rest])
                 if more is None:
                     return None
                 args += more
@@ -363,7 +375,7 @@ def grammar_node(s: str, escape_token: str, original: str) -> Node:
 
     LineError offsets are into ``s``.
     """
-    m = _ASCII_BLANKS.search(s)
+    m = ASCII_BLANKS.search(s)
     cmd, rest, rest_at = (s, "", len(s)) if m is None else (s[:m.start()], s[m.end():], m.end())
     value = go_lower(cmd)
     style = STYLES.get(value)

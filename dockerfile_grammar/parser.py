@@ -10,7 +10,8 @@ and go straight to the fast path, without the general pre-pass bookkeeping.
 """
 from __future__ import annotations
 
-from .arguments import STYLES, LineError, fast_node, parse_line
+from .arguments import (ASCII_BLANKS, KEYWORDS, STYLES, LineError, fast_node, node_from_parts,
+                        parse_line)
 from .errors import DockerfileError
 from .heredoc import HeredocSyntaxError, heredocs_from_line
 from .prepass import LEADING_BLANKS, MAYBE_TOO_LONG, LogicalLine, PrePass
@@ -19,12 +20,12 @@ from .syntax import Node, SyntaxTree
 __all__ = ["parse", "parse_line", "STYLES"]
 
 HEREDOC_INSTRUCTIONS = ("run", "copy", "add")
-# Keywords whose argument is the text verbatim unless it is JSON (spelled as usual).
-_SHELL_TEXT_KEYWORDS = {k: v for v, style in STYLES.items() if style in ("exec_or_shell", "text")
-                        and v != "onbuild" for k in (v, v.upper(), v.title())}
-# First characters of such text that need the full line parser: none (no argument), blanks,
-# a possible flag, a possible JSON array.
-_NOT_PLAIN_TEXT = frozenset(["", "\t", "\v", "\f", "\r", " ", "-", "["])
+# Argument styles whose text is the argument itself (ONBUILD excepted: it nests a node).
+_TEXT_STYLE = STYLES["user"]
+_EXEC_STYLE = STYLES["run"]
+# First characters of the argument text that need the full line parser: none (no argument),
+# blanks (more than one separator), a possible flag.
+_NOT_PLAIN_TEXT = frozenset(["", "\t", "\v", "\f", "\r", " ", "-"])
 # Last characters after which a line needs the general pre-pass: a possible continuation
 # (either escape character) or trailing blanks.
 _NOT_SIMPLE_END = frozenset(" \t\r\v\f\\`")
@@ -113,18 +114,32 @@ def parse(text: str, filename: str = "Dockerfile", *, use_grammar: bool = False)
                         or len(raw) > MAYBE_TOO_LONG):
                     break
                 cmd, _, text = raw.partition(" ")
-                value = _SHELL_TEXT_KEYWORDS.get(cmd)
-                if value is not None and text[:1] not in _NOT_PLAIN_TEXT and raw.isprintable():
-                    # The commonest line of all: RUN/CMD/USER/WORKDIR... with plain text.
-                    node = Node(value, raw, [text], [], False, pos + 1, pos + 1, [], None, cmd,
-                                comments)
+                known = KEYWORDS.get(cmd)
+                if known is not None and text[:1] not in _NOT_PLAIN_TEXT and (
+                        raw.isascii() or raw.isprintable()):
+                    # The usual "KEYWORD args" line without flags: straight to the arguments.
+                    # (ASCII rules out blanks a split would miss; printable rules out all but
+                    # " ", so str.split is BuildKit's split.)
+                    value, style = known
+                    if (style is _EXEC_STYLE and text[0] != "["
+                            or style is _TEXT_STYLE and value != "onbuild"):
+                        node = Node(value, raw, [text], [], False, pos + 1, pos + 1, [], None,
+                                    cmd, comments)
+                    else:
+                        try:
+                            node = node_from_parts(
+                                value, style, cmd, text, len(cmd) + 1, [],
+                                str.split if raw.isprintable() else ASCII_BLANKS.split, esc,
+                                raw, pos + 1, pos + 1, comments)
+                        except LineError:
+                            node = None  # the general path reports it, with its location
                 else:
                     try:
                         node = fast_node(raw, esc, raw, pos + 1, pos + 1, comments)
                     except LineError:
-                        node = None  # the general path reports it, with its location
-                    if node is None:
-                        break
+                        node = None
+                if node is None:
+                    break
                 pos += 1
                 comments = []  # the node owns the previous list now
                 if node.trigger is not None:
