@@ -182,8 +182,14 @@ class Executor:
 
         A read-write bind gets its own overlay so that writes are discarded, as BuildKit does.
         """
+        source = m.source
         if m.from_state is not None:
             self.layers.dirs(m.from_state.layers)
+            # Links in the source resolve inside that rootfs, as in a chroot: joined as text,
+            # `source=etc` with etc -> /etc in the image would make runc bind the host's /etc.
+            source = self.layers.view(m.from_state.layers).resolve(m.source or "/")
+            if source is None:
+                raise BuildError(f"bind mount source {m.source or '/'} does not exist")
             snap = mount_snapshot(self.root, [l.diff_id for l in m.from_state.layers],
                                   writable=not m.readonly)
             stack.callback(snap.cleanup)
@@ -196,7 +202,7 @@ class Executor:
                 base = tmp / "ctx"
         else:
             raise BuildError(f"bind mount at {m.target}: no source")
-        src = Path(os.path.normpath(os.path.join(base, m.source.lstrip("/")))) if m.source else base
+        src = Path(os.path.normpath(os.path.join(base, source.lstrip("/")))) if source else base
         if not str(src).startswith(str(base)):
             raise BuildError(f"bind mount source {m.source} leaves its root")
         if not os.path.lexists(src):
