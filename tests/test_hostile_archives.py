@@ -558,3 +558,36 @@ def test_copy_from_image_resolves_links_inside_that_image(src: str, root: Path, 
     code, text = _cli(capsys, "--root", str(root), "build", "--progress", "plain",
                       "--output", f"type=local,dest={tmp_path / 'out'}", str(ctx))
     assert code == 1 and f"{src}: not found in linky:1" in text and "Traceback" not in text, text
+
+
+@needs_root
+@pytest.mark.timeout(180)
+def test_run_bind_mount_from_image_resolves_links_inside_it(busybox_image: Path, tmp_path: Path, capsys) -> None:
+    """`RUN --mount=type=bind,from=<image>,source=<link>`: a link to /etc (absolute or
+    climbing) resolves inside that image, so the host's /etc is never bind-mounted into the
+    container; a link to a directory the image has mounts that directory."""
+    from registry.store import Store
+    root = busybox_image
+    marker = Path("/etc") / f"pybuild-host-marker-{os.getpid()}"
+    marker.write_text("HOST-MARKER\n")
+    try:
+        _image_from_layers(Store(root), "linky:1", [make_tar([
+            E("abs", tarfile.SYMTYPE, link="/etc"), E("rel", tarfile.SYMTYPE, link=DEEP + "etc"),
+            E("srv", tarfile.DIRTYPE, mode=0o755), E("srv/data", tarfile.DIRTYPE, mode=0o755),
+            E("srv/data/inside", data=b"image data\n"), E("data", tarfile.SYMTYPE, link="/srv/data")])])
+        outcomes = {}
+        for source, cmd in (("abs", f"cat /m/{marker.name}"), ("rel", f"cat /m/{marker.name}"),
+                            ("data", "cat /m/inside")):
+            ctx = tmp_path / f"ctx-{source}"
+            ctx.mkdir()
+            (ctx / "Dockerfile").write_text(
+                f"FROM busybox\nRUN --mount=type=bind,from=linky:1,source={source},target=/m {cmd}\n")
+            outcomes[source] = _cli(capsys, "--root", str(root), "build", "--progress", "plain", str(ctx))
+    finally:
+        marker.unlink()
+    for source in ("abs", "rel"):
+        code, text = outcomes[source]
+        assert "HOST-MARKER" not in text
+        assert code == 1 and f"bind mount source {source} does not exist" in text, text
+    code, text = outcomes["data"]
+    assert code == 0 and "image data" in text, text
