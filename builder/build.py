@@ -24,7 +24,7 @@ from registry.platform import Platform, host_platform, parse_platform, platform_
 from registry.store import Store, open_store
 
 from . import config as cfgmod
-from .cache import BuildCache, gc_roots, step_key
+from .cache import step_key, sync_gc_root
 from .errors import BuildError
 from .executor import Executor, StageState
 from .layers import LayerMaker, LayerRef
@@ -33,8 +33,6 @@ from .outputs import (OutputSpec, export_docker, export_oci, export_rootfs, pars
 from .plan import make_plan
 from .progress import Progress
 from .stage import Services, StageBuilder
-
-CACHE_ROOT_NAME = "build-cache"
 
 
 @dataclass
@@ -263,7 +261,7 @@ def build(opts: BuildOptions) -> BuildResult:
             if opts.labels:
                 cfgmod.add_labels(final.config, list(opts.labels.items()))
             manifest_desc, config_desc, config_bytes = executor.commit_image(final)
-            store.add_root(CACHE_ROOT_NAME, sorted(gc_roots(root)))
+            sync_gc_root(store, root)
             _outputs(store, root, layers, final, manifest_desc, config_desc, opts, output_specs, sde)
             finish_build(cache, store, plan, opts.cache_to, opts.cache_report, progress, ",".join(opts.tags))
         image_id = config_desc.digest

@@ -451,6 +451,19 @@ def gc_roots(root: Path) -> set[str]:
     return out
 
 
+def sync_gc_root(store: Any, root: Path) -> None:
+    """Point the store's build-cache gc root at :func:`gc_roots`, writing only when it changed
+    (the write is fsynced twice: a fully cached build should not pay for it)."""
+    digests = sorted(gc_roots(root))
+    text = "".join(f"{d}\n" for d in digests)
+    try:
+        if (store.layout / "roots" / CACHE_ROOT_NAME).read_text() == text:
+            return
+    except OSError:
+        pass
+    store.add_root(CACHE_ROOT_NAME, digests)
+
+
 def rewrite_layers_index(cache: BuildCache) -> set[str]:
     """Rewrite ``cache/layers.idx`` from the records; returns the digests."""
     digests = {rec.layer["digest"] for rec in cache.records() if rec.layer and rec.layer.get("digest")}
