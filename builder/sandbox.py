@@ -155,6 +155,35 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
         shutil.rmtree(bundle, ignore_errors=True)
 
 
+def in_root(root: str | os.PathLike, path: str) -> str:
+    """The host path of ``path`` inside ``root``, symlinks resolved as in a chroot: an absolute
+    or climbing link target is taken from ``root``, so the result never leaves it (components
+    that do not exist yet are kept as named)."""
+    todo = [p for p in path.split("/") if p]
+    done: list[str] = []
+    hops = 0
+    while todo:
+        name = todo.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        host = os.path.join(root, *done, name)
+        if os.path.islink(host):
+            hops += 1
+            if hops > 40:
+                raise BuildError(f"too many levels of symbolic links resolving {path} in the rootfs")
+            target = os.readlink(host)
+            if target.startswith("/"):
+                done = []
+            todo = [t for t in target.split("/") if t] + todo
+            continue
+        done.append(name)
+    return os.path.join(root, *done)
+
+
 def _mount_destinations(spec: RunSpec) -> list[str]:
     return ["/proc", "/dev", "/sys", "/etc/resolv.conf", "/etc/hosts", "/etc/hostname"] + [
         m.destination for m in spec.mounts]
@@ -168,7 +197,8 @@ def _missing_mountpoints(rootfs: Path, spec: RunSpec) -> list[Path]:
     """
     missing: list[Path] = []
     for dest in _mount_destinations(spec):
-        p = rootfs / dest.strip("/")
+        # Where the runtime will really create it: links in the image resolve inside it.
+        p = Path(in_root(rootfs, dest))
         chain = []
         while p != rootfs and not os.path.lexists(p):
             chain.append(p)
@@ -389,7 +419,9 @@ def _chroot_child(plan_path: str) -> None:
     mount("none", "/", None, MS_REC | MS_PRIVATE)
 
     def target(dest: str, is_dir: bool) -> str:
-        path = os.path.join(root, dest.lstrip("/"))
+        # Resolved inside the rootfs: joined as text, an image's `etc -> /etc` would have us
+        # create mount points (and mount) on the host.
+        path = in_root(root, dest)
         if is_dir:
             os.makedirs(path, exist_ok=True)
         elif not os.path.exists(path):
