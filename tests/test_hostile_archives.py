@@ -591,3 +591,49 @@ def test_run_bind_mount_from_image_resolves_links_inside_it(busybox_image: Path,
         assert code == 1 and f"bind mount source {source} does not exist" in text, text
     code, text = outcomes["data"]
     assert code == 0 and "image data" in text, text
+
+
+@needs_root
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("isolation", ["oci", "chroot"])
+def test_run_mount_points_resolve_inside_the_image(isolation: str, busybox_image: Path, tmp_path: Path,
+                                                   capsys) -> None:
+    """An image whose /run is a link to a host directory: the mount points of a RUN step (a
+    secret under /run/secrets, a tmpfs under /run) are made inside the rootfs, where the link
+    leads inside the container, and nothing is ever created in the host directory."""
+    import threading
+    from registry.manifest import Descriptor, Manifest
+    from registry.store import Store
+    root = busybox_image
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    store = Store(root)
+    m = store.get_manifest(store.resolve("busybox:latest").digest)
+    cfg = store.get_config(m.config.digest)
+    tar = make_tar([E("run", tarfile.SYMTYPE, link=str(victim))])
+    blob = store.put_blob(gzip.compress(tar), "application/vnd.oci.image.layer.v1.tar+gzip")
+    cfg.diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
+    store.tag("runlink:1", store.put_manifest(Manifest(config=store.put_config(cfg), layers=[
+        *m.layers, Descriptor(blob.media_type, blob.digest, blob.size)])))
+    (tmp_path / "secret").write_text("the-secret\n")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM runlink:1\nRUN --mount=type=secret,id=s --mount=type=tmpfs,target=/run/t "
+                                    "cat /run/secrets/s && test -d /run/t && sleep 1\n")
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.update(os.listdir(victim))
+            stop.wait(0.02)
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        code, text = _cli(capsys, "--root", str(root), "build", "--progress", "plain", "--isolation", isolation,
+                          "--secret", f"id=s,src={tmp_path / 'secret'}", str(ctx))
+    finally:
+        stop.set()
+        t.join()
+    assert code == 0 and "the-secret" in text, text
+    assert seen == set() and os.listdir(victim) == []
