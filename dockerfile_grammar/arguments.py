@@ -17,6 +17,7 @@ Lark is imported and its parser loaded (from Lark's cache) only when a line need
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,8 @@ def split_name_values(keyword: str, words: list[str], text: str) -> list[str]:
 
 
 def _is_json(text: str) -> bool:
-    """Whether ``text`` is one valid JSON value in Go's encoding/json syntax (json.lark)."""
+    """Whether ``text`` is one JSON value Go's encoding/json accepts (json.lark syntax, and no
+    number too large for a float64, which Go reports as an error)."""
     global _json_lark
     import lark
 
@@ -174,10 +176,11 @@ def _is_json(text: str) -> bool:
         _json_lark = lark.Lark.open(str(_GRAMMAR.with_name("json.lark")), parser="lalr",
                                     lexer="contextual", cache=True)
     try:
-        _json_lark.parse(text)
+        tree = _json_lark.parse(text)
     except lark.exceptions.LarkError:
         return False
-    return True
+    return all(math.isfinite(float(tok)) for tok in tree.scan_values(
+        lambda v: isinstance(v, lark.Token) and v.type == "NUMBER"))
 
 
 def _check_not_json(text: str, offset: int) -> None:
@@ -193,17 +196,32 @@ def _json_error_or(text: str, offset: int, fallback: list[str]) -> list[str] | N
     """For text starting with "[" that is not an array of strings: BuildKit's error when it is
     valid JSON, else ``fallback``; None when Python's JSON reader cannot tell (deep nesting)."""
     try:
-        json.loads(text, parse_constant=_reject_constant)
+        value, end = _scan_json(text, 0)
+    except (StopIteration, ValueError):
+        return fallback  # not JSON at all: shell form / blank-separated list
     except RecursionError:
         return None
-    except ValueError:
-        return fallback  # not JSON at all: shell form / blank-separated list
+    # Python also reads NaN and Infinity, and turns numbers too large for a float into inf;
+    # Go rejects both, which makes the text shell form.
+    if end != len(text) or not _all_finite(value):
+        return fallback
     raise LineError("when using JSON array syntax, arrays must be comprised of strings only",
                     offset, hint='write every element as a "double-quoted string"')
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")  # Python accepts NaN/Infinity, Go does not
+def _all_finite(value: Any) -> bool:
+    """No NaN or infinite float anywhere inside a decoded JSON value."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is float:
+            if not math.isfinite(item):
+                return False
+        elif type(item) is list:
+            stack.extend(item)
+        elif type(item) is dict:
+            stack.extend(item.values())
+    return True
 
 
 def _words(text: str, escape_token: str, split: Any) -> list[str]:

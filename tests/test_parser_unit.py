@@ -145,6 +145,9 @@ def test_no_instructions_error() -> None:
     ("VOLUME /a /b", '(volume "/a" "/b")'),
     ("RUN [\"a\"] trailing", '(run "[\\"a\\"] trailing")'),
     ("RUN ['a']", '(run "[\'a\']")'),
+    # Go's JSON reader rejects NaN and numbers too big for a float64: shell form, not an error.
+    ("CMD [\"a\", NaN]", '(cmd "[\\"a\\", NaN]")'),
+    ("CMD [\"a\", 1e999]", '(cmd "[\\"a\\", 1e999]")'),
     ("RUN [\"\\u0041\\/\", \"\\ud800\"]", '(run "A/" "�")'),
     ("RUN --mount=type=cache,target=/x --network=none echo  hi", '(run ["--mount=type=cache,target=/x" "--network=none"] "echo  hi")'),
     ("CMD", "(cmd)"),
