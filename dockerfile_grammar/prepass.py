@@ -42,8 +42,7 @@ class PrePass:
     def __init__(self, text: str, filename: str = "Dockerfile") -> None:
         self.filename = filename
         if text.startswith("\ufeff"):
-            text = text[1:]
-        self.text = text
+            text = text[1:]  # a UTF-8 byte-order mark
         lines = text.split("\n")
         # A final "\n" ends the last line; it does not start an empty one.
         self.ends_with_newline = len(lines) > 1 and lines[-1] == ""
@@ -110,10 +109,6 @@ class PrePass:
         self.directives.append(Directive(name=name, value=value, line=line))
         return True
 
-    def _trim_continuation(self, s: str) -> tuple[str, bool]:
-        """Strip a trailing escape character (plus blanks); True in [1] when none was there."""
-        return trim_continuation(s, self.escape_token)
-
     def _check_length(self, raw: str) -> None:
         if len(raw.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
             raise self.error(f"dockerfile line greater than max allowed size of {MAX_LINE_BYTES}",
@@ -146,7 +141,7 @@ class PrePass:
                 self.comments.pop()  # a directive is not a doc comment
             if is_comment:
                 continue
-            text, end_of_line = self._trim_continuation(token)
+            text, end_of_line = trim_continuation(token, self.escape_token)
             if end_of_line and not text:
                 continue
             if not end_of_line:
