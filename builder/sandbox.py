@@ -141,6 +141,12 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
         raise BuildError(f"unknown isolation {isolation!r}: use oci or chroot")
     if isolation == "oci" and not runtime_available():
         raise BuildError("runc not found: install Debian's runc, or use --isolation chroot")
+    for top in ("dev", "proc", "sys"):
+        link = os.path.join(spec.rootfs, top)
+        if os.path.islink(link):
+            # runc creates /dev's links through it on the host side; nothing may follow it.
+            raise BuildError(f"the image's /{top} is a symbolic link (to {os.readlink(link)}): refusing to run "
+                             "a command on this rootfs; /dev, /proc and /sys must be directories")
     if state_dir is not None:
         state_dir.mkdir(parents=True, exist_ok=True)
     bundle = Path(tempfile.mkdtemp(prefix="run-", dir=state_dir))
@@ -430,15 +436,16 @@ def _chroot_child(plan_path: str) -> None:
         return path
 
     mount("proc", target("/proc", True), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    mount("tmpfs", target("/dev", True), "tmpfs", MS_NOSUID, "mode=755,size=65536k")
+    devdir = target("/dev", True)
+    mount("tmpfs", devdir, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
     for dev, _t, _ma, _mi in DEVICES:
         mount(dev, target(dev, False), None, MS_BIND)
     mount("devpts", target("/dev/pts", True), "devpts", MS_NOSUID | MS_NOEXEC,
           "newinstance,ptmxmode=0666,mode=0620")
-    os.symlink("pts/ptmx", os.path.join(root, "dev/ptmx"))
+    os.symlink("pts/ptmx", os.path.join(devdir, "ptmx"))
     for name, fd in (("stdin", 0), ("stdout", 1), ("stderr", 2)):
-        os.symlink(f"/proc/self/fd/{fd}", os.path.join(root, "dev", name))
-    os.symlink("/proc/self/fd", os.path.join(root, "dev/fd"))
+        os.symlink(f"/proc/self/fd/{fd}", os.path.join(devdir, name))
+    os.symlink("/proc/self/fd", os.path.join(devdir, "fd"))
     mount("shm", target("/dev/shm", True), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
           "mode=1777,size=65536k")
     mount("sysfs", target("/sys", True), "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
