@@ -643,3 +643,48 @@ def test_run_mount_points_resolve_inside_the_image(isolation: str, link: str, bu
     else:
         assert code == 1 and "the image's /dev is a symbolic link" in text and "Traceback" not in text, text
     assert seen == set() and os.listdir(victim) == []
+
+
+@needs_root
+@pytest.mark.timeout(180)
+def test_workdir_copy_and_user_through_image_links_stay_inside(busybox_image: Path, tmp_path: Path,
+                                                               capsys) -> None:
+    """An image with `/app -> /host/dir` and `/etc/group -> /etc/<host file>`: WORKDIR and COPY
+    below /app write into the image (the host directory stays empty), and USER/--chown read
+    the image's group file, never the host's."""
+    from registry.manifest import Descriptor, Manifest
+    from registry.store import Store
+    root = busybox_image
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    marker = Path("/etc") / f"pybuild-group-marker-{os.getpid()}"
+    marker.write_text("hostgroup:x:4242:\n")
+    store = Store(root)
+    m = store.get_manifest(store.resolve("busybox:latest").digest)
+    cfg = store.get_config(m.config.digest)
+    tar = make_tar([E("app", tarfile.SYMTYPE, link=str(victim)), E("etc/group", tarfile.SYMTYPE, link=str(marker))])
+    blob = store.put_blob(gzip.compress(tar), "application/vnd.oci.image.layer.v1.tar+gzip")
+    cfg.diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
+    store.tag("appl:1", store.put_manifest(Manifest(config=store.put_config(cfg), layers=[
+        *m.layers, Descriptor(blob.media_type, blob.digest, blob.size)])))
+    results = {}
+    try:
+        for name, df in (("workdir", "WORKDIR /app/sub\nRUN touch made-here && pwd"),
+                         ("copy", "COPY f /app/sub/f"),
+                         ("user", "USER root:hostgroup\nRUN id")):
+            ctx = tmp_path / f"ctx-{name}"
+            ctx.mkdir()
+            (ctx / "f").write_text("f")
+            (ctx / "Dockerfile").write_text(f"FROM appl:1\n{df}\n")
+            results[name] = _cli(capsys, "--root", str(root), "build", "--progress", "plain",
+                                 "--output", f"type=local,dest={tmp_path / ('out-' + name)}", str(ctx))
+    finally:
+        marker.unlink()
+    assert results["workdir"][0] == 0 and results["copy"][0] == 0, results
+    assert os.listdir(victim) == []
+    # Inside the image either way: Docker follows the link inside the rootfs (…/victim/sub/f);
+    # pybuild's COPY currently replaces the linked /app with a directory (app/sub/f).
+    out = tmp_path / "out-copy"
+    assert (out / "app" / "sub" / "f").is_file() or (out / str(victim).lstrip("/") / "sub" / "f").is_file()
+    code, text = results["user"]
+    assert code == 1 and "unable to find group hostgroup" in text, text
