@@ -371,9 +371,10 @@ class BuildCache:
         newest record of the same stage with the same instruction (a different parent)."""
         kind = key.instruction.split(" ", 1)[0]
 
-        def likeness(r: CacheRecord) -> int:
+        def likeness(r: CacheRecord) -> tuple[bool, int]:
+            # The same command line first (for RUN), then the number of equal inputs.
             a = r.key_doc.get("inputs", {})
-            return sum(1 for k, v in key.inputs.items() if a.get(k) == v)
+            return a.get("argv") == key.inputs.get("argv"), sum(1 for k, v in key.inputs.items() if a.get(k) == v)
 
         sibs = [r for r in self.children(key.parent) if r.key != key]
         if sibs:
