@@ -60,6 +60,9 @@ def test_hit_miss_matrix(busybox_image, tmp_path):
     res = _build(root, ctx, build_args={"USED": "2"})
     assert _status(res)[:2] == ["hit", "miss"]
     assert "USED" in res[1]["reason"] and "'1' -> '2'" in res[1]["reason"]
+    # The step after it misses for its parent; compared with its own earlier entry, not the RUN
+    # just built with the same arguments.
+    assert "parent changed" in res[2]["reason"] and "command changed" not in res[2]["reason"]
     # a build arg nothing declares: everything hits
     assert _status(_build(root, ctx, build_args={"USED": "2", "UNUSED": "x"})) == ["hit", "hit", "hit"]
 
