@@ -6,7 +6,10 @@
 (c) `RUN touch /x` on bases of 10k and 100k extra files, timed after a first build (pybuild
     extracts a base layer once and reuses it; the cost of a RUN should not grow with the base).
 
-Both tools are invoked as command lines (start-up included), as a user would run them.
+Both tools are invoked as command lines (start-up included), as a user would run them. "cold"
+is --no-cache after one untimed build: every step runs again, but pybuild finds the base layer
+(and the identical COPY layer) already extracted under <root>/layers, as buildah finds its
+storage warm; a first-ever build also pays one extraction per layer.
 Docker BuildKit is not run here (no Docker engine on these machines); DESIGN.md has its figures.
 
 Run (root): python3 benchmarks/build/run.py [--repeat 3] [--debootstrap] [--skip-c]
