@@ -32,7 +32,8 @@ from typing import Any, Iterator, Protocol
 
 from .cache_keys import StepKey, describe, diff_inputs, key_document, step_key
 
-__all__ = ["BuildCache", "CacheRecord", "RemoteSource", "gc_roots", "step_key", "CACHE_ROOT_NAME"]
+__all__ = ["BuildCache", "CacheRecord", "Lookup", "RemoteSource", "gc_roots", "sync_gc_root", "step_key",
+           "CACHE_ROOT_NAME", "Entry", "Usage", "PruneResult", "entries", "disk_usage", "prune", "image_blobs"]
 
 RECORD_VERSION = 2
 LAYERS_INDEX = "layers.idx"
