@@ -193,6 +193,8 @@ def test_interrupt_cleans_up(busybox_image, tmp_path):
     assert store_snapshot(root) == before
     with open("/proc/self/mounts") as f:
         assert str(root) not in f.read()
-    listing = subprocess.run(["runc", "list", "-q"], capture_output=True, text=True).stdout.split()
-    assert not [c for c in listing if c.startswith("pybuild-")]
+    # no container of this build is left (others may run concurrently: match our bundles)
+    listing = json.loads(subprocess.run(["runc", "list", "-f", "json"], capture_output=True,
+                                        text=True).stdout or "[]") or []
+    assert not [c for c in listing if str(root) in (c.get("bundle") or "")]
     assert not list((root / "snapshots").iterdir())
