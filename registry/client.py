@@ -89,6 +89,14 @@ class _Host:
     slots: threading.Semaphore | None = None
 
 
+class _BadManifest(Exception):
+    """A manifest body that arrived damaged (not JSON, wrong digest); internal, retried."""
+
+    def __init__(self, error: RegistryError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Transport(Exception):
     """A connection-level failure (refused, dropped, timed out); internal, retried."""
 
@@ -803,46 +811,61 @@ class Repository:
     # ---- manifests --------------------------------------------------------------------------
 
     def get_manifest(self, reference: str, accept: Iterable[str] = mediatypes.MANIFEST_TYPES) -> RemoteManifest:
-        """GET a manifest by tag or digest, verified when fetched by digest."""
+        """GET a manifest by tag or digest, verified when fetched by digest (or against the
+        registry's Docker-Content-Digest). A body that breaks off, is not JSON or does not match
+        its digest is asked for again; after the retries the last problem is raised."""
         what = f"manifest {self.ref}{'@' if ':' in reference else ':'}{reference}"
-        resp = self.client.request(self.host, "GET", self._path("manifests", reference), scopes=self.pull_scope,
-                                   headers={"Accept": ", ".join(accept)}, stream=True, what=what)
+        for attempt in range(self.client.options.retries + 1):
+            try:
+                return self._get_manifest_once(reference, accept, what)
+            except (HTTPError, _BadManifest) as exc:
+                if attempt >= self.client.options.retries:
+                    if isinstance(exc, _BadManifest):
+                        raise exc.error from None
+                    raise RegistryError(f"{what}: {exc}") from None
+                self.client._backoff(attempt, None)
+        raise AssertionError("unreachable")
+
+    def _get_manifest_once(self, reference: str, accept: Iterable[str], what: str) -> RemoteManifest:
+        resp = self.client.request(self.host, "GET", self._path("manifests", reference),
+                                   scopes=self.pull_scope, headers={"Accept": ", ".join(accept)},
+                                   stream=True, what=what)
         try:
             length = int(resp.headers.get("Content-Length", "0") or 0)
             if length > MAX_MANIFEST_SIZE:
                 raise RegistryError(f"{what}: {length} bytes is larger than the {MAX_MANIFEST_SIZE} allowed")
-            data = bytearray()
-            while len(data) <= MAX_MANIFEST_SIZE:
-                piece = resp.read(MAX_MANIFEST_SIZE + 1 - len(data))
+            buf = bytearray()
+            while len(buf) <= MAX_MANIFEST_SIZE:
+                piece = resp.read(MAX_MANIFEST_SIZE + 1 - len(buf))
                 if not piece:
                     break
-                data += piece
-            data = bytes(data)
+                buf += piece
         finally:
             resp.close()
+        data = bytes(buf)
         if len(data) > MAX_MANIFEST_SIZE:
             raise RegistryError(f"{what}: larger than the {MAX_MANIFEST_SIZE} bytes allowed")
         media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         try:
             doc = json.loads(data)
         except ValueError:
-            raise RegistryError(f"{what}: the registry returned invalid JSON") from None
+            raise _BadManifest(RegistryError(f"{what}: the registry returned invalid JSON")) from None
         if isinstance(doc, dict) and doc.get("mediaType"):
             media_type = doc["mediaType"]
-        if doc.get("schemaVersion") == 1 if isinstance(doc, dict) else False:
+        if isinstance(doc, dict) and doc.get("schemaVersion") == 1:
             raise RegistryError(f"{what}: Docker schema 1 manifests are not supported; "
                                 f"re-push the image with a current tool")
         if ":" in reference:
-            algorithm = parse_digest(reference).algorithm
-            got = digest_bytes(data, algorithm)
+            got = digest_bytes(data, parse_digest(reference).algorithm)
             if got != reference:
-                raise DigestMismatchError(f"{what}: content hashes to {got}")
+                raise _BadManifest(DigestMismatchError(f"{what}: content hashes to {got}"))
             digest = reference
         else:
             digest = digest_bytes(data)
             announced = resp.headers.get("Docker-Content-Digest")
             if announced and announced.startswith("sha256:") and announced != digest:
-                raise DigestMismatchError(f"{what}: registry says {announced}, content hashes to {digest}")
+                raise _BadManifest(DigestMismatchError(
+                    f"{what}: registry says {announced}, content hashes to {digest}"))
         return RemoteManifest(data=data, media_type=media_type, digest=digest)
 
     def head_manifest(self, reference: str, accept: Iterable[str] = mediatypes.MANIFEST_TYPES) -> ManifestInfo | None:

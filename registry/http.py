@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 from urllib.parse import unquote, urlsplit
 
+from .errors import RegistryError
+
 READ_BLOCK = 1 << 20
 # One DEBUG line per request: method, URL without its query (upload state), status.
 log = logging.getLogger("pybuild.http")
 
 
-class HTTPError(Exception):
-    """A request could not be completed at the transport level."""
+class HTTPError(RegistryError):
+    """A request could not be completed at the transport level (the client retries these and
+    reports them in its own words; the base class keeps any that escape printable by the CLI)."""
 
 
 class ConnectError(HTTPError):

@@ -301,3 +301,16 @@ def test_copy_of_corrupt_source_commits_nothing(registry, registry2, tmp_path, c
     assert not repo2.has_blob(layer.digest)
     assert repo2.head_manifest("v1") is None
     c.close()
+
+
+@pytest.mark.parametrize("action", ["truncate", "drop", "corrupt"])
+def test_damaged_manifest_is_fetched_again(registry, fault_proxy, tmp_path, action):
+    """A manifest body that is short (looks complete), broken off, or has a flipped byte."""
+    a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
+    src = make_image(a, "local/cut:v1", [tar_layer({"m": b"manifest cut"})])
+    with RegistryClient() as direct:
+        push(direct, a, "local/cut:v1", f"{registry.host}/cut-{action}/app:v1")
+    rule = fault_proxy.add(action, method="GET", path="/manifests/", after=50, times=2)
+    with RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05)) as c:
+        res = pull(c, f"{fault_proxy.host}/cut-{action}/app:v1", b)
+    assert rule.hits == 2 and res.digest == src.digest
