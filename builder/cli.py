@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable
 
@@ -68,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if "build" in names and i < len(argv) and argv[i] not in names and argv[i] not in ("-h", "--help"):
         argv.insert(i, "build")
     args = parser.parse_args(argv)
-    args.root = getattr(args, "root", None)
+    root = getattr(args, "root", None)
+    # Absolute, because runc bundles and overlay mount options are resolved from other cwds.
+    args.root = os.path.abspath(root) if root else None
     args.quiet = getattr(args, "quiet", False)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
@@ -79,19 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except OSError as exc:
+    except BrokenPipeError:
+        # `pybuild images | head`: the reader left; exit like a shell pipeline would, quietly
+        # (stdout is pointed at /dev/null so the interpreter's final flush cannot fail again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:     # after BrokenPipeError, which is an OSError too
         import errno
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         print(f"error: no space left on device{f' writing {exc.filename}' if exc.filename else ''}: free some "
               "space (e.g. `pybuild store gc`) or use another --root", file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        # `pybuild images | head`: the reader left; exit like a shell pipeline would, quietly
-        # (stdout is pointed at /dev/null so the interpreter's final flush cannot fail again).
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
     except Exception as exc:
         # The error packages are imported only once something failed: importing `registry`
         # loads the whole package, a cost every warm build would pay at start-up.

@@ -56,7 +56,7 @@ def default_root() -> Path:
     """$PYBUILD_ROOT, else $XDG_DATA_HOME/pybuild, else ~/.local/share/pybuild."""
     env = os.environ.get("PYBUILD_ROOT")
     if env:
-        return Path(env)
+        return Path(env).absolute()    # runc and overlay mount options need absolute paths
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
     return base / "pybuild"
@@ -64,7 +64,7 @@ def default_root() -> Path:
 
 def open_store(root_arg: str | os.PathLike | None = None) -> "Store":
     """The store at --root if given, else at default_root()."""
-    return Store(Path(root_arg) if root_arg else default_root())
+    return Store(Path(root_arg).absolute() if root_arg else default_root())
 
 
 @dataclass
