@@ -456,6 +456,10 @@ class StageBuilder:
             files = svc.cache.context_sources(svc.context, local, excludes, parents) if local else None
             src_key = records_digest(files) if files is not None else ""
         urls = [s for s in srcs if _is_url(s)]
+        for s in srcs:
+            if s.startswith(("git@", "git://")) or ".git#" in s or (_is_url(s) and s.split("#")[0].endswith(".git")):
+                raise self._error(inst, f"{s}: git sources are not supported by pybuild; clone in a RUN "
+                                        "step or in the context instead")
         if urls and not is_add:
             raise self._error(inst, "source can't be a URL for COPY")
         downloads = {u: self._download(u, x(inst.checksum) if getattr(inst, "checksum", "") else "", inst)

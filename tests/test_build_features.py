@@ -77,6 +77,8 @@ ADD {base}/tool.txt /opt/renamed.txt
     bad = f"FROM busybox\nADD --checksum=sha256:{'0' * 64} {base}/tool.txt /opt/\n"
     with pytest.raises(BuildError, match="checksum mismatch"):
         build_in(root, tmp_path / "ctx2", bad)
+    with pytest.raises(BuildError, match="git sources are not supported"):
+        build_in(root, tmp_path / "ctx4", "FROM busybox\nADD https://example.com/repo.git#main /src\n")
     with pytest.raises(BuildError, match="can't be a URL for COPY"):
         build_in(root, tmp_path / "ctx3", f"FROM busybox\nCOPY {base}/tool.txt /opt/\n")
 
