@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from dockerfile_grammar import expand_word, expand_words
+from dockerfile_grammar import expand_heredoc, expand_word, expand_words
 from dockerfile_grammar.errors import DockerfileError
 from dockerfile_grammar import instructions as I
 from dockerfile_grammar.instructions_mounts import MountError, parse_mount
@@ -91,6 +91,13 @@ class StageBuilder:
     def _expand(self, word: str, env: dict[str, str], inst: I.Instruction) -> str:
         try:
             return expand_word(word, env, self.svc.escape)
+        except DockerfileError as exc:
+            raise self._error(inst, exc.message) from None
+
+    def _expand_heredoc(self, body: str, env: dict[str, str], inst: I.Instruction) -> str:
+        # Not _expand: a heredoc body keeps its quotes, and its escape character is always `\`.
+        try:
+            return expand_heredoc(body, env)
         except DockerfileError as exc:
             raise self._error(inst, exc.message) from None
 
@@ -464,7 +471,8 @@ class StageBuilder:
             raise self._error(inst, "source can't be a URL for COPY")
         downloads = {u: self._download(u, x(inst.checksum) if getattr(inst, "checksum", "") else "", inst)
                      for u in urls}
-        heredocs = [(c.path, x(c.data) if c.expand else c.data) for c in inst.source_contents]
+        heredocs = [(c.path, self._expand_heredoc(c.data, env, inst) if c.expand else c.data)
+                    for c in inst.source_contents]
         created_by = f"{what} " + " ".join(
             ([f"--from={from_}"] if from_ else []) + ([f"--chown={chown}"] if chown else []) +
             ([f"--chmod={inst.chmod}"] if inst.chmod else []) + srcs + [c.path for c in inst.source_contents]

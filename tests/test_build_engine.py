@@ -216,8 +216,9 @@ COPY *.txt /many/
 COPY dir /dircontents
 COPY --chown=app:app --chmod=0640 b.txt /owned/
 COPY --chmod=u+x script.sh /bin/
+ENV WHO=world
 COPY <<EOF /etc/heredoc
-hello $HOSTNAME
+hello "$WHO" it's \\$HOME
 EOF
 ADD dir/x /added
 """
@@ -233,6 +234,8 @@ ADD dir/x /added
     assert os.stat(rootfs / "bin" / "script.sh").st_mode & 0o100
     assert os.stat(rootfs / "w" / "a.txt").st_uid == 0
     assert (rootfs / "added").read_text() == "X"
+    # BuildKit keeps quotes in an expanded heredoc body; only variables and escapes are processed.
+    assert (rootfs / "etc" / "heredoc").read_text() == "hello \"world\" it's $HOME\n"
     with pytest.raises(BuildError, match="must be a directory and end with a /"):
         build_in(root, tmp_path / "ctx", "FROM busybox\nCOPY a.txt b.txt /notadir\n", files)
     with pytest.raises(BuildError, match="nothing.txt"):
