@@ -45,4 +45,4 @@ CONF
 fi
 [ -f /etc/containers/policy.json ] || echo '{"default":[{"type":"insecureAcceptAnything"}]}' > /etc/containers/policy.json
 
-python3 -m pip install -q -e '.[test]' 2>&1 | grep -v 'as the .root. user' || true
+python3 -m pip install -q -e '.[test]' --config-settings editable_mode=compat 2>&1 | grep -v 'as the .root. user' || true
