@@ -295,7 +295,11 @@ class RegistryClient:
         if self.options.use_credentials:
             from .credentials import lookup_credential
             credential = lookup_credential(host)
-        return Authenticator(host, credential, self._token_session)
+        # The token server is reached with the registry's TLS settings, as Docker does: an
+        # --insecure-registry whose realm has a self-signed certificate must still log in.
+        insecure = self.is_insecure(host)
+        return Authenticator(host, credential, self._token_session, tls_verify=lambda realm: (
+            False if insecure or self.is_insecure(realm) else (ca_bundle_for(realm) or True)))
 
     @contextmanager
     def host_slot(self, *hosts: str) -> Iterator[None]:

@@ -419,6 +419,18 @@ def test_token_server_over_https_trusted_through_certs_dir(token_registry_https_
     assert "pushpass" not in msg
 
 
+def test_insecure_registry_reaches_its_self_signed_token_server(token_registry_https_realm, cred_env,
+                                                                monkeypatch, tmp_path):
+    from registry.client import ClientOptions, RegistryClient
+    host = token_registry_https_realm.host
+    _login_env(monkeypatch, host, "pusher", "pushpass")
+    monkeypatch.setenv("PYBUILD_CERTS_DIR", str(tmp_path / "no-certs"))
+    # Like Docker: --insecure-registry HOST also skips verification of HOST's token realm.
+    with RegistryClient(ClientOptions(insecure_registries=(host,))) as c:
+        digest, _ = _push_image(c, host, "realm/insecure")
+        assert _pull_image(c, host, "realm/insecure") == digest
+
+
 def _response(status: int, www_authenticate: str | None, sent_auth: str | None = None):
     """A requests.Response as the client would hand it to challenge()."""
     import requests
