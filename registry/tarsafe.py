@@ -171,8 +171,16 @@ class _Extractor:
         hit = self._dircache.get(key)
         if hit is not None:
             return hit
-        rel: list[str] = []
-        todo = deque(parts)
+        # Continue from the parent's resolution when known, and build the path one component
+        # at a time: walking from the root with a full join per step made a deep chain of
+        # directory entries cost cubic time (minutes for 500 levels).
+        parent = self._dircache.get(key[:-1]) if len(key) > 1 else None
+        if parent is not None:
+            rel = parent[len(self.root):].strip("/").split("/") if parent != self.root else []
+            cur = parent
+            todo = deque(parts[-1:])
+        else:
+            rel, cur, todo = [], self.root, deque(parts)
         links = 0
         while todo:
             c = todo.popleft()
@@ -181,21 +189,24 @@ class _Extractor:
             if c == "..":
                 if rel:
                     rel.pop()
+                    cur = os.path.dirname(cur)
                 continue
-            p = os.path.join(self.root, *rel, c)
+            p = os.path.join(cur, c)
             try:
                 st = os.lstat(p)
             except FileNotFoundError:
                 if not create:
                     return None
-                self._check_depth(rel, entry)
+                self._check_depth(len(rel), entry)
                 os.mkdir(p, 0o755)
                 self._created.add(p)
                 rel.append(c)
+                cur = p
                 continue
             if stat.S_ISDIR(st.st_mode):
-                self._check_depth(rel, entry)
+                self._check_depth(len(rel), entry)
                 rel.append(c)
+                cur = p
             elif stat.S_ISLNK(st.st_mode):
                 links += 1
                 if links > _MAX_LINKS:
@@ -203,18 +214,17 @@ class _Extractor:
                                        f"{'/'.join(rel + [c])!r}")
                 target = os.readlink(p)
                 if target.startswith("/"):
-                    rel = []
+                    rel, cur = [], self.root
                 todo.extendleft(reversed(target.split("/")))
             else:
                 raise ArchiveError(f"entry {entry!r}: {'/'.join(rel + [c])!r} is not a directory "
                                    "in the extracted tree")
-        out = os.path.join(self.root, *rel) if rel else self.root
-        self._dircache[key] = out
-        return out
+        self._dircache[key] = cur
+        return cur
 
     @staticmethod
-    def _check_depth(rel: list[str], entry: str) -> None:
-        if len(rel) >= MAX_DEPTH:
+    def _check_depth(depth: int, entry: str) -> None:
+        if depth >= MAX_DEPTH:
             raise ArchiveError(f"entry {entry[:200]!r}... is nested more than {MAX_DEPTH} directories deep: "
                                "refusing the archive")
 
@@ -245,6 +255,8 @@ class _Extractor:
             return
         parent = self.resolve_dir(parts[:-1], m.name)
         assert parent is not None
+        # The parent may come from the cache, unchecked: check the depth it reaches.
+        self._check_depth(parent.count("/") - self.root.rstrip("/").count("/"), m.name)
         dst = os.path.join(parent, base)
         self.stats.entries += 1
         try:
@@ -258,6 +270,8 @@ class _Extractor:
             self._remove(dst)
         self.create(tf, m, dst, dir_exists=keep_dir)
         self._created.add(dst)
+        if m.isdir():
+            self._dircache[tuple(parts)] = dst     # children of this entry resolve from here
 
     def _link_source(self, m: tarfile.TarInfo) -> str:
         parts = _clean(m.linkname, f"hard link {m.name!r} ->")
