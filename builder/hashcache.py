@@ -122,21 +122,13 @@ class HashCache:
             self._entries = merged
         cutoff = int(time.time()) - MAX_AGE_S
         keep = {k: v for k, v in self._entries.items() if v[5] >= cutoff}
-        import tempfile  # only when saving: keeps a warm build's start-up light
+        # Imported only when saving: keeps a warm build's start-up light.
+        from registry.fsutil import atomic_write
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".hashes-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_MAGIC)
-                f.write(marshal.dumps(keep))
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        # Not durable: a cache entry lost in a crash only costs a re-hash, and fsync would cost
+        # more than the write. Mode 0600 as before: the paths it lists are the user's business.
+        atomic_write(self.path, _MAGIC + marshal.dumps(keep), mode=0o600, durable=False)
         self._loaded_mtime = os.stat(self.path).st_mtime_ns
         self._entries = keep
         self._dirty.clear()

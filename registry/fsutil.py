@@ -16,27 +16,46 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so readers see the old or the new content, never a mix.
-
-    Temp file in the same directory, fsync, rename over, fsync the directory.
-    """
-    path = Path(path)
+def _write_temp(path: Path, data: bytes, mode: int, durable: bool) -> str:
+    """Write `data` to a new temp file beside `path` (same file system, so it can be renamed or
+    linked onto `path`) and return the temp file's name; on failure nothing is left behind."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def _unlink_quietly(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `path` with `data` so readers see the old or the new content, never a mix.
+
+    Temp file in the same directory, fsync, rename over, fsync the directory. With
+    durable=False the two fsyncs are skipped: for caches, where losing the latest write in a
+    crash only costs recomputing it, and the flush would cost more than the write.
+    """
+    path = Path(path)
+    tmp = _write_temp(path, data, mode, durable)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def create_if_absent(path: str | os.PathLike, data: bytes) -> bool:
@@ -48,13 +67,8 @@ def create_if_absent(path: str | os.PathLike, data: bytes) -> bool:
     path = Path(path)
     if path.exists():
         return False
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _write_temp(path, data, 0o644, durable=True)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
         try:
             os.link(tmp, path)
         except FileExistsError:
