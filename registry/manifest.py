@@ -115,8 +115,57 @@ class Descriptor:
 
 
 # ---------------------------------------------------------------------------------------------
+class _Document:
+    """What an image manifest and an index share: the fields around their own payload
+    (schemaVersion, mediaType, artifactType, subject, annotations, unknown fields) and how they
+    are read and written.
+
+    Not a dataclass itself: each subclass declares these fields as dataclass fields (media_type,
+    schema_version, annotations, subject, artifact_type, extra) after its own, and defines
+    `_KNOWN` (the JSON keys it reads), `_KIND` (its name in messages) and `_payload()` (its own
+    fields in OCI order, which stand after artifactType).
+    """
+
+    @staticmethod
+    def _common_fields(d: dict, where: str, media_type: str, known: Iterable[str]) -> dict:
+        """Keyword arguments for the shared fields, read from the JSON object `d`."""
+        subject = d.get("subject")
+        return dict(media_type=d.get("mediaType") or media_type, schema_version=d.get("schemaVersion", 2),
+                    annotations=dict(d.get("annotations") or {}),
+                    subject=Descriptor.from_dict(subject, f"{where}: subject") if subject else None,
+                    artifact_type=d.get("artifactType"), extra=_extra(d, known))
+
+    @classmethod
+    def _check_kind(cls, doc: "Manifest | Index", where: str):
+        """`doc` if it is of this kind; else InvalidManifestError naming both kinds."""
+        if not isinstance(doc, cls):
+            raise InvalidManifestError(f"{where}: expected {cls._KIND}, got {doc._KIND} ({doc.media_type})")
+        return doc
+
+    def to_dict(self) -> dict:
+        """The JSON object in OCI field order."""
+        d: dict = {"schemaVersion": self.schema_version, "mediaType": self.media_type}
+        if self.artifact_type:
+            d["artifactType"] = self.artifact_type
+        d.update(self._payload())
+        if self.subject is not None:
+            d["subject"] = self.subject.to_dict()
+        if self.annotations:
+            d["annotations"] = _sorted_map(self.annotations)
+        d.update(self.extra)
+        return d
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON bytes (see the module docstring)."""
+        return dump_json(self.to_dict())
+
+    def descriptor(self, **kw) -> Descriptor:
+        """The descriptor of `to_bytes()` (digest, size, this media type)."""
+        return Descriptor.of(self.to_bytes(), self.media_type, **kw)
+
+
 @dataclass
-class Manifest:
+class Manifest(_Document):
     """An image manifest: OCI (`application/vnd.oci.image.manifest.v1+json`) or Docker schema2."""
 
     config: Descriptor
@@ -129,6 +178,7 @@ class Manifest:
     extra: dict = field(default_factory=dict)
 
     _KNOWN = ("schemaVersion", "mediaType", "artifactType", "config", "layers", "subject", "annotations")
+    _KIND = "an image manifest"
 
     @property
     def is_docker(self) -> bool:
@@ -143,47 +193,21 @@ class Manifest:
         layers = d.get("layers") or []
         if not isinstance(layers, list):
             raise InvalidManifestError(f"{where}: 'layers' must be a list")
-        subject = d.get("subject")
         return cls(config=Descriptor.from_dict(d["config"], f"{where}: config"),
                    layers=[Descriptor.from_dict(x, f"{where}: layers[{i}]") for i, x in enumerate(layers)],
-                   media_type=d.get("mediaType") or media_type,
-                   schema_version=d.get("schemaVersion", 2), annotations=dict(d.get("annotations") or {}),
-                   subject=Descriptor.from_dict(subject, f"{where}: subject") if subject else None,
-                   artifact_type=d.get("artifactType"), extra=_extra(d, cls._KNOWN))
+                   **cls._common_fields(d, where, media_type, cls._KNOWN))
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "manifest") -> "Manifest":
         """Read an image manifest from its JSON bytes."""
-        doc = parse_manifest(data, where=where)
-        if not isinstance(doc, Manifest):
-            raise InvalidManifestError(f"{where}: expected an image manifest, got an index ({doc.media_type})")
-        return doc
+        return cls._check_kind(parse_manifest(data, where=where), where)
 
-    def to_dict(self) -> dict:
-        """The JSON object in OCI field order."""
-        d: dict = {"schemaVersion": self.schema_version, "mediaType": self.media_type}
-        if self.artifact_type:
-            d["artifactType"] = self.artifact_type
-        d["config"] = self.config.to_dict()
-        d["layers"] = [x.to_dict() for x in self.layers]
-        if self.subject is not None:
-            d["subject"] = self.subject.to_dict()
-        if self.annotations:
-            d["annotations"] = _sorted_map(self.annotations)
-        d.update(self.extra)
-        return d
-
-    def to_bytes(self) -> bytes:
-        """Canonical JSON bytes (see the module docstring)."""
-        return dump_json(self.to_dict())
-
-    def descriptor(self, **kw) -> Descriptor:
-        """The descriptor of `to_bytes()` (digest, size, this media type)."""
-        return Descriptor.of(self.to_bytes(), self.media_type, **kw)
+    def _payload(self) -> dict:
+        return {"config": self.config.to_dict(), "layers": [x.to_dict() for x in self.layers]}
 
 
 @dataclass
-class Index:
+class Index(_Document):
     """An OCI image index or a Docker manifest list: manifests for several platforms."""
 
     manifests: list[Descriptor] = field(default_factory=list)
@@ -195,6 +219,7 @@ class Index:
     extra: dict = field(default_factory=dict)
 
     _KNOWN = ("schemaVersion", "mediaType", "artifactType", "manifests", "subject", "annotations")
+    _KIND = "an index"
 
     @property
     def is_docker(self) -> bool:
@@ -207,41 +232,16 @@ class Index:
         manifests = d.get("manifests")
         if not isinstance(manifests, list):
             raise InvalidManifestError(f"{where}: an index needs a 'manifests' list")
-        subject = d.get("subject")
         return cls(manifests=[Descriptor.from_dict(x, f"{where}: manifests[{i}]") for i, x in enumerate(manifests)],
-                   media_type=d.get("mediaType") or media_type, schema_version=d.get("schemaVersion", 2),
-                   annotations=dict(d.get("annotations") or {}),
-                   subject=Descriptor.from_dict(subject, f"{where}: subject") if subject else None,
-                   artifact_type=d.get("artifactType"), extra=_extra(d, cls._KNOWN))
+                   **cls._common_fields(d, where, media_type, cls._KNOWN))
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "index") -> "Index":
         """Read an index from its JSON bytes."""
-        doc = parse_manifest(data, where=where)
-        if not isinstance(doc, Index):
-            raise InvalidManifestError(f"{where}: expected an index, got an image manifest ({doc.media_type})")
-        return doc
+        return cls._check_kind(parse_manifest(data, where=where), where)
 
-    def to_dict(self) -> dict:
-        """The JSON object in OCI field order."""
-        d: dict = {"schemaVersion": self.schema_version, "mediaType": self.media_type}
-        if self.artifact_type:
-            d["artifactType"] = self.artifact_type
-        d["manifests"] = [x.to_dict() for x in self.manifests]
-        if self.subject is not None:
-            d["subject"] = self.subject.to_dict()
-        if self.annotations:
-            d["annotations"] = _sorted_map(self.annotations)
-        d.update(self.extra)
-        return d
-
-    def to_bytes(self) -> bytes:
-        """Canonical JSON bytes (see the module docstring)."""
-        return dump_json(self.to_dict())
-
-    def descriptor(self, **kw) -> Descriptor:
-        """The descriptor of `to_bytes()` (digest, size, this media type)."""
-        return Descriptor.of(self.to_bytes(), self.media_type, **kw)
+    def _payload(self) -> dict:
+        return {"manifests": [x.to_dict() for x in self.manifests]}
 
     def platforms(self) -> list[Platform]:
         """Platforms of the runnable entries (attestations and other artifacts left out)."""
