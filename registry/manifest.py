@@ -514,14 +514,9 @@ class ImageConfig:
             d["created"] = self.created
         if self.author:
             d["author"] = self.author
-        d["architecture"] = self.architecture
-        d["os"] = self.os
-        if self.os_version:
-            d["os.version"] = self.os_version
-        if self.os_features:
-            d["os.features"] = list(self.os_features)
-        if self.variant:
-            d["variant"] = self.variant
+        # architecture, os, os.version, os.features, variant: the same fields in the same order
+        # as a descriptor's platform object.
+        d.update(self.platform.to_dict())
         d["config"] = self.config.to_dict()
         d["rootfs"] = {"type": self.rootfs_type, "diff_ids": list(self.diff_ids), **self.rootfs_extra}
         if self.history:
