@@ -27,6 +27,7 @@ from registry.tarwriter import (
     TarEmitter,
     TarWriteError,
     emit_tree,
+    walk_sorted,
     write_tree_tar,
 )
 
@@ -285,32 +286,15 @@ def write_overlay_upper_tar(upper_dir: str | os.PathLike, out: Any, *,
                 f"overlay upper entry {rel!r} has {name}: its content lives in a lower layer; "
                 f"mount the overlay with {option}")
 
-    stack = [(iter(_sorted(upper)), "")]
-    while stack:
-        it, rel = stack[-1]
-        e = next(it, None)
-        if e is None:
-            stack.pop()
-            continue
-        crel = f"{rel}/{e.name}" if rel else e.name
-        st = e.stat(follow_symlinks=False)
+    for crel, path, st in walk_sorted(upper):
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             em.add_whiteout(crel, wh_time)
             continue
         if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-            check(e.path, crel)
-        em.add_path(crel, e.path, st=st)
-        if stat.S_ISDIR(st.st_mode):
-            if _overlay_xattr(e.path, OVERLAY_OPAQUE_XATTRS) == b"y":
-                em.add_opaque(crel, wh_time)
-            stack.append((iter(_sorted(e.path)), crel))
+            check(path, crel)
+        em.add_path(crel, path, st=st)
+        if stat.S_ISDIR(st.st_mode) and _overlay_xattr(path, OVERLAY_OPAQUE_XATTRS) == b"y":
+            em.add_opaque(crel, wh_time)
     if close:
         em.close()
     return em.entries
-
-
-def _sorted(path: str) -> list[os.DirEntry]:
-    with os.scandir(path) as it:
-        entries = list(it)
-    entries.sort(key=lambda e: os.fsencode(e.name))
-    return entries

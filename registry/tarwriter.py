@@ -372,6 +372,31 @@ def _sorted_entries(path: str) -> list[os.DirEntry]:
     return entries
 
 
+def walk_sorted(root_dir: str, exclude: Callable[[str], bool] | None = None
+                ) -> Iterator[tuple[str, str, os.stat_result]]:
+    """Yield (relative path, path, lstat) for every entry under `root_dir`, depth-first, each
+    directory's entries in byte order of their names, a directory before its contents.
+
+    `exclude(relpath)` true skips an entry (and a directory's contents) before it is stat'ed.
+    A directory's entries are listed after the consumer has handled the directory itself.
+    """
+    # An explicit stack of directory iterators: deep trees cannot hit the recursion limit.
+    stack: list[tuple[Iterator[os.DirEntry], str]] = [(iter(_sorted_entries(root_dir)), "")]
+    while stack:
+        it, rel = stack[-1]
+        e = next(it, None)
+        if e is None:
+            stack.pop()
+            continue
+        crel = f"{rel}/{e.name}" if rel else e.name
+        if exclude is not None and exclude(crel):
+            continue
+        st = e.stat(follow_symlinks=False)
+        yield crel, e.path, st
+        if stat.S_ISDIR(st.st_mode):
+            stack.append((iter(_sorted_entries(e.path)), crel))
+
+
 def write_tree_tar(root_dir: str | os.PathLike, out: Any, *, source_date_epoch: int | None = None,
                    prefix: str = "", exclude: Callable[[str], bool] | None = None,
                    uid: int | None = None, gid: int | None = None,
@@ -396,18 +421,5 @@ def emit_tree(em: TarEmitter, root_dir: str, *, prefix: str = "",
               uid: int | None = None, gid: int | None = None) -> None:
     """Add every entry under `root_dir` to `em` (see write_tree_tar)."""
     prefix = _clean_name(prefix)
-    # An explicit stack of directory iterators: deep trees cannot hit the recursion limit.
-    stack: list[tuple[Iterator[os.DirEntry], str]] = [(iter(_sorted_entries(root_dir)), "")]
-    while stack:
-        it, rel = stack[-1]
-        e = next(it, None)
-        if e is None:
-            stack.pop()
-            continue
-        crel = f"{rel}/{e.name}" if rel else e.name
-        if exclude is not None and exclude(crel):
-            continue
-        st = e.stat(follow_symlinks=False)
-        em.add_path(f"{prefix}/{crel}" if prefix else crel, e.path, st=st, uid=uid, gid=gid)
-        if stat.S_ISDIR(st.st_mode):
-            stack.append((iter(_sorted_entries(e.path)), crel))
+    for crel, path, st in walk_sorted(root_dir, exclude):
+        em.add_path(f"{prefix}/{crel}" if prefix else crel, path, st=st, uid=uid, gid=gid)
