@@ -92,15 +92,21 @@ def _run_parallel(jobs: list[Callable[[], None]], workers: int) -> None:
                 raise f.exception()  # type: ignore[misc]
 
 
-def _image_blobs(manifest: Manifest) -> list[Descriptor]:
-    """Config and layers of an image manifest, each digest once."""
-    seen: set[str] = set()
-    out = []
-    for d in [manifest.config, *manifest.layers]:
-        if d.digest not in seen:
-            seen.add(d.digest)
-            out.append(d)
-    return out
+def _image_blobs(images: Iterable[Manifest]) -> dict[str, Descriptor]:
+    """Configs and layers of the image manifests, by digest, each once (first descriptor seen)."""
+    blobs: dict[str, Descriptor] = {}
+    for m in images:
+        for d in [m.config, *m.layers]:
+            blobs.setdefault(d.digest, d)
+    return blobs
+
+
+def _images(children: list[tuple[Descriptor, bytes, Any]], top: "Manifest | Index") -> list[Manifest]:
+    """The image manifests among `_children`'s result, then `top` if it is one itself."""
+    images = [doc for _, _, doc in children if isinstance(doc, Manifest)]
+    if isinstance(top, Manifest):
+        images.append(top)
+    return images
 
 
 # ---- where blobs came from (for cross-repository mounts) --------------------------------------
@@ -286,10 +292,7 @@ def pull(client: RegistryClient, ref: str | Reference, store: Any, *,
     progress.message(f"pulling {r} ({digest})")
     counter = _Counter()
     sources = BlobSources(store.root)
-    blobs: dict[str, Descriptor] = {}
-    for _, _, m in images:
-        for d in _image_blobs(m):
-            blobs.setdefault(d.digest, d)
+    blobs = _image_blobs(m for _, _, m in images)
     # The lease keeps what this pull writes safe from a concurrent gc until it is tagged. Nothing
     # refers to the blobs before the tag, so manifests are stored alongside the layers (their
     # writes overlap the downloads) and only the tag waits for everything.
@@ -406,13 +409,8 @@ def push(client: RegistryClient, store: Any, src: str, dest: str | Reference | N
 
     manifests = _children(local, top_data, top.media_type, src)
     top_doc = parse_manifest(top_data, top.media_type, where=src)
-    images = [doc for _, _, doc in manifests if isinstance(doc, Manifest)]
-    if isinstance(top_doc, Manifest):
-        images.append(top_doc)
-    blobs: dict[str, Descriptor] = {}
-    for m in images:
-        for d in _image_blobs(m):
-            blobs.setdefault(d.digest, d)
+    images = _images(manifests, top_doc)
+    blobs = _image_blobs(images)
     sources = BlobSources(store.root)
     counter = _Counter()
     opened: list = []
@@ -464,13 +462,8 @@ def copy(client: RegistryClient, src: str | Reference, dest: str | Reference, *,
         data, media_type, digest = _fetch_manifest(srepo, child)
         doc = parse_manifest(data, media_type, where=f"manifest {s}@{digest}")
     manifests = _children(remote, data, media_type, str(s))
-    images = [m for _, _, m in manifests if isinstance(m, Manifest)]
-    if isinstance(doc, Manifest):
-        images.append(doc)
-    blobs: dict[str, Descriptor] = {}
-    for m in images:
-        for b in _image_blobs(m):
-            blobs.setdefault(b.digest, b)
+    images = _images(manifests, doc)
+    blobs = _image_blobs(images)
     counter = _Counter()
     same_registry = s.registry == d.registry
     progress.message(f"copying {s} to {d}")
