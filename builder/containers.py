@@ -510,11 +510,16 @@ def read_logs(c: Container, follow: bool = False) -> Iterator[tuple[str, bytes]]
         f.close()
 
 
-def _still_running(c: Container) -> bool:
+def _read_state(c: Container) -> dict:
+    """The state.json another process (the supervisor) writes; {} while it is absent or unreadable."""
     try:
-        st = json.loads((c.dir / "state.json").read_text())
+        return json.loads((c.dir / "state.json").read_text())
     except (OSError, ValueError):
-        return False
+        return {}
+
+
+def _still_running(c: Container) -> bool:
+    st = _read_state(c)
     return st.get("status") == "running" and _alive(st.get("pid", 0))
 
 
@@ -793,10 +798,7 @@ def stop(c: Container, timeout: int | None = None, sig: str | None = None) -> bo
 def _wait_exit(c: Container, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            st = json.loads((c.dir / "state.json").read_text())
-        except (OSError, ValueError):
-            st = {}
+        st = _read_state(c)
         if st.get("status") == "exited" or not _alive(c.state.pid):
             c.state = ContainerState(**st) if st else c.state
             return True
@@ -845,10 +847,7 @@ def start_detached(c: Container, timeout: float = 30.0) -> None:
     pid = int(text)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            st = json.loads((c.dir / "state.json").read_text())
-        except (OSError, ValueError):
-            st = {}
+        st = _read_state(c)
         if st.get("status") in ("running", "exited"):
             c.state = ContainerState(**st)
             return
