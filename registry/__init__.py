@@ -1,15 +1,51 @@
-"""Images as data: references, manifests, the local OCI store, auth and the registry client."""
-from .digest import Digest, InvalidDigestError, digest_bytes, digest_file, digest_stream, is_digest, parse_digest
-from .auth import Authenticator
-from .credentials import Credential, credential_override, erase_credential, lookup_credential, save_credential
+"""Images as data: references, manifests, the local OCI store, auth and the registry client.
+
+Public API: the names in ``__all__``. They load on first use (PEP 562): `import registry` (and
+thus importing any submodule, e.g. `registry.reference`) must not pull in the HTTP client,
+transfer, layer writer and their standard-library dependencies, which every pybuild command
+would otherwise pay for at start-up.
+"""
+from __future__ import annotations
+
 from .errors import AuthError, DigestMismatchError, InvalidReferenceError, NotFoundError, RegistryError
-from .manifest import (ContainerConfig, Descriptor, History, ImageConfig, Index, InvalidManifestError, Manifest,
-                       parse_manifest, select_manifest)
-from .platform import InvalidPlatformError, Platform, host_platform, parse_platform, platform_matches
-from .reference import Reference, parse_reference
-from .store import GCResult, ImageRecord, LocalImage, Store, default_root, open_store
-from .imports import ImageImportError, ImportResult, import_image
-from .compression import Compression, CompressionError, open_decompressed, parse_compression
-from .layer import EntryMeta, LayerResult, LayerWriter, TarEmitter, store_layer, write_overlay_upper_tar, write_tree_tar
-from .client import ClientOptions, RegistryClient, Repository
-from .transfer import TransferResult, copy, pull, push
+
+_LAZY = {
+    "Digest": "digest", "InvalidDigestError": "digest", "digest_bytes": "digest", "digest_file": "digest",
+    "digest_stream": "digest", "is_digest": "digest", "parse_digest": "digest",
+    "Authenticator": "auth",
+    "Credential": "credentials", "credential_override": "credentials", "erase_credential": "credentials",
+    "lookup_credential": "credentials", "save_credential": "credentials",
+    "ContainerConfig": "manifest", "Descriptor": "manifest", "History": "manifest", "ImageConfig": "manifest",
+    "Index": "manifest", "InvalidManifestError": "manifest", "Manifest": "manifest",
+    "parse_manifest": "manifest", "select_manifest": "manifest",
+    "InvalidPlatformError": "platform", "Platform": "platform", "host_platform": "platform",
+    "parse_platform": "platform", "platform_matches": "platform",
+    "Reference": "reference", "parse_reference": "reference",
+    "GCResult": "store", "ImageRecord": "store", "LocalImage": "store", "Store": "store",
+    "default_root": "store", "open_store": "store",
+    "ImageImportError": "imports", "ImportResult": "imports", "import_image": "imports",
+    "Compression": "compression", "CompressionError": "compression", "open_decompressed": "compression",
+    "parse_compression": "compression",
+    "EntryMeta": "layer", "LayerResult": "layer", "LayerWriter": "layer", "TarEmitter": "layer",
+    "store_layer": "layer", "write_overlay_upper_tar": "layer", "write_tree_tar": "layer",
+    "ClientOptions": "client", "RegistryClient": "client", "Repository": "client",
+    "TransferResult": "transfer", "copy": "transfer", "pull": "transfer", "push": "transfer",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'registry' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["AuthError", "DigestMismatchError", "InvalidReferenceError", "NotFoundError", "RegistryError",
+           *_LAZY]

@@ -28,7 +28,6 @@ import errno
 import os
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,12 @@ OCTET_STREAM = "application/octet-stream"
 # Ingest files untouched this long belong to a dead process and gc removes them.
 STALE_INGEST_SECONDS = 24 * 3600
 _MAX_SNIFF = 8 << 20
+
+
+def _unique_name() -> str:
+    """32 random hex digits for a temporary file name (the `uuid` module would import `platform`,
+    a noticeable part of every command's start-up)."""
+    return os.urandom(16).hex()
 
 
 def default_root() -> Path:
@@ -142,7 +147,7 @@ class BlobWriter:
                 if expected_size is not None and self._size > expected_size:
                     self.reset()
         if not self.resumable:
-            self.path = ingest / f"{uuid.uuid4().hex}.tmp"
+            self.path = ingest / f"{_unique_name()}.tmp"
             self._file = open(self.path, "xb")
 
     @property
@@ -249,7 +254,7 @@ class _Lease:
     """A flock-held file listing digests a live process still needs."""
 
     def __init__(self, leases_dir: Path):
-        self.path = leases_dir / f"{os.getpid()}-{uuid.uuid4().hex}"
+        self.path = leases_dir / f"{os.getpid()}-{_unique_name()}"
         self._lock = FileLock(self.path)
         self._lock.acquire()
         self._mutex = threading.Lock()

@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime
 
 
 def register(add_command) -> None:
@@ -61,6 +60,7 @@ def human_age(created: str | None, now: float | None = None) -> str:
     """`3 days ago` from an RFC 3339 time (`N/A` when absent or unreadable)."""
     if not created:
         return "N/A"
+    from datetime import datetime   # only `images` needs it; every command imports this module
     try:
         t = datetime.fromisoformat(created).timestamp()
     except ValueError:
