@@ -19,7 +19,7 @@ from typing import BinaryIO, Callable
 from registry.layer import EntryMeta, TarEmitter
 
 from .errors import BuildError
-from .rootview import RootView
+from .rootview import MAX_SYMLINKS, RootView
 
 
 @dataclass
@@ -44,6 +44,45 @@ class CopyOptions:
     gid: int | None = None
     chmod: int | str | None = None
     link: bool = False
+
+
+def resolve_in_view(view: RootView, path: str) -> str:
+    """``path`` (absolute) with the symlinks of ``view`` followed as inside a chroot.
+
+    Unlike :meth:`RootView.resolve`, a missing component is no failure: it and the rest are
+    kept as written (they are what COPY creates), and a dangling link is followed to where it
+    points, as BuildKit's resolution inside the rootfs does (the last component too).
+    ``..`` and absolute link targets never leave the root.
+    """
+    todo = [p for p in path.split("/") if p]
+    done: list[str] = []
+    hops = 0
+    while todo:
+        name = todo.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        found = view.stat("/" + "/".join(done + [name]), follow=False)
+        if found is None:
+            done.append(name)
+            done.extend(todo)
+            break
+        host, st = found
+        if not stat.S_ISLNK(st.st_mode):
+            done.append(name)
+            continue
+        hops += 1
+        if hops > MAX_SYMLINKS:
+            raise BuildError(f"too many levels of symbolic links resolving {path} in the image; "
+                             "fix the image's links or copy to another path")
+        target = os.readlink(host)
+        if target.startswith("/"):
+            done = []
+        todo = [t for t in target.split("/") if t] + todo
+    return "/" + "/".join(done)
 
 
 def resolve_dest(dest: str, workdir: str) -> tuple[str, bool]:
@@ -217,15 +256,28 @@ class CopyWriter:
         self.em.add_bytes(rel, data, EntryMeta(m, self.opts.uid or 0, self.opts.gid or 0, mtime))
         self.count += 1
 
-    def add_archive(self, dest: str, stream: BinaryIO) -> None:
-        """Unpack a tar (already decompressed) under directory ``dest`` (ADD's auto-extraction)."""
+    def add_archive(self, dest: str, stream: BinaryIO, label: str = "archive") -> None:
+        """Unpack a tar (already decompressed) under directory ``dest`` (ADD's auto-extraction).
+
+        As with BuildKit, an entry (or hard link target) whose ``..`` climbs above ``dest``
+        makes the whole archive fail; ``label`` names the archive in that error.
+        """
         base = dest.strip("/")
         if base:
             self.ensure_dir(dest)
+
+        def inside(raw: str, what: str) -> str:
+            name = posixpath.normpath(raw.lstrip("/"))
+            if name == ".." or name.startswith("../"):
+                raise BuildError(f"ADD {label}: archive {what} {raw!r} is outside the extraction root "
+                                 f"{dest} (its '..' climbs above it); Docker refuses such archives "
+                                 "too: repack it without climbing names")
+            return name
+
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for m in tar:
-                name = posixpath.normpath(m.name.lstrip("/"))
-                if name in (".", "") or name.startswith("../") or name == "..":
+                name = inside(m.name, "entry")
+                if name in (".", ""):
                     continue
                 full = f"{base}/{name}" if base else name
                 self.em.ensure_parents(full, self._parent_meta)
@@ -242,7 +294,7 @@ class CopyWriter:
                 elif m.issym():
                     self.em.add_symlink(full, m.linkname, meta)
                 elif m.islnk():
-                    link = posixpath.normpath(m.linkname.lstrip("/"))
+                    link = inside(m.linkname, f"entry {m.name!r}: hard link target")
                     self.em.add_hardlink(full, f"{base}/{link}" if base else link, meta)
                 elif m.ischr() or m.isblk():
                     self.em.add_device(full, "char" if m.ischr() else "block", m.devmajor, m.devminor, meta)

@@ -32,7 +32,7 @@ from registry.platform import Platform, host_platform, platform_matches
 from . import config as cfgmod
 from .cache import BuildCache, CacheRecord, step_key
 from .cache_keys import layers_content_id, records_digest
-from .copying import CopyOptions, CopyWriter, Source, is_archive, resolve_dest
+from .copying import CopyOptions, CopyWriter, Source, is_archive, resolve_dest, resolve_in_view
 from .errors import BuildError
 from .executor import Executor, RunMount, StageState
 from .layers import LayerMaker, LayerRef
@@ -330,7 +330,8 @@ class StageBuilder:
 
             def write(em) -> None:
                 cw = CopyWriter(em, view, CopyOptions())
-                parts = wd.strip("/").split("/")
+                # Through the image's links, as Docker's mkdir inside the rootfs goes.
+                parts = resolve_in_view(view, wd).strip("/").split("/")
                 for i in range(1, len(parts) + 1):
                     d = "/" + "/".join(parts[:i])
                     if not view.is_dir(d):
@@ -495,6 +496,10 @@ class StageBuilder:
             opts.uid, opts.gid = u.uid, u.gid
         if not dest_is_dir and target_view.is_dir(dest):
             dest_is_dir = True
+        if not inst.link:
+            # Docker copies into the image's tree as it is: a symlink on the way to the
+            # destination is followed inside the rootfs, never replaced by a directory.
+            dest = resolve_in_view(target_view, dest)
 
         def at(name: str) -> str:
             return posixpath.join(dest, name) if dest_is_dir else dest
@@ -542,7 +547,7 @@ class StageBuilder:
                     if is_add and inst.unpack is not False and _local_archive(host):
                         from registry.compression import open_decompressed
                         with open(host, "rb") as f:
-                            cw.add_archive(dest, open_decompressed(f))
+                            cw.add_archive(dest, open_decompressed(f), label=rel or s)
                         continue
                     cw.add_tree(at(name), Path(host), src)
         layer = svc.layers.commit_tar(write)
