@@ -24,13 +24,10 @@ from registry.credentials import Credential, env_var_stem
 from registry.digest import digest_bytes
 from registry.errors import AuthError, RegistryError
 from registry.tlsconfig import ca_bundle_for, client_cert_for
+from tests.fixtures.registry import fast_client
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _client() -> RegistryClient:
-    return RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05))
 
 
 def _login_env(monkeypatch: pytest.MonkeyPatch, host: str, user: str, password: str) -> None:
@@ -95,14 +92,14 @@ def test_repository_scopes():
 def test_basic_push_pull_round_trip(basic_registry, cred_env, monkeypatch):
     host = basic_registry.host
     _login_env(monkeypatch, host, "alice", basic_registry.users["alice"])
-    with _client() as c:
+    with fast_client() as c:
         digest, _ = _push_image(c, host, "basic/roundtrip")
-    with _client() as c:             # a fresh client: nothing cached
+    with fast_client() as c:             # a fresh client: nothing cached
         assert _pull_image(c, host, "basic/roundtrip") == digest
 
 
 def test_basic_without_credentials_says_how_to_log_in(basic_registry, cred_env):
-    with _client() as c, pytest.raises(AuthError) as e:
+    with fast_client() as c, pytest.raises(AuthError) as e:
         c.repository(basic_registry.host, "basic/anything").tags()
     assert f"pybuild login {basic_registry.host}" in str(e.value)
 
@@ -110,7 +107,7 @@ def test_basic_without_credentials_says_how_to_log_in(basic_registry, cred_env):
 def test_basic_wrong_password_is_rejected_without_echoing_it(basic_registry, cred_env, monkeypatch):
     host = basic_registry.host
     _login_env(monkeypatch, host, "alice", "WrongPassw0rd")
-    with _client() as c, pytest.raises(AuthError) as e:
+    with fast_client() as c, pytest.raises(AuthError) as e:
         _push_image(c, host, "basic/denied")
     msg = str(e.value)
     assert "rejected" in msg and "'alice'" in msg and "WrongPassw0rd" not in msg
@@ -121,13 +118,13 @@ def test_basic_wrong_password_is_rejected_without_echoing_it(basic_registry, cre
 def test_token_pusher_pushes_puller_pulls_but_cannot_push(token_registry, cred_env, monkeypatch):
     host, server = token_registry.host, token_registry.server
     _login_env(monkeypatch, host, "pusher", "pushpass")
-    with _client() as c:
+    with fast_client() as c:
         digest, manifest = _push_image(c, host, "tok/app", layers=4)
     # one token for the push scope serves the HEADs, the uploads and the manifest PUT
     assert server.issued_count("pusher") <= 2, server.requests
 
     _login_env(monkeypatch, host, "puller", "pullpass")
-    with _client() as c:
+    with fast_client() as c:
         assert _pull_image(c, host, "tok/app") == digest
         with pytest.raises(AuthError) as e:
             _push_image(c, host, "tok/app", seed=7)
@@ -135,7 +132,7 @@ def test_token_pusher_pushes_puller_pulls_but_cannot_push(token_registry, cred_e
     assert "denied user 'puller' push on repository tok/app" in msg and "pullpass" not in msg
     # nothing of the refused push landed
     _login_env(monkeypatch, host, "pusher", "pushpass")
-    with _client() as c:
+    with fast_client() as c:
         config = json.dumps({"architecture": "amd64", "os": "linux", "seed": 7,
                              "rootfs": {"type": "layers", "diff_ids": []}}).encode()
         assert not c.repository(host, "tok/app").has_blob(digest_bytes(config))
@@ -145,11 +142,11 @@ def test_token_pusher_pushes_puller_pulls_but_cannot_push(token_registry, cred_e
 def test_token_anonymous_access(token_registry, cred_env, monkeypatch):
     host = token_registry.host
     _login_env(monkeypatch, host, "pusher", "pushpass")
-    with _client() as c:
+    with fast_client() as c:
         digest, _ = _push_image(c, host, "public/tool")
         _push_image(c, host, "private/tool")
     monkeypatch.delenv(f"{env_var_stem(host)}_USER")
-    with _client() as c:
+    with fast_client() as c:
         assert _pull_image(c, host, "public/tool") == digest      # anonymous token, pull granted
         with pytest.raises(AuthError) as e:
             c.repository(host, "private/tool").get_manifest("v1")
@@ -159,7 +156,7 @@ def test_token_anonymous_access(token_registry, cred_env, monkeypatch):
 def test_token_server_rejects_wrong_password(token_registry, cred_env, monkeypatch):
     host = token_registry.host
     _login_env(monkeypatch, host, "pusher", "not-the-Password")
-    with _client() as c, pytest.raises(AuthError) as e:
+    with fast_client() as c, pytest.raises(AuthError) as e:
         c.repository(host, "tok/x").tags()
     msg = str(e.value)
     assert "rejected the credentials of user 'pusher'" in msg and token_registry.server.realm in msg
@@ -170,12 +167,12 @@ def test_identity_token_uses_oauth2_refresh_grant(token_registry, cred_env):
     host, server = token_registry.host, token_registry.server
     server.refresh_tokens["refresh-tok-1"] = "pusher"
     cred_env.config_json.write_text(json.dumps({"auths": {host: {"auth": "", "identitytoken": "refresh-tok-1"}}}))
-    with _client() as c:
+    with fast_client() as c:
         digest, _ = _push_image(c, host, "tok/oauth")
         assert _pull_image(c, host, "tok/oauth") == digest
     assert server.requests and all(r.method == "POST" and r.user == "pusher" for r in server.requests)
     del server.refresh_tokens["refresh-tok-1"]
-    with _client() as c, pytest.raises(AuthError, match="identity token"):
+    with fast_client() as c, pytest.raises(AuthError, match="identity token"):
         c.repository(host, "tok/oauth").tags()
 
 
@@ -184,7 +181,7 @@ def test_cross_repo_mount_asks_for_source_pull_scope(token_registry, cred_env, m
     _login_env(monkeypatch, host, "pusher", "pushpass")
     data = _blob(3000, 42)
     d = digest_bytes(data)
-    with _client() as c:
+    with fast_client() as c:
         assert c.repository(host, "mnt/src").upload_blob(d, len(data), lambda off: [data[off:]]) == "uploaded"
         assert c.repository(host, "mnt/dst").upload_blob(d, len(data), lambda off: [data[off:]],
                                                          mount_from=["mnt/src"]) == "mounted"
@@ -196,11 +193,11 @@ def test_cross_repo_mount_asks_for_source_pull_scope(token_registry, cred_env, m
 def test_catalog_scope(token_registry, cred_env, monkeypatch):
     host = token_registry.host
     _login_env(monkeypatch, host, "pusher", "pushpass")
-    with _client() as c:
+    with fast_client() as c:
         _push_image(c, host, "cat/one")
         assert "cat/one" in c.catalog(host)
     _login_env(monkeypatch, host, "puller", "pullpass")
-    with _client() as c, pytest.raises(AuthError, match="denied user 'puller'.*registry catalog"):
+    with fast_client() as c, pytest.raises(AuthError, match="denied user 'puller'.*registry catalog"):
         c.catalog(host)
 
 
@@ -223,7 +220,7 @@ def test_expiring_tokens_are_refreshed_before_use(token_registry, cred_env, monk
     _login_env(monkeypatch, host, "pusher", "pushpass")
     data = os.urandom(7 * 4096)
     d = digest_bytes(data)
-    with _client() as c:
+    with fast_client() as c:
         repo = c.repository(host, "refresh/ahead")
         # chunked upload: one PATCH per 4 KiB, each sent after a pause
         assert repo.upload_blob(d, len(data), _slow_source(data, 7, 0.5), chunk_size=4096) == "uploaded"
@@ -239,7 +236,7 @@ def test_token_dying_early_is_replaced_after_401_mid_transfer(token_registry, cr
     _login_env(monkeypatch, host, "pusher", "pushpass")
     data = os.urandom(6 * 4096)
     d = digest_bytes(data)
-    with _client() as c:
+    with fast_client() as c:
         repo = c.repository(host, "refresh/early")
         assert repo.upload_blob(d, len(data), _slow_source(data, 6, 0.6), chunk_size=4096) == "uploaded"
         issued = server.issued_count("pusher")
@@ -280,7 +277,7 @@ def test_authenticator_shares_one_token_between_threads(token_registry, cred_env
 
 def test_tls_registry_trusted_through_certs_dir(tls_registry, cred_env, monkeypatch):
     monkeypatch.setenv("PYBUILD_CERTS_DIR", str(tls_registry.certs_dir))
-    with _client() as c:
+    with fast_client() as c:
         assert c.base_url(tls_registry.host).startswith("https://")
         digest, _ = _push_image(c, tls_registry.host, "tls/app")
         assert _pull_image(c, tls_registry.host, "tls/app") == digest
@@ -288,7 +285,7 @@ def test_tls_registry_trusted_through_certs_dir(tls_registry, cred_env, monkeypa
 
 def test_tls_registry_rejected_without_its_ca(tls_registry, cred_env, monkeypatch, tmp_path):
     monkeypatch.setenv("PYBUILD_CERTS_DIR", str(tmp_path / "empty-certs.d"))
-    with _client() as c, pytest.raises(RegistryError) as e:
+    with fast_client() as c, pytest.raises(RegistryError) as e:
         c.repository(tls_registry.host, "tls/app").tags()
     msg = str(e.value)
     assert "TLS" in msg and f"certs.d/{tls_registry.host}/ca.crt" in msg
@@ -337,14 +334,14 @@ def test_login_logout_round_trip(kind, basic_registry, token_registry, cred_env)
     entry = json.loads(cred_env.config_json.read_text())["auths"][host]
     assert entry == {"auth": __import__("base64").b64encode(f"{user}:{pw}".encode()).decode()}
     # the saved credential is what later commands use
-    with _client() as c:
+    with fast_client() as c:
         digest, _ = _push_image(c, host, f"login/{kind}")
         assert _pull_image(c, host, f"login/{kind}") == digest
 
     out = _pybuild("logout", host)
     assert out.returncode == 0 and "Removed login credentials" in out.stdout
     assert host not in json.loads(cred_env.config_json.read_text())["auths"]
-    with _client() as c, pytest.raises(AuthError):
+    with fast_client() as c, pytest.raises(AuthError):
         _push_image(c, host, f"login/{kind}", seed=3)
     again = _pybuild("logout", host)
     assert again.returncode == 0 and "Not logged in" in again.stdout
@@ -352,7 +349,7 @@ def test_login_logout_round_trip(kind, basic_registry, token_registry, cred_env)
 
 def test_mutual_tls_client_certificate_from_certs_dir(mtls_registry, cred_env, monkeypatch, tmp_path):
     monkeypatch.setenv("PYBUILD_CERTS_DIR", str(mtls_registry.certs_dir))
-    with _client() as c:
+    with fast_client() as c:
         digest, _ = _push_image(c, mtls_registry.host, "mtls/app")
         assert _pull_image(c, mtls_registry.host, "mtls/app") == digest
     # the same CA without the client pair: the registry refuses the handshake
@@ -360,7 +357,7 @@ def test_mutual_tls_client_certificate_from_certs_dir(mtls_registry, cred_env, m
     (only_ca / mtls_registry.host).mkdir(parents=True)
     (only_ca / mtls_registry.host / "ca.crt").write_bytes(mtls_registry.ca_cert.read_bytes())
     monkeypatch.setenv("PYBUILD_CERTS_DIR", str(only_ca))
-    with _client() as c, pytest.raises(RegistryError, match="TLS|connection"):
+    with fast_client() as c, pytest.raises(RegistryError, match="TLS|connection"):
         c.repository(mtls_registry.host, "mtls/app").tags()
 
 
@@ -385,7 +382,7 @@ def test_skopeo_login_file_is_used_by_pybuild(skopeo_bin, basic_registry, cred_e
                 host, stdin=basic_registry.users["bob"] + "\n")
     assert r.returncode == 0, r.stderr
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(authfile))
-    with _client() as c:
+    with fast_client() as c:
         digest, _ = _push_image(c, host, "interop/skopeo-login")
         assert _pull_image(c, host, "interop/skopeo-login") == digest
 
@@ -395,7 +392,7 @@ def test_pybuild_login_is_used_by_skopeo(kind, skopeo_bin, basic_registry, token
     reg = basic_registry if kind == "basic" else token_registry
     user, pw = ("bob", basic_registry.users["bob"]) if kind == "basic" else ("pusher", "pushpass")
     assert _pybuild("login", reg.host, "-u", user, "--password-stdin", stdin=pw).returncode == 0
-    with _client() as c:
+    with fast_client() as c:
         digest, _ = _push_image(c, reg.host, f"interop/{kind}")
     r = _skopeo("inspect", "--raw", "--authfile", str(cred_env.config_json), "--tls-verify=false",
                 f"docker://{reg.host}/interop/{kind}:v1")
@@ -408,11 +405,11 @@ def test_token_server_over_https_trusted_through_certs_dir(token_registry_https_
     host = token_registry_https_realm.host
     _login_env(monkeypatch, host, "pusher", "pushpass")
     monkeypatch.setenv("PYBUILD_CERTS_DIR", str(token_registry_https_realm.certs_dir))
-    with _client() as c:
+    with fast_client() as c:
         digest, _ = _push_image(c, host, "realm/tls")
         assert _pull_image(c, host, "realm/tls") == digest
     monkeypatch.setenv("PYBUILD_CERTS_DIR", str(tmp_path / "no-certs"))
-    with _client() as c, pytest.raises(AuthError) as e:
+    with fast_client() as c, pytest.raises(AuthError) as e:
         c.repository(host, "realm/tls").tags()
     msg = str(e.value)
     assert "TLS verification of token server https://127.0.0.1:" in msg and "/ca.crt" in msg
@@ -481,7 +478,7 @@ def test_registry_that_distrusts_the_token_server_is_reported(token_registry, te
                                                     "issuer": "somebody-else", "rootcertbundle": str(bundle)}}})
     try:
         _login_env(monkeypatch, reg.host, "pusher", "pushpass")
-        with _client() as c, pytest.raises(AuthError) as e:
+        with fast_client() as c, pytest.raises(AuthError) as e:
             c.repository(reg.host, "distrust/x").tags()
         msg = str(e.value)
         assert "refused a token" in msg and "disagree" in msg and "pushpass" not in msg
@@ -493,14 +490,14 @@ def test_cli_pull_push_with_token_auth(token_registry, cred_env, tmp_path):
     """`pybuild login` as pusher, pull and push; as puller the push fails with a clear message."""
     host = token_registry.host
     assert _pybuild("login", host, "-u", "pusher", "--password-stdin", stdin="pushpass").returncode == 0
-    with _client() as c:
+    with fast_client() as c:
         digest, _ = _push_image(c, host, "cli/app")
     root = str(tmp_path / "root")
     pulled = _pybuild("--root", root, "pull", f"{host}/cli/app:v1")
     assert pulled.returncode == 0, pulled.stderr
     pushed = _pybuild("--root", root, "push", f"{host}/cli/app:v1", f"{host}/cli/copy:v1")
     assert pushed.returncode == 0, pushed.stderr
-    with _client() as c:
+    with fast_client() as c:
         assert c.repository(host, "cli/copy").get_manifest("v1").digest == digest
 
     assert _pybuild("login", host, "-u", "puller", "--password-stdin", stdin="pullpass").returncode == 0
@@ -518,7 +515,7 @@ def test_debug_logging_shows_no_secrets(token_registry, basic_registry, cred_env
     caplog.set_level(logging.DEBUG)
     _login_env(monkeypatch, token_registry.host, "pusher", "pushpass")
     _login_env(monkeypatch, basic_registry.host, "alice", basic_registry.users["alice"])
-    with _client() as c:
+    with fast_client() as c:
         _push_image(c, token_registry.host, "logs/tok")
         _push_image(c, basic_registry.host, "logs/basic")
     assert "/v2/" in caplog.text and "/token?" in caplog.text            # requests were logged

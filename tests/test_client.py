@@ -6,7 +6,6 @@ import http.server
 import json
 import os
 import threading
-from typing import Iterator
 
 import pytest
 
@@ -14,15 +13,9 @@ from registry import mediatypes
 from registry.client import ClientOptions, RegistryClient, is_loopback
 from registry.digest import digest_bytes
 from registry.errors import DigestMismatchError, NotFoundError, RegistryError
+from tests.fixtures.registry import fast_client
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client() -> Iterator[RegistryClient]:
-    c = RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05))
-    yield c
-    c.close()
 
 
 def _blob(n: int, seed: int = 0) -> tuple[bytes, str]:
@@ -251,7 +244,7 @@ def test_rate_limit_headers_in_error_and_no_futile_retries(registry, fault_proxy
     shows them, and the client does not keep retrying a quota that refills over hours."""
     rule = fault_proxy.add("status", status=429, path="/manifests/", times=-1,
                            headers={"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "0;w=21600"})
-    c = RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05))
+    c = fast_client()
     with pytest.raises(RegistryError) as e:
         c.repository(fault_proxy.host, "library/busybox").get_manifest("latest")
     c.close()
@@ -378,7 +371,7 @@ def test_http_proxy_from_environment(registry, monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", f"http://bob:pw@127.0.0.1:{proxy.server_address[1]}")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    c = RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05))
+    c = fast_client()
     try:
         repo = c.repository(registry.host, "client/proxied")
         data = _image_manifest(repo)

@@ -9,16 +9,16 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from registry.client import ClientOptions, RegistryClient
+from registry.client import RegistryClient
 from registry.errors import DigestMismatchError, RegistryError
 from registry.manifest import Index
 from registry.store import Store
 from registry.transfer import pull, push
 from tests.fixtures.fault_proxy import FaultProxy, Rule
+from tests.fixtures.registry import fast_client
 from tests.fixtures.synthetic_images import make_image, random_layer, tar_layer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -26,17 +26,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 BLOB = r"/blobs/sha256:"
 MANIFEST = r"/manifests/"
 UPLOADS = r"/blobs/uploads/"
-
-
-def _client(**kw) -> RegistryClient:
-    return RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05, **kw))
-
-
-@pytest.fixture
-def client() -> Iterator[RegistryClient]:
-    c = _client()
-    yield c
-    c.close()
 
 
 def _tree(store: Store, digest: str) -> list[str]:
@@ -81,7 +70,7 @@ def _seed_registry(client: RegistryClient, registry, tmp_path: Path, repo: str, 
 def _pulled_directly(registry, ref: str, tmp_path: Path) -> tuple[Store, str]:
     """Pull REF from the registry itself (no proxy) into a fresh store; checks what a push left."""
     s = Store(tmp_path / "check")
-    with _client() as c:
+    with fast_client() as c:
         res = pull(c, f"{registry.host}/{ref}", s)
     return s, res.digest
 
@@ -163,7 +152,7 @@ PULL_FATAL = {
 
 @pytest.mark.parametrize("scenario", sorted(PULL_FATAL))
 def test_pull_gives_up_with_a_clear_error(scenario, registry, fault_proxy, tmp_path):
-    with _client(retries=3) as c:
+    with fast_client(retries=3) as c:
         ref, _ = _seed_registry(c, registry, tmp_path, f"faults/fatal-{_slug(scenario)}", seed=3)
         rules, words = PULL_FATAL[scenario]
         _program(fault_proxy, rules)
@@ -208,7 +197,7 @@ def test_chunked_push_resumes_after_resets(registry, fault_proxy, tmp_path):
     from what the registry reports it holds."""
     a, digest = _source_image(tmp_path, "local/chunky:v1", seed=11)
     rules = _program(fault_proxy, [dict(action="reset", method="PATCH", path=UPLOADS, after=100_000, times=2)])
-    with _client(chunk_size=256 << 10) as c:
+    with fast_client(chunk_size=256 << 10) as c:
         res = push(c, a, "local/chunky:v1", f"{fault_proxy.host}/faults/chunky:v1")
     assert res.digest == digest and rules[0].hits == 2
     check, got = _pulled_directly(registry, "faults/chunky:v1", tmp_path)
@@ -218,10 +207,10 @@ def test_chunked_push_resumes_after_resets(registry, fault_proxy, tmp_path):
 def test_push_gives_up_with_a_clear_error(registry, fault_proxy, tmp_path):
     a, _ = _source_image(tmp_path, "local/never:v1", seed=12)
     _program(fault_proxy, [dict(action="status", status=503, method="POST", path=UPLOADS, times=-1)])
-    with _client(retries=2) as c, pytest.raises(RegistryError) as e:
+    with fast_client(retries=2) as c, pytest.raises(RegistryError) as e:
         push(c, a, "local/never:v1", f"{fault_proxy.host}/faults/never:v1")
     assert "503" in str(e.value) and "faults/never" in str(e.value)
-    with _client() as c:                                # no manifest refers to missing blobs
+    with fast_client() as c:                                # no manifest refers to missing blobs
         assert c.repository(registry.host, "faults/never").head_manifest("v1") is None
     assert_store_sound(a)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -15,16 +14,10 @@ from registry.manifest import Index, Manifest
 from registry.platform import Platform
 from registry.store import Store
 from registry.transfer import BlobSources, copy, pull, push
+from tests.fixtures.registry import fast_client
 from tests.fixtures.synthetic_images import make_image, multi_platform_image, random_layer, tar_layer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client() -> Iterator[RegistryClient]:
-    c = RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05))
-    yield c
-    c.close()
 
 
 def _store(path: Path) -> Store:
@@ -280,8 +273,7 @@ def test_failed_pull_resumes_next_time(registry, fault_proxy, tmp_path):
 def test_copy_of_corrupt_source_commits_nothing(registry, registry2, tmp_path, chunked):
     """A source blob that does not match its digest is refused on the way (by the client before
     the final PUT on the chunked path, by the destination on the monolithic one)."""
-    c = RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05,
-                                     monolithic_max=0 if chunked else 32 << 20))
+    c = fast_client(monolithic_max=0 if chunked else 32 << 20)
     a = _store(tmp_path / "a")
     ref = f"{registry.host}/copycorrupt/app{int(chunked)}:v1"
     src = make_image(a, ref, [tar_layer({"x": hashlib.sha256(b"c").digest() * (3000 + chunked)})])
@@ -311,6 +303,6 @@ def test_damaged_manifest_is_fetched_again(registry, fault_proxy, tmp_path, acti
     with RegistryClient() as direct:
         push(direct, a, "local/cut:v1", f"{registry.host}/cut-{action}/app:v1")
     rule = fault_proxy.add(action, method="GET", path="/manifests/", after=50, times=2)
-    with RegistryClient(ClientOptions(backoff_initial=0.01, backoff_max=0.05)) as c:
+    with fast_client() as c:
         res = pull(c, f"{fault_proxy.host}/cut-{action}/app:v1", b)
     assert rule.hits == 2 and res.digest == src.digest
