@@ -900,7 +900,16 @@ def _kill_orphans(c: Container) -> None:
     for e in entries:
         if str(e.get("bundle", "")).startswith(prefix):
             subprocess.run(["runc", "kill", e["id"], "KILL"], capture_output=True)
-            subprocess.run(["runc", "delete", "--force", e["id"]], capture_output=True)
+            # A loaded machine can still be reaping the init process when delete runs, and
+            # runc then refuses; retry until runc no longer knows the container.
+            deadline = time.monotonic() + 10
+            while subprocess.run(["runc", "delete", "--force", e["id"]], capture_output=True).returncode:
+                if subprocess.run(["runc", "state", e["id"]], capture_output=True).returncode:
+                    break                                    # gone after all
+                if time.monotonic() > deadline:
+                    raise BuildError(f"container {c.name}: runc could not delete {e['id']}; "
+                                     f"try `runc delete --force {e['id']}`")
+                time.sleep(0.1)
 
 
 def remove(c: Container, force: bool = False) -> None:
