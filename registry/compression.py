@@ -132,11 +132,6 @@ def algorithm_for_media_type(media_type: str) -> str:
         raise CompressionError(f"unsupported layer media type {media_type!r}") from None
 
 
-def is_layer_media_type(media_type: str) -> bool:
-    """Whether `media_type` names a filesystem layer this module can read."""
-    return media_type in _MEDIA_TYPE_ALGORITHM
-
-
 class Compressor(Protocol):
     """A streaming compressor: feed bytes with compress(), end the stream with flush()."""
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .errors import DigestMismatchError, RegistryError
+from .errors import RegistryError
 
 # Algorithms whose hex length we know; the OCI spec registers sha256 and sha512.
 _HEX_LEN = {"sha256": 64, "sha512": 128}
@@ -92,11 +92,3 @@ def digest_file(path, algorithm: str = "sha256") -> tuple[str, int]:
     """Digest and size of a file's contents."""
     with open(path, "rb") as f:
         return digest_stream(f, algorithm)
-
-
-def verify_bytes(data: bytes, expected: str, where: str = "content") -> None:
-    """Raise DigestMismatchError unless `data` hashes to `expected`."""
-    d = parse_digest(expected)
-    got = digest_bytes(data, d.algorithm)
-    if got != expected:
-        raise DigestMismatchError(f"{where}: expected {expected}, got {got} ({len(data)} bytes)")

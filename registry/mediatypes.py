@@ -29,11 +29,6 @@ IMAGE_MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 SCHEMA1_TYPES = frozenset({DOCKER_MANIFEST_V1, DOCKER_MANIFEST_V1_SIGNED})
 CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 
-LAYER_TYPES = frozenset({
-    OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD,
-    OCI_LAYER_NONDIST, OCI_LAYER_NONDIST_GZIP, OCI_LAYER_NONDIST_ZSTD,
-    DOCKER_LAYER, DOCKER_LAYER_GZIP, DOCKER_LAYER_ZSTD, DOCKER_FOREIGN_LAYER,
-})
 _NONDISTRIBUTABLE = frozenset({OCI_LAYER_NONDIST, OCI_LAYER_NONDIST_GZIP, OCI_LAYER_NONDIST_ZSTD,
                                DOCKER_FOREIGN_LAYER})
 
@@ -53,26 +48,9 @@ def is_manifest(media_type: str | None) -> bool:
     return media_type in INDEX_TYPES or media_type in IMAGE_MANIFEST_TYPES
 
 
-def is_layer(media_type: str | None) -> bool:
-    """True for a known layer media type (any compression, OCI or Docker)."""
-    return media_type in LAYER_TYPES
-
-
 def is_nondistributable(media_type: str | None) -> bool:
     """True for foreign/non-distributable layers, which registries may not hold."""
     return media_type in _NONDISTRIBUTABLE
-
-
-def layer_compression(media_type: str) -> str:
-    """The compression of a layer media type: 'gzip', 'zstd' or 'none'.
-
-    Unknown types default by suffix so artifact layers with custom types still work.
-    """
-    if media_type.endswith(("+gzip", ".gzip")):
-        return "gzip"
-    if media_type.endswith(("+zstd", ".zstd")):
-        return "zstd"
-    return "none"
 
 
 def layer_type(compression: str, docker: bool = False) -> str:

@@ -390,14 +390,6 @@ class Store:
                 w.write(chunk)
         return w.descriptor
 
-    def delete_blob(self, digest: str) -> bool:
-        """Remove a blob; True if it existed. Prefer gc(), which knows what is still used."""
-        try:
-            os.unlink(self.blob_path(digest))
-            return True
-        except FileNotFoundError:
-            return False
-
     def blobs(self) -> Iterator[str]:
         """Digests of all stored blobs."""
         base = self.layout / "blobs"
