@@ -19,7 +19,7 @@ from typing import BinaryIO, Callable
 from registry.layer import EntryMeta, TarEmitter
 
 from .errors import BuildError
-from .rootview import MAX_SYMLINKS, RootView
+from .rootview import RootView
 
 
 @dataclass
@@ -44,45 +44,6 @@ class CopyOptions:
     gid: int | None = None
     chmod: int | str | None = None
     link: bool = False
-
-
-def resolve_in_view(view: RootView, path: str) -> str:
-    """``path`` (absolute) with the symlinks of ``view`` followed as inside a chroot.
-
-    Unlike :meth:`RootView.resolve`, a missing component is no failure: it and the rest are
-    kept as written (they are what COPY creates), and a dangling link is followed to where it
-    points, as BuildKit's resolution inside the rootfs does (the last component too).
-    ``..`` and absolute link targets never leave the root.
-    """
-    todo = [p for p in path.split("/") if p]
-    done: list[str] = []
-    hops = 0
-    while todo:
-        name = todo.pop(0)
-        if name == ".":
-            continue
-        if name == "..":
-            if done:
-                done.pop()
-            continue
-        found = view.stat("/" + "/".join(done + [name]), follow=False)
-        if found is None:
-            done.append(name)
-            done.extend(todo)
-            break
-        host, st = found
-        if not stat.S_ISLNK(st.st_mode):
-            done.append(name)
-            continue
-        hops += 1
-        if hops > MAX_SYMLINKS:
-            raise BuildError(f"too many levels of symbolic links resolving {path} in the image; "
-                             "fix the image's links or copy to another path")
-        target = os.readlink(host)
-        if target.startswith("/"):
-            done = []
-        todo = [t for t in target.split("/") if t] + todo
-    return "/" + "/".join(done)
 
 
 def resolve_dest(dest: str, workdir: str) -> tuple[str, bool]:

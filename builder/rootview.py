@@ -61,8 +61,13 @@ class RootView:
                 pass
         return False
 
-    def resolve(self, path: str, follow_last: bool = True) -> str | None:
-        """``path`` with symlinks resolved inside the view (absolute, normalized), or None."""
+    def resolve(self, path: str, follow_last: bool = True, keep_missing: bool = False) -> str | None:
+        """``path`` with symlinks resolved inside the view as in a chroot (absolute, normalized;
+        ``..`` and absolute link targets never leave the root).
+
+        A missing component gives None, or with ``keep_missing`` is kept as written with the
+        rest of the path (what COPY and WORKDIR create; a dangling link is followed to where it
+        points, as BuildKit does inside the rootfs)."""
         todo = [p for p in path.split("/") if p]
         done: list[str] = []
         hops = 0
@@ -77,12 +82,16 @@ class RootView:
             rel = "/".join(done + [name])
             found = self._lookup_exact(rel)
             if found is None:
-                return None
+                if not keep_missing:
+                    return None
+                done += [name, *todo]
+                break
             p, st = found
             if stat.S_ISLNK(st.st_mode) and (todo or follow_last):
                 hops += 1
                 if hops > MAX_SYMLINKS:
-                    raise BuildError(f"too many levels of symbolic links resolving {path}")
+                    raise BuildError(f"too many levels of symbolic links resolving {path} in the image; "
+                                     "fix the image's links or use another path")
                 target = os.readlink(p)
                 if target.startswith("/"):
                     done = []

@@ -32,7 +32,7 @@ from registry.platform import Platform, host_platform, platform_matches
 from . import config as cfgmod
 from .cache import BuildCache, CacheRecord, step_key
 from .cache_keys import layers_content_id, records_digest
-from .copying import CopyOptions, CopyWriter, Source, is_archive, resolve_dest, resolve_in_view
+from .copying import CopyOptions, CopyWriter, Source, is_archive, resolve_dest
 from .errors import BuildError
 from .executor import Executor, RunMount, StageState
 from .layers import LayerMaker, LayerRef
@@ -331,7 +331,7 @@ class StageBuilder:
             def write(em) -> None:
                 cw = CopyWriter(em, view, CopyOptions())
                 # Through the image's links, as Docker's mkdir inside the rootfs goes.
-                parts = resolve_in_view(view, wd).strip("/").split("/")
+                parts = view.resolve(wd, keep_missing=True).strip("/").split("/")
                 for i in range(1, len(parts) + 1):
                     d = "/" + "/".join(parts[:i])
                     if not view.is_dir(d):
@@ -499,7 +499,7 @@ class StageBuilder:
         if not inst.link:
             # Docker copies into the image's tree as it is: a symlink on the way to the
             # destination is followed inside the rootfs, never replaced by a directory.
-            dest = resolve_in_view(target_view, dest)
+            dest = target_view.resolve(dest, keep_missing=True)
 
         def at(name: str) -> str:
             return posixpath.join(dest, name) if dest_is_dir else dest
