@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from . import mediatypes
-from .http import ConnectError, HTTPError, NameResolutionError, ReadError, Response, Session, TLSConfig, TLSError
+from .http import HTTPError, NameResolutionError, Response, Session, TLSConfig, TLSError
 from .digest import digest_bytes, parse_digest
 from .errors import AuthError, DigestMismatchError, NotFoundError, RegistryError
 from .reference import DEFAULT_REGISTRY, DOCKER_HUB_API_HOST, LEGACY_DEFAULT_REGISTRY

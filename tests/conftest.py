@@ -1,5 +1,4 @@
 """Shared pytest configuration: fixture modules live in tests/fixtures/, one concept each."""
-import os
 from pathlib import Path
 
 import pytest

@@ -418,7 +418,7 @@ def test_token_server_over_https_trusted_through_certs_dir(token_registry_https_
 
 def test_insecure_registry_reaches_its_self_signed_token_server(token_registry_https_realm, cred_env,
                                                                 monkeypatch, tmp_path):
-    from registry.client import ClientOptions, RegistryClient
+    from registry.client import RegistryClient
     host = token_registry_https_realm.host
     _login_env(monkeypatch, host, "pusher", "pushpass")
     monkeypatch.setenv("PYBUILD_CERTS_DIR", str(tmp_path / "no-certs"))

@@ -136,7 +136,7 @@ ONBUILD RUN echo triggered > /tmp/onbuild
 USER app:app
 WORKDIR /home/app/work
 """
-    res = build_in(root, tmp_path / "ctx", df, tags=["cfg:latest"], labels={"from.cli": "yes"})
+    build_in(root, tmp_path / "ctx", df, tags=["cfg:latest"], labels={"from.cli": "yes"})
     cfg = _config(root, "cfg:latest")
     c = cfg["config"]
     assert c["Labels"] == {"a": "1", "b c": "d e", "from.cli": "yes"}

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from builder.cache import BuildCache, entries
 from builder.cli import main

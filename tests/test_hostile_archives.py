@@ -479,7 +479,7 @@ def test_pulled_layer_gzip_bomb(registry, root: Path, tmp_path: Path, capsys) ->
         for chunk in [header] + [bytes(1 << 20)] * (size >> 20) + [bytes(1024)]:
             g.write(chunk)
             digest.update(chunk)
-    from registry.manifest import Descriptor, ImageConfig, Manifest
+    from registry.manifest import ImageConfig, Manifest
     from registry.platform import host_platform
     blob = src.put_blob(gz.getvalue(), "application/vnd.oci.image.layer.v1.tar+gzip")
     assert blob.size < 512 << 10

@@ -14,7 +14,6 @@ import io
 import os
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 

@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import pytest
