@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(docker-registry runc skopeo umoci podman buildah busybox-static debootstrap pigz zstd
-              apache2-utils uidmap iproute2)
+              apache2-utils uidmap iproute2 fuse-overlayfs)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -14,7 +14,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # podman on these machines: runc, cgroupfs, file events, host netns, bounded nofile.
@@ -45,4 +45,5 @@ CONF
 fi
 [ -f /etc/containers/policy.json ] || echo '{"default":[{"type":"insecureAcceptAnything"}]}' > /etc/containers/policy.json
 
-python3 -m pip install -q -e '.[test]' --config-settings editable_mode=compat 2>&1 | grep -v 'as the .root. user' || true
+# compat mode: a plain path in a .pth file, no import hook run at every interpreter start.
+PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q -e '.[test]' --config-settings editable_mode=compat
