@@ -316,12 +316,7 @@ class _State:
         raw = ch in ("#", "%")
         if null_is_unset and raw:
             raise _ExpandError(f"unsupported modifier ({mod}) in substitution")
-        try:
-            word, _ = self.stop_on("}", raw)
-        except _ExpandError:
-            if self.i >= self.n:
-                raise _ExpandError("syntax error: missing '}'") from None
-            raise
+        word = self._word_until("}", raw, "'}'")
         value, found = self.get_env(name)
         if self.lex.skip_unset and not found:
             return "${" + name + mod + word + "}"
@@ -345,22 +340,21 @@ class _State:
             return _trim_prefix(word, value, greedy)
         raise _ExpandError(f"unsupported modifier ({mod}) in substitution")
 
+    def _word_until(self, stop: str, raw_escapes: bool, missing: str) -> str:
+        """The word up to ``stop``; running out of input names what is missing."""
+        try:
+            return self.stop_on(stop, raw_escapes)[0]
+        except _ExpandError:
+            if self.i >= self.n:
+                raise _ExpandError(f"syntax error: missing {missing}") from None
+            raise
+
     def _replace(self, name: str) -> str:
         replace_all = self.peek() == "/"
         if replace_all:
             self.i += 1
-        try:
-            pattern, _ = self.stop_on("/", True)
-        except _ExpandError:
-            if self.i >= self.n:
-                raise _ExpandError("syntax error: missing '/' in ${}") from None
-            raise
-        try:
-            replacement, _ = self.stop_on("}", True)
-        except _ExpandError:
-            if self.i >= self.n:
-                raise _ExpandError("syntax error: missing '}'") from None
-            raise
+        pattern = self._word_until("/", True, "'/' in ${}")
+        replacement = self._word_until("}", True, "'}'")
         value, found = self.get_env(name)
         if self.lex.skip_unset and not found:
             return "${" + name + "/" + pattern + "/" + replacement + "}"
