@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(docker-registry runc skopeo umoci podman buildah busybox-static debootstrap pigz zstd
-              apache2-utils uidmap iproute2 fuse-overlayfs)
+              apache2-utils uidmap iproute2 fuse-overlayfs passt golang-github-containers-common)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
