@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from .errors import BuildError
 from .rootview import RootView
 
+# /etc/passwd and /etc/group come from the image: a bound keeps a hostile one (a huge or sparse
+# file) from taking the builder's memory; real databases are a few kilobytes.
+MAX_DB_BYTES = 16 << 20
+
 
 @dataclass
 class ResolvedUser:
@@ -32,8 +36,9 @@ def resolve_user(spec: str, view: RootView, for_chown: bool = False) -> Resolved
     """
     spec = spec or "0"
     user, _, group = spec.partition(":")
-    passwd = _parse_db(view.read_text("/etc/passwd"))
-    groups = _parse_db(view.read_text("/etc/group"))
+    # Read through the view (overlay rules, links resolved inside the image), never the host.
+    passwd = _parse_db(view.read_text("/etc/passwd", limit=MAX_DB_BYTES))
+    groups = _parse_db(view.read_text("/etc/group", limit=MAX_DB_BYTES))
     uid: int | None = None
     gid: int | None = None
     name = ""
