@@ -16,15 +16,15 @@ with the kernel refusing any symlink on the way (openat2, else an O_NOFOLLOW wal
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import platform
 import posixpath
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+from registry import inroot
 
 from .errors import BuildError
 from .snapshot import OPAQUE_XATTR
@@ -96,64 +96,11 @@ def _merge(found: Iterator[tuple[str, str, os.stat_result]]) -> _Node | None:
     return _Node(top.layer, top.rel, top.st, tuple(dirs))
 
 
-# -- opening files inside a layer directory ---------------------------------------------------
-# openat2(2) is not in Python's os module; a small ctypes call lets the kernel refuse every
-# symlink on the way (RESOLVE_NO_SYMLINKS) and any escape from the layer (RESOLVE_BENEATH).
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_NO_SYMLINKS = 0x04
-_RESOLVE_BENEATH = 0x08
-_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "arm64": 437, "riscv64": 437,
-                "ppc64le": 437, "s390x": 437}.get(platform.machine())
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_openat2_works: bool | None = None if _SYS_OPENAT2 else False
-
-
-def _openat2(dirfd: int, rel: str, flags: int, resolve: int) -> int:
-    how = _OpenHow(flags, 0, resolve)
-    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(rel)),
-                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), rel)
-    return int(fd)
-
-
 def open_beneath(layer: str, rel: str, flags: int = os.O_RDONLY) -> int:
     """An fd for ``rel`` inside directory ``layer``, no symlink followed on the way or at the end."""
-    global _openat2_works
-    flags |= os.O_NOFOLLOW | os.O_CLOEXEC
     root = os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if _openat2_works is not False:
-            try:
-                fd = _openat2(root, rel, flags,
-                              _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
-                _openat2_works = True
-                return fd
-            except OSError as e:
-                if e.errno not in (errno.ENOSYS, errno.EPERM) or _openat2_works:   # old kernel, seccomp
-                    raise
-                _openat2_works = False
-        # The same by hand: one O_NOFOLLOW step per component, each relative to the last fd.
-        parts = rel.split("/")
-        cur = root
-        try:
-            for name in parts[:-1]:
-                nxt = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
-                if cur != root:
-                    os.close(cur)
-                cur = nxt
-            return os.open(parts[-1], flags, dir_fd=cur)
-        finally:
-            if cur != root:
-                os.close(cur)
+        return inroot.open_beneath(root, rel, flags)
     finally:
         os.close(root)
 

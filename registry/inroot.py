@@ -109,6 +109,34 @@ def open_in_root(root_fd: int, path: str, flags: int = os.O_RDONLY, mode: int = 
     return _walk_open(root_fd, rel, flags, mode, follow)
 
 
+def open_beneath(root_fd: int, path: str, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """Open ``path`` below the root only if no component of it, the last included, is a link
+    (RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS): for trees whose links must not be followed at all,
+    such as a layer directory read as one layer of an overlay stack."""
+    flags |= os.O_NOFOLLOW
+    rel = path.lstrip("/") or "."
+    if openat2_available():
+        while True:
+            try:
+                return openat2(root_fd, rel, flags, mode,
+                               RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EINTR):
+                    raise
+    parts = _components(rel)
+    if ".." in parts:
+        raise OSError(errno.EXDEV, "path climbs with '..'", path)
+    cur = os.dup(root_fd)
+    try:
+        for name in parts[:-1]:
+            nxt = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
+            os.close(cur)
+            cur = nxt
+        return os.open(parts[-1] if parts else ".", flags | os.O_CLOEXEC, mode, dir_fd=cur)
+    finally:
+        os.close(cur)
+
+
 def _walk_open(root_fd: int, rel: str, flags: int, mode: int, follow: bool) -> int:
     """The fallback: the directories by hand, the last component opened with O_NOFOLLOW."""
     todo = _components(rel)

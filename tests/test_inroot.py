@@ -83,3 +83,13 @@ def test_open_parent_and_last_component_not_followed(tree, mode):
         os.close(fd)
         with pytest.raises(OSError):
             inroot.open_in_root(rfd, "abs", os.O_RDONLY | os.O_DIRECTORY, follow=False)
+
+
+def test_open_beneath_refuses_every_link(tree, mode):
+    root, canary = tree
+    with inroot.opened_root(root) as rfd:
+        assert os.read(fd := inroot.open_beneath(rfd, "etc/secret"), 100) == b"inside"
+        os.close(fd)
+        for path in ("abs/secret", "etc/up/etc/secret", "../root/etc/secret", "abs"):
+            with pytest.raises(OSError):
+                os.close(inroot.open_beneath(rfd, path))

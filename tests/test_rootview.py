@@ -11,7 +11,6 @@ cases; hypothesis adds random stacks.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import itertools
 import os
@@ -29,6 +28,7 @@ from hypothesis import strategies as hs
 from builder.errors import BuildError
 from builder.rootview import RootView
 from builder.snapshot import OPAQUE_XATTR
+from registry import inroot
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts and trusted.* xattrs need root")
 
@@ -91,26 +91,13 @@ def mounted(tmp: Path, layers: list[Layer], canary: Path) -> Iterator[tuple[list
 
 
 # -- the kernel's answers, resolved inside the mount -----------------------------------------------
-_RESOLVE_IN_ROOT = 0x10
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
 def _open_in_root(rootfd: int, path: str, flags: int) -> int:
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT)
+    # The kernel alone: raw openat2 with RESOLVE_IN_ROOT (no fallback walk of our own).
     while True:
-        fd = _libc.syscall(ctypes.c_long(437), ctypes.c_int(rootfd), ctypes.c_char_p(path.encode()),
-                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
-        if fd >= 0:
-            return int(fd)
-        e = ctypes.get_errno()
-        # EAGAIN: a rename somewhere on the machine raced a ".." step; the kernel asks to retry.
-        if e != errno.EAGAIN:
-            raise OSError(e, os.strerror(e), path)
+        try:
+            return inroot.openat2(rootfd, path, flags, 0, inroot.RESOLVE_IN_ROOT)
+        except BlockingIOError:     # EAGAIN: a rename raced a ".." step; the kernel asks to retry
+            continue
 
 
 class Kernel:
