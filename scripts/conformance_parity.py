@@ -172,8 +172,15 @@ def build(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(results, indent=1, sort_keys=True))
 
 
+def _normalized(path: str) -> dict:
+    """A run's results with what differs between any two runs (work dir, HTTP port) taken out."""
+    import re
+    text = re.sub(r"/tmp/pybuild-conformance-[A-Za-z0-9_]+", "<work>", Path(path).read_text())
+    return json.loads(re.sub(r"127\.0\.0\.1:[0-9]+", "127.0.0.1:<port>", text))
+
+
 def compare(args: argparse.Namespace) -> None:
-    a, b = (json.loads(Path(p).read_text()) for p in (args.a, args.b))
+    a, b = (_normalized(p) for p in (args.a, args.b))
     same = differ = 0
     for slug in sorted(set(a) | set(b)):
         x, y = a.get(slug), b.get(slug)
