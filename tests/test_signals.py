@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.executor import MEMORY_TMP, memory_dir_prefix
+from builder.executor import MEMORY_TMP, _is_tmpfs, memory_dir_prefix
 from builder.storecheck import check_root, repair_root
 
 pytestmark = [pytest.mark.integration,
@@ -29,6 +29,8 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs Debian's busybox-static")]
 
 REPO = Path(__file__).resolve().parents[1]
+# Steps with secrets keep them on the /dev/shm tmpfs; without one they fall back to the disk.
+needs_shm = pytest.mark.skipif(not _is_tmpfs(MEMORY_TMP), reason="/dev/shm is not a tmpfs here")
 
 
 def _start(root: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
@@ -108,6 +110,7 @@ def _find_step(root: Path, timeout: float = 20) -> dict[str, int]:
     return found
 
 
+@needs_shm
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_signal_ends_a_build_and_cleans_up(busybox_image: Path, tmp_path: Path, sig: int) -> None:
@@ -149,6 +152,7 @@ def test_signal_ends_a_build_and_cleans_up(busybox_image: Path, tmp_path: Path, 
     assert r.returncode == 0, r.stderr
 
 
+@needs_shm
 @pytest.mark.timeout(180)
 def test_sigkill_mid_run_leaves_no_secret_in_the_store(busybox_image: Path, tmp_path: Path) -> None:
     root = busybox_image
