@@ -289,12 +289,14 @@ class Store:
         # The root is pybuild's alone (as Docker's and podman's are): 0700, also when the user
         # named an existing directory with --root, so nothing extracted under it (setuid-root
         # files, device nodes) is reachable by another user.
-        private_dir(self.root)
+        if not os.path.isdir(self.root):
+            private_dir(self.root)
         tighten_dir(self.root)
         for sub in ROOT_SUBDIRS:
             tighten_dir(self.root / sub)
         for sub in ("", "blobs", "blobs/sha256", "ingest", "roots", "leases"):
-            private_dir(self.layout / sub)
+            if not os.path.isdir(self.layout / sub):     # a stat is cheaper than a failing mkdir
+                private_dir(self.layout / sub)
         create_if_absent(self.layout / "oci-layout", dump_json({"imageLayoutVersion": "1.0.0"}))
         create_if_absent(self.layout / "index.json", Index().to_bytes())
 
