@@ -295,8 +295,8 @@ def build(opts: BuildOptions) -> BuildResult:
 
 
 def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    from registry.fsutil import private_dir
+    return private_dir(p)
 
 
 def _build_stages(sb: StageBuilder, plan) -> None:

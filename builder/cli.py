@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -36,6 +37,38 @@ COMMAND_OWNERS = {
     **dict.fromkeys(["commit", "diff", "logs", "ps", "rm", "run", "stop"], "builder.commands.run"),
     "cache": "builder.commands.cache",
 }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwind exactly as for Ctrl-C (every ``except
+    KeyboardInterrupt`` and ``except BaseException`` on the way cleans up: RUN processes and
+    their runc containers killed and deleted, overlay mounts and snapshots removed)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame) -> None:
+    # Only the first one unwinds: another SIGTERM while cleaning up (a CI runner repeating
+    # itself) must not cut the cleanup short. SIGKILL remains the way to stop at once.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _ignore)
+    raise Terminated(signum)
+
+
+def _ignore(_signum: int, _frame) -> None:
+    pass
+
+
+def _install_signal_handlers() -> None:
+    """SIGTERM (how CI, `timeout` and Kubernetes stop a job) and SIGHUP (a closed terminal) end a
+    command like SIGINT does. Without this, Python dies at once and leaves the RUN command,
+    its container, mounts and snapshot behind. `pybuild run` replaces them while its container
+    runs, to stop the container instead (builder.containers)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:      # not when ignored, e.g. under nohup
+            signal.signal(sig, _terminate)
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -91,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    _install_signal_handlers()
     try:
         return int(func(args) or 0)
+    except Terminated as exc:
+        print(f"interrupted by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

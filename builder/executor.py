@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from registry import mediatypes as mt
+from registry.fsutil import private_dir
 from registry.manifest import Descriptor, ImageConfig, Manifest
 from registry.store import Store
 
@@ -69,6 +70,62 @@ class RunMount:
     secret_data: bytes | None = None
     env: str | None = None
     required: bool = False
+
+
+# Where a step that uses secrets keeps its runtime bundle: a tmpfs, never the store's disk.
+MEMORY_TMP = Path("/dev/shm")
+
+
+def memory_dir_prefix(root: Path) -> str:
+    """Name prefix of the in-memory directories of steps run against the store ``root`` (so
+    `store verify --repair` can find those a killed build left behind)."""
+    return "pybuild-" + hashlib.sha256(str(Path(root).absolute()).encode()).hexdigest()[:12] + "-"
+
+
+@contextlib.contextmanager
+def memory_dir(root: Path):
+    """A private (0700) temporary directory on a tmpfs, removed afterwards.
+
+    Falls back to ``<root>/tmp`` only where /dev/shm is no tmpfs; then a killed build can
+    leave the bundle (and an env secret in its config.json) on disk, as before.
+    """
+    base = MEMORY_TMP if _is_tmpfs(MEMORY_TMP) else private_dir(Path(root) / "tmp")
+    d = tempfile.mkdtemp(prefix=memory_dir_prefix(root), dir=base)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _is_tmpfs(path: Path) -> bool:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 8 and fields[4] == str(path):
+                    rest = fields[fields.index("-") + 1:]
+                    return bool(rest) and rest[0] == "tmpfs"
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _secret_file(m: "RunMount", directory: str) -> str:
+    """Write the secret into a new file in the in-memory ``directory``; return its path.
+
+    Not a memfd: the kernel refuses to bind-mount one (it lives on no mount of this
+    namespace), and the runtime needs a bind source.
+    """
+    fd, path = tempfile.mkstemp(prefix="secret-", dir=directory)
+    try:
+        view = memoryview(m.secret_data or b"")
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchown(fd, m.uid, m.gid)
+        os.fchmod(fd, m.mode if m.mode is not None else 0o400)
+    finally:
+        os.close(fd)
+    return path
 
 
 def rfc3339(ts: float) -> str:
@@ -126,8 +183,13 @@ class Executor:
                 spec = RunSpec(args=argv, rootfs=snap.merged, env=env + extra_env, cwd=cwd,
                                uid=user.uid, gid=user.gid, additional_gids=user.additional_gids,
                                mounts=sb_mounts, network=network)
+                # The bundle's config.json carries the environment, env secrets included:
+                # such a step keeps its bundle in memory, off the store's disk.
+                has_secret = any(m.type == "secret" and m.secret_data is not None for m in mounts)
+                state_dir = (Path(stack.enter_context(memory_dir(self.root))) if has_secret
+                             else self.root / "tmp")
                 rc = sandbox_run(spec, output, isolation=self.isolation,
-                                 state_dir=self.root / "tmp", cancel=self.cancel)
+                                 state_dir=state_dir, cancel=self.cancel)
             if rc != 0:
                 return rc, None
             upper = snap.changes()
@@ -140,6 +202,7 @@ class Executor:
                 stack: contextlib.ExitStack) -> tuple[list[Mount], list[str]]:
         out: list[Mount] = []
         env: list[str] = []
+        secrets_dir: str | None = None      # in memory (see memory_dir), made on first use
         for m in mounts:
             target = m.target if m.target.startswith("/") else posixpath.join(cwd, m.target)
             if m.type == "tmpfs":
@@ -158,12 +221,10 @@ class Executor:
                 if m.env:
                     env.append(f"{m.env}={m.secret_data.decode('utf-8', 'replace')}")
                 if m.target or not m.env:
-                    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=self._tmp())))
-                    f = tmp / "secret"
-                    f.write_bytes(m.secret_data)
-                    os.chown(f, m.uid, m.gid)
-                    os.chmod(f, m.mode if m.mode is not None else 0o400)
-                    out.append(Mount(target or f"/run/secrets/{m.cache_id}", source=str(f), readonly=True))
+                    if secrets_dir is None:
+                        secrets_dir = stack.enter_context(memory_dir(self.root))
+                    out.append(Mount(target or f"/run/secrets/{m.cache_id}",
+                                     source=_secret_file(m, secrets_dir), readonly=True))
             elif m.type == "ssh":
                 if m.required:
                     raise BuildError("RUN --mount=type=ssh: SSH agent forwarding is not supported by "
@@ -173,9 +234,7 @@ class Executor:
         return out, env
 
     def _tmp(self) -> Path:
-        d = self.root / "tmp"
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+        return private_dir(self.root / "tmp")
 
     def _bind_source(self, m: RunMount, stack: contextlib.ExitStack) -> Path:
         """Host path to bind: a context path, or a path in a mounted stage/image rootfs.
@@ -214,7 +273,8 @@ class Executor:
         key = hashlib.sha256(m.cache_id.encode()).hexdigest()[:32]
         d = self.root / "cachemounts" / key
         if not d.is_dir():
-            d.mkdir(parents=True, exist_ok=True)
+            private_dir(d.parent)
+            d.mkdir(exist_ok=True)
             os.chmod(d, m.mode if m.mode is not None else 0o755)
             os.chown(d, m.uid, m.gid)
             if m.from_state is not None and m.source:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from registry.compression import open_decompressed
+from registry.fsutil import private_dir
 from registry.tarsafe import extract_tar
 
 from .errors import BuildError
@@ -51,7 +52,7 @@ class LayerDirs:
         final = self.path(diff_id)
         if final.is_dir():
             return final
-        self.layers.mkdir(parents=True, exist_ok=True)
+        private_dir(self.layers)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.layers))
         try:
             with open_blob() as f:
@@ -73,14 +74,14 @@ class LayerDirs:
         if final.is_dir():
             shutil.rmtree(directory, ignore_errors=True)
             return final
-        self.layers.mkdir(parents=True, exist_ok=True)
+        private_dir(self.layers)
         os.rename(directory, final)
         return final
 
     def short_link(self, diff_id: str) -> str:
         """A short path, relative to the store root, naming the layer directory."""
         h = _hex(diff_id)
-        self.links.mkdir(parents=True, exist_ok=True)
+        private_dir(self.links)
         for n in range(SHORT_ID, len(h) + 1):
             link = self.links / h[:n]
             target = f"../layers/{h}"
@@ -94,8 +95,8 @@ class LayerDirs:
 
     def empty(self) -> Path:
         """An empty directory usable as the only lower of a scratch rootfs."""
-        d = self.root / "layers" / "empty"
-        d.mkdir(parents=True, exist_ok=True)
+        d = private_dir(self.layers) / "empty"
+        d.mkdir(exist_ok=True)
         return d
 
 
@@ -187,12 +188,12 @@ def mount_snapshot(root: Path, lower_ids: list[str], writable: bool = True,
     kernel refuses the overlay mount (or ``use_overlay`` is False).
     """
     dirs = LayerDirs(root)
-    snaps = Path(root) / "snapshots"
-    snaps.mkdir(parents=True, exist_ok=True)
+    snaps = private_dir(Path(root) / "snapshots")
     sid = os.urandom(6).hex()   # not uuid: it imports `platform`, a start-up cost
     base = snaps / sid
+    os.mkdir(base, 0o700)
     for sub in ("merged", "upper", "work"):
-        (base / sub).mkdir(parents=True)
+        os.mkdir(base / sub, 0o700)
     snap = Snapshot(merged=base / "merged", upper=base / "upper", work=base / "work", base=base)
     os.chmod(snap.upper, 0o755)
     lowers = [dirs.short_link(d) for d in reversed(lower_ids)]   # overlay lists topmost first

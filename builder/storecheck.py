@@ -8,7 +8,11 @@
 - cache/: build-cache records that do not parse or name a layer blob the store lacks, and
   temp files of interrupted record writes;
 - layers/ and l/: half-extracted layer directories (`.tmp-*`) and short links to nothing;
-- snapshots/ and tmp/: overlay snapshots and sandbox bundles of builds that died.
+- snapshots/ and tmp/: overlay snapshots and sandbox bundles of builds that died, and the
+  in-memory directories (/dev/shm/pybuild-<root hash>-*) of their steps that used secrets.
+
+containers/ is never touched: a container's snapshot (its writable layer, mounted while it
+runs) belongs to the container, live or exited, and only `pybuild rm` deletes it.
 
 Leftovers of dead processes are not damage: the next build ignores them. They are reported as
 "leftover" problems; real damage (a corrupt blob, a tag without its manifest, an unreadable
@@ -21,9 +25,11 @@ ingest temp files are only removed when no live pybuild process holds a lease on
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,17 +237,61 @@ class _Checker:
 
     def _debris(self, store: Store) -> None:
         snaps = self.root / "snapshots"
+        owned, since = container_snapshots(self.root)
         for p in sorted(snaps.iterdir()) if snaps.is_dir() else ():
+            if p.name in owned:
+                continue
+            if since is not None and _mtime(p) >= since - 2:
+                continue         # maybe the snapshot of a container being started right now
             self._report("leftover", f"snapshot {p} of a build that did not finish",
                          lambda p=p: _remove_snapshot(p))
         tmp = self.root / "tmp"
         for p in sorted(tmp.iterdir()) if tmp.is_dir() else ():
             self._report("leftover", f"temporary {p} of a process that did not finish",
                          lambda p=p: _remove_snapshot(p))
+        # Runtime bundles and secret files of steps that used secrets live in memory, outside
+        # the root, named after it (builder.executor.memory_dir).
+        from .executor import MEMORY_TMP, memory_dir_prefix
+        prefix = memory_dir_prefix(self.root)
+        for p in sorted(MEMORY_TMP.glob(prefix + "*")) if MEMORY_TMP.is_dir() else ():
+            self._report("leftover", f"in-memory temporary {p} (maybe holding a build secret) of a "
+                         "process that did not finish", lambda p=p: _remove_snapshot(p))
         for p in sorted((store.layout / "ingest").iterdir()):
             if p.suffix == ".tmp":
                 self._report("leftover", f"partial blob {p} of a process that did not finish",
                              lambda p=p: _rm(p))
+
+
+def container_snapshots(root: Path) -> tuple[set[str], float | None]:
+    """The snapshot names container records under ``root`` own, and the time of the oldest
+    recent record (under two minutes) that does not name one yet (None if none).
+
+    A container mounts its snapshot a moment before its config records the name, so snapshots
+    newer than such a record may be its own and are left alone too. Older records without a
+    snapshot are containers that never started: they do not protect anything.
+    """
+    owned: set[str] = set()
+    since: float | None = None
+    cdir = root / "containers"
+    for d in cdir.iterdir() if cdir.is_dir() else ():
+        if d.name == "names" or d.name.startswith(".") or not d.is_dir():
+            continue
+        try:
+            name = json.loads((d / "config.json").read_text()).get("snapshot") or ""
+        except (OSError, ValueError, AttributeError):
+            name = ""        # being written, or unreadable: it may own a snapshot
+        if name:
+            owned.add(name)
+        elif (t := _mtime(d)) > time.time() - 120:
+            since = t if since is None else min(since, t)
+    return owned, since
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.lstat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _valid(digest: str) -> bool:

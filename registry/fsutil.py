@@ -1,10 +1,55 @@
-"""Small filesystem primitives for the store: atomic file writes and advisory file locks."""
+"""Small filesystem primitives for the store: atomic file writes, advisory file locks and
+private (0700) directories."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+# The mode of every directory pybuild makes in its store: extracted layers hold setuid-root
+# binaries and device nodes from images, which another local user must not be able to reach.
+PRIVATE_DIR_MODE = 0o700
+
+
+def private_dir(path: str | os.PathLike) -> Path:
+    """Create the directory `path` with mode 0700 unless it exists; return it.
+
+    Missing parents get the default mode (they may be the user's, like ~/.local/share): callers
+    create the levels they own one by one.
+    """
+    path = Path(path)
+    try:
+        os.mkdir(path, PRIVATE_DIR_MODE)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(path.parent, exist_ok=True)
+        try:
+            os.mkdir(path, PRIVATE_DIR_MODE)
+        except FileExistsError:
+            pass
+    return path
+
+
+def tighten_dir(path: str | os.PathLike) -> None:
+    """Take group and other permissions away from the directory `path`, if it exists.
+
+    Stores made by older versions (or roots the user created) may be world-traversable. A
+    directory we may not chmod (another user's) is left alone: it is not ours to change.
+    """
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o077:
+        try:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EROFS):
+                raise
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

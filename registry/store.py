@@ -36,7 +36,7 @@ from typing import BinaryIO, Iterable, Iterator
 from . import mediatypes as mt
 from .digest import CHUNK, InvalidDigestError, digest_bytes, new_hasher, parse_digest
 from .errors import DigestMismatchError, NotFoundError, RegistryError
-from .fsutil import FileLock, atomic_write, create_if_absent, fsync_dir
+from .fsutil import FileLock, atomic_write, create_if_absent, fsync_dir, private_dir, tighten_dir
 from .manifest import (Descriptor, ImageConfig, Index, InvalidManifestError, Manifest, dump_json,
                        parse_manifest)
 from .platform import Platform, host_platform, platform_matches
@@ -48,6 +48,9 @@ IMAGES_DIR = "images"
 OCTET_STREAM = "application/octet-stream"
 # Ingest files untouched this long belong to a dead process and gc removes them.
 STALE_INGEST_SECONDS = 24 * 3600
+# Directories directly under a root that pybuild creates; opening a store tightens them to
+# 0700 along with the root itself (stores made before that rule were 0755).
+ROOT_SUBDIRS = ("images", "layers", "l", "snapshots", "tmp", "containers", "cache", "cachemounts")
 _MAX_SNIFF = 8 << 20
 
 
@@ -283,8 +286,17 @@ class Store:
         self.layout = self.root / IMAGES_DIR
         self._leases: list[_Lease] = []
         self._leases_mutex = threading.Lock()
-        for sub in ("blobs/sha256", "ingest", "roots", "leases"):
-            (self.layout / sub).mkdir(parents=True, exist_ok=True)
+        # The root is pybuild's alone (as Docker's and podman's are): 0700, also when the user
+        # named an existing directory with --root, so nothing extracted under it (setuid-root
+        # files, device nodes) is reachable by another user.
+        if not os.path.isdir(self.root):
+            private_dir(self.root)
+        tighten_dir(self.root)
+        for sub in ROOT_SUBDIRS:
+            tighten_dir(self.root / sub)
+        for sub in ("", "blobs", "blobs/sha256", "ingest", "roots", "leases"):
+            if not os.path.isdir(self.layout / sub):     # a stat is cheaper than a failing mkdir
+                private_dir(self.layout / sub)
         create_if_absent(self.layout / "oci-layout", dump_json({"imageLayoutVersion": "1.0.0"}))
         create_if_absent(self.layout / "index.json", Index().to_bytes())
 
@@ -402,7 +414,8 @@ class Store:
     def _publish(self, tmp: Path, digest: str) -> None:
         """Rename a verified temp file to its content address (keeping an existing copy)."""
         target = self.blob_path(digest)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.is_dir():
+            private_dir(target.parent)       # another algorithm's directory (sha512)
         # Shared against gc's exclusive hold: a blob appears (and lands in a lease) either
         # before a gc reads the leases or after it has finished sweeping, never in between.
         with FileLock(self.layout / ".gc.lock", shared=True):
