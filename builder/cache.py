@@ -105,6 +105,7 @@ class Lookup:
     reason: str = ""
     size: int = 0
     source: str = ""
+    title: str = ""              # the progress step's name (``[build 2/3] RUN make``), if shown
 
 
 def _hex(key: str) -> str:
@@ -321,6 +322,7 @@ class BuildCache:
         return self.store is None or self.store.has_blob(digest)
 
     def _note(self, lk: Lookup, step: Any, short: str = "") -> None:
+        lk.title = getattr(step, "name", "")
         with self._lock:
             self.lookups.append(lk)
         # A note, not output: it must not show among a RUN's lines nor lead its error tail.

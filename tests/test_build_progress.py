@@ -317,3 +317,16 @@ def test_miss_reasons_concise_and_out_of_the_output(busybox_image, tmp_path):
         build_in(root, tmp_path / "ctx", "FROM busybox\nRUN echo out1 && exit 3\n", progress_out=out)
     assert "cache miss" not in str(err.value)
     assert str(err.value).endswith("last output lines:\n  out1")
+
+
+def test_noop_rebuild_names_steps_as_the_build_did(busybox_image, tmp_path, capsys):
+    from builder.cli import main
+    from tests.fixtures.building import write_context
+    ctx = write_context(tmp_path / "ctx", "FROM busybox AS base\nRUN echo base > /b\nFROM base\nRUN echo top > /t\n")
+    argv = ["--root", str(busybox_image), "build", "--progress", "plain", "-t", "names:1", str(ctx)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "no-op rebuild" in err                   # the fast path answered
+    assert "[base 2/2] RUN echo base > /b" in err and "[stage-1 2/2] RUN echo top > /t" in err
