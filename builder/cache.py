@@ -105,6 +105,7 @@ class Lookup:
     reason: str = ""
     size: int = 0
     source: str = ""
+    title: str = ""              # the progress step's name (``[build 2/3] RUN make``), if shown
 
 
 def _hex(key: str) -> str:
@@ -310,20 +311,25 @@ class BuildCache:
             self.used[key] = rec
             self._note(Lookup(stage, label, key, "remote", size=rec.size, source=src.name), step)
             return rec
-        reason = self.miss_reason(key, stage) if isinstance(key, StepKey) else "not in the cache"
-        self._note(Lookup(stage, label, key, "miss", reason), step)
+        reasons = self.explain_miss(key, stage)[1] if isinstance(key, StepKey) else ["not in the cache"]
+        # The report keeps every reason; progress gets the first, short: the rest is for
+        # `pybuild cache explain`.
+        short = reasons[0] + (f" (+{len(reasons) - 1} more: pybuild cache explain)" if len(reasons) > 1 else "")
+        self._note(Lookup(stage, label, key, "miss", "; ".join(reasons)), step, short)
         return None
 
     def _local_blob(self, digest: str) -> bool:
         return self.store is None or self.store.has_blob(digest)
 
-    def _note(self, lk: Lookup, step: Any) -> None:
+    def _note(self, lk: Lookup, step: Any, short: str = "") -> None:
+        lk.title = getattr(step, "name", "")
         with self._lock:
             self.lookups.append(lk)
+        # A note, not output: it must not show among a RUN's lines nor lead its error tail.
         if step is not None and lk.status == "miss":
-            step.log("cache", f"cache miss: {lk.reason}\n".encode())
+            step.note(f"cache miss: {short or lk.reason}")
         elif step is not None and lk.status == "remote":
-            step.log("cache", f"cache hit from {lk.source}\n".encode())
+            step.note(f"cache hit from {lk.source}")
 
     def context_sources(self, context: Any, srcs: list[str], excludes: list[str] = (), parents: bool = False) -> list:
         """SourceRecords of a COPY/ADD (or bind mount) from the build context; the check is
@@ -367,26 +373,32 @@ class BuildCache:
 
     # -- explanations ----------------------------------------------------------------------------
     def nearest(self, key: StepKey, stage: str) -> tuple[CacheRecord | None, bool]:
-        """The earlier entry closest to ``key``: (record, same_parent). A sibling recorded on the
-        same parent content comes first (same stage and instruction kind preferred); else the
-        newest record of the same stage with the same instruction (a different parent)."""
+        """The earlier build of this step's own line: (record, same_parent), or (None, False).
+
+        Only the same line compares: a record of the same stage and instruction kind built on
+        the same parent content (the step was edited, or an input changed), else one of the
+        same stage with the same instruction (and for RUN the same command line) on another
+        parent (an earlier step changed). A different instruction that once followed the same
+        parent is not an earlier build of this step: diffing against it names unrelated fields.
+        """
         kind = key.instruction.split(" ", 1)[0]
 
-        def likeness(r: CacheRecord) -> tuple[bool, int]:
-            # The same command line first (for RUN), then the number of equal inputs.
+        def likeness(r: CacheRecord) -> int:
             a = r.key_doc.get("inputs", {})
-            return a.get("argv") == key.inputs.get("argv"), sum(1 for k, v in key.inputs.items() if a.get(k) == v)
+            return sum(1 for k, v in key.inputs.items() if a.get(k) == v)
 
-        sibs = [r for r in self.children(key.parent) if r.key != key]
+        sibs = [r for r in self.children(key.parent) if r.key != key and r.stage == stage
+                and r.key_doc.get("instruction", "").split(" ", 1)[0] == kind]
         if sibs:
             def score(r: CacheRecord) -> tuple:
                 doc = r.key_doc
-                return (r.stage == stage, doc.get("instruction", "").split(" ", 1)[0] == kind,
-                        doc.get("instruction") == key.instruction, likeness(r), r.created)
+                return (doc.get("instruction") == key.instruction,
+                        doc.get("inputs", {}).get("argv") == key.inputs.get("argv"), likeness(r), r.created)
             return max(sibs, key=score), True
         same = [r for r in self._all_records()
                 if r.stage == stage and r.key_doc.get("instruction") == key.instruction
-                and r.key_doc.get("platform") == key.platform]
+                and r.key_doc.get("platform") == key.platform
+                and r.key_doc.get("inputs", {}).get("argv") == key.inputs.get("argv")]
         if not same:
             return None, False
         return max(same, key=lambda r: (likeness(r), r.created)), False
@@ -404,7 +416,7 @@ class BuildCache:
         if near is None:
             if not self.dir.is_dir() and not self.remotes:
                 return None, ["the cache is empty"]
-            return None, ["no earlier entry for this step (new step, or its parent never built before)"]
+            return None, ["no earlier build of this step"]
         if not same_parent:
             new = key_document(key)
             reasons = [r for r in diff_inputs({**near.key_doc, "parent": new["parent"]}, new)]

@@ -2,8 +2,9 @@
 
 It runs the real stage builder (the same key code as a build) over the Dockerfile and context
 with a cache that never lets a step execute: a hit applies the cached result, a miss records
-its nearest earlier entry and what differs (instruction, build arg or ENV, files added,
-removed or changed, or the parent), then stands in for the step's result with a placeholder
+the earlier build of the same line (same stage and instruction; see ``BuildCache.nearest``) and
+what differs (command, build arg or ENV, files added, removed or changed, or the parent), or
+says there is none, then stands in for the step's result with a placeholder
 layer so that the steps after it are looked up too (they miss with "parent changed", since
 their parent's content is not known until the step runs).
 """

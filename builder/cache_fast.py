@@ -102,7 +102,7 @@ def remember(root: Path, opts: Any, dockerfile_bytes: bytes, plan: Any, cache: A
                    build_args=opts.build_args, target=opts.target, platform=opts.platform, labels=opts.labels,
                    network=opts.network, isolation=opts.isolation, compression=opts.compression,
                    source_date_epoch=opts.source_date_epoch)
-    steps = [[l.stage, l.step.removesuffix(" # buildkit"), l.key] for l in cache.lookups]
+    steps = [[l.stage, l.step.removesuffix(" # buildkit"), l.key, l.title] for l in cache.lookups]
     doc = {"version": FAST_VERSION, "bases": bases, "context": cache.context_checks, "tags": tags,
            "manifest": manifest_digest, "image_id": config_digest, "steps": steps, "created": time.time()}
     path = _summary_path(root, bid)
@@ -213,8 +213,9 @@ def _progress(args: Any, doc: dict, df: Path) -> None:
     out = sys.stderr
     lines = [f"#1 [internal] load build definition from {df.name}", "#1 DONE 0.0s",
              "#2 [internal] no-op rebuild: base images and build context unchanged", "#2 CACHED"]
-    for n, (stage, step, _key) in enumerate(doc["steps"], start=3):
-        lines += [f"#{n} [{stage}] {step}", f"#{n} CACHED"]
+    for n, (stage, step, _key, *title) in enumerate(doc["steps"], start=3):
+        # The name the full build showed (BuildKit's ``[stage-1 2/3] RUN ...``) when recorded.
+        lines += [f"#{n} {title[0] if title and title[0] else f'[{stage}] {step}'}", f"#{n} CACHED"]
     lines.append(f"writing image {doc['image_id']} done" +
                  (f", naming to {', '.join(args.tags)}" if args.tags else ""))
     out.write("\n".join(lines) + "\n")

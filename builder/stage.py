@@ -132,10 +132,11 @@ class StageBuilder:
         """Build one stage (its dependencies must be built already)."""
         svc = self.svc
         total = len(ps.stage.instructions) + 1
-        label = ps.stage.name or ""
+        label = self._label(ps)
         prefix = f"[{label + ' ' if label else ''}"
+        digits = len(str(total))           # BuildKit pads the index: [ 2/12]
         t0 = time.monotonic()
-        step = svc.progress.step(f"{prefix}1/{total}] FROM {ps.base}")
+        step = svc.progress.step(f"{prefix}{1:>{digits}}/{total}] FROM {ps.base}")
         state, scope = self._from(ps)
         step.done()
         svc.steps.append(StepRecord(ps.name, f"FROM {ps.base}", False, time.monotonic() - t0))
@@ -145,7 +146,7 @@ class StageBuilder:
         for n, inst in enumerate(ps.stage.instructions, start=2):
             if svc.cancelled.is_set():
                 raise BuildError(f"stage {ps.name}: build interrupted")
-            step = svc.progress.step(f"{prefix}{n}/{total}] {inst.original.strip()}")
+            step = svc.progress.step(f"{prefix}{n:>{digits}}/{total}] {inst.original.strip()}")
             t0 = time.monotonic()
             try:
                 cached, layer = self._instruction(ps, state, scope, inst, step)
@@ -162,6 +163,13 @@ class StageBuilder:
         self.states[ps.index] = state
         self.scopes[ps.index] = scope
         return state
+
+    def _label(self, ps: PlannedStage) -> str:
+        """The stage as progress names it, as BuildKit does: its name, ``stage-N`` when
+        unnamed, nothing when the Dockerfile has a single stage."""
+        if len(self.svc.plan.dockerfile.stages) == 1:
+            return ""
+        return ps.stage.name or f"stage-{ps.index}"
 
     def _from(self, ps: PlannedStage) -> tuple[StageState, ArgScope]:
         svc = self.svc
@@ -196,7 +204,8 @@ class StageBuilder:
         except DockerfileError as exc:
             raise BuildError(f"ONBUILD trigger of base image {ps.base} is invalid: {exc}") from None
         for inst in df.stages[0].instructions:
-            step = self.svc.progress.step(f"[{ps.name}] ONBUILD {inst.original.strip()}")
+            label = self._label(ps)
+            step = self.svc.progress.step(f"{'[' + label + '] ' if label else ''}ONBUILD {inst.original.strip()}")
             cached, _ = self._instruction(ps, state, scope, inst, step)
             step.cached() if cached else step.done()
 

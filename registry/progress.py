@@ -2,6 +2,7 @@
 when quiet. Thread-safe (parallel blob transfers report into one reporter); no dependencies."""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import threading
@@ -146,11 +147,18 @@ class BarProgress(Progress):
 
     def _draw(self) -> None:
         # A wrapped line would throw off the cursor-up count: keep each bar within the width.
-        width = max(20, shutil.get_terminal_size().columns - 1)
+        width = max(20, self._columns() - 1)
         for t in self._active:
             self.stream.write(self._line(t)[:width] + "\n")
         self._drawn = len(self._active)
         self.stream.flush()
+
+    def _columns(self) -> int:
+        # The terminal the bars go to (stderr), not whatever stdout is.
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            return shutil.get_terminal_size().columns
 
     def _line(self, t: Task) -> str:
         if t.finished is not None:
