@@ -606,7 +606,7 @@ class StageBuilder:
 
 
 # The largest ADD URL download; more is an error (a hostile or broken server may never stop).
-ADD_URL_MAX = 4 << 30
+ADD_URL_MAX = 1 << 30
 
 
 def _add_url_max() -> int:

@@ -548,6 +548,7 @@ class RegistryClient:
             seen.add(url)
             pages += 1
             resp = self.request(host, "GET", url, scopes=scopes, what=what)
+            seen.add(resp.url)          # absolute: a Link back to the first page is seen as a loop
             try:
                 body = resp.json()
                 total += len(resp.content)
