@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from . import mediatypes
-from .http import HTTPError, NameResolutionError, Response, Session, TLSConfig, TLSError
+from .http import ERROR_BODY_MAX, HTTPError, NameResolutionError, Response, Session, TLSConfig, TLSError
 from .digest import digest_bytes, parse_digest
 from .errors import AuthError, DigestMismatchError, LimitError, NotFoundError, RegistryError
 from .reference import DEFAULT_REGISTRY, DOCKER_HUB_API_HOST, LEGACY_DEFAULT_REGISTRY
@@ -39,7 +39,6 @@ _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 # ever-new URLs, gets an error instead of unbounded requests and memory.
 MAX_PAGES = 1000
 MAX_LIST_BYTES = 64 << 20        # all pages of one listing together
-ERROR_BODY_MAX = 64 << 10        # of an error answer, only this much is read (for its message)
 
 # (offset) -> a readable binary stream (has .read) or an iterable of bytes, positioned at offset.
 BlobSource = Callable[[int], Any]

@@ -24,6 +24,7 @@ READ_BLOCK = 1 << 20
 # whole are small (errors, token answers, tag pages); blobs are streamed. A hostile server may
 # send an endless body: what is past the cap is never read.
 MAX_BODY = 8 << 20
+ERROR_BODY_MAX = 64 << 10   # of an error answer (status >= 400) only this much: enough for its message
 # One DEBUG line per request: method, URL without its query (upload state), status.
 log = logging.getLogger("pybuild.http")
 
@@ -288,7 +289,8 @@ class Session:
         except Exception as exc:            # http.client.RemoteDisconnected, BadStatusLine...
             conn.close()
             raise ReadError(f"{method} {url}: the connection broke: {type(exc).__name__}: {exc}") from None
-        resp = Response(raw, conn, pool, Request(method, url, hdrs), max_body=max_body)
+        resp = Response(raw, conn, pool, Request(method, url, hdrs),
+                        max_body=min(max_body, ERROR_BODY_MAX) if raw.status >= 400 else max_body)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s://%s:%s%s -> %s", method, scheme, host, port, parts.path, raw.status)
         if method == "HEAD":
