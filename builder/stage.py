@@ -564,19 +564,46 @@ class StageBuilder:
         return False, layer
 
     def _download(self, url: str, checksum: str, inst: I.Instruction) -> tuple[bytes, str, str, int]:
-        """Fetch an ADD URL: (data, file name, sha256 digest, mtime from Last-Modified)."""
+        """Fetch an ADD URL: (data, file name, sha256 digest, mtime from Last-Modified).
+
+        The body is streamed to a temporary file and hashed on the way, up to ADD_URL_MAX bytes
+        (`PYBUILD_ADD_URL_MAX_BYTES`; a server that sends more, or never stops, gets an error at
+        the cap instead of filling memory); only a complete, checksum-verified download is read
+        back for the layer."""
         import requests
         from email.utils import parsedate_to_datetime
+        cap = _add_url_max()
         try:
-            r = requests.get(url, timeout=60)
+            r = requests.get(url, timeout=60, stream=True)
         except requests.RequestException as exc:
             raise self._error(inst, f"cannot download {url}: {exc}") from None
-        if r.status_code != 200:
-            raise self._error(inst, f"cannot download {url}: HTTP {r.status_code}")
-        data = r.content
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if checksum and checksum != digest:
-            raise self._error(inst, f"checksum mismatch for {url}: expected {checksum}, got {digest}")
+        with r, tempfile.TemporaryFile(prefix="pybuild-add-") as tmp:
+            if r.status_code != 200:
+                raise self._error(inst, f"cannot download {url}: HTTP {r.status_code}")
+            announced = r.headers.get("Content-Length", "")
+            if announced.isdigit() and int(announced) > cap:
+                raise self._error(inst, f"cannot download {url}: it is {int(announced)} bytes, more than "
+                                        f"the {cap} allowed (set PYBUILD_ADD_URL_MAX_BYTES to allow more)")
+            h = hashlib.sha256()
+            size = 0
+            try:
+                for piece in r.iter_content(1 << 20):
+                    size += len(piece)
+                    if size > cap:
+                        raise self._error(inst, f"cannot download {url}: more than the {cap} bytes allowed "
+                                                f"(set PYBUILD_ADD_URL_MAX_BYTES to allow more)")
+                    h.update(piece)
+                    tmp.write(piece)
+            except requests.RequestException as exc:
+                raise self._error(inst, f"cannot download {url}: {exc}") from None
+            except OSError as exc:
+                raise self._error(inst, f"cannot download {url}: writing the temporary file: "
+                                        f"{exc.strerror}") from None
+            digest = "sha256:" + h.hexdigest()
+            if checksum and checksum != digest:
+                raise self._error(inst, f"checksum mismatch for {url}: expected {checksum}, got {digest}")
+            tmp.seek(0)
+            data = tmp.read()
         mtime = 0
         if r.headers.get("Last-Modified"):
             try:
@@ -585,6 +612,16 @@ class StageBuilder:
                 mtime = 0
         name = posixpath.basename(url.split("?", 1)[0].split("#", 1)[0].rstrip("/")) or "index.html"
         return data, name, digest, mtime
+
+
+# The largest ADD URL download; more is an error (a hostile or broken server may never stop).
+ADD_URL_MAX = 1 << 30
+
+
+def _add_url_max() -> int:
+    """ADD_URL_MAX, or PYBUILD_ADD_URL_MAX_BYTES when set to a number."""
+    value = os.environ.get("PYBUILD_ADD_URL_MAX_BYTES", "").strip()
+    return int(value) if value.isdigit() else ADD_URL_MAX
 
 
 def _mount_key(m: RunMount, svc: Services) -> list:

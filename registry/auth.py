@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from .errors import AuthError
 from .tlsconfig import ca_bundle_for
@@ -43,6 +43,9 @@ DEFAULT_EXPIRES_IN = 60        # seconds, when the token server does not say (th
 TOKEN_TIMEOUT = (10, 60)       # connect, read seconds for a token request
 TOKEN_ATTEMPTS = 4             # tries for a token request failing with 429/5xx/connection errors
 CLIENT_ID = "pybuild"
+# A token answer is a small JSON object (a JWT is a few KiB); a longer one is refused unread.
+MAX_TOKEN_RESPONSE = 1 << 20
+TOKEN_REDIRECTS = 5
 
 
 def repository_scopes(repository: str, push: bool = False, mount_from: str | None = None) -> list[str]:
@@ -225,6 +228,7 @@ class Authenticator:
         challenges = dict(parse_challenges(header))
         sent = (response.request.headers.get("Authorization") if response.request is not None else None) or ""
         if "bearer" in challenges and challenges["bearer"].get("realm"):
+            self._check_realm(challenges["bearer"]["realm"], getattr(response, "url", "") or "")
             return self._bearer_challenge(challenges["bearer"], scopes, sent)
         if "basic" in challenges:
             return self._basic_challenge(sent)
@@ -235,6 +239,17 @@ class Authenticator:
         raise AuthError(f"registry {self.host} asks for authentication scheme(s) "
                         f"{', '.join(sorted(challenges))}, which pybuild does not support "
                         f"(supported: Basic, Bearer)")
+
+    def _check_realm(self, realm: str, registry_url: str) -> None:
+        """The realm gets this registry's credentials: it must be an http(s) URL, and https when
+        the registry itself is reached over https (no downgrade to clear text)."""
+        scheme = urlsplit(realm).scheme.lower()
+        if scheme not in ("http", "https") or not urlsplit(realm).hostname:
+            raise AuthError(f"registry {self.host} names token realm {_safe_url(realm)!r}, which is not "
+                            f"an http(s) URL; cannot authenticate")
+        if scheme == "http" and urlsplit(registry_url).scheme.lower() == "https":
+            raise AuthError(f"registry {self.host} is reached over https but names a plain-http token "
+                            f"realm {_safe_url(realm)}; pybuild does not send credentials in clear text")
 
     # -- basic --------------------------------------------------------------------------------------
     def _basic_header(self) -> dict[str, str]:
@@ -340,36 +355,66 @@ class Authenticator:
                     self._tokens[need] = tok
             return tok
 
+    def _token_call(self, bearer: _Bearer, refresh: str | None, scopes: list[str],
+                    verify: "bool | str") -> tuple["requests.Response", bytes]:
+        """One token request with its redirects followed by hand: credentials (Basic or the
+        refresh token) go only to the realm's own scheme, host and port; each body is read up to
+        MAX_TOKEN_RESPONSE. Returns the final response and its body."""
+        import requests
+        cred = self.credential
+        url = bearer.realm
+        home = _origin(url)
+        method = "POST" if refresh else "GET"
+        for _ in range(TOKEN_REDIRECTS + 1):
+            at_home = _origin(url) == home
+            kw: dict = {"timeout": TOKEN_TIMEOUT, "verify": verify if at_home else True,
+                        "allow_redirects": False, "stream": True}
+            if method == "POST":
+                form = {"grant_type": "refresh_token", "refresh_token": refresh or "",
+                        "client_id": CLIENT_ID, "scope": " ".join(scopes)}
+                if bearer.service:
+                    form["service"] = bearer.service
+                resp = self.session.post(url, data=form, **kw)
+            else:
+                params: list[tuple[str, str]] = []
+                if url == bearer.realm:
+                    if bearer.service:
+                        params.append(("service", bearer.service))
+                    params += [("scope", s) for s in scopes]
+                auth = None
+                if cred is not None and (cred.username or cred.password):
+                    if url == bearer.realm:
+                        params.append(("account", cred.username))
+                    if at_home:
+                        auth = (cred.username, cred.password)
+                    else:
+                        # No netrc or other stored login for a host the registry did not name.
+                        auth = _NoAuth()
+                resp = self.session.get(url, params=params or None, auth=auth, **kw)
+            if resp.status_code in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
+                resp.close()
+                url = urljoin(url, resp.headers["Location"])
+                if method == "POST" and _origin(url) != home:
+                    raise AuthError(f"token server {_safe_url(bearer.realm)} for registry {self.host} "
+                                    f"redirects to {_safe_url(url)}, another host; pybuild does not send "
+                                    f"the identity token there")
+                continue
+            return resp, _read_capped(resp, MAX_TOKEN_RESPONSE, bearer.realm, self.host)
+        raise requests.TooManyRedirects(f"more than {TOKEN_REDIRECTS} redirects")
+
     def _request_token(self, bearer: _Bearer, scopes: list[str]) -> tuple[str, float]:
         """Ask the realm for a token: (token, expires_in seconds)."""
         import requests
 
         realm_host = urlsplit(bearer.realm).netloc
         verify = self.tls_verify(realm_host) if self.tls_verify else (ca_bundle_for(realm_host) or True)
-        cred = self.credential
         with self._lock:
             refresh = self._refresh_token
         attempt = 0
         while True:
             attempt += 1
             try:
-                if refresh:
-                    form = {"grant_type": "refresh_token", "refresh_token": refresh,
-                            "client_id": CLIENT_ID, "scope": " ".join(scopes)}
-                    if bearer.service:
-                        form["service"] = bearer.service
-                    resp = self.session.post(bearer.realm, data=form, timeout=TOKEN_TIMEOUT, verify=verify)
-                else:
-                    params: list[tuple[str, str]] = []
-                    if bearer.service:
-                        params.append(("service", bearer.service))
-                    params += [("scope", s) for s in scopes]
-                    auth = None
-                    if cred is not None and (cred.username or cred.password):
-                        params.append(("account", cred.username))
-                        auth = (cred.username, cred.password)
-                    resp = self.session.get(bearer.realm, params=params, auth=auth,
-                                            timeout=TOKEN_TIMEOUT, verify=verify)
+                resp, content = self._token_call(bearer, refresh, scopes, verify)
             except requests.exceptions.SSLError as exc:
                 raise AuthError(f"TLS verification of token server {_safe_url(bearer.realm)} (for "
                                 f"registry {self.host}) failed: {_reason(exc)}; add its CA as "
@@ -393,10 +438,10 @@ class Authenticator:
                 raise AuthError(f"token server {_safe_url(bearer.realm)} for registry {self.host} "
                                 f"answered HTTP {status}")
             try:
-                body = resp.json()
+                body = json.loads(content)
                 token = body.get("token") or body.get("access_token")
                 expires_in = float(body.get("expires_in") or DEFAULT_EXPIRES_IN)
-            except (ValueError, AttributeError, TypeError):
+            except (ValueError, AttributeError, TypeError, RecursionError):
                 token = None
             if not isinstance(token, str) or not token:
                 raise AuthError(f"token server {_safe_url(bearer.realm)} for registry {self.host} "
@@ -417,6 +462,38 @@ class Authenticator:
                              f"expired: run `pybuild login {self.host}` again")
         return AuthError(f"{where} rejected the credentials of user {self.credential.username!r} "
                          f"(HTTP {status}); check them and run `pybuild login {self.host}`")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    u = urlsplit(url)
+    scheme = u.scheme.lower()
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    return scheme, (u.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+
+
+class _NoAuth:
+    """A requests auth hook that adds nothing (and so keeps requests from using ~/.netrc)."""
+
+    def __call__(self, r: "requests.PreparedRequest") -> "requests.PreparedRequest":
+        r.headers.pop("Authorization", None)
+        return r
+
+
+def _read_capped(resp: "requests.Response", cap: int, realm: str, host: str) -> bytes:
+    """Up to CAP bytes of a streamed requests response; AuthError when it is longer."""
+    buf = bytearray()
+    try:
+        for piece in resp.iter_content(64 * 1024):
+            buf += piece
+            if len(buf) > cap:
+                raise AuthError(f"token server {_safe_url(realm)} for registry {host} answered more than "
+                                f"{cap} bytes; refusing it")
+    finally:
+        resp.close()
+    return bytes(buf)
 
 
 def _backoff(attempt: int, retry_after: str | None) -> float:

@@ -21,10 +21,11 @@ from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from . import mediatypes
-from .http import HTTPError, NameResolutionError, Response, Session, TLSConfig, TLSError
+from .http import ERROR_BODY_MAX, HTTPError, NameResolutionError, Response, Session, TLSConfig, TLSError
 from .digest import digest_bytes, parse_digest
-from .errors import AuthError, DigestMismatchError, NotFoundError, RegistryError
+from .errors import AuthError, DigestMismatchError, LimitError, NotFoundError, RegistryError
 from .reference import DEFAULT_REGISTRY, DOCKER_HUB_API_HOST, LEGACY_DEFAULT_REGISTRY
+from .manifest import loads_limited
 from .tlsconfig import ca_bundle_for, client_cert_for
 
 # OCI recommends registries accept manifests of at least 4 MiB; refuse more so that a hostile
@@ -34,6 +35,10 @@ READ_CHUNK = 1 << 20
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+# Link pagination (tags, catalog) stops here: a server whose Link never ends, or loops through
+# ever-new URLs, gets an error instead of unbounded requests and memory.
+MAX_PAGES = 1000
+MAX_LIST_BYTES = 64 << 20        # all pages of one listing together
 
 # (offset) -> a readable binary stream (has .read) or an iterable of bytes, positioned at offset.
 BlobSource = Callable[[int], Any]
@@ -72,7 +77,7 @@ class RemoteManifest:
     digest: str
 
     def json(self) -> dict:
-        """The manifest parsed as JSON."""
+        """The manifest parsed as JSON (its depth was checked when it was fetched)."""
         return json.loads(self.data)
 
 
@@ -112,6 +117,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of URL: credentials are scoped to exactly this."""
+    u = urlsplit(url)
+    scheme = u.scheme.lower()
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    return scheme, (u.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+
+
+def _safe(url: str) -> str:
+    """URL without its query, for messages (a signed redirect may carry a secret there)."""
+    return url.split("?", 1)[0]
+
+
 def _strip_port(host: str) -> str:
     if host.startswith("["):
         return host[1:host.index("]")]
@@ -120,6 +141,8 @@ def _strip_port(host: str) -> str:
 
 def _registry_error_text(resp: Response) -> str:
     """`CODE: message` pairs from a registry's JSON error body, or a short text excerpt."""
+    # Only the start of an error body is read (a hostile one may never end).
+    resp.max_body = min(resp.max_body, ERROR_BODY_MAX)
     try:
         body = resp.json()
         errs = body.get("errors") or []
@@ -131,9 +154,7 @@ def _registry_error_text(resp: Response) -> str:
             parts.append(part)
         if parts:
             return "; ".join(parts)
-    except ValueError:
-        pass
-    except AttributeError:
+    except (ValueError, AttributeError, TypeError, RegistryError):
         pass
     text = (resp.text or "").strip().replace("\n", " ")
     return text[:200] or resp.reason or ""
@@ -341,7 +362,7 @@ class RegistryClient:
 
     def _probe(self, url: str, h: _Host) -> Response:
         resp = self._session.request("GET", url, {"User-Agent": self.options.user_agent},
-                                     tls=TLSConfig(h.verify, h.cert))
+                                     tls=TLSConfig(h.verify, h.cert), max_body=ERROR_BODY_MAX)
         resp.close()
         return resp
 
@@ -406,11 +427,15 @@ class RegistryClient:
         attempt = 0
         auth_tries = 0
         while True:
-            url = path_or_url if "://" in path_or_url else f"{self.base_url(host)}{path_or_url}"
+            base = self.base_url(host)
+            url = path_or_url if "://" in path_or_url else f"{base}{path_or_url}"
+            # Credentials belong to the registry's exact scheme, host and port: an upload Location
+            # or a Link that points elsewhere (or to http on an https registry) gets none.
+            home = origin(url) == origin(base)
             hdrs = {"User-Agent": self.options.user_agent}
             if headers:
                 hdrs.update(headers)
-            if authenticate and h.auth is not None:
+            if authenticate and h.auth is not None and home:
                 hdrs.update(h.auth.headers(scopes))
             data = body() if callable(body) else body
             try:
@@ -436,6 +461,13 @@ class RegistryClient:
             status = resp.status_code
             if status in ok_set or (not_found_ok and status == 404):
                 return resp
+            if status == 401 and origin(resp.url) != origin(base):
+                # A 401 from another host (a redirect target, a foreign Location) must not teach
+                # this registry's authenticator a realm, nor be answered with its credentials.
+                resp.close()
+                raise AuthError(f"{what + ': ' if what else ''}{method} {_safe(resp.url)} asks for "
+                                f"authentication, but it is not registry {host} ({base}); pybuild sends "
+                                f"{host}'s credentials only to {base}")
             if status == 401 and authenticate and h.auth is not None and auth_tries < 2:
                 auth_tries += 1
                 if h.auth.challenge(resp, scopes):
@@ -459,10 +491,11 @@ class RegistryClient:
 
     def _send(self, h: _Host, method: str, url: str, hdrs: dict[str, str], data: Any,
               stream: bool) -> Response:
-        """One request, following redirects by hand so that credentials never leave the host."""
-        origin = urlsplit(url).netloc
+        """One request, following redirects by hand so that credentials never leave the host:
+        a redirect to another scheme, host or port loses the Authorization header for good."""
+        first = origin(url)
         for _ in range(10):
-            same = urlsplit(url).netloc == origin
+            same = origin(url) == first
             resp = self._session.request(method, url, hdrs, data,
                                          tls=TLSConfig(h.verify, h.cert) if same else TLSConfig(),
                                          stream=stream)
@@ -470,7 +503,7 @@ class RegistryClient:
                 return resp
             resp.close()
             url = urljoin(url, resp.headers["Location"])
-            if urlsplit(url).netloc != origin:
+            if origin(url) != first:
                 hdrs = {k: v for k, v in hdrs.items() if k.lower() != "authorization"}
             if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
                 method, data = "GET", None
@@ -506,15 +539,32 @@ class RegistryClient:
         url = path + (f"?{urlencode({'n': page_size})}" if page_size else "")
         out: list[str] = []
         seen: set[str] = set()
+        pages = total = 0
         while url and url not in seen:
+            if pages >= MAX_PAGES:
+                raise LimitError(f"{what}: the registry's Link pagination goes on past {MAX_PAGES} pages "
+                                 f"(next: {_safe(url)}); refusing to read more")
             seen.add(url)
+            pages += 1
             resp = self.request(host, "GET", url, scopes=scopes, what=what)
+            seen.add(resp.url)          # absolute: a Link back to the first page is seen as a loop
             try:
-                out.extend(resp.json().get(key) or [])
+                body = resp.json()
+                total += len(resp.content)
+                names = body.get(key) if isinstance(body, dict) else None
             except ValueError:
-                raise RegistryError(f"{what}: invalid JSON from {resp.url}") from None
+                raise RegistryError(f"{what}: invalid JSON from {_safe(resp.url)}") from None
             finally:
                 resp.close()
+            if names is None:
+                names = []
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise RegistryError(f"{what}: {_safe(resp.url)} answered a {key!r} that is not a list of "
+                                    f"strings")
+            if total > MAX_LIST_BYTES:
+                raise LimitError(f"{what}: the pages add up to more than {MAX_LIST_BYTES} bytes "
+                                 f"(at {_safe(resp.url)}); refusing to read more")
+            out.extend(names)
             m = _LINK_NEXT.search(resp.headers.get("Link", ""))
             url = urljoin(resp.url, m.group(1)) if m else ""
         return out
@@ -851,7 +901,7 @@ class Repository:
             raise RegistryError(f"{what}: larger than the {MAX_MANIFEST_SIZE} bytes allowed")
         media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         try:
-            doc = json.loads(data)
+            doc = loads_limited(data, what)
         except ValueError:
             raise _BadManifest(RegistryError(f"{what}: the registry returned invalid JSON")) from None
         if isinstance(doc, dict) and doc.get("mediaType"):
@@ -947,7 +997,15 @@ class Repository:
         resp = self.client.request(self.host, "GET", path, scopes=self.pull_scope, not_found_ok=True,
                                    headers={"Accept": mediatypes.OCI_INDEX}, what=f"referrers of {digest}")
         if resp.status_code == 200 and resp.headers.get("Content-Type", "").startswith(mediatypes.OCI_INDEX):
-            manifests = resp.json().get("manifests") or []
+            try:
+                body = loads_limited(resp.content, f"referrers of {digest} in {self.ref}")
+            except ValueError:
+                body = None
+            if resp.truncated or not isinstance(body, dict) or not isinstance(body.get("manifests") or [], list):
+                resp.close()
+                raise RegistryError(f"referrers of {digest} in {self.ref}: {_safe(resp.url)} answered an "
+                                    f"index that is not valid JSON or larger than {resp.max_body} bytes")
+            manifests = [m for m in body.get("manifests") or [] if isinstance(m, dict)]
             filtered = bool(resp.headers.get("OCI-Filters-Applied"))
             resp.close()
         else:

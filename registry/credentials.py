@@ -3,12 +3,18 @@
 Lookup order for a registry host (the first source that has an entry wins; a credential given in
 code with `credential_override` comes before all):
 
-1. Environment variables, for CI. Per host: ``PYBUILD_REGISTRY_<HOST>_USER`` and
-   ``PYBUILD_REGISTRY_<HOST>_PASSWORD`` where <HOST> is the host name (with its port) upper-cased and
-   every character other than A-Z and 0-9 replaced by ``_`` (``ghcr.io`` -> ``GHCR_IO``,
-   ``127.0.0.1:5000`` -> ``127_0_0_1_5000``). For any host: ``PYBUILD_REGISTRY_USER`` and
-   ``PYBUILD_REGISTRY_PASSWORD``. ``..._PASSWORD_FILE`` may replace ``..._PASSWORD`` (read the file,
-   strip the trailing newline), which keeps the secret out of the process environment.
+1. Environment variables, for CI. ``PYBUILD_AUTH_CONFIG``: a JSON object in the Docker config's
+   format (``{"auths": {"HOST": {"auth": base64 of "user:password"}}}``), matched by exact host.
+   Per host: ``PYBUILD_REGISTRY_<HOST>_USER`` and ``PYBUILD_REGISTRY_<HOST>_PASSWORD`` where <HOST>
+   is the host name (with its port) upper-cased and every character other than A-Z and 0-9 replaced
+   by ``_`` (``ghcr.io`` -> ``GHCR_IO``, ``127.0.0.1:5000`` -> ``127_0_0_1_5000``). That folding
+   loses information (``registry-gitlab.com`` and ``registry.gitlab.com`` fold alike), so these
+   variables serve only hosts it cannot confuse: letters, digits and dots, an optional ``:PORT``,
+   and no all-digit last label unless the name is an IPv4 address. Another host for which such a
+   variable is set is refused with an error naming PYBUILD_AUTH_CONFIG. For any host:
+   ``PYBUILD_REGISTRY_USER`` and ``PYBUILD_REGISTRY_PASSWORD``. ``..._PASSWORD_FILE`` may replace
+   ``..._PASSWORD`` (read the file, strip the trailing newline), which keeps the secret out of the
+   process environment.
 2. The Docker client config: ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``:
    ``credHelpers[host]`` then ``credsStore`` (both run ``docker-credential-NAME get`` with the
    server URL on stdin), then ``auths[host]`` (base64 ``auth`` = "user:password", or ``username`` /
@@ -73,9 +79,27 @@ def server_url(host: str) -> str:
     return DOCKER_HUB_CONFIG_KEY if h == "docker.io" else h
 
 
+AUTH_CONFIG_VAR = "PYBUILD_AUTH_CONFIG"
+# Hosts whose folded variable name stands for them alone: labels of letters and digits joined by
+# dots, then an optional port. Among such names only the last `_DIGITS` could be read two ways
+# (`a.b:5000` or `a.b.5000`); an all-digit last label is therefore allowed only in an IPv4
+# address, where a port cannot follow without a colon being the only reading left.
+_UNAMBIGUOUS_HOST = re.compile(r"(?P<name>[a-z0-9]+(?:\.[a-z0-9]+)*)(?::[0-9]+)?", re.ASCII)
+_IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}", re.ASCII)
+
+
 def env_var_stem(host: str) -> str:
     """``PYBUILD_REGISTRY_<HOST>`` for HOST (see the module docstring)."""
     return "PYBUILD_REGISTRY_" + re.sub(r"[^A-Z0-9]", "_", canonical_host(host).upper())
+
+
+def env_var_unambiguous(host: str) -> bool:
+    """True when no other registry host folds to HOST's ``PYBUILD_REGISTRY_<HOST>`` name."""
+    m = _UNAMBIGUOUS_HOST.fullmatch(canonical_host(host))
+    if m is None:
+        return False
+    name = m.group("name")
+    return not name.rsplit(".", 1)[-1].isdigit() or _IPV4.fullmatch(name) is not None
 
 
 def docker_config_path() -> Path:
@@ -196,8 +220,36 @@ def erase_credential(host: str) -> bool:
 
 # -- sources -------------------------------------------------------------------------------------
 
+def _from_auth_config_env(host: str) -> Credential | None:
+    text = os.environ.get(AUTH_CONFIG_VAR)
+    if not text or not text.strip():
+        return None
+    try:
+        config = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise AuthError(f"{AUTH_CONFIG_VAR} is not valid JSON{where}; it holds "
+                        f'{{"auths": {{"HOST": {{"auth": "BASE64(user:password)"}}}}}}') from None
+    if not isinstance(config, dict) or not isinstance(config.get("auths", {}), dict):
+        raise AuthError(f'{AUTH_CONFIG_VAR} must hold a JSON object with an "auths" object, as in '
+                        f"Docker's config.json")
+    # Helpers named there would run programs chosen by whoever set the variable: only auths count.
+    return _from_config({"auths": config.get("auths") or {}}, host, Path(f"${AUTH_CONFIG_VAR}"))
+
+
 def _from_env(host: str) -> Credential | None:
-    for stem in (env_var_stem(host), "PYBUILD_REGISTRY"):
+    cred = _from_auth_config_env(host)
+    if cred is not None:
+        return cred
+    stem = env_var_stem(host)
+    if not env_var_unambiguous(host) and any(
+            f"{stem}_{k}" in os.environ for k in ("USER", "PASSWORD", "PASSWORD_FILE")):
+        raise AuthError(f"{stem}_USER/_PASSWORD is set, but that name does not tell registry "
+                        f"{canonical_host(host)} from other hosts that fold to it (e.g. with '.' and "
+                        f"'-' swapped), so it is not used for {canonical_host(host)}; give this "
+                        f'registry\'s credential in {AUTH_CONFIG_VAR}=\'{{"auths": {{"'
+                        f'{canonical_host(host)}": {{"auth": "BASE64(user:password)"}}}}}}\'')
+    for stem in (stem, "PYBUILD_REGISTRY"):
         user = os.environ.get(f"{stem}_USER")
         if user is None:
             continue

@@ -20,3 +20,11 @@ class AuthError(RegistryError):
 
 class DigestMismatchError(RegistryError):
     """Content did not hash to the digest it was announced with; nothing was stored."""
+
+
+class ResponseTooLargeError(RegistryError):
+    """An answer from the network was longer than pybuild reads for its kind; the rest was not read."""
+
+
+class LimitError(RegistryError):
+    """Hostile or broken input exceeded a structural limit (JSON depth, pages, index nesting)."""

@@ -17,9 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 from urllib.parse import unquote, urlsplit
 
-from .errors import RegistryError
+from .errors import RegistryError, ResponseTooLargeError
 
 READ_BLOCK = 1 << 20
+# The most of a body `content` (and so `text` and `json()`) keeps in memory. Protocol answers read
+# whole are small (errors, token answers, tag pages); blobs are streamed. A hostile server may
+# send an endless body: what is past the cap is never read.
+MAX_BODY = 8 << 20
+ERROR_BODY_MAX = 64 << 10   # of an error answer (status >= 400) only this much: enough for its message
 # One DEBUG line per request: method, URL without its query (upload state), status.
 log = logging.getLogger("pybuild.http")
 
@@ -69,7 +74,8 @@ class Response:
     when it can be reused.
     """
 
-    def __init__(self, raw: Any, conn: Any, pool: "_Pool", request: Request) -> None:
+    def __init__(self, raw: Any, conn: Any, pool: "_Pool", request: Request,
+                 max_body: int = MAX_BODY) -> None:
         self._raw = raw
         self._conn = conn
         self._pool = pool
@@ -80,6 +86,8 @@ class Response:
         self.headers = raw.msg           # http.client.HTTPMessage: case-insensitive get/in
         self._content: bytes | None = None   # the whole body, once read by `content`
         self._served = 0                      # how much of _content read() has handed out
+        self.max_body = max_body
+        self.truncated = False                # `content` stopped at max_body; more was offered
 
     def _done(self, reusable: bool) -> None:
         conn, self._conn = self._conn, None
@@ -124,9 +132,26 @@ class Response:
 
     @property
     def content(self) -> bytes:
-        """The whole body (read once, kept)."""
+        """The body (read once, kept), at most `max_body` bytes of it: a longer body is cut there,
+        `truncated` is set and the connection dropped (enough for an error message; `json()`
+        refuses a cut body)."""
         if self._content is None:
-            self._content = self.read() if self._conn is not None else b""
+            buf = bytearray()
+            if self._conn is not None:
+                limit = self.max_body
+                while not self.truncated:
+                    piece = self.read(min(READ_BLOCK, limit + 1 - len(buf)))
+                    if not piece:
+                        break
+                    buf += piece
+                    if len(buf) > limit:
+                        self.truncated = True
+                if self.truncated:
+                    del buf[limit:]
+                    if self._conn is not None:
+                        self._raw.close()
+                        self._done(False)
+            self._content = bytes(buf)
             self._served = 0
         return self._content
 
@@ -135,8 +160,16 @@ class Response:
         return self.content.decode("utf-8", "replace")
 
     def json(self) -> Any:
-        """The body parsed as JSON (ValueError if it is not)."""
-        return json.loads(self.content)
+        """The body parsed as JSON (ValueError if it is not; ResponseTooLargeError when it is
+        longer than `max_body`)."""
+        data = self.content
+        if self.truncated:
+            raise ResponseTooLargeError(f"the answer from {_no_query(self.url)} is larger than the "
+                                        f"{self.max_body} bytes pybuild reads; refusing it")
+        try:
+            return json.loads(data)
+        except RecursionError:
+            raise ValueError(f"JSON nested too deeply in the answer from {_no_query(self.url)}") from None
 
     def close(self) -> None:
         """Release the connection: pooled when the body was fully read, closed otherwise."""
@@ -217,10 +250,11 @@ class Session:
             p.close()
 
     def request(self, method: str, url: str, headers: dict[str, str], body: Any = None,
-                tls: TLSConfig = TLSConfig(), stream: bool = False) -> Response:
+                tls: TLSConfig = TLSConfig(), stream: bool = False,
+                max_body: int = MAX_BODY) -> Response:
         """Send one request (no redirects followed). `body` is bytes, None, or a file-like object
         whose length is in the Content-Length header. Unless `stream`, the body is read before
-        returning and the connection released."""
+        returning (at most `max_body` bytes, see Response.content) and the connection released."""
         parts = urlsplit(url)
         scheme = parts.scheme
         if scheme not in ("http", "https"):
@@ -255,7 +289,8 @@ class Session:
         except Exception as exc:            # http.client.RemoteDisconnected, BadStatusLine...
             conn.close()
             raise ReadError(f"{method} {url}: the connection broke: {type(exc).__name__}: {exc}") from None
-        resp = Response(raw, conn, pool, Request(method, url, hdrs))
+        resp = Response(raw, conn, pool, Request(method, url, hdrs),
+                        max_body=min(max_body, ERROR_BODY_MAX) if raw.status >= 400 else max_body)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s://%s:%s%s -> %s", method, scheme, host, port, parts.path, raw.status)
         if method == "HEAD":
@@ -301,6 +336,11 @@ class Session:
             if ctx is None:
                 ctx = self._contexts[tls] = _make_context(tls)
             return ctx
+
+
+def _no_query(url: str) -> str:
+    """URL without its query (upload state, signed-URL secrets), for messages."""
+    return url.split("?", 1)[0]
 
 
 def _make_context(tls: TLSConfig) -> Any:

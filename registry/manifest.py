@@ -31,10 +31,48 @@ def dump_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+# Real manifests, indexes and configs nest a handful of levels (annotations, config.Healthcheck);
+# a document nested deeper is hostile or broken. The limit is well below the interpreter's
+# recursion limit, so neither the decoder nor any later walk of the document can hit it.
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(obj: Any) -> int:
+    """How deeply OBJ's lists and objects nest (a scalar is 0), walked without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        stack.extend((child, depth) for child in node if isinstance(child, (dict, list)))
+    return deepest
+
+
+def loads_limited(data: bytes | str, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads with a nesting limit: InvalidManifestError naming WHERE for a document nested
+    deeper than MAX_DEPTH (instead of the decoder's RecursionError); ValueError for invalid JSON."""
+    try:
+        doc = json.loads(data)
+    except RecursionError:
+        doc = None
+        too_deep = True
+    else:
+        too_deep = json_depth(doc) > max_depth
+    if too_deep:
+        raise InvalidManifestError(f"{where}: JSON nested more than {max_depth} levels deep; "
+                                   f"refusing it (no image needs that)")
+    return doc
+
+
 def load_json(data: bytes, where: str) -> dict:
     """Decode a JSON object, raising InvalidManifestError naming `where` on anything else."""
     try:
-        doc = json.loads(data)
+        doc = loads_limited(data, where)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidManifestError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(doc, dict):

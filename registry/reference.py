@@ -29,13 +29,16 @@ _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
 _HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})"
 _DOMAIN = rf"{_HOST}(?::[0-9]+)?"
-_TAG = r"[\w][\w.-]{0,127}"
+# ASCII only, as distribution's grammar: Python's \w would also take other scripts' letters
+# and digits, giving names no registry accepts (and that look like other names).
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _NAME = rf"(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
 
-_REFERENCE_RE = re.compile(rf"^(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$")
-_TAG_RE = re.compile(rf"^{_TAG}$")
-_IDENTIFIER_RE = re.compile(r"^[a-f0-9]{64}$")
+# \Z, not $: `$` also matches before a final newline.
+_REFERENCE_RE = re.compile(rf"^(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?\Z", re.ASCII)
+_TAG_RE = re.compile(rf"^{_TAG}\Z", re.ASCII)
+_IDENTIFIER_RE = re.compile(r"^[a-f0-9]{64}\Z", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,10 @@ def parse_reference(ref: str, *, default_tag: str | None = DEFAULT_TAG) -> Refer
         raise _invalid(ref, "a 64-character hexadecimal string is an image ID, not a repository name")
     if ref != ref.strip():
         raise _invalid(ref, "it has leading or trailing white space")
+    if not ref.isascii():
+        pos, ch = next((i, c) for i, c in enumerate(ref) if not c.isascii())
+        raise _invalid(ref, f"character {ch!r} (U+{ord(ch):04X}) at position {pos + 1} is not ASCII; "
+                            f"names, tags and digests are ASCII letters, digits and . _ - : / @")
     domain, rest = _split_domain(ref)
     repo_part = rest.split("@", 1)[0]
     repo_part = repo_part.split(":", 1)[0]

@@ -276,8 +276,21 @@ def pull(client: RegistryClient, ref: str | Reference, store: Any, *,
     doc = parse_manifest(data, media_type, where=f"manifest {r}")
     images: list[tuple[bytes, str, Manifest]] = []
     top = (data, media_type, digest)
-    if isinstance(doc, Index):
-        children = doc.manifests if all_platforms else [doc.select(want, where=f"{r}")]
+    if isinstance(doc, Index) and not all_platforms:
+        # The entry for the platform may itself be an index: select again inside it.
+        for _ in range(MAX_INDEX_DEPTH):
+            child = doc.select(want, where=f"{r}")
+            cdata, ctype, cdigest = _fetch_manifest(repo, child)
+            cdoc = parse_manifest(cdata, ctype, where=f"manifest {r}@{cdigest}")
+            if isinstance(cdoc, Manifest):
+                break
+            doc = cdoc
+        else:
+            raise RegistryError(f"manifest {r}: indexes nested more than {MAX_INDEX_DEPTH} levels deep")
+        images.append((cdata, cdigest, cdoc))
+        top = (cdata, child.media_type or ctype or mt.OCI_MANIFEST, cdigest)
+    elif isinstance(doc, Index):
+        children = doc.manifests
         for child in children:
             cdata, ctype, cdigest = _fetch_manifest(repo, child)
             cdoc = parse_manifest(cdata, ctype, where=f"manifest {r}@{cdigest}")
@@ -285,8 +298,6 @@ def pull(client: RegistryClient, ref: str | Reference, store: Any, *,
                 images.append((cdata, cdigest, cdoc))
             else:
                 _store_bytes(store, cdigest, cdata, ctype)    # a nested index: keep it, do not descend
-        if not all_platforms:
-            top = (images[0][0], children[0].media_type or mt.OCI_MANIFEST, images[0][1])
     else:
         images.append((data, digest, doc))
     progress.message(f"pulling {r} ({digest})")
@@ -372,18 +383,49 @@ def _upload(dst: Repository, desc: Descriptor, open_source: Callable[[int], Any]
         sources.add(desc.digest, dst.host, dst.name)
 
 
+# Indexes of indexes exist (an index per platform family, say), a few levels at most. Deeper
+# nesting is refused with an error; it would otherwise only serve to exhaust the stack.
+MAX_INDEX_DEPTH = 32
+
+
 def _children(store_or_repo_reader: Callable[[Descriptor], bytes], data: bytes, media_type: str,
               where: str) -> list[tuple[Descriptor, bytes, Any]]:
-    """The manifests below an index, recursively, children first: (descriptor, bytes, document)."""
+    """The manifests below an index, children first: (descriptor, bytes, document), each digest
+    once. Manifests are read once per digest however often the DAG lists them (a shared child
+    listed twice per level would otherwise be read 2^depth times), without recursion."""
     doc = parse_manifest(data, media_type, where=where)
     out: list[tuple[Descriptor, bytes, Any]] = []
+    done: set[str] = set()
+    # Depth-first, post-order by hand: (index, its entries left to visit, where, its descriptor, its bytes).
+    stack: list[tuple[Any, Iterator[Descriptor], str, Descriptor | None, bytes]] = []
     if isinstance(doc, Index):
-        for child in doc.manifests:
-            if not mt.is_manifest(child.media_type):
-                continue
-            cdata = store_or_repo_reader(child)
-            out.extend(_children(store_or_repo_reader, cdata, child.media_type, f"{where}@{child.digest}"))
-            out.append((child, cdata, parse_manifest(cdata, child.media_type, where=f"{where}@{child.digest}")))
+        stack.append((doc, iter(doc.manifests), where, None, data))
+    on_path: set[str] = set()
+    while stack:
+        idx, entries, here, desc, idata = stack[-1]
+        child = next(entries, None)
+        if child is None:
+            stack.pop()
+            if desc is not None:
+                on_path.discard(desc.digest)
+                done.add(desc.digest)
+                out.append((desc, idata, idx))
+            continue
+        if not mt.is_manifest(child.media_type) or child.digest in done:
+            continue
+        cwhere = f"{where}@{child.digest}"
+        if child.digest in on_path:
+            raise RegistryError(f"{cwhere}: the index lists itself through its children; refusing it")
+        if len(stack) > MAX_INDEX_DEPTH:
+            raise RegistryError(f"{cwhere}: indexes nested more than {MAX_INDEX_DEPTH} levels deep; refusing it")
+        cdata = store_or_repo_reader(child)
+        cdoc = parse_manifest(cdata, child.media_type, where=cwhere)
+        if isinstance(cdoc, Index):
+            on_path.add(child.digest)
+            stack.append((cdoc, iter(cdoc.manifests), cwhere, child, cdata))
+        else:
+            done.add(child.digest)
+            out.append((child, cdata, cdoc))
     return out
 
 
