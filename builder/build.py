@@ -60,6 +60,8 @@ class BuildOptions:
     push: bool = False
     outputs: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)       # id=ID,src=PATH | id=ID,env=VAR
+    ssh: list[str] = field(default_factory=list)           # --ssh default|ID[=SOCKET|KEY]: not forwarded yet
+    insecure_registries: tuple[str, ...] = ()              # plain HTTP / unverified TLS for pulls and pushes
     network: str = "default"
     compression: str = "gzip"
     isolation: str = "oci"
@@ -147,8 +149,10 @@ def _read_dockerfile(opts: BuildOptions, context) -> tuple[str, str]:
 class _ImageLoader:
     """Loads base images (and COPY --from images) from the store, pulling what is missing."""
 
-    def __init__(self, store: Store, platform: Platform, progress: Progress):
+    def __init__(self, store: Store, platform: Platform, progress: Progress,
+                 insecure_registries: tuple[str, ...] = ()):
         self.store = store
+        self.insecure_registries = tuple(insecure_registries)
         self.platform = platform
         self.progress = progress
         self._lock = threading.Lock()
@@ -184,18 +188,34 @@ class _ImageLoader:
         return state
 
     def _pull(self, ref: str) -> None:
-        from registry.client import RegistryClient
+        from registry.client import ClientOptions, RegistryClient
         from registry.progress import Progress as TransferProgress
         from registry.transfer import pull
         step = self.progress.step(f"[internal] pull {ref}")
         try:
-            with RegistryClient() as client:
+            with RegistryClient(ClientOptions(insecure_registries=self.insecure_registries)) as client:
                 pull(client, ref, self.store, platform=self.platform, progress=TransferProgress())
         except RegistryError as exc:
             step.error(str(exc))
-            raise BuildError(f"cannot pull base image {ref}: {exc} (import or pull it first, "
-                             "e.g. `pybuild import ROOTFS busybox:latest`)") from None
+            raise BuildError(f"cannot pull base image {ref}: {exc}{_pull_hint(ref, exc)}") from None
         step.done()
+
+
+def _pull_hint(ref: str, exc: RegistryError) -> str:
+    """What to do about a base image that could not be pulled, when there is something to say
+    beyond the registry's own message (which already says how to log in, or which TLS flag)."""
+    from registry.errors import AuthError
+    text = str(exc)
+    if isinstance(exc, NotFoundError):
+        return " (check the name and tag; `pybuild images` lists what is in the store)"
+    if isinstance(exc, AuthError):
+        return ""
+    # No registry answered at all (the client's words for refused, unreachable, unresolvable):
+    # then the image can only come from this machine.
+    if "connection failed" in text or "cannot resolve host" in text:
+        return (f"; the image is not in the local store and no registry is reachable: make it "
+                f"offline with `pybuild import ROOTFS_DIR {ref}` or `pybuild load -i ARCHIVE`")
+    return ""
 
 
 def build(opts: BuildOptions) -> BuildResult:
@@ -251,7 +271,8 @@ def build(opts: BuildOptions) -> BuildResult:
         svc = Services(plan=plan, executor=executor, layers=layers, cache=cache,
                        progress=progress, context=context, platform=platform, no_cache=opts.no_cache,
                        pull=opts.pull, network=opts.network, secrets=secrets,
-                       load_image=_ImageLoader(store, platform, progress), escape=df.escape_token)
+                       load_image=_ImageLoader(store, platform, progress, opts.insecure_registries),
+                       escape=df.escape_token)
         sb = StageBuilder(svc)
         t_start = time.monotonic()
         with store.lease(), cache.in_use():
@@ -347,4 +368,4 @@ def _outputs(store: Store, root: Path, layers: LayerMaker, final: StageState, ma
         elif spec.type in ("tar", "local"):
             export_rootfs(root, layers, final.layers, spec.dest, spec.type == "tar", sde)
     if push:
-        push_tags(store, opts.tags)
+        push_tags(store, opts.tags, opts.insecure_registries)

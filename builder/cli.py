@@ -30,7 +30,8 @@ COMMAND_MODULES = [
 # modules are loaded; tests/test_cli_startup.py checks the table against what the modules register.
 COMMAND_OWNERS = {
     "build": "builder.commands.build", "lint": "builder.commands.lint",
-    **dict.fromkeys(["images", "import", "rmi", "store"], "builder.commands.images"),
+    **dict.fromkeys(["history", "images", "import", "load", "rmi", "save", "store", "tag"],
+                    "builder.commands.images"),
     **dict.fromkeys(["catalog", "copy", "delete", "inspect", "manifest", "pull", "push", "tags"],
                     "builder.commands.remote"),
     **dict.fromkeys(["login", "logout"], "builder.commands.login"),
@@ -80,8 +81,10 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser(modules: list[str] | None = None) -> tuple[argparse.ArgumentParser, set[str]]:
-    """Build the argument parser (of ``modules``, default all); returns it and the command names."""
+def build_parser(modules: list[str] | None = None, parsers: dict[str, argparse.ArgumentParser] | None = None,
+                 ) -> tuple[argparse.ArgumentParser, set[str]]:
+    """Build the argument parser (of ``modules``, default all); returns it and the command names
+    (and fills ``parsers`` with each command's own parser, when given)."""
     common = _common_options()
     parser = argparse.ArgumentParser(
         prog="pybuild", parents=[common],
@@ -92,7 +95,10 @@ def build_parser(modules: list[str] | None = None) -> tuple[argparse.ArgumentPar
 
     def add_command(name: str, help: str, **kw) -> argparse.ArgumentParser:
         names.add(name)
-        return sub.add_parser(name, help=help, parents=[common], **kw)
+        p = sub.add_parser(name, help=help, parents=[common], **kw)
+        if parsers is not None:
+            parsers[name] = p
+        return p
 
     for mod_name in modules or COMMAND_MODULES:
         try:
@@ -109,13 +115,26 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pybuild` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     i = _after_globals(argv)
+    if i < len(argv) and argv[i] in ("--version", "-v"):
+        # Before any parser is built: the version costs one tiny module (no argparse tables).
+        from ._version import __version__
+        print(f"pybuild version {__version__}")
+        return 0
     # An explicit command needs only its own module's parsers (building them all is a start-up cost).
     owner = COMMAND_OWNERS.get(argv[i]) if i < len(argv) else None
-    parser, names = build_parser([owner] if owner else None)
+    parsers: dict[str, argparse.ArgumentParser] = {}
+    parser, names = build_parser([owner] if owner else None, parsers)
     # `pybuild -f Dockerfile .` means `pybuild build -f Dockerfile .`, like `docker build`.
     if "build" in names and i < len(argv) and argv[i] not in names and argv[i] not in ("-h", "--help"):
+        if _looks_like_command(argv[i]):
+            print(_unknown_command(argv[i], names), file=sys.stderr)
+            return 2
         argv.insert(i, "build")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Report on the (sub)command's own parser: its usage line is the one that helps.
+        _innermost(parsers.get(getattr(args, "command", None) or "", parser), args).error(
+            f"unrecognized arguments: {' '.join(extra)}")
     root = getattr(args, "root", None)
     # Absolute, because runc bundles and overlay mount options are resolved from other cwds.
     args.root = os.path.abspath(root) if root else None
@@ -155,6 +174,35 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _looks_like_command(word: str) -> bool:
+    """A first word that is neither an option nor a build context: a mistyped or unknown command.
+    A context is whatever exists as a path, `-` (stdin), or a word with a path or URL shape (a
+    missing directory then gets build's own "context not found")."""
+    if word.startswith("-") or os.path.lexists(word):
+        return False
+    return not any(c in word for c in "/.:~\\") and word.replace("-", "").replace("_", "").isalnum()
+
+
+def _unknown_command(word: str, names: set[str]) -> str:
+    import difflib
+    close = difflib.get_close_matches(word, sorted(names), n=1, cutoff=0.6)
+    if close:
+        return f"pybuild: unknown command '{word}'; did you mean '{close[0]}'?"
+    return (f"pybuild: unknown command '{word}', and no build context of that name; "
+            f"see `pybuild --help` (to build a directory, give it as a path: ./{word})")
+
+
+def _innermost(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The deepest subcommand parser ``args`` went through (`cache prune`, not `cache`)."""
+    while True:
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = [a.choices[getattr(args, a.dest)] for a in subs
+                  if getattr(args, a.dest, None) in a.choices]
+        if not chosen:
+            return p
+        p = chosen[0]
 
 
 def _after_globals(argv: list[str]) -> int:

@@ -226,9 +226,11 @@ class Executor:
                     out.append(Mount(target or f"/run/secrets/{m.cache_id}",
                                      source=_secret_file(m, secrets_dir), readonly=True))
             elif m.type == "ssh":
-                if m.required:
-                    raise BuildError("RUN --mount=type=ssh: SSH agent forwarding is not supported by "
-                                     "pybuild; drop required=true or fetch with another method")
+                # BuildKit fails such a step when no agent is forwarded; running it without the
+                # socket would fail later, inside the step, with a far less clear message.
+                raise BuildError("RUN --mount=type=ssh: SSH agent forwarding is not supported yet "
+                                 "(`pybuild build --ssh` is accepted but not forwarded); fetch with "
+                                 "another method, e.g. a --secret holding a deploy token")
             else:
                 raise BuildError(f"unsupported mount type {m.type!r}")
         return out, env

@@ -168,14 +168,14 @@ def write_text_atomic(path: str, text: str) -> None:
     os.replace(tmp, p)
 
 
-def push_tags(store: Store, tags: list[str]) -> list[str]:
+def push_tags(store: Store, tags: list[str], insecure_registries: tuple[str, ...] = ()) -> list[str]:
     """Push each tag to its registry; returns the pushed digests."""
-    from registry.client import RegistryClient
+    from registry.client import ClientOptions, RegistryClient
     from registry.transfer import push
     if not tags:
         raise BuildError("--push needs at least one -t NAME[:TAG] saying where to push")
     digests = []
-    with RegistryClient() as client:
+    with RegistryClient(ClientOptions(insecure_registries=tuple(insecure_registries))) as client:
         for t in tags:
             res = push(client, store, t)
             digests.append(res.digest)

@@ -107,6 +107,14 @@ class StageBuilder:
         except DockerfileError as exc:
             raise self._error(inst, exc.message) from None
 
+    def _located(self, inst: I.Instruction, exc: BuildError) -> BuildError:
+        """``exc`` with the Dockerfile's file:line and the instruction in front, unless it has them
+        (the same exception object, so that subclasses and their fields survive)."""
+        where = f"{self.svc.plan.dockerfile.filename}:{inst.line}:"
+        if not str(exc).startswith(where):
+            exc.args = (f"{where} {inst.original.strip()}: {exc}",) + exc.args[1:]
+        return exc
+
     def _error(self, inst: I.Instruction, message: str) -> BuildError:
         return BuildError(f"{self.svc.plan.dockerfile.filename}:{inst.line}: {inst.original}: {message}")
 
@@ -137,7 +145,10 @@ class StageBuilder:
         digits = len(str(total))           # BuildKit pads the index: [ 2/12]
         t0 = time.monotonic()
         step = svc.progress.step(f"{prefix}{1:>{digits}}/{total}] FROM {ps.base}")
-        state, scope = self._from(ps)
+        try:
+            state, scope = self._from(ps)
+        except BuildError as exc:
+            raise self._located(ps.stage.from_cmd, exc) from None
         step.done()
         svc.steps.append(StepRecord(ps.name, f"FROM {ps.base}", False, time.monotonic() - t0))
         triggers = state.config["config"].pop("OnBuild", None) or []
@@ -152,6 +163,8 @@ class StageBuilder:
                 cached, layer = self._instruction(ps, state, scope, inst, step)
             except BaseException as exc:
                 step.error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                if isinstance(exc, BuildError):
+                    raise self._located(inst, exc) from None
                 raise
             if cached:
                 step.cached()

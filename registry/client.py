@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from . import mediatypes
-from .http import ERROR_BODY_MAX, HTTPError, NameResolutionError, Response, Session, TLSConfig, TLSError
+from .http import (ERROR_BODY_MAX, ConnectError, HTTPError, NameResolutionError, Response, Session, TLSConfig,
+                   TLSError)
 from .digest import digest_bytes, parse_digest
 from .errors import AuthError, DigestMismatchError, LimitError, NotFoundError, RegistryError
 from .reference import DEFAULT_REGISTRY, DOCKER_HUB_API_HOST, LEGACY_DEFAULT_REGISTRY
@@ -355,8 +356,9 @@ class RegistryClient:
                 scheme = "https"
             if scheme is None:
                 # Unreachable for now: decide nothing, so that a retry probes again; the request
-                # this call serves reports the failure.
-                return "https"
+                # this call serves reports the failure, naming the scheme it would first speak
+                # (plain http for loopback and insecure hosts, whose probes try http).
+                return "http" if is_loopback(h.name) or self.is_insecure(h.name) else "https"
             h.scheme = scheme
             return scheme
 
@@ -451,11 +453,19 @@ class RegistryClient:
                 if isinstance(exc, NameResolutionError):
                     raise RegistryError(f"{method} {url}: cannot resolve host {urlsplit(url).hostname!r}; "
                                         f"check the registry name in the reference") from None
-                if attempt >= self.options.retries:
+                # No connection at all (refused, unreachable) rarely heals within seconds: one quick
+                # retry covers a registry that is just starting; a broken connection mid-request
+                # (ReadError) gets the whole backoff schedule.
+                no_connection = isinstance(exc, ConnectError)
+                limit = min(1, self.options.retries) if no_connection else self.options.retries
+                if attempt >= limit:
                     raise RegistryError(
                         f"{method} {url}: connection failed after {attempt + 1} attempt(s): "
                         f"{_short_exc(exc)}; check that the registry is reachable") from None
-                self._backoff(attempt, None)
+                if no_connection:
+                    self._sleep(min(0.25, self.options.backoff_initial))
+                else:
+                    self._backoff(attempt, None)
                 attempt += 1
                 continue
             status = resp.status_code

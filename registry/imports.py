@@ -77,6 +77,13 @@ def import_image(store: Store, source: str | os.PathLike, name: str | Reference,
                 elif os.path.isdir(src):
                     write_tree_tar(src, lw, exclude=_store_excluder(store, src))
                 elif os.path.isfile(src):
+                    from .archive import sniff_archive
+                    kind = sniff_archive(src)
+                    if kind is not None:
+                        # `docker save` output taken as a rootfs would make an image of its files.
+                        raise ImageImportError(
+                            f"cannot import {src!r}: it is an image archive ({kind}), not a root "
+                            f"filesystem; load it with `pybuild load -i {src}`")
                     with open(src, "rb") as f:
                         _copy_tar(f, lw, src)
                 else:

@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# pybuild lives in the checkout's venv (see setup.sh); a user gets it with `. .venv/bin/activate`.
+export PATH="$PWD/.venv/bin:$PATH"
 
 work=$(mktemp -d /tmp/pybuild-demo.XXXXXX)
 registry_pid=""

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything pybuild and its tests need on a fresh Debian/Ubuntu machine (run as root).
-# Idempotent: skips what is already there.
+# Idempotent: skips what is already there. pybuild itself goes into the checkout's own venv
+# (.venv, made from the system's python3): Debian 12 and Ubuntu 24.04 refuse `pip install` into
+# the system interpreter (PEP 668). scripts/demo.sh and scripts/test.sh put .venv/bin first on
+# PATH; a user does the same with `. .venv/bin/activate`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(docker-registry runc skopeo umoci podman buildah busybox-static debootstrap pigz zstd
-              apache2-utils uidmap iproute2 fuse-overlayfs passt golang-github-containers-common)
+              apache2-utils uidmap iproute2 fuse-overlayfs passt golang-github-containers-common
+              python3-venv)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -17,7 +21,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# podman on these machines: runc, cgroupfs, file events, host netns, bounded nofile.
+# System-wide config, only for the peers the tests and the demo drive (podman, skopeo, buildah):
+# podman on these machines needs runc, cgroupfs, file events, host netns, bounded nofile, and the
+# loopback registries the tests start are plain HTTP. pybuild itself reads none of these files.
+# A file is written only when absent or written by this script before (it says so in its first
+# line): a machine's own containers configuration is left alone.
 mkdir -p /etc/containers
 if [ ! -f /etc/containers/containers.conf ] || grep -q 'pybuild' /etc/containers/containers.conf; then
   cat > /etc/containers/containers.conf <<'CONF'
@@ -45,5 +53,24 @@ CONF
 fi
 [ -f /etc/containers/policy.json ] || echo '{"default":[{"type":"insecureAcceptAnything"}]}' > /etc/containers/policy.json
 
-# compat mode: a plain path in a .pth file, no import hook run at every interpreter start.
-PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+# The venv: from the system's python3 (PYBUILD_PYTHON overrides), so that another Python earlier
+# on PATH (pyenv, conda) does not decide what the scripts run with.
+python=${PYBUILD_PYTHON:-/usr/bin/python3}
+[ -x "$python" ] || python=$(command -v python3)
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "setup: $python is older than 3.11; set PYBUILD_PYTHON to a python3.11+" >&2; exit 1; }
+  echo "setup: making the venv .venv with $python"
+  rm -rf .venv
+  "$python" -m venv .venv
+fi
+# Installed once per change of pyproject.toml (the stamp holds its checksum): a second setup run
+# costs no pip start. compat mode: a plain path in a .pth file, no import hook at every start.
+stamp=.venv/.pybuild-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/pybuild ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing pybuild (editable) with its test extras into .venv"
+  PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q -e '.[test]' \
+    --config-settings editable_mode=compat
+  echo "$want" > "$stamp"
+fi

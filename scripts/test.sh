@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec python3 -m pytest -q -p no:cacheprovider "$@"
+# The venv's bin first: tests that start `pybuild` or `python3 -m builder` find the installed project.
+export PATH="$PWD/.venv/bin:$PATH"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

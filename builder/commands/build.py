@@ -38,6 +38,13 @@ def register(add_command) -> None:
                    help="export: type=image|registry|oci|docker|tar|local with dest=PATH")
     p.add_argument("--secret", dest="secrets", action="append", default=[], metavar="id=ID,src=PATH|env=VAR",
                    help="a secret for RUN --mount=type=secret")
+    # One value each (`--ssh default .` leaves `.` as the context), as docker's flag takes.
+    p.add_argument("--ssh", action="append", default=[], metavar="default|ID[=SOCKET|KEY[,KEY]]",
+                   help="an SSH agent or keys for RUN --mount=type=ssh (not forwarded yet: such a RUN "
+                        "fails with a clear error)")
+    p.add_argument("--insecure-registry", dest="insecure_registries", action="append", default=[],
+                   metavar="HOST", help="allow plain HTTP or an unverified certificate for HOST when "
+                                        "pulling base images and pushing (repeatable)")
     p.add_argument("--network", default="default", choices=["default", "host", "none"],
                    help="network for RUN (default: the host's, as BuildKit without CNI)")
     p.add_argument("--compression", default="gzip", metavar="ALGO[,level=N]",
@@ -86,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         no_cache_filter=args.no_cache_filter, cache_from=args.cache_from, cache_to=args.cache_to,
         cache_report=args.cache_report,
         pull=args.pull, progress=progress, iidfile=args.iidfile, metadata_file=args.metadata_file,
-        push=args.push, outputs=args.outputs, secrets=args.secrets, network=args.network,
+        push=args.push, outputs=args.outputs, secrets=args.secrets, ssh=args.ssh,
+        insecure_registries=tuple(args.insecure_registries), network=args.network,
         compression=args.compression, isolation=args.isolation, root=args.root)
     result = build(opts)
     if args.quiet:

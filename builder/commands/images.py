@@ -1,4 +1,4 @@
-"""Local image commands: `images`, `rmi`, `import`, `store gc|verify`.
+"""Local image commands: `images`, `tag`, `history`, `rmi`, `import`, `save`, `load`, `store gc|verify`.
 
 They work on the store at --root ($PYBUILD_ROOT, else $XDG_DATA_HOME/pybuild) and never touch
 the network.
@@ -14,9 +14,34 @@ import time
 def register(add_command) -> None:
     """Add the images, rmi, import and store commands."""
     p = add_command("images", "list the images in the local store")
+    p.add_argument("filter", nargs="?", metavar="REPOSITORY[:TAG]",
+                   help="only images of this repository (and tag); shell wildcards allowed")
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="table (default) or json (one object per image, full digests)")
     p.set_defaults(func=_images)
+
+    p = add_command("tag", "give a local image another name (like docker tag)")
+    p.add_argument("source", metavar="SOURCE_IMAGE[:TAG]")
+    p.add_argument("target", metavar="TARGET_IMAGE[:TAG]")
+    p.set_defaults(func=_tag)
+
+    p = add_command("history", "show how a local image was made, one line per config history entry")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--no-trunc", action="store_true", help="do not cut the CREATED BY column")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_history)
+
+    p = add_command("save", "write local images to a tar archive (docker-archive, or OCI with --format oci)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("-o", "--output", metavar="FILE", help="the archive to write (default: standard output)")
+    p.add_argument("--format", choices=("docker", "oci"), default="docker",
+                   help="docker: `docker load` format (default, this host's platform); oci: an OCI "
+                        "image layout tar (all stored platforms)")
+    p.set_defaults(func=_save)
+
+    p = add_command("load", "store the images of a docker-archive or OCI archive tar (like docker load)")
+    p.add_argument("-i", "--input", metavar="FILE", default="-", help="the archive (default: standard input)")
+    p.set_defaults(func=_load)
 
     p = add_command("rmi", "remove image tags and the blobs no other image or cache uses")
     p.add_argument("refs", nargs="+", metavar="REF", help="image name, name:tag, name@digest or digest prefix")
@@ -98,8 +123,23 @@ def image_rows(store) -> list[dict]:
     return rows
 
 
+def _matches(row: dict, pattern: str) -> bool:
+    """`docker images REPO[:TAG]`: the repository (familiar or full name) and tag, with wildcards."""
+    from fnmatch import fnmatchcase
+    repo, tag = pattern, "*"
+    if ":" in pattern.rpartition("/")[2]:
+        repo, _, tag = pattern.rpartition(":")
+    full = row["name"].rpartition(":")[0] if ":" in row["name"].rpartition("/")[2] else row["name"]
+    names = {row["repository"], full}
+    if row["repository"].startswith("docker.io/library/"):
+        names.add(row["repository"].removeprefix("docker.io/library/"))
+    return any(fnmatchcase(n, repo) for n in names) and fnmatchcase(row["tag"], tag)
+
+
 def _images(args: argparse.Namespace) -> int:
     rows = image_rows(_open(args))
+    if args.filter:
+        rows = [r for r in rows if _matches(r, args.filter)]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
@@ -163,3 +203,83 @@ def _store(args: argparse.Namespace) -> int:
     if not problems and not args.quiet:
         print(f"store at {store.root}: all blobs, images and cache records are intact")
     return 1 if problems else 0
+
+
+def _tag(args: argparse.Namespace) -> int:
+    store = _open(args)
+    store.tag(args.target, store.resolve(args.source))
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    store = _open(args)
+    _, manifest = store.image_manifest(args.image)
+    cfg = store.read_blob(manifest.config.digest)
+    history = json.loads(cfg).get("history") or []
+    layers = list(manifest.layers)
+    rows = []
+    # Entries with empty_layer do not own a layer; the others take the manifest's layers in order.
+    for h in history:
+        size = 0
+        if not h.get("empty_layer") and layers:
+            size = layers.pop(0).size
+        rows.append({"created": h.get("created"), "created_by": h.get("created_by", ""), "size": size,
+                     "comment": h.get("comment", "")})
+    rows.reverse()                          # newest first, as docker prints it
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [("CREATED", "CREATED BY", "SIZE", "COMMENT")]
+    for r in rows:
+        by = " ".join(r["created_by"].split()) if not args.no_trunc else r["created_by"]
+        if not args.no_trunc and len(by) > 45:
+            by = by[:44] + "…"
+        table.append((human_age(r["created"]), by, human_size(r["size"]), r["comment"]))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        print("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    if not args.quiet:
+        print("(SIZE: compressed layer size)", file=sys.stderr)
+    return 0
+
+
+def _save(args: argparse.Namespace) -> int:
+    from registry.archive import save_docker_archive, save_oci_archive, write_archive
+    from ..errors import BuildError
+    store = _open(args)
+    for name in args.images:
+        store.resolve(name)                  # a missing image fails before anything is written
+    writer = save_oci_archive if args.format == "oci" else save_docker_archive
+    if args.output in (None, "-"):
+        if sys.stdout.isatty():
+            raise BuildError("save: refusing to write an archive to a terminal; use -o FILE or redirect")
+        out = sys.stdout.buffer
+        writer(store, args.images, out)
+        out.flush()
+        return 0
+    write_archive(args.output, lambda f: writer(store, args.images, f))
+    if not args.quiet:
+        print(f"Saved {', '.join(args.images)} to {args.output} ({args.format} archive)", file=sys.stderr)
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from registry.archive import load_archive
+    store = _open(args)
+    if args.input == "-":
+        import shutil
+        import tempfile
+        # A tar is read with random access (manifest.json comes last in a docker-archive): spill
+        # standard input into the store's filesystem first.
+        with tempfile.NamedTemporaryFile(dir=store.root, prefix=".load-") as tmp:
+            shutil.copyfileobj(sys.stdin.buffer, tmp, 1 << 20)
+            tmp.flush()
+            result = load_archive(store, tmp.name)
+    else:
+        result = load_archive(store, args.input)
+    for tag in result.tags:
+        print(f"Loaded image: {tag}")
+    if not result.tags:
+        for digest in result.digests:
+            print(f"Loaded image ID: {digest} (untagged: name it with `pybuild tag {digest[:19]} NAME`)")
+    return 0

@@ -16,6 +16,8 @@ def register(add_command) -> None:
     p.add_argument("registry", help="registry host, e.g. ghcr.io or localhost:5000 (default: docker.io)",
                    nargs="?", default="docker.io")
     p.add_argument("-u", "--username", help="user name (prompted for on a terminal if omitted)")
+    p.add_argument("-p", "--password", help="the password or token (visible to other users in the "
+                                            "process list: prefer --password-stdin)")
     p.add_argument("--password-stdin", action="store_true",
                    help="read the password or token from standard input")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
@@ -33,12 +35,17 @@ def _login(args: argparse.Namespace) -> int:
     from ..errors import BuildError
 
     host = canonical_host(args.registry)
+    if args.password is not None and args.password_stdin:
+        raise BuildError(f"login to {host}: --password and --password-stdin are mutually exclusive")
     user = args.username
     if not user:
-        if not sys.stdin.isatty() or args.password_stdin:
+        if not sys.stdin.isatty() or args.password_stdin or args.password is not None:
             raise BuildError(f"login to {host}: give the user name with -u USER")
         user = input("Username: ").strip()
-    if args.password_stdin:
+    if args.password is not None:
+        print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", file=sys.stderr)
+        password = args.password
+    elif args.password_stdin:
         password = sys.stdin.read().rstrip("\r\n")
     elif sys.stdin.isatty():
         import getpass
