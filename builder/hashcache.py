@@ -20,6 +20,7 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Callable
 
 from builder.errors import BuildError
 
@@ -66,8 +67,13 @@ class HashCache:
             return {}  # a damaged cache is only a cold cache
         return entries if isinstance(entries, dict) else {}
 
-    def digest(self, path: str | os.PathLike, st: os.stat_result | None = None) -> str:
-        """`sha256:<hex>` of the regular file at `path` (absolute), from the cache when it is fresh."""
+    def digest(self, path: str | os.PathLike, st: os.stat_result | None = None, *,
+               opener: Callable[[], int] | None = None) -> str:
+        """`sha256:<hex>` of the regular file at `path` (absolute), from the cache when it is fresh.
+
+        `opener`, when given, opens the file to read on a miss (a descriptor relative to a
+        directory the caller holds; `path` is then only the cache key): the file read must be
+        the one `st` describes, a regular file, else it is a BuildError."""
         p = os.fspath(path)
         if st is None:
             st = os.stat(p)
@@ -87,10 +93,13 @@ class HashCache:
         self.misses += 1
         h = hashlib.sha256()
         try:
-            with open(p, "rb") as f:
+            with (open(p, "rb") if opener is None else os.fdopen(opener(), "rb")) as f:
                 # The key is the stat of the file we actually read, taken right before reading.
                 looked_at = time.time_ns()
+                expected = st
                 st = os.fstat(f.fileno())
+                if opener is not None and (not stat.S_ISREG(st.st_mode) or st.st_ino != expected.st_ino):
+                    raise BuildError(f"{p}: was replaced while being read; retry once it is stable")
                 while True:
                     chunk = f.read(_CHUNK)
                     if not chunk:
