@@ -188,10 +188,12 @@ class CopyWriter:
         items = ctx.iter_tree(entry, src.exclude)
         _inner, host, st, dfd, name = next(items)
         if not stat.S_ISDIR(st.st_mode):
-            items.close()
-            self.em.ensure_parents(rel, self._parent_meta)
-            mode, uid, gid = self._meta(st, src.keep_owner)
-            self._add_context_item(rel, host, st, dfd, name, ctx, uid, gid, mode)
+            try:
+                self.em.ensure_parents(rel, self._parent_meta)
+                mode, uid, gid = self._meta(st, src.keep_owner)
+                self._add_context_item(rel, host, st, dfd, name, ctx, uid, gid, mode)
+            finally:
+                items.close()     # closes the parent's descriptor, used until here
             return
         mode, uid, gid = self._meta(st, src.keep_owner)
         if rel:
