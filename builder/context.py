@@ -43,6 +43,36 @@ class ContextEntry(NamedTuple):
     host: str
 
 
+@dataclass
+class MountSource:
+    """A bind-mount source in the context (see BuildContext.mount_source): `fd` is an O_PATH
+    descriptor of it (close() releases it), `host` its path as a label, `st` its lstat, and
+    `hidden` the paths under it (relative, '/'-separated) that .dockerignore leaves out."""
+
+    fd: int
+    host: str
+    st: os.stat_result
+    hidden: list[str]
+
+    def lstat(self, inner: str) -> os.stat_result:
+        """lstat of `inner` under the source, walked through descriptors (O_NOFOLLOW)."""
+        fd = os.dup(self.fd)
+        try:
+            parts = [p for p in inner.split("/") if p]
+            for part in parts[:-1]:
+                nxt = os.open(part, _PATH_DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False) if parts else os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 @dataclass(frozen=True)
 class SourceRecord:
     """One file of a COPY/ADD source as it enters the cache key (see checksum_sources)."""
@@ -264,7 +294,17 @@ class BuildContext:
                     if links > _MAX_LINKS:
                         raise BuildError(f"COPY/ADD source {src!r}: too many levels of symbolic links "
                                          f"at {'/'.join(done + [c])!r} in the build context")
-                    target = os.readlink(c, dir_fd=d)
+                    try:
+                        target = os.readlink(c, dir_fd=d)
+                    except FileNotFoundError:
+                        return None
+                    except OSError as e:
+                        if e.errno != errno.EINVAL:
+                            raise
+                        # No longer a link (replaced meanwhile): look at the name again; the
+                        # link count bounds how often.
+                        todo.append(c)
+                        continue
                     if target.startswith("/"):
                         # An absolute target is fine only when it names a place inside the context.
                         real_target = os.path.normpath(target)
@@ -311,8 +351,9 @@ class BuildContext:
     def _changed(self, host: str, exc: OSError) -> BuildError:
         if isinstance(exc, FileNotFoundError):
             return BuildError(f"{host}: disappeared from the build context while it was being read")
-        return BuildError(f"{host}: changed in the build context while it was being read (a directory "
-                          f"was replaced: {exc.strerror}); retry once it is stable")
+        # ENOTDIR/ELOOP/EINVAL: a directory or link was replaced by something else meanwhile.
+        return BuildError(f"{host}: changed in the build context while it was being read "
+                          f"({exc.strerror or exc}); retry once it is stable")
 
     def resolve(self, src: str, excludes: Sequence[str] = (), *, parents: bool = False) -> list[ContextEntry]:
         """The context entries a COPY/ADD source names, sorted; [] when nothing matches.
@@ -435,12 +476,13 @@ class BuildContext:
             yield inner, host, st
 
     def walk_fds(self, entry: ContextEntry, excludes: Sequence[str] = (), *,
-                 hidden: list[str] | None = None) -> Iterator[tuple[str, str, os.stat_result, int, str]]:
+                 hidden: list[str] | None = None, top_fd: int | None = None) -> Iterator[tuple[str, str, os.stat_result, int, str]]:
         """walk(), with the descriptor of each entry's directory and its name in it, to open
         or readlink the entry relative to that descriptor (valid until the next item).
 
         With `hidden`, the paths (relative to `entry`) that .dockerignore leaves out are
-        appended to it: an ignored directory once, not what is under it."""
+        appended to it: an ignored directory once, not what is under it. `top_fd`: a
+        descriptor of the entry already held (walked instead of opening the entry again)."""
         ex = Matcher(excludes).matches if excludes else None
         m = self.matcher if self.matcher else None
         base = self.real_rel(entry)
@@ -453,7 +495,7 @@ class BuildContext:
                 _, parent_state = m.match_child("/".join(parts[:i + 1]), parent_state)
         S_ISDIR = stat.S_ISDIR
         try:
-            top = self.open_dir(base)
+            top = self.open_dir(base) if top_fd is None else os.open(".", _DIR_FLAGS, dir_fd=top_fd)
         except OSError as e:
             raise self._changed(entry.host, e) from None
         stack: list[tuple[Iterator[os.DirEntry], str, MatchState | None, int]] = [
@@ -600,6 +642,49 @@ class BuildContext:
             raise
         return os.fdopen(fd, "rb")
 
+    def mount_source(self, src: str) -> "MountSource":
+        """What `RUN --mount=type=bind,source=src` (from the context) mounts: an O_PATH
+        descriptor of the source inside the context (symlinks followed inside it only, like
+        COPY) and, for a directory, the paths under it that .dockerignore leaves out, which
+        the mount must hide (BuildKit's mount only sees what the context transfer sends)."""
+        rel = self._clean_source(src)
+        found = self.follow(rel, src)
+        if found is None or (rel and (self.is_ignored(rel) or self.is_ignored(found[0]))):
+            why = " (excluded by .dockerignore)" if found is not None else ""
+            raise BuildError(f"bind mount source {src!r}: no such file or directory in the build context "
+                             f"({self.root}){why}")
+        real, _ = found
+        entry = ContextEntry(rel, self._host(real))
+        try:
+            if real:
+                pfd, name = self._open_parent(real)
+                try:
+                    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                finally:
+                    os.close(pfd)
+            else:
+                fd = os.dup(self.root_fd)
+        except OSError as e:
+            raise self._changed(entry.host, e) from None
+        st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode):
+            # follow() saw no link here: it was swapped in since. Never hand a link to mount.
+            os.close(fd)
+            raise self._changed(entry.host, OSError(errno.ELOOP, "replaced by a symbolic link"))
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            os.close(fd)
+            raise BuildError(f"bind mount source {src!r}: {entry.host} is neither a directory nor a "
+                             "regular file")
+        hidden: list[str] = []
+        if stat.S_ISDIR(st.st_mode) and self.matcher:
+            try:
+                for _ in self.walk_fds(entry, hidden=hidden, top_fd=fd):
+                    pass
+            except BaseException:
+                os.close(fd)
+                raise
+        return MountSource(fd, entry.host, st, hidden)
+
     def check_unchanged(self, host: str, st: os.stat_result) -> None:
         """Refuse to copy a file other than the version the checksum pass read (its size,
         times or inode differ): the layer must hold what its cache key says."""
@@ -666,7 +751,11 @@ def _records(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[str], pa
             if stat.S_ISREG(m):
                 kind, content = "file", digest(host, st, dir_fd=dfd, name=name)
             elif stat.S_ISLNK(m):
-                kind, content = "symlink", os.readlink(name, dir_fd=dfd) if dfd is not None else os.readlink(host)
+                try:
+                    content = os.readlink(name, dir_fd=dfd) if dfd is not None else os.readlink(host)
+                except OSError as e:
+                    raise ctx._changed(host, e) from None
+                kind = "symlink"
             else:
                 kind = _kind(m)
                 content = f"{os.major(st.st_rdev)},{os.minor(st.st_rdev)}" if kind in ("char", "block") else ""

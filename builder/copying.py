@@ -219,8 +219,12 @@ class CopyWriter:
             # The context root itself: only ever a directory.
             self.em.add_dir(rel, EntryMeta(mode, uid, gid, int(st.st_mtime)))
         else:
-            self.em.add_path(rel, name, st=st, uid=uid, gid=gid, mode=mode, dir_fd=dfd, label=host,
-                             check=check)
+            try:
+                self.em.add_path(rel, name, st=st, uid=uid, gid=gid, mode=mode, dir_fd=dfd, label=host,
+                                 check=check)
+            except OSError as e:
+                # Replaced between its lstat and its read (a link that is no longer one, ...).
+                raise ctx._changed(host, e) from None
         self.count += 1
 
     def add_view_tree(self, dest: str, view: RootView, path: str, src: Source) -> None:

@@ -419,6 +419,7 @@ class StageBuilder:
             rm.from_state = self.states[dep.index] if dep is not None else self.svc.load_image(m.from_, False)
         elif m.type == "bind":
             rm.from_context = Path(self.svc.context.root)
+            rm.context = self.svc.context
         if m.type == "secret":
             rm.secret_data = self.svc.secrets.get(rm.cache_id)
             if rm.mode is None:
