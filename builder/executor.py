@@ -229,8 +229,17 @@ class Executor:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=self._tmp(), prefix="ctxmount-")))
         fd_path = f"/proc/{os.getpid()}/fd/{ms.fd}"
         if not stat.S_ISDIR(ms.st.st_mode):
-            if m.readonly or not stat.S_ISREG(ms.st.st_mode):
-                return fd_path
+            if m.readonly:
+                # runc refuses an O_PATH descriptor of a file as a source: bind it here, onto
+                # a stub of ours, and hand runc that.
+                stub = tmp / "file"
+                stub.touch()
+                r = subprocess.run(["mount", "--bind", fd_path, str(stub)], capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise BuildError(f"bind mount of the build context at {m.target}: cannot bind "
+                                     f"{ms.host}: {r.stderr.strip() or 'mount failed'}")
+                stack.callback(_umount, stub)
+                return str(stub)
             copy = tmp / "file"
             with open(f"/proc/self/fd/{ms.fd}", "rb") as src, open(copy, "wb") as dst:
                 if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
