@@ -135,7 +135,7 @@ class BuildContext:
         self._root_fd: int | None = None
         # What the checksum pass saw of each regular file (host label -> stat identity), so the
         # copy can check it writes the very version that went into the cache key.
-        self._seen: dict[str, tuple[int, int, int, int]] = {}
+        self._seen: dict[str, os.stat_result] = {}
 
     @property
     def root_fd(self) -> int:
@@ -487,6 +487,7 @@ class BuildContext:
         m = self.matcher if self.matcher else None
         base = self.real_rel(entry)
         prefix = base + "/" if base else ""
+        host_prefix = self._host(base) + "/"
         parent_state: MatchState | None = None
         if m is not None and base:
             # Seed the incremental matcher with the source directory's own ancestry.
@@ -530,7 +531,7 @@ class BuildContext:
                             continue
                 if ex is not None and ex(inner):
                     continue
-                host = self._host(prefix + inner)
+                host = host_prefix + inner
                 yield inner, host, st, dfd, e.name
                 if is_dir:
                     try:
@@ -689,7 +690,8 @@ class BuildContext:
         """Refuse to copy a file other than the version the checksum pass read (its size,
         times or inode differ): the layer must hold what its cache key says."""
         seen = self._seen.get(host)
-        if seen is not None and seen != (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        if seen is not None and (seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns) != \
+                (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             raise BuildError(f"{host}: changed in the build context while the build was reading it; "
                              "retry once it is stable")
 
@@ -697,17 +699,14 @@ class BuildContext:
                     name: str | None = None) -> str:
         """sha256 of a context file's content, through the hash cache; read (on a miss) from
         `name` opened in the directory descriptor `dir_fd`, else from `host`."""
-        opener = None
-        if dir_fd is not None and name is not None:
-            opener = lambda: os.open(name, FILE_FLAGS, dir_fd=dir_fd)  # noqa: E731
         try:
-            digest = self.hash_cache.digest(host, st, opener=opener)
+            digest = self.hash_cache.digest(host, st, dir_fd=dir_fd, name=name)
         except FileNotFoundError:
             raise BuildError(f"{host}: disappeared from the build context while it was being read") from None
         except OSError as e:
             raise self._changed(host, e) from None
         if st is not None:
-            self._seen[host] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            self._seen[host] = st
         return digest
 
     def checksum(self, srcs: Sequence[str], excludes: Sequence[str] = (), *, parents: bool = False,
