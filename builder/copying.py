@@ -14,12 +14,15 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from registry.layer import EntryMeta, TarEmitter
 
 from .errors import BuildError
 from .rootview import RootView
+
+if TYPE_CHECKING:
+    from .context import BuildContext, ContextEntry
 
 
 @dataclass
@@ -174,6 +177,55 @@ class CopyWriter:
             self.count += 1
             if stat.S_ISDIR(st.st_mode):
                 self._walk(Path(e.path), name, src, inner_rel)
+
+    def add_context(self, dest: str, ctx: "BuildContext", entry: "ContextEntry", src: Source) -> None:
+        """Copy a resolved build-context entry (a file, or a directory's contents) to ``dest``.
+
+        Everything is read through descriptors of the context's directories (never by host
+        path), so a directory swapped for a symlink meanwhile cannot lead outside; each file
+        is checked to be the version the checksum pass read."""
+        rel = dest.strip("/")
+        items = ctx.iter_tree(entry, src.exclude)
+        _inner, host, st, dfd, name = next(items)
+        if not stat.S_ISDIR(st.st_mode):
+            try:
+                self.em.ensure_parents(rel, self._parent_meta)
+                mode, uid, gid = self._meta(st, src.keep_owner)
+                self._add_context_item(rel, host, st, dfd, name, ctx, uid, gid, mode)
+            finally:
+                items.close()     # closes the parent's descriptor, used until here
+            return
+        mode, uid, gid = self._meta(st, src.keep_owner)
+        if rel:
+            self.em.ensure_parents(rel + "/x", self._parent_meta)
+            if not self.em.has_dir(rel):
+                existing = None if self.opts.link else self.target.stat(dest)
+                if existing is not None and stat.S_ISDIR(existing[1].st_mode) and \
+                        self.opts.chmod is None and self.opts.uid is None:
+                    e = existing[1]
+                    self.em.add_dir(rel, EntryMeta(stat.S_IMODE(e.st_mode), e.st_uid, e.st_gid,
+                                                   int(e.st_mtime)))
+                else:
+                    self.em.add_dir(rel, EntryMeta(mode, uid, gid, int(st.st_mtime)))
+                self.count += 1
+        for inner, host, est, dfd, name in items:
+            mode, uid, gid = self._meta(est, src.keep_owner)
+            self._add_context_item(f"{rel}/{inner}" if rel else inner, host, est, dfd, name, ctx, uid, gid, mode)
+
+    def _add_context_item(self, rel: str, host: str, st: os.stat_result, dfd: int | None, name: str,
+                          ctx: "BuildContext", uid: int, gid: int, mode: int) -> None:
+        check = (lambda now: ctx.check_unchanged(host, now)) if stat.S_ISREG(st.st_mode) else None
+        if dfd is None:
+            # The context root itself: only ever a directory.
+            self.em.add_dir(rel, EntryMeta(mode, uid, gid, int(st.st_mtime)))
+        else:
+            try:
+                self.em.add_path(rel, name, st=st, uid=uid, gid=gid, mode=mode, dir_fd=dfd, label=host,
+                                 check=check)
+            except OSError as e:
+                # Replaced between its lstat and its read (a link that is no longer one, ...).
+                raise ctx._changed(host, e) from None
+        self.count += 1
 
     def add_view_tree(self, dest: str, view: RootView, path: str, src: Source) -> None:
         """Copy ``path`` of another rootfs (COPY --from): a file, or a directory's contents."""

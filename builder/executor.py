@@ -13,6 +13,7 @@ import os
 import posixpath
 import shutil
 import stat
+import subprocess
 import tempfile
 import threading
 import time
@@ -30,7 +31,7 @@ from . import config as cfgmod
 from .errors import BuildError
 from .layers import LayerMaker, LayerRef, prune_upper
 from .sandbox import Mount, RunSpec, run as sandbox_run
-from .snapshot import mount_snapshot
+from .snapshot import _umount, mount_snapshot
 from .users import ResolvedUser, resolve_user
 
 
@@ -59,7 +60,8 @@ class RunMount:
     target: str
     source: str = ""
     from_state: StageState | None = None     # bind/cache from a stage or image
-    from_context: Path | None = None          # bind from the build context directory
+    from_context: Path | None = None          # bind from this (trusted) host directory
+    context: object | None = None             # bind from the build context (a BuildContext)
     readonly: bool = True
     cache_id: str = ""
     sharing: str = "shared"
@@ -208,6 +210,8 @@ class Executor:
             if m.type == "tmpfs":
                 opts = [f"size={m.size}"] if m.size else []
                 out.append(Mount(target, type="tmpfs", options=opts))
+            elif m.type == "bind" and m.context is not None:
+                out.append(Mount(target, source=self._context_bind(m, stack), readonly=m.readonly))
             elif m.type == "bind":
                 out.append(Mount(target, source=str(self._bind_source(m, stack)), readonly=m.readonly))
             elif m.type == "cache":
@@ -269,6 +273,72 @@ class Executor:
         if not os.path.lexists(src):
             raise BuildError(f"bind mount source {m.source or '/'} does not exist")
         return src
+
+    def _context_bind(self, m: RunMount, stack: contextlib.ExitStack) -> str:
+        """The host path to bind for a mount of the build context, anchored to a descriptor.
+
+        The source is opened inside the context (builder.context: symlinks followed inside it
+        only) and never named by its joined path again: a directory is the lower layer of an
+        overlay given as /proc/<pid>/fd/N (the kernel resolves that to the very directory
+        opened, whatever is renamed meanwhile), with whiteouts in a private upper for what
+        .dockerignore leaves out, as BuildKit's mount only sees what the context sends. Writes
+        of a read-write mount land in that upper and are discarded, as in BuildKit. A file is
+        bound through /proc/<pid>/fd/N (read-only) or copied from its descriptor (rw).
+        """
+        ms = m.context.mount_source(m.source or ".")  # type: ignore[attr-defined]
+        stack.callback(ms.close)
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=self._tmp(), prefix="ctxmount-")))
+        fd_path = f"/proc/{os.getpid()}/fd/{ms.fd}"
+        if not stat.S_ISDIR(ms.st.st_mode):
+            if m.readonly:
+                # runc refuses an O_PATH descriptor of a file as a source: bind it here, onto
+                # a stub of ours, and hand runc that.
+                stub = tmp / "file"
+                stub.touch()
+                r = subprocess.run(["mount", "--bind", fd_path, str(stub)], capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise BuildError(f"bind mount of the build context at {m.target}: cannot bind "
+                                     f"{ms.host}: {r.stderr.strip() or 'mount failed'}")
+                stack.callback(_umount, stub)
+                return str(stub)
+            copy = tmp / "file"
+            with open(f"/proc/self/fd/{ms.fd}", "rb") as src, open(copy, "wb") as dst:
+                if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                    raise BuildError(f"bind mount source {m.source!r}: not a regular file")
+                shutil.copyfileobj(src, dst)
+            os.chmod(copy, stat.S_IMODE(ms.st.st_mode))
+            return str(copy)
+        upper, work, merged = tmp / "upper", tmp / "work", tmp / "merged"
+        for d in (upper, work, merged):
+            d.mkdir()
+        os.chmod(upper, stat.S_IMODE(ms.st.st_mode))
+        os.chown(upper, ms.st.st_uid, ms.st.st_gid)
+        for inner in ms.hidden:
+            parent = upper
+            parts = inner.split("/")
+            for i, part in enumerate(parts[:-1]):
+                parent = parent / part
+                if not parent.is_dir():
+                    # The upper's copy of a directory shows in the mount: give it the lower's metadata.
+                    st = ms.lstat("/".join(parts[:i + 1]))
+                    parent.mkdir()
+                    os.chown(parent, st.st_uid, st.st_gid)
+                    os.chmod(parent, stat.S_IMODE(st.st_mode))
+                    os.utime(parent, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.mknod(parent / parts[-1], stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        # Directory times last: the whiteouts just made changed them.
+        for d in sorted({str(Path(h).parent) for h in ms.hidden if "/" in h}, key=len, reverse=True):
+            st = ms.lstat(d)
+            os.utime(upper / d, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.utime(upper, ns=(ms.st.st_atime_ns, ms.st.st_mtime_ns))
+        opts = f"lowerdir={fd_path},upperdir={upper},workdir={work},index=off,metacopy=off,redirect_dir=off"
+        r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BuildError(f"bind mount of the build context at {m.target}: cannot mount an overlay "
+                             f"over {ms.host}: {r.stderr.strip() or 'mount failed'}")
+        stack.callback(_umount, merged)
+        return str(merged)
 
     def _cache_dir(self, m: RunMount, stack: contextlib.ExitStack) -> Path:
         """The persistent directory of a cache mount (created with its mode/uid/gid)."""

@@ -28,6 +28,8 @@ RACY_NS = 100_000_000
 RACY_COARSE_NS = 2_000_000_000
 MAX_AGE_S = 30 * 24 * 3600
 _CHUNK = 1 << 20
+# NONBLOCK: a file swapped for a FIFO between its stat and this open must not hang the build.
+_FD_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 # value: (size, mtime_ns, ino, ctime_ns, sha256 digest bytes, last used epoch seconds)
 _Entry = tuple[int, int, int, int, bytes, int]
@@ -66,8 +68,14 @@ class HashCache:
             return {}  # a damaged cache is only a cold cache
         return entries if isinstance(entries, dict) else {}
 
-    def digest(self, path: str | os.PathLike, st: os.stat_result | None = None) -> str:
-        """`sha256:<hex>` of the regular file at `path` (absolute), from the cache when it is fresh."""
+    def digest(self, path: str | os.PathLike, st: os.stat_result | None = None, *,
+               dir_fd: int | None = None, name: str | None = None) -> str:
+        """`sha256:<hex>` of the regular file at `path` (absolute), from the cache when it is fresh.
+
+        With `dir_fd` and `name` (and `st`), a miss reads `name` opened in that directory
+        descriptor (O_NOFOLLOW|O_NONBLOCK) and `path` is only the cache key: an untrusted tree
+        is never re-walked by path. The file read must be the regular file `st` describes,
+        else it is a BuildError."""
         p = os.fspath(path)
         if st is None:
             st = os.stat(p)
@@ -87,10 +95,15 @@ class HashCache:
         self.misses += 1
         h = hashlib.sha256()
         try:
-            with open(p, "rb") as f:
+            fd_read = dir_fd is not None and name is not None and st is not None
+            with (os.fdopen(os.open(name, _FD_FLAGS, dir_fd=dir_fd), "rb") if fd_read  # type: ignore[arg-type]
+                  else open(p, "rb")) as f:
                 # The key is the stat of the file we actually read, taken right before reading.
                 looked_at = time.time_ns()
+                expected = st
                 st = os.fstat(f.fileno())
+                if fd_read and (not stat.S_ISREG(st.st_mode) or st.st_ino != expected.st_ino):  # type: ignore[union-attr]
+                    raise BuildError(f"{p}: was replaced while being read; retry once it is stable")
                 while True:
                     chunk = f.read(_CHUNK)
                     if not chunk:

@@ -441,6 +441,7 @@ class StageBuilder:
             rm.from_state = self.states[dep.index] if dep is not None else self.svc.load_image(m.from_, False)
         elif m.type == "bind":
             rm.from_context = Path(self.svc.context.root)
+            rm.context = self.svc.context
         if m.type == "secret":
             rm.secret_data = self.svc.secrets.get(rm.cache_id)
             if rm.mode is None:
@@ -559,19 +560,23 @@ class StageBuilder:
                     raise self._error(inst, f"{s}: no such file or directory in the build context "
                                             f"({svc.context.root})")
                 for entry in entries:
-                    rel, host = entry.rel, entry.host
+                    rel = entry.rel
                     name = rel if parents else posixpath.basename(rel) if rel else ""
                     src = Source(name, exclude=svc.context.source_filter(entry, excludes))
-                    host_st = os.stat(host)
-                    if stat.S_ISDIR(host_st.st_mode):
-                        cw.add_tree(posixpath.join(dest, name) if parents else dest, Path(host), src)
+                    # Read through the context's descriptors, never by host path (see add_context).
+                    if stat.S_ISDIR(svc.context.entry_stat(entry).st_mode):
+                        cw.add_context(posixpath.join(dest, name) if parents else dest, svc.context, entry, src)
                         continue
-                    if is_add and inst.unpack is not False and _local_archive(host):
-                        from registry.compression import open_decompressed
-                        with open(host, "rb") as f:
-                            cw.add_archive(dest, open_decompressed(f), label=rel or s)
-                        continue
-                    cw.add_tree(at(name), Path(host), src)
+                    if is_add and inst.unpack is not False:
+                        f = svc.context.open_file(entry)
+                        if f is not None:
+                            with f:
+                                if is_archive(f.read(512)):
+                                    from registry.compression import open_decompressed
+                                    f.seek(0)
+                                    cw.add_archive(dest, open_decompressed(f), label=rel or s)
+                                    continue
+                    cw.add_context(at(name), svc.context, entry, src)
         layer = svc.layers.commit_tar(write)
         self._commit(state, key, layer, created_by)
         return False, layer

@@ -134,11 +134,12 @@ def _clean_name(name: str) -> str:
     return "/".join(parts)
 
 
-def _read_xattrs(path: str, names: Iterable[str]) -> dict[str, bytes]:
+def _read_xattrs(path: str | int, names: Iterable[str]) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     for n in names:
         try:
-            found[n] = os.getxattr(path, n, follow_symlinks=False)
+            found[n] = os.getxattr(path, n) if isinstance(path, int) else \
+                os.getxattr(path, n, follow_symlinks=False)
         except OSError:
             continue
     return found
@@ -245,17 +246,25 @@ class TarEmitter:
         self._emit(bytes(-size % BLOCK))
 
     def _add_file(self, name: str, path: str, st: os.stat_result, meta: EntryMeta,
-                  xattrs: dict[str, bytes] | None) -> None:
+                  xattrs: dict[str, bytes] | None, dir_fd: int | None = None, label: str | None = None,
+                  check: Callable[[os.stat_result], None] | None = None) -> None:
         # O_NOFOLLOW|O_NONBLOCK: if the file was swapped for a symlink or a FIFO since lstat, fail
         # instead of reading through the link or blocking forever.
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
         except OSError as e:
-            raise TarWriteError(f"{path}: cannot read it: {e.strerror}") from None
+            raise TarWriteError(f"{label or path}: cannot read it: {e.strerror}") from None
+        if label is not None:
+            path = label
         try:
             now = os.fstat(fd)
             if not stat.S_ISREG(now.st_mode) or (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
                 raise TarWriteError(f"{path}: was replaced while being read; retry once it is stable")
+            if check is not None:
+                check(now)
+            if dir_fd is not None and self.xattr_names:
+                # Read from the descriptor written from: a name relative to dir_fd has no path.
+                xattrs = _read_xattrs(fd, self.xattr_names) or None
             size = st.st_size
             self._header(name, REGTYPE, meta, size=size, xattrs=xattrs)
             if size <= _SMALL_FILE:
@@ -315,15 +324,18 @@ class TarEmitter:
 
     def add_path(self, name: str, path: str, *, st: os.stat_result | None = None,
                  uid: int | None = None, gid: int | None = None, mode: int | None = None,
-                 mtime: int | None = None) -> None:
+                 mtime: int | None = None, dir_fd: int | None = None, label: str | None = None,
+                 check: Callable[[os.stat_result], None] | None = None) -> None:
         """The file system object at `path` (not followed if a symlink) as entry `name`.
 
         `uid`, `gid`, `mode` (permission bits) and `mtime` override what lstat says (COPY --chown,
         --chmod). A second name of an already written inode becomes a hard link. Sockets are
-        skipped, as Docker does.
+        skipped, as Docker does. With `dir_fd`, `path` is a name in that directory descriptor
+        (an untrusted tree read without re-walking host paths) and `label` names it in errors;
+        `check(fstat)` may refuse the opened regular file (raise) before it is written.
         """
         if st is None:
-            st = os.lstat(path)
+            st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
         m = st.st_mode
         meta = EntryMeta(
             mode=stat.S_IMODE(m) if mode is None else mode,
@@ -332,10 +344,11 @@ class TarEmitter:
             mtime=int(st.st_mtime) if mtime is None else mtime,
         )
         if stat.S_ISDIR(m):
-            self.add_dir(name, meta, xattrs=_read_xattrs(path, self.xattr_names) or None)
+            xpath = path if dir_fd is None else f"/proc/self/fd/{dir_fd}/{path}"
+            self.add_dir(name, meta, xattrs=_read_xattrs(xpath, self.xattr_names) or None)
             return
         if stat.S_ISLNK(m):
-            self.add_symlink(name, os.readlink(path), meta)
+            self.add_symlink(name, os.readlink(path, dir_fd=dir_fd), meta)
             return
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
@@ -345,7 +358,8 @@ class TarEmitter:
                 return
             self._inodes[key] = _clean_name(name)
         if stat.S_ISREG(m):
-            self._add_file(_clean_name(name), path, st, meta, _read_xattrs(path, self.xattr_names) or None)
+            xattrs = None if dir_fd is not None else _read_xattrs(path, self.xattr_names) or None
+            self._add_file(_clean_name(name), path, st, meta, xattrs, dir_fd, label, check)
         elif stat.S_ISCHR(m) or stat.S_ISBLK(m):
             self.add_device(name, "char" if stat.S_ISCHR(m) else "block",
                             os.major(st.st_rdev), os.minor(st.st_rdev), meta)
@@ -354,7 +368,7 @@ class TarEmitter:
         elif stat.S_ISSOCK(m):
             return
         else:
-            raise TarWriteError(f"{path}: unsupported file type {stat.S_IFMT(m):o}")
+            raise TarWriteError(f"{label or path}: unsupported file type {stat.S_IFMT(m):o}")
 
     def close(self) -> None:
         """Write the end-of-archive marker (two zero blocks) and flush; `out` stays open."""
