@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,12 +161,43 @@ def test_library_api(img: Path):
     assert ct.list_containers(img, all=True) == []
 
 
-def test_network_none_and_chroot_isolation(img: Path):
+def test_network_none_and_chroot_isolation_removed(img: Path):
     r = pybuild(img, "run", "--rm", "--network", "none", "busybox", "ls", "/sys/class/net", check_rc=0)
     assert r.stdout.split() == ["lo"]
     r = pybuild(img, "run", "--rm", "--isolation", "chroot", "-u", "app", "busybox", "sh", "-c",
+                "id -u; exit 4", check_rc=125)
+    assert "--isolation chroot was removed" in r.stderr and "runc" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""
+    r = pybuild(img, "run", "--rm", "--isolation", "default", "-u", "app", "busybox", "sh", "-c",
                 "id -u; exit 4", check_rc=4)
     assert r.stdout == "1000\n"
+
+
+def test_default_network_is_private_with_outbound(img: Path):
+    """`pybuild run` defaults to its own network namespace (pasta's eth0, not the host's
+    interfaces) and resolves names through pasta's DNS forwarder."""
+    r = pybuild(img, "run", "--rm", "busybox", "sh", "-c", "ls /sys/class/net; cat /etc/resolv.conf",
+                check_rc=0)
+    names = r.stdout.split("nameserver")[0].split()
+    assert "lo" in names and len(names) == 2, r.stdout
+    assert "nameserver 10.0.2.3" in r.stdout
+    host = sorted(os.listdir("/sys/class/net"))
+    r = pybuild(img, "run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net", check_rc=0)
+    assert sorted(r.stdout.split()) == host
+
+
+def test_runc_missing_is_an_error_not_a_fallback(img: Path, tmp_path: Path):
+    """Without runc on PATH `run` fails saying so (it used to fall back to an unconfined chroot)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("python3", "mount", "umount"):
+        path = shutil.which(tool)
+        if path:
+            os.symlink(path, bindir / tool)
+    env = dict(os.environ, PATH=str(bindir))
+    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(img), "run", "--rm", "busybox", "true"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 125 and "runc not found" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 # --- writable layers ---------------------------------------------------------------------------
@@ -319,7 +351,7 @@ def _start_ready(root: Path, *args: str) -> subprocess.Popen:
     return p
 
 
-@pytest.mark.parametrize("isolation", ["oci", "chroot"])
+@pytest.mark.parametrize("isolation", ["oci"])
 def test_sigterm_stops_the_container(img: Path, isolation: str):
     p = _start_ready(img, "--isolation", isolation, "busybox", "sh", "-c",
                      'trap "echo got TERM; exit 42" TERM; echo ready; while true; do sleep 0.1; done')
