@@ -52,7 +52,8 @@ from .errors import BuildError
 from .rootview import RootView
 from registry.inroot import makedirs_in_root, opened_root
 
-from .sandbox import DEFAULT_PATH, Mount, RunSpec, check_isolation, run as sandbox_run, runtime_available
+from .sandbox import (DEFAULT_PATH, Mount, RunSpec, check_isolation, release_networks, run as sandbox_run,
+                      runtime_available)
 from .snapshot import OPAQUE_XATTR, LayerDirs, Snapshot, mount_snapshot
 from .users import resolve_user
 
@@ -916,6 +917,7 @@ def remove(c: Container, force: bool = False) -> None:
         _wait_exit(c, 30)
     if c.state.status == "running":
         _kill_orphans(c)          # its supervisor died; runc may still run the container
+        release_networks(c.dir / "run")     # and its pasta and network namespace are left
     if c.snapshot:
         merged = c.root / "snapshots" / c.snapshot / "merged"
         if _is_mounted(merged):

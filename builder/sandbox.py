@@ -413,20 +413,38 @@ class _PrivateNetwork:
         """Stop pasta and release the namespace (idempotent)."""
         if self.pasta_pid > 0:
             try:
-                # The pid came from pasta's own file: make sure it is still that pasta.
-                if Path(f"/proc/{self.pasta_pid}/comm").read_text().strip() in ("pasta", "passt"):
+                # The pid came from pasta's own file: make sure it is still the pasta of this
+                # namespace (its command name is passt's binary, e.g. passt.avx2).
+                args = Path(f"/proc/{self.pasta_pid}/cmdline").read_bytes().split(b"\0")
+                if os.fsencode(self.path) in args:
                     os.kill(self.pasta_pid, signal.SIGTERM)
             except (OSError, ValueError):
                 pass
             self.pasta_pid = 0
         if self.mounted:
-            if _libc.umount2(os.fsencode(self.path), _MNT_DETACH) == 0:
-                self.mounted = False
+            if _libc.umount2(os.fsencode(self.path), _MNT_DETACH) == 0 or ctypes.get_errno() == errno.EINVAL:
+                self.mounted = False        # EINVAL: not (or no longer) a mount point
         if not self.mounted:
             try:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
+
+
+def release_networks(state_dir: Path) -> None:
+    """Stop the pasta and release the network namespace of every bundle under ``state_dir``
+    whose process died before its own cleanup (a SIGKILLed supervisor or build), so that the
+    directory can be removed."""
+    for netns in Path(state_dir).glob("run-*/netns"):
+        net = _PrivateNetwork(netns, mounted=True)
+        try:
+            net.pasta_pid = int((netns.parent / "pasta.pid").read_text().strip() or 0)
+        except (OSError, ValueError):
+            pass
+        net.stop()
+        if net.mounted:
+            raise BuildError(f"cannot release the network namespace bound at {netns}: "
+                             f"{os.strerror(ctypes.get_errno())}")
 
 
 def oci_config(spec: RunSpec, etc: dict[str, Path], netns: str | None = None,
