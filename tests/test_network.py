@@ -100,13 +100,10 @@ def _mirror_name() -> str | None:
 def test_default_network_reaches_the_host_address_and_is_private(rootfs: Path, server: int, tmp_path: Path):
     host = _host_address()
     seen: set[int] = set()
-
-    def watch(chunk_name: str, chunk: bytes) -> None:
-        seen.update(_pastas(tmp_path))
     out_b: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
 
     def output(name: str, chunk: bytes) -> None:
-        watch(name, chunk)
+        seen.update(_pastas(tmp_path))              # while the step runs
         out_b[name].extend(chunk)
     rc = run(RunSpec(args=["/bin/sh", "-c", f"wget -q -O- http://{host}:{server}/; ls /sys/class/net"],
                      rootfs=rootfs), output, state_dir=tmp_path / "state")
