@@ -240,8 +240,8 @@ def build(opts: BuildOptions) -> BuildResult:
     compression = parse_compression(opts.compression)
     if opts.network not in ("default", "none", "host"):
         raise BuildError(f"--network {opts.network}: use default, none or host")
-    if opts.isolation not in ("oci", "chroot"):
-        raise BuildError(f"--isolation {opts.isolation}: use oci or chroot")
+    from .sandbox import check_isolation
+    isolation = check_isolation(opts.isolation)
     for t in opts.tags:
         from registry.reference import parse_reference
         parse_reference(t)
@@ -263,7 +263,7 @@ def build(opts: BuildOptions) -> BuildResult:
             progress.message(f"[warning] build-args not consumed by the build: {', '.join(plan.unused_build_args)}")
 
         layers = LayerMaker(store, root, compression, sde)
-        executor = Executor(store, root, layers, isolation=opts.isolation, source_date_epoch=sde)
+        executor = Executor(store, root, layers, isolation=isolation, source_date_epoch=sde)
         from .cache_remote import finish_build, load_remotes, open_build_cache
         cache = open_build_cache(root, store, no_cache=opts.no_cache, no_cache_filter=opts.no_cache_filter,
                                  cache_from=opts.cache_from)

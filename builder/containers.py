@@ -50,13 +50,16 @@ from registry.store import Store
 
 from .errors import BuildError
 from .rootview import RootView
-from .sandbox import DEFAULT_PATH, Mount, RunSpec, run as sandbox_run, runtime_available
+from registry.inroot import makedirs_in_root, opened_root
+
+from .sandbox import (DEFAULT_PATH, Mount, RunSpec, check_isolation, release_networks, run as sandbox_run,
+                      runtime_available)
 from .snapshot import OPAQUE_XATTR, LayerDirs, Snapshot, mount_snapshot
 from .users import resolve_user
 
 CONTAINERS_DIR = "containers"
 DEFAULT_STOP_TIMEOUT = 10
-NETWORKS = ("host", "none")
+NETWORKS = ("default", "host", "none")
 _NAME_ADJECTIVES = ("brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid",
                     "merry", "nifty", "proud", "quiet", "sharp", "tender", "vivid", "witty", "zen")
 _NAME_NOUNS = ("babbage", "curie", "dijkstra", "euler", "fermi", "gauss", "hopper", "knuth",
@@ -101,8 +104,8 @@ class RunOptions:
     workdir: str | None = None
     user: str | None = None
     entrypoint: str | None = None                          # "" clears the image's entrypoint
-    network: str = "host"
-    isolation: str | None = None                           # oci | chroot; None: oci when runc exists
+    network: str = "default"                               # default (private, outbound) | host | none
+    isolation: str | None = None                           # oci (default: the same)
     auto_remove: bool = False
     stop_timeout: int | None = None
     pull: str = "missing"                                  # missing | always | never
@@ -393,9 +396,14 @@ def command_of(image_entrypoint: list[str] | None, image_cmd: list[str] | None,
 def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Container:
     """Make a container record for ``opts`` (pulling the image if needed); nothing runs yet."""
     root = Path(root)
-    if opts.network not in NETWORKS:
+    network = "default" if opts.network == "bridge" else opts.network   # docker's name for it
+    if network not in NETWORKS:
         raise BuildError(f"--network {opts.network}: use one of {', '.join(NETWORKS)}")
-    isolation = opts.isolation or ("oci" if runtime_available() else "chroot")
+    isolation = check_isolation(opts.isolation)
+    if not runtime_available():
+        # Never a weaker sandbox instead: without runc nothing runs.
+        raise BuildError("runc not found: containers run only under runc, which confines them "
+                         "(install Debian's runc package)")
     volumes = [Volume.parse(v) for v in opts.volumes]
     if opts.workdir is not None and not opts.workdir.startswith("/"):
         raise BuildError(f"the working directory {opts.workdir!r} is invalid: it must be an absolute path")
@@ -433,7 +441,7 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
             config_digest=manifest.config.digest, created=_now(), entrypoint=ep, cmd=cmd, env=env,
             workdir=opts.workdir or c_cfg.working_dir or "/", user=user_spec or "",
             uid=user.uid, gid=user.gid, additional_gids=user.additional_gids, home=user.home or "/",
-            volumes=[asdict(v) for v in volumes], network=opts.network, isolation=isolation,
+            volumes=[asdict(v) for v in volumes], network=network, isolation=isolation,
             stop_signal=c_cfg.stop_signal or "SIGTERM",
             stop_timeout=DEFAULT_STOP_TIMEOUT if opts.stop_timeout is None else opts.stop_timeout,
             auto_remove=opts.auto_remove, diff_ids=list(cfg.diff_ids), root=root)
@@ -523,30 +531,21 @@ def _still_running(c: Container) -> bool:
     return st.get("status") == "running" and _alive(st.get("pid", 0))
 
 
-def _make_workdir(view: RootView, merged: Path, path: str) -> None:
+def _make_workdir(merged: Path, path: str) -> None:
     """Create the working directory (root-owned, 0755) if the image lacks it, as Docker does.
 
-    Every existing component is resolved inside the image's view, so a symlink in the image
-    can never lead the creation outside the container's root.
+    It is made through directory fds walked inside the container's root (the image's links,
+    absolute or climbing, resolve inside it, as runc resolves the cwd), so neither a link nor a
+    `..` in the image or in WorkingDir can lead the creation outside.
     """
-    cur = "/"
-    created = False
-    for part in [p for p in path.split("/") if p]:
-        cand = posixpath.join(cur, part)
-        if not created:
-            resolved = view.resolve(cand)
-            if resolved is not None:
-                found = view.stat(resolved)
-                if found is None or not stat.S_ISDIR(found[1].st_mode):
-                    raise BuildError(f"cannot use {path} as the working directory: {cand} is not a directory")
-                cur = resolved
-                continue
-            if view.stat(cand, follow=False) is not None:
-                raise BuildError(f"cannot use {path} as the working directory: {cand} is a dangling symlink")
-            created = True
-        os.mkdir(merged / cand.lstrip("/"), 0o755)
-        os.chmod(merged / cand.lstrip("/"), 0o755)
-        cur = cand
+    try:
+        with opened_root(merged) as root_fd:
+            os.close(makedirs_in_root(root_fd, path, 0o755))
+    except NotADirectoryError:
+        raise BuildError(f"cannot use {path} as the working directory: a component of it is not "
+                         "a directory in the image") from None
+    except OSError as exc:
+        raise BuildError(f"cannot use {path} as the working directory: {exc.strerror}") from None
 
 
 def _find_executable(view: RootView, argv0: str, env: list[str], cwd: str) -> int:
@@ -629,7 +628,7 @@ def start(c: Container, output: Callable[[str, bytes], None] | None = None,
 def _prepare_and_run(c: Container, snap: Snapshot, view: RootView,
                      emit: Callable[[str, bytes], None]) -> int:
     env = runtime_env(c)
-    _make_workdir(view, snap.merged, c.workdir)
+    _make_workdir(snap.merged, c.workdir)
     missing = _find_executable(view, c.args[0], env, c.workdir)
     if missing:
         what = "executable file not found in $PATH" if missing == 127 else "permission denied"
@@ -690,18 +689,17 @@ def _comm(pid: int) -> str:
 def signal_container(supervisor_pid: int, sig: int) -> bool:
     """Send ``sig`` to the first process of the container supervised by ``supervisor_pid``.
 
-    The supervisor's child is the runtime (``runc`` or ``unshare``). runc forwards what it
-    gets to the container's first process, even a signal that arrives while the container is
-    still being set up, so it gets everything but SIGKILL; unshare ignores signals, so its child
-    (the container's first process) gets them directly, as does SIGKILL under runc.
+    The supervisor's child is ``runc``, which forwards what it gets to the container's first
+    process, even a signal that arrives while the container is still being set up, so it gets
+    everything but SIGKILL; SIGKILL goes to runc's children (the container's first process).
     True if a process was signalled.
     """
     sent = False
     for rt in _children(supervisor_pid):
         comm = _comm(rt)
-        if comm not in ("runc", "unshare"):
+        if comm != "runc":
             continue
-        targets = [rt] if comm == "runc" and sig != signal.SIGKILL else _children(rt)
+        targets = [rt] if sig != signal.SIGKILL else _children(rt)
         for pid in targets:
             try:
                 os.kill(pid, sig)
@@ -718,10 +716,7 @@ def kill_container(c: Container, supervisor_pid: int) -> bool:
 
 
 def _exit_status(c: Container, rc: int) -> int:
-    """The container's exit code: util-linux's unshare (chroot isolation) reports a child killed
-    by a signal as a plain 1, so a container we SIGKILLed is given Docker's 137 explicitly."""
-    if rc == 1 and c.isolation == "chroot" and (c.dir / "killed").exists():
-        return 128 + signal.SIGKILL
+    """The container's exit code (runc already reports a signalled process as 128+N)."""
     return rc
 
 
@@ -922,6 +917,7 @@ def remove(c: Container, force: bool = False) -> None:
         _wait_exit(c, 30)
     if c.state.status == "running":
         _kill_orphans(c)          # its supervisor died; runc may still run the container
+        release_networks(c.dir / "run")     # and its pasta and network namespace are left
     if c.snapshot:
         merged = c.root / "snapshots" / c.snapshot / "merged"
         if _is_mounted(merged):

@@ -1,33 +1,44 @@
 """The RUN sandbox: one process in fresh namespaces on a prepared root filesystem.
 
-Two isolations:
+One isolation, ``oci``: an OCI runtime bundle (``config.json`` per the runtime spec) run with
+``runc run --bundle DIR ID``; /proc, /dev (tmpfs + the standard device nodes), /dev/pts,
+/dev/shm, /sys (read-only), and generated /etc/resolv.conf, /etc/hosts, /etc/hostname bind
+mounts, as Docker sets them up; Docker's default capability set (without CAP_NET_RAW on the
+host's network), Docker's default seccomp profile (builder.seccomp), no_new_privileges,
+Docker's masked and read-only /proc paths.
 
-* ``oci`` (default): an OCI runtime bundle (``config.json`` per the runtime spec) run with
-  ``runc run --bundle DIR ID``; /proc, /dev (tmpfs + the standard device nodes), /dev/pts,
-  /dev/shm, /sys (read-only), and generated /etc/resolv.conf, /etc/hosts, /etc/hostname bind
-  mounts, as Docker sets them up; Docker's default capability set, no_new_privileges, Docker's
-  masked and read-only /proc paths.
-* ``chroot``: for machines without a runtime, ``unshare`` (mount, uts, ipc, pid and optionally
-  net namespaces) and a small helper (``python3 -m builder.sandbox``) that mounts the same
-  filesystems, chroots and drops to the user.
+The ``chroot`` isolation is gone: a chroot cannot confine a root process (chroot twice and it
+is out), so ``--isolation chroot`` is refused with a message saying so.
+
+Networks: ``default`` is a network namespace of the sandbox's own whose only way out is pasta
+(Debian's passt), a user-mode TCP/UDP stack that turns the namespace's traffic into the host's
+ordinary sockets, as rootless podman does: the command reaches what the host reaches (package
+mirrors), sees none of the host's traffic and none of its loopback services. ``host`` shares
+the host's network namespace; ``none`` is a namespace with loopback only.
 
 The caller gets the exit code; output goes line-agnostic in chunks to a callback.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import selectors
 import shutil
+import signal
+import stat
 import subprocess
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from registry.inroot import open_in_root, open_root, split_parent
+
 from .errors import BuildError
+from .seccomp import oci_seccomp
 
 HOSTNAME = "buildkitsandbox"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -51,6 +62,25 @@ DEVICES = [
 ]
 
 NETWORK_MODES = ("default", "none", "host")
+ISOLATIONS = ("oci", "default")        # "default" is docker build's name for the only one
+
+# The private network pasta gives a sandbox (the addresses slirp4netns and podman use): the
+# sandbox is 10.0.2.100, its gateway 10.0.2.2, and DNS queries to 10.0.2.3 are forwarded to
+# the host's first resolver. Any address the host can reach is reached through pasta.
+PRIVATE_ADDRESS, PRIVATE_PREFIX, PRIVATE_GATEWAY, PRIVATE_DNS = "10.0.2.100", 24, "10.0.2.2", "10.0.2.3"
+
+_CHROOT_REMOVED = ("--isolation chroot was removed: a chroot cannot confine a RUN step running as root "
+                   "(it could read and write the host); RUN steps and containers need runc "
+                   "(Debian's runc package); use --isolation oci (the default)")
+
+
+def check_isolation(isolation: str | None) -> str:
+    """The isolation to use for ``isolation`` as given (None: the default); "oci" or BuildError."""
+    if isolation in (None, "", "oci", "default"):
+        return "oci"
+    if isolation == "chroot":
+        raise BuildError(_CHROOT_REMOVED)
+    raise BuildError(f"unknown isolation {isolation!r}: use oci (or default)")
 
 
 @dataclass
@@ -68,9 +98,10 @@ class Mount:
 class RunSpec:
     """What to run and how.
 
-    ``network``: "host" shares the host's network namespace; "none" gives a private network
-    namespace with no interfaces configured; "default" is the host network too, as BuildKit does
-    when no CNI network is configured (pybuild sets up none).
+    ``network``: "default" gives the sandbox its own network namespace with outbound access
+    through pasta; "host" shares the host's network namespace (and drops CAP_NET_RAW, so the
+    command cannot sniff the host's traffic); "none" gives a private network namespace with
+    loopback only.
     """
 
     args: list[str]
@@ -87,7 +118,7 @@ class RunSpec:
 
 OutputCallback = Callable[[str, bytes], None]   # (stream name "stdout"|"stderr", chunk)
 
-# Sandboxes running in this process (container id or "" for chroot -> process), so that an
+# Sandboxes running in this process (runc container id -> process), so that an
 # interrupted build can stop them from the main thread while other threads wait on them.
 _live: dict[int, tuple[str, subprocess.Popen]] = {}
 _live_lock = threading.Lock()
@@ -125,10 +156,10 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
         state_dir: Path | None = None, cancel: threading.Event | None = None) -> int:
     """Run ``spec`` to completion and return its exit code (128+N when killed by signal N).
 
-    ``state_dir`` holds the bundle and generated /etc files (a temp dir under it is removed
-    afterwards). The container is deleted even on KeyboardInterrupt. When ``cancel`` is set
-    (before, or by another thread while it runs, together with :func:`cancel_all`), the command
-    is not started or is killed.
+    ``state_dir`` holds the bundle, generated /etc files and the network namespace (a temp dir
+    under it is removed afterwards). The container, its network and the mount-point stubs are
+    removed even on KeyboardInterrupt. When ``cancel`` is set (before, or by another thread
+    while it runs, together with :func:`cancel_all`), the command is not started or is killed.
     """
     if cancel is not None and cancel.is_set():
         raise BuildError("interrupted: the command was not started")
@@ -136,95 +167,291 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
         raise BuildError(f"unknown network mode {spec.network!r}: use one of {', '.join(NETWORK_MODES)}")
     if not spec.args:
         raise BuildError("nothing to run: the command is empty")
-    if isolation not in ("oci", "chroot"):
-        raise BuildError(f"unknown isolation {isolation!r}: use oci or chroot")
-    if isolation == "oci" and not runtime_available():
-        raise BuildError("runc not found: install Debian's runc, or use --isolation chroot")
-    for top in ("dev", "proc", "sys"):
-        link = os.path.join(spec.rootfs, top)
-        if os.path.islink(link):
-            # runc creates /dev's links through it on the host side; nothing may follow it.
-            raise BuildError(f"the image's /{top} is a symbolic link (to {os.readlink(link)}): refusing to run "
-                             "a command on this rootfs; /dev, /proc and /sys must be directories")
-    if state_dir is not None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-    bundle = Path(tempfile.mkdtemp(prefix="run-", dir=state_dir))
-    stubs = _missing_mountpoints(Path(spec.rootfs), spec)
+    check_isolation(isolation)
+    if not runtime_available():
+        raise BuildError("runc not found: RUN steps and containers run only under runc, which confines "
+                         "them (install Debian's runc package)")
+    if spec.network == "default" and shutil.which("pasta") is None:
+        raise BuildError("pasta not found: the default network of a RUN step or container is a private "
+                         "one through pasta (install Debian's passt package), or use --network host "
+                         "(shares the host's network) or --network none")
+    caps = granted_caps(spec)
+    seccomp = oci_seccomp(caps)            # before anything is set up: a missing profile stops here
+    root_fd = open_root(spec.rootfs)
     try:
-        etc = _write_etc_files(bundle, spec)
-        if isolation == "oci":
-            return _run_oci(spec, bundle, etc, output, cancel)
-        return _run_chroot(spec, bundle, etc, output, cancel)
+        for top in ("dev", "proc", "sys"):
+            try:
+                st = os.stat(top, dir_fd=root_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                # runc creates /dev's links through it on the host side; nothing may follow it.
+                raise BuildError(f"the image's /{top} is a symbolic link (to {os.readlink(top, dir_fd=root_fd)}): "
+                                 "refusing to run a command on this rootfs; /dev, /proc and /sys must be "
+                                 "directories")
+        if state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        bundle = Path(tempfile.mkdtemp(prefix="run-", dir=state_dir))
+        stubs: list[_Stub] = []
+        net: _PrivateNetwork | None = None
+        try:
+            stubs = _make_mountpoints(root_fd, spec)
+            etc = _write_etc_files(bundle, spec)
+            if spec.network == "default":
+                net = _PrivateNetwork.start(bundle)
+            config = oci_config(spec, etc, netns=str(net.path) if net else None, seccomp=seccomp)
+            return _run_oci(spec, bundle, config, output, cancel)
+        finally:
+            try:
+                if net is not None:
+                    net.stop()
+            finally:
+                _remove_stubs(root_fd, stubs)
+                shutil.rmtree(bundle, ignore_errors=True)
     finally:
-        _remove_stubs(stubs)
-        shutil.rmtree(bundle, ignore_errors=True)
+        os.close(root_fd)
 
 
-def in_root(root: str | os.PathLike, path: str) -> str:
-    """The host path of ``path`` inside ``root``, symlinks resolved as in a chroot: an absolute
-    or climbing link target is taken from ``root``, so the result never leaves it (components
-    that do not exist yet are kept as named)."""
-    todo = [p for p in path.split("/") if p]
-    done: list[str] = []
-    hops = 0
-    while todo:
-        name = todo.pop(0)
-        if name == ".":
-            continue
-        if name == "..":
-            if done:
-                done.pop()
-            continue
-        host = os.path.join(root, *done, name)
-        if os.path.islink(host):
-            hops += 1
-            if hops > 40:
-                raise BuildError(f"too many levels of symbolic links resolving {path} in the rootfs")
-            target = os.readlink(host)
-            if target.startswith("/"):
-                done = []
-            todo = [t for t in target.split("/") if t] + todo
-            continue
-        done.append(name)
-    return os.path.join(root, *done)
+def granted_caps(spec: RunSpec) -> list[str]:
+    """Docker's default capabilities, without CAP_NET_RAW on the host's network: a packet socket
+    there would see the host's own traffic (credentials included)."""
+    if spec.network == "host":
+        return [c for c in DEFAULT_CAPS if c != "CAP_NET_RAW"]
+    return list(DEFAULT_CAPS)
 
 
-def _mount_destinations(spec: RunSpec) -> list[str]:
-    return ["/proc", "/dev", "/sys", "/etc/resolv.conf", "/etc/hosts", "/etc/hostname"] + [
-        m.destination for m in spec.mounts]
+# --- mount points -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Stub:
+    """A mount point this sandbox created: its path inside the rootfs and the inode it got."""
+
+    path: str
+    dev: int
+    ino: int
+    is_dir: bool
 
 
-def _missing_mountpoints(rootfs: Path, spec: RunSpec) -> list[Path]:
-    """Paths (and their missing parents) the runtime will create as mount points.
+def _mount_points(spec: RunSpec) -> list[tuple[str, bool]]:
+    """(destination, is a directory) of everything the runtime mounts in the rootfs."""
+    points = [("/proc", True), ("/dev", True), ("/sys", True), ("/etc/resolv.conf", False),
+              ("/etc/hosts", False), ("/etc/hostname", False)]
+    for m in spec.mounts:
+        is_dir = True
+        if m.type == "bind":
+            try:
+                is_dir = stat.S_ISDIR(os.stat(m.source).st_mode)
+            except OSError:
+                pass                        # runc will say what is wrong with the source
+        points.append((m.destination, is_dir))
+    return points
+
+
+def _make_mountpoints(root_fd: int, spec: RunSpec) -> list[_Stub]:
+    """Create the missing mount points (and their missing parents) inside the rootfs.
 
     They are not changes made by the command, so they are removed afterwards (BuildKit does the
-    same) and never end up in the layer. Listed deepest first.
+    same) and never end up in the layer. Each is made through directory fds walked inside the
+    root (the image's links resolve as the runtime resolves them: inside it), and the inode of
+    each is recorded, so that the cleanup removes exactly these entries and nothing the command
+    put in their place.
     """
-    missing: list[Path] = []
-    for dest in _mount_destinations(spec):
-        # Where the runtime will really create it: links in the image resolve inside it.
-        p = Path(in_root(rootfs, dest))
-        chain = []
-        while p != rootfs and not os.path.lexists(p):
-            chain.append(p)
-            p = p.parent
-        missing.extend(c for c in chain if c not in missing)
-    return sorted(missing, key=lambda q: len(q.parts), reverse=True)
-
-
-def _remove_stubs(stubs: list[Path]) -> None:
-    for p in stubs:
+    made: list[_Stub] = []
+    for dest, is_dir in _mount_points(spec):
         try:
-            if p.is_dir() and not p.is_symlink():
-                p.rmdir()           # only if empty: the command may have put files there
-            elif p.is_file() and p.stat().st_size == 0:
-                p.unlink()
+            _make_mountpoint(root_fd, dest, is_dir, made)
+        except OSError as exc:
+            raise BuildError(f"cannot create the mount point {dest} in the rootfs: {exc.strerror}") from None
+    return made
+
+
+def _make_mountpoint(root_fd: int, dest: str, is_dir: bool, made: list[_Stub]) -> None:
+    todo = [p for p in dest.split("/") if p not in ("", ".")]
+    stack: list[tuple[int, str]] = [(os.dup(root_fd), "")]
+    hops = 0
+    try:
+        while todo:
+            name = todo.pop(0)
+            if name == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop()[0])
+                continue
+            dir_fd, dir_path = stack[-1]
+            path = f"{dir_path}/{name}"
+            last = not todo
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if last and not is_dir:
+                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 0o644, dir_fd=dir_fd)
+                    try:
+                        st = os.fstat(fd)
+                    finally:
+                        os.close(fd)
+                    made.append(_Stub(path, st.st_dev, st.st_ino, False))
+                    return
+                os.mkdir(name, 0o755, dir_fd=dir_fd)
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                made.append(_Stub(path, st.st_dev, st.st_ino, True))
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > 40:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), dest)
+                target = os.readlink(name, dir_fd=dir_fd)
+                if target.startswith("/"):
+                    for fd, _ in stack[1:]:
+                        os.close(fd)
+                    del stack[1:]
+                todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+                continue
+            if last:
+                return                      # exists: the runtime mounts over it
+            if not stat.S_ISDIR(st.st_mode):
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), dest)
+            stack.append((os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  dir_fd=dir_fd), path))
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+
+
+def _remove_stubs(root_fd: int, stubs: list[_Stub]) -> None:
+    """Remove the mount points we made, deepest first, if they are still the very inodes we
+    made: the command may have replaced a parent by a link (resolved inside the root here, so
+    never to the host) or put files in a directory (rmdir leaves a non-empty one)."""
+    for stub in reversed(stubs):
+        try:
+            parent, name = split_parent(stub.path)
+            dir_fd = open_in_root(root_fd, parent or "/", os.O_PATH | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) != (stub.dev, stub.ino):
+                continue
+            if stub.is_dir:
+                if stat.S_ISDIR(st.st_mode):
+                    os.rmdir(name, dir_fd=dir_fd)
+            elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                os.unlink(name, dir_fd=dir_fd)
         except OSError:
             pass
+        finally:
+            os.close(dir_fd)
 
 
-def oci_config(spec: RunSpec, etc: dict[str, Path]) -> dict:
-    """The OCI runtime config.json for ``spec`` (``etc``: generated hosts/hostname/resolv.conf)."""
+# --- the private network ----------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
+_MS_BIND = 4096
+_MNT_DETACH = 2
+
+
+def _bind_new_netns(path: Path) -> None:
+    """Make a new network namespace and keep it alive as a bind mount on ``path`` (a file).
+
+    A network namespace belongs to a thread: a short-lived thread unshares one and binds it, so
+    neither this process nor a child process has to change namespaces.
+    """
+    failure: list[str] = []
+
+    def make() -> None:
+        if _libc.unshare(_CLONE_NEWNET) != 0:
+            failure.append(f"unshare(CLONE_NEWNET): {os.strerror(ctypes.get_errno())}")
+            return
+        if _libc.mount(b"/proc/thread-self/ns/net", os.fsencode(path), None, _MS_BIND, None) != 0:
+            failure.append(f"bind mount on {path}: {os.strerror(ctypes.get_errno())}")
+
+    t = threading.Thread(target=make, name="pybuild-netns")
+    t.start()
+    t.join()
+    if failure:
+        raise BuildError(f"cannot create the private network namespace: {failure[0]}")
+
+
+@dataclass
+class _PrivateNetwork:
+    """A network namespace bound at ``path`` with a pasta process connecting it to the host."""
+
+    path: Path
+    pasta_pid: int = 0
+    mounted: bool = False
+
+    @classmethod
+    def start(cls, bundle: Path) -> "_PrivateNetwork":
+        net = cls(bundle / "netns")
+        try:
+            net.path.touch()
+            _bind_new_netns(net.path)
+            net.mounted = True
+            pidfile = bundle / "pasta.pid"
+            # --runas 0: this pasta cannot join a namespace after switching to nobody. -t/-u
+            # none: no port of the sandbox is published on the host; -T/-U none and
+            # --no-map-gw: the sandbox reaches none of the host's loopback services. pasta
+            # configures the namespace, then forks into the background and exits.
+            cmd = ["pasta", "--config-net", "--quiet", "--runas", "0",
+                   "-a", PRIVATE_ADDRESS, "-n", str(PRIVATE_PREFIX), "-g", PRIVATE_GATEWAY,
+                   "--dns-forward", PRIVATE_DNS, "--no-map-gw",
+                   "-t", "none", "-u", "none", "-T", "none", "-U", "none",
+                   "-P", str(pidfile), "--netns", str(net.path)]
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+            if pidfile.exists():
+                net.pasta_pid = int(pidfile.read_text().strip() or 0)
+            if r.returncode != 0:
+                detail = " ".join(l for l in r.stderr.decode(errors="replace").splitlines()
+                                  if "syslog" not in l).strip()
+                raise BuildError(f"pasta could not set up the private network (exit {r.returncode}"
+                                 f"{': ' + detail if detail else ''}); use --network host or --network none")
+        except BaseException:
+            net.stop()
+            raise
+        return net
+
+    def stop(self) -> None:
+        """Stop pasta and release the namespace (idempotent)."""
+        if self.pasta_pid > 0:
+            try:
+                # The pid came from pasta's own file: make sure it is still the pasta of this
+                # namespace (its command name is passt's binary, e.g. passt.avx2).
+                args = Path(f"/proc/{self.pasta_pid}/cmdline").read_bytes().split(b"\0")
+                if os.fsencode(self.path) in args:
+                    os.kill(self.pasta_pid, signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
+            self.pasta_pid = 0
+        if self.mounted:
+            if _libc.umount2(os.fsencode(self.path), _MNT_DETACH) == 0 or ctypes.get_errno() == errno.EINVAL:
+                self.mounted = False        # EINVAL: not (or no longer) a mount point
+        if not self.mounted:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def release_networks(state_dir: Path) -> None:
+    """Stop the pasta and release the network namespace of every bundle under ``state_dir``
+    whose process died before its own cleanup (a SIGKILLed supervisor or build), so that the
+    directory can be removed."""
+    for netns in Path(state_dir).glob("run-*/netns"):
+        net = _PrivateNetwork(netns, mounted=True)
+        try:
+            net.pasta_pid = int((netns.parent / "pasta.pid").read_text().strip() or 0)
+        except (OSError, ValueError):
+            pass
+        net.stop()
+        if net.mounted:
+            raise BuildError(f"cannot release the network namespace bound at {netns}: "
+                             f"{os.strerror(ctypes.get_errno())}")
+
+
+def oci_config(spec: RunSpec, etc: dict[str, Path], netns: str | None = None,
+               seccomp: dict | None = None) -> dict:
+    """The OCI runtime config.json for ``spec`` (``etc``: generated hosts/hostname/resolv.conf;
+    ``netns``: the bound network namespace of the default network; ``seccomp``: the converted
+    profile, default: builder.seccomp's for the granted capabilities)."""
     env = list(spec.env)
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, "PATH=" + DEFAULT_PATH)
@@ -247,10 +474,17 @@ def oci_config(spec: RunSpec, etc: dict[str, Path]) -> dict:
                        "options": ["rbind", "rprivate", "rw"]})
     for m in spec.mounts:
         mounts.append(_oci_mount(m))
-    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    namespaces: list[dict] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     if spec.network == "none":
         namespaces.append({"type": "network"})
-    caps = list(DEFAULT_CAPS)
+    elif spec.network == "default":
+        namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
+    caps = granted_caps(spec)
+    # The OCI spec wants an absolute cwd; an image's relative WorkingDir (`../../..`) is taken
+    # from the container's root, where runc resolves it after pivot_root: it cannot leave it.
+    cwd = spec.cwd or "/"
+    if not cwd.startswith("/"):
+        cwd = "/" + cwd
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -259,7 +493,7 @@ def oci_config(spec: RunSpec, etc: dict[str, Path]) -> dict:
                      "additionalGids": sorted(set(spec.additional_gids))},
             "args": list(spec.args),
             "env": env,
-            "cwd": spec.cwd or "/",
+            "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": True,
         },
@@ -278,10 +512,9 @@ def oci_config(spec: RunSpec, etc: dict[str, Path]) -> dict:
                 {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"}]},  # ptmx
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
+            "seccomp": seccomp if seccomp is not None else oci_seccomp(caps),
         },
     }
-
-
 def _oci_mount(m: Mount) -> dict:
     if m.type == "bind":
         opts = ["rbind", "rprivate", "ro" if m.readonly else "rw"] + m.options
@@ -310,11 +543,14 @@ def _resolv_conf(network: str) -> str:
     except OSError:
         text = ""
     lines = text.splitlines()
+    servers = [l for l in lines if l.split()[:1] == ["nameserver"]]
+    if network == "default":
+        # pasta's DNS forwarder, which asks the host's first resolver (loopback ones included).
+        return "\n".join([f"nameserver {PRIVATE_DNS}"] + [l for l in lines if l not in servers]) + "\n"
     if network == "none":
         # Loopback resolvers are useless (and misleading) in a private network namespace.
-        lines = [l for l in lines if not (l.split()[:1] == ["nameserver"] and
-                                          l.split()[1:2] and l.split()[1].startswith("127."))]
-    if not any(l.startswith("nameserver") for l in lines) and network != "none":
+        lines = [l for l in lines if not (l in servers and l.split()[1:2] and l.split()[1].startswith("127."))]
+    if not servers and network != "none":
         lines += ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -342,9 +578,9 @@ def _exit_code(rc: int) -> int:
     return 128 - rc if rc < 0 else rc
 
 
-def _run_oci(spec: RunSpec, bundle: Path, etc: dict[str, Path],
+def _run_oci(spec: RunSpec, bundle: Path, config: dict,
              output: OutputCallback | None, cancel: threading.Event | None) -> int:
-    (bundle / "config.json").write_text(json.dumps(oci_config(spec, etc)))
+    (bundle / "config.json").write_text(json.dumps(config))
     cid = "pybuild-" + os.urandom(8).hex()   # not uuid: it imports `platform`, a start-up cost
     cmd = ["runc", "run", "--bundle", str(bundle), cid]
     try:
@@ -365,124 +601,3 @@ def _run_oci(spec: RunSpec, bundle: Path, etc: dict[str, Path],
             _untrack(proc)
     finally:
         subprocess.run(["runc", "delete", "--force", cid], capture_output=True)
-
-
-def _run_chroot(spec: RunSpec, bundle: Path, etc: dict[str, Path],
-                output: OutputCallback | None, cancel: threading.Event | None) -> int:
-    env = list(spec.env)
-    if not any(e.startswith("PATH=") for e in env):
-        env.insert(0, "PATH=" + DEFAULT_PATH)
-    plan = {
-        "rootfs": str(spec.rootfs), "args": spec.args, "env": env, "cwd": spec.cwd or "/",
-        "uid": spec.uid, "gid": spec.gid, "groups": sorted(set(spec.additional_gids)),
-        "hostname": spec.hostname,
-        "new_net": spec.network == "none",
-        "binds": [[str(src), dest, False] for dest, src in etc.items()] +
-                 [[m.source, m.destination, m.readonly] for m in spec.mounts if m.type == "bind"],
-        "tmpfs": [[m.destination, ",".join(["mode=1777"] + m.options)]
-                  for m in spec.mounts if m.type == "tmpfs"],
-    }
-    plan_file = bundle / "plan.json"
-    plan_file.write_text(json.dumps(plan))
-    flags = ["--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child"]
-    if spec.network == "none":
-        flags.append("--net")
-    repo = str(Path(__file__).resolve().parents[1])
-    cmd = ["unshare", *flags, sys.executable, "-m", "builder.sandbox", str(plan_file)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True,
-                            env={"PYTHONPATH": repo, "PATH": os.environ.get("PATH", DEFAULT_PATH)})
-    _track("", proc)
-    try:
-        if cancel is not None and cancel.is_set():
-            proc.kill()
-        _pump(proc, output)
-        return _exit_code(proc.wait())
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        _untrack(proc)
-
-
-def _chroot_child(plan_path: str) -> None:
-    """Runs inside the new namespaces: set up mounts, chroot, drop privileges, exec."""
-    import ctypes
-    plan = json.loads(Path(plan_path).read_text())
-    libc = ctypes.CDLL(None, use_errno=True)
-    MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-    MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-
-    def mount(src: str, dst: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-        if libc.mount(src.encode(), dst.encode(), fstype.encode() if fstype else None,
-                      ctypes.c_ulong(flags), data.encode() if data else None) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"mount {src} on {dst}: {os.strerror(err)}")
-
-    root = plan["rootfs"]
-    mount("none", "/", None, MS_REC | MS_PRIVATE)
-
-    def target(dest: str, is_dir: bool) -> str:
-        # Resolved inside the rootfs: joined as text, an image's `etc -> /etc` would have us
-        # create mount points (and mount) on the host.
-        path = in_root(root, dest)
-        if is_dir:
-            os.makedirs(path, exist_ok=True)
-        elif not os.path.exists(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            open(path, "a").close()
-        return path
-
-    mount("proc", target("/proc", True), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    devdir = target("/dev", True)
-    mount("tmpfs", devdir, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
-    for dev, _t, _ma, _mi in DEVICES:
-        mount(dev, target(dev, False), None, MS_BIND)
-    mount("devpts", target("/dev/pts", True), "devpts", MS_NOSUID | MS_NOEXEC,
-          "newinstance,ptmxmode=0666,mode=0620")
-    os.symlink("pts/ptmx", os.path.join(devdir, "ptmx"))
-    for name, fd in (("stdin", 0), ("stdout", 1), ("stderr", 2)):
-        os.symlink(f"/proc/self/fd/{fd}", os.path.join(devdir, name))
-    os.symlink("/proc/self/fd", os.path.join(devdir, "fd"))
-    mount("shm", target("/dev/shm", True), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-          "mode=1777,size=65536k")
-    mount("sysfs", target("/sys", True), "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
-    for src, dest, ro in plan["binds"]:
-        t = target(dest, os.path.isdir(src))
-        mount(src, t, None, MS_BIND | MS_REC)
-        if ro:
-            mount("none", t, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
-    for dest, opts in plan["tmpfs"]:
-        mount("tmpfs", target(dest, True), "tmpfs", MS_NOSUID | MS_NODEV, opts)
-    import socket
-    socket.sethostname(plan["hostname"])
-    if plan["new_net"]:
-        _loopback_up()
-    os.chroot(root)
-    os.chdir(plan["cwd"] if os.path.isdir(plan["cwd"]) else "/")
-    os.setgroups(plan["groups"])
-    os.setgid(plan["gid"])
-    os.setuid(plan["uid"])
-    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in plan["env"])
-    args = plan["args"]
-    try:
-        os.execvpe(args[0], args, env)
-    except OSError as exc:
-        sys.stderr.write(f"exec {args[0]}: {exc.strerror}\n")
-        os._exit(127)
-
-
-def _loopback_up() -> None:
-    """Bring up ``lo`` in a new network namespace (runc does this for the oci isolation)."""
-    import fcntl
-    import socket
-    import struct
-    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        flags = struct.unpack("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH", b"lo", 0)))[1]
-        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP))
-
-
-if __name__ == "__main__":
-    _chroot_child(sys.argv[1])

@@ -363,13 +363,18 @@ def test_push_to_registry(busybox_image, registry, tmp_path):
     assert info["Digest"] == res.manifest.digest
 
 
-@pytest.mark.parametrize("isolation", ["chroot"])
-def test_chroot_isolation_builds(busybox_image, tmp_path, isolation):
+@pytest.mark.parametrize("isolation", ["default", "oci"])
+def test_isolation_builds(busybox_image, tmp_path, isolation):
     root = busybox_image
     build_in(root, tmp_path / "ctx", "FROM busybox\nRUN echo $(hostname) > /h && ls /proc/self > /dev/null\n",
              tags=["iso:latest"], isolation=isolation)
     rootfs = unpack_image(root, "iso:latest", tmp_path / "u")
     assert (rootfs / "h").read_text() == "buildkitsandbox\n"
+
+
+def test_chroot_isolation_is_refused(busybox_image, tmp_path):
+    with pytest.raises(BuildError, match="--isolation chroot was removed.*runc"):
+        build_in(busybox_image, tmp_path / "ctx", "FROM busybox\nRUN true\n", isolation="chroot")
 
 
 def test_source_date_epoch_is_reproducible(busybox_image, tmp_path):

@@ -596,7 +596,7 @@ def test_run_bind_mount_from_image_resolves_links_inside_it(busybox_image: Path,
 @needs_root
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("link", ["run", "dev"])
-@pytest.mark.parametrize("isolation", ["oci", "chroot"])
+@pytest.mark.parametrize("isolation", ["oci"])
 def test_run_mount_points_resolve_inside_the_image(isolation: str, link: str, busybox_image: Path,
                                                    tmp_path: Path, capsys) -> None:
     """An image whose /run (or /dev) is a link to a host directory. /run: the mount points of

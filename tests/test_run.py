@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,12 +161,43 @@ def test_library_api(img: Path):
     assert ct.list_containers(img, all=True) == []
 
 
-def test_network_none_and_chroot_isolation(img: Path):
+def test_network_none_and_chroot_isolation_removed(img: Path):
     r = pybuild(img, "run", "--rm", "--network", "none", "busybox", "ls", "/sys/class/net", check_rc=0)
     assert r.stdout.split() == ["lo"]
     r = pybuild(img, "run", "--rm", "--isolation", "chroot", "-u", "app", "busybox", "sh", "-c",
+                "id -u; exit 4", check_rc=125)
+    assert "--isolation chroot was removed" in r.stderr and "runc" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""
+    r = pybuild(img, "run", "--rm", "--isolation", "default", "-u", "app", "busybox", "sh", "-c",
                 "id -u; exit 4", check_rc=4)
     assert r.stdout == "1000\n"
+
+
+def test_default_network_is_private_with_outbound(img: Path):
+    """`pybuild run` defaults to its own network namespace (pasta's eth0, not the host's
+    interfaces) and resolves names through pasta's DNS forwarder."""
+    r = pybuild(img, "run", "--rm", "busybox", "sh", "-c", "ls /sys/class/net; cat /etc/resolv.conf",
+                check_rc=0)
+    names = r.stdout.split("nameserver")[0].split()
+    assert "lo" in names and len(names) == 2, r.stdout
+    assert "nameserver 10.0.2.3" in r.stdout
+    host = sorted(os.listdir("/sys/class/net"))
+    r = pybuild(img, "run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net", check_rc=0)
+    assert sorted(r.stdout.split()) == host
+
+
+def test_runc_missing_is_an_error_not_a_fallback(img: Path, tmp_path: Path):
+    """Without runc on PATH `run` fails saying so (it used to fall back to an unconfined chroot)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("python3", "mount", "umount"):
+        path = shutil.which(tool)
+        if path:
+            os.symlink(path, bindir / tool)
+    env = dict(os.environ, PATH=str(bindir))
+    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(img), "run", "--rm", "busybox", "true"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 125 and "runc not found" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 # --- writable layers ---------------------------------------------------------------------------
@@ -287,6 +319,12 @@ def test_logs_follow_until_exit(img: Path):
 def test_rm_cleans_up_after_a_killed_supervisor(img: Path):
     cid = pybuild(img, "run", "-d", "--name", "orphan", "busybox", "sleep", "300", check_rc=0).stdout.strip()
     c = ct.load(img, cid)
+    bundle = str(img / "containers" / cid / "run")
+    deadline = time.monotonic() + 10
+    # "running" is recorded before the network and runc are set up: wait for runc's container.
+    while bundle not in subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     os.kill(c.state.pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while "Dead" not in pybuild(img, "ps", "-a").stdout:
@@ -319,7 +357,7 @@ def _start_ready(root: Path, *args: str) -> subprocess.Popen:
     return p
 
 
-@pytest.mark.parametrize("isolation", ["oci", "chroot"])
+@pytest.mark.parametrize("isolation", ["oci"])
 def test_sigterm_stops_the_container(img: Path, isolation: str):
     p = _start_ready(img, "--isolation", isolation, "busybox", "sh", "-c",
                      'trap "echo got TERM; exit 42" TERM; echo ready; while true; do sleep 0.1; done')
@@ -381,3 +419,70 @@ def test_twenty_containers_of_one_image_at_once(img: Path, tmp_path: Path):
     assert [p.returncode for p in procs] == [0] * n
     assert [o for o, _ in outs] == [f"{i}\n" for i in range(n)]
     assert not any((img / "snapshots").iterdir())
+
+
+# --- hostile WorkingDir ------------------------------------------------------------------------
+
+def _with_workdir(root: Path, name: str, workdir: str, link: tuple[str, str] | None = None) -> None:
+    """Tag ``name``: busybox with its config's WorkingDir set to ``workdir`` as is (and an
+    extra layer holding the symlink ``link`` = (path, target))."""
+    import gzip
+    import io
+    import tarfile
+    from registry.manifest import Descriptor, Manifest
+    store = Store(root)
+    m = store.get_manifest(store.resolve("busybox:latest").digest)
+    cfg = store.get_config(m.config.digest)
+    layers = list(m.layers)
+    if link:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            info = tarfile.TarInfo(link[0])
+            info.type, info.linkname = tarfile.SYMTYPE, link[1]
+            tf.addfile(info)
+        tar = buf.getvalue()
+        blob = store.put_blob(gzip.compress(tar), "application/vnd.oci.image.layer.v1.tar+gzip")
+        cfg.diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
+        layers.append(Descriptor(blob.media_type, blob.digest, blob.size))
+    cfg.config.working_dir = workdir
+    store.tag(name, store.put_manifest(Manifest(config=store.put_config(cfg), layers=layers)))
+
+
+@pytest.mark.parametrize("workdir", ["../../../../../../../..", "/x/..", "/a/./b/", "a/../../.."])
+def test_odd_working_dir_stays_inside(img: Path, tmp_path: Path, workdir: str):
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "secret").write_text("HOST-CANARY\n")
+    _with_workdir(img, "wd:1", workdir)
+    r = pybuild(img, "run", "--rm", "wd:1", "sh", "-c", f"pwd; cat {str(canary / 'secret').lstrip('/')}")
+    assert "Traceback" not in r.stderr and "HOST-CANARY" not in r.stdout, r.stderr
+    assert r.stdout.splitlines()[0] in ("/", "/a/b"), r.stdout
+    assert sorted(os.listdir(canary)) == ["secret"]
+
+
+def test_symlinked_working_dir_resolves_inside(img: Path, tmp_path: Path):
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "secret").write_text("HOST-CANARY\n")
+    _with_workdir(img, "wdl:1", "/w/new", link=("w", str(canary)))
+    r = pybuild(img, "run", "--rm", "wdl:1", "sh", "-c", "pwd; cat ../secret; echo x > made; ls", check_rc=0)
+    assert "HOST-CANARY" not in r.stdout and "made" in r.stdout
+    assert sorted(os.listdir(canary)) == ["secret"]
+
+
+def test_rm_releases_the_network_of_a_killed_supervisor(img: Path):
+    """A SIGKILLed supervisor leaves its pasta and bound network namespace: `rm` releases them."""
+    cid = pybuild(img, "run", "-d", "busybox", "sleep", "300", check_rc=0).stdout.strip()
+    c = ct.load(img, cid)
+    bundle = str(img / "containers" / cid / "run")
+    deadline = time.monotonic() + 10
+    while bundle not in subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(c.state.pid, signal.SIGKILL)
+    assert bundle in Path("/proc/self/mountinfo").read_text()
+    pybuild(img, "rm", "-f", cid, check_rc=0)
+    assert bundle not in Path("/proc/self/mountinfo").read_text()
+    pastas = [p for p in Path("/proc").glob("[0-9]*/cmdline") if bundle.encode() in p.read_bytes()]
+    assert pastas == []
+    assert not (img / "containers" / cid).exists()

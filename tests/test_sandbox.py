@@ -1,4 +1,4 @@
-"""The RUN sandbox against real runc (and the chroot isolation) on a busybox root filesystem."""
+"""The RUN sandbox against real runc on a busybox root filesystem."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (namespaces, mounts)"),
               pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs Debian's busybox-static")]
 
-ISOLATIONS = ["oci", "chroot"]
+ISOLATIONS = ["oci"]
 
 
 @pytest.fixture

@@ -46,11 +46,14 @@ def register(add_command) -> None:
                    metavar="HOST", help="allow plain HTTP or an unverified certificate for HOST when "
                                         "pulling base images and pushing (repeatable)")
     p.add_argument("--network", default="default", choices=["default", "host", "none"],
-                   help="network for RUN (default: the host's, as BuildKit without CNI)")
+                   help="network for RUN: default, a private network with outbound access (through "
+                        "pasta); host, the host's network shared (without CAP_NET_RAW); none, loopback only")
     p.add_argument("--compression", default="gzip", metavar="ALGO[,level=N]",
                    help="layer compression: gzip (ISA-L), zstd, uncompressed")
-    p.add_argument("--isolation", default="oci", choices=["oci", "chroot"],
-                   help="RUN sandbox: oci (runc) or chroot (namespaces + chroot, no runtime needed)")
+    # chroot stays a choice so that it gets the message saying why it was removed.
+    p.add_argument("--isolation", default="oci", choices=["oci", "default", "chroot"],
+                   help="RUN sandbox: oci (runc; `default` is the same); chroot was removed (it "
+                        "could not confine a RUN)")
     p.set_defaults(func=run)
 
 
@@ -79,6 +82,10 @@ def _labels(values: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of `pybuild build`."""
+    if args.isolation != "oci":
+        # Before the no-op fast path, which would otherwise answer for a removed isolation.
+        from ..sandbox import check_isolation
+        args.isolation = check_isolation(args.isolation)
     from ..cache_fast import try_fast_build      # a no-op rebuild needs no engine (start-up)
     image_id = try_fast_build(args, _build_args(args.build_args), _labels(args.labels))
     if image_id is not None:

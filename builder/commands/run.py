@@ -24,12 +24,14 @@ def register(add_command) -> None:
     p.add_argument("-w", "--workdir", help="working directory inside the container (absolute)")
     p.add_argument("-u", "--user", help="USER[:GROUP] (names or numbers) to run as")
     p.add_argument("--entrypoint", help='override the image\'s ENTRYPOINT ("" clears it, and the CMD)')
-    p.add_argument("--network", choices=("host", "none"), default="host",
-                   help="host: the host's network (default); none: only loopback")
+    p.add_argument("--network", choices=("default", "bridge", "host", "none"), default="default",
+                   help="default (or bridge): a private network with outbound access, through pasta; "
+                        "host: the host's network shared (without CAP_NET_RAW); none: only loopback")
     p.add_argument("-d", "--detach", action="store_true",
                    help="run in the background and print the container ID")
-    p.add_argument("--isolation", choices=("oci", "chroot"),
-                   help="oci: runc (default when installed); chroot: namespaces + chroot")
+    p.add_argument("--isolation", choices=("oci", "default", "chroot"),
+                   help="oci: runc (the default, and the only one); chroot was removed (it could not "
+                        "confine a container)")
     p.add_argument("--stop-timeout", type=int, metavar="SECONDS",
                    help="after the stop signal, wait this long before SIGKILL (default 10)")
     p.add_argument("--pull", choices=("missing", "always", "never"), default="missing",
