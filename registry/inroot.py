@@ -226,6 +226,40 @@ def makedirs_in_root(root_fd: int, path: str, mode: int = 0o755) -> int:
         os.close(fd)
 
 
+def open_beneath(root_fd: int, path: str, flags: int = os.O_RDONLY) -> int:
+    """Open ``path`` (relative, no '..') below the root only if no component of it is a link.
+
+    For re-finding an entry made earlier by its in-root path: a link swapped in anywhere on the
+    way makes this fail (ELOOP) instead of following it. Raises OSError like open(2) does.
+    """
+    parts = _components(path)
+    if ".." in parts:
+        raise OSError(errno.EXDEV, "path climbs with '..'", path)
+    rel = "/".join(parts) or "."
+    if openat2_available():
+        while True:
+            try:
+                return openat2(root_fd, rel, flags | os.O_NOFOLLOW, 0,
+                               RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno != errno.EAGAIN:
+                    raise
+    if not parts:
+        return os.open(".", flags | os.O_CLOEXEC, dir_fd=root_fd)
+    fd = os.dup(root_fd)
+    try:
+        for name in parts[:-1]:
+            # O_NOFOLLOW|O_DIRECTORY: a link here is ELOOP/ENOTDIR, never followed.
+            nfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
 def fd_path(fd: int) -> str:
     """The /proc path of a descriptor we hold: for calls that take only paths (mount sources,
     setxattr on an O_PATH fd); the kernel resolves it to that very file."""
