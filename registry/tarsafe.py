@@ -305,7 +305,8 @@ class _Extractor:
             raise ArchiveError(f"entry {entry[:200]!r}... is nested more than {MAX_DEPTH} directories deep: "
                                "refusing the archive")
 
-    def _remove(self, dir_fd: int, name: str) -> None:
+    def _remove(self, dir_fd: int, name: str, rel: Rel) -> None:
+        """Remove `name` (at real path `rel`) from the directory `dir_fd`."""
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -313,6 +314,11 @@ class _Extractor:
         if stat.S_ISDIR(st.st_mode):
             # rmtree with dir_fd walks by descriptors and never follows a link inside.
             shutil.rmtree(name, dir_fd=dir_fd)
+            # Directories recorded under it are gone: a new one made at the same path may even
+            # get the same inode number, so forget them rather than trust the inode check.
+            n = len(rel)
+            for r in [r for r in self._dirs if r[:n] == rel]:
+                del self._dirs[r]
         else:
             os.unlink(name, dir_fd=dir_fd)
         # Removing may have turned a cached directory into nothing: resolve afresh.
@@ -349,7 +355,7 @@ class _Extractor:
         if existing is not None and not keep_dir:
             if m.islnk() and self._link_source(m)[0] == prel + (base,):
                 raise ArchiveError(f"entry {m.name!r} is a hard link to itself")
-            self._remove(pfd, base)
+            self._remove(pfd, base, prel + (base,))
         rel = prel + (base,)
         # Entries are made relative to their parent's descriptor, so the kernel's PATH_MAX no
         # longer stops a path that no tool could name afterwards: refuse it here instead.
@@ -519,11 +525,11 @@ class _Extractor:
         if self.whiteouts == "overlay":
             found = self.resolve_dir(parts[:-1], name)
             assert found is not None
-            _, pfd = found
+            prel, pfd = found
             if base == OPAQUE_WHITEOUT:
                 os.setxattr(inroot.fd_path(pfd), OVERLAY_OPAQUE_XATTR, b"y")
             elif not meta:
-                self._remove(pfd, target)
+                self._remove(pfd, target, prel + (target,))
                 os.mknod(target, stat.S_IFCHR | 0o600, 0, dir_fd=pfd)
             return
         found = self.resolve_dir(parts[:-1], name, create=False)
@@ -538,11 +544,11 @@ class _Extractor:
             finally:
                 os.close(lfd)
             for n in doomed:
-                self._remove(pfd, n)
+                self._remove(pfd, n, prel + (n,))
             return
         if meta:
             return  # other AUFS metadata (.wh..wh.plnk, ...): not part of the image
-        self._remove(pfd, target)
+        self._remove(pfd, target, prel + (target,))
 
     @staticmethod
     def _whiteout_target(base: str, name: str) -> str:
