@@ -1,13 +1,18 @@
 """Safe extraction of layer tars and other archives: nothing is ever written outside the target.
 
 Every entry name is cleaned: absolute names are taken relative to the target (as a chroot would),
-and a name whose `..` climbs above the target is refused with an error naming the entry. Parent
-directories are resolved component by component with lstat, following symlinks *inside* the
-target only (an absolute or climbing symlink target is re-rooted at the target, exactly as it
-would resolve inside the container), so a symlink planted by one entry (or an earlier layer)
-can never carry a later entry out. The final component is never followed: an existing entry
-there is replaced, files are opened with O_NOFOLLOW|O_EXCL. Hard links must name an existing
-non-directory inside the target.
+and a name whose `..` climbs above the target is refused with an error naming the entry. The
+target is opened once; every directory below it is reached from that descriptor one component at
+a time with O_NOFOLLOW opens, symlinks being read and followed *inside* the target only (an
+absolute or climbing symlink target is re-rooted at the target, exactly as it would resolve
+inside the container), so a symlink planted by one entry (or an earlier layer) can never carry a
+later entry out. Entries are made with the *at() calls relative to their parent's descriptor and
+their metadata is set through the descriptor of what was made; no host path is walked again. The
+final component is never followed: an existing entry there is replaced, files are opened with
+O_NOFOLLOW|O_EXCL. Directory modes and times, set at the end, go to the directory made only:
+it is reopened by its link-free path with links refused (openat2 RESOLVE_BENEATH |
+RESOLVE_NO_SYMLINKS) and must be the same inode. Hard links must name an existing non-directory
+inside the target.
 
 Whiteouts (OCI): `.wh.NAME` removes NAME from the layers below; `.wh..wh..opq` hides the lower
 contents of its directory (entries of the same layer stay). In "overlay" mode they are stored
