@@ -12,7 +12,7 @@ import io
 import json
 import os
 import shutil
-import subprocess
+import stat
 import sys
 import tarfile
 import tempfile
@@ -107,12 +107,7 @@ def export_oci(store: Store, manifest: Descriptor, blobs: list[str], dest: str, 
     layout = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
     all_blobs = [manifest.digest] + blobs
     if not as_tar:
-        out = Path(dest)
-        (out / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-        (out / "oci-layout").write_bytes(layout)
-        for d in all_blobs:
-            shutil.copyfile(store.blob_path(d), out / "blobs" / "sha256" / d.split(":", 1)[1])
-        (out / "index.json").write_bytes(index)
+        _write_oci_dir(store, dest, layout, index, all_blobs)
         return
     f, finish = _atomic_file(dest)
     with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -121,6 +116,60 @@ def export_oci(store: Store, manifest: Descriptor, blobs: list[str], dest: str, 
         for d in dict.fromkeys(all_blobs):
             _add_blob(tar, store, "blobs/sha256/" + d.split(":", 1)[1], d)
     finish()
+
+
+def _write_oci_dir(store: Store, dest: str, layout: bytes, index: bytes, blobs: list[str]) -> None:
+    """The OCI layout as a directory: each file written to a temporary name inside ``dest``
+    and renamed over its place, through descriptors, so a link already in ``dest`` (``blobs``,
+    ``index.json`` pointing elsewhere) is replaced, never written through."""
+    from registry import inroot
+    os.makedirs(dest, exist_ok=True)
+    with inroot.opened_root(dest) as root_fd:
+        for parent in ("blobs", "blobs/sha256"):
+            dfd, name = inroot.open_parent(root_fd, parent)
+            try:
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=dfd)     # a link or file where the layout needs a directory
+                    st = None
+                if st is None:
+                    os.mkdir(name, 0o755, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        # Both directories were just checked to be real: open them without following links.
+        blob_dir = inroot.open_beneath(root_fd, "blobs/sha256", os.O_PATH | os.O_DIRECTORY)
+        top = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
+        try:
+            _put_file(top, "oci-layout", lambda f: f.write(layout))
+            for d in dict.fromkeys(blobs):
+                def copy(f, d=d) -> None:
+                    with store.open_blob(d) as src:
+                        shutil.copyfileobj(src, f, 1 << 20)
+                _put_file(blob_dir, d.split(":", 1)[1], copy)
+            _put_file(top, "index.json", lambda f: f.write(index))
+        finally:
+            os.close(blob_dir)
+            os.close(top)
+
+
+def _put_file(dir_fd: int, name: str, fill) -> None:
+    """Write a new file at ``dir_fd``/``name`` (temp file + rename: replaces, never follows)."""
+    tmp = f".tmp-{os.getpid()}-{name}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                 dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def export_docker(store: Store, config_digest: str, layers: list[LayerRef], dest: str,
@@ -151,11 +200,53 @@ def export_rootfs(root: Path, maker: LayerMaker, layers: list[LayerRef], dest: s
             write_tree_tar(snap.merged, f, source_date_epoch=source_date_epoch)
             finish()
         else:
-            out = Path(dest)
-            out.mkdir(parents=True, exist_ok=True)
-            r = subprocess.run(["cp", "-a", f"{snap.merged}/.", str(out)], capture_output=True, text=True)
-            if r.returncode != 0:
-                raise BuildError(f"--output type=local,dest={dest}: copy failed: {r.stderr.strip()}")
+            _extract_tree_into(snap.merged, dest)
+
+
+def _extract_tree_into(tree: str | os.PathLike, dest: str) -> None:
+    """Copy ``tree`` into the directory ``dest`` as a tar stream through registry.tarsafe.
+
+    ``dest`` may hold anything (links from an earlier export of a hostile image, or planted
+    there): the tree is written only through descriptors inside ``dest``, as a layer is. An
+    entry of the image replaces what is at its path in ``dest`` (a link there is replaced, not
+    followed, as BuildKit's local exporter does); entries resolve their parents inside
+    ``dest``; what the image does not have is left in place.
+    """
+    import threading
+
+    from registry.errors import RegistryError
+    from registry.tarsafe import extract_tar
+    from registry.tarwriter import write_tree_tar
+
+    r, w = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(w, "wb") as out:
+                write_tree_tar(tree, out)
+        except BrokenPipeError:
+            pass                  # the reader stopped on an error of its own, reported below
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            failure.append(e)
+
+    t = threading.Thread(target=produce, name="export-tree", daemon=True)
+    t.start()
+    error: Exception | None = None
+    try:
+        with os.fdopen(r, "rb") as src:
+            try:
+                extract_tar(src, dest, whiteouts="none")
+            except (RegistryError, OSError) as e:
+                error = e
+    finally:
+        t.join()
+    if failure:
+        e = failure[0]
+        reason = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
+        raise BuildError(f"--output type=local,dest={dest}: cannot read the image's tree: {reason}")
+    if error is not None:
+        raise BuildError(f"--output type=local,dest={dest}: {error}")
 
 
 def write_text_atomic(path: str, text: str) -> None:

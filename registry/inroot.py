@@ -109,34 +109,6 @@ def open_in_root(root_fd: int, path: str, flags: int = os.O_RDONLY, mode: int = 
     return _walk_open(root_fd, rel, flags, mode, follow)
 
 
-def open_beneath(root_fd: int, path: str, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
-    """Open ``path`` below the root only if no component of it, the last included, is a link
-    (RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS): for trees whose links must not be followed at all,
-    such as a layer directory read as one layer of an overlay stack."""
-    flags |= os.O_NOFOLLOW
-    rel = path.lstrip("/") or "."
-    if openat2_available():
-        while True:
-            try:
-                return openat2(root_fd, rel, flags, mode,
-                               RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EINTR):
-                    raise
-    parts = _components(rel)
-    if ".." in parts:
-        raise OSError(errno.EXDEV, "path climbs with '..'", path)
-    cur = os.dup(root_fd)
-    try:
-        for name in parts[:-1]:
-            nxt = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
-            os.close(cur)
-            cur = nxt
-        return os.open(parts[-1] if parts else ".", flags | os.O_CLOEXEC, mode, dir_fd=cur)
-    finally:
-        os.close(cur)
-
-
 def _walk_open(root_fd: int, rel: str, flags: int, mode: int, follow: bool) -> int:
     """The fallback: the directories by hand, the last component opened with O_NOFOLLOW."""
     todo = _components(rel)
@@ -250,6 +222,40 @@ def makedirs_in_root(root_fd: int, path: str, mode: int = 0o755) -> int:
     fd = _walk_dirs(root_fd, _components(path), create=True, mode=mode)
     try:
         return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def open_beneath(root_fd: int, path: str, flags: int = os.O_RDONLY) -> int:
+    """Open ``path`` (relative, no '..') below the root only if no component of it is a link.
+
+    For re-finding an entry made earlier by its in-root path: a link swapped in anywhere on the
+    way makes this fail (ELOOP) instead of following it. Raises OSError like open(2) does.
+    """
+    parts = _components(path)
+    if ".." in parts:
+        raise OSError(errno.EXDEV, "path climbs with '..'", path)
+    rel = "/".join(parts) or "."
+    if openat2_available():
+        while True:
+            try:
+                return openat2(root_fd, rel, flags | os.O_NOFOLLOW, 0,
+                               RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno != errno.EAGAIN:
+                    raise
+    if not parts:
+        return os.open(".", flags | os.O_CLOEXEC, dir_fd=root_fd)
+    fd = os.dup(root_fd)
+    try:
+        for name in parts[:-1]:
+            # O_NOFOLLOW|O_DIRECTORY: a link here is ELOOP/ENOTDIR, never followed.
+            nfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
     finally:
         os.close(fd)
 

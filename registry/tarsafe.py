@@ -1,13 +1,18 @@
 """Safe extraction of layer tars and other archives: nothing is ever written outside the target.
 
 Every entry name is cleaned: absolute names are taken relative to the target (as a chroot would),
-and a name whose `..` climbs above the target is refused with an error naming the entry. Parent
-directories are resolved component by component with lstat, following symlinks *inside* the
-target only (an absolute or climbing symlink target is re-rooted at the target, exactly as it
-would resolve inside the container), so a symlink planted by one entry (or an earlier layer)
-can never carry a later entry out. The final component is never followed: an existing entry
-there is replaced, files are opened with O_NOFOLLOW|O_EXCL. Hard links must name an existing
-non-directory inside the target.
+and a name whose `..` climbs above the target is refused with an error naming the entry. The
+target is opened once; every directory below it is reached from that descriptor one component at
+a time with O_NOFOLLOW opens, symlinks being read and followed *inside* the target only (an
+absolute or climbing symlink target is re-rooted at the target, exactly as it would resolve
+inside the container), so a symlink planted by one entry (or an earlier layer) can never carry a
+later entry out. Entries are made with the *at() calls relative to their parent's descriptor and
+their metadata is set through the descriptor of what was made; no host path is walked again. The
+final component is never followed: an existing entry there is replaced, files are opened with
+O_NOFOLLOW|O_EXCL. Directory modes and times, set at the end, go to the directory made only:
+it is reopened by its link-free path with links refused (openat2 RESOLVE_BENEATH |
+RESOLVE_NO_SYMLINKS) and must be the same inode. Hard links must name an existing non-directory
+inside the target.
 
 Whiteouts (OCI): `.wh.NAME` removes NAME from the layers below; `.wh..wh..opq` hides the lower
 contents of its directory (entries of the same layer stay). In "overlay" mode they are stored
@@ -28,6 +33,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from registry import inroot
 from registry.compression import algorithm_for_media_type, open_decompressed
 from registry.errors import RegistryError
 
@@ -114,21 +120,29 @@ def extract_tar(stream: BinaryIO, target_dir: str | os.PathLike, *, whiteouts: s
     if whiteouts not in WHITEOUT_MODES:
         raise ValueError(f"whiteouts must be one of {WHITEOUT_MODES}, not {whiteouts!r}")
     os.makedirs(target_dir, exist_ok=True)
-    ex = _Extractor(os.path.realpath(target_dir), whiteouts,
-                    os.geteuid() == 0 if same_owner is None else same_owner, chown, max_bytes)
-    try:
-        with tarfile.open(fileobj=stream, mode="r|", errorlevel=2, tarinfo=_BoundedTarInfo) as tf:
-            for member in tf:
-                try:
-                    ex.entry(tf, member)
-                except (OSError, ValueError) as e:
-                    # ValueError: os functions refusing a value (a NUL in an xattr name, ...).
-                    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                    raise ArchiveError(f"cannot extract entry {member.name!r} into {target_dir}: "
-                                       f"{reason}") from e
-    except tarfile.TarError as e:
-        raise ArchiveError(f"malformed tar archive after {ex.stats.entries} entries: {e}") from e
-    ex.finish()
+    # The target itself is the caller's (trusted) path; everything below it is reached only
+    # through this descriptor.
+    with inroot.opened_root(target_dir) as root_fd:
+        ex = _Extractor(root_fd, os.fspath(target_dir), whiteouts,
+                        os.geteuid() == 0 if same_owner is None else same_owner, chown, max_bytes)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|", errorlevel=2, tarinfo=_BoundedTarInfo) as tf:
+                for member in tf:
+                    try:
+                        ex.entry(tf, member)
+                    except (OSError, ValueError) as e:
+                        # ValueError: os functions refusing a value (a NUL in an xattr name, ...).
+                        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                        raise ArchiveError(f"cannot extract entry {member.name!r} into {target_dir}: "
+                                           f"{reason}") from e
+            try:
+                ex.finish()
+            except OSError as e:
+                raise ArchiveError(f"cannot set directory metadata in {target_dir}: {e.strerror or e}") from e
+        except tarfile.TarError as e:
+            raise ArchiveError(f"malformed tar archive after {ex.stats.entries} entries: {e}") from e
+        finally:
+            ex.close()
     return ex.stats
 
 
@@ -150,37 +164,104 @@ def _clean(name: str, what: str) -> list[str]:
     return parts
 
 
+Rel = tuple[str, ...]
+# Directory descriptors kept open at once; tars list a directory's entries together, so a few
+# hundred cover any real layer. Beyond that the oldest are closed and walked to again.
+_FD_CACHE = 256
+_PATH_MAX = 4096
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class _DeferredDir:
+    """A directory entry whose mode and mtime are set at the end, when its children are in."""
+
+    ino: tuple[int, int]
+    mode: int
+    mtime: int
+
+
 class _Extractor:
-    def __init__(self, root: str, whiteouts: str, same_owner: bool, chown: tuple[int, int] | None,
-                 max_bytes: int | None) -> None:
-        self.root = root
+    """Applies entries through descriptors: every directory is reached from a descriptor of the
+    root one component at a time (O_NOFOLLOW; links are read and followed inside the root by
+    us), entries are made with the *at() calls relative to their parent's descriptor, and
+    metadata goes through the descriptor of what was made. No host path is ever walked again,
+    so a link swapped in later (by this archive or anyone else) cannot redirect a write."""
+
+    def __init__(self, root_fd: int, target: str, whiteouts: str, same_owner: bool,
+                 chown: tuple[int, int] | None, max_bytes: int | None) -> None:
+        self.root_fd = root_fd
+        self.target = target
         self.whiteouts = whiteouts
         self.same_owner = same_owner or chown is not None
         self.chown = chown
         self.max_bytes = max_bytes
         self.is_root = os.geteuid() == 0
         self.stats = ExtractStats()
-        self._dircache: dict[tuple[str, ...], str] = {}
-        self._created: set[str] = set()
-        self._dirs: dict[str, tuple[int, int]] = {}
+        # Archive path -> the real (link-free) path inside the root it resolved to.
+        self._dircache: dict[Rel, Rel] = {}
+        # Real path -> an O_PATH descriptor of that directory (the root's is not in here).
+        self._fds: dict[Rel, int] = {}
+        # Descriptors dropped from the cache while an entry may still use them: closed when
+        # the next entry starts.
+        self._retired: list[int] = []
+        self._created: set[Rel] = set()
+        self._dirs: dict[Rel, _DeferredDir] = {}
+
+    # -- descriptors ----------------------------------------------------------------------
+    def _retire_all(self) -> None:
+        self._retired.extend(self._fds.values())
+        self._fds.clear()
+        self._dircache.clear()
+
+    def close(self) -> None:
+        self._retire_all()
+        for fd in self._retired:
+            os.close(fd)
+        self._retired.clear()
+
+    def _remember(self, rel: Rel, fd: int) -> None:
+        old = self._fds.pop(rel, None)
+        if old is not None:
+            self._retired.append(old)
+        self._fds[rel] = fd
+        if len(self._fds) > _FD_CACHE:
+            oldest = next(iter(self._fds))
+            self._retired.append(self._fds.pop(oldest))
+
+    def _fd(self, rel: Rel) -> int:
+        """The descriptor of a real directory path found earlier (walked to again if evicted)."""
+        if not rel:
+            return self.root_fd
+        fd = self._fds.get(rel)
+        if fd is not None:
+            return fd
+        i = len(rel) - 1
+        while i > 0 and rel[:i] not in self._fds:
+            i -= 1
+        cur = self._fds[rel[:i]] if i else self.root_fd
+        for j in range(i, len(rel)):
+            # A real path holds no links: one that appears now was swapped in, and is not followed.
+            cur = os.open(rel[j], _DIR_FLAGS, dir_fd=cur)
+            self._remember(rel[:j + 1], cur)
+        return cur
 
     # -- path resolution -----------------------------------------------------------------
-    def resolve_dir(self, parts: list[str], entry: str, create: bool = True) -> str | None:
-        """The real directory for `parts` inside the root, following symlinks as a chroot would."""
+    def resolve_dir(self, parts: list[str], entry: str, create: bool = True) -> tuple[Rel, int] | None:
+        """The real directory for `parts` inside the root, following symlinks as a chroot
+        would: its link-free path in the root and a descriptor of it (valid for this entry)."""
         key = tuple(parts)
         hit = self._dircache.get(key)
         if hit is not None:
-            return hit
-        # Continue from the parent's resolution when known, and build the path one component
-        # at a time: walking from the root with a full join per step made a deep chain of
-        # directory entries cost cubic time (minutes for 500 levels).
-        parent = self._dircache.get(key[:-1]) if len(key) > 1 else None
+            return hit, self._fd(hit)
+        # Continue from the parent's resolution when known: walking from the root for every
+        # entry made a deep chain of directory entries cost quadratic time or worse.
+        parent = self._dircache.get(key[:-1]) if key else ()
         if parent is not None:
-            rel = parent[len(self.root):].strip("/").split("/") if parent != self.root else []
-            cur = parent
-            todo = deque(parts[-1:])
+            rel, todo = list(parent), deque(parts[-1:])
         else:
-            rel, cur, todo = [], self.root, deque(parts)
+            rel, todo = [], deque(parts)
+        cur = self._fd(tuple(rel))
         links = 0
         while todo:
             c = todo.popleft()
@@ -189,38 +270,39 @@ class _Extractor:
             if c == "..":
                 if rel:
                     rel.pop()
-                    cur = os.path.dirname(cur)
+                    cur = self._fd(tuple(rel))
                 continue
-            p = os.path.join(cur, c)
             try:
-                st = os.lstat(p)
+                st = os.stat(c, dir_fd=cur, follow_symlinks=False)
             except FileNotFoundError:
                 if not create:
                     return None
                 self._check_depth(len(rel), entry)
-                os.mkdir(p, 0o755)
-                self._created.add(p)
+                os.mkdir(c, 0o755, dir_fd=cur)
                 rel.append(c)
-                cur = p
+                self._created.add(tuple(rel))
+                cur = os.open(c, _DIR_FLAGS, dir_fd=cur)
+                self._remember(tuple(rel), cur)
                 continue
             if stat.S_ISDIR(st.st_mode):
                 self._check_depth(len(rel), entry)
                 rel.append(c)
-                cur = p
+                cur = self._fd(tuple(rel))
             elif stat.S_ISLNK(st.st_mode):
                 links += 1
                 if links > _MAX_LINKS:
                     raise ArchiveError(f"entry {entry!r}: too many levels of symbolic links under "
                                        f"{'/'.join(rel + [c])!r}")
-                target = os.readlink(p)
+                target = os.readlink(c, dir_fd=cur)
                 if target.startswith("/"):
-                    rel, cur = [], self.root
+                    rel, cur = [], self.root_fd
                 todo.extendleft(reversed(target.split("/")))
             else:
                 raise ArchiveError(f"entry {entry!r}: {'/'.join(rel + [c])!r} is not a directory "
                                    "in the extracted tree")
-        self._dircache[key] = cur
-        return cur
+        real = tuple(rel)
+        self._dircache[key] = real
+        return real, cur
 
     @staticmethod
     def _check_depth(depth: int, entry: str) -> None:
@@ -228,20 +310,31 @@ class _Extractor:
             raise ArchiveError(f"entry {entry[:200]!r}... is nested more than {MAX_DEPTH} directories deep: "
                                "refusing the archive")
 
-    def _remove(self, path: str) -> None:
+    def _remove(self, dir_fd: int, name: str, rel: Rel) -> None:
+        """Remove `name` (at real path `rel`) from the directory `dir_fd`."""
         try:
-            st = os.lstat(path)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(path)
+            # rmtree with dir_fd walks by descriptors and never follows a link inside.
+            shutil.rmtree(name, dir_fd=dir_fd)
+            # Directories recorded under it are gone: a new one made at the same path may even
+            # get the same inode number, so forget them rather than trust the inode check.
+            n = len(rel)
+            for r in [r for r in self._dirs if r[:n] == rel]:
+                del self._dirs[r]
         else:
-            os.unlink(path)
+            os.unlink(name, dir_fd=dir_fd)
         # Removing may have turned a cached directory into nothing: resolve afresh.
-        self._dircache.clear()
+        self._retire_all()
 
     # -- entries --------------------------------------------------------------------------
     def entry(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        if self._retired:
+            for fd in self._retired:
+                os.close(fd)
+            self._retired.clear()
         # PAX headers can carry NUL bytes, which no file name or link target may contain.
         if "\0" in m.name or "\0" in m.linkname:
             raise ArchiveError(f"entry {m.name!r} has a NUL byte in its name or link target")
@@ -253,86 +346,113 @@ class _Extractor:
         if self.whiteouts != "none" and base.startswith(WHITEOUT_PREFIX):
             self.whiteout(parts, m.name)
             return
-        parent = self.resolve_dir(parts[:-1], m.name)
-        assert parent is not None
+        found = self.resolve_dir(parts[:-1], m.name)
+        assert found is not None
+        prel, pfd = found
         # The parent may come from the cache, unchecked: check the depth it reaches.
-        self._check_depth(parent.count("/") - self.root.rstrip("/").count("/"), m.name)
-        dst = os.path.join(parent, base)
+        self._check_depth(len(prel), m.name)
         self.stats.entries += 1
         try:
-            existing = os.lstat(dst)
+            existing = os.stat(base, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
             existing = None
         keep_dir = existing is not None and m.isdir() and stat.S_ISDIR(existing.st_mode)
         if existing is not None and not keep_dir:
-            if m.islnk() and self._link_source(m) == dst:
+            if m.islnk() and self._link_source(m)[0] == prel + (base,):
                 raise ArchiveError(f"entry {m.name!r} is a hard link to itself")
-            self._remove(dst)
-        self.create(tf, m, dst, dir_exists=keep_dir)
-        self._created.add(dst)
+            self._remove(pfd, base, prel + (base,))
+        rel = prel + (base,)
+        # Entries are made relative to their parent's descriptor, so the kernel's PATH_MAX no
+        # longer stops a path that no tool could name afterwards: refuse it here instead.
+        if len(os.fsencode("/".join(rel))) >= _PATH_MAX:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), m.name)
+        self.create(tf, m, pfd, base, rel, dir_exists=keep_dir)
+        self._created.add(rel)
         if m.isdir():
-            self._dircache[tuple(parts)] = dst     # children of this entry resolve from here
+            self._dircache[tuple(parts)] = rel     # children of this entry resolve from here
 
-    def _link_source(self, m: tarfile.TarInfo) -> str:
+    def _link_source(self, m: tarfile.TarInfo) -> tuple[Rel, int, str]:
+        """(real path, parent descriptor, name) of a hard link's target."""
         parts = _clean(m.linkname, f"hard link {m.name!r} ->")
         if not parts:
             raise UnsafeArchiveError(f"hard link {m.name!r} points at the extraction root")
-        parent = self.resolve_dir(parts[:-1], m.name, create=False)
-        if parent is None:
+        found = self.resolve_dir(parts[:-1], m.name, create=False)
+        if found is None:
             raise ArchiveError(f"hard link {m.name!r} -> {m.linkname!r}: target does not exist")
-        return os.path.join(parent, parts[-1])
+        prel, pfd = found
+        return prel + (parts[-1],), pfd, parts[-1]
 
-    def create(self, tf: tarfile.TarFile, m: tarfile.TarInfo, dst: str, dir_exists: bool) -> None:
+    def create(self, tf: tarfile.TarFile, m: tarfile.TarInfo, pfd: int, name: str, rel: Rel,
+               dir_exists: bool) -> None:
         uid, gid = self.chown if self.chown is not None else (m.uid, m.gid)
         mode = m.mode & 0o7777
         if m.isreg():
-            self.write_file(tf, m, dst)
-        elif m.isdir():
-            if not dir_exists:
-                os.mkdir(dst, 0o700)
-            # Mode and time of directories are set at the end: children are still to come.
-            self._dirs[dst] = (mode, int(m.mtime))
-            self._own(dst, uid, gid)
-            self._xattrs(m, dst)
+            self.write_file(tf, m, pfd, name, uid, gid, mode)
             return
-        elif m.issym():
+        if m.isdir():
+            if not dir_exists:
+                os.mkdir(name, 0o700, dir_fd=pfd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            self._remember(rel, fd)
+            st = os.fstat(fd)
+            # Mode and time of directories are set at the end: children are still to come.
+            # The inode is kept to make sure the end finds this very directory again.
+            self._dirs[rel] = _DeferredDir((st.st_dev, st.st_ino), mode, int(m.mtime))
+            if self.same_owner:
+                os.chown(inroot.fd_path(fd), uid, gid)
+            self._xattrs(m, inroot.fd_path(fd))
+            return
+        if m.issym():
             if not m.linkname or "\0" in m.linkname:
                 raise ArchiveError(f"symlink {m.name!r} has an empty or NUL-containing target")
-            os.symlink(m.linkname, dst)
-            self._own(dst, uid, gid)
-            self._mtime(dst, m.mtime)
+            os.symlink(m.linkname, name, dir_fd=pfd)
+            if self.same_owner:
+                os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
+            t = int(m.mtime)
+            os.utime(name, (t, t), dir_fd=pfd, follow_symlinks=False)
             return
-        elif m.islnk():
-            src = self._link_source(m)
+        if m.islnk():
+            _, sfd, sname = self._link_source(m)
             try:
-                st = os.lstat(src)
+                st = os.stat(sname, dir_fd=sfd, follow_symlinks=False)
             except FileNotFoundError:
                 raise ArchiveError(f"hard link {m.name!r} -> {m.linkname!r}: target does not exist "
                                    "(it must come earlier in the archive)") from None
             if stat.S_ISDIR(st.st_mode):
                 raise ArchiveError(f"hard link {m.name!r} -> {m.linkname!r}: target is a directory")
-            os.link(src, dst, follow_symlinks=False)
+            os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False)
             return
-        elif m.ischr() or m.isblk():
+        if m.ischr() or m.isblk():
             if not self.is_root:
                 self.stats.skipped_devices.append(m.name)
                 return
             kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
-            os.mknod(dst, kind | 0o600, os.makedev(m.devmajor, m.devminor))
+            os.mknod(name, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
         elif m.isfifo():
-            os.mkfifo(dst, 0o600)
+            os.mkfifo(name, 0o600, dir_fd=pfd)
         else:
             raise ArchiveError(f"entry {m.name!r} has unsupported tar type {m.type!r}")
-        self._own(dst, uid, gid)
-        os.chmod(dst, mode)
-        self._xattrs(m, dst)
-        self._mtime(dst, m.mtime)
+        # A node cannot be opened for I/O without side effects (a FIFO blocks): an O_PATH
+        # descriptor pins it, and /proc/self/fd/N reaches that very inode.
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        try:
+            path = inroot.fd_path(fd)
+            if self.same_owner:
+                os.chown(path, uid, gid)
+            os.chmod(path, mode)
+            self._xattrs(m, path)
+            t = int(m.mtime)
+            os.utime(path, (t, t))
+        finally:
+            os.close(fd)
 
-    def write_file(self, tf: tarfile.TarFile, m: tarfile.TarInfo, dst: str) -> None:
+    def write_file(self, tf: tarfile.TarFile, m: tarfile.TarInfo, pfd: int, name: str,
+                   uid: int, gid: int, mode: int) -> None:
         if self.max_bytes is not None and self.stats.bytes + m.size > self.max_bytes:
             raise ArchiveError(f"entry {m.name!r} takes the archive past the limit of "
                                f"{self.max_bytes} bytes of file data (tar bomb?)")
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=pfd)
         try:
             src = tf.extractfile(m)
             assert src is not None
@@ -356,37 +476,36 @@ class _Extractor:
                         while mv:
                             mv = mv[os.write(fd, mv):]
                 os.ftruncate(fd, m.size)
-                self.stats.bytes += m.size
-                return
-            left = m.size
-            hole = False
-            while left > 0:
-                chunk = src.read(min(left, _CHUNK))
-                if not chunk:
-                    raise ArchiveError(f"entry {m.name!r} is truncated ({m.size - left} of {m.size} bytes)")
-                left -= len(chunk)
-                if len(chunk) >= 4096 and chunk == _ZEROS[:len(chunk)]:
-                    os.lseek(fd, len(chunk), os.SEEK_CUR)
-                    hole = True
-                else:
-                    mv = memoryview(chunk)
-                    while mv:
-                        mv = mv[os.write(fd, mv):]
-            if hole:
-                os.ftruncate(fd, m.size)
+            else:
+                left = m.size
+                hole = False
+                while left > 0:
+                    chunk = src.read(min(left, _CHUNK))
+                    if not chunk:
+                        raise ArchiveError(f"entry {m.name!r} is truncated ({m.size - left} of {m.size} bytes)")
+                    left -= len(chunk)
+                    if len(chunk) >= 4096 and chunk == _ZEROS[:len(chunk)]:
+                        os.lseek(fd, len(chunk), os.SEEK_CUR)
+                        hole = True
+                    else:
+                        mv = memoryview(chunk)
+                        while mv:
+                            mv = mv[os.write(fd, mv):]
+                if hole:
+                    os.ftruncate(fd, m.size)
+            # Owner before mode: chown clears setuid/setgid bits.
+            if self.same_owner:
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+            self._xattrs(m, fd)
+            t = int(m.mtime)
+            os.utime(fd, (t, t))
         finally:
             os.close(fd)
         self.stats.bytes += m.size
 
-    def _own(self, path: str, uid: int, gid: int) -> None:
-        if self.same_owner:
-            os.lchown(path, uid, gid)
-
-    def _mtime(self, path: str, mtime: float) -> None:
-        t = int(mtime)
-        os.utime(path, (t, t), follow_symlinks=False)
-
-    def _xattrs(self, m: tarfile.TarInfo, path: str) -> None:
+    def _xattrs(self, m: tarfile.TarInfo, target: int | str) -> None:
+        """Set the entry's xattrs on `target`: a descriptor, or the /proc path of one."""
         for key, value in m.pax_headers.items():
             if not key.startswith("SCHILY.xattr."):
                 continue
@@ -397,7 +516,7 @@ class _Extractor:
             if name.startswith(("trusted.overlay.", "user.overlay.")):
                 continue
             try:
-                os.setxattr(path, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+                os.setxattr(target, name, value.encode("utf-8", "surrogateescape"))
             except OSError as e:
                 if e.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
                     raise
@@ -409,27 +528,32 @@ class _Extractor:
         meta = base == OPAQUE_WHITEOUT or base.startswith(WHITEOUT_PREFIX * 2)
         target = "" if meta else self._whiteout_target(base, name)
         if self.whiteouts == "overlay":
-            parent = self.resolve_dir(parts[:-1], name)
-            assert parent is not None
+            found = self.resolve_dir(parts[:-1], name)
+            assert found is not None
+            prel, pfd = found
             if base == OPAQUE_WHITEOUT:
-                os.setxattr(parent, OVERLAY_OPAQUE_XATTR, b"y")
+                os.setxattr(inroot.fd_path(pfd), OVERLAY_OPAQUE_XATTR, b"y")
             elif not meta:
-                path = os.path.join(parent, target)
-                self._remove(path)
-                os.mknod(path, stat.S_IFCHR | 0o600, 0)
+                self._remove(pfd, target, prel + (target,))
+                os.mknod(target, stat.S_IFCHR | 0o600, 0, dir_fd=pfd)
             return
-        parent = self.resolve_dir(parts[:-1], name, create=False)
-        if parent is None:
+        found = self.resolve_dir(parts[:-1], name, create=False)
+        if found is None:
             return
+        prel, pfd = found
         if base == OPAQUE_WHITEOUT:
-            with os.scandir(parent) as it:
-                doomed = [e.path for e in it if e.path not in self._created]
-            for p in doomed:
-                self._remove(p)
+            lfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                with os.scandir(lfd) as it:
+                    doomed = [e.name for e in it if prel + (e.name,) not in self._created]
+            finally:
+                os.close(lfd)
+            for n in doomed:
+                self._remove(pfd, n, prel + (n,))
             return
         if meta:
             return  # other AUFS metadata (.wh..wh.plnk, ...): not part of the image
-        self._remove(os.path.join(parent, target))
+        self._remove(pfd, target, prel + (target,))
 
     @staticmethod
     def _whiteout_target(base: str, name: str) -> str:
@@ -439,14 +563,24 @@ class _Extractor:
         return target
 
     def finish(self) -> None:
-        # Deepest first, so setting a parent's mtime is not undone by touching a child.
-        for path in sorted(self._dirs, key=len, reverse=True):
-            mode, mtime = self._dirs[path]
+        self.close()
+        # Deepest first, so setting a parent's mtime is not undone by touching a child. Each
+        # directory is opened again by its link-free path with links refused, and must be the
+        # inode made for it: a directory replaced since (by a link, or another directory) is
+        # left alone, so its mode and time never land on whatever the path reaches now.
+        for rel in sorted(self._dirs, key=len, reverse=True):
+            d = self._dirs[rel]
             try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                continue
-            os.chmod(path, mode)
-            os.utime(path, (mtime, mtime), follow_symlinks=False)
+                fd = inroot.open_beneath(self.root_fd, "/".join(rel), os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV):
+                    continue
+                raise
+            try:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != d.ino:
+                    continue
+                os.fchmod(fd, d.mode)
+                os.utime(fd, (d.mtime, d.mtime))
+            finally:
+                os.close(fd)

@@ -93,3 +93,22 @@ def test_open_beneath_refuses_every_link(tree, mode):
         for path in ("abs/secret", "etc/up/etc/secret", "../root/etc/secret", "abs"):
             with pytest.raises(OSError):
                 os.close(inroot.open_beneath(rfd, path))
+
+
+def test_open_beneath_refuses_any_link(tree, mode):
+    """open_beneath re-finds an entry by its link-free path: a link anywhere on the way (even
+    one resolving inside the root) is refused, never followed."""
+    root, canary = tree
+    (root / "etc" / "d").mkdir()
+    (root / "inner").symlink_to("etc")
+    with inroot.opened_root(root) as rfd:
+        fd = inroot.open_beneath(rfd, "etc/d", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert os.fstat(fd).st_ino == os.stat(root / "etc" / "d").st_ino
+        finally:
+            os.close(fd)
+        for path in ("inner/d", "abs/sub", "abs", "etc/up/etc", "magic"):
+            with pytest.raises(OSError):
+                os.close(inroot.open_beneath(rfd, path, os.O_RDONLY | os.O_DIRECTORY))
+        with pytest.raises(OSError):
+            inroot.open_beneath(rfd, "etc/../etc/d", os.O_RDONLY | os.O_DIRECTORY)
