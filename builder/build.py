@@ -253,6 +253,7 @@ def build(opts: BuildOptions) -> BuildResult:
         raise BuildError("the Dockerfile and the context cannot both come from standard input")
     context = open_context(opts.context, dockerfile=opts.dockerfile if opts.dockerfile != "-" else None,
                            hash_cache=open_hash_cache(root), tmp_dir=_mkdir(root / "tmp"))
+    executor: Executor | None = None
     try:
         text, filename = _read_dockerfile(opts, context)
         step = progress.step(f"[internal] load build definition from {Path(filename).name}")
@@ -311,6 +312,8 @@ def build(opts: BuildOptions) -> BuildResult:
                  config_desc.digest)
         return result
     finally:
+        if executor is not None:
+            executor.close()
         context.close()
         progress.close()
 

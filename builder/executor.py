@@ -30,7 +30,7 @@ from registry.store import Store
 from . import config as cfgmod
 from .errors import BuildError
 from .layers import LayerMaker, LayerRef, prune_upper
-from .sandbox import Mount, RunSpec, run as sandbox_run
+from .sandbox import Mount, NetworkPool, RunSpec, run as sandbox_run
 from .snapshot import _umount, mount_snapshot
 from .users import ResolvedUser, resolve_user
 
@@ -148,6 +148,15 @@ class Executor:
         self.isolation = isolation
         self.source_date_epoch = source_date_epoch
         self.cancel = cancel or threading.Event()      # set when the build is interrupted
+        self.networks = NetworkPool(self.root / "tmp")  # the private network of this build's RUNs
+
+    def warm_network(self) -> None:
+        """A step is about to be executed: have the private network ready by the first RUN."""
+        self.networks.prewarm()
+
+    def close(self) -> None:
+        """Release what the build's steps shared (the private network)."""
+        self.networks.close()
 
     def now(self) -> str:
         """The creation time to record (SOURCE_DATE_EPOCH when set)."""
@@ -191,7 +200,7 @@ class Executor:
                 state_dir = (Path(stack.enter_context(memory_dir(self.root))) if has_secret
                              else self.root / "tmp")
                 rc = sandbox_run(spec, output, isolation=self.isolation,
-                                 state_dir=state_dir, cancel=self.cancel)
+                                 state_dir=state_dir, cancel=self.cancel, networks=self.networks)
             if rc != 0:
                 return rc, None
             upper = snap.changes()

@@ -153,13 +153,16 @@ def runtime_available() -> bool:
 
 
 def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "oci",
-        state_dir: Path | None = None, cancel: threading.Event | None = None) -> int:
+        state_dir: Path | None = None, cancel: threading.Event | None = None,
+        networks: "NetworkPool | None" = None) -> int:
     """Run ``spec`` to completion and return its exit code (128+N when killed by signal N).
 
     ``state_dir`` holds the bundle, generated /etc files and the network namespace (a temp dir
     under it is removed afterwards). The container, its network and the mount-point stubs are
     removed even on KeyboardInterrupt. When ``cancel`` is set (before, or by another thread
     while it runs, together with :func:`cancel_all`), the command is not started or is killed.
+    With ``networks``, the default network comes from that pool (and goes back to it) instead
+    of being made for this command alone.
     """
     if cancel is not None and cancel.is_set():
         raise BuildError("interrupted: the command was not started")
@@ -198,13 +201,13 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
             stubs = _make_mountpoints(root_fd, spec)
             etc = _write_etc_files(bundle, spec)
             if spec.network == "default":
-                net = _PrivateNetwork.start(bundle)
+                net = networks.acquire() if networks is not None else _PrivateNetwork.start(bundle)
             config = oci_config(spec, etc, netns=str(net.path) if net else None, seccomp=seccomp)
             return _run_oci(spec, bundle, config, output, cancel)
         finally:
             try:
                 if net is not None:
-                    net.stop()
+                    networks.release(net) if networks is not None else net.stop()
             finally:
                 _remove_stubs(root_fd, stubs)
                 shutil.rmtree(bundle, ignore_errors=True)
@@ -431,20 +434,101 @@ class _PrivateNetwork:
                 pass
 
 
+class NetworkPool:
+    """Private networks reused by the RUN steps of one build (one per step running at a time).
+
+    Making a network (namespace + pasta) costs tens of milliseconds; a build pays it once per
+    concurrent step, and can start the first in the background (:meth:`prewarm`) while other
+    steps run. Steps of one build are one trust domain (BuildKit pools its namespaces too), and
+    a RUN step cannot leave state in the namespace that outlives its processes: it has no
+    CAP_NET_ADMIN. Each network lives in
+    a ``run-net-*`` directory of ``state_dir``, so :func:`release_networks` finds those a killed
+    process left behind.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self._idle: list[_PrivateNetwork] = []
+        self._made: list[_PrivateNetwork] = []
+        self._lock = threading.Lock()
+        self._warming: threading.Thread | None = None
+        self._warm_error: BaseException | None = None
+
+    def _make(self) -> _PrivateNetwork:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        net = _PrivateNetwork.start(Path(tempfile.mkdtemp(prefix="run-net-", dir=self.state_dir)))
+        with self._lock:
+            self._made.append(net)
+        return net
+
+    def prewarm(self) -> None:
+        """Start making one network in the background, unless one is ready or on its way."""
+        with self._lock:
+            if self._idle or self._warming is not None or shutil.which("pasta") is None:
+                return
+
+            def warm() -> None:
+                try:
+                    net = self._make()
+                except BaseException as exc:     # reported by the step that needs it
+                    self._warm_error = exc
+                    return
+                with self._lock:
+                    self._idle.append(net)
+
+            self._warming = threading.Thread(target=warm, name="pybuild-netwarm", daemon=True)
+            self._warming.start()
+
+    def acquire(self) -> _PrivateNetwork:
+        """A ready network for one command (made now when none is idle)."""
+        warming = self._warming
+        if warming is not None:
+            warming.join()
+            self._warming = None
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        self._warm_error = None            # a failed prewarm is retried here, and reported
+        return self._make()
+
+    def release(self, net: _PrivateNetwork) -> None:
+        with self._lock:
+            self._idle.append(net)
+
+    def close(self) -> None:
+        """Stop every network of the pool and remove their directories."""
+        if self._warming is not None:
+            self._warming.join()
+            self._warming = None
+        with self._lock:
+            made, self._made, self._idle = self._made, [], []
+        for net in made:
+            net.stop()
+            shutil.rmtree(net.path.parent, ignore_errors=True)
+
+
 def release_networks(state_dir: Path) -> None:
     """Stop the pasta and release the network namespace of every bundle under ``state_dir``
     whose process died before its own cleanup (a SIGKILLed supervisor or build), so that the
     directory can be removed."""
     for netns in Path(state_dir).glob("run-*/netns"):
-        net = _PrivateNetwork(netns, mounted=True)
-        try:
-            net.pasta_pid = int((netns.parent / "pasta.pid").read_text().strip() or 0)
-        except (OSError, ValueError):
-            pass
-        net.stop()
-        if net.mounted:
-            raise BuildError(f"cannot release the network namespace bound at {netns}: "
-                             f"{os.strerror(ctypes.get_errno())}")
+        release_network(netns.parent)
+
+
+def release_network(bundle: Path) -> None:
+    """Stop the pasta of the network a dead process left in ``bundle`` and release its namespace."""
+    netns = Path(bundle) / "netns"
+    if not netns.exists():
+        return
+    net = _PrivateNetwork(netns, mounted=True)
+    try:
+        net.pasta_pid = int((netns.parent / "pasta.pid").read_text().strip() or 0)
+    except (OSError, ValueError):
+        pass
+    net.stop()
+    if net.mounted:
+        raise BuildError(f"cannot release the network namespace bound at {netns}: "
+                         f"{os.strerror(ctypes.get_errno())}")
 
 
 def oci_config(spec: RunSpec, etc: dict[str, Path], netns: str | None = None,

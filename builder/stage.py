@@ -82,6 +82,7 @@ class StageBuilder:
         self.svc = svc
         self.states: dict[int, StageState] = {}
         self.scopes: dict[int, ArgScope] = {}
+        self._private_runs: bool | None = None
 
     # -- helpers -------------------------------------------------------------------------------
     def _env(self, state: StageState, scope: ArgScope) -> dict[str, str]:
@@ -310,7 +311,18 @@ class StageBuilder:
     def _cached(self, state: StageState, key: str, step: Step | None = None) -> CacheRecord | None:
         # The cache decides (local record, or remote one whose layer is fetched lazily) and
         # remembers the outcome and miss reason for progress, metadata and reports.
-        return self.svc.cache.lookup(key, state.name, step, no_cache=self.svc.no_cache)
+        rec = self.svc.cache.lookup(key, state.name, step, no_cache=self.svc.no_cache)
+        if rec is None and self._runs_on_private_network():
+            self.svc.executor.warm_network()     # work starts: have it ready by the first RUN
+        return rec
+
+    def _runs_on_private_network(self) -> bool:
+        if self._private_runs is None:
+            self._private_runs = any(
+                isinstance(inst, I.RunCommand)
+                and (inst.network if inst.network != "default" else self.svc.network) == "default"
+                for ps in self.svc.plan.stages for inst in ps.stage.instructions)
+        return self._private_runs
 
     def _apply_cached(self, state: StageState, key: str, rec: CacheRecord) -> LayerRef | None:
         # A record holds the step's change only (layer + history entry), so a hit applies

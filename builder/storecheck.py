@@ -248,7 +248,7 @@ class _Checker:
         tmp = self.root / "tmp"
         for p in sorted(tmp.iterdir()) if tmp.is_dir() else ():
             self._report("leftover", f"temporary {p} of a process that did not finish",
-                         lambda p=p: _remove_snapshot(p))
+                         lambda p=p: _remove_bundle(p))
         # Runtime bundles and secret files of steps that used secrets live in memory, outside
         # the root, named after it (builder.executor.memory_dir).
         from .executor import MEMORY_TMP, memory_dir_prefix
@@ -335,6 +335,13 @@ def mounts_under(path: Path) -> list[str]:
             if mp == prefix or mp.startswith(prefix + "/"):
                 out.append(mp)
     return sorted(out, key=len, reverse=True)
+
+
+def _remove_bundle(path: Path) -> None:
+    """A dead build's temporary: stop the pasta of a private network it left, then remove it."""
+    from .sandbox import release_network
+    release_network(path)
+    _remove_snapshot(path)
 
 
 def _remove_snapshot(path: Path) -> None:

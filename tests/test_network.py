@@ -193,3 +193,60 @@ def test_build_run_default_network_reaches_out(busybox_image: Path, tmp_path: Pa
     assert res.image_id
     store = Store(busybox_image)
     assert store.resolve("net:1")
+
+
+def test_build_runs_share_one_private_network_released_at_the_end(busybox_image: Path, tmp_path: Path):
+    """The RUN steps of a build reuse its private network (made once, not tens of milliseconds
+    per step; steps running side by side get one each) and nothing of it is left at the end."""
+    dest = tmp_path / "out"
+    build_in(busybox_image, tmp_path / "ctx",
+             "FROM busybox\nRUN readlink /proc/self/ns/net > /a\nRUN readlink /proc/self/ns/net > /b\n"
+             "RUN readlink /proc/self/ns/net > /c\n",
+             no_cache=True, outputs=[f"type=local,dest={dest}"])
+    seen = {(dest / n).read_text().strip() for n in ("a", "b", "c")}
+    assert len(seen) == 1
+    assert seen.pop() != os.readlink("/proc/self/ns/net")
+    assert _pastas(busybox_image) == set()
+    assert not list((busybox_image / "tmp").glob("run-*"))
+    assert not [l for l in Path("/proc/self/mountinfo").read_text().splitlines() if str(busybox_image) in l]
+
+
+def test_repair_stops_the_network_of_a_killed_build(busybox_image: Path, tmp_path: Path):
+    """A SIGKILLed build leaves its private network (pasta and the bound namespace) behind;
+    `store verify --repair` stops that pasta and unmounts the namespace."""
+    import signal
+    import sys
+    from builder.storecheck import check_root, repair_root
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo started-net-kill && sleep 60\n")
+    p = subprocess.Popen([sys.executable, "-m", "builder", "--root", str(busybox_image), "build",
+                          "--no-cache", "--progress", "plain", str(ctx)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+    cids = []
+    try:
+        buf = b""
+        deadline = time.monotonic() + 60
+        while b"started-net-kill" not in buf.replace(b"echo started-net-kill", b"") and time.monotonic() < deadline:
+            buf += os.read(p.stdout.fileno(), 4096)
+        assert _pastas(busybox_image), "the build's pasta should be running"
+        cids = [c["id"] for c in json.loads(subprocess.run(["runc", "list", "-f", "json"], capture_output=True,
+                                                            text=True).stdout or "[]")
+                if c.get("bundle", "").startswith(str(busybox_image))]
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        for cid in cids:      # runc outlives a SIGKILLed build (a documented limit)
+            subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
+            for _ in range(50):
+                if subprocess.run(["runc", "delete", "--force", cid], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.1)
+    assert _pastas(busybox_image)
+    repair_root(busybox_image)
+    assert _pastas(busybox_image) == set()
+    assert not [l for l in Path("/proc/self/mountinfo").read_text().splitlines() if str(busybox_image) in l]
+    assert check_root(busybox_image) == []

@@ -201,7 +201,7 @@ def _digest_tree(top: Path) -> str:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
             h.update(f"{os.path.relpath(p, top)} {st.st_mode} {st.st_uid} {st.st_size} {st.st_mtime_ns}\n".encode())
-            if stat.S_ISREG(st.st_mode):
+            if stat.S_ISREG(st.st_mode) and not os.path.ismount(p):   # not the netns of a running one
                 h.update(Path(p).read_bytes())
     return h.hexdigest()
 
