@@ -359,18 +359,7 @@ class Executor:
             os.chmod(d, m.mode if m.mode is not None else 0o755)
             os.chown(d, m.uid, m.gid)
             if m.from_state is not None and m.source:
-                view = self.layers.view(m.from_state.layers)
-                s = view.stat(m.source)
-                if s is not None and stat.S_ISDIR(s[1].st_mode):
-                    for vpath, host, st in list(view.walk(view.resolve(m.source) or m.source))[1:]:
-                        rel = vpath[len(m.source.rstrip("/")) + 1:]
-                        dst = d / rel
-                        if stat.S_ISDIR(st.st_mode):
-                            dst.mkdir(exist_ok=True)
-                        elif stat.S_ISLNK(st.st_mode):
-                            os.symlink(os.readlink(host), dst)
-                        else:
-                            shutil.copy2(host, dst)
+                _seed_cache(self.layers.view(m.from_state.layers), m.source, d)
         if m.sharing in ("locked", "private"):
             lock = open(self.root / "cachemounts" / f"{key}.lock", "w")
             stack.callback(lock.close)
@@ -395,3 +384,56 @@ class Executor:
                             layers=[l.descriptor for l in state.layers], media_type=mt.OCI_MANIFEST)
         manifest_desc = self.store.put_manifest(manifest)
         return manifest_desc, config_desc, data
+
+
+def _seed_cache(view, source: str, dest: Path) -> None:
+    """Fill a new cache directory with the tree at ``source`` of a stage or image.
+
+    Paths are taken relative to the *resolved* source (the walk starts there), and everything is
+    made through descriptors inside ``dest``: each entry is new in a new directory (O_EXCL,
+    mkdirat, symlinkat), so nothing is ever written through a link, and only regular files,
+    directories and links are copied (a device node would read the host's device; a FIFO would
+    block). Files are read with O_NOFOLLOW and must be the inode the view found.
+    """
+    from registry import inroot
+    base = view.resolve(source)
+    if base is None:
+        return
+    s = view.stat(base, follow=False)
+    if s is None or not stat.S_ISDIR(s[1].st_mode):
+        return
+    root_fd = inroot.open_root(dest)
+    try:
+        for vpath, host, st in list(view.walk(base))[1:]:
+            rel = posixpath.relpath(vpath, base)
+            if rel.startswith("..") or rel in ("", "."):
+                raise BuildError(f"cache mount source {source}: {vpath} is not below {base}")
+            pfd, name = inroot.open_parent(root_fd, rel)
+            try:
+                if stat.S_ISDIR(st.st_mode):
+                    os.mkdir(name, stat.S_IMODE(st.st_mode) | 0o700, dir_fd=pfd)
+                elif stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(host), name, dir_fd=pfd)
+                elif stat.S_ISREG(st.st_mode):
+                    src = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                    try:
+                        now = os.fstat(src)
+                        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(now.st_mode):
+                            raise BuildError(f"cache mount source {vpath}: changed while being read")
+                        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                      0o600, dir_fd=pfd)
+                        try:
+                            with os.fdopen(src, "rb", closefd=False) as fi, \
+                                    os.fdopen(out, "wb", closefd=False) as fo:
+                                shutil.copyfileobj(fi, fo)
+                            os.fchmod(out, stat.S_IMODE(st.st_mode))
+                            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+                        finally:
+                            os.close(out)
+                    finally:
+                        os.close(src)
+                # device nodes, FIFOs and sockets are not seeded
+            finally:
+                os.close(pfd)
+    finally:
+        os.close(root_fd)

@@ -1,0 +1,170 @@
+"""Outside review (atk1): filesystem attacks on pybuild, each against a host canary.
+
+Every test runs a real attack against the real components and asserts the SAFE outcome: the
+canary (a host directory outside every target, holding a unique secret and files whose modes,
+mtimes and contents are compared afterwards) is untouched and its secret reaches no image or
+store file. A failing test is a break.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import stat
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from builder.errors import BuildError
+from tests.fixtures.building import build_in
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="attacks run as root (runc, overlay, mknod)")
+
+
+# -- the canary ---------------------------------------------------------------------------------
+
+class Canary:
+    def __init__(self, base: Path) -> None:
+        self.dir = base / f"canary-{uuid.uuid4().hex[:8]}"
+        self.secret = f"canary-secret-{uuid.uuid4()}"
+        self.dir.mkdir()
+        (self.dir / "sub").mkdir()
+        (self.dir / "victim").write_text("victim original\n")
+        (self.dir / "sentinel").write_text(self.secret + "\n")
+        (self.dir / "sub" / "deep").write_text("deep original\n")
+        os.chmod(self.dir / "victim", 0o640)
+        os.chmod(self.dir / "sub", 0o750)
+        for p in (self.dir / "victim", self.dir / "sentinel", self.dir / "sub" / "deep",
+                  self.dir / "sub", self.dir):
+            os.utime(p, (1234567890, 1234567890))
+        self.before = self.snapshot()
+
+    def snapshot(self) -> dict:
+        out = {}
+        for dirpath, dirnames, filenames in os.walk(self.dir):
+            for n in [""] + dirnames + filenames:
+                p = os.path.join(dirpath, n) if n else dirpath
+                st = os.lstat(p)
+                data = b""
+                if stat.S_ISREG(st.st_mode):
+                    data = Path(p).read_bytes()
+                elif stat.S_ISLNK(st.st_mode):
+                    data = os.readlink(p).encode()
+                out[os.path.relpath(p, self.dir)] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns,
+                                                     st.st_nlink if not stat.S_ISDIR(st.st_mode) else 0,
+                                                     data)
+        return out
+
+    def assert_untouched(self) -> None:
+        after = self.snapshot()
+        assert after == self.before, f"host canary changed: {_diff(self.before, after)}"
+
+
+def _diff(a: dict, b: dict) -> str:
+    keys = sorted(set(a) | set(b))
+    return "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))[:2000]
+
+
+@pytest.fixture
+def canary(tmp_path_factory) -> Canary:
+    return Canary(tmp_path_factory.mktemp("host"))
+
+
+def _store_bytes(root: Path) -> bytes:
+    out = []
+    for dirpath, _, filenames in os.walk(root):
+        for n in filenames:
+            p = os.path.join(dirpath, n)
+            if os.path.islink(p) or not os.path.isfile(p):
+                continue
+            try:
+                data = Path(p).read_bytes()
+            except OSError:
+                continue
+            if data[:2] == b"\x1f\x8b":
+                try:
+                    data = gzip.decompress(data)
+                except Exception:
+                    pass
+            out.append(data)
+    return b"\n".join(out)
+
+
+def _build(root: Path, tmp_path: Path, dockerfile: str, files: dict | None = None, **kw):
+    return build_in(root, tmp_path / f"ctx-{uuid.uuid4().hex[:6]}", dockerfile,
+                    files if files is not None else {"d/x": "from d\n"}, tags=["atk:1"], **kw)
+
+
+# -- RUN --mount=type=cache,from= seeding ---------------------------------------------------------
+
+@needs_root
+@pytest.mark.timeout(60)
+def test_cache_mount_seed_from_linked_source_stays_in_cache_dir(busybox_image, tmp_path, canary) -> None:
+    """The seeding loop cuts each walked path by len(source), but walks the *resolved* source.
+
+    With source=/sss -> /x, "/x/aaF" becomes "F" and so does "/x/bbF": the first (a symlink to a
+    host file) is made as <cache>/F, the second (a regular file) is then copied with
+    shutil.copy2 onto <cache>/F, which follows the link and rewrites the host file."""
+    victim = canary.dir / "victim"
+    df = ("FROM busybox AS s1\n"
+          f"RUN mkdir /x && ln -s /x /sss && ln -s {victim} /x/aaF && echo pwned > /x/bbF\n"
+          "FROM busybox\n"
+          "RUN --mount=type=cache,from=s1,source=/sss,target=/c,id=atk-seed ls -la /c\n")
+    try:
+        _build(busybox_image, tmp_path, df)
+    except BuildError:
+        pass
+    canary.assert_untouched()
+
+
+@pytest.fixture
+def secret_loop(tmp_path, canary):
+    """A loop block device whose contents are the canary's secret (a stand-in for a host disk)."""
+    import shutil as _sh
+    import subprocess
+    if _sh.which("losetup") is None:
+        pytest.skip("losetup missing")
+    img = canary.dir.parent / "disk.img"
+    img.write_bytes((canary.secret + "\n").encode().ljust(1 << 16, b"\0"))
+    r = subprocess.run(["losetup", "--find", "--show", "--read-only", str(img)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"no loop device: {r.stderr.strip()}")
+    dev = r.stdout.strip()
+    try:
+        yield dev, os.stat(dev).st_rdev
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+@needs_root
+@pytest.mark.timeout(60)
+def test_cache_mount_seed_does_not_read_device_nodes(busybox_image, tmp_path, canary, secret_loop) -> None:
+    """A stage's block device node (made with mknod in a RUN, as Docker's device rules allow)
+    is a cache mount's seed: shutil.copy2 reads the *host* device behind it into the cache
+    directory, where the next RUN (and the layer it writes) sees it."""
+    _, rdev = secret_loop
+    df = ("FROM busybox AS s1\n"
+          f"RUN mkdir /x && mknod /x/disk b {os.major(rdev)} {os.minor(rdev)}\n"
+          "FROM busybox\n"
+          "RUN --mount=type=cache,from=s1,source=/x,target=/c,id=atk-dev cat /c/disk > /loot || true\n")
+    try:
+        _build(busybox_image, tmp_path, df)
+    except BuildError:
+        pass
+    assert canary.secret.encode() not in _store_bytes(busybox_image), \
+        "a host block device's contents reached the store through cache-mount seeding"
+
+
+@needs_root
+@pytest.mark.timeout(60)
+def test_cache_mount_seed_still_copies_the_tree(busybox_image, tmp_path) -> None:
+    """The fix keeps seeding working: files, directories, links, modes, through a linked source."""
+    df = ("FROM busybox AS s1\n"
+          "RUN mkdir -p /x/a && echo hi > /x/a/f && chmod 4750 /x/a/f && ln -s a/f /x/l && ln -s /x /sss\n"
+          "FROM busybox\n"
+          "RUN --mount=type=cache,from=s1,source=/sss,target=/c,id=atk-ok "
+          "test \"$(cat /c/a/f)\" = hi && test \"$(cat /c/l)\" = hi && test -L /c/l "
+          "&& test -u /c/a/f && test ! -e /c/sss\n")
+    _build(busybox_image, tmp_path, df)
