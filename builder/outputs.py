@@ -69,7 +69,9 @@ def _atomic_file(dest: str):
     if dest == "-":
         f = _open_dest(dest)
         return f, f.close
-    d = Path(dest).resolve()
+    # The last component is replaced, never followed: a link left at ``dest`` (by an earlier
+    # local export of a hostile image, say) must not send the archive onto its target.
+    d = Path(os.path.abspath(dest))
     d.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d.parent)
     f = os.fdopen(fd, "wb")

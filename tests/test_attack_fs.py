@@ -168,3 +168,21 @@ def test_cache_mount_seed_still_copies_the_tree(busybox_image, tmp_path) -> None
           "test \"$(cat /c/a/f)\" = hi && test \"$(cat /c/l)\" = hi && test -L /c/l "
           "&& test -u /c/a/f && test ! -e /c/sss\n")
     _build(busybox_image, tmp_path, df)
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+@needs_root
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["tar", "oci", "docker"])
+def test_archive_output_replaces_a_planted_link_at_dest(busybox_image, tmp_path, canary, kind) -> None:
+    """An earlier `-o type=local,dest=out` of a hostile image can leave `out/rootfs.tar ->
+    <host file>`; the next `-o type=tar,dest=out/rootfs.tar` must replace that link (as
+    docs/security/extract.md says), not resolve it and rename the archive over the host file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "rootfs.tar"
+    os.symlink(canary.dir / "victim", dest)
+    _build(busybox_image, tmp_path, "FROM busybox\nCOPY d /d\n", outputs=[f"type={kind},dest={dest}"])
+    canary.assert_untouched()
+    assert dest.is_file() and not dest.is_symlink()
