@@ -132,12 +132,22 @@ def _read_dockerfile(opts: BuildOptions, context) -> tuple[str, str]:
         return context.dockerfile_text, "Dockerfile"
     if opts.dockerfile == "-":
         return sys.stdin.read(), "Dockerfile"
+    in_context: str | None = None
     if opts.dockerfile:
         path = Path(opts.dockerfile)
         if context.temporary and not path.is_absolute():
+            in_context = str(path)
             path = context.root / path
     else:
+        in_context = "Dockerfile"
         path = context.root / "Dockerfile"
+    if in_context is not None:
+        # A file of the context: resolved inside it (a link to a host file is not followed out).
+        from .context import read_in_context
+        text = read_in_context(context.root, in_context, "Dockerfile")
+        if text is None:
+            raise BuildError(f"Dockerfile not found: {path} (use -f PATH)")
+        return text, str(path)
     try:
         return path.read_text(), str(path)
     except FileNotFoundError:

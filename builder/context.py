@@ -835,6 +835,33 @@ def _read_text(path: Path) -> str:
     return path.read_bytes().decode("utf-8", "surrogateescape")
 
 
+# A Dockerfile or .dockerignore larger than this is refused (a link to /dev/zero, a bomb).
+CONTEXT_TEXT_MAX = 16 << 20
+
+
+def read_in_context(root: str | os.PathLike, rel: str, what: str) -> str | None:
+    """The text of ``rel`` (a Dockerfile, a .dockerignore) inside the context ``root``, or None
+    when it does not exist. Links resolve inside the root, as the context's own files do (a
+    context may come from a stranger: ``Dockerfile -> /etc/shadow`` must not be read, and
+    printed back in a parse error); it must be a regular file of at most CONTEXT_TEXT_MAX bytes.
+    """
+    from registry import inroot
+    with inroot.opened_root(root) as root_fd:
+        try:
+            fd = inroot.open_in_root(root_fd, rel, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise BuildError(f"cannot read {what} {rel} in the build context: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise BuildError(f"{what} {rel} in the build context is not a regular file")
+        data = f.read(CONTEXT_TEXT_MAX + 1)
+    if len(data) > CONTEXT_TEXT_MAX:
+        raise BuildError(f"{what} {rel} in the build context is larger than {CONTEXT_TEXT_MAX} bytes")
+    return data.decode("utf-8", "surrogateescape")
+
+
 def _is_tar(head: bytes) -> bool:
     return len(head) >= 262 and head[257:262] == b"ustar"
 
@@ -902,16 +929,24 @@ def open_context(spec: str | os.PathLike, *, dockerfile: str | os.PathLike | Non
     root_real = os.path.realpath(root)
     try:
         ignore_file: Path | None = None
+        ignore_text: str | None = None
         if dockerfile is not None and dockerfile_text is None:
             df = Path(dockerfile)
             if temporary and not df.is_absolute():
-                df = Path(root_real) / df
-            candidate = Path(str(df) + ".dockerignore")
-            if candidate.is_file():
-                ignore_file = candidate
-        if ignore_file is None and os.path.isfile(os.path.join(root_real, ".dockerignore")):
-            ignore_file = Path(root_real) / ".dockerignore"
-        patterns = read_ignore_lines(_read_text(ignore_file)) if ignore_file is not None else []
+                # Inside the unpacked archive: resolved in its root, never on the host.
+                ignore_text = read_in_context(root_real, str(df) + ".dockerignore", "ignore file")
+                if ignore_text is not None:
+                    ignore_file = Path(root_real) / (str(df) + ".dockerignore")
+            else:
+                candidate = Path(str(df) + ".dockerignore")
+                if candidate.is_file():
+                    ignore_file = candidate
+                    ignore_text = _read_text(candidate)
+        if ignore_file is None:
+            ignore_text = read_in_context(root_real, ".dockerignore", "ignore file")
+            if ignore_text is not None:
+                ignore_file = Path(root_real) / ".dockerignore"
+        patterns = read_ignore_lines(ignore_text) if ignore_text is not None else []
         return BuildContext(root_real, ignore_file=ignore_file, ignore_patterns=patterns, hash_cache=hash_cache,
                             temporary=temporary, dockerfile_text=dockerfile_text)
     except BaseException:

@@ -186,3 +186,53 @@ def test_archive_output_replaces_a_planted_link_at_dest(busybox_image, tmp_path,
     _build(busybox_image, tmp_path, "FROM busybox\nCOPY d /d\n", outputs=[f"type={kind},dest={dest}"])
     canary.assert_untouched()
     assert dest.is_file() and not dest.is_symlink()
+
+
+# -- the Dockerfile and .dockerignore of a context -------------------------------------------------
+
+def _tar_of(d: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        tf.add(d, arcname=".")
+    return buf.getvalue()
+
+
+@needs_root
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["tar-context", "directory"])
+def test_context_dockerfile_link_does_not_read_a_host_file(busybox_image, tmp_path, canary, how) -> None:
+    """`Dockerfile -> <host file>` in a context: the host file was read as the Dockerfile and its
+    first line printed in the parse error (e.g. root's hash from /etc/shadow, in a CI log)."""
+    from builder.build import BuildOptions, build
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    os.symlink(canary.dir / "sentinel", ctx / "Dockerfile")
+    os.symlink(canary.dir / "sentinel", ctx / ".dockerignore")
+    log = io.StringIO()
+    kw = dict(root=str(busybox_image), progress="plain", progress_out=log)
+    with pytest.raises(BuildError) as ei:
+        if how == "tar-context":
+            t = tmp_path / "ctx.tar"
+            t.write_bytes(_tar_of(ctx))
+            build(BuildOptions(context=str(t), **kw))
+        else:
+            build(BuildOptions(context=str(ctx), **kw))
+    assert canary.secret not in str(ei.value) + log.getvalue()
+    assert "not found" in str(ei.value)
+
+
+@needs_root
+@pytest.mark.timeout(60)
+def test_context_dockerfile_link_inside_the_context_still_works(busybox_image, tmp_path) -> None:
+    from builder.build import BuildOptions, build
+    ctx = tmp_path / "ctx"
+    (ctx / "sub").mkdir(parents=True)
+    (ctx / "sub" / "Dockerfile.real").write_text("FROM busybox\nCOPY d /d\n")
+    (ctx / "d").write_text("x")
+    (ctx / ".dockerignore").write_text("nothing-here\n")
+    os.symlink("/sub/Dockerfile.real", ctx / "Dockerfile")  # absolute: resolved inside the context
+    t = tmp_path / "ctx.tar"
+    t.write_bytes(_tar_of(ctx))
+    for spec in (str(t), str(ctx)):
+        build(BuildOptions(context=spec, root=str(busybox_image), progress="plain",
+                           progress_out=io.StringIO()))
