@@ -236,3 +236,107 @@ def test_context_dockerfile_link_inside_the_context_still_works(busybox_image, t
     for spec in (str(t), str(ctx)):
         build(BuildOptions(context=spec, root=str(busybox_image), progress="plain",
                            progress_out=io.StringIO()))
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+@needs_root
+@pytest.mark.timeout(60)
+def test_store_paths_are_out_of_other_users_reach(busybox_image, tmp_path) -> None:
+    """After a build with RUN, COPY, a cache mount and a secret, no path under the root can be
+    reached by another user: every directory on the way from the root is 0700 (or the root's
+    own mode keeps others out), and the secret is nowhere in the store."""
+    secret = f"s3cr3t-{uuid.uuid4()}"
+    sfile = tmp_path / "sec"
+    sfile.write_text(secret)
+    df = ("FROM busybox\nCOPY d /d\n"
+          "RUN --mount=type=cache,target=/c --mount=type=secret,id=tok "
+          "cp /bin/busybox /suid && chmod 4755 /suid && cat /run/secrets/tok | wc -c > /n\n")
+    _build(busybox_image, tmp_path, df, secrets=[f"id=tok,src={sfile}"])
+    root = Path(busybox_image)
+    st = os.stat(root)
+    assert st.st_mode & 0o077 == 0, oct(st.st_mode)
+    # docs/security/store.md: these are 0700; containers/ and cache/ are fenced by the root only.
+    for name in ("images", "layers", "l", "snapshots", "tmp", "cachemounts"):
+        p = root / name
+        if p.exists():
+            assert os.lstat(p).st_mode & 0o077 == 0, (p, oct(os.lstat(p).st_mode))
+    for p in Path("/dev/shm").glob("pybuild-*"):
+        assert os.lstat(p).st_mode & 0o077 == 0, p
+    assert secret.encode() not in _store_bytes(root)
+
+
+# -- layer extraction ---------------------------------------------------------------------------
+
+def _tar(entries) -> bytes:
+    """entries: (name, kind, extra) with kind dir/file/sym/hard/chr/fifo."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, extra in entries:
+            ti = tarfile.TarInfo(name)
+            ti.mtime = 0
+            if kind == "dir":
+                ti.type, ti.mode = tarfile.DIRTYPE, extra or 0o6777
+                tf.addfile(ti)
+            elif kind == "file":
+                data = extra if isinstance(extra, bytes) else b"pwned\n"
+                ti.size, ti.mode = len(data), 0o4777
+                ti.pax_headers = {"SCHILY.xattr.user.pwn": "1"}
+                tf.addfile(ti, io.BytesIO(data))
+            elif kind == "sym":
+                ti.type, ti.linkname = tarfile.SYMTYPE, extra
+                tf.addfile(ti)
+            elif kind == "hard":
+                ti.type, ti.linkname = tarfile.LNKTYPE, extra
+                tf.addfile(ti)
+            elif kind == "chr":
+                ti.type, ti.devmajor, ti.devminor, ti.mode = tarfile.CHRTYPE, 1, 3, 0o666
+                tf.addfile(ti)
+            elif kind == "fifo":
+                ti.type, ti.mode = tarfile.FIFOTYPE, 0o666
+                tf.addfile(ti)
+    return buf.getvalue()
+
+
+def _shapes(c: Path) -> dict[str, list]:
+    up = "../" * 12 + str(c).lstrip("/")
+    return {
+        "opaque-through-link": [("a", "sym", str(c)), ("a/.wh..wh..opq", "file", b"")],
+        "whiteout-through-climbing-link": [("a", "sym", up), ("a/.wh.victim", "file", b""),
+                                           ("a/.wh.sub", "file", b"")],
+        "hardlink-of-a-link-then-write": [("l", "sym", str(c / "victim")), ("h", "hard", "l"),
+                                          ("h", "file", b"over\n")],
+        "chain-of-links-then-children": [("a", "sym", "b/.."), ("b", "sym", "/c"), ("c", "sym", up),
+                                         ("a/sub", "dir", 0o6777), ("a/victim", "file", None),
+                                         ("a/sub/deep", "chr", None), ("a/sentinel", "fifo", None)],
+        "dir-then-link-then-deferred-modes": [("x", "dir", 0o6777), ("x/sub", "dir", 0o6777),
+                                              ("x/sub/f", "file", None), ("x", "sym", str(c)),
+                                              ("x/sub", "dir", 0o6777), ("x/victim", "hard", "x/sub/f")],
+        "dotdot-after-link": [("d", "dir", 0o755), ("d/l", "sym", "../../../../../.."),
+                              ("d/l/" + str(c).lstrip("/") + "/victim", "file", None)],
+        "proc-magic-link-target": [("p", "sym", "/proc/self/root" + str(c)), ("p/victim", "file", None),
+                                   ("q", "sym", "/proc/self/cwd"), ("q/victim", "file", None)],
+    }
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", ["apply", "overlay", "none"])
+@pytest.mark.parametrize("shape", list(_shapes(Path("/x"))))
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "walk"])
+def test_extract_hostile_shapes_leave_the_canary_alone(tmp_path, canary, mode, shape, openat2,
+                                                        monkeypatch) -> None:
+    from registry import inroot
+    from registry.errors import RegistryError
+    from registry.tarsafe import extract_tar
+    if not openat2:
+        monkeypatch.setattr(inroot, "_have_openat2", False)
+    target = tmp_path / "t"
+    cwd = os.getcwd()
+    os.chdir(canary.dir)          # /proc/self/cwd would be the canary
+    try:
+        extract_tar(io.BytesIO(_tar(_shapes(canary.dir)[shape])), target, whiteouts=mode)
+    except RegistryError:
+        pass
+    finally:
+        os.chdir(cwd)
+    canary.assert_untouched()
