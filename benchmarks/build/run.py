@@ -105,7 +105,7 @@ class Dockerd:
             subprocess.run(["umount", "-R", str(self.dir / "data")], capture_output=True)
 
 
-def make_base(work: Path, root: Path, name: str, rootfs: Path, docker: Dockerd | None) -> None:
+def make_base(work: Path, root: Path, name: str, rootfs: Path, docker: Dockerd | None = None) -> None:
     """Import ``rootfs`` as ``name`` into pybuild's store, containers-storage for buildah and
     the run's dockerd."""
     env = {**os.environ, "PYBUILD_ROOT": str(root)}
