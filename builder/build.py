@@ -27,7 +27,7 @@ from . import config as cfgmod
 from .cache import step_key, sync_gc_root
 from .errors import BuildError
 from .executor import Executor, StageState
-from .layers import LayerMaker, LayerRef
+from .runtime.layers import LayerMaker, LayerRef
 from .outputs import (OutputSpec, export_docker, export_oci, export_rootfs, parse_output, push_tags,
                       write_text_atomic)
 from .plan import make_plan
@@ -240,7 +240,7 @@ def build(opts: BuildOptions) -> BuildResult:
     compression = parse_compression(opts.compression)
     if opts.network not in ("default", "none", "host"):
         raise BuildError(f"--network {opts.network}: use default, none or host")
-    from .sandbox import check_isolation
+    from .runtime.sandbox import check_isolation
     isolation = check_isolation(opts.isolation)
     for t in opts.tags:
         from registry.reference import parse_reference
@@ -349,7 +349,7 @@ def _build_stages(sb: StageBuilder, plan) -> None:
             sb.svc.executor.cancel.set()
             for fut in running:
                 fut.cancel()
-            from .sandbox import cancel_all
+            from .runtime.sandbox import cancel_all
             cancel_all()
             raise
 

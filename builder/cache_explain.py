@@ -97,7 +97,7 @@ def explain(context: str, dockerfile: str | None = None, *, root: str | None = N
     from .context import open_context
     from .executor import Executor
     from .hashcache import open_hash_cache
-    from .layers import LayerMaker
+    from .runtime.layers import LayerMaker
     from .plan import make_plan
     from .progress import Progress
     from .stage import Services, StageBuilder

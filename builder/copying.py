@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable
 from registry.layer import EntryMeta, TarEmitter
 
 from .errors import BuildError
-from .rootview import RootView
+from .runtime.rootview import RootView
 
 if TYPE_CHECKING:
     from .context import BuildContext, ContextEntry

@@ -29,10 +29,10 @@ from registry.store import Store
 
 from . import config as cfgmod
 from .errors import BuildError
-from .layers import LayerMaker, LayerRef, prune_upper
-from .sandbox import Mount, NetworkPool, RunSpec, run as sandbox_run
-from .snapshot import _umount, mount_snapshot
-from .users import ResolvedUser, resolve_user
+from .runtime.layers import LayerMaker, LayerRef, prune_upper
+from .runtime.sandbox import Mount, NetworkPool, RunSpec, run as sandbox_run
+from .runtime.snapshot import _umount, mount_snapshot
+from .runtime.users import ResolvedUser, resolve_user
 
 
 @dataclass

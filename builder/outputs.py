@@ -23,8 +23,8 @@ from registry.manifest import Descriptor, Index
 from registry.store import Store
 
 from .errors import BuildError
-from .layers import LayerMaker, LayerRef
-from .snapshot import mount_snapshot
+from .runtime.layers import LayerMaker, LayerRef
+from .runtime.snapshot import mount_snapshot
 
 OUTPUT_TYPES = ("image", "registry", "oci", "docker", "tar", "local")
 

@@ -35,7 +35,7 @@ from .cache_keys import layers_content_id, records_digest
 from .copying import CopyOptions, CopyWriter, Source, is_archive, resolve_dest
 from .errors import BuildError
 from .executor import Executor, RunMount, StageState
-from .layers import LayerMaker, LayerRef
+from .runtime.layers import LayerMaker, LayerRef
 from .plan import PROXY_ARGS, ArgScope, BuildPlan, PlannedStage
 from .progress import Progress, Step
 

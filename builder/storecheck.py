@@ -339,7 +339,7 @@ def mounts_under(path: Path) -> list[str]:
 
 def _remove_bundle(path: Path) -> None:
     """A dead build's temporary: stop the pasta of a private network it left, then remove it."""
-    from .sandbox import release_network
+    from .runtime.sandbox import release_network
     release_network(path)
     _remove_snapshot(path)
 

@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from builder.errors import BuildError
-from builder.rootview import RootView
-from builder.snapshot import OPAQUE_XATTR
+from builder.runtime.rootview import RootView
+from builder.runtime.snapshot import OPAQUE_XATTR
 from registry import inroot
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts and trusted.* xattrs need root")

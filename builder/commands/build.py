@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     """Handler of `pybuild build`."""
     if args.isolation != "oci":
         # Before the no-op fast path, which would otherwise answer for a removed isolation.
-        from ..sandbox import check_isolation
+        from ..runtime.sandbox import check_isolation
         args.isolation = check_isolation(args.isolation)
     from ..cache_fast import try_fast_build      # a no-op rebuild needs no engine (start-up)
     image_id = try_fast_build(args, _build_args(args.build_args), _labels(args.labels))

@@ -20,7 +20,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from .errors import BuildError
+from ..errors import BuildError
 
 PROFILE_PATH = "/usr/share/containers/seccomp.json"
 

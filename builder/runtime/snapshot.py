@@ -27,7 +27,7 @@ from registry.compression import open_decompressed
 from registry.fsutil import private_dir
 from registry.tarsafe import extract_tar
 
-from .errors import BuildError
+from ..errors import BuildError
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import BuildError
+from ..errors import BuildError
 from .rootview import RootView
 
 # /etc/passwd and /etc/group come from the image: a bound keeps a hostile one (a huge or sparse

@@ -26,7 +26,7 @@ from typing import Iterator
 
 from registry import inroot
 
-from .errors import BuildError
+from ..errors import BuildError
 from .snapshot import OPAQUE_XATTR
 
 MAX_SYMLINKS = 40

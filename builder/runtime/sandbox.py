@@ -37,7 +37,7 @@ from typing import Callable
 
 from registry.inroot import open_in_root, open_root, split_parent
 
-from .errors import BuildError
+from ..errors import BuildError
 from .seccomp import oci_seccomp
 
 HOSTNAME = "buildkitsandbox"
