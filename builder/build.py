@@ -221,8 +221,8 @@ def _pull_hint(ref: str, exc: RegistryError) -> str:
 def build(opts: BuildOptions) -> BuildResult:
     """Build the image ``opts`` describes; see the module docstring."""
     from dockerfile_grammar.instructions import parse_dockerfile
-    from .context import open_context
-    from .hashcache import open_hash_cache
+    from .context.build_context import open_context
+    from .context.hashcache import open_hash_cache
 
     store = open_store(opts.root)
     root = Path(store.root)

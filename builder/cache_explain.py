@@ -94,9 +94,9 @@ def explain(context: str, dockerfile: str | None = None, *, root: str | None = N
 
     from .build import BuildOptions, _build_stages, _ImageLoader, _read_dockerfile
     from .cache_remote import RegistryCache, LocalCache, load_remotes, parse_cache_spec
-    from .context import open_context
+    from .context.build_context import open_context
     from .executor import Executor
-    from .hashcache import open_hash_cache
+    from .context.hashcache import open_hash_cache
     from .runtime.layers import LayerMaker
     from .plan import make_plan
     from .progress import Progress

@@ -22,7 +22,7 @@ from .errors import BuildError
 from .runtime.rootview import RootView
 
 if TYPE_CHECKING:
-    from .context import BuildContext, ContextEntry
+    from .context.build_context import BuildContext, ContextEntry
 
 
 @dataclass

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from builder.dockerignore import (
+from builder.context.dockerignore import (
     DockerignoreError,
     Matcher,
     compile_pattern,

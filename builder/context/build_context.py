@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence
 
-from builder.dockerignore import DockerignoreError, Matcher, MatchState, go_clean, go_match_regex, read_ignore_lines
+from builder.context.dockerignore import DockerignoreError, Matcher, MatchState, go_clean, go_match_regex, read_ignore_lines
 from builder.errors import BuildError
-from builder.hashcache import HashCache
+from builder.context.hashcache import HashCache
 
 _MAX_LINKS = 40
 _GLOB_CHARS = frozenset("*?[\\")
