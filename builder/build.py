@@ -24,7 +24,7 @@ from registry.platform import Platform, host_platform, parse_platform, platform_
 from registry.store import Store, open_store
 
 from . import config as cfgmod
-from .cache import step_key, sync_gc_root
+from .cache.records import step_key, sync_gc_root
 from .errors import BuildError
 from .executor import Executor, StageState
 from .runtime.layers import LayerMaker, LayerRef
@@ -265,7 +265,7 @@ def build(opts: BuildOptions) -> BuildResult:
 
         layers = LayerMaker(store, root, compression, sde)
         executor = Executor(store, root, layers, isolation=isolation, source_date_epoch=sde)
-        from .cache_remote import finish_build, load_remotes, open_build_cache
+        from .cache.remote import finish_build, load_remotes, open_build_cache
         cache = open_build_cache(root, store, no_cache=opts.no_cache, no_cache_filter=opts.no_cache_filter,
                                  cache_from=opts.cache_from)
         load_remotes(cache, progress)
@@ -307,7 +307,7 @@ def build(opts: BuildOptions) -> BuildResult:
                 "pybuild.steps": steps,
                 "pybuild.cache": cache.report(),
             }, indent=2) + "\n")
-        from .cache_fast import remember
+        from .cache.fast import remember
         remember(root, opts, text.encode("utf-8", "surrogateescape"), plan, cache, store, manifest_desc.digest,
                  config_desc.digest)
         return result

@@ -30,8 +30,8 @@ from registry.layer import EntryMeta
 from registry.platform import Platform, host_platform, platform_matches
 
 from . import config as cfgmod
-from .cache import BuildCache, CacheRecord, step_key
-from .cache_keys import layers_content_id, records_digest
+from .cache.records import BuildCache, CacheRecord, step_key
+from .cache.keys import layers_content_id, records_digest
 from .copying import CopyOptions, CopyWriter, Source, is_archive, resolve_dest
 from .errors import BuildError
 from .executor import Executor, RunMount, StageState

@@ -40,7 +40,7 @@ from registry.fsutil import FileLock, atomic_write
 from registry.manifest import Index
 from registry.store import REF_NAME, Store
 
-from .cache import BuildCache, gc_roots
+from .cache.records import BuildCache, gc_roots
 
 
 @dataclass

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         # Before the no-op fast path, which would otherwise answer for a removed isolation.
         from ..runtime.sandbox import check_isolation
         args.isolation = check_isolation(args.isolation)
-    from ..cache_fast import try_fast_build      # a no-op rebuild needs no engine (start-up)
+    from ..cache.fast import try_fast_build      # a no-op rebuild needs no engine (start-up)
     image_id = try_fast_build(args, _build_args(args.build_args), _labels(args.labels))
     if image_id is not None:
         if args.quiet:

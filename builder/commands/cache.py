@@ -93,7 +93,7 @@ def _store(args):
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from ..cache import entries
+    from ..cache.records import entries
     store = _store(args)
     items = entries(store.root, store)
     if args.format == "json":
@@ -113,7 +113,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _du(args: argparse.Namespace) -> int:
-    from ..cache import disk_usage, entries
+    from ..cache.records import disk_usage, entries
     store = _store(args)
     u = disk_usage(entries(store.root, store))
     if args.format == "json":
@@ -126,7 +126,7 @@ def _du(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from ..cache import prune
+    from ..cache.records import prune
     from ..errors import BuildError
     older = None
     for f in args.filters:
@@ -141,7 +141,7 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from ..cache_explain import explain, render
+    from ..cache.explain import explain, render
     from .build import _build_args
     result = explain(args.context, args.file, root=args.root, build_args=_build_args(args.build_args),
                      target=args.target, cache_from=args.cache_from)

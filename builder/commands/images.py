@@ -159,7 +159,7 @@ def _rmi(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"Untagged: {ref}")
     if not args.no_prune:
-        from ..cache import gc_roots   # blobs of cached build steps stay
+        from ..cache.records import gc_roots   # blobs of cached build steps stay
         result = store.gc(extra_roots=gc_roots(store.root))
         if not args.quiet and result.removed_blobs:
             print(f"Deleted: {result.removed_blobs} blobs ({human_size(result.freed_bytes)})")
@@ -183,7 +183,7 @@ def _import(args: argparse.Namespace) -> int:
 def _store(args: argparse.Namespace) -> int:
     store = _open(args)
     if args.action == "gc":
-        from ..cache import gc_roots   # blobs of cached build steps stay
+        from ..cache.records import gc_roots   # blobs of cached build steps stay
         result = store.gc(extra_roots=gc_roots(store.root))
         if not args.quiet:
             print(f"removed {result.removed_blobs} blobs ({human_size(result.freed_bytes)}), "

@@ -163,10 +163,10 @@ def try_fast_build(args: Any, build_args: dict[str, str], labels: dict[str, str]
 def _context_unchanged(root: Path, args: Any, checks: list) -> bool:
     if not checks:
         return True
-    from .context.build_context import BuildContext, checksum_sources
-    from .context.dockerignore import read_ignore_lines
-    from .errors import BuildError
-    from .context.hashcache import open_hash_cache
+    from ..context.build_context import BuildContext, checksum_sources
+    from ..context.dockerignore import read_ignore_lines
+    from ..errors import BuildError
+    from ..context.hashcache import open_hash_cache
     ctx_root = os.path.realpath(args.context)
     # The ignore file rule of builder.context.open_context for a directory context.
     ignore: Path | None = None

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import BuildCache, CacheRecord
-from .errors import BuildError
+from .records import BuildCache, CacheRecord
+from ..errors import BuildError
 
 ARTIFACT_TYPE = "application/vnd.pybuild.cache.v1"
 INDEX_MEDIA_TYPE = "application/vnd.pybuild.cache.index.v1+json"
@@ -361,7 +361,7 @@ def finish_build(cache: BuildCache, store: Any, plan: Any, cache_to: list[str], 
         spec = parse_cache_spec(spec_text, export=True)
         export_cache(cache, store, spec, export_records(cache, spec.mode, final_stages), progress)
     if report_path:
-        from .cache_report import write_report
+        from .report import write_report
         write_report(report_path, cache, image=image)
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-from .cache_keys import StepKey, describe, diff_inputs, key_document, step_key
+from .keys import StepKey, describe, diff_inputs, key_document, step_key
 
 __all__ = ["BuildCache", "CacheRecord", "Lookup", "RemoteSource", "gc_roots", "sync_gc_root", "step_key",
            "CACHE_ROOT_NAME", "Entry", "Usage", "PruneResult", "entries", "disk_usage", "prune", "image_blobs"]
@@ -180,7 +180,7 @@ class BuildCache:
 
     def input_files(self, key: str) -> list | None:
         """The per-file source records stored with a COPY/ADD record (None if there are none)."""
-        from .context.build_context import SourceRecord
+        from ..context.build_context import SourceRecord
         try:
             rows = json.loads((self.dir / "inputs" / f"{_hex(key)}.json").read_bytes())
         except (OSError, ValueError):
@@ -334,8 +334,8 @@ class BuildCache:
     def context_sources(self, context: Any, srcs: list[str], excludes: list[str] = (), parents: bool = False) -> list:
         """SourceRecords of a COPY/ADD (or bind mount) from the build context; the check is
         remembered (sources and digest) so that a later no-op rebuild can repeat just the checks."""
-        from .context.build_context import source_records
-        from .cache_keys import records_digest
+        from ..context.build_context import source_records
+        from .keys import records_digest
         files = source_records(context, srcs, list(excludes), parents=parents)
         with self._lock:
             self.context_checks.append([list(srcs), list(excludes), parents, records_digest(files)])
@@ -425,7 +425,7 @@ class BuildCache:
         if "source files changed" in reasons and key.files is not None:
             old_files = self.input_files(near.key)
             if old_files is not None:
-                from .context.build_context import diff_source_records
+                from ..context.build_context import diff_source_records
                 d = diff_source_records(old_files, key.files)
                 parts = []
                 for what in ("changed", "added", "removed"):
