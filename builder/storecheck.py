@@ -251,7 +251,7 @@ class _Checker:
                          lambda p=p: _remove_bundle(p))
         # Runtime bundles and secret files of steps that used secrets live in memory, outside
         # the root, named after it (builder.executor.memory_dir).
-        from .executor import MEMORY_TMP, memory_dir_prefix
+        from .engine.executor import MEMORY_TMP, memory_dir_prefix
         prefix = memory_dir_prefix(self.root)
         for p in sorted(MEMORY_TMP.glob(prefix + "*")) if MEMORY_TMP.is_dir() else ():
             self._report("leftover", f"in-memory temporary {p} (maybe holding a build secret) of a "

@@ -27,7 +27,7 @@ from builder.storecheck import check_root, repair_root
 
 def preload() -> None:
     """Import what the commands use once in the parent, so forked children start warm."""
-    import builder.build  # noqa: F401
+    import builder.engine.build  # noqa: F401
     import builder.commands.images  # noqa: F401
     import builder.commands.remote  # noqa: F401
     import registry.client  # noqa: F401

@@ -92,15 +92,15 @@ def explain(context: str, dockerfile: str | None = None, *, root: str | None = N
     from registry.platform import host_platform
     from registry.store import open_store
 
-    from ..build import BuildOptions, _build_stages, _ImageLoader, _read_dockerfile
+    from ..engine.build import BuildOptions, _build_stages, _ImageLoader, _read_dockerfile
     from .remote import RegistryCache, LocalCache, load_remotes, parse_cache_spec
     from ..context.build_context import open_context
-    from ..executor import Executor
+    from ..engine.executor import Executor
     from ..context.hashcache import open_hash_cache
     from ..runtime.layers import LayerMaker
-    from ..plan import make_plan
+    from ..engine.plan import make_plan
     from ..progress import Progress
-    from ..stage import Services, StageBuilder
+    from ..engine.stage import Services, StageBuilder
 
     store = open_store(root)
     rootp = Path(store.root)

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         if args.quiet:
             print(image_id)
         return 0
-    from ..build import BuildOptions, build
+    from ..engine.build import BuildOptions, build
     progress = "quiet" if args.quiet else args.progress
     opts = BuildOptions(
         context=args.context, dockerfile=args.file, tags=args.tags, build_args=_build_args(args.build_args),

@@ -22,9 +22,9 @@ from pathlib import Path
 from registry.manifest import Descriptor, Index
 from registry.store import Store
 
-from .errors import BuildError
-from .runtime.layers import LayerMaker, LayerRef
-from .runtime.snapshot import mount_snapshot
+from ..errors import BuildError
+from ..runtime.layers import LayerMaker, LayerRef
+from ..runtime.snapshot import mount_snapshot
 
 OUTPUT_TYPES = ("image", "registry", "oci", "docker", "tar", "local")
 

@@ -24,7 +24,7 @@ from dockerfile_grammar.errors import DockerfileError
 from dockerfile_grammar.instructions import (ArgCommand, CopyCommand, Dockerfile, RunCommand, Stage)
 from registry.platform import Platform, host_platform
 
-from .errors import BuildError
+from ..errors import BuildError
 
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
               "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")

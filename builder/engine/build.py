@@ -24,14 +24,14 @@ from registry.platform import Platform, host_platform, parse_platform, platform_
 from registry.store import Store, open_store
 
 from . import config as cfgmod
-from .cache.records import step_key, sync_gc_root
-from .errors import BuildError
+from ..cache.records import step_key, sync_gc_root
+from ..errors import BuildError
 from .executor import Executor, StageState
-from .runtime.layers import LayerMaker, LayerRef
+from ..runtime.layers import LayerMaker, LayerRef
 from .outputs import (OutputSpec, export_docker, export_oci, export_rootfs, parse_output, push_tags,
                       write_text_atomic)
 from .plan import make_plan
-from .progress import Progress
+from ..progress import Progress
 from .stage import Services, StageBuilder
 
 
@@ -221,8 +221,8 @@ def _pull_hint(ref: str, exc: RegistryError) -> str:
 def build(opts: BuildOptions) -> BuildResult:
     """Build the image ``opts`` describes; see the module docstring."""
     from dockerfile_grammar.instructions import parse_dockerfile
-    from .context.build_context import open_context
-    from .context.hashcache import open_hash_cache
+    from ..context.build_context import open_context
+    from ..context.hashcache import open_hash_cache
 
     store = open_store(opts.root)
     root = Path(store.root)
@@ -240,7 +240,7 @@ def build(opts: BuildOptions) -> BuildResult:
     compression = parse_compression(opts.compression)
     if opts.network not in ("default", "none", "host"):
         raise BuildError(f"--network {opts.network}: use default, none or host")
-    from .runtime.sandbox import check_isolation
+    from ..runtime.sandbox import check_isolation
     isolation = check_isolation(opts.isolation)
     for t in opts.tags:
         from registry.reference import parse_reference
@@ -265,7 +265,7 @@ def build(opts: BuildOptions) -> BuildResult:
 
         layers = LayerMaker(store, root, compression, sde)
         executor = Executor(store, root, layers, isolation=isolation, source_date_epoch=sde)
-        from .cache.remote import finish_build, load_remotes, open_build_cache
+        from ..cache.remote import finish_build, load_remotes, open_build_cache
         cache = open_build_cache(root, store, no_cache=opts.no_cache, no_cache_filter=opts.no_cache_filter,
                                  cache_from=opts.cache_from)
         load_remotes(cache, progress)
@@ -307,7 +307,7 @@ def build(opts: BuildOptions) -> BuildResult:
                 "pybuild.steps": steps,
                 "pybuild.cache": cache.report(),
             }, indent=2) + "\n")
-        from .cache.fast import remember
+        from ..cache.fast import remember
         remember(root, opts, text.encode("utf-8", "surrogateescape"), plan, cache, store, manifest_desc.digest,
                  config_desc.digest)
         return result
@@ -349,7 +349,7 @@ def _build_stages(sb: StageBuilder, plan) -> None:
             sb.svc.executor.cancel.set()
             for fut in running:
                 fut.cancel()
-            from .runtime.sandbox import cancel_all
+            from ..runtime.sandbox import cancel_all
             cancel_all()
             raise
 

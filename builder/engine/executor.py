@@ -28,11 +28,11 @@ from registry.manifest import Descriptor, ImageConfig, Manifest
 from registry.store import Store
 
 from . import config as cfgmod
-from .errors import BuildError
-from .runtime.layers import LayerMaker, LayerRef, prune_upper
-from .runtime.sandbox import Mount, NetworkPool, RunSpec, run as sandbox_run
-from .runtime.snapshot import _umount, mount_snapshot
-from .runtime.users import ResolvedUser, resolve_user
+from ..errors import BuildError
+from ..runtime.layers import LayerMaker, LayerRef, prune_upper
+from ..runtime.sandbox import Mount, NetworkPool, RunSpec, run as sandbox_run
+from ..runtime.snapshot import _umount, mount_snapshot
+from ..runtime.users import ResolvedUser, resolve_user
 
 
 @dataclass

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from registry.layer import EntryMeta, TarEmitter
 
-from .errors import BuildError
-from .runtime.rootview import RootView
+from ..errors import BuildError
+from ..runtime.rootview import RootView
 
 if TYPE_CHECKING:
-    from .context.build_context import BuildContext, ContextEntry
+    from ..context.build_context import BuildContext, ContextEntry
 
 
 @dataclass

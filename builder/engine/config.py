@@ -14,7 +14,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from .errors import BuildError
+from ..errors import BuildError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HISTORY_COMMENT = "buildkit.dockerfile.v0"

@@ -30,14 +30,14 @@ from registry.layer import EntryMeta
 from registry.platform import Platform, host_platform, platform_matches
 
 from . import config as cfgmod
-from .cache.records import BuildCache, CacheRecord, step_key
-from .cache.keys import layers_content_id, records_digest
+from ..cache.records import BuildCache, CacheRecord, step_key
+from ..cache.keys import layers_content_id, records_digest
 from .copying import CopyOptions, CopyWriter, Source, is_archive, resolve_dest
-from .errors import BuildError
+from ..errors import BuildError
 from .executor import Executor, RunMount, StageState
-from .runtime.layers import LayerMaker, LayerRef
+from ..runtime.layers import LayerMaker, LayerRef
 from .plan import PROXY_ARGS, ArgScope, BuildPlan, PlannedStage
-from .progress import Progress, Step
+from ..progress import Progress, Step
 
 TAIL_LINES = 10
 
