@@ -92,7 +92,7 @@ def _write(stream: str, chunk: bytes) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from builder import containers as ct
+    from builder.containers import lifecycle as ct
     from builder.errors import BuildError
     from registry.errors import RegistryError
     command = list(args.command)
@@ -134,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _ps(args: argparse.Namespace) -> int:
-    from builder import containers as ct
+    from builder.containers import lifecycle as ct
     _, root = _root(args)
     cs = ct.list_containers(root, all=args.all)
     if args.quiet:
@@ -160,7 +160,7 @@ def _ps(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from builder import containers as ct
+    from builder.containers import lifecycle as ct
     _, root = _root(args)
     for ref in args.containers:
         c = ct.lookup(root, ref)
@@ -170,7 +170,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _rm(args: argparse.Namespace) -> int:
-    from builder import containers as ct
+    from builder.containers import lifecycle as ct
     _, root = _root(args)
     for ref in args.containers:
         ct.remove(ct.lookup(root, ref), force=args.force)
@@ -179,7 +179,7 @@ def _rm(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from builder import containers as ct
+    from builder.containers import lifecycle as ct
     _, root = _root(args)
     for stream, chunk in ct.read_logs(ct.lookup(root, args.container), follow=args.follow):
         _write(stream, chunk)
@@ -187,7 +187,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from builder import containers as ct
+    from builder.containers import lifecycle as ct
     _, root = _root(args)
     for kind, path in ct.diff(ct.lookup(root, args.container)):
         print(f"{kind} {path}")
@@ -195,7 +195,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _commit(args: argparse.Namespace) -> int:
-    from builder import containers as ct
+    from builder.containers import lifecycle as ct
     store, root = _root(args)
     c = ct.lookup(root, args.container)
     desc = ct.commit(store, c, args.name, message=args.message, author=args.author, changes=args.change)

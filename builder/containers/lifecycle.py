@@ -48,14 +48,14 @@ from registry.errors import NotFoundError, RegistryError
 from registry.manifest import Descriptor, History, Manifest
 from registry.store import Store
 
-from .errors import BuildError
-from .runtime.rootview import RootView
+from ..errors import BuildError
+from ..runtime.rootview import RootView
 from registry.inroot import makedirs_in_root, opened_root
 
-from .runtime.sandbox import (DEFAULT_PATH, Mount, RunSpec, check_isolation, release_networks, run as sandbox_run,
+from ..runtime.sandbox import (DEFAULT_PATH, Mount, RunSpec, check_isolation, release_networks, run as sandbox_run,
                       runtime_available)
-from .runtime.snapshot import OPAQUE_XATTR, LayerDirs, Snapshot, mount_snapshot
-from .runtime.users import resolve_user
+from ..runtime.snapshot import OPAQUE_XATTR, LayerDirs, Snapshot, mount_snapshot
+from ..runtime.users import resolve_user
 
 CONTAINERS_DIR = "containers"
 DEFAULT_STOP_TIMEOUT = 10
@@ -649,7 +649,7 @@ def _prepare_and_run(c: Container, snap: Snapshot, view: RootView,
 
 def _finish(c: Container, snap: Snapshot, view: RootView, rc: int | None) -> None:
     """Unmount, keep the upper dir as the container's layer, record the exit code."""
-    from .runtime.layers import prune_upper
+    from ..runtime.layers import prune_upper
     try:
         upper = snap.changes()
         # Mount points the sandbox made and removed leave copied-up, unchanged directories.
