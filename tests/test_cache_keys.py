@@ -131,7 +131,7 @@ def test_key_documents_and_reasons():
 
 def test_size_and_duration_parsing():
     import pytest
-    from builder.commands.cache import parse_duration, parse_size
+    from builder.cli.cache import parse_duration, parse_size
     from builder.errors import BuildError
     assert parse_size("500MB") == 500 << 20 and parse_size("2g") == 2 << 30 and parse_size("1024") == 1024
     assert parse_duration("24h") == 86400 and parse_duration("1h30m") == 5400 and parse_duration("7d") == 7 * 86400

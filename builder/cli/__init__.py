@@ -1,4 +1,4 @@
-"""The `pybuild` command line: a thin dispatcher over per-command modules in builder.commands.
+"""The `pybuild` command line: a thin dispatcher over the per-command modules beside it (builder.cli.*).
 
 Each command module exposes ``register(add_command)``; ``add_command(name, help)`` returns an
 argparse parser that already carries the global options (``--root``, ``--quiet``) and the module
@@ -16,27 +16,27 @@ from typing import Callable
 
 # Order is the order of `pybuild --help`.
 COMMAND_MODULES = [
-    "builder.commands.build",
-    "builder.commands.lint",
-    "builder.commands.images",
-    "builder.commands.remote",
-    "builder.commands.login",
-    "builder.commands.run",
-    "builder.commands.cache",
+    "builder.cli.build",
+    "builder.cli.lint",
+    "builder.cli.images",
+    "builder.cli.remote",
+    "builder.cli.login",
+    "builder.cli.run",
+    "builder.cli.cache",
 ]
 
 # Which module registers each command, so that `pybuild pull ...` builds only that module's parsers
 # (building all of them is ~10 ms of every command's start-up). A name missing here just means all
 # modules are loaded; tests/test_cli_startup.py checks the table against what the modules register.
 COMMAND_OWNERS = {
-    "build": "builder.commands.build", "lint": "builder.commands.lint",
+    "build": "builder.cli.build", "lint": "builder.cli.lint",
     **dict.fromkeys(["history", "images", "import", "load", "rmi", "save", "store", "tag"],
-                    "builder.commands.images"),
+                    "builder.cli.images"),
     **dict.fromkeys(["catalog", "copy", "delete", "inspect", "manifest", "pull", "push", "tags"],
-                    "builder.commands.remote"),
-    **dict.fromkeys(["login", "logout"], "builder.commands.login"),
-    **dict.fromkeys(["commit", "diff", "logs", "ps", "rm", "run", "stop"], "builder.commands.run"),
-    "cache": "builder.commands.cache",
+                    "builder.cli.remote"),
+    **dict.fromkeys(["login", "logout"], "builder.cli.login"),
+    **dict.fromkeys(["commit", "diff", "logs", "ps", "rm", "run", "stop"], "builder.cli.run"),
+    "cache": "builder.cli.cache",
 }
 
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     i = _after_globals(argv)
     if i < len(argv) and argv[i] in ("--version", "-v"):
         # Before any parser is built: the version costs one tiny module (no argparse tables).
-        from ._version import __version__
+        from .._version import __version__
         print(f"pybuild version {__version__}")
         return 0
     # An explicit command needs only its own module's parsers (building them all is a start-up cost).
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         # imports neither `registry` nor `dockerfile_grammar`.
         from dockerfile_grammar.errors import DockerfileError
         from registry.errors import RegistryError
-        from .errors import BuildError
+        from ..errors import BuildError
         if not isinstance(exc, (DockerfileError, RegistryError, BuildError)):
             raise
         print(f"error: {exc}", file=sys.stderr)
