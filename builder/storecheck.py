@@ -250,7 +250,7 @@ class _Checker:
             self._report("leftover", f"temporary {p} of a process that did not finish",
                          lambda p=p: _remove_bundle(p))
         # Runtime bundles and secret files of steps that used secrets live in memory, outside
-        # the root, named after it (builder.executor.memory_dir).
+        # the root, named after it (builder.engine.executor.memory_dir).
         from .engine.executor import MEMORY_TMP, memory_dir_prefix
         prefix = memory_dir_prefix(self.root)
         for p in sorted(MEMORY_TMP.glob(prefix + "*")) if MEMORY_TMP.is_dir() else ():

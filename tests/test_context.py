@@ -1,4 +1,4 @@
-"""builder.context and builder.hashcache: ignore rules, source resolution, globs, checksums."""
+"""builder.context and builder.context.hashcache: ignore rules, source resolution, globs, checksums."""
 from __future__ import annotations
 
 import gzip

@@ -168,7 +168,7 @@ def _context_unchanged(root: Path, args: Any, checks: list) -> bool:
     from ..errors import BuildError
     from ..context.hashcache import open_hash_cache
     ctx_root = os.path.realpath(args.context)
-    # The ignore file rule of builder.context.open_context for a directory context.
+    # The ignore file rule of builder.context.build_context.open_context for a directory context.
     ignore: Path | None = None
     if args.file:
         cand = Path(args.file + ".dockerignore")

@@ -77,7 +77,7 @@ def layers_content_id(layers: Sequence[Any]) -> str:
 
 
 def records_digest(records: Sequence[Any]) -> str:
-    """The digest of COPY/ADD source records, equal to builder.context.checksum_sources."""
+    """The digest of COPY/ADD source records, equal to builder.context.build_context.checksum_sources."""
     h = hashlib.sha256()
     h.update("".join(r.line() for r in records).encode("utf-8", "surrogateescape"))
     return "sha256:" + h.hexdigest()

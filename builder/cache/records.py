@@ -1,6 +1,6 @@
 """The build cache: one record per step key -> the step's layer (if any) and its history entry.
 
-Keys are made by builder.cache_keys (re-exported here as ``step_key``). Layout under the root::
+Keys are made by builder.cache.keys (re-exported here as ``step_key``). Layout under the root::
 
     cache/<hex>.json            one record per key, written atomically (temp file + rename)
     cache/inputs/<hex>.json     per-file source records of a COPY/ADD (read by `cache explain`)
@@ -83,7 +83,7 @@ class CacheRecord:
 
 
 class RemoteSource(Protocol):
-    """A ``--cache-from`` source (see builder.cache_remote)."""
+    """A ``--cache-from`` source (see builder.cache.remote)."""
 
     name: str
 
@@ -631,7 +631,7 @@ def prune(root: Path, store: Any, *, all: bool = False, keep_storage: int | None
 
 
 def _prune_build_summaries(d: Path, store: Any, everything: bool) -> None:
-    """Drop no-op rebuild summaries (builder.cache_fast) whose image is gone, or all of them."""
+    """Drop no-op rebuild summaries (builder.cache.fast) whose image is gone, or all of them."""
     for p in d.glob("*.json") if d.is_dir() else ():
         try:
             manifest = json.loads(p.read_bytes())["manifest"]

@@ -2,9 +2,9 @@
 
 An image is the class, a container the object. ``create`` turns an image plus ``docker run``
 style overrides into a container record; ``start`` mounts an overlay whose lower directories
-are the image's extracted layers (builder.snapshot: extracted once per diffID, shared by every
+are the image's extracted layers (builder.runtime.snapshot: extracted once per diffID, shared by every
 container and build of that image, never written to) and whose upper directory is the
-container's own, then runs the command through the RUN sandbox (builder.sandbox).
+container's own, then runs the command through the RUN sandbox (builder.runtime.sandbox).
 
 Records live under ``<root>/containers/<id>/``::
 

@@ -4,7 +4,7 @@ What the build sees of it follows Docker: `.dockerignore` at the context root, o
 `<Dockerfile>.dockerignore` next to the Dockerfile instead; ignored files do not exist for COPY
 and ADD. Sources are resolved inside the context only: a `..` that climbs out or a symlink that
 leads out is a BuildError naming the source. Only referenced files are ever read, and their
-hashes come from the stat-keyed hash cache (builder/hashcache.py).
+hashes come from the stat-keyed hash cache (builder/context/hashcache.py).
 
 COPY/ADD source globs follow Go's filepath.Match per path segment (`*`, `?`, `[...]`, `\\`
 escapes), plus `**` for any number of directories (used with `--parents`).
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence
 
-from builder.context.dockerignore import DockerignoreError, Matcher, MatchState, go_clean, go_match_regex, read_ignore_lines
+from builder.context.dockerignore import (DockerignoreError, Matcher, MatchState, go_clean, go_match_regex,
+                                          read_ignore_lines)
 from builder.errors import BuildError
 from builder.context.hashcache import HashCache
 

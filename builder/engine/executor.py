@@ -1,8 +1,8 @@
 """Executing build steps on a stage's state: FROM, RUN in the sandbox, COPY/ADD, WORKDIR, commit.
 
 A :class:`StageState` is the image being built by one stage: its config dict (see
-builder.config), its layers, and the cache key of the last step. The :class:`Executor` turns
-steps into layers in the store; metadata instructions are handled by builder.config directly.
+builder.engine.config), its layers, and the cache key of the last step. The :class:`Executor` turns
+steps into layers in the store; metadata instructions are handled by builder.engine.config directly.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Read-only lookups in a stack of extracted layer directories, without mounting anything.
 
-The directories are in overlay format (see builder.snapshot): a 0/0 character device hides a
+The directories are in overlay format (see builder.runtime.snapshot): a 0/0 character device hides a
 name of the layers below, a directory with ``trusted.overlay.opaque=y`` hides their contents.
 Used to resolve users (/etc/passwd), to check what exists before WORKDIR/COPY, and to read
 files for ``COPY --from``.

@@ -4,7 +4,7 @@ One isolation, ``oci``: an OCI runtime bundle (``config.json`` per the runtime s
 ``runc run --bundle DIR ID``; /proc, /dev (tmpfs + the standard device nodes), /dev/pts,
 /dev/shm, /sys (read-only), and generated /etc/resolv.conf, /etc/hosts, /etc/hostname bind
 mounts, as Docker sets them up; Docker's default capability set (without CAP_NET_RAW on the
-host's network), Docker's default seccomp profile (builder.seccomp), no_new_privileges,
+host's network), Docker's default seccomp profile (builder.runtime.seccomp), no_new_privileges,
 Docker's masked and read-only /proc paths.
 
 The ``chroot`` isolation is gone: a chroot cannot confine a root process (chroot twice and it
@@ -535,7 +535,7 @@ def oci_config(spec: RunSpec, etc: dict[str, Path], netns: str | None = None,
                seccomp: dict | None = None) -> dict:
     """The OCI runtime config.json for ``spec`` (``etc``: generated hosts/hostname/resolv.conf;
     ``netns``: the bound network namespace of the default network; ``seccomp``: the converted
-    profile, default: builder.seccomp's for the granted capabilities)."""
+    profile, default: builder.runtime.seccomp's for the granted capabilities)."""
     env = list(spec.env)
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, "PATH=" + DEFAULT_PATH)
