@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..root import Root
+
 FAST_VERSION = "pybuild-fast-v1"
 _REF_NAME = "org.opencontainers.image.ref.name"
 _IMAGE_NAME = "io.containerd.image.name"
@@ -60,13 +62,13 @@ def build_id(*, context: str, dockerfile: str | None, dockerfile_bytes: bytes, b
 
 
 def _summary_path(root: Path, bid: str) -> Path:
-    return root / "cache" / "builds" / f"{bid}.json"
+    return Root(root).cache / "builds" / f"{bid}.json"
 
 
 def _index_names(root: Path) -> dict[str, str]:
     """Full and familiar names in the store's index.json -> manifest digest."""
     try:
-        index = json.loads((root / "images" / "index.json").read_bytes())
+        index = json.loads((Root(root).images / "index.json").read_bytes())
     except (OSError, ValueError):
         return {}
     out: dict[str, str] = {}
@@ -108,7 +110,7 @@ def remember(root: Path, opts: Any, dockerfile_bytes: bytes, plan: Any, cache: A
     path = _summary_path(root, bid)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temp file sits in cache/ itself, where `store verify --repair` removes leftovers.
-    tmp = root / "cache" / f".tmp-{os.getpid()}-{path.name}"
+    tmp = Root(root).cache / f".tmp-{os.getpid()}-{path.name}"
     tmp.write_text(json.dumps(doc))
     os.replace(tmp, path)
 
@@ -141,7 +143,7 @@ def try_fast_build(args: Any, build_args: dict[str, str], labels: dict[str, str]
         if names.get("name:" + ref) != digest:
             return None
     manifest = doc["manifest"]
-    if not (root / "images" / "blobs" / "sha256" / manifest.split(":", 1)[1]).is_file():
+    if not (Root(root).blobs / "sha256" / manifest.split(":", 1)[1]).is_file():
         return None
     # Every tag must already name this image (tags as given map to the full names recorded).
     for t in args.tags:
@@ -199,7 +201,7 @@ def _touch(root: Path, keys: list[str]) -> None:
     if not keys:
         return
     now = int(time.time())
-    fd = os.open(root / "cache" / "usage.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(Root(root).cache / "usage.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, "".join(f"{k.split(':', 1)[-1]} {now}\n" for k in keys).encode())
     finally:

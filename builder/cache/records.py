@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
+from ..root import Root
 from .keys import StepKey, describe, diff_inputs, key_document, step_key
 
 __all__ = ["BuildCache", "CacheRecord", "Lookup", "RemoteSource", "gc_roots", "sync_gc_root", "step_key",
@@ -130,7 +131,7 @@ class BuildCache:
     def __init__(self, root: Path, store: Any = None, *, no_cache: bool = False,
                  no_cache_filter: list[str] | tuple[str, ...] = (), remotes: list | None = None):
         self.root = Path(root)
-        self.dir = self.root / "cache"
+        self.dir = Root(self.root).cache
         self.store = store
         self.no_cache = no_cache
         self.no_cache_filter = set(no_cache_filter)
@@ -452,7 +453,7 @@ def gc_roots(root: Path) -> set[str]:
     are left out. Without the index (an older root) the records are read and the index written.
     """
     cache = BuildCache(root)
-    blobs = Path(root) / "images" / "blobs"
+    blobs = Root(root).blobs
     try:
         lines = (cache.dir / LAYERS_INDEX).read_text().split()
     except FileNotFoundError:

@@ -49,6 +49,7 @@ from registry.manifest import Descriptor, History, Manifest
 from registry.store import Store
 
 from ..errors import BuildError
+from ..root import Root
 from ..runtime.rootview import RootView
 from registry.inroot import makedirs_in_root, opened_root
 
@@ -57,7 +58,6 @@ from ..runtime.sandbox import (DEFAULT_PATH, Mount, RunSpec, check_isolation, re
 from ..runtime.snapshot import OPAQUE_XATTR, LayerDirs, Snapshot, mount_snapshot
 from ..runtime.users import resolve_user
 
-CONTAINERS_DIR = "containers"
 DEFAULT_STOP_TIMEOUT = 10
 NETWORKS = ("default", "host", "none")
 _NAME_ADJECTIVES = ("brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid",
@@ -157,7 +157,7 @@ class Container:
     @property
     def dir(self) -> Path:
         """The container's record directory."""
-        return self.root / CONTAINERS_DIR / self.id
+        return Root(self.root).containers / self.id
 
     @property
     def args(self) -> list[str]:
@@ -171,7 +171,7 @@ class Container:
     @property
     def upper(self) -> Path | None:
         """The writable layer (overlay upper directory), once the container has been started."""
-        return self.root / "snapshots" / self.snapshot / "upper" if self.snapshot else None
+        return Root(self.root).snapshots / self.snapshot / "upper" if self.snapshot else None
 
     @property
     def running(self) -> bool:
@@ -243,7 +243,7 @@ def _write_json(path: Path, doc: dict) -> None:
 
 def containers_dir(root: Path) -> Path:
     """``<root>/containers``."""
-    return Path(root) / CONTAINERS_DIR
+    return Root(root).containers
 
 
 def save_state(c: Container) -> None:
@@ -919,10 +919,10 @@ def remove(c: Container, force: bool = False) -> None:
         _kill_orphans(c)          # its supervisor died; runc may still run the container
         release_networks(c.dir / "run")     # and its pasta and network namespace are left
     if c.snapshot:
-        merged = c.root / "snapshots" / c.snapshot / "merged"
+        merged = Root(c.root).snapshots / c.snapshot / "merged"
         if _is_mounted(merged):
             subprocess.run(["umount", "-l", str(merged)], capture_output=True)
-        shutil.rmtree(c.root / "snapshots" / c.snapshot, ignore_errors=True)
+        shutil.rmtree(Root(c.root).snapshots / c.snapshot, ignore_errors=True)
     Store(c.root).remove_root(f"container-{c.id}")
     _release_name(c.root, c.name, c.id)
     # Rename first so that `ps` never reads a half-deleted record.

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from builder.errors import BuildError
+from builder.root import Root
 
 _MAGIC = b"PBHASH1\n"
 RACY_NS = 100_000_000
@@ -158,7 +159,7 @@ class HashCache:
 
 def hash_cache_path(root: str | os.PathLike) -> Path:
     """Where the hash cache of the store at `root` lives."""
-    return Path(root) / "cache" / "hashes.v1"
+    return Root(root).cache / "hashes.v1"
 
 
 def open_hash_cache(root: str | os.PathLike | None) -> HashCache:

@@ -32,6 +32,7 @@ from .outputs import (OutputSpec, export_docker, export_oci, export_rootfs, pars
                       write_text_atomic)
 from .plan import make_plan
 from ..progress import Progress
+from ..root import Root
 from .stage import Services, StageBuilder
 
 
@@ -252,7 +253,7 @@ def build(opts: BuildOptions) -> BuildResult:
     if opts.context == "-" and opts.dockerfile == "-":
         raise BuildError("the Dockerfile and the context cannot both come from standard input")
     context = open_context(opts.context, dockerfile=opts.dockerfile if opts.dockerfile != "-" else None,
-                           hash_cache=open_hash_cache(root), tmp_dir=_mkdir(root / "tmp"))
+                           hash_cache=open_hash_cache(root), tmp_dir=_mkdir(Root(root).tmp))
     executor: Executor | None = None
     try:
         text, filename = _read_dockerfile(opts, context)

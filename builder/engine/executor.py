@@ -29,6 +29,7 @@ from registry.store import Store
 
 from . import config as cfgmod
 from ..errors import BuildError
+from ..root import Root
 from ..runtime.layers import LayerMaker, LayerRef, prune_upper
 from ..runtime.sandbox import Mount, NetworkPool, RunSpec, run as sandbox_run
 from ..runtime.snapshot import _umount, mount_snapshot
@@ -91,7 +92,7 @@ def memory_dir(root: Path):
     Falls back to ``<root>/tmp`` only where /dev/shm is no tmpfs; then a killed build can
     leave the bundle (and an env secret in its config.json) on disk, as before.
     """
-    base = MEMORY_TMP if _is_tmpfs(MEMORY_TMP) else private_dir(Path(root) / "tmp")
+    base = MEMORY_TMP if _is_tmpfs(MEMORY_TMP) else private_dir(Root(root).tmp)
     d = tempfile.mkdtemp(prefix=memory_dir_prefix(root), dir=base)
     try:
         yield d
@@ -148,7 +149,7 @@ class Executor:
         self.isolation = isolation
         self.source_date_epoch = source_date_epoch
         self.cancel = cancel or threading.Event()      # set when the build is interrupted
-        self.networks = NetworkPool(self.root / "tmp")  # the private network of this build's RUNs
+        self.networks = NetworkPool(Root(self.root).tmp)  # the private network of this build's RUNs
 
     def warm_network(self) -> None:
         """A step is about to be executed: have the private network ready by the first RUN."""
@@ -198,7 +199,7 @@ class Executor:
                 # such a step keeps its bundle in memory, off the store's disk.
                 has_secret = any(m.type == "secret" and m.secret_data is not None for m in mounts)
                 state_dir = (Path(stack.enter_context(memory_dir(self.root))) if has_secret
-                             else self.root / "tmp")
+                             else Root(self.root).tmp)
                 rc = sandbox_run(spec, output, isolation=self.isolation,
                                  state_dir=state_dir, cancel=self.cancel, networks=self.networks)
             if rc != 0:
@@ -249,7 +250,7 @@ class Executor:
         return out, env
 
     def _tmp(self) -> Path:
-        return private_dir(self.root / "tmp")
+        return private_dir(Root(self.root).tmp)
 
     def _bind_source(self, m: RunMount, stack: contextlib.ExitStack) -> Path:
         """Host path to bind: a context path, or a path in a mounted stage/image rootfs.
@@ -352,7 +353,7 @@ class Executor:
     def _cache_dir(self, m: RunMount, stack: contextlib.ExitStack) -> Path:
         """The persistent directory of a cache mount (created with its mode/uid/gid)."""
         key = hashlib.sha256(m.cache_id.encode()).hexdigest()[:32]
-        d = self.root / "cachemounts" / key
+        d = Root(self.root).cachemounts / key
         if not d.is_dir():
             private_dir(d.parent)
             d.mkdir(exist_ok=True)
@@ -372,7 +373,7 @@ class Executor:
                         else:
                             shutil.copy2(host, dst)
         if m.sharing in ("locked", "private"):
-            lock = open(self.root / "cachemounts" / f"{key}.lock", "w")
+            lock = open(Root(self.root).cachemounts / f"{key}.lock", "w")
             stack.callback(lock.close)
             fcntl.flock(lock, fcntl.LOCK_EX)
         return d

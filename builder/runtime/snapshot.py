@@ -28,6 +28,7 @@ from registry.fsutil import private_dir
 from registry.tarsafe import extract_tar
 
 from ..errors import BuildError
+from ..root import Root
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -40,8 +41,8 @@ class LayerDirs:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.layers = self.root / "layers"
-        self.links = self.root / "l"
+        self.layers = Root(self.root).layers
+        self.links = Root(self.root).links
 
     def path(self, diff_id: str) -> Path:
         """Directory of the extracted layer ``diff_id`` (may not exist yet)."""
@@ -188,7 +189,7 @@ def mount_snapshot(root: Path, lower_ids: list[str], writable: bool = True,
     kernel refuses the overlay mount (or ``use_overlay`` is False).
     """
     dirs = LayerDirs(root)
-    snaps = private_dir(Path(root) / "snapshots")
+    snaps = private_dir(Root(root).snapshots)
     sid = os.urandom(6).hex()   # not uuid: it imports `platform`, a start-up cost
     base = snaps / sid
     os.mkdir(base, 0o700)
