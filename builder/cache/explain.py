@@ -101,6 +101,7 @@ def explain(context: str, dockerfile: str | None = None, *, root: str | None = N
     from ..engine.plan import make_plan
     from ..progress import Progress
     from ..engine.stage import Services, StageBuilder
+    from ..root import Root
 
     store = open_store(root)
     rootp = Path(store.root)
@@ -108,7 +109,7 @@ def explain(context: str, dockerfile: str | None = None, *, root: str | None = N
     platform = host_platform()
     opts = BuildOptions(context=context, dockerfile=dockerfile, build_args=dict(build_args or {}),
                         target=target, root=root)
-    tmp = rootp / "tmp"
+    tmp = Root(rootp).tmp
     tmp.mkdir(parents=True, exist_ok=True)
     ctx = open_context(context, dockerfile=dockerfile, hash_cache=open_hash_cache(rootp), tmp_dir=tmp)
     try:
