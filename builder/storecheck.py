@@ -40,7 +40,8 @@ from registry.fsutil import FileLock, atomic_write
 from registry.manifest import Index
 from registry.store import REF_NAME, Store
 
-from .cache import BuildCache, gc_roots
+from .cache.records import BuildCache, gc_roots
+from .root import Root
 
 
 @dataclass
@@ -226,17 +227,17 @@ class _Checker:
 
     # -- layers/, l/, snapshots/, tmp/ ------------------------------------------------------
     def _layers(self) -> None:
-        layers = self.root / "layers"
+        layers = Root(self.root).layers
         for p in sorted(layers.iterdir()) if layers.is_dir() else ():
             if p.name.startswith(".tmp-"):
                 self._report("leftover", f"half-extracted layer directory {p}", lambda p=p: _rm(p))
-        links = self.root / "l"
+        links = Root(self.root).links
         for p in sorted(links.iterdir()) if links.is_dir() else ():
             if p.is_symlink() and not p.exists():
                 self._report("leftover", f"short link {p} points at nothing", lambda p=p: _rm(p))
 
     def _debris(self, store: Store) -> None:
-        snaps = self.root / "snapshots"
+        snaps = Root(self.root).snapshots
         owned, since = container_snapshots(self.root)
         for p in sorted(snaps.iterdir()) if snaps.is_dir() else ():
             if p.name in owned:
@@ -245,13 +246,13 @@ class _Checker:
                 continue         # maybe the snapshot of a container being started right now
             self._report("leftover", f"snapshot {p} of a build that did not finish",
                          lambda p=p: _remove_snapshot(p))
-        tmp = self.root / "tmp"
+        tmp = Root(self.root).tmp
         for p in sorted(tmp.iterdir()) if tmp.is_dir() else ():
             self._report("leftover", f"temporary {p} of a process that did not finish",
                          lambda p=p: _remove_bundle(p))
         # Runtime bundles and secret files of steps that used secrets live in memory, outside
-        # the root, named after it (builder.executor.memory_dir).
-        from .executor import MEMORY_TMP, memory_dir_prefix
+        # the root, named after it (builder.engine.executor.memory_dir).
+        from .engine.executor import MEMORY_TMP, memory_dir_prefix
         prefix = memory_dir_prefix(self.root)
         for p in sorted(MEMORY_TMP.glob(prefix + "*")) if MEMORY_TMP.is_dir() else ():
             self._report("leftover", f"in-memory temporary {p} (maybe holding a build secret) of a "
@@ -272,7 +273,7 @@ def container_snapshots(root: Path) -> tuple[set[str], float | None]:
     """
     owned: set[str] = set()
     since: float | None = None
-    cdir = root / "containers"
+    cdir = Root(root).containers
     for d in cdir.iterdir() if cdir.is_dir() else ():
         if d.name == "names" or d.name.startswith(".") or not d.is_dir():
             continue
@@ -339,7 +340,7 @@ def mounts_under(path: Path) -> list[str]:
 
 def _remove_bundle(path: Path) -> None:
     """A dead build's temporary: stop the pasta of a private network it left, then remove it."""
-    from .sandbox import release_network
+    from .runtime.sandbox import release_network
     release_network(path)
     _remove_snapshot(path)
 

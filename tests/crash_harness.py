@@ -27,9 +27,9 @@ from builder.storecheck import check_root, repair_root
 
 def preload() -> None:
     """Import what the commands use once in the parent, so forked children start warm."""
-    import builder.build  # noqa: F401
-    import builder.commands.images  # noqa: F401
-    import builder.commands.remote  # noqa: F401
+    import builder.engine.build  # noqa: F401
+    import builder.cli.images  # noqa: F401
+    import builder.cli.remote  # noqa: F401
     import registry.client  # noqa: F401
     import registry.imports  # noqa: F401
     import registry.transfer  # noqa: F401

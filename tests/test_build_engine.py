@@ -28,7 +28,7 @@ def _config(root: Path, ref: str) -> dict:
 
 def test_hello_sample_builds_runs_and_rebuilds_from_cache(busybox_image, tmp_path):
     root = busybox_image
-    from builder.build import BuildOptions, build
+    from builder.engine.build import BuildOptions, build
     res = build(BuildOptions(context=str(REPO / "samples" / "hello"), root=str(root), tags=["hello:1"],
                              progress="quiet"))
     cfg = _config(root, "hello:1")

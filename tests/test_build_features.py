@@ -127,7 +127,7 @@ def test_context_from_tar_file_and_stdin_dockerfile(busybox_image, tmp_path):
     with tarfile.open(tar_path, "w:gz") as t:
         for p in sorted(ctx.iterdir()):
             t.add(p, arcname=p.name)
-    from builder.build import BuildOptions, build
+    from builder.engine.build import BuildOptions, build
     build(BuildOptions(context=str(tar_path), root=str(root), tags=["tarctx:latest"], progress="quiet"))
     rootfs = unpack_image(root, "tarctx:latest", tmp_path / "u")
     assert (rootfs / "f").read_text() == "from tar\n"

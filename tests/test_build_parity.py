@@ -75,7 +75,7 @@ def _norm(cfg: dict) -> dict:
 def test_parity_with_buildah(case, buildah_base, tmp_path):
     root = buildah_base
     case_dir = PARITY / case
-    from builder.build import BuildOptions, build
+    from builder.engine.build import BuildOptions, build
     tag = f"parity-{case}:latest"
     res = build(BuildOptions(context=str(case_dir), root=str(root), tags=[tag], progress="plain",
                              progress_out=io.StringIO()))

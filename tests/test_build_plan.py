@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from builder import config as cfgmod
+from builder.engine import config as cfgmod
 from builder.errors import BuildError
-from builder.plan import ArgScope, make_plan
+from builder.engine.plan import ArgScope, make_plan
 from dockerfile_grammar.errors import DockerfileError
 from dockerfile_grammar.instructions import parse_dockerfile
 from registry.platform import host_platform

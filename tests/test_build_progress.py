@@ -299,7 +299,7 @@ def test_plain_and_rawjson_builds(busybox_image, tmp_path):
 
 
 def test_miss_reasons_concise_and_out_of_the_output(busybox_image, tmp_path):
-    from builder.build import BuildError
+    from builder.engine.build import BuildError
     from tests.fixtures.building import build_in
     root = busybox_image
     build_in(root, tmp_path / "ctx", "FROM busybox\nCOPY f /ctx\nRUN echo a\n", {"f": "f\n"})

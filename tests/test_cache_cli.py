@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from builder.cache import BuildCache, entries
+from builder.cache.records import BuildCache, entries
 from builder.cli import main
 from builder.storecheck import check_root
 from registry.store import Store

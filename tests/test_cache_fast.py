@@ -1,4 +1,4 @@
-"""No-op rebuilds (builder.cache_fast): taken only when every input is unchanged."""
+"""No-op rebuilds (builder.cache.fast): taken only when every input is unchanged."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -114,7 +114,7 @@ def test_miss_reason_in_progress(busybox_image, tmp_path):
 
 def test_key_documents_and_reasons():
     """Keys hash their inputs canonically; reasons name what differs."""
-    from builder.cache_keys import content_id, diff_inputs, key_document, step_key
+    from builder.cache.keys import content_id, diff_inputs, key_document, step_key
     a = step_key("sha256:p", "linux/amd64", "RUN", argv=["sh", "-c", "make"], env=["A=1", "B=2"])
     b = step_key("sha256:p", "linux/amd64", "RUN", env=["A=1", "B=2"], argv=["sh", "-c", "make"])
     assert a == b and a.startswith("sha256:")
@@ -131,7 +131,7 @@ def test_key_documents_and_reasons():
 
 def test_size_and_duration_parsing():
     import pytest
-    from builder.commands.cache import parse_duration, parse_size
+    from builder.cli.cache import parse_duration, parse_size
     from builder.errors import BuildError
     assert parse_size("500MB") == 500 << 20 and parse_size("2g") == 2 << 30 and parse_size("1024") == 1024
     assert parse_duration("24h") == 86400 and parse_duration("1h30m") == 5400 and parse_duration("7d") == 7 * 86400

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.cache_remote import ARTIFACT_TYPE, INDEX_MEDIA_TYPE, parse_cache_spec
+from builder.cache.remote import ARTIFACT_TYPE, INDEX_MEDIA_TYPE, parse_cache_spec
 from builder.errors import BuildError
 from registry.store import Store
 from tests.fixtures.building import build_in
@@ -71,7 +71,7 @@ def test_registry_round_trip_fresh_root_lazy(busybox_image, _busybox_layout, reg
     assert m["artifactType"] == ARTIFACT_TYPE and m["config"]["mediaType"] == INDEX_MEDIA_TYPE
     assert {l["digest"] for l in m["layers"]} >= final - {first.layers[0].descriptor.digest} | set(extra)
     # What the fresh root downloaded became local records; the lazy step did not.
-    from builder.cache import BuildCache
+    from builder.cache.records import BuildCache
     keys = [l["key"] for l in json.loads((tmp_path / "meta.json").read_text())["pybuild.cache"]]
     local = BuildCache(fresh)
     assert local.get(keys[0]) is None

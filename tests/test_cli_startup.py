@@ -39,7 +39,8 @@ def test_registry_import_is_lazy_and_complete():
 
 def test_no_uuid_on_start_up_paths():
     """The store and the engine modules name temporary files without `uuid` (it imports `platform`)."""
-    code = ("import sys, registry.store, registry.transfer, builder.build, builder.sandbox, builder.snapshot;"
+    code = ("import sys, registry.store, registry.transfer, builder.engine.build, builder.runtime.sandbox,"
+            " builder.runtime.snapshot;"
             "assert 'uuid' not in sys.modules and 'platform' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import seccomp
+from builder.runtime import seccomp
 from builder.errors import BuildError
-from builder.sandbox import DEFAULT_CAPS, Mount, RunSpec, granted_caps, oci_config, run
+from builder.runtime.sandbox import DEFAULT_CAPS, Mount, RunSpec, granted_caps, oci_config, run
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (namespaces, mounts)"),

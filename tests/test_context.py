@@ -1,4 +1,4 @@
-"""builder.context and builder.hashcache: ignore rules, source resolution, globs, checksums."""
+"""builder.context and builder.context.hashcache: ignore rules, source resolution, globs, checksums."""
 from __future__ import annotations
 
 import gzip
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.context import BuildContext, checksum_sources, open_context, source_records
+from builder.context.build_context import BuildContext, checksum_sources, open_context, source_records
 from builder.errors import BuildError
-from builder.hashcache import HashCache, open_hash_cache
+from builder.context.hashcache import HashCache, open_hash_cache
 
 
 def write(p: Path, text: str = "x") -> Path:
@@ -298,7 +298,7 @@ def test_checksum_is_the_hash_of_the_records(ctxdir: Path) -> None:
 
 
 def test_diff_source_records_names_the_change(ctxdir: Path) -> None:
-    from builder.context import diff_source_records
+    from builder.context.build_context import diff_source_records
 
     ctx = open_context(ctxdir)
     before = source_records(ctx, ["src"])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.cache import BuildCache, CacheRecord, gc_roots
+from builder.cache.records import BuildCache, CacheRecord, gc_roots
 from builder.cli import main
 from builder.storecheck import check_root, repair_root
 from registry.store import Store

@@ -36,7 +36,7 @@ def built(tmp_path: Path) -> tuple[Path, str]:
 def test_version_is_cheap_and_from_one_place(tmp_path: Path) -> None:
     from builder._version import __version__
     code = ("import sys, builder.cli as c; c.main(['--version']);"
-            "assert not any(m.startswith(('registry', 'builder.commands')) for m in sys.modules), sorted(sys.modules)")
+            "assert not any(m.startswith(('registry', 'builder.cli.')) for m in sys.modules), sorted(sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"pybuild version {__version__}"
@@ -222,7 +222,7 @@ def test_login_with_p_warns_and_checks_the_registry(tmp_path: Path) -> None:
 
 def test_build_accepts_insecure_registry(tmp_path: Path) -> None:
     from builder.cli import build_parser
-    parser, _ = build_parser(["builder.commands.build"])
+    parser, _ = build_parser(["builder.cli.build"])
     args = parser.parse_args(["build", "--insecure-registry", "reg.local:5000", "--ssh", "default", "."])
     assert args.insecure_registries == ["reg.local:5000"] and args.ssh == ["default"] and args.context == "."
 

@@ -1,4 +1,4 @@
-"""builder.dockerignore against every case of ../shared/conformance/dockerignore-cases.json."""
+"""builder.context.dockerignore against every case of ../shared/conformance/dockerignore-cases.json."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from builder.dockerignore import (
+from builder.context.dockerignore import (
     DockerignoreError,
     Matcher,
     compile_pattern,

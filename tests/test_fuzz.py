@@ -20,7 +20,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builder.dockerignore import DockerignoreError, Matcher, read_ignore_lines
+from builder.context.dockerignore import DockerignoreError, Matcher, read_ignore_lines
 from dockerfile_grammar.errors import DockerfileError
 from registry.errors import RegistryError
 

@@ -134,9 +134,9 @@ def test_file_deleted_during_build(stage: str, root: Path, ctx: Path, tmp_path: 
     """A source that vanishes while the build runs - after the context resolved it but before
     its checksum was taken, or after the checksum but before the copy reads it - gives a clear
     BuildError naming it, not an OSError traceback."""
-    from builder.build import BuildOptions, build
+    from builder.engine.build import BuildOptions, build
     from builder.errors import BuildError
-    import builder.context as context_mod
+    import builder.context.build_context as context_mod
     victim = ctx / "victim"
     victim.write_bytes(b"v" * 100_000)
     (ctx / "Dockerfile").write_text("FROM scratch\nCOPY victim /x\n")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.sandbox import RunSpec, run
+from builder.runtime.sandbox import RunSpec, run
 from tests.fixtures.building import build_in
 from tests.test_confinement import attack, rootfs  # noqa: F401  (fixtures)
 

@@ -2,7 +2,7 @@
 
 Each case builds a stack of layer directories in overlay format (0/0 character devices as
 whiteouts, ``trusted.overlay.opaque=y``), mounts it read-only with the real overlay
-(``lowerdir=top:...:bottom``, the options builder.snapshot uses), and compares what RootView
+(``lowerdir=top:...:bottom``, the options builder.runtime.snapshot uses), and compares what RootView
 says for every path of a small name universe with what the kernel says on the mount, the
 kernel resolving inside the mount as in a chroot (openat2 RESOLVE_IN_ROOT). Hostile shapes
 (links to / and ../.., a link to a host canary hidden by an upper directory, whiteouts,
@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from builder.errors import BuildError
-from builder.rootview import RootView
-from builder.snapshot import OPAQUE_XATTR
+from builder.runtime.rootview import RootView
+from builder.runtime.snapshot import OPAQUE_XATTR
 from registry import inroot
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts and trusted.* xattrs need root")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import containers as ct
-from builder.snapshot import LayerDirs
+from builder.containers import lifecycle as ct
+from builder.runtime.snapshot import LayerDirs
 from registry.imports import import_image
 from registry.store import Store
 

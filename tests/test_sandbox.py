@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import BuildError
-from builder.sandbox import Mount, RunSpec, run, oci_config
+from builder.runtime.sandbox import Mount, RunSpec, run, oci_config
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (namespaces, mounts)"),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.executor import MEMORY_TMP, _is_tmpfs, memory_dir_prefix
+from builder.engine.executor import MEMORY_TMP, _is_tmpfs, memory_dir_prefix
 from builder.storecheck import check_root, repair_root
 
 pytestmark = [pytest.mark.integration,

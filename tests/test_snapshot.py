@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.snapshot import LayerDirs, OPAQUE_XATTR, mount_snapshot
+from builder.runtime.snapshot import LayerDirs, OPAQUE_XATTR, mount_snapshot
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts need root")]

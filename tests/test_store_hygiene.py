@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.snapshot import LayerDirs
+from builder.runtime.snapshot import LayerDirs
 from builder.storecheck import check_root
 from registry.store import ROOT_SUBDIRS, Store
 

@@ -16,7 +16,7 @@ import tempfile
 import atheris
 
 with atheris.instrument_imports():
-    from builder.dockerignore import DockerignoreError, Matcher, read_ignore_lines
+    from builder.context.dockerignore import DockerignoreError, Matcher, read_ignore_lines
     from dockerfile_grammar import parse_dockerfile
     from dockerfile_grammar.errors import DockerfileError
     from registry.errors import RegistryError

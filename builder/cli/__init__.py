@@ -1,0 +1,222 @@
+"""The `pybuild` command line: a thin dispatcher over the per-command modules beside it (builder.cli.*).
+
+Each command module exposes ``register(add_command)``; ``add_command(name, help)`` returns an
+argparse parser that already carries the global options (``--root``, ``--quiet``) and the module
+sets ``func`` on it. Command modules import heavy libraries inside their functions so that start-up
+stays cheap (it is part of every warm build).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+from typing import Callable
+
+# Order is the order of `pybuild --help`.
+COMMAND_MODULES = [
+    "builder.cli.build",
+    "builder.cli.lint",
+    "builder.cli.images",
+    "builder.cli.remote",
+    "builder.cli.login",
+    "builder.cli.run",
+    "builder.cli.cache",
+]
+
+# Which module registers each command, so that `pybuild pull ...` builds only that module's parsers
+# (building all of them is ~10 ms of every command's start-up). A name missing here just means all
+# modules are loaded; tests/test_cli_startup.py checks the table against what the modules register.
+COMMAND_OWNERS = {
+    "build": "builder.cli.build", "lint": "builder.cli.lint",
+    **dict.fromkeys(["history", "images", "import", "load", "rmi", "save", "store", "tag"],
+                    "builder.cli.images"),
+    **dict.fromkeys(["catalog", "copy", "delete", "inspect", "manifest", "pull", "push", "tags"],
+                    "builder.cli.remote"),
+    **dict.fromkeys(["login", "logout"], "builder.cli.login"),
+    **dict.fromkeys(["commit", "diff", "logs", "ps", "rm", "run", "stop"], "builder.cli.run"),
+    "cache": "builder.cli.cache",
+}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwind exactly as for Ctrl-C (every ``except
+    KeyboardInterrupt`` and ``except BaseException`` on the way cleans up: RUN processes and
+    their runc containers killed and deleted, overlay mounts and snapshots removed)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame) -> None:
+    # Only the first one unwinds: another SIGTERM while cleaning up (a CI runner repeating
+    # itself) must not cut the cleanup short. SIGKILL remains the way to stop at once.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _ignore)
+    raise Terminated(signum)
+
+
+def _ignore(_signum: int, _frame) -> None:
+    pass
+
+
+def _install_signal_handlers() -> None:
+    """SIGTERM (how CI, `timeout` and Kubernetes stop a job) and SIGHUP (a closed terminal) end a
+    command like SIGINT does. Without this, Python dies at once and leaves the RUN command,
+    its container, mounts and snapshot behind. `pybuild run` replaces them while its container
+    runs, to stop the container instead (builder.containers)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:      # not when ignored, e.g. under nohup
+            signal.signal(sig, _terminate)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", default=argparse.SUPPRESS,
+                        help="store root (default: $PYBUILD_ROOT or $XDG_DATA_HOME/pybuild)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="print only results and errors")
+    return common
+
+
+def build_parser(modules: list[str] | None = None, parsers: dict[str, argparse.ArgumentParser] | None = None,
+                 ) -> tuple[argparse.ArgumentParser, set[str]]:
+    """Build the argument parser (of ``modules``, default all); returns it and the command names
+    (and fills ``parsers`` with each command's own parser, when given)."""
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="pybuild", parents=[common],
+        description="Daemonless container image builder and registry client. "
+                    "`pybuild [build] -f Dockerfile CONTEXT` builds like `docker build`.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    names: set[str] = set()
+
+    def add_command(name: str, help: str, **kw) -> argparse.ArgumentParser:
+        names.add(name)
+        p = sub.add_parser(name, help=help, parents=[common], **kw)
+        if parsers is not None:
+            parsers[name] = p
+        return p
+
+    for mod_name in modules or COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod_name:      # command not written yet in this checkout
+                continue
+            raise
+        mod.register(add_command)
+    return parser, names
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `pybuild` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    i = _after_globals(argv)
+    if i < len(argv) and argv[i] in ("--version", "-v"):
+        # Before any parser is built: the version costs one tiny module (no argparse tables).
+        from .._version import __version__
+        print(f"pybuild version {__version__}")
+        return 0
+    # An explicit command needs only its own module's parsers (building them all is a start-up cost).
+    owner = COMMAND_OWNERS.get(argv[i]) if i < len(argv) else None
+    parsers: dict[str, argparse.ArgumentParser] = {}
+    parser, names = build_parser([owner] if owner else None, parsers)
+    # `pybuild -f Dockerfile .` means `pybuild build -f Dockerfile .`, like `docker build`.
+    if "build" in names and i < len(argv) and argv[i] not in names and argv[i] not in ("-h", "--help"):
+        if _looks_like_command(argv[i]):
+            print(_unknown_command(argv[i], names), file=sys.stderr)
+            return 2
+        argv.insert(i, "build")
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Report on the (sub)command's own parser: its usage line is the one that helps.
+        _innermost(parsers.get(getattr(args, "command", None) or "", parser), args).error(
+            f"unrecognized arguments: {' '.join(extra)}")
+    root = getattr(args, "root", None)
+    # Absolute, because runc bundles and overlay mount options are resolved from other cwds.
+    args.root = os.path.abspath(root) if root else None
+    args.quiet = getattr(args, "quiet", False)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    _install_signal_handlers()
+    try:
+        return int(func(args) or 0)
+    except Terminated as exc:
+        print(f"interrupted by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `pybuild images | head`: the reader left; exit like a shell pipeline would, quietly
+        # (stdout is pointed at /dev/null so the interpreter's final flush cannot fail again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:     # after BrokenPipeError, which is an OSError too
+        import errno
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: no space left on device{f' writing {exc.filename}' if exc.filename else ''}: free some "
+              "space (e.g. `pybuild store gc`) or use another --root", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # The error modules are imported only once something failed: a warm build's fast path
+        # imports neither `registry` nor `dockerfile_grammar`.
+        from dockerfile_grammar.errors import DockerfileError
+        from registry.errors import RegistryError
+        from ..errors import BuildError
+        if not isinstance(exc, (DockerfileError, RegistryError, BuildError)):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _looks_like_command(word: str) -> bool:
+    """A first word that is neither an option nor a build context: a mistyped or unknown command.
+    A context is whatever exists as a path, `-` (stdin), or a word with a path or URL shape (a
+    missing directory then gets build's own "context not found")."""
+    if word.startswith("-") or os.path.lexists(word):
+        return False
+    return not any(c in word for c in "/.:~\\") and word.replace("-", "").replace("_", "").isalnum()
+
+
+def _unknown_command(word: str, names: set[str]) -> str:
+    import difflib
+    close = difflib.get_close_matches(word, sorted(names), n=1, cutoff=0.6)
+    if close:
+        return f"pybuild: unknown command '{word}'; did you mean '{close[0]}'?"
+    return (f"pybuild: unknown command '{word}', and no build context of that name; "
+            f"see `pybuild --help` (to build a directory, give it as a path: ./{word})")
+
+
+def _innermost(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The deepest subcommand parser ``args`` went through (`cache prune`, not `cache`)."""
+    while True:
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = [a.choices[getattr(args, a.dest)] for a in subs
+                  if getattr(args, a.dest, None) in a.choices]
+        if not chosen:
+            return p
+        p = chosen[0]
+
+
+def _after_globals(argv: list[str]) -> int:
+    """Index just after leading global options (`--root DIR`, `-q`)."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--root":
+            i += 2
+        elif argv[i].startswith("--root=") or argv[i] in ("-q", "--quiet"):
+            i += 1
+        else:
+            break
+    return i
+
+
+if __name__ == "__main__":
+    sys.exit(main())

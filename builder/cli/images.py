@@ -1,0 +1,285 @@
+"""Local image commands: `images`, `tag`, `history`, `rmi`, `import`, `save`, `load`, `store gc|verify`.
+
+They work on the store at --root ($PYBUILD_ROOT, else $XDG_DATA_HOME/pybuild) and never touch
+the network.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def register(add_command) -> None:
+    """Add the images, rmi, import and store commands."""
+    p = add_command("images", "list the images in the local store")
+    p.add_argument("filter", nargs="?", metavar="REPOSITORY[:TAG]",
+                   help="only images of this repository (and tag); shell wildcards allowed")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="table (default) or json (one object per image, full digests)")
+    p.set_defaults(func=_images)
+
+    p = add_command("tag", "give a local image another name (like docker tag)")
+    p.add_argument("source", metavar="SOURCE_IMAGE[:TAG]")
+    p.add_argument("target", metavar="TARGET_IMAGE[:TAG]")
+    p.set_defaults(func=_tag)
+
+    p = add_command("history", "show how a local image was made, one line per config history entry")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--no-trunc", action="store_true", help="do not cut the CREATED BY column")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_history)
+
+    p = add_command("save", "write local images to a tar archive (docker-archive, or OCI with --format oci)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("-o", "--output", metavar="FILE", help="the archive to write (default: standard output)")
+    p.add_argument("--format", choices=("docker", "oci"), default="docker",
+                   help="docker: `docker load` format (default, this host's platform); oci: an OCI "
+                        "image layout tar (all stored platforms)")
+    p.set_defaults(func=_save)
+
+    p = add_command("load", "store the images of a docker-archive or OCI archive tar (like docker load)")
+    p.add_argument("-i", "--input", metavar="FILE", default="-", help="the archive (default: standard input)")
+    p.set_defaults(func=_load)
+
+    p = add_command("rmi", "remove image tags and the blobs no other image or cache uses")
+    p.add_argument("refs", nargs="+", metavar="REF", help="image name, name:tag, name@digest or digest prefix")
+    p.add_argument("--no-prune", action="store_true", help="only untag; keep the blobs until `store gc`")
+    p.set_defaults(func=_rmi)
+
+    p = add_command("import", "make a one-layer image from a root filesystem directory or a tar (like docker import)")
+    p.add_argument("source", metavar="ROOTFS_DIR|TAR", help="a directory, a tar (gzip/zstd/bzip2/xz ok) or - for stdin")
+    p.add_argument("name", metavar="NAME[:TAG]", help="the tag to give the image")
+    p.add_argument("-c", "--change", action="append", default=[], metavar="INSTRUCTION",
+                   help="apply a Dockerfile instruction to the config: CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, "
+                        "ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR (repeatable)")
+    p.add_argument("-m", "--message", help="history comment for the layer")
+    p.add_argument("--platform", help="OS/ARCH[/VARIANT] to record in the config (default: this host)")
+    p.set_defaults(func=_import)
+
+    p = add_command("store", "maintain the local store (gc, verify)")
+    p.add_argument("action", choices=("gc", "verify"),
+                   help="gc: delete unreferenced blobs; verify: check every blob, image, cache record and "
+                        "what crashed processes left behind")
+    p.add_argument("--repair", action="store_true",
+                   help="with verify: remove what is broken and unreferenced, then check again")
+    p.set_defaults(func=_store)
+
+
+def _open(args: argparse.Namespace):
+    from registry.store import open_store
+    return open_store(args.root)
+
+
+def human_size(n: int) -> str:
+    """Decimal units like Docker: 1.98MB, 512B."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g}{unit}" if unit != "B" else f"{n}B"
+        n /= 1000
+    return f"{n}B"
+
+
+def human_age(created: str | None, now: float | None = None) -> str:
+    """`3 days ago` from an RFC 3339 time (`N/A` when absent or unreadable)."""
+    if not created:
+        return "N/A"
+    from datetime import datetime   # only `images` needs it; every command imports this module
+    try:
+        t = datetime.fromisoformat(created).timestamp()
+    except ValueError:
+        return "N/A"
+    secs = max(0, int((now or time.time()) - t))
+    for size, unit in ((365 * 86400, "year"), (30 * 86400, "month"), (7 * 86400, "week"), (86400, "day"),
+                       (3600, "hour"), (60, "minute"), (1, "second")):
+        if secs >= size or unit == "second":
+            k = secs // size
+            return f"{k} {unit}{'s' if k != 1 else ''} ago"
+    return "N/A"
+
+
+def image_rows(store) -> list[dict]:
+    """One dict per tagged image: repository, tag, digest, size (compressed bytes for this host's
+    platform), created, platform."""
+    from registry.errors import RegistryError
+
+    rows = []
+    for rec in store.list_images():
+        ref = rec.reference
+        repo = ref.familiar_name if ref else (rec.name or "<none>")
+        tag = (ref.tag if ref and ref.tag else "<none>")
+        size, created, platform = 0, None, None
+        try:
+            desc, manifest = store.image_manifest(rec.descriptor.digest)
+            cfg = store.get_config(manifest.config.digest)
+            size = desc.size + manifest.config.size + sum(layer.size for layer in manifest.layers)
+            created, platform = cfg.created, str(cfg.platform)
+        except RegistryError:
+            size = rec.descriptor.size
+        rows.append({"name": rec.name, "repository": repo, "tag": tag, "digest": rec.descriptor.digest,
+                     "media_type": rec.descriptor.media_type, "size": size, "created": created,
+                     "platform": platform})
+    return rows
+
+
+def _matches(row: dict, pattern: str) -> bool:
+    """`docker images REPO[:TAG]`: the repository (familiar or full name) and tag, with wildcards."""
+    from fnmatch import fnmatchcase
+    repo, tag = pattern, "*"
+    if ":" in pattern.rpartition("/")[2]:
+        repo, _, tag = pattern.rpartition(":")
+    full = row["name"].rpartition(":")[0] if ":" in row["name"].rpartition("/")[2] else row["name"]
+    names = {row["repository"], full}
+    if row["repository"].startswith("docker.io/library/"):
+        names.add(row["repository"].removeprefix("docker.io/library/"))
+    return any(fnmatchcase(n, repo) for n in names) and fnmatchcase(row["tag"], tag)
+
+
+def _images(args: argparse.Namespace) -> int:
+    rows = image_rows(_open(args))
+    if args.filter:
+        rows = [r for r in rows if _matches(r, args.filter)]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [("REPOSITORY", "TAG", "DIGEST", "SIZE", "CREATED")]
+    for r in rows:
+        table.append((r["repository"], r["tag"], r["digest"][:19], human_size(r["size"]), human_age(r["created"])))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    for row in table:
+        print("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _rmi(args: argparse.Namespace) -> int:
+    store = _open(args)
+    for ref in args.refs:
+        store.untag(ref)
+        if not args.quiet:
+            print(f"Untagged: {ref}")
+    if not args.no_prune:
+        from ..cache.records import gc_roots   # blobs of cached build steps stay
+        result = store.gc(extra_roots=gc_roots(store.root))
+        if not args.quiet and result.removed_blobs:
+            print(f"Deleted: {result.removed_blobs} blobs ({human_size(result.freed_bytes)})")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from registry.imports import import_image
+    from registry.platform import parse_platform
+
+    store = _open(args)
+    platform = parse_platform(args.platform) if args.platform else None
+    result = import_image(store, args.source, args.name, changes=args.change, platform=platform,
+                          message=args.message)
+    if not args.quiet:
+        print(f"Imported {result.reference.familiar} ({result.layer.size} bytes compressed)", file=sys.stderr)
+    print(result.descriptor.digest)
+    return 0
+
+
+def _store(args: argparse.Namespace) -> int:
+    store = _open(args)
+    if args.action == "gc":
+        from ..cache.records import gc_roots   # blobs of cached build steps stay
+        result = store.gc(extra_roots=gc_roots(store.root))
+        if not args.quiet:
+            print(f"removed {result.removed_blobs} blobs ({human_size(result.freed_bytes)}), "
+                  f"kept {result.kept_blobs}")
+        return 0
+    from ..storecheck import check_root, repair_root
+    if args.repair:
+        repaired = repair_root(store.root)
+        if not args.quiet:
+            for what in repaired.removed:
+                print(f"removed: {what}")
+        problems = repaired.remaining
+    else:
+        problems = check_root(store.root)
+    for p in problems:
+        print(f"{p.kind}: {p.message}")
+    if not problems and not args.quiet:
+        print(f"store at {store.root}: all blobs, images and cache records are intact")
+    return 1 if problems else 0
+
+
+def _tag(args: argparse.Namespace) -> int:
+    store = _open(args)
+    store.tag(args.target, store.resolve(args.source))
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    store = _open(args)
+    _, manifest = store.image_manifest(args.image)
+    cfg = store.read_blob(manifest.config.digest)
+    history = json.loads(cfg).get("history") or []
+    layers = list(manifest.layers)
+    rows = []
+    # Entries with empty_layer do not own a layer; the others take the manifest's layers in order.
+    for h in history:
+        size = 0
+        if not h.get("empty_layer") and layers:
+            size = layers.pop(0).size
+        rows.append({"created": h.get("created"), "created_by": h.get("created_by", ""), "size": size,
+                     "comment": h.get("comment", "")})
+    rows.reverse()                          # newest first, as docker prints it
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [("CREATED", "CREATED BY", "SIZE", "COMMENT")]
+    for r in rows:
+        by = " ".join(r["created_by"].split()) if not args.no_trunc else r["created_by"]
+        if not args.no_trunc and len(by) > 45:
+            by = by[:44] + "…"
+        table.append((human_age(r["created"]), by, human_size(r["size"]), r["comment"]))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        print("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    if not args.quiet:
+        print("(SIZE: compressed layer size)", file=sys.stderr)
+    return 0
+
+
+def _save(args: argparse.Namespace) -> int:
+    from registry.archive import save_docker_archive, save_oci_archive, write_archive
+    from ..errors import BuildError
+    store = _open(args)
+    for name in args.images:
+        store.resolve(name)                  # a missing image fails before anything is written
+    writer = save_oci_archive if args.format == "oci" else save_docker_archive
+    if args.output in (None, "-"):
+        if sys.stdout.isatty():
+            raise BuildError("save: refusing to write an archive to a terminal; use -o FILE or redirect")
+        out = sys.stdout.buffer
+        writer(store, args.images, out)
+        out.flush()
+        return 0
+    write_archive(args.output, lambda f: writer(store, args.images, f))
+    if not args.quiet:
+        print(f"Saved {', '.join(args.images)} to {args.output} ({args.format} archive)", file=sys.stderr)
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from registry.archive import load_archive
+    store = _open(args)
+    if args.input == "-":
+        import shutil
+        import tempfile
+        # A tar is read with random access (manifest.json comes last in a docker-archive): spill
+        # standard input into the store's filesystem first.
+        with tempfile.NamedTemporaryFile(dir=store.root, prefix=".load-") as tmp:
+            shutil.copyfileobj(sys.stdin.buffer, tmp, 1 << 20)
+            tmp.flush()
+            result = load_archive(store, tmp.name)
+    else:
+        result = load_archive(store, args.input)
+    for tag in result.tags:
+        print(f"Loaded image: {tag}")
+    if not result.tags:
+        for digest in result.digests:
+            print(f"Loaded image ID: {digest} (untagged: name it with `pybuild tag {digest[:19]} NAME`)")
+    return 0

@@ -1,0 +1,203 @@
+"""Container commands: run, ps, stop, rm, logs, diff, commit (see builder.containers).
+
+`pybuild run` exits with the container's exit code; its own failures exit 125 (as `docker run`
+does), a command that cannot be found 127, one that cannot be executed 126.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def register(add_command) -> None:
+    """Add the container commands."""
+    p = add_command("run", "run a command in a new container of an image (like docker run)")
+    p.add_argument("--rm", dest="auto_remove", action="store_true",
+                   help="remove the container when it exits")
+    p.add_argument("--name", default="", help="name the container (default: a generated one)")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
+                   help="set an environment variable; a bare K takes the host's value (repeatable)")
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:ro]",
+                   help="bind-mount a host path into the container (repeatable)")
+    p.add_argument("-w", "--workdir", help="working directory inside the container (absolute)")
+    p.add_argument("-u", "--user", help="USER[:GROUP] (names or numbers) to run as")
+    p.add_argument("--entrypoint", help='override the image\'s ENTRYPOINT ("" clears it, and the CMD)')
+    p.add_argument("--network", choices=("default", "bridge", "host", "none"), default="default",
+                   help="default (or bridge): a private network with outbound access, through pasta; "
+                        "host: the host's network shared (without CAP_NET_RAW); none: only loopback")
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="run in the background and print the container ID")
+    p.add_argument("--isolation", choices=("oci", "default", "chroot"),
+                   help="oci: runc (the default, and the only one); chroot was removed (it could not "
+                        "confine a container)")
+    p.add_argument("--stop-timeout", type=int, metavar="SECONDS",
+                   help="after the stop signal, wait this long before SIGKILL (default 10)")
+    p.add_argument("--pull", choices=("missing", "always", "never"), default="missing",
+                   help="pull the image: when missing from the store (default), always, or never")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+                   help="allow plain HTTP or an unverified certificate for HOST when pulling")
+    p.add_argument("image", metavar="IMAGE")
+    # Everything after IMAGE belongs to the container, options included (`run busybox ls -l`).
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+    p.set_defaults(func=_run)
+
+    p = add_command("ps", "list containers (running ones; -a for all)")
+    p.add_argument("-a", "--all", action="store_true", help="show all containers, not only running ones")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_ps)
+
+    p = add_command("stop", "stop running containers (the image's StopSignal, then SIGKILL)")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+    p.add_argument("-t", "--time", type=int, metavar="SECONDS",
+                   help="seconds to wait before SIGKILL (default: the container's stop timeout)")
+    p.set_defaults(func=_stop)
+
+    p = add_command("rm", "remove containers and their writable layers")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+    p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    p.set_defaults(func=_rm)
+
+    p = add_command("logs", "print a container's output")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the container exits")
+    p.set_defaults(func=_logs)
+
+    p = add_command("diff", "list the paths a container added (A), changed (C) or deleted (D)")
+    p.add_argument("container", metavar="CONTAINER")
+    p.set_defaults(func=_diff)
+
+    p = add_command("commit", "make an image from a container's changes (like docker commit)")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("name", metavar="NAME[:TAG]")
+    p.add_argument("-m", "--message", default="", help="history comment")
+    p.add_argument("-a", "--author", default="", help="author of the image")
+    p.add_argument("-c", "--change", action="append", default=[], metavar="INSTRUCTION",
+                   help="apply a Dockerfile instruction to the config: CMD, ENTRYPOINT, ENV, EXPOSE, "
+                        "LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR (repeatable)")
+    p.set_defaults(func=_commit)
+
+
+def _root(args: argparse.Namespace):
+    from registry.store import open_store
+    store = open_store(args.root)
+    return store, store.root
+
+
+def _write(stream: str, chunk: bytes) -> None:
+    out = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+    out.write(chunk)
+    out.flush()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from builder.containers import lifecycle as ct
+    from builder.errors import BuildError
+    from registry.errors import RegistryError
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    opts = ct.RunOptions(
+        image=args.image, command=command, name=args.name, env=args.env, volumes=args.volume,
+        workdir=args.workdir, user=args.user, entrypoint=args.entrypoint, network=args.network,
+        isolation=args.isolation, auto_remove=args.auto_remove, stop_timeout=args.stop_timeout,
+        pull=args.pull, insecure_registries=tuple(args.insecure_registry))
+    try:
+        store, root = _root(args)
+        progress = None
+        if not args.quiet:
+            from registry.progress import make_progress
+            progress = make_progress(quiet=False)
+        try:
+            c = ct.create(store, root, opts, progress=progress)
+        finally:
+            if progress is not None:
+                progress.close()
+        if args.detach:
+            ct.start_detached(c)
+            print(c.id)
+            return 0
+        try:
+            return ct.start(c, output=_write)
+        except BrokenPipeError:
+            # Our reader went away (`pybuild run IMAGE yes | head`): the container was killed;
+            # end like a pipeline member killed by SIGPIPE, without a traceback.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        finally:
+            if c.auto_remove:
+                ct.remove(c)
+    except (BuildError, RegistryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 125
+
+
+def _ps(args: argparse.Namespace) -> int:
+    from builder.containers import lifecycle as ct
+    _, root = _root(args)
+    cs = ct.list_containers(root, all=args.all)
+    if args.quiet:
+        for c in cs:
+            print(c.id[:12])
+        return 0
+    if args.format == "json":
+        for c in cs:
+            d = c.to_dict()
+            d["state"] = c.state.__dict__
+            d["status_text"] = c.status_text()
+            print(json.dumps(d))
+        return 0
+    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
+    for c in cs:
+        cmd = " ".join(c.args)
+        cmd = '"' + (cmd if len(cmd) <= 20 else cmd[:19] + "…") + '"'
+        rows.append((c.id[:12], c.image, cmd, ct._ago(c.created) + " ago", c.status_text(), c.name))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("   ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from builder.containers import lifecycle as ct
+    _, root = _root(args)
+    for ref in args.containers:
+        c = ct.lookup(root, ref)
+        ct.stop(c, timeout=args.time)
+        print(ref)
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    from builder.containers import lifecycle as ct
+    _, root = _root(args)
+    for ref in args.containers:
+        ct.remove(ct.lookup(root, ref), force=args.force)
+        print(ref)
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from builder.containers import lifecycle as ct
+    _, root = _root(args)
+    for stream, chunk in ct.read_logs(ct.lookup(root, args.container), follow=args.follow):
+        _write(stream, chunk)
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from builder.containers import lifecycle as ct
+    _, root = _root(args)
+    for kind, path in ct.diff(ct.lookup(root, args.container)):
+        print(f"{kind} {path}")
+    return 0
+
+
+def _commit(args: argparse.Namespace) -> int:
+    from builder.containers import lifecycle as ct
+    store, root = _root(args)
+    c = ct.lookup(root, args.container)
+    desc = ct.commit(store, c, args.name, message=args.message, author=args.author, changes=args.change)
+    print(desc.digest)
+    return 0

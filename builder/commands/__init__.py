@@ -1,1 +1,0 @@
-"""One module per group of `pybuild` subcommands; each exposes register(add_command)."""

@@ -1,0 +1,1058 @@
+"""Containers: instances of images, each with its own writable layer over the image's layers.
+
+An image is the class, a container the object. ``create`` turns an image plus ``docker run``
+style overrides into a container record; ``start`` mounts an overlay whose lower directories
+are the image's extracted layers (builder.runtime.snapshot: extracted once per diffID, shared by every
+container and build of that image, never written to) and whose upper directory is the
+container's own, then runs the command through the RUN sandbox (builder.runtime.sandbox).
+
+Records live under ``<root>/containers/<id>/``::
+
+    config.json   what was asked for (image, command, env, user, volumes...) and its snapshot
+    state.json    created | running | exited, the supervising pid, exit code, times
+    log.jsonl     output, one JSON object per chunk: {"stream", "time", "log"}
+    fs -> ../../snapshots/<sid>   the snapshot: fs/upper is the writable layer, fs/merged the rootfs
+    run/          the runtime bundle while running
+
+``<root>/containers/names/<name>`` reserves a name (created with O_EXCL, so two concurrent
+``run --name x`` cannot both win). Each container keeps its image alive across ``store gc``
+through a gc root ``container-<id>``.
+
+Signals: the supervising process (``pybuild run`` in the foreground, or the ``-d`` supervisor)
+forwards SIGINT and SIGQUIT to the container's first process; SIGTERM and SIGHUP *stop* the
+container the way ``docker stop`` does: the image's StopSignal (default SIGTERM), then SIGKILL
+after the stop timeout. Note that a first process without a handler ignores SIGTERM (it is PID 1
+of its namespace), which is why the SIGKILL fallback exists.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import random
+import secrets
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from registry.errors import NotFoundError, RegistryError
+from registry.manifest import Descriptor, History, Manifest
+from registry.store import Store
+
+from ..errors import BuildError
+from ..root import Root
+from ..runtime.rootview import RootView
+from registry.inroot import makedirs_in_root, opened_root
+
+from ..runtime.sandbox import (DEFAULT_PATH, Mount, RunSpec, check_isolation, release_networks, run as sandbox_run,
+                      runtime_available)
+from ..runtime.snapshot import OPAQUE_XATTR, LayerDirs, Snapshot, mount_snapshot
+from ..runtime.users import resolve_user
+
+DEFAULT_STOP_TIMEOUT = 10
+NETWORKS = ("default", "host", "none")
+_NAME_ADJECTIVES = ("brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid",
+                    "merry", "nifty", "proud", "quiet", "sharp", "tender", "vivid", "witty", "zen")
+_NAME_NOUNS = ("babbage", "curie", "dijkstra", "euler", "fermi", "gauss", "hopper", "knuth",
+               "lovelace", "noether", "pascal", "ritchie", "shannon", "thompson", "turing", "wozniak")
+
+
+@dataclass
+class Volume:
+    """A bind mount of a host directory or file into the container."""
+
+    host: str
+    target: str
+    readonly: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> "Volume":
+        """``HOST:CTR[:ro|rw]`` (both absolute paths), as ``docker run -v`` takes it."""
+        parts = spec.split(":")
+        mode = ""
+        if len(parts) == 3:
+            mode = parts.pop()
+        if len(parts) != 2 or mode not in ("", "ro", "rw"):
+            raise BuildError(f"invalid volume {spec!r}: use HOST_PATH:CONTAINER_PATH[:ro|rw]")
+        host, target = parts
+        if not host.startswith("/"):
+            raise BuildError(f"invalid volume {spec!r}: the host path must be absolute "
+                             "(named volumes are not supported)")
+        if not target.startswith("/") or posixpath.normpath(target) == "/":
+            raise BuildError(f"invalid volume {spec!r}: the container path must be absolute and not /")
+        return cls(os.path.normpath(host), posixpath.normpath(target), mode == "ro")
+
+
+@dataclass
+class RunOptions:
+    """What ``pybuild run`` was asked for (everything but the image may be left at its default)."""
+
+    image: str
+    command: list[str] = field(default_factory=list)
+    name: str = ""
+    env: list[str] = field(default_factory=list)          # K=V, or K to take the host's value
+    volumes: list[str] = field(default_factory=list)      # HOST:CTR[:ro]
+    workdir: str | None = None
+    user: str | None = None
+    entrypoint: str | None = None                          # "" clears the image's entrypoint
+    network: str = "default"                               # default (private, outbound) | host | none
+    isolation: str | None = None                           # oci (default: the same)
+    auto_remove: bool = False
+    stop_timeout: int | None = None
+    pull: str = "missing"                                  # missing | always | never
+    insecure_registries: tuple[str, ...] = ()
+
+
+@dataclass
+class ContainerState:
+    """The mutable part of a container record."""
+
+    status: str = "created"          # created | running | exited
+    pid: int = 0                     # the process supervising the container while it runs
+    exit_code: int | None = None
+    started: str = ""
+    finished: str = ""
+    error: str = ""
+
+
+@dataclass
+class Container:
+    """A container record (config.json) plus its current state (state.json)."""
+
+    id: str
+    name: str
+    image: str                       # the reference as given
+    image_digest: str                # manifest digest the container was created from
+    config_digest: str
+    created: str
+    entrypoint: list[str]
+    cmd: list[str]
+    env: list[str]                   # image Env with the -e overrides (what commit records)
+    workdir: str
+    user: str
+    uid: int
+    gid: int
+    additional_gids: list[int]
+    home: str
+    volumes: list[dict]
+    network: str
+    isolation: str
+    stop_signal: str
+    stop_timeout: int
+    auto_remove: bool
+    diff_ids: list[str]
+    snapshot: str = ""               # snapshot directory name under <root>/snapshots
+    root: Path = field(default=Path("."), repr=False, compare=False)
+    state: ContainerState = field(default_factory=ContainerState, compare=False)
+
+    @property
+    def dir(self) -> Path:
+        """The container's record directory."""
+        return Root(self.root).containers / self.id
+
+    @property
+    def args(self) -> list[str]:
+        """The command line the container runs: entrypoint + cmd."""
+        return list(self.entrypoint) + list(self.cmd)
+
+    @property
+    def hostname(self) -> str:
+        return self.id[:12]
+
+    @property
+    def upper(self) -> Path | None:
+        """The writable layer (overlay upper directory), once the container has been started."""
+        return Root(self.root).snapshots / self.snapshot / "upper" if self.snapshot else None
+
+    @property
+    def running(self) -> bool:
+        """True while a live process supervises the container."""
+        return self.state.status == "running" and _alive(self.state.pid)
+
+    def status_text(self) -> str:
+        """``Up 3 seconds`` / ``Exited (0) 5 seconds ago`` / ``Created``, as docker ps shows it."""
+        st = self.state
+        if st.status == "running":
+            if self.running:
+                return f"Up {_ago(st.started)}"
+            return "Dead (its supervising process is gone)"
+        if st.status == "exited":
+            return f"Exited ({st.exit_code}) {_ago(st.finished)} ago"
+        return "Created"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("root")
+        d.pop("state")
+        return d
+
+
+# --- records ----------------------------------------------------------------------------------
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(text: str) -> float:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def _ago(text: str) -> str:
+    s = max(0, int(time.time() - _parse_time(text)))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if s >= size:
+            n = s // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return "Less than a second" if s < 1 else f"{s} second{'s' if s != 1 else ''}"
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0): look at its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    """Replace ``path`` atomically (temp file + rename) so readers never see half a record."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
+def containers_dir(root: Path) -> Path:
+    """``<root>/containers``."""
+    return Root(root).containers
+
+
+def save_state(c: Container) -> None:
+    """Write the container's state.json."""
+    _write_json(c.dir / "state.json", asdict(c.state))
+
+
+def _save_config(c: Container) -> None:
+    _write_json(c.dir / "config.json", c.to_dict())
+
+
+def load(root: Path, cid: str) -> Container:
+    """Read the container with full id ``cid``."""
+    d = containers_dir(root) / cid
+    try:
+        cfg = json.loads((d / "config.json").read_text())
+        st = json.loads((d / "state.json").read_text())
+    except FileNotFoundError:
+        raise BuildError(f"no such container: {cid} (see `pybuild ps -a`)") from None
+    c = Container(**cfg)
+    c.root = Path(root)
+    c.state = ContainerState(**st)
+    return c
+
+
+def list_containers(root: Path, all: bool = False) -> list[Container]:
+    """Containers under ``root``, newest first; only the running ones unless ``all``."""
+    out = []
+    base = containers_dir(root)
+    if not base.is_dir():
+        return []
+    for d in base.iterdir():
+        if d.name == "names" or d.name.startswith(".") or not (d / "config.json").is_file():
+            continue
+        try:
+            c = load(root, d.name)
+        except (BuildError, ValueError, TypeError):
+            continue            # half-created or being removed right now
+        if all or c.running:
+            out.append(c)
+    out.sort(key=lambda c: c.created, reverse=True)
+    return out
+
+
+def lookup(root: Path, ref: str) -> Container:
+    """A container by name, full id or unique id prefix."""
+    base = containers_dir(root)
+    name_file = base / "names" / ref
+    if ref and "/" not in ref and name_file.is_file():
+        return load(root, name_file.read_text().strip())
+    if (base / ref / "config.json").is_file():
+        return load(root, ref)
+    hits = [d.name for d in base.iterdir() if d.name.startswith(ref) and len(ref) >= 1
+            and d.name != "names"] if base.is_dir() and ref else []
+    if len(hits) == 1:
+        return load(root, hits[0])
+    if len(hits) > 1:
+        raise BuildError(f"container {ref!r} is ambiguous: {len(hits)} ids start with it; give more digits")
+    raise BuildError(f"no such container: {ref} (see `pybuild ps -a`)")
+
+
+def _reserve_name(root: Path, name: str, cid: str) -> None:
+    names = containers_dir(root) / "names"
+    names.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(names / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        other = (names / name).read_text().strip()
+        raise BuildError(f"the container name {name!r} is already in use by container {other[:12]}: "
+                         "remove it (`pybuild rm`) or choose another --name") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(cid)
+
+
+def _pick_name(root: Path, cid: str) -> str:
+    rnd = random.Random(cid)
+    for _ in range(50):
+        name = f"{rnd.choice(_NAME_ADJECTIVES)}_{rnd.choice(_NAME_NOUNS)}"
+        try:
+            _reserve_name(root, name, cid)
+            return name
+        except BuildError:
+            continue
+    name = f"pybuild_{cid[:12]}"
+    _reserve_name(root, name, cid)
+    return name
+
+
+# --- creating ---------------------------------------------------------------------------------
+
+def ensure_image(store: Store, ref: str, pull: str = "missing",
+                 insecure_registries: tuple[str, ...] = (), progress=None) -> None:
+    """Pull ``ref`` into the store when it is missing (``pull="missing"``), always, or never."""
+    if pull not in ("missing", "always", "never"):
+        raise BuildError(f"--pull {pull}: use missing, always or never")
+    if pull != "always":
+        try:
+            store.image_manifest(ref)
+            return
+        except NotFoundError:
+            if pull == "never":
+                raise BuildError(f"image {ref} is not in the store at {store.root} and --pull never "
+                                 "was given: pull, build or import it first") from None
+    from registry.client import ClientOptions, RegistryClient
+    from registry.transfer import pull as pull_image
+    try:
+        with RegistryClient(ClientOptions(insecure_registries=tuple(insecure_registries))) as client:
+            pull_image(client, ref, store, progress=progress)
+    except RegistryError as exc:
+        raise BuildError(f"cannot pull image {ref}: {exc} (pull, build or import it first)") from None
+
+
+def _merge_env(image_env: list[str], overrides: list[str]) -> list[str]:
+    """Docker's rule: an override replaces the image's variable in place, new ones are appended."""
+    env = list(image_env)
+    for item in overrides:
+        if "=" not in item:
+            if item not in os.environ:
+                continue            # `-e NAME` with NAME unset on the host: left out, as Docker does
+            item = f"{item}={os.environ[item]}"
+        key = item.partition("=")[0]
+        if not key:
+            raise BuildError(f"invalid environment variable {item!r}: use -e NAME=VALUE")
+        for i, e in enumerate(env):
+            if e.partition("=")[0] == key:
+                env[i] = item
+                break
+        else:
+            env.append(item)
+    return env
+
+
+def command_of(image_entrypoint: list[str] | None, image_cmd: list[str] | None,
+               entrypoint: str | None, command: list[str]) -> tuple[list[str], list[str]]:
+    """Docker's override rules: ``(entrypoint, cmd)`` of the container.
+
+    ``--entrypoint`` replaces the image's Entrypoint and clears its Cmd ("" clears the
+    entrypoint); a COMMAND replaces Cmd.
+    """
+    ep = list(image_entrypoint or [])
+    cmd = list(image_cmd or [])
+    if entrypoint is not None:
+        ep = [entrypoint] if entrypoint else []
+        cmd = []
+    if command:
+        cmd = list(command)
+    return ep, cmd
+
+
+def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Container:
+    """Make a container record for ``opts`` (pulling the image if needed); nothing runs yet."""
+    root = Path(root)
+    network = "default" if opts.network == "bridge" else opts.network   # docker's name for it
+    if network not in NETWORKS:
+        raise BuildError(f"--network {opts.network}: use one of {', '.join(NETWORKS)}")
+    isolation = check_isolation(opts.isolation)
+    if not runtime_available():
+        # Never a weaker sandbox instead: without runc nothing runs.
+        raise BuildError("runc not found: containers run only under runc, which confines them "
+                         "(install Debian's runc package)")
+    volumes = [Volume.parse(v) for v in opts.volumes]
+    if opts.workdir is not None and not opts.workdir.startswith("/"):
+        raise BuildError(f"the working directory {opts.workdir!r} is invalid: it must be an absolute path")
+    ensure_image(store, opts.image, opts.pull, opts.insecure_registries, progress)
+    desc, manifest = store.image_manifest(opts.image)
+    cfg = store.get_config(manifest.config.digest)
+    if len(cfg.diff_ids) != len(manifest.layers):
+        raise BuildError(f"image {opts.image}: its config lists {len(cfg.diff_ids)} layers but its "
+                         f"manifest {len(manifest.layers)}; the image is corrupt (pull it again)")
+    c_cfg = cfg.config
+    ep, cmd = command_of(c_cfg.entrypoint, c_cfg.cmd, opts.entrypoint, opts.command)
+    if not ep and not cmd:
+        raise BuildError(f"no command specified: image {opts.image} has no Entrypoint or Cmd; "
+                         "give one after the image name")
+    dirs = LayerDirs(root)
+    layer_paths = [dirs.ensure(d, lambda dg=l.digest: store.open_blob(dg))
+                   for d, l in zip(cfg.diff_ids, manifest.layers)]
+    user_spec = opts.user if opts.user is not None else c_cfg.user
+    user = resolve_user(user_spec or "0", RootView(layer_paths))
+    env = _merge_env(c_cfg.env or [], opts.env)
+    cid = secrets.token_hex(32)
+    cdir = containers_dir(root) / cid
+    name = ""
+    cdir.mkdir(parents=True)
+    try:
+        if opts.name:
+            if not all(ch.isalnum() or ch in "_.-" for ch in opts.name) or not opts.name[0].isalnum():
+                raise BuildError(f"invalid container name {opts.name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+            _reserve_name(root, opts.name, cid)
+            name = opts.name
+        else:
+            name = _pick_name(root, cid)
+        c = Container(
+            id=cid, name=name, image=opts.image, image_digest=desc.digest,
+            config_digest=manifest.config.digest, created=_now(), entrypoint=ep, cmd=cmd, env=env,
+            workdir=opts.workdir or c_cfg.working_dir or "/", user=user_spec or "",
+            uid=user.uid, gid=user.gid, additional_gids=user.additional_gids, home=user.home or "/",
+            volumes=[asdict(v) for v in volumes], network=network, isolation=isolation,
+            stop_signal=c_cfg.stop_signal or "SIGTERM",
+            stop_timeout=DEFAULT_STOP_TIMEOUT if opts.stop_timeout is None else opts.stop_timeout,
+            auto_remove=opts.auto_remove, diff_ids=list(cfg.diff_ids), root=root)
+        signal_number(c.stop_signal)     # refuse an image whose StopSignal this host lacks, up front
+        store.add_root(f"container-{cid}", [desc.digest])
+        _save_config(c)
+        save_state(c)
+    except BaseException:
+        _release_name(root, name, cid)
+        Store(root).remove_root(f"container-{cid}")
+        shutil.rmtree(cdir, ignore_errors=True)
+        raise
+    return c
+
+
+def signal_number(name: str) -> int:
+    """``SIGTERM``/``TERM``/``15``/``RTMIN+2`` -> the signal number."""
+    s = name.strip().upper()
+    if s.isdigit():
+        return int(s)
+    if not s.startswith("SIG"):
+        s = "SIG" + s
+    if s.startswith("SIGRTMIN") or s.startswith("SIGRTMAX"):
+        base = signal.SIGRTMIN if s.startswith("SIGRTMIN") else signal.SIGRTMAX
+        off = s[8:]
+        return int(base) + (int(off) if off else 0)
+    try:
+        return int(getattr(signal.Signals, s))
+    except AttributeError:
+        raise BuildError(f"unknown stop signal {name!r}: use a name like SIGTERM or a number") from None
+
+
+# --- running ----------------------------------------------------------------------------------
+
+class _Log:
+    """Appends output chunks to log.jsonl (bytes survive through surrogateescape)."""
+
+    def __init__(self, path: Path):
+        self.f = open(path, "a", encoding="utf-8")
+
+    def __call__(self, stream: str, chunk: bytes) -> None:
+        rec = {"stream": stream, "time": _now(), "log": chunk.decode("utf-8", "surrogateescape")}
+        self.f.write(json.dumps(rec) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def read_logs(c: Container, follow: bool = False) -> Iterator[tuple[str, bytes]]:
+    """The container's output as ``(stream, chunk)`` pairs; with ``follow``, until it exits."""
+    path = c.dir / "log.jsonl"
+    f = None
+    pending = ""
+    while True:
+        if f is None:
+            try:
+                f = open(path, encoding="utf-8")
+            except FileNotFoundError:
+                pass
+        running = follow and _still_running(c)
+        if f is not None:
+            for line in f:
+                pending += line
+                if not pending.endswith("\n"):
+                    break                    # a record being written right now
+                rec = json.loads(pending)
+                pending = ""
+                yield rec["stream"], rec["log"].encode("utf-8", "surrogateescape")
+        if not running:
+            break
+        time.sleep(0.1)
+    if f is not None:
+        f.close()
+
+
+def _read_state(c: Container) -> dict:
+    """The state.json another process (the supervisor) writes; {} while it is absent or unreadable."""
+    try:
+        return json.loads((c.dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _still_running(c: Container) -> bool:
+    st = _read_state(c)
+    return st.get("status") == "running" and _alive(st.get("pid", 0))
+
+
+def _make_workdir(merged: Path, path: str) -> None:
+    """Create the working directory (root-owned, 0755) if the image lacks it, as Docker does.
+
+    It is made through directory fds walked inside the container's root (the image's links,
+    absolute or climbing, resolve inside it, as runc resolves the cwd), so neither a link nor a
+    `..` in the image or in WorkingDir can lead the creation outside.
+    """
+    try:
+        with opened_root(merged) as root_fd:
+            os.close(makedirs_in_root(root_fd, path, 0o755))
+    except NotADirectoryError:
+        raise BuildError(f"cannot use {path} as the working directory: a component of it is not "
+                         "a directory in the image") from None
+    except OSError as exc:
+        raise BuildError(f"cannot use {path} as the working directory: {exc.strerror}") from None
+
+
+def _find_executable(view: RootView, argv0: str, env: list[str], cwd: str) -> int:
+    """0 if ``argv0`` resolves to an executable file in the image, else Docker's 127/126."""
+    path = DEFAULT_PATH
+    for e in env:
+        if e.startswith("PATH="):
+            path = e[5:]
+    candidates = ([posixpath.join(cwd, argv0)] if "/" in argv0
+                  else [posixpath.join(d or ".", argv0) for d in path.split(":")])
+    found_any = False
+    for cand in candidates:
+        s = view.stat(cand if cand.startswith("/") else posixpath.join(cwd, cand))
+        if s is None or not stat.S_ISREG(s[1].st_mode):
+            continue
+        found_any = True
+        if s[1].st_mode & 0o111:
+            return 0
+    return 126 if found_any else 127
+
+
+def runtime_env(c: Container) -> list[str]:
+    """The environment the process gets: HOSTNAME, the container's env, HOME if unset (Docker's order)."""
+    env = [f"HOSTNAME={c.hostname}"] + [e for e in c.env if not e.startswith("HOSTNAME=")]
+    if not any(e.startswith("PATH=") for e in env):
+        env.insert(0, "PATH=" + DEFAULT_PATH)
+    if not any(e.startswith("HOME=") for e in env):
+        env.append(f"HOME={c.home}")
+    return env
+
+
+def start(c: Container, output: Callable[[str, bytes], None] | None = None,
+          forward_signals: bool = True) -> int:
+    """Run the container to completion and return its exit code (Docker's 125/126/127 included).
+
+    The writable layer is mounted over the image's layers; the output goes to ``output`` and to
+    the container's log. When called from the main thread with ``forward_signals``, SIGINT and
+    SIGQUIT are forwarded and SIGTERM/SIGHUP stop the container (see the module docstring).
+    """
+    if c.state.status != "created":
+        raise BuildError(f"container {c.name} has already run (status {c.state.status}); "
+                         "start a new one with `pybuild run`")
+    root = c.root
+    dirs = LayerDirs(root)
+    view = RootView([dirs.path(d) for d in c.diff_ids])
+    snap = mount_snapshot(root, c.diff_ids)
+    c.snapshot = snap.base.name
+    _save_config(c)
+    try:
+        os.symlink(f"../../snapshots/{c.snapshot}", c.dir / "fs")
+    except FileExistsError:
+        pass
+    log = _Log(c.dir / "log.jsonl")
+
+    def emit(stream: str, chunk: bytes) -> None:
+        log(stream, chunk)
+        if output is not None:
+            output(stream, chunk)
+
+    c.state = ContainerState(status="running", pid=os.getpid(), started=_now())
+    save_state(c)
+    rc: int | None = None
+    guard = _SignalGuard(c) if forward_signals and threading.current_thread() is threading.main_thread() else None
+    try:
+        if guard:
+            guard.install()
+        rc = _exit_status(c, _prepare_and_run(c, snap, view, emit))
+    except BuildError as exc:
+        emit("stderr", f"pybuild: {exc}\n".encode())
+        c.state.error = str(exc)
+        rc = 125
+    finally:
+        if guard:
+            guard.uninstall()
+        log.close()
+        _finish(c, snap, view, rc)
+    return rc
+
+
+def _prepare_and_run(c: Container, snap: Snapshot, view: RootView,
+                     emit: Callable[[str, bytes], None]) -> int:
+    env = runtime_env(c)
+    _make_workdir(snap.merged, c.workdir)
+    missing = _find_executable(view, c.args[0], env, c.workdir)
+    if missing:
+        what = "executable file not found in $PATH" if missing == 127 else "permission denied"
+        if missing == 127 and "/" in c.args[0]:
+            what = "no such file or directory"
+        emit("stderr", f"pybuild: exec: {c.args[0]!r}: {what}\n".encode())
+        return missing
+    mounts = []
+    for v in c.volumes:
+        if not os.path.exists(v["host"]):
+            os.makedirs(v["host"], exist_ok=True)       # `docker run -v` creates a missing host dir
+        mounts.append(Mount(v["target"], source=v["host"], readonly=v["readonly"]))
+    spec = RunSpec(args=c.args, rootfs=snap.merged, env=env, cwd=c.workdir, uid=c.uid, gid=c.gid,
+                   additional_gids=c.additional_gids, mounts=mounts, network=c.network,
+                   hostname=c.hostname)
+    return sandbox_run(spec, emit, isolation=c.isolation, state_dir=c.dir / "run")
+
+
+def _finish(c: Container, snap: Snapshot, view: RootView, rc: int | None) -> None:
+    """Unmount, keep the upper dir as the container's layer, record the exit code."""
+    from ..runtime.layers import prune_upper
+    try:
+        upper = snap.changes()
+        # Mount points the sandbox made and removed leave copied-up, unchanged directories.
+        prune_upper(upper, view)
+    finally:
+        shutil.rmtree(c.dir / "run", ignore_errors=True)
+        c.state.status = "exited"
+        c.state.exit_code = rc if rc is not None else 137
+        c.state.finished = _now()
+        save_state(c)
+
+
+# --- signals ----------------------------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            out.append(int(d))
+    return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def signal_container(supervisor_pid: int, sig: int) -> bool:
+    """Send ``sig`` to the first process of the container supervised by ``supervisor_pid``.
+
+    The supervisor's child is ``runc``, which forwards what it gets to the container's first
+    process, even a signal that arrives while the container is still being set up, so it gets
+    everything but SIGKILL; SIGKILL goes to runc's children (the container's first process).
+    True if a process was signalled.
+    """
+    sent = False
+    for rt in _children(supervisor_pid):
+        comm = _comm(rt)
+        if comm != "runc":
+            continue
+        targets = [rt] if sig != signal.SIGKILL else _children(rt)
+        for pid in targets:
+            try:
+                os.kill(pid, sig)
+                sent = True
+            except ProcessLookupError:
+                pass
+    return sent
+
+
+def kill_container(c: Container, supervisor_pid: int) -> bool:
+    """SIGKILL the container's first process, noting that it was killed (see _exit_status)."""
+    (c.dir / "killed").touch()
+    return signal_container(supervisor_pid, signal.SIGKILL)
+
+
+def _exit_status(c: Container, rc: int) -> int:
+    """The container's exit code (runc already reports a signalled process as 128+N)."""
+    return rc
+
+
+class _SignalGuard:
+    """Signal handling of the supervising process (see the module docstring).
+
+    A signal that arrives before the runtime has started is delivered as soon as it has.
+    """
+
+    def __init__(self, c: Container):
+        self.c = c
+        self.saved: dict[int, object] = {}
+        self.timer: threading.Timer | None = None
+        self.stops = 0
+        self.done = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
+            self.saved[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        self.done.set()
+        if self.timer is not None:
+            self.timer.cancel()
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+    def _deliver(self, sig: int) -> None:
+        if signal_container(os.getpid(), sig):
+            return
+
+        def retry() -> None:
+            while not self.done.wait(0.05):
+                if signal_container(os.getpid(), sig):
+                    return
+        threading.Thread(target=retry, daemon=True).start()
+
+    def _kill(self) -> None:
+        (self.c.dir / "killed").touch()
+        self._deliver(signal.SIGKILL)
+
+    def _handle(self, signum: int, _frame) -> None:
+        if signum in (signal.SIGINT, signal.SIGQUIT):
+            self.stops += 1
+            if self.stops >= 3:               # a third Ctrl-C means: really, now
+                self._kill()
+            else:
+                self._deliver(signum)
+            return
+        if self.timer is None:
+            self._deliver(signal_number(self.c.stop_signal))
+            self.timer = threading.Timer(self.c.stop_timeout, self._kill)
+            self.timer.daemon = True
+            self.timer.start()
+        else:
+            self._kill()
+
+
+def stop(c: Container, timeout: int | None = None, sig: str | None = None) -> bool:
+    """Stop a running container: its StopSignal (or ``sig``), then SIGKILL after ``timeout`` s.
+
+    Returns False if it was not running. Waits until the supervisor has recorded the exit.
+    """
+    if not c.running:
+        return False
+    timeout = c.stop_timeout if timeout is None else timeout
+    signal_container(c.state.pid, signal_number(sig or c.stop_signal))
+    if not _wait_exit(c, timeout):
+        kill_container(c, c.state.pid)
+        _wait_exit(c, 30)
+    return True
+
+
+def _wait_exit(c: Container, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = _read_state(c)
+        if st.get("status") == "exited" or not _alive(c.state.pid):
+            c.state = ContainerState(**st) if st else c.state
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# --- detached containers ------------------------------------------------------------------------
+
+def start_detached(c: Container, timeout: float = 30.0) -> None:
+    """Start ``c`` under a supervisor process that outlives the caller (``run -d``).
+
+    The supervisor is a fork of this process (no second interpreter start-up), forked twice so
+    that it belongs to init and never lingers as the caller's zombie, in its own session with
+    /dev/null as stdio: it runs the container, writes its log and state, and removes it
+    afterwards if it was created with ``auto_remove``. Returns once the container is running
+    (or already finished).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    r, w = os.pipe()
+    first = os.fork()
+    if first == 0:
+        rc = 125
+        try:
+            os.close(r)
+            os.setsid()
+            pid = os.fork()
+            if pid:
+                os.write(w, str(pid).encode())
+                rc = 0
+            else:
+                os.close(w)
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                rc = supervise(c)
+        finally:
+            os._exit(rc)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        text = f.read().decode()
+    os.waitpid(first, 0)
+    if not text.isdigit():
+        raise BuildError(f"could not fork the supervisor of container {c.id[:12]}")
+    pid = int(text)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = _read_state(c)
+        if st.get("status") in ("running", "exited"):
+            c.state = ContainerState(**st)
+            return
+        if not _alive(pid):
+            raise BuildError(f"the supervisor of container {c.id[:12]} died before starting it")
+        time.sleep(0.02)
+    raise BuildError(f"container {c.id[:12]} did not start within {timeout:.0f} s")
+
+
+def supervise(c: Container) -> int:
+    """Run the container with its output going to the log only; remove it if asked."""
+    rc = start(c)
+    if c.auto_remove:
+        remove(c)
+    return rc
+
+
+# --- removing ---------------------------------------------------------------------------------
+
+def _is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return False
+    return any(line.split()[4] == target for line in text.splitlines() if len(line.split()) > 4)
+
+
+def _release_name(root: Path, name: str, cid: str) -> None:
+    if not name:
+        return
+    f = containers_dir(root) / "names" / name
+    try:
+        if f.read_text().strip() == cid:
+            f.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _kill_orphans(c: Container) -> None:
+    """Kill and delete runc containers whose bundle is this container's (supervisor gone)."""
+    if not runtime_available():
+        return
+    r = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
+    try:
+        entries = json.loads(r.stdout or "null") or []
+    except ValueError:
+        return
+    prefix = str(c.dir / "run") + os.sep
+    for e in entries:
+        if str(e.get("bundle", "")).startswith(prefix):
+            subprocess.run(["runc", "kill", e["id"], "KILL"], capture_output=True)
+            # A loaded machine can still be reaping the init process when delete runs, and
+            # runc then refuses; retry until runc no longer knows the container.
+            deadline = time.monotonic() + 10
+            while subprocess.run(["runc", "delete", "--force", e["id"]], capture_output=True).returncode:
+                if subprocess.run(["runc", "state", e["id"]], capture_output=True).returncode:
+                    break                                    # gone after all
+                if time.monotonic() > deadline:
+                    raise BuildError(f"container {c.name}: runc could not delete {e['id']}; "
+                                     f"try `runc delete --force {e['id']}`")
+                time.sleep(0.1)
+
+
+def remove(c: Container, force: bool = False) -> None:
+    """Delete the container: its writable layer, logs and record (``force`` kills it first)."""
+    if c.running:
+        if not force:
+            raise BuildError(f"container {c.name} is running: stop it (`pybuild stop {c.name}`) "
+                             "or use `pybuild rm -f`")
+        kill_container(c, c.state.pid)
+        _wait_exit(c, 30)
+    if c.state.status == "running":
+        _kill_orphans(c)          # its supervisor died; runc may still run the container
+        release_networks(c.dir / "run")     # and its pasta and network namespace are left
+    if c.snapshot:
+        merged = Root(c.root).snapshots / c.snapshot / "merged"
+        if _is_mounted(merged):
+            subprocess.run(["umount", "-l", str(merged)], capture_output=True)
+        shutil.rmtree(Root(c.root).snapshots / c.snapshot, ignore_errors=True)
+    Store(c.root).remove_root(f"container-{c.id}")
+    _release_name(c.root, c.name, c.id)
+    # Rename first so that `ps` never reads a half-deleted record.
+    trash = containers_dir(c.root) / f".rm-{c.id}"
+    try:
+        os.rename(c.dir, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# --- diff and commit --------------------------------------------------------------------------
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def diff(c: Container) -> list[tuple[str, str]]:
+    """What the container changed, as ``docker diff`` shows it: ``("A"|"C"|"D", path)``, sorted."""
+    if c.upper is None or not c.upper.is_dir():
+        return []
+    view = RootView([LayerDirs(c.root).path(d) for d in c.diff_ids])
+    out: list[tuple[str, str]] = []
+    upper = str(c.upper)
+    for dirpath, dirnames, filenames in os.walk(upper):
+        for name in sorted(dirnames + filenames):
+            host = os.path.join(dirpath, name)
+            path = "/" + os.path.relpath(host, upper)
+            st = os.lstat(host)
+            below = view.stat(path, follow=False)
+            if _is_whiteout(st):
+                if below is not None:
+                    out.append(("D", path))
+                continue
+            out.append(("C" if below is not None else "A", path))
+            if stat.S_ISDIR(st.st_mode) and below is not None and stat.S_ISDIR(below[1].st_mode):
+                try:
+                    opaque = os.getxattr(host, OPAQUE_XATTR) == b"y"
+                except OSError:
+                    opaque = False
+                if opaque:            # everything the image had below is gone
+                    kept = set(os.listdir(host))
+                    out += [("D", posixpath.join(path, n)) for n in view.listdir(path) if n not in kept]
+    if c.running:
+        out = _hide_mount_points(c, view, out)
+    return sorted(out, key=lambda x: x[1])
+
+
+def _hide_mount_points(c: Container, view: RootView, changes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Leave out what the runtime put there for a running container (its mount points and the
+    directories copied up or made only to hold them), as ``docker diff`` does; on exit the
+    sandbox removes them and the upper directory is pruned, so they never reach a commit."""
+    mounts = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/proc", "/sys", "/dev"] + [
+        v["target"] for v in c.volumes]
+
+    def under(path: str, top: str) -> bool:
+        return path == top or path.startswith(top.rstrip("/") + "/")
+
+    kept = [(k, p) for k, p in changes if not any(under(p, m) for m in mounts)]
+    paths = {p for _, p in kept}
+    out = []
+    upper = c.upper
+    for kind, path in kept:
+        holds_mount = any(under(m, path) and m != path for m in mounts)
+        has_change_below = any(under(q, path) and q != path for q in paths)
+        if holds_mount and not has_change_below and upper is not None:
+            st = os.lstat(upper / path.lstrip("/"))
+            low = view.stat(path, follow=False)
+            if kind == "A" or (low is not None and (st.st_mode, st.st_uid, st.st_gid) ==
+                               (low[1].st_mode, low[1].st_uid, low[1].st_gid)):
+                continue
+        out.append((kind, path))
+    return out
+
+
+def commit(store: Store, c: Container, name: str, message: str = "", author: str = "",
+           changes: list[str] | None = None) -> Descriptor:
+    """Make image ``name`` from the container: its writable layer on top of its image.
+
+    The config is the container's (Entrypoint, Cmd, Env, WorkingDir, User, as ``docker commit``
+    records them) with ``changes`` (Dockerfile instructions: CMD, ENV, ...) applied; a history
+    entry names the command. Deletions become whiteouts. Returns the manifest descriptor.
+    A running container is refused: its upper directory still holds the runtime's mount points
+    (/etc/hosts...) and is changing.
+    """
+    from registry import mediatypes as mt
+    from registry.compression import Compression
+    from registry.imports import apply_change
+    from registry.layer import store_layer, write_overlay_upper_tar
+    from registry.reference import parse_reference
+
+    if c.running:
+        raise BuildError(f"container {c.name} is running: stop it first (`pybuild stop {c.name}`), "
+                         "then commit")
+    ref = parse_reference(name)
+    manifest = store.get_manifest(c.image_digest)
+    if not isinstance(manifest, Manifest):
+        raise BuildError(f"container {c.name}: its image {c.image_digest} is not an image manifest")
+    cfg = store.get_config(c.config_digest)
+    docker = manifest.media_type == mt.DOCKER_MANIFEST
+    cc = cfg.config
+    cc.entrypoint = list(c.entrypoint) if c.entrypoint else None
+    cc.cmd = list(c.cmd) if c.cmd else None
+    cc.env = list(c.env)
+    cc.working_dir = c.workdir
+    cc.user = c.user
+    for change in changes or []:
+        try:
+            apply_change(cc, change)
+        except RegistryError as exc:
+            raise BuildError(f"commit --change: {exc}") from None
+    created = _now()
+    layers = list(manifest.layers)
+    upper = c.upper
+    has_changes = upper is not None and upper.is_dir() and any(os.scandir(upper))
+    with store.lease():
+        if has_changes:
+            compression = Compression()
+            res = store_layer(store, lambda lw: write_overlay_upper_tar(upper, lw), compression,
+                              docker_media_types=docker)
+            layers.append(Descriptor(res.media_type, res.digest, res.size))
+            cfg.diff_ids.append(res.diff_id)
+        cfg.history.append(History(created=created, created_by=shlex.join(c.args), author=author or None,
+                                   comment=message or None, empty_layer=not has_changes))
+        cfg.created = created
+        if author:
+            cfg.author = author
+        config_desc = store.put_config(cfg, mt.DOCKER_CONFIG if docker else mt.OCI_CONFIG)
+        new = Manifest(config=config_desc, layers=layers,
+                       media_type=mt.DOCKER_MANIFEST if docker else mt.OCI_MANIFEST)
+        desc = store.put_manifest(new)
+        store.tag(ref, desc)
+    return desc

@@ -1,0 +1,1 @@
+"""Building images: options and results, plan, stages, steps, COPY, image config, outputs."""

@@ -1,0 +1,275 @@
+"""Where a built image goes: tags in the store, exports (--output), pushes, --iidfile, --metadata-file.
+
+``--output`` follows docker buildx: ``type=image`` (the store; the default), ``type=oci,dest=P``
+(an OCI layout archive, or a directory with ``tar=false``), ``type=docker,dest=P`` (a
+docker-archive that ``docker load``/``podman load`` accept), ``type=tar,dest=P`` (the flattened
+root filesystem as a tar), ``type=local,dest=DIR`` (the root filesystem as a directory),
+``type=registry`` (push the tags). ``dest=-`` writes an archive to standard output.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import stat
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from registry.manifest import Descriptor, Index
+from registry.store import Store
+
+from ..errors import BuildError
+from ..runtime.layers import LayerMaker, LayerRef
+from ..runtime.snapshot import mount_snapshot
+
+OUTPUT_TYPES = ("image", "registry", "oci", "docker", "tar", "local")
+
+
+@dataclass
+class OutputSpec:
+    """One parsed --output value."""
+
+    type: str
+    dest: str = ""
+    attrs: dict[str, str] = field(default_factory=dict)
+
+
+def parse_output(spec: str) -> OutputSpec:
+    """Parse ``type=T,dest=P[,k=v]`` (a bare path means type=local,dest=PATH, as docker does)."""
+    if "=" not in spec:
+        return OutputSpec("tar" if spec == "-" else "local", spec)
+    attrs: dict[str, str] = {}
+    for part in spec.split(","):
+        k, eq, v = part.partition("=")
+        if not eq:
+            raise BuildError(f"--output {spec}: {part!r} is not key=value")
+        attrs[k.strip().lower()] = v.strip()
+    typ = attrs.pop("type", "")
+    if typ not in OUTPUT_TYPES:
+        raise BuildError(f"--output {spec}: unknown type {typ!r}; use one of {', '.join(OUTPUT_TYPES)}")
+    dest = attrs.pop("dest", "")
+    if typ in ("oci", "docker", "tar", "local") and not dest:
+        raise BuildError(f"--output {spec}: type={typ} needs dest=PATH")
+    return OutputSpec(typ, dest, attrs)
+
+
+def _open_dest(dest: str):
+    if dest == "-":
+        return os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    return open(dest, "wb")
+
+
+def _atomic_file(dest: str):
+    """(file object, finish callable): write to a temp file renamed onto ``dest`` at the end."""
+    if dest == "-":
+        f = _open_dest(dest)
+        return f, f.close
+    # The last component is replaced, never followed: a link left at ``dest`` (by an earlier
+    # local export of a hostile image, say) must not send the archive onto its target.
+    d = Path(os.path.abspath(dest))
+    d.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d.parent)
+    f = os.fdopen(fd, "wb")
+
+    def finish() -> None:
+        f.close()
+        os.replace(tmp, d)
+    return f, finish
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.mode = 0o644
+    tar.addfile(ti, io.BytesIO(data))
+
+
+def _add_blob(tar: tarfile.TarFile, store: Store, name: str, digest: str) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size = store.blob_size(digest)
+    ti.mode = 0o644
+    with store.open_blob(digest) as f:
+        tar.addfile(ti, f)
+
+
+def export_oci(store: Store, manifest: Descriptor, blobs: list[str], dest: str, tags: list[str],
+               as_tar: bool = True) -> None:
+    """An OCI image layout with the image (archive, or directory when ``as_tar`` is False)."""
+    ann = {}
+    if tags:
+        from registry.reference import parse_reference
+        ann["org.opencontainers.image.ref.name"] = parse_reference(tags[0]).tag or "latest"
+    entry = Descriptor(manifest.media_type, manifest.digest, manifest.size, annotations=dict(ann))
+    index = Index(manifests=[entry]).to_bytes()
+    layout = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
+    all_blobs = [manifest.digest] + blobs
+    if not as_tar:
+        _write_oci_dir(store, dest, layout, index, all_blobs)
+        return
+    f, finish = _atomic_file(dest)
+    with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, "oci-layout", layout)
+        _add_bytes(tar, "index.json", index)
+        for d in dict.fromkeys(all_blobs):
+            _add_blob(tar, store, "blobs/sha256/" + d.split(":", 1)[1], d)
+    finish()
+
+
+def _write_oci_dir(store: Store, dest: str, layout: bytes, index: bytes, blobs: list[str]) -> None:
+    """The OCI layout as a directory: each file written to a temporary name inside ``dest``
+    and renamed over its place, through descriptors, so a link already in ``dest`` (``blobs``,
+    ``index.json`` pointing elsewhere) is replaced, never written through."""
+    from registry import inroot
+    os.makedirs(dest, exist_ok=True)
+    with inroot.opened_root(dest) as root_fd:
+        for parent in ("blobs", "blobs/sha256"):
+            dfd, name = inroot.open_parent(root_fd, parent)
+            try:
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=dfd)     # a link or file where the layout needs a directory
+                    st = None
+                if st is None:
+                    os.mkdir(name, 0o755, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        # Both directories were just checked to be real: open them without following links.
+        blob_dir = inroot.open_beneath(root_fd, "blobs/sha256", os.O_PATH | os.O_DIRECTORY)
+        top = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
+        try:
+            _put_file(top, "oci-layout", lambda f: f.write(layout))
+            for d in dict.fromkeys(blobs):
+                def copy(f, d=d) -> None:
+                    with store.open_blob(d) as src:
+                        shutil.copyfileobj(src, f, 1 << 20)
+                _put_file(blob_dir, d.split(":", 1)[1], copy)
+            _put_file(top, "index.json", lambda f: f.write(index))
+        finally:
+            os.close(blob_dir)
+            os.close(top)
+
+
+def _put_file(dir_fd: int, name: str, fill) -> None:
+    """Write a new file at ``dir_fd``/``name`` (temp file + rename: replaces, never follows)."""
+    tmp = f".tmp-{os.getpid()}-{name}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                 dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def export_docker(store: Store, config_digest: str, layers: list[LayerRef], dest: str,
+                  tags: list[str]) -> None:
+    """A docker-archive (``docker save`` format): manifest.json, the config and layer blobs."""
+    from registry.reference import parse_reference
+    repo_tags = [parse_reference(t).familiar for t in tags]
+    cfg_name = config_digest.split(":", 1)[1] + ".json"
+    layer_names = [f"{l.descriptor.digest.split(':', 1)[1]}/layer.tar" for l in layers]
+    manifest = [{"Config": cfg_name, "RepoTags": repo_tags, "Layers": layer_names}]
+    f, finish = _atomic_file(dest)
+    with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        _add_blob(tar, store, cfg_name, config_digest)
+        for name, l in zip(layer_names, layers):
+            _add_blob(tar, store, name, l.descriptor.digest)
+        _add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
+    finish()
+
+
+def export_rootfs(root: Path, maker: LayerMaker, layers: list[LayerRef], dest: str, as_tar: bool,
+                  source_date_epoch: int | None = None) -> None:
+    """The image's flattened root filesystem as a tar or a directory."""
+    from registry.layer import write_tree_tar
+    maker.dirs(layers)
+    with mount_snapshot(root, [l.diff_id for l in layers], writable=False) as snap:
+        if as_tar:
+            f, finish = _atomic_file(dest)
+            write_tree_tar(snap.merged, f, source_date_epoch=source_date_epoch)
+            finish()
+        else:
+            _extract_tree_into(snap.merged, dest)
+
+
+def _extract_tree_into(tree: str | os.PathLike, dest: str) -> None:
+    """Copy ``tree`` into the directory ``dest`` as a tar stream through registry.tarsafe.
+
+    ``dest`` may hold anything (links from an earlier export of a hostile image, or planted
+    there): the tree is written only through descriptors inside ``dest``, as a layer is. An
+    entry of the image replaces what is at its path in ``dest`` (a link there is replaced, not
+    followed, as BuildKit's local exporter does); entries resolve their parents inside
+    ``dest``; what the image does not have is left in place.
+    """
+    import threading
+
+    from registry.errors import RegistryError
+    from registry.tarsafe import extract_tar
+    from registry.tarwriter import write_tree_tar
+
+    r, w = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(w, "wb") as out:
+                write_tree_tar(tree, out)
+        except BrokenPipeError:
+            pass                  # the reader stopped on an error of its own, reported below
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            failure.append(e)
+
+    t = threading.Thread(target=produce, name="export-tree", daemon=True)
+    t.start()
+    error: Exception | None = None
+    try:
+        with os.fdopen(r, "rb") as src:
+            try:
+                extract_tar(src, dest, whiteouts="none")
+            except (RegistryError, OSError) as e:
+                error = e
+    finally:
+        t.join()
+    if failure:
+        e = failure[0]
+        reason = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
+        raise BuildError(f"--output type=local,dest={dest}: cannot read the image's tree: {reason}")
+    if error is not None:
+        raise BuildError(f"--output type=local,dest={dest}: {error}")
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file and rename."""
+    p = Path(path).resolve()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=p.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, p)
+
+
+def push_tags(store: Store, tags: list[str], insecure_registries: tuple[str, ...] = ()) -> list[str]:
+    """Push each tag to its registry; returns the pushed digests."""
+    from registry.client import ClientOptions, RegistryClient
+    from registry.transfer import push
+    if not tags:
+        raise BuildError("--push needs at least one -t NAME[:TAG] saying where to push")
+    digests = []
+    with RegistryClient(ClientOptions(insecure_registries=tuple(insecure_registries))) as client:
+        for t in tags:
+            res = push(client, store, t)
+            digests.append(res.digest)
+    return digests

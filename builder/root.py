@@ -1,0 +1,80 @@
+"""The store root: every directory pybuild keeps under it, named in one place.
+
+::
+
+    images/        the OCI image layout of the local store (registry.Store): blobs/, index.json
+    layers/        each layer extracted once, in overlay format (builder.runtime.snapshot)
+    l/             short links to layers/ entries, to keep overlay mount options short
+    snapshots/     a build step's or a container's overlay (upper/, work/, merged/)
+    tmp/           temporary files and directories of running processes
+    containers/    one directory per container, and names/ (builder.containers)
+    cache/         build cache records, inputs/, builds/ (no-op rebuilds), hashes.v1, usage.log
+    cachemounts/   the directories of RUN --mount=type=cache
+    blob-sources/  where pulled blobs came from, for cross-repository mounts (registry.transfer)
+
+Kept import-light: the no-op rebuild path uses it before anything heavy is loaded.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class Root:
+    """The directories under one store root (``Root(path).tmp`` is ``path/tmp``); nothing is
+    created here."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Root({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Root) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    @property
+    def images(self) -> Path:
+        return self.path / "images"
+
+    @property
+    def blobs(self) -> Path:
+        """``images/blobs``: one directory per digest algorithm."""
+        return self.images / "blobs"
+
+    @property
+    def layers(self) -> Path:
+        return self.path / "layers"
+
+    @property
+    def links(self) -> Path:
+        return self.path / "l"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.path / "snapshots"
+
+    @property
+    def tmp(self) -> Path:
+        return self.path / "tmp"
+
+    @property
+    def containers(self) -> Path:
+        return self.path / "containers"
+
+    @property
+    def cache(self) -> Path:
+        return self.path / "cache"
+
+    @property
+    def cachemounts(self) -> Path:
+        return self.path / "cachemounts"
+
+    @property
+    def blob_sources(self) -> Path:
+        return self.path / "blob-sources"

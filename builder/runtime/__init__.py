@@ -1,0 +1,1 @@
+"""What runs and stores steps: the RUN sandbox and its seccomp filter, snapshots, in-root reads, users, layers."""

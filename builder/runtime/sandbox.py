@@ -1,0 +1,687 @@
+"""The RUN sandbox: one process in fresh namespaces on a prepared root filesystem.
+
+One isolation, ``oci``: an OCI runtime bundle (``config.json`` per the runtime spec) run with
+``runc run --bundle DIR ID``; /proc, /dev (tmpfs + the standard device nodes), /dev/pts,
+/dev/shm, /sys (read-only), and generated /etc/resolv.conf, /etc/hosts, /etc/hostname bind
+mounts, as Docker sets them up; Docker's default capability set (without CAP_NET_RAW on the
+host's network), Docker's default seccomp profile (builder.runtime.seccomp), no_new_privileges,
+Docker's masked and read-only /proc paths.
+
+The ``chroot`` isolation is gone: a chroot cannot confine a root process (chroot twice and it
+is out), so ``--isolation chroot`` is refused with a message saying so.
+
+Networks: ``default`` is a network namespace of the sandbox's own whose only way out is pasta
+(Debian's passt), a user-mode TCP/UDP stack that turns the namespace's traffic into the host's
+ordinary sockets, as rootless podman does: the command reaches what the host reaches (package
+mirrors), sees none of the host's traffic and none of its loopback services. ``host`` shares
+the host's network namespace; ``none`` is a namespace with loopback only.
+
+The caller gets the exit code; output goes line-agnostic in chunks to a callback.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from registry.inroot import open_in_root, open_root, split_parent
+
+from ..errors import BuildError
+from .seccomp import oci_seccomp
+
+HOSTNAME = "buildkitsandbox"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Docker's default capability set for containers (moby oci/caps/defaults.go).
+DEFAULT_CAPS = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]
+MASKED_PATHS = [
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+# (path, type, major, minor) of the device nodes Docker creates in a container's /dev.
+DEVICES = [
+    ("/dev/null", "c", 1, 3), ("/dev/zero", "c", 1, 5), ("/dev/full", "c", 1, 7),
+    ("/dev/random", "c", 1, 8), ("/dev/urandom", "c", 1, 9), ("/dev/tty", "c", 5, 0),
+]
+
+NETWORK_MODES = ("default", "none", "host")
+ISOLATIONS = ("oci", "default")        # "default" is docker build's name for the only one
+
+# The private network pasta gives a sandbox (the addresses slirp4netns and podman use): the
+# sandbox is 10.0.2.100, its gateway 10.0.2.2, and DNS queries to 10.0.2.3 are forwarded to
+# the host's first resolver. Any address the host can reach is reached through pasta.
+PRIVATE_ADDRESS, PRIVATE_PREFIX, PRIVATE_GATEWAY, PRIVATE_DNS = "10.0.2.100", 24, "10.0.2.2", "10.0.2.3"
+
+_CHROOT_REMOVED = ("--isolation chroot was removed: a chroot cannot confine a RUN step running as root "
+                   "(it could read and write the host); RUN steps and containers need runc "
+                   "(Debian's runc package); use --isolation oci (the default)")
+
+
+def check_isolation(isolation: str | None) -> str:
+    """The isolation to use for ``isolation`` as given (None: the default); "oci" or BuildError."""
+    if isolation in (None, "", "oci", "default"):
+        return "oci"
+    if isolation == "chroot":
+        raise BuildError(_CHROOT_REMOVED)
+    raise BuildError(f"unknown isolation {isolation!r}: use oci (or default)")
+
+
+@dataclass
+class Mount:
+    """One extra mount in the sandbox: ``bind`` (source = host path) or ``tmpfs``."""
+
+    destination: str
+    type: str = "bind"
+    source: str = ""
+    readonly: bool = False
+    options: list[str] = field(default_factory=list)   # extra options, e.g. "size=64m"
+
+
+@dataclass
+class RunSpec:
+    """What to run and how.
+
+    ``network``: "default" gives the sandbox its own network namespace with outbound access
+    through pasta; "host" shares the host's network namespace (and drops CAP_NET_RAW, so the
+    command cannot sniff the host's traffic); "none" gives a private network namespace with
+    loopback only.
+    """
+
+    args: list[str]
+    rootfs: Path
+    env: list[str] = field(default_factory=list)
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    additional_gids: list[int] = field(default_factory=list)
+    mounts: list[Mount] = field(default_factory=list)
+    network: str = "default"
+    hostname: str = HOSTNAME
+
+
+OutputCallback = Callable[[str, bytes], None]   # (stream name "stdout"|"stderr", chunk)
+
+# Sandboxes running in this process (runc container id -> process), so that an
+# interrupted build can stop them from the main thread while other threads wait on them.
+_live: dict[int, tuple[str, subprocess.Popen]] = {}
+_live_lock = threading.Lock()
+
+
+def cancel_all() -> None:
+    """Kill every sandboxed command this process is running (an interrupted build calls it)."""
+    with _live_lock:
+        items = list(_live.values())
+    for cid, proc in items:
+        if cid:
+            subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
+        try:
+            proc.kill()
+        except OSError:
+            pass
+
+
+def _track(cid: str, proc: subprocess.Popen) -> None:
+    with _live_lock:
+        _live[proc.pid] = (cid, proc)
+
+
+def _untrack(proc: subprocess.Popen) -> None:
+    with _live_lock:
+        _live.pop(proc.pid, None)
+
+
+def runtime_available() -> bool:
+    """True when ``runc`` is on PATH (the oci isolation can run)."""
+    return shutil.which("runc") is not None
+
+
+def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "oci",
+        state_dir: Path | None = None, cancel: threading.Event | None = None,
+        networks: "NetworkPool | None" = None) -> int:
+    """Run ``spec`` to completion and return its exit code (128+N when killed by signal N).
+
+    ``state_dir`` holds the bundle, generated /etc files and the network namespace (a temp dir
+    under it is removed afterwards). The container, its network and the mount-point stubs are
+    removed even on KeyboardInterrupt. When ``cancel`` is set (before, or by another thread
+    while it runs, together with :func:`cancel_all`), the command is not started or is killed.
+    With ``networks``, the default network comes from that pool (and goes back to it) instead
+    of being made for this command alone.
+    """
+    if cancel is not None and cancel.is_set():
+        raise BuildError("interrupted: the command was not started")
+    if spec.network not in NETWORK_MODES:
+        raise BuildError(f"unknown network mode {spec.network!r}: use one of {', '.join(NETWORK_MODES)}")
+    if not spec.args:
+        raise BuildError("nothing to run: the command is empty")
+    check_isolation(isolation)
+    if not runtime_available():
+        raise BuildError("runc not found: RUN steps and containers run only under runc, which confines "
+                         "them (install Debian's runc package)")
+    if spec.network == "default" and shutil.which("pasta") is None:
+        raise BuildError("pasta not found: the default network of a RUN step or container is a private "
+                         "one through pasta (install Debian's passt package), or use --network host "
+                         "(shares the host's network) or --network none")
+    caps = granted_caps(spec)
+    seccomp = oci_seccomp(caps)            # before anything is set up: a missing profile stops here
+    root_fd = open_root(spec.rootfs)
+    try:
+        for top in ("dev", "proc", "sys"):
+            try:
+                st = os.stat(top, dir_fd=root_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                # runc creates /dev's links through it on the host side; nothing may follow it.
+                raise BuildError(f"the image's /{top} is a symbolic link (to {os.readlink(top, dir_fd=root_fd)}): "
+                                 "refusing to run a command on this rootfs; /dev, /proc and /sys must be "
+                                 "directories")
+        if state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        bundle = Path(tempfile.mkdtemp(prefix="run-", dir=state_dir))
+        stubs: list[_Stub] = []
+        net: _PrivateNetwork | None = None
+        try:
+            stubs = _make_mountpoints(root_fd, spec)
+            etc = _write_etc_files(bundle, spec)
+            if spec.network == "default":
+                net = networks.acquire() if networks is not None else _PrivateNetwork.start(bundle)
+            config = oci_config(spec, etc, netns=str(net.path) if net else None, seccomp=seccomp)
+            return _run_oci(spec, bundle, config, output, cancel)
+        finally:
+            try:
+                if net is not None:
+                    networks.release(net) if networks is not None else net.stop()
+            finally:
+                _remove_stubs(root_fd, stubs)
+                shutil.rmtree(bundle, ignore_errors=True)
+    finally:
+        os.close(root_fd)
+
+
+def granted_caps(spec: RunSpec) -> list[str]:
+    """Docker's default capabilities, without CAP_NET_RAW on the host's network: a packet socket
+    there would see the host's own traffic (credentials included)."""
+    if spec.network == "host":
+        return [c for c in DEFAULT_CAPS if c != "CAP_NET_RAW"]
+    return list(DEFAULT_CAPS)
+
+
+# --- mount points -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Stub:
+    """A mount point this sandbox created: its path inside the rootfs and the inode it got."""
+
+    path: str
+    dev: int
+    ino: int
+    is_dir: bool
+
+
+def _mount_points(spec: RunSpec) -> list[tuple[str, bool]]:
+    """(destination, is a directory) of everything the runtime mounts in the rootfs."""
+    points = [("/proc", True), ("/dev", True), ("/sys", True), ("/etc/resolv.conf", False),
+              ("/etc/hosts", False), ("/etc/hostname", False)]
+    for m in spec.mounts:
+        is_dir = True
+        if m.type == "bind":
+            try:
+                is_dir = stat.S_ISDIR(os.stat(m.source).st_mode)
+            except OSError:
+                pass                        # runc will say what is wrong with the source
+        points.append((m.destination, is_dir))
+    return points
+
+
+def _make_mountpoints(root_fd: int, spec: RunSpec) -> list[_Stub]:
+    """Create the missing mount points (and their missing parents) inside the rootfs.
+
+    They are not changes made by the command, so they are removed afterwards (BuildKit does the
+    same) and never end up in the layer. Each is made through directory fds walked inside the
+    root (the image's links resolve as the runtime resolves them: inside it), and the inode of
+    each is recorded, so that the cleanup removes exactly these entries and nothing the command
+    put in their place.
+    """
+    made: list[_Stub] = []
+    for dest, is_dir in _mount_points(spec):
+        try:
+            _make_mountpoint(root_fd, dest, is_dir, made)
+        except OSError as exc:
+            raise BuildError(f"cannot create the mount point {dest} in the rootfs: {exc.strerror}") from None
+    return made
+
+
+def _make_mountpoint(root_fd: int, dest: str, is_dir: bool, made: list[_Stub]) -> None:
+    todo = [p for p in dest.split("/") if p not in ("", ".")]
+    stack: list[tuple[int, str]] = [(os.dup(root_fd), "")]
+    hops = 0
+    try:
+        while todo:
+            name = todo.pop(0)
+            if name == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop()[0])
+                continue
+            dir_fd, dir_path = stack[-1]
+            path = f"{dir_path}/{name}"
+            last = not todo
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if last and not is_dir:
+                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 0o644, dir_fd=dir_fd)
+                    try:
+                        st = os.fstat(fd)
+                    finally:
+                        os.close(fd)
+                    made.append(_Stub(path, st.st_dev, st.st_ino, False))
+                    return
+                os.mkdir(name, 0o755, dir_fd=dir_fd)
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                made.append(_Stub(path, st.st_dev, st.st_ino, True))
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > 40:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), dest)
+                target = os.readlink(name, dir_fd=dir_fd)
+                if target.startswith("/"):
+                    for fd, _ in stack[1:]:
+                        os.close(fd)
+                    del stack[1:]
+                todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+                continue
+            if last:
+                return                      # exists: the runtime mounts over it
+            if not stat.S_ISDIR(st.st_mode):
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), dest)
+            stack.append((os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  dir_fd=dir_fd), path))
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+
+
+def _remove_stubs(root_fd: int, stubs: list[_Stub]) -> None:
+    """Remove the mount points we made, deepest first, if they are still the very inodes we
+    made: the command may have replaced a parent by a link (resolved inside the root here, so
+    never to the host) or put files in a directory (rmdir leaves a non-empty one)."""
+    for stub in reversed(stubs):
+        try:
+            parent, name = split_parent(stub.path)
+            dir_fd = open_in_root(root_fd, parent or "/", os.O_PATH | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) != (stub.dev, stub.ino):
+                continue
+            if stub.is_dir:
+                if stat.S_ISDIR(st.st_mode):
+                    os.rmdir(name, dir_fd=dir_fd)
+            elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)
+
+
+# --- the private network ----------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
+_MS_BIND = 4096
+_MNT_DETACH = 2
+
+
+def _bind_new_netns(path: Path) -> None:
+    """Make a new network namespace and keep it alive as a bind mount on ``path`` (a file).
+
+    A network namespace belongs to a thread: a short-lived thread unshares one and binds it, so
+    neither this process nor a child process has to change namespaces.
+    """
+    failure: list[str] = []
+
+    def make() -> None:
+        if _libc.unshare(_CLONE_NEWNET) != 0:
+            failure.append(f"unshare(CLONE_NEWNET): {os.strerror(ctypes.get_errno())}")
+            return
+        if _libc.mount(b"/proc/thread-self/ns/net", os.fsencode(path), None, _MS_BIND, None) != 0:
+            failure.append(f"bind mount on {path}: {os.strerror(ctypes.get_errno())}")
+
+    t = threading.Thread(target=make, name="pybuild-netns")
+    t.start()
+    t.join()
+    if failure:
+        raise BuildError(f"cannot create the private network namespace: {failure[0]}")
+
+
+@dataclass
+class _PrivateNetwork:
+    """A network namespace bound at ``path`` with a pasta process connecting it to the host."""
+
+    path: Path
+    pasta_pid: int = 0
+    mounted: bool = False
+
+    @classmethod
+    def start(cls, bundle: Path) -> "_PrivateNetwork":
+        net = cls(bundle / "netns")
+        try:
+            net.path.touch()
+            _bind_new_netns(net.path)
+            net.mounted = True
+            pidfile = bundle / "pasta.pid"
+            # --runas 0: this pasta cannot join a namespace after switching to nobody. -t/-u
+            # none: no port of the sandbox is published on the host; -T/-U none and
+            # --no-map-gw: the sandbox reaches none of the host's loopback services. pasta
+            # configures the namespace, then forks into the background and exits.
+            cmd = ["pasta", "--config-net", "--quiet", "--runas", "0",
+                   "-a", PRIVATE_ADDRESS, "-n", str(PRIVATE_PREFIX), "-g", PRIVATE_GATEWAY,
+                   "--dns-forward", PRIVATE_DNS, "--no-map-gw",
+                   "-t", "none", "-u", "none", "-T", "none", "-U", "none",
+                   "-P", str(pidfile), "--netns", str(net.path)]
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+            if pidfile.exists():
+                net.pasta_pid = int(pidfile.read_text().strip() or 0)
+            if r.returncode != 0:
+                detail = " ".join(l for l in r.stderr.decode(errors="replace").splitlines()
+                                  if "syslog" not in l).strip()
+                raise BuildError(f"pasta could not set up the private network (exit {r.returncode}"
+                                 f"{': ' + detail if detail else ''}); use --network host or --network none")
+        except BaseException:
+            net.stop()
+            raise
+        return net
+
+    def stop(self) -> None:
+        """Stop pasta and release the namespace (idempotent)."""
+        if self.pasta_pid > 0:
+            try:
+                # The pid came from pasta's own file: make sure it is still the pasta of this
+                # namespace (its command name is passt's binary, e.g. passt.avx2).
+                args = Path(f"/proc/{self.pasta_pid}/cmdline").read_bytes().split(b"\0")
+                if os.fsencode(self.path) in args:
+                    os.kill(self.pasta_pid, signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
+            self.pasta_pid = 0
+        if self.mounted:
+            if _libc.umount2(os.fsencode(self.path), _MNT_DETACH) == 0 or ctypes.get_errno() == errno.EINVAL:
+                self.mounted = False        # EINVAL: not (or no longer) a mount point
+        if not self.mounted:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+class NetworkPool:
+    """Private networks reused by the RUN steps of one build (one per step running at a time).
+
+    Making a network (namespace + pasta) costs tens of milliseconds; a build pays it once per
+    concurrent step, and can start the first in the background (:meth:`prewarm`) while other
+    steps run. Steps of one build are one trust domain (BuildKit pools its namespaces too), and
+    a RUN step cannot leave state in the namespace that outlives its processes: it has no
+    CAP_NET_ADMIN. Each network lives in
+    a ``run-net-*`` directory of ``state_dir``, so :func:`release_networks` finds those a killed
+    process left behind.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self._idle: list[_PrivateNetwork] = []
+        self._made: list[_PrivateNetwork] = []
+        self._lock = threading.Lock()
+        self._warming: threading.Thread | None = None
+        self._warm_error: BaseException | None = None
+
+    def _make(self) -> _PrivateNetwork:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        net = _PrivateNetwork.start(Path(tempfile.mkdtemp(prefix="run-net-", dir=self.state_dir)))
+        with self._lock:
+            self._made.append(net)
+        return net
+
+    def prewarm(self) -> None:
+        """Start making one network in the background, unless one is ready or on its way."""
+        with self._lock:
+            if self._idle or self._warming is not None or shutil.which("pasta") is None:
+                return
+
+            def warm() -> None:
+                try:
+                    net = self._make()
+                except BaseException as exc:     # reported by the step that needs it
+                    self._warm_error = exc
+                    return
+                with self._lock:
+                    self._idle.append(net)
+
+            self._warming = threading.Thread(target=warm, name="pybuild-netwarm", daemon=True)
+            self._warming.start()
+
+    def acquire(self) -> _PrivateNetwork:
+        """A ready network for one command (made now when none is idle)."""
+        warming = self._warming
+        if warming is not None:
+            warming.join()
+            self._warming = None
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        self._warm_error = None            # a failed prewarm is retried here, and reported
+        return self._make()
+
+    def release(self, net: _PrivateNetwork) -> None:
+        with self._lock:
+            self._idle.append(net)
+
+    def close(self) -> None:
+        """Stop every network of the pool and remove their directories."""
+        if self._warming is not None:
+            self._warming.join()
+            self._warming = None
+        with self._lock:
+            made, self._made, self._idle = self._made, [], []
+        for net in made:
+            net.stop()
+            shutil.rmtree(net.path.parent, ignore_errors=True)
+
+
+def release_networks(state_dir: Path) -> None:
+    """Stop the pasta and release the network namespace of every bundle under ``state_dir``
+    whose process died before its own cleanup (a SIGKILLed supervisor or build), so that the
+    directory can be removed."""
+    for netns in Path(state_dir).glob("run-*/netns"):
+        release_network(netns.parent)
+
+
+def release_network(bundle: Path) -> None:
+    """Stop the pasta of the network a dead process left in ``bundle`` and release its namespace."""
+    netns = Path(bundle) / "netns"
+    if not netns.exists():
+        return
+    net = _PrivateNetwork(netns, mounted=True)
+    try:
+        net.pasta_pid = int((netns.parent / "pasta.pid").read_text().strip() or 0)
+    except (OSError, ValueError):
+        pass
+    net.stop()
+    if net.mounted:
+        raise BuildError(f"cannot release the network namespace bound at {netns}: "
+                         f"{os.strerror(ctypes.get_errno())}")
+
+
+def oci_config(spec: RunSpec, etc: dict[str, Path], netns: str | None = None,
+               seccomp: dict | None = None) -> dict:
+    """The OCI runtime config.json for ``spec`` (``etc``: generated hosts/hostname/resolv.conf;
+    ``netns``: the bound network namespace of the default network; ``seccomp``: the converted
+    profile, default: builder.runtime.seccomp's for the granted capabilities)."""
+    env = list(spec.env)
+    if not any(e.startswith("PATH=") for e in env):
+        env.insert(0, "PATH=" + DEFAULT_PATH)
+    mounts = [
+        {"destination": "/proc", "type": "proc", "source": "proc",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+    ]
+    for dest in ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname"):
+        mounts.append({"destination": dest, "type": "bind", "source": str(etc[dest]),
+                       "options": ["rbind", "rprivate", "rw"]})
+    for m in spec.mounts:
+        mounts.append(_oci_mount(m))
+    namespaces: list[dict] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    if spec.network == "none":
+        namespaces.append({"type": "network"})
+    elif spec.network == "default":
+        namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
+    caps = granted_caps(spec)
+    # The OCI spec wants an absolute cwd; an image's relative WorkingDir (`../../..`) is taken
+    # from the container's root, where runc resolves it after pivot_root: it cannot leave it.
+    cwd = spec.cwd or "/"
+    if not cwd.startswith("/"):
+        cwd = "/" + cwd
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": spec.uid, "gid": spec.gid,
+                     "additionalGids": sorted(set(spec.additional_gids))},
+            "args": list(spec.args),
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(spec.rootfs), "readonly": False},
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": namespaces,
+            "devices": [{"path": p, "type": t, "major": ma, "minor": mi, "fileMode": 0o666,
+                         "uid": 0, "gid": 0} for p, t, ma, mi in DEVICES],
+            # Without a device rule the runtime's cgroup denies even /dev/null.
+            "resources": {"devices": [{"allow": False, "access": "rwm"}] + [
+                {"allow": True, "type": t, "major": ma, "minor": mi, "access": "rwm"}
+                for _p, t, ma, mi in DEVICES] + [
+                {"allow": True, "type": "c", "major": 136, "access": "rwm"},   # /dev/pts/*
+                {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"}]},  # ptmx
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+            "seccomp": seccomp if seccomp is not None else oci_seccomp(caps),
+        },
+    }
+def _oci_mount(m: Mount) -> dict:
+    if m.type == "bind":
+        opts = ["rbind", "rprivate", "ro" if m.readonly else "rw"] + m.options
+        return {"destination": m.destination, "type": "bind", "source": m.source, "options": opts}
+    if m.type == "tmpfs":
+        opts = ["nosuid", "nodev", "mode=1777"] + m.options + (["ro"] if m.readonly else [])
+        return {"destination": m.destination, "type": "tmpfs", "source": "tmpfs", "options": opts}
+    raise BuildError(f"unsupported sandbox mount type {m.type!r} at {m.destination}")
+
+
+def _write_etc_files(bundle: Path, spec: RunSpec) -> dict[str, Path]:
+    """Generate /etc/hosts, /etc/hostname and /etc/resolv.conf the way Docker's builder does."""
+    hosts = bundle / "hosts"
+    hosts.write_text(f"127.0.0.1\tlocalhost {spec.hostname}\n"
+                     "::1\tlocalhost ip6-localhost ip6-loopback\n")
+    hostname = bundle / "hostname"
+    hostname.write_text(spec.hostname + "\n")
+    resolv = bundle / "resolv.conf"
+    resolv.write_text(_resolv_conf(spec.network))
+    return {"/etc/hosts": hosts, "/etc/hostname": hostname, "/etc/resolv.conf": resolv}
+
+
+def _resolv_conf(network: str) -> str:
+    try:
+        text = Path("/etc/resolv.conf").read_text()
+    except OSError:
+        text = ""
+    lines = text.splitlines()
+    servers = [l for l in lines if l.split()[:1] == ["nameserver"]]
+    if network == "default":
+        # pasta's DNS forwarder, which asks the host's first resolver (loopback ones included).
+        return "\n".join([f"nameserver {PRIVATE_DNS}"] + [l for l in lines if l not in servers]) + "\n"
+    if network == "none":
+        # Loopback resolvers are useless (and misleading) in a private network namespace.
+        lines = [l for l in lines if not (l in servers and l.split()[1:2] and l.split()[1].startswith("127."))]
+    if not servers and network != "none":
+        lines += ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _pump(proc: subprocess.Popen, output: OutputCallback | None) -> None:
+    """Forward the child's stdout/stderr to ``output`` until both close."""
+    sel = selectors.DefaultSelector()
+    for name, f in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+        if f is not None:
+            sel.register(f, selectors.EVENT_READ, name)
+    open_count = len(sel.get_map())
+    while open_count:
+        for key, _ in sel.select():
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                sel.unregister(key.fileobj)
+                open_count -= 1
+                continue
+            if output is not None:
+                output(key.data, chunk)
+    sel.close()
+
+
+def _exit_code(rc: int) -> int:
+    return 128 - rc if rc < 0 else rc
+
+
+def _run_oci(spec: RunSpec, bundle: Path, config: dict,
+             output: OutputCallback | None, cancel: threading.Event | None) -> int:
+    (bundle / "config.json").write_text(json.dumps(config))
+    cid = "pybuild-" + os.urandom(8).hex()   # not uuid: it imports `platform`, a start-up cost
+    cmd = ["runc", "run", "--bundle", str(bundle), cid]
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        _track(cid, proc)
+        try:
+            if cancel is not None and cancel.is_set():     # cancelled while starting
+                subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
+            _pump(proc, output)
+            return _exit_code(proc.wait())
+        except BaseException:
+            subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            _untrack(proc)
+    finally:
+        subprocess.run(["runc", "delete", "--force", cid], capture_output=True)

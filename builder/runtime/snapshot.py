@@ -1,0 +1,341 @@
+"""Snapshots: a root filesystem made of extracted layers, with a writable overlay on top.
+
+Each image layer is extracted once (registry.tarsafe, checked against its diffID) into
+``<root>/layers/<diffid hex>/`` in overlayfs's own format (OCI whiteouts become 0/0 character
+devices, opaque markers become the ``trusted.overlay.opaque`` xattr), so a stack of layers is just a list of lower directories.
+A RUN step mounts ``lowerdirs + upper + work``; afterwards the upper directory *is* the change
+and can itself be adopted as the extracted directory of the new layer (no re-extraction).
+
+The overlay mount option must fit in one page, so lower directories are named through short
+symlinks ``<root>/l/<12 hex>`` and the mount runs with the store root as working directory.
+Where overlayfs cannot be mounted, :class:`CopySnapshot` copies the layers into a plain
+directory and computes the change by comparing the tree before and after (slow, but correct).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from registry.compression import open_decompressed
+from registry.fsutil import private_dir
+from registry.tarsafe import extract_tar
+
+from ..errors import BuildError
+from ..root import Root
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+SHORT_ID = 12
+
+
+class LayerDirs:
+    """The extracted-layer directories under ``<root>/layers`` and their short links."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.layers = Root(self.root).layers
+        self.links = Root(self.root).links
+
+    def path(self, diff_id: str) -> Path:
+        """Directory of the extracted layer ``diff_id`` (may not exist yet)."""
+        return self.layers / _hex(diff_id)
+
+    def ensure(self, diff_id: str, open_blob: Callable[[], BinaryIO]) -> Path:
+        """Extract the layer blob (any compression) from ``open_blob()`` once; return its directory."""
+        final = self.path(diff_id)
+        if final.is_dir():
+            return final
+        private_dir(self.layers)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.layers))
+        try:
+            with open_blob() as f:
+                _apply_verified(f, tmp, diff_id)
+            os.chmod(tmp, 0o755)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():      # somebody else won the race: fine
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def adopt(self, diff_id: str, directory: Path) -> Path:
+        """Make ``directory`` (an overlay upper dir) the extracted form of layer ``diff_id``."""
+        final = self.path(diff_id)
+        if final.is_dir():
+            shutil.rmtree(directory, ignore_errors=True)
+            return final
+        private_dir(self.layers)
+        os.rename(directory, final)
+        return final
+
+    def short_link(self, diff_id: str) -> str:
+        """A short path, relative to the store root, naming the layer directory."""
+        h = _hex(diff_id)
+        private_dir(self.links)
+        for n in range(SHORT_ID, len(h) + 1):
+            link = self.links / h[:n]
+            target = f"../layers/{h}"
+            try:
+                os.symlink(target, link)
+                return f"l/{h[:n]}"
+            except FileExistsError:
+                if os.readlink(link) == target:
+                    return f"l/{h[:n]}"
+        raise BuildError(f"cannot make a short link for layer {diff_id}")
+
+    def empty(self) -> Path:
+        """An empty directory usable as the only lower of a scratch rootfs."""
+        d = private_dir(self.layers) / "empty"
+        d.mkdir(exist_ok=True)
+        return d
+
+
+def _hex(diff_id: str) -> str:
+    return diff_id.split(":", 1)[-1]
+
+
+class _HashingReader:
+    """A read-only stream that hashes what passes through it."""
+
+    def __init__(self, raw: BinaryIO, algorithm: str):
+        self.raw = raw
+        self.hasher = hashlib.new(algorithm)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.hasher.update(data)
+        return data
+
+
+def _apply_verified(blob: BinaryIO, dest: Path, diff_id: str) -> None:
+    """Extract a layer blob and check its uncompressed bytes against ``diff_id``.
+
+    Extracted layers are shared by every image naming that diffID, so an image whose config
+    lies about a layer must not get its content in under another layer's name.
+    """
+    algorithm, _, want = diff_id.partition(":")
+    if algorithm not in ("sha256", "sha512") or not want:
+        raise BuildError(f"layer diff_id {diff_id!r} is not a sha256 or sha512 digest")
+    reader = _HashingReader(open_decompressed(blob), algorithm)
+    extract_tar(reader, dest, whiteouts="overlay")
+    while reader.read(1 << 20):      # the tar's end blocks and padding count too
+        pass
+    got = reader.hasher.hexdigest()
+    if got != want:
+        raise BuildError(f"layer content does not match diff_id {diff_id} from the image config (it is "
+                         f"{algorithm}:{got}): corrupt or forged image; pull it again from a source you trust")
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+@dataclass
+class Snapshot:
+    """A mounted overlay: ``merged`` is the rootfs, ``upper`` collects the changes."""
+
+    merged: Path
+    upper: Path
+    work: Path
+    base: Path
+    mounted: bool = False
+    kind: str = "overlay"
+    _before: dict = field(default_factory=dict, repr=False)
+
+    def unmount(self) -> None:
+        """Unmount (idempotent)."""
+        if self.mounted:
+            _umount(self.merged)
+            self.mounted = False
+
+    def changes(self) -> Path:
+        """The directory of changes in overlay format (whiteouts as 0/0 char devices)."""
+        self.unmount()
+        if self.kind == "copy":
+            return _copy_changes(self)
+        return self.upper
+
+    def cleanup(self) -> None:
+        """Unmount and remove everything of this snapshot (the upper dir too, unless adopted)."""
+        self.unmount()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+def mount_snapshot(root: Path, lower_ids: list[str], writable: bool = True,
+                   use_overlay: bool = True) -> Snapshot:
+    """Mount the layers ``lower_ids`` (bottom first, all already extracted) as a rootfs.
+
+    With ``writable`` an upper and work dir are added. Falls back to a copied tree when the
+    kernel refuses the overlay mount (or ``use_overlay`` is False).
+    """
+    dirs = LayerDirs(root)
+    snaps = private_dir(Root(root).snapshots)
+    sid = os.urandom(6).hex()   # not uuid: it imports `platform`, a start-up cost
+    base = snaps / sid
+    os.mkdir(base, 0o700)
+    for sub in ("merged", "upper", "work"):
+        os.mkdir(base / sub, 0o700)
+    snap = Snapshot(merged=base / "merged", upper=base / "upper", work=base / "work", base=base)
+    os.chmod(snap.upper, 0o755)
+    lowers = [dirs.short_link(d) for d in reversed(lower_ids)]   # overlay lists topmost first
+    if not lowers:
+        lowers = [os.path.relpath(dirs.empty(), root)]
+    if not writable and len(lowers) == 1:
+        lowers.append(os.path.relpath(dirs.empty(), root))
+    opts = "lowerdir=" + ":".join(lowers)
+    if writable:
+        opts += f",upperdir=snapshots/{sid}/upper,workdir=snapshots/{sid}/work"
+    opts += ",index=off,metacopy=off,redirect_dir=off"
+    if use_overlay:
+        r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts,
+                            f"snapshots/{sid}/merged"], cwd=root, capture_output=True, text=True)
+    if use_overlay and r.returncode == 0:
+        snap.mounted = True
+        return snap
+    try:
+        return _copy_snapshot(dirs, lower_ids, snap)
+    except BaseException:
+        snap.cleanup()
+        raise
+
+
+def _umount(path: Path) -> None:
+    r = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        r2 = subprocess.run(["umount", "-l", str(path)], capture_output=True, text=True)
+        if r2.returncode != 0:
+            raise BuildError(f"cannot unmount {path}: {r.stderr.strip()}")
+
+
+# --- fallback: a copied tree and a full-tree diff -------------------------------------------
+
+def _copy_snapshot(dirs: LayerDirs, lower_ids: list[str], snap: Snapshot) -> Snapshot:
+    for d in lower_ids:
+        _apply_overlay_dir(dirs.path(d), snap.merged)
+    snap.kind = "copy"
+    snap._before = _scan(snap.merged)
+    return snap
+
+
+def _apply_overlay_dir(src: Path, dst: Path) -> None:
+    """Apply one extracted layer (overlay format) onto a plain tree."""
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        out = dst if rel == "." else dst / rel
+        if rel != ".":
+            try:
+                opaque = os.getxattr(dirpath, OPAQUE_XATTR) == b"y"
+            except OSError:
+                opaque = False
+            if opaque and out.is_dir():
+                shutil.rmtree(out)
+            if not out.is_dir():
+                _remove(str(out))
+                out.mkdir()
+            shutil.copystat(dirpath, out, follow_symlinks=False)
+            st = os.lstat(dirpath)
+            os.chown(out, st.st_uid, st.st_gid)
+        for name in list(dirnames):
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p):
+                dirnames.remove(name)
+                filenames.append(name)
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            target = out / name
+            _remove(str(target))
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                continue                                   # whiteout: deletion only
+            _copy_entry(p, target, st)
+
+
+def _copy_entry(src: str, dst: Path, st: os.stat_result) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dst)
+    elif stat.S_ISREG(st.st_mode):
+        shutil.copy2(src, dst, follow_symlinks=False)
+    elif stat.S_ISDIR(st.st_mode):
+        dst.mkdir()
+        shutil.copystat(src, dst)
+    else:
+        os.mknod(dst, st.st_mode, st.st_rdev)
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _scan(top: Path) -> dict[str, tuple]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            out[os.path.relpath(p, top)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                                           st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return out
+
+
+def _copy_changes(snap: Snapshot) -> Path:
+    """For a copied snapshot: write the before/after difference into ``snap.upper``."""
+    after = _scan(snap.merged)
+    before = snap._before
+    for rel in sorted(after):
+        if before.get(rel) == after[rel] and not stat.S_ISDIR(after[rel][0]):
+            continue
+        if stat.S_ISDIR(after[rel][0]) and before.get(rel) == after[rel]:
+            continue
+        src = snap.merged / rel
+        dst = snap.upper / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        st = os.lstat(src)
+        if stat.S_ISDIR(st.st_mode):
+            if rel in before and not stat.S_ISDIR(before[rel][0]):
+                _remove(str(dst))
+            dst.mkdir(exist_ok=True)
+            shutil.copystat(src, dst)
+            os.chown(dst, st.st_uid, st.st_gid)
+            if rel in before and not stat.S_ISDIR(before[rel][0]):
+                os.setxattr(dst, OPAQUE_XATTR, b"y")
+        else:
+            _remove(str(dst))
+            _copy_entry(str(src), dst, st)
+    for rel in sorted(before):
+        if rel in after:
+            continue
+        parent = os.path.dirname(rel)
+        if parent and parent not in after:
+            continue                 # a removed parent's whiteout covers it
+        dst = snap.upper / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.mknod(dst, stat.S_IFCHR, os.makedev(0, 0))
+    # Parent directories created for the change above keep the merged tree's metadata.
+    for dirpath, dirnames, _ in os.walk(snap.upper):
+        for name in dirnames:
+            rel = os.path.relpath(os.path.join(dirpath, name), snap.upper)
+            st = os.lstat(snap.merged / rel) if (snap.merged / rel).exists() else None
+            if st is not None:
+                os.chmod(os.path.join(dirpath, name), stat.S_IMODE(st.st_mode))
+                os.chown(os.path.join(dirpath, name), st.st_uid, st.st_gid)
+    return snap.upper
