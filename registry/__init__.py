@@ -30,6 +30,8 @@ _LAZY = {
     "store_layer": "layer", "write_overlay_upper_tar": "layer", "write_tree_tar": "layer",
     "ClientOptions": "client", "RegistryClient": "client", "Repository": "client",
     "TransferResult": "transfer", "copy": "transfer", "pull": "transfer", "push": "transfer",
+    "Image": "image", "ImageIndex": "image", "ImageSink": "image", "ImageSource": "image", "Layer": "image",
+    "RawManifest": "image", "copy_image": "copier", "LayoutDir": "layout",
 }
 
 

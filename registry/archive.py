@@ -145,17 +145,20 @@ def save_oci_archive(store: Store, names: list[str], out: BinaryIO) -> None:
 
 
 def _walk(store: Store, desc: Descriptor, blobs: dict[str, None]) -> None:
-    """Every blob under a manifest or index (children first is not needed: a tar has no order)."""
+    """Every blob under a manifest or index (a tar has no order); an index's children that the
+    store lacks are left out (a pull of one platform keeps only its own)."""
+    from .image import RawManifest, image_blobs, walk
+
+    def read(d: Descriptor) -> RawManifest | None:
+        return RawManifest(d, b"", store.get_manifest(d.digest)) if store.has_blob(d.digest) else None
+
+    top = RawManifest(desc, b"", store.get_manifest(desc.digest))
+    below = walk(read, top, str(desc.digest))
     blobs[desc.digest] = None
-    doc = store.get_manifest(desc.digest)
-    if isinstance(doc, Index):
-        for child in doc.manifests:
-            if store.has_blob(child.digest):       # a pull of one platform keeps only its own
-                _walk(store, child, blobs)
-        return
-    blobs[doc.config.digest] = None
-    for layer in doc.layers:
-        blobs[layer.digest] = None
+    for m in below:
+        blobs[m.digest] = None
+    for digest in image_blobs(m.doc for m in [*below, top]):
+        blobs[digest] = None
 
 
 def _as_ref(name: str):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 import shlex
 import sys
 import time
@@ -140,36 +139,34 @@ def apply_change(cfg: ContainerConfig, change: str) -> None:
                                + ", ".join(CHANGE_INSTRUCTIONS))
     if not rest and keyword not in ("CMD", "ENTRYPOINT"):
         raise ImageImportError(f"--change {change!r}: {keyword} needs an argument")
-    if keyword in ("CMD", "ENTRYPOINT"):
-        value = _exec_or_shell(rest, change)
-        if keyword == "CMD":
-            cfg.cmd = value
-        else:
-            cfg.entrypoint = value
+    from . import mutate
+    from .manifest import ImageConfig
+    image = ImageConfig(config=cfg)
+    if keyword == "CMD":
+        image = mutate.with_cmd(image, _exec_or_shell(rest, change))
+    elif keyword == "ENTRYPOINT":
+        image = mutate.with_entrypoint(image, _exec_or_shell(rest, change))
     elif keyword == "ENV":
-        for k, v in _pairs(rest, change, legacy=True):
-            cfg.set_env(k, v)
+        image = mutate.with_env(image, _pairs(rest, change, legacy=True))
     elif keyword == "LABEL":
-        for k, v in _pairs(rest, change, legacy=False):
-            cfg.labels[k] = v
+        image = mutate.with_labels(image, dict(_pairs(rest, change, legacy=False)))
     elif keyword == "EXPOSE":
-        for port in rest.split():
-            for p in _ports(port, change):
-                cfg.exposed_ports[p] = {}
+        image = mutate.with_exposed_ports(image, [p for port in rest.split() for p in _ports(port, change)])
     elif keyword == "VOLUME":
         paths = _json_list(rest) if rest.startswith("[") else rest.split()
         if paths is None:
             raise ImageImportError(f"--change {change!r}: VOLUME takes a JSON list or paths separated by spaces")
-        for p in paths:
-            cfg.volumes[p] = {}
+        image = mutate.with_volumes(image, paths)
     elif keyword == "WORKDIR":
-        cfg.working_dir = posixpath.normpath(posixpath.join(cfg.working_dir or "/", rest))
+        image = mutate.with_workdir(image, rest)
     elif keyword == "USER":
-        cfg.user = rest
+        image = mutate.with_user(image, rest)
     elif keyword == "STOPSIGNAL":
-        cfg.stop_signal = rest
+        image = mutate.with_stop_signal(image, rest)
     elif keyword == "ONBUILD":
-        cfg.on_build = [*(cfg.on_build or []), rest]
+        image = mutate.with_onbuild(image, rest)
+    # Callers hand in the config to change (import and commit build it up change by change).
+    cfg.__dict__.update(image.config.__dict__)
 
 
 def _json_list(text: str) -> list[str] | None:

@@ -580,22 +580,20 @@ class Store:
         An index is resolved to the platform's entry; a single manifest is returned as is
         unless a platform was asked for explicitly and its config says otherwise.
         """
+        from .image import RawManifest, select_image
         desc = self.resolve(name)
         want = platform or host_platform()
-        for _ in range(8):   # nested indexes are legal; bound the walk
-            doc = self.get_manifest(desc.digest)
-            if isinstance(doc, Manifest):
-                if platform is not None:
-                    cfg = self.get_config(doc.config.digest)
-                    if cfg.architecture and not platform_matches(want, cfg.platform):
-                        raise NotFoundError(f"image {name} is for {cfg.platform}, not {want} "
-                                            "(choose another --platform)")
-                return desc, doc
-            desc = doc.select(want, where=f"image {name}")
-            if not self.has_blob(desc.digest):
-                raise NotFoundError(f"image {name}: the {want} manifest {desc.digest} is not in the store "
+
+        def read(child: Descriptor) -> RawManifest:
+            if not self.has_blob(child.digest):
+                raise NotFoundError(f"image {name}: the {want} manifest {child.digest} is not in the store "
                                     "(pull it for that platform)")
-        raise InvalidManifestError(f"image {name}: indexes nested too deeply")
+            return RawManifest(child, b"", self.get_manifest(child.digest))
+
+        top = RawManifest(desc, b"", self.get_manifest(desc.digest))
+        config = (lambda m: self.get_config(m.config.digest)) if platform is not None else None
+        raw = select_image(read, top, want, f"image {name}", config=config)
+        return raw.descriptor, raw.doc     # type: ignore[return-value]
 
     def image_config(self, name: str | Reference, platform: Platform | None = None) -> ImageConfig:
         """The config of the image for `platform` (default: this host)."""
@@ -665,6 +663,7 @@ class Store:
 
     def reachable(self, extra_roots: Iterable[str] = ()) -> set[str]:
         """Digests reachable from tags, gc roots, live leases and `extra_roots`."""
+        from .image import references
         todo: list[tuple[str, str | None]] = [(d.digest, d.media_type) for d in self.read_index().manifests]
         todo += [(d, None) for d in self._root_digests()]
         todo += [(d, None) for d in extra_roots]
@@ -683,13 +682,7 @@ class Store:
                 doc = parse_manifest(path.read_bytes())
             except (FileNotFoundError, InvalidManifestError, InvalidDigestError):
                 continue
-            if isinstance(doc, Manifest):
-                children = [doc.config, *doc.layers]
-            else:
-                children = list(doc.manifests)
-            if doc.subject is not None:
-                children.append(doc.subject)
-            todo += [(c.digest, c.media_type or None) for c in children]
+            todo += [(c.digest, c.media_type or None) for c in references(doc)]
         return seen
 
     def gc(self, extra_roots: Iterable[str] = ()) -> GCResult:

@@ -1,0 +1,171 @@
+"""The one copy: an image or index, with every blob it needs, from an ImageSource to an ImageSink.
+
+    plan = plan_copy(src, "app:v1", platform=..., all_platforms=...)   # reads manifests only
+    result = run_copy(plan, src, dst, tag="app:v1", progress=...)      # moves blobs, then manifests
+
+or `copy_image(src, dst, ref, ...)` for both. Blobs move in parallel (`workers`), each once, through
+the sink's `receive_blob` (the Store resumes partial downloads and verifies every byte; a registry
+is asked first, then mounted from a repository known to hold the blob, then uploaded, hashed on
+the way unless the source verified it). For an ordered sink (a registry) manifests go after the
+blobs, children before their index, the top one last; an unordered sink (the Store, under its
+lease) writes them alongside the blobs and only the tag waits.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import NotFoundError
+from .image import ImageSink, ImageSource, RawManifest, image_blobs, select_image, walk
+from .manifest import Descriptor, Index, Manifest
+from .platform import Platform
+from .progress import Progress
+
+
+@dataclass
+class TransferResult:
+    """What a pull, push or copy did."""
+    reference: str                  # the reference written (local name for pull, remote for push/copy)
+    digest: str                     # digest of the top manifest or index written
+    media_type: str
+    size: int
+    platforms: list[str] = field(default_factory=list)   # platforms of the image manifests moved
+    source_digest: str = ""         # what the source reference resolved to (an index, for a pull
+                                    # that picked one platform from it: Docker's "Digest:")
+    blobs_transferred: int = 0
+    blobs_skipped: int = 0          # already present at the destination
+    blobs_mounted: int = 0
+    bytes_transferred: int = 0      # over the network (a resumed download counts only the rest)
+
+
+@dataclass
+class CopyPlan:
+    """What a copy will move: the top manifest written, what the reference resolved to, the
+    manifests below the top (children first) and the blobs of the image manifests."""
+    top: RawManifest
+    source: RawManifest
+    manifests: list[RawManifest]
+    blobs: dict[str, Descriptor]
+
+    @property
+    def images(self) -> list[RawManifest]:
+        """The image manifests moved (the top last when it is one)."""
+        return [m for m in [*self.manifests, self.top] if isinstance(m.doc, Manifest)]
+
+
+class _Counter:
+    """Thread-safe tallies for a TransferResult."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.transferred = self.skipped = self.mounted = self.bytes = 0
+
+    def add(self, kind: str, nbytes: int = 0) -> None:
+        with self.lock:
+            kind = "skipped" if kind == "foreign" else kind
+            setattr(self, kind, getattr(self, kind) + 1)
+            self.bytes += nbytes
+
+    def fill(self, result: TransferResult) -> TransferResult:
+        result.blobs_transferred, result.blobs_skipped = self.transferred, self.skipped
+        result.blobs_mounted, result.bytes_transferred = self.mounted, self.bytes
+        return result
+
+
+def run_parallel(jobs: list[Callable[[], None]], workers: int) -> None:
+    """Run jobs on a thread pool; on the first failure cancel what has not started and raise it."""
+    if not jobs:
+        return
+    if len(jobs) == 1 or workers <= 1:
+        for job in jobs:
+            job()
+        return
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="pybuild-xfer") as pool:
+        futures = [pool.submit(job) for job in jobs]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        for f in futures:
+            if f.done() and not f.cancelled() and f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
+
+
+def plan_copy(src: ImageSource, ref: str, *, platform: Platform | None = None,
+              all_platforms: bool = True, where: str | None = None) -> CopyPlan:
+    """Read what `ref` names at `src` and everything below it.
+
+    With a `platform` and not `all_platforms`, an index is resolved to that platform's image
+    manifest (selecting again inside nested indexes), which becomes the top; otherwise the whole
+    tree is moved.
+    """
+    where = where or ref
+    source = src.read_manifest(ref)
+
+    def read(desc: Descriptor) -> RawManifest:
+        try:
+            return src.read_manifest(desc)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{where}: {exc}") from None
+
+    top = source
+    if isinstance(source.doc, Index) and not all_platforms and platform is not None:
+        top = select_image(read, source, platform, where)
+    manifests = walk(read, top, where)
+    return CopyPlan(top, source, manifests, image_blobs(m.doc for m in [*manifests, top]))
+
+
+def run_copy(plan: CopyPlan, src: ImageSource, dst: ImageSink, *, tag: str | None = None,
+             progress: Progress | None = None, workers: int = 4,
+             platforms_from: Any = None) -> TransferResult:
+    """Move what `plan` lists from `src` to `dst`, then make its top reachable under `tag`
+    (a tag at a registry, a name in the Store or a layout; None: by digest only)."""
+    progress = progress or Progress()
+    counter = _Counter()
+
+    def remember(digest: str, both: bool = True) -> None:
+        if both and dst.host and dst.repository:
+            src.remember(digest, dst.host, dst.repository)
+        if src.host and src.repository:
+            dst.remember(digest, src.host, src.repository)
+
+    def move(desc: Descriptor) -> None:
+        kind, nbytes = dst.receive_blob(desc, src, progress)
+        counter.add(kind, nbytes)
+        if kind != "foreign":
+            remember(desc.digest)
+
+    with dst.session():
+        jobs: list[Callable[[], None]] = []
+        if not dst.ordered:
+            jobs += [lambda m=m: dst.put_manifest(m) for m in [*plan.manifests, plan.top]]
+        jobs += [lambda d=d: move(d) for d in plan.blobs.values()]
+        run_parallel(jobs, workers)
+        if dst.ordered:
+            for m in plan.manifests:
+                dst.put_manifest(m)
+        for m in plan.images:           # a later push of the manifest's blobs may mount them
+            remember(m.digest, both=False)
+        digest = dst.finish(plan.top, tag)
+    reader = platforms_from if platforms_from is not None else src
+    result = TransferResult(reference=tag or "", digest=digest, media_type=plan.top.media_type,
+                            size=len(plan.top.data), platforms=[_platform(reader, m) for m in plan.images],
+                            source_digest=plan.source.digest)
+    return counter.fill(result)
+
+
+def copy_image(src: ImageSource, dst: ImageSink, ref: str, *, tag: str | None = None,
+               platform: Platform | None = None, all_platforms: bool = True,
+               progress: Progress | None = None, workers: int = 4) -> TransferResult:
+    """Copy the image or index `ref` names at `src` to `dst` (under `tag`): plan, then run."""
+    plan = plan_copy(src, ref, platform=platform, all_platforms=all_platforms)
+    return run_copy(plan, src, dst, tag=tag, progress=progress, workers=workers)
+
+
+def _platform(reader: Any, m: RawManifest) -> str:
+    from .errors import RegistryError
+    try:
+        return str(reader.read_config(m.doc.config.digest).platform)   # type: ignore[union-attr]
+    except RegistryError:
+        return ""
