@@ -203,7 +203,7 @@ def _tar_of(d: Path) -> bytes:
 def test_context_dockerfile_link_does_not_read_a_host_file(busybox_image, tmp_path, canary, how) -> None:
     """`Dockerfile -> <host file>` in a context: the host file was read as the Dockerfile and its
     first line printed in the parse error (e.g. root's hash from /etc/shadow, in a CI log)."""
-    from builder.build import BuildOptions, build
+    from builder.engine.build import BuildOptions, build
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     os.symlink(canary.dir / "sentinel", ctx / "Dockerfile")
@@ -224,7 +224,7 @@ def test_context_dockerfile_link_does_not_read_a_host_file(busybox_image, tmp_pa
 @needs_root
 @pytest.mark.timeout(60)
 def test_context_dockerfile_link_inside_the_context_still_works(busybox_image, tmp_path) -> None:
-    from builder.build import BuildOptions, build
+    from builder.engine.build import BuildOptions, build
     ctx = tmp_path / "ctx"
     (ctx / "sub").mkdir(parents=True)
     (ctx / "sub" / "Dockerfile.real").write_text("FROM busybox\nCOPY d /d\n")

@@ -144,7 +144,7 @@ def _read_dockerfile(opts: BuildOptions, context) -> tuple[str, str]:
         path = context.root / "Dockerfile"
     if in_context is not None:
         # A file of the context: resolved inside it (a link to a host file is not followed out).
-        from .context import read_in_context
+        from ..context.build_context import read_in_context
         text = read_in_context(context.root, in_context, "Dockerfile")
         if text is None:
             raise BuildError(f"Dockerfile not found: {path} (use -f PATH)")

@@ -260,15 +260,78 @@ def _make_mountpoints(root_fd: int, spec: RunSpec) -> list[_Stub]:
     put in their place.
     """
     made: list[_Stub] = []
-    for dest, is_dir in _mount_points(spec):
-        try:
-            _make_mountpoint(root_fd, dest, is_dir, made)
-        except OSError as exc:
-            raise BuildError(f"cannot create the mount point {dest} in the rootfs: {exc.strerror}") from None
+    builtin = len(_mount_points(RunSpec(args=[], rootfs=spec.rootfs)))
+    content: list[tuple[str, str]] = []   # (resolved destination, host source) of bind mounts
+    try:
+        for i, (dest, is_dir) in enumerate(_mount_points(spec)):
+            try:
+                resolved = _make_mountpoint(root_fd, dest, is_dir, made)
+            except OSError as exc:
+                raise BuildError(f"cannot create the mount point {dest} in the rootfs: {exc.strerror}") from None
+            if i < builtin:
+                continue
+            _check_destination(dest, resolved, content)
+            m = spec.mounts[i - builtin]
+            if m.type == "bind":
+                content.append((resolved, m.source))
+    except BaseException:
+        _remove_stubs(root_fd, made)
+        raise
     return made
 
 
-def _make_mountpoint(root_fd: int, dest: str, is_dir: bool, made: list[_Stub]) -> None:
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _check_destination(dest: str, resolved: str, content: list[tuple[str, str]]) -> None:
+    """Refuse a mount that would land on the runtime's own /dev, /proc or /sys (resolved inside
+    the rootfs as runc resolves it). Over /dev, runc creates no device nodes and takes the
+    mounted tree's `null` for masking: a link there unmasks /proc/keys & co. A mount inside an
+    earlier bind mount (`--mount=type=cache,target=/app/node_modules` beside a bind at /app) is
+    made by runc inside that mount's content, whose links this resolution cannot see: it is
+    allowed when no link lies on its way there, and refused otherwise."""
+    where = f"{dest}" + (f" (resolved inside the rootfs to {resolved})" if resolved != dest else "")
+    if resolved == "/" or resolved == "/dev" or _under(resolved, "/proc") or _under(resolved, "/sys"):
+        raise BuildError(f"cannot mount at {where}: /, /dev, /proc and /sys (and anything under "
+                         "/proc and /sys) belong to the sandbox")
+    for earlier, source in content:
+        if _under(resolved, earlier):
+            link = _link_on_the_way(source, resolved[len(earlier):])
+            if link is not None:
+                raise BuildError(f"cannot mount at {where}: it is inside the earlier bind or cache mount "
+                                 f"at {earlier}, whose content has a symbolic link at {earlier}/{link} "
+                                 "on the way; mount it elsewhere")
+
+
+def _link_on_the_way(source: str, rel: str) -> str | None:
+    """The first component of ``rel`` inside directory ``source`` that is a symlink (or not a
+    directory), None when every existing one is a real directory (runc makes the rest)."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    try:
+        fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return ""                       # not a directory: nothing can be mounted inside it
+    try:
+        for i, name in enumerate(parts):
+            if name == "..":
+                return "/".join(parts[:i + 1])
+            try:
+                nfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except FileNotFoundError:
+                return None
+            if not stat.S_ISDIR(os.fstat(nfd).st_mode):
+                os.close(nfd)
+                return "/".join(parts[:i + 1])
+            os.close(fd)
+            fd = nfd
+        return None
+    finally:
+        os.close(fd)
+
+
+def _make_mountpoint(root_fd: int, dest: str, is_dir: bool, made: list[_Stub]) -> str:
+    """Make ``dest`` (and missing parents) inside the root; return its path resolved there."""
     todo = [p for p in dest.split("/") if p not in ("", ".")]
     stack: list[tuple[int, str]] = [(os.dup(root_fd), "")]
     hops = 0
@@ -293,7 +356,7 @@ def _make_mountpoint(root_fd: int, dest: str, is_dir: bool, made: list[_Stub]) -
                     finally:
                         os.close(fd)
                     made.append(_Stub(path, st.st_dev, st.st_ino, False))
-                    return
+                    return path
                 os.mkdir(name, 0o755, dir_fd=dir_fd)
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 made.append(_Stub(path, st.st_dev, st.st_ino, True))
@@ -309,11 +372,12 @@ def _make_mountpoint(root_fd: int, dest: str, is_dir: bool, made: list[_Stub]) -
                 todo = [p for p in target.split("/") if p not in ("", ".")] + todo
                 continue
             if last:
-                return                      # exists: the runtime mounts over it
+                return path                 # exists: the runtime mounts over it
             if not stat.S_ISDIR(st.st_mode):
                 raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), dest)
             stack.append((os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                                   dir_fd=dir_fd), path))
+        return stack[-1][1] or "/"
     finally:
         for fd, _ in stack:
             os.close(fd)
