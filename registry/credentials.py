@@ -11,8 +11,9 @@ code with `credential_override` comes before all):
    loses information (``registry-gitlab.com`` and ``registry.gitlab.com`` fold alike), so these
    variables serve only hosts it cannot confuse: letters, digits and dots, an optional ``:PORT``,
    and no all-digit last label unless the name is an IPv4 address. Another host for which such a
-   variable is set is refused with an error naming PYBUILD_AUTH_CONFIG. For any host:
-   ``PYBUILD_REGISTRY_USER`` and ``PYBUILD_REGISTRY_PASSWORD``. ``..._PASSWORD_FILE`` may replace
+   variable is set is refused with an error naming PYBUILD_AUTH_CONFIG. For the one host that
+   ``PYBUILD_REGISTRY_HOST`` names (required with them): ``PYBUILD_REGISTRY_USER`` and
+   ``PYBUILD_REGISTRY_PASSWORD``. ``..._PASSWORD_FILE`` may replace
    ``..._PASSWORD`` (read the file, strip the trailing newline), which keeps the secret out of the
    process environment.
 2. The Docker client config: ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``:
@@ -253,6 +254,8 @@ def _from_env(host: str) -> Credential | None:
         user = os.environ.get(f"{stem}_USER")
         if user is None:
             continue
+        if stem == "PYBUILD_REGISTRY" and not _is_the_named_registry(host):
+            continue
         password = os.environ.get(f"{stem}_PASSWORD")
         pw_file = os.environ.get(f"{stem}_PASSWORD_FILE")
         if password is None and pw_file:
@@ -265,6 +268,19 @@ def _from_env(host: str) -> Credential | None:
                             f"set one of them or unset {stem}_USER")
         return Credential(user, password)
     return None
+
+
+def _is_the_named_registry(host: str) -> bool:
+    """Whether the host-less PYBUILD_REGISTRY_USER/_PASSWORD belong to ``host``: only the one
+    registry PYBUILD_REGISTRY_HOST names. Offered to any registry that asks, a hostile `FROM
+    attacker.example/x` would receive them."""
+    named = os.environ.get("PYBUILD_REGISTRY_HOST", "").strip()
+    if not named:
+        raise AuthError("PYBUILD_REGISTRY_USER is set without PYBUILD_REGISTRY_HOST: name the registry "
+                        "it is for (credentials go only to their own registry), e.g. "
+                        "PYBUILD_REGISTRY_HOST=registry.example.com, or give per-registry credentials "
+                        f"in {AUTH_CONFIG_VAR}")
+    return canonical_host(named) == canonical_host(host)
 
 
 def _read_config(path: Path) -> dict[str, Any] | None:

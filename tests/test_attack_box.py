@@ -74,6 +74,7 @@ def test_dangerous_syscalls_are_denied(box: Path, network: str):
     allowed = {k: v for k, v in got.items() if k in denied and v == "ok"}
     assert not allowed, f"allowed inside the sandbox: {sorted(allowed)}"
     assert set(denied) <= set(got), out
+    assert got["kill_outside"] == "ESRCH"          # a pid of the host is not visible from inside
     if network == "host":
         assert got["socket_packet"] == "EPERM"
 

@@ -73,6 +73,7 @@ def test_nothing_configured_is_anonymous(cred_env):
 
 
 def test_environment_per_host_beats_generic(cred_env, monkeypatch):
+    monkeypatch.setenv("PYBUILD_REGISTRY_HOST", "other.example")
     monkeypatch.setenv("PYBUILD_REGISTRY_USER", "any")
     monkeypatch.setenv("PYBUILD_REGISTRY_PASSWORD", "any-pw")
     monkeypatch.setenv("PYBUILD_REGISTRY_MYREG_EXAMPLE_5000_USER", "special")
@@ -83,15 +84,32 @@ def test_environment_per_host_beats_generic(cred_env, monkeypatch):
     assert lookup_credential("other.example") == Credential("any", "any-pw")
 
 
+def test_hostless_environment_credential_goes_only_to_the_named_registry(cred_env, monkeypatch):
+    """PYBUILD_REGISTRY_USER/_PASSWORD used to be offered to every registry that asked (a
+    hostile `FROM attacker.example/x` received them): now only PYBUILD_REGISTRY_HOST gets them,
+    and without it they are an error, never a credential for whoever asks."""
+    monkeypatch.setenv("PYBUILD_REGISTRY_USER", "ci")
+    monkeypatch.setenv("PYBUILD_REGISTRY_PASSWORD", "ci-secret")
+    with pytest.raises(AuthError, match="PYBUILD_REGISTRY_HOST") as e:
+        lookup_credential("attacker.example")
+    assert "ci-secret" not in str(e.value)
+    monkeypatch.setenv("PYBUILD_REGISTRY_HOST", "registry.example:5000")
+    assert lookup_credential("registry.example:5000") == Credential("ci", "ci-secret")
+    assert lookup_credential("attacker.example") is None
+    assert lookup_credential("registry.example") is None        # the port is part of the host
+
+
 def test_environment_password_file(cred_env, monkeypatch, tmp_path):
     secret = tmp_path / "pw"
     secret.write_text("from-file\n")
+    monkeypatch.setenv("PYBUILD_REGISTRY_HOST", "x.example")
     monkeypatch.setenv("PYBUILD_REGISTRY_USER", "ci")
     monkeypatch.setenv("PYBUILD_REGISTRY_PASSWORD_FILE", str(secret))
     assert lookup_credential("x.example") == Credential("ci", "from-file")
 
 
 def test_environment_user_without_password_is_an_error(cred_env, monkeypatch):
+    monkeypatch.setenv("PYBUILD_REGISTRY_HOST", "x.example")
     monkeypatch.setenv("PYBUILD_REGISTRY_USER", "ci")
     with pytest.raises(AuthError, match="PYBUILD_REGISTRY_PASSWORD"):
         lookup_credential("x.example")
