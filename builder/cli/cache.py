@@ -3,50 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-import time
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
-               "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40}
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+from .format import ago as _ago, human_size, parse_duration, parse_size, print_table, truncate
 
-
-def parse_size(text: str) -> int:
-    """``500MB``, ``2g``, ``1048576`` -> bytes (binary multiples, as docker does)."""
-    from ..errors import BuildError
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise BuildError(f"size {text!r}: use a number with an optional unit, e.g. 500MB or 2GB")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-
-
-def parse_duration(text: str) -> float:
-    """``24h``, ``90m``, ``7d``, ``1h30m`` -> seconds."""
-    from ..errors import BuildError
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text.strip())
-    if not parts or "".join(n + u for n, u in parts) != text.strip():
-        raise BuildError(f"duration {text!r}: use e.g. 24h, 90m, 7d or 1h30m")
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-
-
-def human_size(n: float) -> str:
-    """Bytes as docker prints them (1.5MB)."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n:.1f}TB"
-
-
-def _ago(ts: float) -> str:
-    if not ts:
-        return "never"
-    s = max(0, time.time() - ts)
-    for unit, sec in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if s >= sec:
-            return f"{int(s // sec)} {unit} ago"
-    return f"{int(s)} seconds ago"
+__all__ = ["parse_duration", "parse_size", "register"]
 
 
 def register(add_command) -> None:
@@ -103,12 +64,10 @@ def _ls(args: argparse.Namespace) -> int:
     for e in items:
         r = e.record
         step = r.step.removesuffix(" # buildkit")
-        rows.append((r.key[7:19], r.stage, step if len(step) <= 48 else step[:47] + "…",
+        rows.append((r.key[7:19], r.stage, truncate(step, 48),
                      human_size(r.size) if r.layer else "0B", _ago(r.created), _ago(e.last_used if e.hits else 0),
                      str(e.hits)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print_table(rows)
     return 0
 
 

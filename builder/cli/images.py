@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+
+from .format import ago_rfc3339 as human_age, human_size, print_table
 
 
 def register(add_command) -> None:
@@ -72,33 +73,6 @@ def _open(args: argparse.Namespace):
     return open_store(args.root)
 
 
-def human_size(n: int) -> str:
-    """Decimal units like Docker: 1.98MB, 512B."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.3g}{unit}" if unit != "B" else f"{n}B"
-        n /= 1000
-    return f"{n}B"
-
-
-def human_age(created: str | None, now: float | None = None) -> str:
-    """`3 days ago` from an RFC 3339 time (`N/A` when absent or unreadable)."""
-    if not created:
-        return "N/A"
-    from datetime import datetime   # only `images` needs it; every command imports this module
-    try:
-        t = datetime.fromisoformat(created).timestamp()
-    except ValueError:
-        return "N/A"
-    secs = max(0, int((now or time.time()) - t))
-    for size, unit in ((365 * 86400, "year"), (30 * 86400, "month"), (7 * 86400, "week"), (86400, "day"),
-                       (3600, "hour"), (60, "minute"), (1, "second")):
-        if secs >= size or unit == "second":
-            k = secs // size
-            return f"{k} {unit}{'s' if k != 1 else ''} ago"
-    return "N/A"
-
-
 def image_rows(store) -> list[dict]:
     """One dict per tagged image: repository, tag, digest, size (compressed bytes for this host's
     platform), created, platform."""
@@ -146,9 +120,7 @@ def _images(args: argparse.Namespace) -> int:
     table = [("REPOSITORY", "TAG", "DIGEST", "SIZE", "CREATED")]
     for r in rows:
         table.append((r["repository"], r["tag"], r["digest"][:19], human_size(r["size"]), human_age(r["created"])))
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
-    for row in table:
-        print("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print_table(table)
     return 0
 
 
@@ -235,9 +207,7 @@ def _history(args: argparse.Namespace) -> int:
         if not args.no_trunc and len(by) > 45:
             by = by[:44] + "…"
         table.append((human_age(r["created"]), by, human_size(r["size"]), r["comment"]))
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    for row in table:
-        print("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print_table(table)
     if not args.quiet:
         print("(SIZE: compressed layer size)", file=sys.stderr)
     return 0

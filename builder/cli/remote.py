@@ -247,7 +247,7 @@ def _inspect_remote(client: Any, ref: str, platform: str | None) -> dict:
 
 
 def _print_summary(info: dict) -> None:
-    from registry.progress import human_size
+    from .format import human_size
     rows = [("Name", info["Name"]), ("Source", info["Source"]), ("Digest", info["Digest"]),
             ("MediaType", info["MediaType"]), ("Platform", info["Platform"]),
             ("Created", info.get("Created") or "-"), ("Size", human_size(info["Size"]))]

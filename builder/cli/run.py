@@ -135,6 +135,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _ps(args: argparse.Namespace) -> int:
     from builder.containers import lifecycle as ct
+    from .format import ago_rfc3339, print_table, truncate
     _, root = _root(args)
     cs = ct.list_containers(root, all=args.all)
     if args.quiet:
@@ -151,11 +152,8 @@ def _ps(args: argparse.Namespace) -> int:
     rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
     for c in cs:
         cmd = " ".join(c.args)
-        cmd = '"' + (cmd if len(cmd) <= 20 else cmd[:19] + "…") + '"'
-        rows.append((c.id[:12], c.image, cmd, ct._ago(c.created) + " ago", c.status_text(), c.name))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("   ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        rows.append((c.id[:12], c.image, '"' + truncate(cmd, 20) + '"', ago_rfc3339(c.created), c.status_text(), c.name))
+    print_table(rows)
     return 0
 
 
