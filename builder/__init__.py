@@ -1,1 +1,53 @@
-"""Making images: plan, context, instruction semantics, RUN sandbox, layers, cache, CLI."""
+"""Making images: plan, context, instruction semantics, RUN sandbox, layers, cache, CLI.
+
+Public API (loaded on first use, PEP 562: ``import builder`` costs nothing the CLI's start-up
+would notice)::
+
+    import builder
+
+    result = builder.build("samples/hello", tags=["hello"], build_args={"V": "1"})
+    result.image_id, result.digest          # config digest, manifest digest
+    for step in result.steps:               # BuildStep records
+        print(step.instruction, step.cached, step.duration)
+
+    for e in builder.explain("samples/hello"):       # would the cache answer each step?
+        print(e.status, e.step, e.reasons)
+
+    builder.cache.entries(), builder.cache.disk_usage(), builder.cache.prune(keep_storage="2GB")
+    builder.containers.run("hello", ["echo", "hi"])
+
+Names: ``build`` and ``explain`` (keyword arguments, see builder.api), ``BuildOptions``,
+``BuildResult``, ``BuildStep`` (the engine's types, builder.engine.build), ``BuildError`` and
+``DockerignoreError`` (builder.errors: every error builder raises is a BuildError; a build also lets
+``dockerfile_grammar.DockerfileError`` and ``registry.RegistryError`` through), ``Root`` (the
+directories under a store root), the subpackages ``cache`` and ``containers`` (each with its own
+small API), and ``__version__``. Everything else is internal: import it from its module.
+"""
+_LAZY = {
+    "build": "builder.api", "explain": "builder.api",
+    "BuildOptions": "builder.engine.build", "BuildResult": "builder.engine.build",
+    "BuildStep": "builder.engine.build",
+    "BuildError": "builder.errors", "DockerignoreError": "builder.errors",
+    "Root": "builder.root", "__version__": "builder._version",
+}
+_SUBPACKAGES = ("cache", "containers")
+
+
+def __getattr__(name: str):
+    import importlib
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'builder' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))
+
+
+__all__ = ["build", "explain", "BuildOptions", "BuildResult", "BuildStep", "BuildError", "DockerignoreError",
+           "Root", "cache", "containers", "__version__"]

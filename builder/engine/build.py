@@ -70,6 +70,31 @@ class BuildOptions:
     source_date_epoch: int | None = None
 
 
+@dataclass(frozen=True)
+class BuildStep:
+    """What one step of a build did: its stage, the instruction line, whether the cache answered,
+    how long it took (seconds) and the layer it made (digest and compressed size; "" and 0 when
+    the step only changed the config)."""
+
+    stage: str
+    instruction: str
+    cached: bool
+    duration: float
+    layer_digest: str = ""
+    layer_size: int = 0
+
+    def to_dict(self) -> dict:
+        """The form of ``pybuild.steps`` in --metadata-file."""
+        return {"stage": self.stage, "instruction": self.instruction, "cached": self.cached,
+                "duration": self.duration, "layer_digest": self.layer_digest, "layer_size": self.layer_size}
+
+    def __getitem__(self, key: str):
+        """``step["cached"]``: the dict form steps had before they were typed."""
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+
 @dataclass
 class BuildResult:
     """What a build produced."""
@@ -79,8 +104,13 @@ class BuildResult:
     config_digest: str
     config: dict
     tags: list[str]
-    steps: list[dict]
+    steps: list[BuildStep]
     layers: list[LayerRef]
+
+    @property
+    def digest(self) -> str:
+        """The manifest digest (what a registry and ``NAME@DIGEST`` refer to)."""
+        return self.manifest.digest
 
 
 def parse_secret(spec: str) -> tuple[str, bytes]:
@@ -302,9 +332,8 @@ def build(opts: BuildOptions) -> BuildResult:
         step.done()
         progress.message(f"writing image {image_id} done" + (f", naming to {', '.join(opts.tags)}" if opts.tags else "")
                          + f" ({time.monotonic() - t_start:.1f}s)")
-        steps = [{"stage": s.stage, "instruction": s.instruction, "cached": s.cached,
-                  "duration": round(s.duration, 3), "layer_digest": s.layer_digest,
-                  "layer_size": s.layer_size} for s in svc.steps]
+        steps = [BuildStep(s.stage, s.instruction, s.cached, round(s.duration, 3), s.layer_digest, s.layer_size)
+                 for s in svc.steps]
         result = BuildResult(image_id, manifest_desc, config_desc.digest, json.loads(config_bytes),
                              list(opts.tags), steps, list(final.layers))
         if opts.iidfile:
@@ -315,7 +344,7 @@ def build(opts: BuildOptions) -> BuildResult:
                 "containerimage.config.digest": config_desc.digest,
                 "containerimage.descriptor": manifest_desc.to_dict(),
                 "image.name": ",".join(opts.tags),
-                "pybuild.steps": steps,
+                "pybuild.steps": [st.to_dict() for st in steps],
                 "pybuild.cache": cache.report(),
             }, indent=2) + "\n")
         from ..cache.fast import remember
