@@ -31,7 +31,7 @@ def test_registry_import_is_lazy_and_complete():
             "assert loaded == ['registry', 'registry.errors'], loaded;"
             "from registry import *; import registry as r;"
             "assert all(getattr(r, n) is not None for n in r.__all__);"
-            "from registry import RegistryClient, pull, Store, parse_reference, Compression;"
+            "from registry import Client, ClientOptions, pull, Store, parse_reference;"
             "assert 'registry.client' in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
