@@ -1,38 +1,68 @@
-"""Dockerfile text -> raw syntax tree -> typed instructions; variable expansion.
+"""Dockerfile text -> raw syntax tree -> typed instructions; variable expansion; lint.
 
-Public API: parse, dump_ast, expand_word, expand_words, parse_dockerfile, lint, DockerfileError.
+Public API (the names in ``__all__``; loaded on first use, PEP 562, to keep ``import`` cheap)::
+
+    import dockerfile_grammar as dg
+
+    tree = dg.parse(text)                        # SyntaxTree: BuildKit-compatible raw syntax
+    print(dg.dump_ast(tree))                     # BuildKit's parser test-file format
+    df = dg.parse_dockerfile(text, "Dockerfile") # Dockerfile: typed, validated instructions
+    for stage in df.stages:
+        for inst in stage.instructions:          # FromCommand, RunCommand, CopyCommand, ...
+            ...
+    dg.expand_word("$HOME/bin", {"HOME": "/root"})   # shell-style expansion, as BuildKit does
+    for d in dg.lint(text):                      # Diagnostic: BuildKit's build checks
+        print(d)
+
+- Parsing: ``parse`` -> ``SyntaxTree`` of ``Node``s (with ``Heredoc``s and ``Directive``s),
+  ``dump_ast``; ``parse_dockerfile`` -> ``Dockerfile`` (``Stage``s of ``Instruction``s).
+- The instruction types (``FromCommand``, ``RunCommand``, ``CopyCommand``, ``AddCommand``,
+  ``EnvCommand``, ... one per instruction) live in ``dockerfile_grammar.instructions`` (exported
+  as ``instructions``); they also resolve from the package (``dockerfile_grammar.RunCommand``).
+- Expansion: ``expand_word``, ``expand_words``, ``expand_heredoc``.
+- ``lint`` -> ``Diagnostic``s.
+- ``DockerfileError``: the one exception (file, line, column, a caret excerpt, a hint).
 """
 from __future__ import annotations
 
 from .errors import DockerfileError
-from .syntax import Directive, Heredoc, Node, ParseWarning, SyntaxTree
 
-# Typed instructions, expansion and lint load on first use (PEP 562) to keep `import` cheap.
+_INSTRUCTION_TYPES = (
+    "FromCommand", "RunCommand", "CmdCommand", "EntrypointCommand", "LabelCommand", "MaintainerCommand",
+    "ExposeCommand", "EnvCommand", "AddCommand", "CopyCommand", "VolumeCommand", "UserCommand",
+    "WorkdirCommand", "ArgCommand", "OnbuildCommand", "StopsignalCommand", "HealthcheckCommand",
+    "ShellCommand",
+)
+
 _LAZY = {
     "parse": "parser", "dump_ast": "dump",
-    "ExpansionResult": "expansion", "Lexer": "expansion", "expand_with_matches": "expansion",
+    "SyntaxTree": "syntax", "Node": "syntax", "Heredoc": "syntax", "Directive": "syntax",
     "expand_word": "expansion", "expand_words": "expansion", "expand_heredoc": "expansion",
-    "GitRef": "gitref", "parse_git_ref": "gitref",
-    "Dockerfile": "instructions", "Instruction": "instructions", "Stage": "instructions",
-    "instruction_from_node": "instructions", "parse_dockerfile": "instructions",
+    "Dockerfile": "instructions", "Stage": "instructions", "Instruction": "instructions",
+    "parse_dockerfile": "instructions",
     "Diagnostic": "linter", "lint": "linter",
+    **dict.fromkeys(_INSTRUCTION_TYPES, "instructions"),
 }
 
 
 def __getattr__(name: str):
+    import importlib
+    if name == "instructions":
+        return importlib.import_module(".instructions", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'dockerfile_grammar' has no attribute {name!r}")
-    import importlib
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | {"instructions"})
+
+
 __all__ = [
-    "parse", "dump_ast",
-    "DockerfileError", "Directive", "Heredoc", "Node", "ParseWarning", "SyntaxTree",
-    "ExpansionResult", "Lexer", "expand_with_matches", "expand_word", "expand_words",
-    "expand_heredoc", "GitRef", "parse_git_ref", "Dockerfile", "Instruction", "Stage", "instruction_from_node",
-    "parse_dockerfile", "Diagnostic", "lint",
+    "parse", "dump_ast", "parse_dockerfile", "lint", "expand_word", "expand_words", "expand_heredoc",
+    "SyntaxTree", "Node", "Heredoc", "Directive", "Dockerfile", "Stage", "Instruction", "instructions",
+    "Diagnostic", "DockerfileError",
 ]
