@@ -97,6 +97,19 @@ class StageBuilder:
         except DockerfileError as exc:
             raise self._error(inst, exc.message) from None
 
+    def _expand_source(self, word: str, env: dict[str, str], inst: I.Instruction) -> str:
+        """A COPY/ADD source: expanded, but `\\?`, `\\*` and `\\[` keep their backslash so the
+        glob matches the character literally (current BuildKit: `COPY n\\?pe/f` names `n?pe`)."""
+        if self.svc.escape != "\\" or "\\" not in word:
+            return self._expand(word, env, inst)
+        marks = {"?": "\ue000", "*": "\ue001", "[": "\ue002"}
+        for c, m in marks.items():
+            word = word.replace("\\" + c, m)
+        out = self._expand(word, env, inst)
+        for c, m in marks.items():
+            out = out.replace(m, "\\" + c)
+        return out
+
     def _expand_heredoc(self, body: str, env: dict[str, str], inst: I.Instruction) -> str:
         # Not _expand: a heredoc body keeps its quotes, and its escape character is always `\`.
         try:
@@ -456,6 +469,13 @@ class StageBuilder:
         elif m.type == "bind":
             rm.from_context = Path(self.svc.context.root)
             rm.context = self.svc.context
+        if m.type == "cache":
+            base = []
+            if (m.mode, m.uid, m.gid) != (None, None, None):
+                base.append("mkdir:%o:%d:%d" % (rm.mode if rm.mode is not None else 0o755, rm.uid, rm.gid))
+            if rm.from_state is not None:
+                base.append("from:%s:%s" % (layers_content_id(rm.from_state.layers), rm.source))
+            rm.cache_base = ",".join(base)
         if m.type == "secret":
             rm.secret_data = self.svc.secrets.get(rm.cache_id)
             if rm.mode is None:
@@ -470,7 +490,7 @@ class StageBuilder:
         x = lambda w: self._expand(w, env, inst)   # noqa: E731
         is_add = isinstance(inst, I.AddCommand)
         what = "ADD" if is_add else "COPY"
-        srcs = [x(s) for s in inst.sources]
+        srcs = [self._expand_source(s, env, inst) for s in inst.sources]
         dest_raw = x(inst.dest)
         dest, dest_is_dir = resolve_dest(dest_raw, state.config["config"].get("WorkingDir") or "/")
         excludes = [x(e) for e in inst.excludes]
