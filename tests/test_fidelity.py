@@ -126,3 +126,9 @@ def test_workdir_is_stored_as_given(busybox_image, tmp_path):
     assert Store(busybox_image).image_config("wd:1").to_dict()["config"]["WorkingDir"] == "/tmp/"
     build_in(busybox_image, tmp_path / "ctx2", "FROM busybox\nWORKDIR /a\nWORKDIR b/../c/\n", {}, tags=["wd:2"])
     assert Store(busybox_image).image_config("wd:2").to_dict()["config"]["WorkingDir"] == "/a/c"
+
+
+def test_parents_pivot_on_the_source_itself(busybox_image, tmp_path):
+    files = {"x/y/a.txt": "a", "x/z/b.txt": "b"}
+    rootfs = _build(busybox_image, tmp_path, "pivot", "FROM scratch\nCOPY --parents ./x/./ /parents/\n", files)
+    assert _files(rootfs, "parents") == ["y", "y/a.txt", "z", "z/b.txt"]

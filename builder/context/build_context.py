@@ -402,7 +402,9 @@ class BuildContext:
         if not pivot:
             return entries
         cut = len(pivot) + 1
-        return [ContextEntry(e.rel[cut:], e.host) for e in entries if e.rel.startswith(pivot + "/")]
+        # `./x/./` names x itself with nothing kept above it: its contents go to the destination.
+        return [ContextEntry(e.rel[cut:] if e.rel != pivot else "", e.host) for e in entries
+                if e.rel == pivot or e.rel.startswith(pivot + "/")]
 
     def _resolve(self, src: str, excludes: Sequence[str], parents: bool) -> list[ContextEntry]:
         rel = self._clean_source(src)

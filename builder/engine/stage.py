@@ -771,9 +771,12 @@ def _view_glob(view, pattern: str, parents: bool = False) -> list[tuple[str, str
     for m in sorted(found):
         kept = m
         if pivot:
-            if not m.startswith(pivot + "/"):
+            if m == pivot:
+                kept = ""
+            elif m.startswith(pivot + "/"):
+                kept = m[len(pivot) + 1:]
+            else:
                 continue
-            kept = m[len(pivot) + 1:]
         out.append(("/" + m, kept))
     return out
 
