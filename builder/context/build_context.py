@@ -6,8 +6,13 @@ and ADD. Sources are resolved inside the context only: a `..` that climbs out or
 leads out is a BuildError naming the source. Only referenced files are ever read, and their
 hashes come from the stat-keyed hash cache (builder/context/hashcache.py).
 
-COPY/ADD source globs follow Go's filepath.Match per path segment (`*`, `?`, `[...]`, `\\`
-escapes), plus `**` for any number of directories (used with `--parents`).
+COPY/ADD source globs are builder/context/globbing.py's (Go's filepath.Match per path segment,
+`**` for any number of directories), shared with `COPY --from`.
+
+An excluded directory that a `!` exception re-includes something from exists, as current
+BuildKit's context transfer (fsutil) sends it: only as the parent of what is re-included (an
+excluded directory with nothing re-included under it does not exist), whether a COPY names it,
+a wildcard matches it or a walk passes through it.
 """
 from __future__ import annotations
 
@@ -20,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence
 
-from builder.context.dockerignore import (DockerignoreError, Matcher, MatchState, go_clean, go_match_regex,
-                                          read_ignore_lines)
+from builder.context.dockerignore import DockerignoreError, Matcher, MatchState, go_clean, read_ignore_lines
+from builder.context.globbing import Walker, compile_segments
+from builder.context.globbing import has_glob as has_glob
 from builder.errors import BuildError
 from builder.context.hashcache import HashCache
 
 _MAX_LINKS = 40
-_GLOB_CHARS = frozenset("*?[\\")
 # Every context path is opened from a descriptor of its parent directory, never as a joined
 # host path: a directory swapped for a symlink meanwhile then fails (ENOTDIR/ELOOP) instead of
 # being followed to the host. NONBLOCK: a file swapped for a FIFO must not hang the open.
@@ -110,11 +115,6 @@ def _kind(mode: int) -> str:
     return "socket"
 
 
-def has_glob(pattern: str) -> bool:
-    """Whether a COPY source contains glob syntax."""
-    return any(c in _GLOB_CHARS for c in pattern)
-
-
 class BuildContext:
     """The files a build may read. Use `open_context(...)`; close() removes an unpacked tar context."""
 
@@ -137,6 +137,7 @@ class BuildContext:
         # What the checksum pass saw of each regular file (host label -> stat identity), so the
         # copy can check it writes the very version that went into the cache key.
         self._seen: dict[str, os.stat_result] = {}
+        self._visible: dict[str, bool] = {}     # excluded dirs: is anything under them re-included
 
     @property
     def root_fd(self) -> int:
@@ -205,9 +206,14 @@ class BuildContext:
         return skip
 
     def _descend_ignored(self, rel: str, host: str, st: os.stat_result | None = None) -> bool:
-        """Whether the ignored `rel` is a directory that an exception pattern may re-include from."""
+        """Whether the ignored `rel` (a real path: no symlinks in it) is a directory that
+        something re-included by an exception pattern lies under, so that it exists in the
+        context as that entry's parent (fsutil sends excluded parents lazily)."""
         if not (self.matcher.has_exceptions and self.matcher.may_include_under(rel)):
             return False
+        known = self._visible.get(rel)
+        if known is not None:
+            return known
         if st is None:
             try:
                 pfd, name = self._open_parent(rel)
@@ -219,7 +225,25 @@ class BuildContext:
                 return False
             finally:
                 os.close(pfd)
-        return stat.S_ISDIR(st.st_mode)
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+        # Anything walk_fds yields under it is re-included or (recursively) such a parent.
+        self._visible[rel] = False
+        visible = False
+        try:
+            for _ in self.walk_fds(ContextEntry(rel, self._host(rel))):
+                visible = True
+                break
+        except BuildError:
+            visible = False
+        self._visible[rel] = visible
+        return visible
+
+    def _hidden(self, named: str, real: str, is_dir: bool) -> bool:
+        """Whether a resolved source (as named, and its real path) is left out by .dockerignore."""
+        if not named or not (self.is_ignored(named) or self.is_ignored(real)):
+            return False
+        return not (is_dir and real and self._descend_ignored(real, ""))
 
     # -- resolving sources --------------------------------------------------------------------
     def real_rel(self, entry: ContextEntry) -> str:
@@ -378,7 +402,9 @@ class BuildContext:
         if not pivot:
             return entries
         cut = len(pivot) + 1
-        return [ContextEntry(e.rel[cut:], e.host) for e in entries if e.rel.startswith(pivot + "/")]
+        # `./x/./` names x itself with nothing kept above it: its contents go to the destination.
+        return [ContextEntry(e.rel[cut:] if e.rel != pivot else "", e.host) for e in entries
+                if e.rel == pivot or e.rel.startswith(pivot + "/")]
 
     def _resolve(self, src: str, excludes: Sequence[str], parents: bool) -> list[ContextEntry]:
         rel = self._clean_source(src)
@@ -387,16 +413,14 @@ class BuildContext:
             found = self.follow(rel, src)
             if found is None:
                 return []
-            real, _ = found
-            if rel and (self.is_ignored(rel) or self.is_ignored(real)):
+            real, st = found
+            if self._hidden(rel, real, stat.S_ISDIR(st.st_mode)):
                 return []
             if ex is not None and rel and ex(rel.rsplit("/", 1)[-1]):
                 return []
             return [ContextEntry(rel, self._host(real))]
         out: list[ContextEntry] = []
         for named, real in self._glob(rel.split("/"), src, parents):
-            if self.is_ignored(named) or self.is_ignored(real):
-                continue
             if ex is not None and ex(named.rsplit("/", 1)[-1]):
                 continue
             out.append(ContextEntry(named, self._host(real)))
@@ -404,51 +428,25 @@ class BuildContext:
         return out
 
     def _glob(self, segments: list[str], src: str, parents: bool) -> Iterator[tuple[str, str]]:
-        """(named rel, real rel) for every path matching the segment patterns."""
-        import re
+        """(named rel, real rel) for every path matching the segment patterns (the one glob of
+        builder/context/globbing.py: `**` is any depth with --parents only). A directory
+        that .dockerignore excludes is seen only when something under it is re-included."""
+        try:
+            compiled = compile_segments(segments, any_depth=parents)
+        except ValueError as e:
+            raise BuildError(f"COPY/ADD source {src!r}: bad glob pattern: {e}") from None
 
-        compiled: list[re.Pattern[str] | None] = []
-        for seg in segments:
-            if seg == "**" and parents:
-                compiled.append(None)
-                continue
-            if not has_glob(seg):
-                compiled.append(re.compile(re.escape(seg), re.DOTALL))
-                continue
-            try:
-                compiled.append(re.compile(go_match_regex(seg), re.DOTALL))
-            except ValueError as e:
-                raise BuildError(f"COPY/ADD source {src!r}: bad glob pattern {seg!r}: {e}") from None
-        seen: set[str] = set()
+        def step(real: str, name: str, named: str) -> tuple[str, bool] | None:
+            found = self.follow(f"{real}/{name}" if real else name, src, final=True)
+            if found is None:
+                return None
+            is_dir = stat.S_ISDIR(found[1].st_mode)
+            if self._hidden(named, found[0], is_dir):
+                return None
+            return found[0], is_dir
 
-        def walk(i: int, named: str, real: str) -> Iterator[tuple[str, str]]:
-            if i == len(compiled):
-                if named not in seen:
-                    seen.add(named)
-                    yield named, real
-                return
-            pat = compiled[i]
-            if pat is None:
-                # `**`: zero directories here, or descend one more and stay on this segment.
-                yield from walk(i + 1, named, real)
-                for name in self._listdir(real):
-                    crel = f"{named}/{name}" if named else name
-                    found = self.follow(f"{real}/{name}" if real else name, src, final=True)
-                    if found is not None and stat.S_ISDIR(found[1].st_mode) and not self.is_ignored(crel):
-                        yield from walk(i, crel, found[0])
-                return
-            for name in self._listdir(real):
-                if not pat.fullmatch(name):
-                    continue
-                crel = f"{named}/{name}" if named else name
-                found = self.follow(f"{real}/{name}" if real else name, src, final=True)
-                if found is None:
-                    continue
-                if i + 1 < len(compiled) and not stat.S_ISDIR(found[1].st_mode):
-                    continue
-                yield from walk(i + 1, crel, found[0])
-
-        yield from walk(0, "", "")
+        for named, real in Walker(self._listdir, step).matches(compiled, ""):
+            yield named, real
 
     def _listdir(self, real: str) -> list[str]:
         """Names in the context directory `real`, in the order walks use ([] if it is not a
@@ -651,7 +649,7 @@ class BuildContext:
         the mount must hide (BuildKit's mount only sees what the context transfer sends)."""
         rel = self._clean_source(src)
         found = self.follow(rel, src)
-        if found is None or (rel and (self.is_ignored(rel) or self.is_ignored(found[0]))):
+        if found is None or self._hidden(rel, found[0], stat.S_ISDIR(found[1].st_mode)):
             why = " (excluded by .dockerignore)" if found is not None else ""
             raise BuildError(f"bind mount source {src!r}: no such file or directory in the build context "
                              f"({self.root}){why}")
@@ -723,6 +721,9 @@ def _source_files(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[str
     COPY/ADD of `srcs` takes, in order (descriptor None for the context root itself)."""
     for src in srcs:
         entries = ctx.resolve(src, excludes, parents=parents)
+        if not entries and has_glob(ctx._clean_source(src)):
+            # BuildKit's COPY/ADD allow a wildcard that matches nothing (AllowEmptyWildcard).
+            continue
         if not entries:
             raise BuildError(f"COPY/ADD source {src!r}: no such file or directory in the build context "
                              f"({ctx.root}){' (excluded by .dockerignore)' if _ignored_literal(ctx, src) else ''}")

@@ -125,12 +125,16 @@ def set_user(cfg: dict, user: str) -> None:
 
 
 def set_workdir(cfg: dict, path: str) -> str:
-    """WORKDIR: relative paths resolve against the current one; returns the new absolute path."""
+    """WORKDIR: relative paths resolve against the current one (joined and cleaned, Go's
+    path.Join); an absolute path is stored as given (`/tmp/` stays `/tmp/`), as BuildKit's
+    NormalizeWorkdir does. Returns the new path."""
     cur = cfg["config"].get("WorkingDir") or "/"
-    new = path if path.startswith("/") else posixpath.join(cur, path)
-    new = posixpath.normpath(new)
-    if new.startswith("//"):
-        new = new[1:]
+    if path.startswith("/"):
+        new = path
+    else:
+        new = posixpath.normpath(posixpath.join(cur, path))
+        if new.startswith("//"):
+            new = new[1:]
     cfg["config"]["WorkingDir"] = new
     return new
 

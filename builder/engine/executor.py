@@ -65,6 +65,10 @@ class RunMount:
     context: object | None = None             # bind from the build context (a BuildContext)
     readonly: bool = True
     cache_id: str = ""
+    # Cache mounts: besides the id, what BuildKit keys the directory by. With uid/gid/mode it
+    # mounts a ref made by a mkdir with them, and a `from` source is a ref too; the persistent
+    # directory is per (id, ref), so a `uid=10` cache and a plain one with the same id differ.
+    cache_base: str = ""
     sharing: str = "shared"
     mode: int | None = None
     uid: int = 0
@@ -352,7 +356,8 @@ class Executor:
 
     def _cache_dir(self, m: RunMount, stack: contextlib.ExitStack) -> Path:
         """The persistent directory of a cache mount (created with its mode/uid/gid)."""
-        key = hashlib.sha256(m.cache_id.encode()).hexdigest()[:32]
+        ident = m.cache_id if not m.cache_base else f"{m.cache_id}\0{m.cache_base}"
+        key = hashlib.sha256(ident.encode()).hexdigest()[:32]
         d = Root(self.root).cachemounts / key
         if not d.is_dir():
             private_dir(d.parent)

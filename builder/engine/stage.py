@@ -32,6 +32,8 @@ from registry.platform import Platform, host_platform, platform_matches
 from . import config as cfgmod
 from ..cache.records import BuildCache, CacheRecord, step_key
 from ..cache.keys import layers_content_id, records_digest
+from ..context.dockerignore import go_clean
+from ..context.globbing import Walker, compile_segments, has_glob
 from .copying import CopyOptions, CopyWriter, Source, is_archive, resolve_dest
 from ..errors import BuildError
 from .executor import Executor, RunMount, StageState
@@ -94,6 +96,19 @@ class StageBuilder:
             return expand_word(word, env, self.svc.escape)
         except DockerfileError as exc:
             raise self._error(inst, exc.message) from None
+
+    def _expand_source(self, word: str, env: dict[str, str], inst: I.Instruction) -> str:
+        """A COPY/ADD source: expanded, but `\\?`, `\\*` and `\\[` keep their backslash so the
+        glob matches the character literally (current BuildKit: `COPY n\\?pe/f` names `n?pe`)."""
+        if self.svc.escape != "\\" or "\\" not in word:
+            return self._expand(word, env, inst)
+        marks = {"?": "\ue000", "*": "\ue001", "[": "\ue002"}
+        for c, m in marks.items():
+            word = word.replace("\\" + c, m)
+        out = self._expand(word, env, inst)
+        for c, m in marks.items():
+            out = out.replace(m, "\\" + c)
+        return out
 
     def _expand_heredoc(self, body: str, env: dict[str, str], inst: I.Instruction) -> str:
         # Not _expand: a heredoc body keeps its quotes, and its escape character is always `\`.
@@ -454,6 +469,13 @@ class StageBuilder:
         elif m.type == "bind":
             rm.from_context = Path(self.svc.context.root)
             rm.context = self.svc.context
+        if m.type == "cache":
+            base = []
+            if (m.mode, m.uid, m.gid) != (None, None, None):
+                base.append("mkdir:%o:%d:%d" % (rm.mode if rm.mode is not None else 0o755, rm.uid, rm.gid))
+            if rm.from_state is not None:
+                base.append("from:%s:%s" % (layers_content_id(rm.from_state.layers), rm.source))
+            rm.cache_base = ",".join(base)
         if m.type == "secret":
             rm.secret_data = self.svc.secrets.get(rm.cache_id)
             if rm.mode is None:
@@ -468,7 +490,7 @@ class StageBuilder:
         x = lambda w: self._expand(w, env, inst)   # noqa: E731
         is_add = isinstance(inst, I.AddCommand)
         what = "ADD" if is_add else "COPY"
-        srcs = [x(s) for s in inst.sources]
+        srcs = [self._expand_source(s, env, inst) for s in inst.sources]
         dest_raw = x(inst.dest)
         dest, dest_is_dir = resolve_dest(dest_raw, state.config["config"].get("WorkingDir") or "/")
         excludes = [x(e) for e in inst.excludes]
@@ -486,7 +508,9 @@ class StageBuilder:
             dep = svc.plan.stage_by_ref(from_, ps.index)
             from_state = self.states[dep.index] if dep is not None else svc.load_image(from_, svc.pull)
         n_sources = len(srcs) + len(inst.source_contents)
-        if n_sources > 1 or any(_has_glob(s) for s in srcs):
+        # BuildKit checks the number of sources named, not of matches: one wildcard matching
+        # several files with a file destination copies each match there in turn.
+        if n_sources > 1:
             if not dest_is_dir:
                 raise self._error(inst, f"When using {what} with more than one source file, the "
                                         "destination must be a directory and end with a /")
@@ -539,9 +563,22 @@ class StageBuilder:
         def at(name: str) -> str:
             return posixpath.join(dest, name) if dest_is_dir else dest
 
+        def _copies_nothing() -> bool:
+            # Only wildcards that match nothing: BuildKit's copy returns before creating the
+            # destination.
+            if heredocs or downloads or not all(has_glob(s) for s in srcs):
+                return False
+            if from_state is not None:
+                view = svc.layers.view(from_state.layers)
+                try:
+                    return not any(_view_glob(view, s, parents) for s in srcs)
+                except ValueError:
+                    return False
+            return not any(svc.context.resolve(s, excludes, parents=parents) for s in srcs)
+
         def write(em) -> None:
             cw = CopyWriter(em, target_view, opts)
-            if dest_is_dir:
+            if dest_is_dir and not _copies_nothing():
                 cw.ensure_dir(dest)
             for name, data in heredocs:
                 cw.add_bytes(at(name), data.encode(), 0o644, 0)
@@ -554,23 +591,38 @@ class StageBuilder:
             if from_state is not None:
                 view = svc.layers.view(from_state.layers)
                 for s in srcs:
-                    matches = _view_glob(view, s)
+                    try:
+                        matches = _view_glob(view, s, parents)
+                    except ValueError as exc:
+                        raise self._error(inst, f"{s}: bad glob pattern: {exc}") from None
                     if not matches:
+                        if has_glob(s):
+                            continue        # BuildKit: a wildcard may match nothing
                         raise self._error(inst, f"{s}: not found in {from_}")
-                    for path in matches:
-                        name = path.lstrip("/") if parents else posixpath.basename(path.rstrip("/")) or ""
+                    if not dest_is_dir:
+                        matches = _last_file_wins(matches, lambda m: view.is_dir(m[0]))
+                    for path, kept in matches:
+                        name = kept if parents else posixpath.basename(path.rstrip("/")) or ""
                         src = Source(name, keep_owner=True, exclude=exclude)
                         st = view.stat(path)
                         is_dir = st is not None and stat.S_ISDIR(st[1].st_mode)
-                        cw.add_view_tree(at(name) if not is_dir or parents else dest, view, path, src)
+                        if parents:
+                            cw.add_view_tree(posixpath.join(dest, kept) if kept else dest, view, path, src)
+                        else:
+                            cw.add_view_tree(at(name) if not is_dir else dest, view, path, src)
                 return
             for s in srcs:
                 if _is_url(s):
                     continue
                 entries = svc.context.resolve(s, excludes, parents=parents)
                 if not entries:
+                    if has_glob(s):
+                        continue            # BuildKit: a wildcard may match nothing
                     raise self._error(inst, f"{s}: no such file or directory in the build context "
                                             f"({svc.context.root})")
+                if not dest_is_dir:
+                    entries = _last_file_wins(
+                        entries, lambda e: stat.S_ISDIR(svc.context.entry_stat(e).st_mode))
                 for entry in entries:
                     rel = entry.rel
                     name = rel if parents else posixpath.basename(rel) if rel else ""
@@ -675,10 +727,6 @@ def _chomp(text: str) -> str:
     return "\n".join(l.lstrip("\t") for l in text.split("\n"))
 
 
-def _has_glob(s: str) -> bool:
-    return any(c in s for c in "*?[")
-
-
 def _is_url(s: str) -> bool:
     return s.startswith("http://") or s.startswith("https://")
 
@@ -694,20 +742,48 @@ def _local_archive(path: str) -> bool:
         return False
 
 
-def _view_glob(view, pattern: str) -> list[str]:
-    """Paths in a rootfs view matching ``pattern`` (Go filepath.Match per path element)."""
-    import fnmatch
-    pattern = "/" + pattern.strip("/") if pattern.strip("/") else "/"
-    if not _has_glob(pattern):
-        return [pattern] if view.exists(pattern) else []
-    parts = [p for p in pattern.split("/") if p]
-    paths = ["/"]
-    for part in parts:
-        nxt = []
-        for base in paths:
-            if _has_glob(part):
-                nxt.extend(posixpath.join(base, n) for n in view.listdir(base) if fnmatch.fnmatchcase(n, part))
-            elif view.exists(posixpath.join(base, part)):
-                nxt.append(posixpath.join(base, part))
-        paths = nxt
-    return sorted(paths)
+def _view_glob(view, pattern: str, parents: bool = False) -> list[tuple[str, str]]:
+    """What a `COPY --from` source names in a rootfs view: (absolute path, the path kept under
+    the destination with --parents), sorted. The same glob as the build context's
+    (builder/context/globbing.py); a relative source is relative to the root; with --parents a
+    `/./` marks where the kept parents start (`./x/./z/` keeps `z`). Raises ValueError for a
+    malformed pattern."""
+    pivot = ""
+    if parents:
+        body = pattern.lstrip("/")
+        while body.startswith("./"):
+            body = body[2:]
+        head, sep, _ = body.partition("/./")
+        if sep:
+            pivot = go_clean(head)
+            pivot = "" if pivot == "." else pivot
+    rel = go_clean(pattern.lstrip("/") or ".")
+    rel = "" if rel == "." else rel
+    if not has_glob(rel):
+        found = [rel] if view.exists("/" + rel) else []
+    else:
+        def step(cur: str, name: str, named: str):
+            p = "/" + named
+            return (named, view.is_dir(p)) if view.exists(p) else None
+        walker = Walker(lambda cur: sorted(view.listdir("/" + cur)), step)
+        found = [m for m, _ in walker.matches(compile_segments(rel.split("/"), any_depth=parents), "")]
+    out = []
+    for m in sorted(found):
+        kept = m
+        if pivot:
+            if m == pivot:
+                kept = ""
+            elif m.startswith(pivot + "/"):
+                kept = m[len(pivot) + 1:]
+            else:
+                continue
+        out.append(("/" + m, kept))
+    return out
+
+
+def _last_file_wins(matches: list, is_dir) -> list:
+    """Several matches copied in turn to one file destination: each file replaces the one
+    before (BuildKit), so only the last is written; directories are merged as they come."""
+    if len(matches) < 2 or any(is_dir(m) for m in matches):
+        return matches
+    return matches[-1:]

@@ -1,0 +1,134 @@
+"""Fidelity to current BuildKit on what buildah's conformance suite found (issue 14).
+
+Each test builds for real FROM the test store's busybox (or scratch) and checks the image:
+- a .dockerignore'd directory exists as the parent of what a `!` rule re-includes (named as a
+  COPY source, matched by a wildcard), and not at all when nothing under it is re-included;
+- a wildcard that matches nothing is a no-op; a literal source that is missing is an error;
+- one wildcard matching several files with a file destination copies each in turn (the last
+  wins); `\\?` and `\\*` match literally;
+- `COPY --from` uses the same Go glob as the context (`[^x]` negates, `[!x]` does not);
+- `COPY --from --parents` keeps parents and honours the `/./` pivot;
+- cache mounts with the same id but different uid are different directories;
+- `WORKDIR /tmp/` is stored as given.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from builder.errors import BuildError
+from registry.store import Store
+from tests.fixtures.building import build_in, unpack_image
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(os.geteuid() != 0, reason="builds need root (runc, overlay mounts)")]
+
+
+def _files(rootfs: Path, under: str = "") -> list[str]:
+    top = rootfs / under if under else rootfs
+    out = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        for n in dirnames + filenames:
+            out.append(os.path.relpath(os.path.join(dirpath, n), top))
+    return sorted(out)
+
+
+def _build(root: Path, tmp: Path, name: str, dockerfile: str, files: dict) -> Path:
+    build_in(root, tmp / f"ctx-{name}", dockerfile, files, tags=[f"{name}:1"])
+    return unpack_image(root, f"{name}:1", tmp / f"out-{name}")
+
+
+REINCLUDE = {".dockerignore": "d\n!d/keep\nnone\n", "d/keep": "k\n", "d/drop": "x\n",
+             "none/x": "x\n", "top": "t\n"}
+
+
+def test_reincluded_dir_named_as_source_and_matched_by_wildcard(busybox_image, tmp_path):
+    rootfs = _build(busybox_image, tmp_path, "reinc",
+                    "FROM scratch\nCOPY d /named/\nCOPY * /y/\n", REINCLUDE)
+    assert _files(rootfs, "named") == ["keep"]
+    # `*` matches `d` (re-included parent) and `top`, not `none` (nothing re-included).
+    assert _files(rootfs, "y") == [".dockerignore", "Dockerfile", "keep", "top"]
+
+
+def test_excluded_dir_with_nothing_reincluded_does_not_exist(busybox_image, tmp_path):
+    files = {".dockerignore": "**\n!folder1/file\n", "folder1/file1": "1", "folder1/file2": "2"}
+    with pytest.raises(BuildError, match="folder1"):
+        build_in(busybox_image, tmp_path / "ctx", "FROM scratch\nADD folder1 /f1\n", files, tags=["nofile:1"])
+
+
+def test_alternating_allowlist_builds(busybox_image, tmp_path):
+    ignore = ("**\n!subdir\nsubdir/subdir1\n!subdir/subdir1/subdir2\nsubdir/subdir1/subdir2/subdir3\n"
+              "!subdir/subdir1/subdir2/subdir3/subdir4\n")
+    files = {".dockerignore": ignore, "subdir/subdir1/subdir2/subdir3/subdir4/f": "f", "subdir/top": "t",
+             "subdir/subdir1/gone": "g"}
+    rootfs = _build(busybox_image, tmp_path, "alt", "FROM scratch\nADD subdir/subdir1 /a/\n", files)
+    assert _files(rootfs, "a") == ["subdir2", "subdir2/subdir3", "subdir2/subdir3/subdir4",
+                                   "subdir2/subdir3/subdir4/f"]
+
+
+def test_wildcard_matching_nothing_is_a_noop(busybox_image, tmp_path):
+    files = {"file-a.txt": "a", "file-b.txt": "b", "subdir-a/x": "x"}
+    rootfs = _build(busybox_image, tmp_path, "nomatch",
+                    "FROM scratch\nCOPY file-a.txt subdir-* file-?.txt missing* subdir/\n"
+                    "COPY missing* /none/\n", files)
+    assert _files(rootfs) == ["subdir", "subdir/file-a.txt", "subdir/file-b.txt", "subdir/x"]
+    with pytest.raises(BuildError, match="file-z.txt"):
+        build_in(busybox_image, tmp_path / "ctx2", "FROM scratch\nCOPY file-z.txt subdir-* subdir/\n",
+                 files, tags=["missing:1"])
+
+
+def test_wildcard_to_file_destination_and_escaped_wildcards(busybox_image, tmp_path):
+    files = {"app/nope/file.txt": "nope", "app/n?pe/file.txt": "literal?", "app/st*uv/file.txt": "literal*",
+             "app/strauv/file.txt": "strauv", "m/a.txt": "a", "m/b.txt": "b"}
+    rootfs = _build(busybox_image, tmp_path, "esc",
+                    "FROM scratch\nCOPY ./app/n\\?pe/file.txt /app4/file.txt\n"
+                    "COPY ./app/st\\*uv/file.txt /app5/file.txt\nCOPY m/*.txt /one.txt\n", files)
+    assert (rootfs / "app4/file.txt").read_text() == "literal?"
+    assert (rootfs / "app5/file.txt").read_text() == "literal*"
+    assert (rootfs / "one.txt").read_text() == "b"
+
+
+def test_copy_from_uses_the_go_glob_and_keeps_parents(busybox_image, tmp_path):
+    df = ("FROM busybox AS base\n"
+          "RUN mkdir -p /x/y /x/z /g && echo a > /x/y/a.txt && echo b > /x/z/b.txt "
+          "&& touch /g/a /g/b '/g/!'\n"
+          "FROM scratch\n"
+          "COPY --from=base /g/[^a] /neg/\n"
+          "COPY --from=base /g/[!a] /bang/\n"
+          "COPY --from=base --parents ./x/ /parents\n"
+          "COPY --from=base --parents ./x/./z/ /pivot/\n"
+          "COPY --from=base /nothing* /none/\n")
+    rootfs = _build(busybox_image, tmp_path, "fromglob", df, {})
+    assert _files(rootfs, "neg") == ["!", "b"]          # Go: ^ negates
+    assert _files(rootfs, "bang") == ["!", "a"]         # Go: [!a] is the class {!, a}
+    assert _files(rootfs, "parents") == ["x", "x/y", "x/y/a.txt", "x/z", "x/z/b.txt"]
+    assert _files(rootfs, "pivot") == ["z", "z/b.txt"]
+    assert not (rootfs / "none").exists()
+
+
+def test_cache_mounts_are_keyed_by_id_and_owner(busybox_image, tmp_path):
+    tag = os.urandom(4).hex()
+    df = (f"FROM busybox\n"
+          f"RUN --mount=type=cache,id=c{tag},uid=10,target=/cache touch /cache/10.txt\n"
+          f"RUN --mount=type=cache,id=c{tag},target=/cache touch /cache/0.txt\n"
+          f"RUN --mount=type=cache,id=c{tag},target=/cache ls /cache > /plain\n"
+          f"RUN --mount=type=cache,id=c{tag},uid=10,target=/cache ls /cache > /uid10 && stat -c %u /cache > /owner\n")
+    rootfs = _build(busybox_image, tmp_path, "cachekey", df, {})
+    assert (rootfs / "plain").read_text().split() == ["0.txt"]
+    assert (rootfs / "uid10").read_text().split() == ["10.txt"]
+    assert (rootfs / "owner").read_text().strip() == "10"
+
+
+def test_workdir_is_stored_as_given(busybox_image, tmp_path):
+    build_in(busybox_image, tmp_path / "ctx", "FROM busybox\nWORKDIR /tmp/\n", {}, tags=["wd:1"])
+    assert Store(busybox_image).image_config("wd:1").to_dict()["config"]["WorkingDir"] == "/tmp/"
+    build_in(busybox_image, tmp_path / "ctx2", "FROM busybox\nWORKDIR /a\nWORKDIR b/../c/\n", {}, tags=["wd:2"])
+    assert Store(busybox_image).image_config("wd:2").to_dict()["config"]["WorkingDir"] == "/a/c"
+
+
+def test_parents_pivot_on_the_source_itself(busybox_image, tmp_path):
+    files = {"x/y/a.txt": "a", "x/z/b.txt": "b"}
+    rootfs = _build(busybox_image, tmp_path, "pivot", "FROM scratch\nCOPY --parents ./x/./ /parents/\n", files)
+    assert _files(rootfs, "parents") == ["y", "y/a.txt", "z", "z/b.txt"]
