@@ -243,7 +243,8 @@ class LayoutDir(_LayoutReading):
     def finish(self, top: RawManifest, tag: str | None) -> str:
         self.put_manifest(top)
         entry = Descriptor(top.media_type, top.digest, len(top.data),
-                           annotations={REF_NAME: tag} if tag else {})
+                           annotations={REF_NAME: tag} if tag else {},
+                           artifact_type=getattr(top.doc, "artifact_type", None) or None)
         with self._lock:
             try:
                 index = Index() if self.replace else self.index()
