@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from . import mediatypes as mt
 from .errors import RegistryError
-from .manifest import Descriptor, Index, Manifest
+from .manifest import Descriptor, Manifest
 from .reference import parse_reference
 from .store import Store
 
@@ -95,13 +95,22 @@ def _add_blob(tar: tarfile.TarFile, store: Store, name: str, digest: str) -> Non
 
 
 def save_docker_archive(store: Store, names: list[str], out: BinaryIO) -> None:
-    """Write ``names`` (local images, this host's platform) as one docker-archive to ``out``.
+    """Write ``names`` (local images, this host's platform) as one docker-archive to ``out``."""
+    images = []
+    for name in names:
+        _, manifest = store.image_manifest(name)
+        ref = _as_ref(name)
+        images.append((manifest, [ref.familiar] if ref is not None and ref.digest is None else []))
+    write_docker_archive(store, images, out)
+
+
+def write_docker_archive(store: Store, images: list[tuple[Manifest, list[str]]], out: BinaryIO) -> None:
+    """Write images (each an image manifest and its familiar tags) as one docker-archive to ``out``.
     Layers are written as stored (compressed); `docker load` and `podman load` accept that."""
     entries: list[dict] = []
     repositories: dict[str, dict[str, str]] = {}
     files: dict[str, str] = {}                     # archive name -> digest, each written once
-    for name in names:
-        _, manifest = store.image_manifest(name)
+    for manifest, tags in images:
         cfg_name = manifest.config.digest.split(":", 1)[1] + ".json"
         files[cfg_name] = manifest.config.digest
         layer_names = []
@@ -109,13 +118,10 @@ def save_docker_archive(store: Store, names: list[str], out: BinaryIO) -> None:
             ln = layer.digest.split(":", 1)[1] + "/layer.tar"
             files[ln] = layer.digest
             layer_names.append(ln)
-        tags = []
-        ref = _as_ref(name)
-        if ref is not None and ref.digest is None:
-            tags.append(ref.familiar)
-            repo, _, tag = ref.familiar.rpartition(":")
+        for familiar in tags:
+            repo, _, tag = familiar.rpartition(":")
             repositories.setdefault(repo, {})[tag] = layer_names[-1].split("/")[0] if layer_names else ""
-        entries.append({"Config": cfg_name, "RepoTags": tags, "Layers": layer_names})
+        entries.append({"Config": cfg_name, "RepoTags": list(tags), "Layers": layer_names})
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for arc_name, digest in files.items():
             _add_blob(tar, store, arc_name, digest)
@@ -124,41 +130,30 @@ def save_docker_archive(store: Store, names: list[str], out: BinaryIO) -> None:
 
 
 def save_oci_archive(store: Store, names: list[str], out: BinaryIO) -> None:
-    """Write ``names`` (all their platforms: an index is kept whole) as one OCI archive."""
-    entries: list[Descriptor] = []
-    blobs: dict[str, None] = {}
-    for name in names:
-        desc = store.resolve(name)
-        _walk(store, desc, blobs)
-        ann = {}
-        ref = _as_ref(name)
-        if ref is not None and ref.digest is None:
-            ann = {REF_NAME: str(ref), CONTAINERD_NAME: str(ref)}
-        media_type = desc.media_type or store.descriptor_of(desc.digest).media_type
-        entries.append(Descriptor(media_type, desc.digest, desc.size, ann))
-    index = Index(manifests=entries).to_bytes()
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        _add_bytes(tar, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
-        _add_bytes(tar, "index.json", index)
-        for digest in blobs:
-            _add_blob(tar, store, "blobs/" + digest.replace(":", "/", 1), digest)
-
-
-def _walk(store: Store, desc: Descriptor, blobs: dict[str, None]) -> None:
-    """Every blob under a manifest or index (a tar has no order); an index's children that the
-    store lacks are left out (a pull of one platform keeps only its own)."""
+    """Write ``names`` (all their platforms: an index is kept whole) as one OCI archive: the one
+    copy from the store into a LayoutTarWriter, an index.json entry per name (named by its full
+    reference unless it is a digest); an index's children that the store lacks are left out (a
+    pull of one platform keeps only its own)."""
+    from .copier import CopyPlan, run_copy
+    from .endpoints import StoreEndpoint
     from .image import RawManifest, image_blobs, walk
+    from .layout import LayoutTarWriter
+    src = StoreEndpoint(store)
 
     def read(d: Descriptor) -> RawManifest | None:
-        return RawManifest(d, b"", store.get_manifest(d.digest)) if store.has_blob(d.digest) else None
+        return src.read_manifest(d) if store.has_blob(d.digest) else None
 
-    top = RawManifest(desc, b"", store.get_manifest(desc.digest))
-    below = walk(read, top, str(desc.digest))
-    blobs[desc.digest] = None
-    for m in below:
-        blobs[m.digest] = None
-    for digest in image_blobs(m.doc for m in [*below, top]):
-        blobs[digest] = None
+    sink = LayoutTarWriter(out, name_keys=(REF_NAME, CONTAINERD_NAME))
+    try:
+        for name in names:
+            top = src.read_manifest(name)
+            below = walk(read, top, name)
+            plan = CopyPlan(top, top, below, image_blobs(m.doc for m in [*below, top]))
+            ref = _as_ref(name)
+            run_copy(plan, src, sink, tag=str(ref) if ref is not None and ref.digest is None else None)
+        sink.close()
+    finally:
+        src.close()
 
 
 def _as_ref(name: str):

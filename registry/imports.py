@@ -2,20 +2,19 @@
 
 Like `docker import`: the directory (or the tar, decompressed whatever its compression) becomes
 one gzip layer; the config gets os linux, the host's (or the given) architecture, the layer's
-diffID, one history entry and the settings of `--change` instructions (CMD, ENTRYPOINT, ENV,
-EXPOSE, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR); an OCI manifest is stored and tagged.
+diffID, one history entry and the container config given (the builder applies `--change`
+instructions to it with the Dockerfile parser: registry does not parse Dockerfiles); an OCI
+manifest is stored and tagged.
 """
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 from .compression import Compression, open_decompressed
 from .errors import RegistryError
@@ -26,12 +25,10 @@ from .reference import Reference, parse_reference
 from .store import Store
 
 _CHUNK = 1 << 20
-CHANGE_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL", "USER",
-                       "VOLUME", "WORKDIR")
 
 
 class ImageImportError(RegistryError):
-    """An import source or a --change instruction is unusable."""
+    """An import source is unusable."""
 
 
 @dataclass
@@ -54,19 +51,19 @@ def created_now() -> str:
 
 
 def import_image(store: Store, source: str | os.PathLike, name: str | Reference, *,
-                 changes: Iterable[str] = (), platform: Platform | None = None, message: str | None = None,
+                 container: ContainerConfig | None = None, platform: Platform | None = None,
+                 message: str | None = None,
                  compression: Compression | None = None, created: str | None = None) -> ImportResult:
     """Import a rootfs directory, a (possibly compressed) tar file or `-` (stdin) as image `name`.
 
-    `created` (RFC 3339) defaults to created_now().
-    Returns the ImportResult; raises ImageImportError for a missing or non-tar source or a bad
-    --change, InvalidReferenceError for a bad name.
+    `container` (Cmd, Env...: see builder.engine.changes for `--change`) goes into the config as
+    given; `created` (RFC 3339) defaults to created_now().
+    Returns the ImportResult; raises ImageImportError for a missing or non-tar source,
+    InvalidReferenceError for a bad name.
     """
     ref = name if isinstance(name, Reference) else parse_reference(name)
     platform = platform or host_platform()
-    container = ContainerConfig()
-    for change in changes:
-        apply_change(container, change)
+    container = container if container is not None else ContainerConfig()
     src = os.fspath(source)
     with store.lease():
         with store.blob_writer() as blob:
@@ -123,99 +120,3 @@ def _copy_tar(stream: BinaryIO, out: LayerWriter, where: str) -> None:
     out.write(first)
     while chunk := reader.read(_CHUNK):
         out.write(chunk)
-
-
-def apply_change(cfg: ContainerConfig, change: str) -> None:
-    """Apply one Dockerfile-style instruction (`CMD ["sh"]`, `ENV A=1`...) to a config, like
-    `docker import --change`."""
-    text = change.strip()
-    word, _, rest = text.partition(" ")
-    if not rest.strip() and "\t" in word:
-        word, _, rest = text.partition("\t")
-    keyword = word.upper()
-    rest = rest.strip()
-    if keyword not in CHANGE_INSTRUCTIONS:
-        raise ImageImportError(f"--change {change!r}: {word!r} is not supported; use one of "
-                               + ", ".join(CHANGE_INSTRUCTIONS))
-    if not rest and keyword not in ("CMD", "ENTRYPOINT"):
-        raise ImageImportError(f"--change {change!r}: {keyword} needs an argument")
-    from . import mutate
-    from .manifest import ImageConfig
-    image = ImageConfig(config=cfg)
-    if keyword == "CMD":
-        image = mutate.with_cmd(image, _exec_or_shell(rest, change))
-    elif keyword == "ENTRYPOINT":
-        image = mutate.with_entrypoint(image, _exec_or_shell(rest, change))
-    elif keyword == "ENV":
-        image = mutate.with_env(image, _pairs(rest, change, legacy=True))
-    elif keyword == "LABEL":
-        image = mutate.with_labels(image, dict(_pairs(rest, change, legacy=False)))
-    elif keyword == "EXPOSE":
-        image = mutate.with_exposed_ports(image, [p for port in rest.split() for p in _ports(port, change)])
-    elif keyword == "VOLUME":
-        paths = _json_list(rest) if rest.startswith("[") else rest.split()
-        if paths is None:
-            raise ImageImportError(f"--change {change!r}: VOLUME takes a JSON list or paths separated by spaces")
-        image = mutate.with_volumes(image, paths)
-    elif keyword == "WORKDIR":
-        image = mutate.with_workdir(image, rest)
-    elif keyword == "USER":
-        image = mutate.with_user(image, rest)
-    elif keyword == "STOPSIGNAL":
-        image = mutate.with_stop_signal(image, rest)
-    elif keyword == "ONBUILD":
-        image = mutate.with_onbuild(image, rest)
-    # Callers hand in the config to change (import and commit build it up change by change).
-    cfg.__dict__.update(image.config.__dict__)
-
-
-def _json_list(text: str) -> list[str] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if isinstance(value, list) and all(isinstance(x, str) for x in value):
-        return value
-    return None
-
-
-def _exec_or_shell(rest: str, change: str) -> list[str]:
-    if rest.startswith("["):
-        value = _json_list(rest)
-        if value is not None:
-            return value
-    if not rest:
-        return []
-    return ["/bin/sh", "-c", rest]
-
-
-def _pairs(rest: str, change: str, legacy: bool) -> list[tuple[str, str]]:
-    try:
-        words = shlex.split(rest)
-    except ValueError as exc:
-        raise ImageImportError(f"--change {change!r}: {exc}") from None
-    if legacy and words and "=" not in words[0]:
-        key, _, value = rest.partition(" ")   # `ENV KEY value with spaces`
-        return [(key, value.strip())]
-    pairs = []
-    for w in words:
-        key, eq, value = w.partition("=")
-        if not eq or not key:
-            raise ImageImportError(f"--change {change!r}: expected KEY=VALUE, got {w!r}")
-        pairs.append((key, value))
-    return pairs
-
-
-def _ports(spec: str, change: str) -> list[str]:
-    port, _, proto = spec.partition("/")
-    proto = (proto or "tcp").lower()
-    if proto not in ("tcp", "udp", "sctp"):
-        raise ImageImportError(f"--change {change!r}: unknown protocol {proto!r} (tcp, udp or sctp)")
-    lo, dash, hi = port.partition("-")
-    try:
-        start, end = int(lo), int(hi) if dash else int(lo)
-    except ValueError:
-        raise ImageImportError(f"--change {change!r}: invalid port {spec!r}") from None
-    if not (0 < start <= end <= 65535):
-        raise ImageImportError(f"--change {change!r}: invalid port range {spec!r}")
-    return [f"{p}/{proto}" for p in range(start, end + 1)]

@@ -9,6 +9,7 @@ written last, atomically: a reader never sees an entry whose blobs are missing.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -91,13 +92,20 @@ class _LayoutReading:
 
 
 class LayoutDir(_LayoutReading):
-    """An OCI layout directory, as source and sink (made on first write if absent)."""
+    """An OCI layout directory, as source and sink (made on first write if absent).
+
+    As a sink it writes only through descriptors opened inside the directory: a link or file
+    where the layout needs a directory (`blobs`, `blobs/sha256`) or a file (`index.json`) is
+    replaced, never followed. With `replace=True`, `finish` writes an index.json holding only the
+    image copied (what `--output type=oci,tar=false` makes) instead of adding to the one there.
+    """
 
     ordered = True       # blobs, then manifests, then index.json: never an entry without content
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, replace: bool = False) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.name = self.path
+        self.replace = replace
         self._lock = threading.Lock()
 
     def _read(self, path: str, limit: int | None = None) -> bytes:
@@ -122,57 +130,94 @@ class LayoutDir(_LayoutReading):
     # -- sink --
     def session(self) -> AbstractContextManager:
         with self._lock:
-            self._dir("")
-            if not os.path.exists(os.path.join(self.path, "oci-layout")):
+            try:
+                if not stat.S_ISDIR(os.lstat(self.path).st_mode):
+                    os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.makedirs(self.path, 0o755, exist_ok=True)
+            dfd = self._dir_fd("")
+            try:
+                st = os.stat("oci-layout", dir_fd=dfd, follow_symlinks=False)
+                present = stat.S_ISREG(st.st_mode)
+            except FileNotFoundError:
+                present = False
+            finally:
+                os.close(dfd)
+            if not present:
                 self._write("oci-layout", [LAYOUT_FILE])
         return nullcontext()
 
-    def _dir(self, rel: str) -> str:
-        """A real directory at `rel` under the layout (a link or file there is replaced)."""
-        path = os.path.join(self.path, rel) if rel else self.path
+    def _dir_fd(self, rel: str) -> int:
+        """A descriptor of the real directory `rel` under the layout, made component by
+        component (a link or file where a directory belongs is replaced)."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode):
-                return path
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        os.makedirs(path, 0o755, exist_ok=True)
-        return path
+            for part in [p for p in rel.split("/") if p]:
+                try:
+                    nfd = os.open(part, flags, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError, OSError) as exc:
+                    if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                        raise
+                    try:
+                        os.unlink(part, dir_fd=fd)       # a link or file where a directory belongs
+                    except (FileNotFoundError, IsADirectoryError):
+                        pass                             # (or one made concurrently)
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass          # made by a concurrent writer in the meantime
+                    nfd = os.open(part, flags, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _write(self, rel: str, chunks: Any, digest: str | None = None, size: int | None = None) -> int:
         """Write `chunks` to `rel` through a temporary file renamed over it (never through a link
         already there); with `digest`, verify the content first (nothing is left on a mismatch)."""
-        parent = self._dir(os.path.dirname(rel))
-        tmp = os.path.join(parent, f".tmp-{os.getpid()}-{os.urandom(6).hex()}")
+        dfd = self._dir_fd(os.path.dirname(rel))
+        base = os.path.basename(rel)
+        tmp = f".tmp-{os.getpid()}-{os.urandom(6).hex()}"
         h = new_hasher(parse_digest(digest).algorithm) if digest else None
         n = 0
         try:
-            with open(tmp, "xb") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=dfd)
+            with os.fdopen(fd, "wb") as f:
                 for chunk in chunks:
                     f.write(chunk)
                     n += len(chunk)
                     if h is not None:
                         h.update(chunk)
+                os.fchmod(f.fileno(), 0o644)
             if size is not None and n != size:
                 raise DigestMismatchError(f"{self.name}/{rel}: expected {size} bytes, got {n}; nothing was written")
             if h is not None and f"{parse_digest(digest).algorithm}:{h.hexdigest()}" != digest:
                 raise DigestMismatchError(f"{self.name}/{rel}: content does not match {digest}; nothing was written")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, os.path.join(parent, os.path.basename(rel)))
+            os.replace(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
             try:
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dfd)
             except FileNotFoundError:
                 pass
             raise
+        finally:
+            os.close(dfd)
         return n
 
     def _has(self, desc: Descriptor) -> bool:
+        rel = self._blob_path(desc.digest)
+        dfd = self._dir_fd(os.path.dirname(rel))
         try:
-            st = os.lstat(os.path.join(self.path, self._blob_path(desc.digest)))
+            st = os.stat(os.path.basename(rel), dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             return False
+        finally:
+            os.close(dfd)
         return stat.S_ISREG(st.st_mode) and st.st_size == desc.size
 
     def receive_blob(self, desc: Descriptor, src: Any, progress: Any) -> tuple[str, int]:
@@ -198,10 +243,11 @@ class LayoutDir(_LayoutReading):
     def finish(self, top: RawManifest, tag: str | None) -> str:
         self.put_manifest(top)
         entry = Descriptor(top.media_type, top.digest, len(top.data),
-                           annotations={REF_NAME: tag} if tag else {})
+                           annotations={REF_NAME: tag} if tag else {},
+                           artifact_type=getattr(top.doc, "artifact_type", None) or None)
         with self._lock:
             try:
-                index = self.index()
+                index = Index() if self.replace else self.index()
             except NotFoundError:
                 index = Index()
 
@@ -261,14 +307,17 @@ class LayoutTarReader(_LayoutReading):
 
 class LayoutTarWriter:
     """Writes an OCI layout as a tar stream to `out` (a sink): `oci-layout` first, each blob as
-    it arrives, `index.json` on `close()`. Blobs are written one at a time (a tar is sequential)."""
+    it arrives, `index.json` on `close()`. Blobs are written one at a time (a tar is sequential).
+    A tag given to `finish` names the entry under each annotation of `name_keys`."""
 
     ordered = True
     host: str | None = None
     repository: str | None = None
 
-    def __init__(self, out: BinaryIO, name: str = "OCI archive") -> None:
+    def __init__(self, out: BinaryIO, name: str = "OCI archive", *,
+                 name_keys: tuple[str, ...] = (REF_NAME,)) -> None:
         self.name = name
+        self.name_keys = name_keys
         self._tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)
         self._lock = threading.Lock()
         self._written: set[str] = set()
@@ -317,7 +366,7 @@ class LayoutTarWriter:
     def finish(self, top: RawManifest, tag: str | None) -> str:
         self.put_manifest(top)
         self._entries.append(Descriptor(top.media_type, top.digest, len(top.data),
-                                        annotations={REF_NAME: tag} if tag else {}))
+                                        annotations={k: tag for k in self.name_keys} if tag else {}))
         return top.digest
 
     def remember(self, digest: str, host: str, repository: str) -> None:

@@ -14,8 +14,10 @@ import pytest
 from builder.cli import main
 from registry.compression import open_decompressed
 from registry.errors import InvalidReferenceError, NotFoundError
-from registry.imports import ImageImportError, apply_change, import_image
-from registry.manifest import ContainerConfig
+from builder.engine.changes import apply_changes
+from builder.errors import BuildError
+from registry.imports import ImageImportError, import_image
+from registry.manifest import ImageConfig
 from registry.platform import Platform, host_platform
 from registry.store import Store
 
@@ -31,7 +33,7 @@ def layer_members(store: Store, digest: str) -> dict[str, tarfile.TarInfo]:
 
 def test_import_directory(root, busybox_rootfs):
     store = Store(root)
-    res = import_image(store, busybox_rootfs, "busybox:latest", changes=['CMD ["sh"]', "ENV A=1"])
+    res = import_image(store, busybox_rootfs, "busybox:latest", container=apply_changes(ImageConfig(), ['CMD ["sh"]', "ENV A=1"]).config)
     assert res.reference.familiar == "busybox:latest"
     assert store.resolve("busybox").digest == res.descriptor.digest
     img = store.image("busybox")
@@ -129,24 +131,21 @@ def test_import_rejects_bad_sources(root, tmp_path):
      {"User": "app:app", "StopSignal": "SIGTERM", "OnBuild": ["RUN true"]}),
 ])
 def test_changes(changes, expected):
-    cfg = ContainerConfig()
-    for c in changes:
-        apply_change(cfg, c)
-    assert cfg.to_dict() == expected
+    assert apply_changes(ImageConfig(), changes).config.to_dict() == expected
 
 
 @pytest.mark.parametrize("change, why", [
     ("RUN echo", "not supported"),
-    ("ENV", "needs an argument"),
-    ("LABEL novalue", "KEY=VALUE"),
-    ("EXPOSE 70000", "invalid port range"),
-    ("EXPOSE 80/icmp", "unknown protocol"),
-    ("EXPOSE http", "invalid port"),
-    ('ENV A="unterminated', "quotation"),
+    ("ENV", "requires at least one argument"),
+    ("LABEL novalue", "novalue=<value>"),
+    ("EXPOSE 70000", "invalid containerPort"),
+    ("EXPOSE 80/icmp", "invalid proto"),
+    ("EXPOSE http", "invalid"),
+    ('ENV A="unterminated', "double-quote"),
 ])
 def test_bad_changes(change, why):
-    with pytest.raises(ImageImportError, match=why):
-        apply_change(ContainerConfig(), change)
+    with pytest.raises(BuildError, match=why):
+        apply_changes(ImageConfig(), [change])
 
 
 def test_cli_import_images_rmi_gc(root, busybox_rootfs, capsys):

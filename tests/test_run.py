@@ -71,9 +71,12 @@ def img(busybox_image: Path) -> Path:
     rootfs = Path(busybox_image).parent / "app-rootfs"
     from tests.fixtures.images import make_busybox_rootfs
     make_busybox_rootfs(rootfs)
-    import_image(store, rootfs, "app:1", changes=[
+    from builder.engine.changes import apply_changes
+    from registry.manifest import ImageConfig
+    container = apply_changes(ImageConfig(), [
         'ENTRYPOINT ["echo", "ep"]', 'CMD ["default", "args"]', "ENV A=1 B=2",
-        "WORKDIR /srv/app", "USER app"], created="2000-01-01T00:00:00Z")
+        "WORKDIR /srv/app", "USER app"]).config
+    import_image(store, rootfs, "app:1", container=container, created="2000-01-01T00:00:00Z")
     return busybox_image
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,40 +167,44 @@ class RegistryCache:
 
 
 class LocalCache:
-    """A cache index in an OCI image layout directory (``type=local,src=DIR``)."""
+    """A cache index in an OCI image layout directory (``type=local,src=DIR``), read as a LayoutDir."""
 
     def __init__(self, path: str):
+        from registry.layout import LayoutDir
         self.path = Path(path)
+        self.layout = LayoutDir(path)
         self.name = f"local:{path}"
         self._records: dict[str, CacheRecord] | None = None
-
-    def _blob(self, digest: str) -> Path:
-        algo, _, hexd = digest.partition(":")
-        return self.path / "blobs" / algo / hexd
 
     def records(self) -> dict[str, CacheRecord]:
         """The records of the layout's cache manifest (empty when the directory has none)."""
         if self._records is None:
-            from registry.manifest import Manifest
+            from registry.errors import NotFoundError
+            from registry.manifest import InvalidManifestError
             self._records = {}
             try:
-                index = json.loads((self.path / "index.json").read_bytes())
-            except FileNotFoundError:
+                index = self.layout.index()
+            except NotFoundError:
                 return self._records
-            except ValueError:
-                raise BuildError(f"--cache-from {self.name}: index.json is not JSON") from None
-            for d in index.get("manifests", []):
-                if d.get("artifactType") != ARTIFACT_TYPE:
+            except InvalidManifestError as exc:
+                raise BuildError(f"--cache-from {self.name}: {exc}") from None
+            for d in index.manifests:
+                if d.artifact_type != ARTIFACT_TYPE:
                     continue
-                m = Manifest.from_bytes(self._blob(d["digest"]).read_bytes(), where=str(self.path))
-                self._records = decode_index(self._blob(m.config.digest).read_bytes(), self.name)
+                m = self.layout.read_manifest(d).doc
+                with self.layout.open_blob(m.config) as f:
+                    self._records = decode_index(f.read(), self.name)
                 break
         return self._records
 
     def fetch(self, layer: dict, store: Any) -> None:
         """Copy a layer blob into ``store`` (verified against its digest)."""
+        from registry.manifest import Descriptor
         if not store.has_blob(layer["digest"]):
-            store.put_file(self._blob(layer["digest"]), layer["mediaType"], layer["digest"])
+            with self.layout.open_blob(Descriptor(layer["mediaType"], layer["digest"], int(layer["size"]))) as f:
+                with store.blob_writer(layer["digest"], int(layer["size"]), media_type=layer["mediaType"]) as w:
+                    while chunk := f.read(1 << 20):
+                        w.write(chunk)
 
 
 def open_build_cache(root: Path, store: Any, *, no_cache: bool = False,
@@ -273,38 +275,52 @@ def export_cache(cache: BuildCache, store: Any, spec: CacheSpec, records: list[C
     return digest
 
 
+def _artifact_copy(cache: BuildCache, store: Any, index: bytes, index_desc: Any, data: bytes,
+                   media_type: str) -> tuple[Any, Any]:
+    """The cache artifact as a copy plan and its source: the store's blobs (a lazy remote hit
+    is fetched only when it must be sent, and mounted from the cache repository it came from
+    when that is on the destination's registry), the index and the manifest from memory."""
+    from registry.copier import CopyPlan
+    from registry.endpoints import StoreEndpoint
+    from registry.errors import NotFoundError
+    from registry.image import RawManifest, image_blobs
+
+    raw = RawManifest.parse(data, media_type, where="cache manifest")
+
+    class CacheSource(StoreEndpoint):
+        def read_manifest(self, ref: Any) -> RawManifest:
+            return raw
+
+        def open_blob(self, desc: Any, offset: int = 0) -> Any:
+            if desc.digest == index_desc.digest:
+                return iter([index[offset:]])
+            cache.ensure_local_digest(desc.digest)
+            return super().open_blob(desc, offset)
+
+        def read_config(self, digest: str) -> Any:
+            raise NotFoundError("a cache index is not an image config")
+
+        def mount_candidates(self, digest: str, host: str) -> list[str]:
+            return [*super().mount_candidates(digest, host), *_mount_sources(cache, digest, host)]
+
+    return CopyPlan(raw, raw, [], image_blobs([raw.doc])), CacheSource(store)
+
+
 def _push(cache: BuildCache, store: Any, spec: CacheSpec, index: bytes, index_desc: Any,
           layers: list[dict], data: bytes, media_type: str) -> str:
+    """The one copy of the cache artifact to its repository (blobs in parallel, mounts)."""
     from registry.client import RegistryClient
+    from registry.copier import run_copy
+    from registry.endpoints import RemoteEndpoint
     from registry.reference import parse_reference
     ref = parse_reference(spec.ref)
-    with RegistryClient() as client:
-        repo = client.repository(ref.registry, ref.repository)
-        done: set[str] = set()
-        for layer in layers:
-            digest = layer["digest"]
-            if digest in done:
-                continue
-            done.add(digest)
-            if repo.blob_size(digest) is not None:
-                continue
-            if not store.has_blob(digest):
-                # A lazy remote hit: mount it from the cache repository it came from when that
-                # is on the same registry, else fetch it once and upload it.
-                if any(repo.mount_blob(digest, src) is None
-                       for src in _mount_sources(cache, digest, ref.registry) if src != ref.repository):
-                    continue
-                cache.ensure_local_digest(digest)
-            size = store.blob_size(digest)
-
-            def source(offset: int, d: str = digest) -> Any:
-                f = store.open_blob(d)
-                f.seek(offset)
-                return f
-            repo.upload_blob(digest, size, source, verify=False)
-        if repo.blob_size(index_desc.digest) is None:
-            repo.upload_blob(index_desc.digest, len(index), lambda off: iter([index[off:]]))
-        return repo.put_manifest(ref.tag or "latest", data, media_type)
+    plan, src = _artifact_copy(cache, store, index, index_desc, data, media_type)
+    try:
+        with RegistryClient() as client:
+            dst = RemoteEndpoint(client.repository(ref.registry, ref.repository))
+            return run_copy(plan, src, dst, tag=ref.tag or "latest").digest
+    finally:
+        src.close()
 
 
 def _mount_sources(cache: BuildCache, digest: str, host: str) -> list[str]:
@@ -319,38 +335,15 @@ def _mount_sources(cache: BuildCache, digest: str, host: str) -> list[str]:
 
 def _write_local(cache: BuildCache, store: Any, spec: CacheSpec, index: bytes, index_desc: Any,
                  layers: list[dict], data: bytes, media_type: str) -> str:
-    from registry.fsutil import atomic_write
-    out = Path(spec.path)
-    blobs = out / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-    (out / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-
-    def put(digest: str, content: bytes | None = None) -> None:
-        dest = blobs / digest.split(":", 1)[1]
-        if dest.exists():
-            return
-        if content is not None:
-            atomic_write(dest, content)
-            return
-        cache.ensure_local_digest(digest)
-        tmp = dest.with_name(".tmp-" + dest.name)
-        try:
-            os.link(store.blob_path(digest), tmp)
-        except OSError:
-            shutil.copyfile(store.blob_path(digest), tmp)
-        os.replace(tmp, dest)
-    for layer in layers:
-        put(layer["digest"])
-    put(index_desc.digest, index)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    put(digest, data)
-    index_json = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                  "manifests": [{"mediaType": media_type, "digest": digest, "size": len(data),
-                                 "artifactType": ARTIFACT_TYPE,
-                                 "annotations": {"org.opencontainers.image.ref.name":
-                                                 spec.attrs.get("tag", "latest")}}]}
-    atomic_write(out / "index.json", json.dumps(index_json, indent=2).encode())
-    return digest
+    """The one copy of the cache artifact into an OCI layout directory (index.json: this cache
+    alone, named by ``tag=``, default latest)."""
+    from registry.copier import run_copy
+    from registry.layout import LayoutDir
+    plan, src = _artifact_copy(cache, store, index, index_desc, data, media_type)
+    try:
+        return run_copy(plan, src, LayoutDir(spec.path, replace=True), tag=spec.attrs.get("tag", "latest")).digest
+    finally:
+        src.close()
 
 
 def finish_build(cache: BuildCache, store: Any, plan: Any, cache_to: list[str], report_path: str | None,

@@ -144,7 +144,12 @@ def _import(args: argparse.Namespace) -> int:
 
     store = _open(args)
     platform = parse_platform(args.platform) if args.platform else None
-    result = import_image(store, args.source, args.name, changes=args.change, platform=platform,
+    container = None
+    if args.change:
+        from registry.manifest import ImageConfig
+        from ..engine.changes import apply_changes
+        container = apply_changes(ImageConfig(), args.change).config
+    result = import_image(store, args.source, args.name, container=container, platform=platform,
                           message=args.message)
     if not args.quiet:
         print(f"Imported {result.reference.familiar} ({result.layer.size} bytes compressed)", file=sys.stderr)

@@ -1010,7 +1010,7 @@ def commit(store: Store, c: Container, name: str, message: str = "", author: str
     """
     from registry import mediatypes as mt
     from registry.compression import Compression
-    from registry.imports import apply_change
+    from ..engine.changes import apply_changes
     from registry.layer import store_layer, write_overlay_upper_tar
     from registry.reference import parse_reference
 
@@ -1029,11 +1029,11 @@ def commit(store: Store, c: Container, name: str, message: str = "", author: str
     cc.env = list(c.env)
     cc.working_dir = c.workdir
     cc.user = c.user
-    for change in changes or []:
+    if changes:
         try:
-            apply_change(cc, change)
-        except RegistryError as exc:
-            raise BuildError(f"commit --change: {exc}") from None
+            cfg = apply_changes(cfg, changes)
+        except BuildError as exc:
+            raise BuildError(f"commit {exc}") from None
     created = _now()
     layers = list(manifest.layers)
     upper = c.upper

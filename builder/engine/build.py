@@ -402,12 +402,11 @@ def _outputs(store: Store, root: Path, layers: LayerMaker, final: StageState, ma
             push = True
     for t in opts.tags:
         store.tag(t, manifest)
-    blobs = [config.digest] + [l.descriptor.digest for l in final.layers]
     for spec in specs:
         if spec.type == "oci":
-            export_oci(store, manifest, blobs, spec.dest, opts.tags, spec.attrs.get("tar", "true") != "false")
+            export_oci(store, manifest, spec.dest, opts.tags, spec.attrs.get("tar", "true") != "false")
         elif spec.type == "docker":
-            export_docker(store, config.digest, final.layers, spec.dest, opts.tags)
+            export_docker(store, manifest, spec.dest, opts.tags)
         elif spec.type in ("tar", "local"):
             export_rootfs(root, layers, final.layers, spec.dest, spec.type == "tar", sde)
     if push:

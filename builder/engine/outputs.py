@@ -8,18 +8,13 @@ root filesystem as a tar), ``type=local,dest=DIR`` (the root filesystem as a dir
 """
 from __future__ import annotations
 
-import io
-import json
 import os
-import shutil
-import stat
 import sys
-import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry.manifest import Descriptor, Index
+from registry.manifest import Descriptor
 from registry.store import Store
 
 from ..errors import BuildError
@@ -82,112 +77,38 @@ def _atomic_file(dest: str):
     return f, finish
 
 
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    ti = tarfile.TarInfo(name)
-    ti.size = len(data)
-    ti.mode = 0o644
-    tar.addfile(ti, io.BytesIO(data))
-
-
-def _add_blob(tar: tarfile.TarFile, store: Store, name: str, digest: str) -> None:
-    ti = tarfile.TarInfo(name)
-    ti.size = store.blob_size(digest)
-    ti.mode = 0o644
-    with store.open_blob(digest) as f:
-        tar.addfile(ti, f)
-
-
-def export_oci(store: Store, manifest: Descriptor, blobs: list[str], dest: str, tags: list[str],
-               as_tar: bool = True) -> None:
-    """An OCI image layout with the image (archive, or directory when ``as_tar`` is False)."""
-    ann = {}
+def export_oci(store: Store, manifest: Descriptor, dest: str, tags: list[str], as_tar: bool = True) -> None:
+    """An OCI image layout with the image (archive, or directory when ``as_tar`` is False): the
+    one copy from the store into a LayoutTarWriter or a LayoutDir (whose index.json then holds
+    only this image, named by the first tag's tag)."""
+    from registry.copier import plan_copy, run_copy
+    from registry.endpoints import StoreEndpoint
+    from registry.layout import LayoutDir, LayoutTarWriter
+    name = None
     if tags:
         from registry.reference import parse_reference
-        ann["org.opencontainers.image.ref.name"] = parse_reference(tags[0]).tag or "latest"
-    entry = Descriptor(manifest.media_type, manifest.digest, manifest.size, annotations=dict(ann))
-    index = Index(manifests=[entry]).to_bytes()
-    layout = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
-    all_blobs = [manifest.digest] + blobs
-    if not as_tar:
-        _write_oci_dir(store, dest, layout, index, all_blobs)
-        return
-    f, finish = _atomic_file(dest)
-    with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        _add_bytes(tar, "oci-layout", layout)
-        _add_bytes(tar, "index.json", index)
-        for d in dict.fromkeys(all_blobs):
-            _add_blob(tar, store, "blobs/sha256/" + d.split(":", 1)[1], d)
-    finish()
-
-
-def _write_oci_dir(store: Store, dest: str, layout: bytes, index: bytes, blobs: list[str]) -> None:
-    """The OCI layout as a directory: each file written to a temporary name inside ``dest``
-    and renamed over its place, through descriptors, so a link already in ``dest`` (``blobs``,
-    ``index.json`` pointing elsewhere) is replaced, never written through."""
-    from registry import inroot
-    os.makedirs(dest, exist_ok=True)
-    with inroot.opened_root(dest) as root_fd:
-        for parent in ("blobs", "blobs/sha256"):
-            dfd, name = inroot.open_parent(root_fd, parent)
-            try:
-                try:
-                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                except FileNotFoundError:
-                    st = None
-                if st is not None and not stat.S_ISDIR(st.st_mode):
-                    os.unlink(name, dir_fd=dfd)     # a link or file where the layout needs a directory
-                    st = None
-                if st is None:
-                    os.mkdir(name, 0o755, dir_fd=dfd)
-            finally:
-                os.close(dfd)
-        # Both directories were just checked to be real: open them without following links.
-        blob_dir = inroot.open_beneath(root_fd, "blobs/sha256", os.O_PATH | os.O_DIRECTORY)
-        top = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
-        try:
-            _put_file(top, "oci-layout", lambda f: f.write(layout))
-            for d in dict.fromkeys(blobs):
-                def copy(f, d=d) -> None:
-                    with store.open_blob(d) as src:
-                        shutil.copyfileobj(src, f, 1 << 20)
-                _put_file(blob_dir, d.split(":", 1)[1], copy)
-            _put_file(top, "index.json", lambda f: f.write(index))
-        finally:
-            os.close(blob_dir)
-            os.close(top)
-
-
-def _put_file(dir_fd: int, name: str, fill) -> None:
-    """Write a new file at ``dir_fd``/``name`` (temp file + rename: replaces, never follows)."""
-    tmp = f".tmp-{os.getpid()}-{name}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                 dir_fd=dir_fd)
+        name = parse_reference(tags[0]).tag or "latest"
+    src = StoreEndpoint(store)
     try:
-        with os.fdopen(fd, "wb") as f:
-            fill(f)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
-        raise
+        plan = plan_copy(src, manifest, where=manifest.digest)   # type: ignore[arg-type]
+        if not as_tar:
+            run_copy(plan, src, LayoutDir(dest, replace=True), tag=name)
+            return
+        f, finish = _atomic_file(dest)
+        sink = LayoutTarWriter(f, dest)
+        run_copy(plan, src, sink, tag=name)
+        sink.close()
+        finish()
+    finally:
+        src.close()
 
 
-def export_docker(store: Store, config_digest: str, layers: list[LayerRef], dest: str,
-                  tags: list[str]) -> None:
-    """A docker-archive (``docker save`` format): manifest.json, the config and layer blobs."""
+def export_docker(store: Store, manifest: Descriptor, dest: str, tags: list[str]) -> None:
+    """A docker-archive (``docker save`` format) of the image, under every tag."""
+    from registry.archive import write_docker_archive
     from registry.reference import parse_reference
-    repo_tags = [parse_reference(t).familiar for t in tags]
-    cfg_name = config_digest.split(":", 1)[1] + ".json"
-    layer_names = [f"{l.descriptor.digest.split(':', 1)[1]}/layer.tar" for l in layers]
-    manifest = [{"Config": cfg_name, "RepoTags": repo_tags, "Layers": layer_names}]
     f, finish = _atomic_file(dest)
-    with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        _add_blob(tar, store, cfg_name, config_digest)
-        for name, l in zip(layer_names, layers):
-            _add_blob(tar, store, name, l.descriptor.digest)
-        _add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
+    write_docker_archive(store, [(store.get_manifest(manifest.digest), [parse_reference(t).familiar for t in tags])], f)
     finish()
 
 
