@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 import re
 import threading
 import time
@@ -502,6 +501,7 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
             return min(float(retry_after), 30.0)
         except ValueError:
             pass
+    import random      # only when retrying a token request
     return min(0.25 * 2 ** (attempt - 1), 4.0) * (0.5 + random.random())
 
 

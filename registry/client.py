@@ -9,9 +9,7 @@ registry's upload status.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
-import random
 import re
 import threading
 import time
@@ -110,12 +108,20 @@ class _Transport(Exception):
 def is_loopback(host: str) -> bool:
     """True for localhost and 127.0.0.0/8 / ::1 hosts (with or without a port)."""
     name = _strip_port(host)
-    if name == "localhost":
-        return True
+    if name == "localhost" or name == "::1" or name.startswith("127."):
+        return name == "localhost" or name == "::1" or _is_ipv4(name)
+    if not (":" in name or name[-1:].isdigit()):
+        return False            # a host name: no need to load ipaddress
+    import ipaddress
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def _is_ipv4(name: str) -> bool:
+    parts = name.split(".")
+    return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -521,6 +527,7 @@ class RegistryClient:
 
     def _backoff(self, attempt: int, retry_after: float | None) -> None:
         delay = min(self.options.backoff_max, self.options.backoff_initial * (2 ** attempt))
+        import random      # only when retrying: not on every command's start-up path
         delay *= random.uniform(0.5, 1.0)
         if retry_after is not None:
             delay = max(delay, retry_after)

@@ -74,22 +74,46 @@ class _Counter:
 
 
 def run_parallel(jobs: list[Callable[[], None]], workers: int) -> None:
-    """Run jobs on a thread pool; on the first failure cancel what has not started and raise it."""
+    """Run jobs on up to `workers` threads (the calling one among them); on the first failure
+    start no further job, wait for the running ones and raise it."""
     if not jobs:
         return
     if len(jobs) == 1 or workers <= 1:
         for job in jobs:
             job()
         return
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-    with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="pybuild-xfer") as pool:
-        futures = [pool.submit(job) for job in jobs]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for f in pending:
-            f.cancel()
-        for f in futures:
-            if f.done() and not f.cancelled() and f.exception() is not None:
-                raise f.exception()  # type: ignore[misc]
+    lock = threading.Lock()
+    pending = iter(jobs)
+    errors: list[BaseException] = []
+    stop = [False]
+
+    def work() -> None:
+        while True:
+            with lock:
+                job = None if stop[0] or errors else next(pending, None)
+            if job is None:
+                return
+            try:
+                job()
+            except BaseException as exc:    # re-raised by the calling thread
+                with lock:
+                    errors.append(exc)
+                return
+
+    # Plain threads, not concurrent.futures: its import is a noticeable part of a small pull.
+    threads = [threading.Thread(target=work, name=f"pybuild-xfer-{i}", daemon=True)
+               for i in range(min(workers, len(jobs)) - 1)]
+    for t in threads:
+        t.start()
+    try:
+        work()
+    finally:
+        with lock:
+            stop[0] = True
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
 
 
 def plan_copy(src: ImageSource, ref: str, *, platform: Platform | None = None,
@@ -137,10 +161,18 @@ def run_copy(plan: CopyPlan, src: ImageSource, dst: ImageSink, *, tag: str | Non
             remember(desc.digest)
 
     with dst.session():
+        # What the sink already holds is settled here, without a thread (a pull of a cached image
+        # starts none); the rest moves in parallel.
+        has = getattr(dst, "has_blob", None)
         jobs: list[Callable[[], None]] = []
         if not dst.ordered:
-            jobs += [lambda m=m: dst.put_manifest(m) for m in [*plan.manifests, plan.top]]
-        jobs += [lambda d=d: move(d) for d in plan.blobs.values()]
+            jobs += [lambda m=m: dst.put_manifest(m) for m in [*plan.manifests, plan.top]
+                     if has is None or not has(m.digest)]
+        for d in plan.blobs.values():
+            if has is not None and has(d.digest):
+                move(d)
+            else:
+                jobs.append(lambda d=d: move(d))
         run_parallel(jobs, workers)
         if dst.ordered:
             for m in plan.manifests:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -193,8 +193,19 @@ class StoreEndpoint:
         self.sources.add(digest, host, repository)
 
     # -- sink --
-    def session(self) -> AbstractContextManager:
-        return self.store.lease()
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Under a gc lease; blob directory entries are fsynced once for the batch (before the
+        tag is written, see Store.blob_writer's defer_sync, and at the end)."""
+        try:
+            with self.store.lease():
+                yield
+        finally:
+            self.store.sync()
+
+    def has_blob(self, digest: str) -> bool:
+        """True when the store holds `digest` (inside session(): also kept from gc by the lease)."""
+        return self.store.has_blob(digest)
 
     def receive_blob(self, desc: Descriptor, src: Any, progress: Any) -> tuple[str, int]:
         """Stream one blob into the store, resuming a partial download left by an earlier attempt
@@ -211,7 +222,7 @@ class StoreEndpoint:
                 resumed = 0
                 try:
                     with store.blob_writer(desc.digest, desc.size, media_type=desc.media_type,
-                                           resumable=True) as w:
+                                           resumable=True, defer_sync=True) as w:
                         resumed = w.offset
                         task.advance(resumed)
                         chunks = iter_chunks(src.open_blob(desc, w.offset))
@@ -231,7 +242,7 @@ class StoreEndpoint:
 
     def put_manifest(self, raw: RawManifest) -> None:
         if not self.store.has_blob(raw.digest):
-            self.store.put_blob(raw.data, raw.media_type, expected_digest=raw.digest)
+            self.store.put_blob(raw.data, raw.media_type, expected_digest=raw.digest, defer_sync=True)
 
     def finish(self, top: RawManifest, tag: str | None) -> str:
         self.put_manifest(top)

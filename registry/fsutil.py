@@ -6,7 +6,6 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 # The mode of every directory pybuild makes in its store: extracted layers hold setuid-root
@@ -64,7 +63,9 @@ def fsync_dir(path: str | os.PathLike) -> None:
 def _write_temp(path: Path, data: bytes, mode: int, durable: bool) -> str:
     """Write `data` to a new temp file beside `path` (same file system, so it can be renamed or
     linked onto `path`) and return the temp file's name; on failure nothing is left behind."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # O_EXCL with a random name, as tempfile.mkstemp does (importing tempfile costs start-up).
+    tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -103,7 +104,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644, durabl
         fsync_dir(path.parent)
 
 
-def create_if_absent(path: str | os.PathLike, data: bytes) -> bool:
+def create_if_absent(path: str | os.PathLike, data: bytes, sync_dir: bool = True) -> bool:
     """Atomically create `path` with `data` unless it exists; True if this call created it.
 
     Uses link(2), which fails on an existing name, so concurrent creators never overwrite
@@ -120,7 +121,8 @@ def create_if_absent(path: str | os.PathLike, data: bytes) -> bool:
             return False
     finally:
         os.unlink(tmp)
-    fsync_dir(path.parent)
+    if sync_dir:        # sync_dir=False: the caller syncs the directory once for several files
+        fsync_dir(path.parent)
     return True
 
 

@@ -9,9 +9,9 @@ exceptions in three kinds (connect, TLS, read). Redirects and retries are the ca
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -25,8 +25,17 @@ READ_BLOCK = 1 << 20
 # send an endless body: what is past the cap is never read.
 MAX_BODY = 8 << 20
 ERROR_BODY_MAX = 64 << 10   # of an error answer (status >= 400) only this much: enough for its message
-# One DEBUG line per request: method, URL without its query (upload state), status.
-log = logging.getLogger("pybuild.http")
+# One DEBUG line per request on the "pybuild.http" logger: method, URL without its query (upload
+# state), status. `logging` is not imported for it (start-up): a program that configured logging
+# has imported it, and only then is the logger asked.
+
+
+def _debug_log() -> Any:
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return None
+    log = logging.getLogger("pybuild.http")
+    return log if log.isEnabledFor(logging.DEBUG) else None
 
 
 class HTTPError(RegistryError):
@@ -291,7 +300,8 @@ class Session:
             raise ReadError(f"{method} {url}: the connection broke: {type(exc).__name__}: {exc}") from None
         resp = Response(raw, conn, pool, Request(method, url, hdrs),
                         max_body=min(max_body, ERROR_BODY_MAX) if raw.status >= 400 else max_body)
-        if log.isEnabledFor(logging.DEBUG):
+        log = _debug_log()
+        if log is not None:
             log.debug("%s %s://%s:%s%s -> %s", method, scheme, host, port, parts.path, raw.status)
         if method == "HEAD":
             raw.read()                        # no body; marks the answer complete
@@ -315,6 +325,9 @@ class Session:
         else:
             at = (proxy[0], proxy[1]) if proxy else (host, port)
             conn = http.client.HTTPConnection(at[0], at[1], timeout=timeout, blocksize=READ_BLOCK)
+        if (proxy[0] if proxy else host).isascii():
+            # An ASCII name given as bytes spares getaddrinfo the idna codec (and its import).
+            conn._create_connection = _connect_ascii
         try:
             conn.connect()
         except socket.gaierror as exc:
@@ -336,6 +349,12 @@ class Session:
             if ctx is None:
                 ctx = self._contexts[tls] = _make_context(tls)
             return ctx
+
+
+def _connect_ascii(address: tuple, *args: Any, **kwargs: Any) -> socket.socket:
+    host, port = address
+    return socket.create_connection((host.encode("ascii") if isinstance(host, str) else host, port),
+                                    *args, **kwargs)
 
 
 def _no_query(url: str) -> str:

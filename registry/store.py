@@ -117,8 +117,9 @@ class BlobWriter:
     """
 
     def __init__(self, store: "Store", expected_digest: str | None, expected_size: int | None,
-                 media_type: str, resumable: bool):
+                 media_type: str, resumable: bool, defer_sync: bool = False):
         self.store = store
+        self.defer_sync = defer_sync
         self.expected_digest = expected_digest
         self.expected_size = expected_size
         self.media_type = media_type
@@ -210,7 +211,7 @@ class BlobWriter:
             self._discard()
             raise
         self._file.close()
-        self.store._publish(self.path, digest)
+        self.store._publish(self.path, digest, defer_sync=self.defer_sync)
         if self._lock is not None:
             try:
                 os.unlink(self._lock.path)
@@ -286,6 +287,7 @@ class Store:
         self.layout = self.root / IMAGES_DIR
         self._leases: list[_Lease] = []
         self._leases_mutex = threading.Lock()
+        self._unsynced: set[Path] = set()     # blob directories with entries not yet fsynced
         # The root is pybuild's alone (as Docker's and podman's are): 0700, also when the user
         # named an existing directory with --root, so nothing extracted under it (setuid-root
         # files, device nodes) is reachable by another user.
@@ -297,8 +299,12 @@ class Store:
         for sub in ("", "blobs", "blobs/sha256", "ingest", "roots", "leases"):
             if not os.path.isdir(self.layout / sub):     # a stat is cheaper than a failing mkdir
                 private_dir(self.layout / sub)
-        create_if_absent(self.layout / "oci-layout", dump_json({"imageLayoutVersion": "1.0.0"}))
-        create_if_absent(self.layout / "index.json", Index().to_bytes())
+        # Each file is fsynced; their directory once for both.
+        made = create_if_absent(self.layout / "oci-layout", dump_json({"imageLayoutVersion": "1.0.0"}),
+                                sync_dir=False)
+        made = create_if_absent(self.layout / "index.json", Index().to_bytes(), sync_dir=False) or made
+        if made:
+            fsync_dir(self.layout)
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -348,16 +354,23 @@ class Store:
         return data
 
     def blob_writer(self, expected_digest: str | None = None, expected_size: int | None = None,
-                    media_type: str = OCTET_STREAM, resumable: bool = False) -> BlobWriter:
-        """A writer that hashes while writing and publishes the blob on commit (see BlobWriter)."""
+                    media_type: str = OCTET_STREAM, resumable: bool = False,
+                    defer_sync: bool = False) -> BlobWriter:
+        """A writer that hashes while writing and publishes the blob on commit (see BlobWriter).
+
+        The blob's file is fsynced before it is published; its directory entry too, unless
+        `defer_sync`: then the directory is fsynced once for a whole batch of blobs, by `sync()`,
+        which every index.json or gc-root write runs first (so nothing durable names a blob
+        whose entry is not), and which the caller runs when its batch ends."""
         if expected_digest is not None:
             try:
                 parse_digest(expected_digest)
             except InvalidDigestError as exc:
                 raise RegistryError(f"cannot store blob: {exc}") from None
-        return BlobWriter(self, expected_digest, expected_size, media_type, resumable)
+        return BlobWriter(self, expected_digest, expected_size, media_type, resumable, defer_sync)
 
-    def put_blob(self, data: bytes, media_type: str = OCTET_STREAM, expected_digest: str | None = None) -> Descriptor:
+    def put_blob(self, data: bytes, media_type: str = OCTET_STREAM, expected_digest: str | None = None,
+                 defer_sync: bool = False) -> Descriptor:
         """Store bytes (verified against expected_digest if given) and return their descriptor."""
         algorithm = parse_digest(expected_digest).algorithm if expected_digest else "sha256"
         digest = digest_bytes(data, algorithm)
@@ -366,7 +379,7 @@ class Store:
                                       f"got {digest} ({len(data)} bytes); nothing was stored")
         if self.has_blob(digest):
             return Descriptor(media_type, digest, len(data))
-        with self.blob_writer(expected_digest=digest, media_type=media_type) as w:
+        with self.blob_writer(expected_digest=digest, media_type=media_type, defer_sync=defer_sync) as w:
             w.write(data)
         return w.descriptor
 
@@ -411,7 +424,21 @@ class Store:
                     if not f.name.startswith("."):
                         yield f"{algdir.name}:{f.name}"
 
-    def _publish(self, tmp: Path, digest: str) -> None:
+    def sync(self) -> None:
+        """Fsync the blob directories that blobs published with `defer_sync` were renamed into."""
+        with self._leases_mutex:
+            dirs, self._unsynced = self._unsynced, set()
+        for d in dirs:
+            fsync_dir(d)
+
+    def _sync_blob_dirs(self) -> None:
+        """Before index.json or a gc root names blobs: make every blob entry durable, also those
+        another process published with `defer_sync` and has not synced yet (one fsync)."""
+        with self._leases_mutex:
+            self._unsynced.add(self.layout / "blobs" / "sha256")
+        self.sync()
+
+    def _publish(self, tmp: Path, digest: str, defer_sync: bool = False) -> None:
         """Rename a verified temp file to its content address (keeping an existing copy)."""
         target = self.blob_path(digest)
         if not target.parent.is_dir():
@@ -425,7 +452,11 @@ class Store:
                 return
             os.chmod(tmp, 0o444)
             os.replace(tmp, target)
-        fsync_dir(target.parent)
+        if defer_sync:
+            with self._leases_mutex:
+                self._unsynced.add(target.parent)
+        else:
+            fsync_dir(target.parent)
 
     def _missing(self, digest: str) -> NotFoundError:
         return NotFoundError(f"blob {digest} is not in the store at {self.layout}")
@@ -478,6 +509,7 @@ class Store:
         with FileLock(self.layout / ".lock"):
             index = self.read_index()
             yield index
+            self._sync_blob_dirs()
             atomic_write(self._index_path(), index.to_bytes())
 
     def tag(self, name: str | Reference, descriptor: Descriptor) -> Reference:
@@ -611,6 +643,7 @@ class Store:
         """Keep `digests` (and all they reference) alive across gc, under a root `name`."""
         if not name or "/" in name or name.startswith("."):
             raise RegistryError(f"invalid gc root name {name!r}: use a plain file name")
+        self._sync_blob_dirs()
         atomic_write(self.layout / "roots" / name, "".join(f"{d}\n" for d in digests).encode())
 
     def remove_root(self, name: str) -> None:

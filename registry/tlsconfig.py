@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 DEFAULT_CERTS_DIRS = ("/etc/docker/certs.d", "/etc/containers/certs.d")
@@ -51,6 +50,7 @@ def ca_bundle_for(host: str) -> str | None:
         parts.append(data if data.endswith(b"\n") else data + b"\n")
     bundle = b"".join(parts)
     digest = hashlib.sha256(bundle).hexdigest()[:32]
+    import tempfile     # only with a certs.d CA: not on the start-up path of other commands
     cache = Path(tempfile.gettempdir()) / f"pybuild-ca-{os.getuid()}"
     cache.mkdir(mode=0o700, exist_ok=True)
     target = cache / f"{digest}.pem"
