@@ -74,6 +74,18 @@ def repair_root(root: str | os.PathLike) -> RepairResult:
     return result
 
 
+def remove_leftovers(root: str | os.PathLike) -> list[str]:
+    """Remove only the debris of dead processes (half-extracted layers, links to nothing, and,
+    when no live process holds a lease, snapshots, bundles and partial blobs); what was removed."""
+    checker = _Checker(Path(root))
+    checker.repair = True
+    checker._layers()
+    store = Store(checker.root)
+    if not live_processes(store):
+        checker._debris(store)
+    return checker.removed
+
+
 def live_processes(store: Store) -> bool:
     """True when some process holds a lease on the store (a build, pull or import is running)."""
     leases = store.layout / "leases"

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "builder.cli.login",
     "builder.cli.run",
     "builder.cli.cache",
+    "builder.cli.system",
 ]
 
 # Which module registers each command, so that `pybuild pull ...` builds only that module's parsers
@@ -37,6 +38,7 @@ COMMAND_OWNERS = {
     **dict.fromkeys(["login", "logout"], "builder.cli.login"),
     **dict.fromkeys(["commit", "diff", "logs", "ps", "rm", "run", "stop"], "builder.cli.run"),
     "cache": "builder.cli.cache",
+    "system": "builder.cli.system",
 }
 
 

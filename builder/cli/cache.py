@@ -95,7 +95,11 @@ def _prune(args: argparse.Namespace) -> int:
         older = parse_duration(v)
     store = _store(args)
     res = prune(store.root, store, all=args.all, keep_storage=args.keep_storage, older_than=older)
-    print(f"Removed {res.removed} cache entries, kept {res.kept}; total reclaimed space: {human_size(res.freed_bytes)}")
+    from ..system import collect_layers
+    layers = collect_layers(store.root, store)     # extracted forms of the layers just dropped
+    print(f"Removed {res.removed} cache entries, kept {res.kept}"
+          + (f", {layers.removed} extracted layers" if layers.removed else "")
+          + f"; total reclaimed space: {human_size(res.freed_bytes + layers.freed_bytes)}")
     return 0
 
 

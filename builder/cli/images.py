@@ -132,9 +132,14 @@ def _rmi(args: argparse.Namespace) -> int:
             print(f"Untagged: {ref}")
     if not args.no_prune:
         from ..cache.records import gc_roots   # blobs of cached build steps stay
+        from ..system import collect_layers
         result = store.gc(extra_roots=gc_roots(store.root))
+        # Not while a build runs (it may be using them): the next gc or prune collects them.
+        layers = collect_layers(store.root, store, wait=False)
         if not args.quiet and result.removed_blobs:
             print(f"Deleted: {result.removed_blobs} blobs ({human_size(result.freed_bytes)})")
+        if not args.quiet and layers.removed:
+            print(f"Deleted: {layers.removed} extracted layers ({human_size(layers.freed_bytes)})")
     return 0
 
 
@@ -161,10 +166,13 @@ def _store(args: argparse.Namespace) -> int:
     store = _open(args)
     if args.action == "gc":
         from ..cache.records import gc_roots   # blobs of cached build steps stay
+        from ..system import collect_layers
         result = store.gc(extra_roots=gc_roots(store.root))
+        layers = collect_layers(store.root, store)       # waits for running builds
         if not args.quiet:
             print(f"removed {result.removed_blobs} blobs ({human_size(result.freed_bytes)}), "
-                  f"kept {result.kept_blobs}")
+                  f"kept {result.kept_blobs}; removed {layers.removed} extracted layers "
+                  f"({human_size(layers.freed_bytes)}), kept {layers.kept}")
         return 0
     from ..storecheck import check_root, repair_root
     if args.repair:
