@@ -27,7 +27,7 @@ from registry.tlsconfig import ca_bundle_for, client_cert_for
 from tests.fixtures.registry import fast_client
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _login_env(monkeypatch: pytest.MonkeyPatch, host: str, user: str, password: str) -> None:

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (namespaces, overlay mounts)"),
               pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs Debian's busybox-static")]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The CLI runs ~50 times here (20 at once): let it cache byte code, outside the tree, even where
 # the environment says not to write it.
 CLI_ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},

@@ -18,7 +18,7 @@ from tests.fixtures.building import build_in, need, podman_run, store_snapshot, 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="builds need root (runc, overlay mounts)")]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(root: Path, ref: str) -> dict:

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (namespaces, mounts)"),
               pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs Debian's busybox-static")]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HELPER_SOURCE = REPO / "tests" / "helpers" / "attack.c"
 
 

@@ -1,6 +1,6 @@
 """Crash safety: pybuild killed with SIGKILL at random points never damages the store.
 
-The campaign (tests/crash_harness.py) runs import, pull, push, build, cache export
+The campaign (tests/robustness/crash_harness.py) runs import, pull, push, build, cache export
 (`--cache-to`), `store gc`, `rmi` and `cache prune`
 against one root and a real registry:2, SIGKILLs each run at a random moment (over 200 kills in
 all), checks the root after every kill with `check_root` (the code behind `pybuild store
@@ -20,7 +20,7 @@ from builder.cache.records import BuildCache, CacheRecord, gc_roots
 from builder.cli import main
 from builder.storecheck import check_root, repair_root
 from registry.store import Store
-from tests.crash_harness import CrashCampaign, preload, run_pybuild, unmount_under
+from tests.robustness.crash_harness import CrashCampaign, preload, run_pybuild, unmount_under
 from tests.fixtures.building import build_in
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds mount overlayfs and run runc: needs root")

@@ -18,7 +18,7 @@ import pytest
 from builder.errors import BuildError
 from builder.runtime.sandbox import Mount, RunSpec, run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HELPER_SOURCE = REPO / "tests" / "helpers" / "attack_box.c"
 
 sandbox_only = [pytest.mark.integration,

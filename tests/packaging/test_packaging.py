@@ -18,7 +18,7 @@ import pytest
 from builder import cli
 from builder._version import __version__
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _clean_env(venv: Path) -> dict[str, str]:

@@ -25,7 +25,7 @@ import pytest
 from registry import inroot
 from registry.tarsafe import ArchiveError, extract_tar
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds mount overlayfs (root only)")
 DEEP = 12 * "../"
 CANARY_MTIME = 1_234_567_890
@@ -195,7 +195,7 @@ def hostile_pushed(registry, canary: Path, tmp_path: Path):
     from registry.client import RegistryClient
     from registry.store import Store
     from registry.transfer import push
-    from tests.test_hostile_archives import _image_from_layers
+    from tests.security.test_hostile_archives import _image_from_layers
 
     def make(case: str) -> str:
         store = Store(tmp_path / f"src-{case}")

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="RUN steps need root (runc, overlay mounts)"),
               pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs Debian's busybox-static")]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Steps with secrets keep them on the /dev/shm tmpfs; without one they fall back to the disk.
 needs_shm = pytest.mark.skipif(not _is_tmpfs(MEMORY_TMP), reason="/dev/shm is not a tmpfs here")
 

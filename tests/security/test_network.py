@@ -23,7 +23,7 @@ import pytest
 
 from builder.runtime.sandbox import RunSpec, run
 from tests.fixtures.building import build_in
-from tests.test_confinement import attack, rootfs  # noqa: F401  (fixtures)
+from tests.security.test_confinement import attack, rootfs  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (namespaces, mounts)"),
@@ -222,7 +222,7 @@ def test_repair_stops_the_network_of_a_killed_build(busybox_image: Path, tmp_pat
     (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo started-net-kill && sleep 60\n")
     p = subprocess.Popen([sys.executable, "-m", "builder", "--root", str(busybox_image), "build",
                           "--no-cache", "--progress", "plain", str(ctx)], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+                         stderr=subprocess.STDOUT, start_new_session=True, cwd=Path(__file__).resolve().parents[2])
     cids = []
     try:
         buf = b""

@@ -168,7 +168,7 @@ def test_progress_plain_and_rawjson(busybox_image, tmp_path):
     assert f"{run_no} DONE" in text
     out = io.StringIO()
     build_in(root, tmp_path / "ctx", df, progress="rawjson", progress_out=out)
-    # BuildKit's SolveStatus objects (see tests/test_build_progress.py for the details).
+    # BuildKit's SolveStatus objects (see tests/builder/test_build_progress.py for the details).
     vertexes = [v for l in out.getvalue().splitlines() for v in json.loads(l).get("vertexes", [])]
     assert any(v.get("cached") for v in vertexes)
     assert any(v.get("completed") and not v.get("cached") for v in vertexes)

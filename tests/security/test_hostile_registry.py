@@ -32,7 +32,7 @@ from registry.reference import parse_reference
 from tests.fixtures.loopback_http import LoopbackHTTPServer
 from tests.fixtures.registry import fast_client
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENDLESS_LIMIT = 1 << 30          # an "endless" body stops here at the latest, so a failing test ends
 CHUNK = b"A" * (1 << 16)
 
@@ -185,7 +185,7 @@ def test_auth_config_variable_is_exact_per_host(cred_env, monkeypatch):
 
 
 def test_auth_config_variable_logs_in_to_a_real_basic_registry(basic_registry, cred_env, monkeypatch):
-    from tests.test_auth import _push_image
+    from tests.registry.test_auth import _push_image
     _auth_config(monkeypatch, basic_registry.host, "alice", basic_registry.users["alice"])
     with fast_client() as c:
         digest, _ = _push_image(c, basic_registry.host, "authconfig/app")
@@ -355,7 +355,7 @@ def test_deeply_nested_manifest_is_a_clear_error(servers):
 def _push_dag(client, host: str, name: str, levels: int) -> str:
     """An image manifest under LEVELS indexes, each listing the one below twice: 2^LEVELS paths
     through LEVELS + 1 manifests. Returns the top index's digest (also tagged `dag`)."""
-    from tests.test_auth import _push_image
+    from tests.registry.test_auth import _push_image
     repo = client.repository(host, name)
     digest, manifest = _push_image(client, host, name)
     data = json.dumps(manifest).encode()

@@ -29,7 +29,7 @@ from builder.storecheck import check_root
 from registry.store import ROOT_SUBDIRS, Store
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (setuid files, device nodes, setpriv)")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 
 

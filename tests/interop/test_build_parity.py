@@ -20,7 +20,7 @@ from tests.fixtures.building import need, podman_run, tree_manifest, unpack_imag
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="builds need root (runc, overlay mounts)")]
 
-PARITY = Path(__file__).resolve().parent / "parity"
+PARITY = Path(__file__).resolve().parents[1] / "parity"
 CASES = sorted(p.name for p in PARITY.iterdir() if (p / "Dockerfile").is_file())
 CONFIG_FIELDS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes",
                  "StopSignal", "Healthcheck", "Shell", "OnBuild")
