@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from builder.errors import BuildError
-from tests.fixtures.building import build_in, need, tree_manifest, unpack_image
+from tests.fixtures.building import build_in, need, unpack_image
+from tests.fixtures.trees import tree_manifest
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="builds need root (runc, overlay mounts)")]

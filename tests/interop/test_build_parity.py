@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from registry.store import Store
-from tests.fixtures.building import need, podman_run, tree_manifest, unpack_image
+from tests.fixtures.building import need, podman_run, unpack_image
+from tests.fixtures.trees import tree_manifest
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="builds need root (runc, overlay mounts)")]
