@@ -12,6 +12,7 @@ import time
 import pytest
 
 from builder.progress import Progress
+from tests.fixtures.cli import start_pybuild
 
 
 class Screen:
@@ -232,9 +233,8 @@ def _build_on_pty(root, ctx, *, env: dict[str, str] | None = None, cols: int = 8
     full_env = {**os.environ, "TERM": "xterm", **(env or {})}
     full_env.pop("COLUMNS", None)
     full_env.pop("LINES", None)
-    proc = subprocess.Popen([sys.executable, "-m", "builder", "--root", str(root), "build", "--no-cache",
-                             "-t", "progress:tty", str(ctx)], stdin=slave, stdout=slave, stderr=slave,
-                            env=full_env, close_fds=True)
+    proc = start_pybuild("build", "--no-cache", "-t", "progress:tty", ctx, root=root, stdin=slave, stdout=slave,
+                         stderr=slave, text=False, cwd=None, env=full_env, close_fds=True)
     os.close(slave)
     chunks = []
     while True:

@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 from builder.cache.records import BuildCache, entries
 from builder.cli import main
 from builder.storecheck import check_root
 from registry.store import Store
 from tests.fixtures.building import build_in, write_context
+from tests.fixtures.cli import run_pybuild, start_pybuild
 
 DOCKERFILE = "FROM busybox\nARG V=1\nCOPY app/ /app/\nRUN echo $V > /v\nRUN head -c 20000 /dev/urandom > /r\n"
 FILES = {"app/a.txt": "a\n", "app/b.txt": "b\n"}
@@ -96,12 +96,9 @@ def test_concurrent_builds_on_one_root(busybox_image, tmp_path):
     procs = []
     for i in range(3):
         ctx = write_context(tmp_path / f"ctx{i}", DOCKERFILE, {**FILES, "app/i.txt": f"{i % 2}\n"})
-        procs.append(subprocess.Popen([sys.executable, "-m", "builder", "--root", str(root), "build", "-q",
-                                       "-t", f"c{i}:latest", str(ctx)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        procs.append(start_pybuild("build", "-q", "-t", f"c{i}:latest", ctx, root=root, stderr=subprocess.PIPE))
     # A prune racing the builds waits for them (they hold the cache lock shared).
-    prune = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "cache", "prune", "--all"],
-                           capture_output=True, text=True, timeout=300)
+    prune = run_pybuild("cache", "prune", "--all", root=root, timeout=300)
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.cli import run_pybuild
+
 
 def _pybuild(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder", *args], cwd=cwd, capture_output=True,
-                          text=True, **kw)
+    kw.setdefault("timeout", None)
+    return run_pybuild(*args, cwd=cwd, **kw)
 
 
 @pytest.mark.integration

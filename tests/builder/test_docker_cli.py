@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.cli import run_pybuild
+
 
 def pb(*args: str, cwd: Path, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder", *args], cwd=cwd, capture_output=True, text=True,
-                          input=input, timeout=120)
+    return run_pybuild(*args, cwd=cwd, stdin=input)
 
 
 @pytest.fixture
@@ -82,8 +83,7 @@ def test_save_then_load_round_trips(built, fmt: str) -> None:
     assert [(i["repository"], i["tag"], i["digest"]) for i in after] == \
         [(i["repository"], i["tag"], i["digest"]) for i in before]
     # From standard input too, as `docker load < FILE`.
-    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(cwd / "root-stdin"), "load"],
-                       stdin=archive.open("rb"), cwd=cwd, capture_output=True, timeout=120)
+    r = run_pybuild("load", root=cwd / "root-stdin", stdin=archive.read_bytes(), cwd=cwd, text=False)
     assert r.returncode == 0 and b"Loaded image: app:1" in r.stdout, r
 
 
@@ -210,9 +210,8 @@ def test_refused_registry_fails_fast_with_the_right_scheme(tmp_path: Path) -> No
 def test_login_with_p_warns_and_checks_the_registry(tmp_path: Path) -> None:
     port = _free_port()
     env_cfg = tmp_path / "docker"
-    r = subprocess.run([sys.executable, "-m", "builder", "login", f"127.0.0.1:{port}", "-u", "me", "-p", "pw"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=60,
-                       env={**__import__("os").environ, "DOCKER_CONFIG": str(env_cfg)})
+    r = run_pybuild("login", f"127.0.0.1:{port}", "-u", "me", "-p", "pw", cwd=tmp_path, timeout=60,
+                    env={**__import__("os").environ, "DOCKER_CONFIG": str(env_cfg)})
     assert "WARNING! Using --password via the CLI is insecure. Use --password-stdin." in r.stderr
     assert r.returncode == 1 and "Traceback" not in r.stderr       # nothing listens there
     assert not (env_cfg / "config.json").exists()

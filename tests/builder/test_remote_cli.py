@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from builder.cli import main
 from registry.store import Store
 from tests.fixtures.synthetic_images import make_image, multi_platform_image, tar_layer
+from tests.fixtures.cli import run_pybuild
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +87,6 @@ def test_cli_entry_point_runs(registry, tmp_path):
     """The console script path (python -m builder) works end to end."""
     store = Store(tmp_path / "a")
     make_image(store, "entry:v1", [tar_layer({"e": b"e"})])
-    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(tmp_path / "a"), "push", "entry:v1",
-                        f"{registry.host}/cli/entry:v1"], capture_output=True, text=True, timeout=60)
+    r = run_pybuild("push", "entry:v1", f"{registry.host}/cli/entry:v1", root=tmp_path / "a", timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith(f"{registry.host}/cli/entry:v1@sha256:")

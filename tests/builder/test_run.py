@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,12 +20,13 @@ from builder.containers import lifecycle as ct
 from builder.runtime.snapshot import LayerDirs
 from registry.imports import import_image
 from registry.store import Store
+from tests.fixtures.cli import run_pybuild, start_pybuild
+from tests.fixtures.trees import tree_digest
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (namespaces, overlay mounts)"),
               pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs Debian's busybox-static")]
 
-REPO = Path(__file__).resolve().parents[2]
 # The CLI runs ~50 times here (20 at once): let it cache byte code, outside the tree, even where
 # the environment says not to write it.
 CLI_ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
@@ -37,31 +37,11 @@ def pybuild(root: Path, *args: str, timeout: float = 120, check_rc: int | None =
             **kw) -> subprocess.CompletedProcess:
     """Run the CLI (`python -m builder --root ROOT ARGS...`)."""
     kw.setdefault("env", CLI_ENV)
-    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), *args], capture_output=True,
-                       text=True, timeout=timeout, cwd=REPO, **kw)
-    if check_rc is not None:
-        assert r.returncode == check_rc, f"rc {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return r
+    return run_pybuild(*args, root=root, timeout=timeout, check_rc=check_rc, **kw)
 
 
 def popen(root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "builder", "--root", str(root), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=CLI_ENV)
-
-
-def tree_digest(top: Path) -> str:
-    """A digest of names, modes, owners and contents under ``top`` (to prove it never changed)."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in sorted(os.walk(top)):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            h.update(f"{os.path.relpath(p, top)} {st.st_mode} {st.st_uid} {st.st_gid} {st.st_size} "
-                     f"{st.st_mtime_ns}\n".encode())
-            if os.path.isfile(p) and not os.path.islink(p):
-                h.update(Path(p).read_bytes())
-    return h.hexdigest()
+    return start_pybuild(*args, root=root, stderr=subprocess.PIPE, env=CLI_ENV)
 
 
 @pytest.fixture
@@ -195,8 +175,7 @@ def test_runc_missing_is_an_error_not_a_fallback(img: Path, tmp_path: Path):
         if path:
             os.symlink(path, bindir / tool)
     env = dict(os.environ, PATH=str(bindir))
-    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(img), "run", "--rm", "busybox", "true"],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = run_pybuild("run", "--rm", "busybox", "true", root=img, env=env)
     assert r.returncode == 125 and "runc not found" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 

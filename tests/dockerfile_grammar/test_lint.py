@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ pytest.importorskip("dockerfile_grammar.parser", reason="raw parser module not p
 
 from builder.cli import main  # noqa: E402
 from dockerfile_grammar.linter import Diagnostic, lint  # noqa: E402
+from tests.fixtures.cli import run_pybuild
 
 
 def findings(text: str, **kw) -> list[tuple[int, int, str, str]]:
@@ -213,8 +212,7 @@ def test_cli_json_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 def test_cli_missing_file_and_subprocess(tmp_path: Path) -> None:
     assert main(["lint", str(tmp_path)]) == 1
     (tmp_path / "Dockerfile").write_text("FROM a\nRUN [\"a\", 1]\n")
-    proc = subprocess.run([sys.executable, "-m", "builder", "lint", "-q", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = run_pybuild("lint", "-q", tmp_path, timeout=60)
     assert proc.returncode == 1
     assert proc.stdout.startswith(f"{tmp_path}/Dockerfile:2:")
     assert ": error: " in proc.stdout and "Traceback" not in proc.stderr

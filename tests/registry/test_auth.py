@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,9 +24,9 @@ from registry.digest import digest_bytes
 from registry.errors import AuthError, RegistryError
 from registry.tlsconfig import ca_bundle_for, client_cert_for
 from tests.fixtures.registry import fast_client
+from tests.fixtures.cli import run_pybuild
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _login_env(monkeypatch: pytest.MonkeyPatch, host: str, user: str, password: str) -> None:
@@ -313,8 +312,7 @@ def test_ca_bundle_lookup(tmp_path, monkeypatch, test_ca):
 # -- login / logout ------------------------------------------------------------------------------------
 
 def _pybuild(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder", *args], input=stdin, capture_output=True,
-                          text=True, cwd=REPO, timeout=120)
+    return run_pybuild(*args, stdin=stdin)
 
 
 @pytest.mark.parametrize("kind", ["basic", "token"])

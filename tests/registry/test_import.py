@@ -5,7 +5,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
 import uuid
 
@@ -18,6 +17,7 @@ from registry.imports import ImageImportError, apply_change, import_image
 from registry.manifest import ContainerConfig
 from registry.platform import Platform, host_platform
 from registry.store import Store
+from tests.fixtures.cli import run_pybuild
 
 FIXED = "2000-01-01T00:00:00Z"
 
@@ -94,8 +94,7 @@ def test_cli_import_from_stdin(root, busybox_rootfs):
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w:gz") as tf:
         tf.add(busybox_rootfs / "etc", arcname="etc")
-    out = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "import", "-", "stdin:1", "-q"],
-                         input=raw.getvalue(), capture_output=True, check=True)
+    out = run_pybuild("import", "-", "stdin:1", "-q", root=root, stdin=raw.getvalue(), text=False, check_rc=0)
     store = Store(root)
     assert out.stdout.decode().strip() == store.resolve("stdin:1").digest
     assert store.image_config("stdin:1").history[0].comment == "Imported from -"

@@ -14,6 +14,7 @@ import pytest
 
 from builder.storecheck import check_root
 from registry.store import Store
+from tests.fixtures.cli import run_pybuild, start_pybuild
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds mount overlayfs and run runc: needs root")
 
@@ -77,8 +78,7 @@ def test_threads_tag_import_and_gc_on_one_root(busybox_image: Path, busybox_root
 
 
 def _pybuild(root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "builder", "--root", str(root), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_pybuild(*args, root=root)
 
 
 @needs_root
@@ -90,12 +90,10 @@ def test_processes_build_pull_import_and_prune_at_once(busybox_image: Path, busy
     a rebuild afterwards is served from the cache."""
     root = busybox_image
     reg = registry.host
-    setup = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "push", "-q", "busybox:latest",
-                            f"{reg}/conc/base:1"], capture_output=True, text=True, timeout=120)
+    setup = run_pybuild("push", "-q", "busybox:latest", f"{reg}/conc/base:1", root=root)
     assert setup.returncode == 0, setup.stdout + setup.stderr
     for k in range(3):   # the pulled images must not be in the store already
-        r = subprocess.run([sys.executable, "-m", "builder", "copy", f"{reg}/conc/base:1", f"{reg}/conc/p{k}:1"],
-                           capture_output=True, text=True, timeout=120)
+        r = run_pybuild("copy", f"{reg}/conc/base:1", f"{reg}/conc/p{k}:1")
         assert r.returncode == 0, r.stdout + r.stderr
     contexts = []
     for k in range(3):
@@ -132,7 +130,6 @@ def test_processes_build_pull_import_and_prune_at_once(busybox_image: Path, busy
         store.image(name)
     assert check_root(root) == []
     # The cache survived the concurrent gc: a rebuild runs no step again.
-    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "build", "--progress", "plain",
-                        "-t", "built0:1", str(contexts[0])], capture_output=True, text=True, timeout=120)
+    r = run_pybuild("build", "--progress", "plain", "-t", "built0:1", contexts[0], root=root)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (r.stdout + r.stderr).count("CACHED") >= 2, r.stdout + r.stderr     # COPY and RUN

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from builder.storecheck import check_root
+from tests.fixtures.cli import run_pybuild
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root"),
               pytest.mark.timeout(180)]
@@ -41,8 +41,7 @@ def big_tree(tmp_path: Path) -> Path:
 
 
 def _pybuild(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder", "--root", str(root), *args],
-                          capture_output=True, text=True, timeout=150)
+    return run_pybuild(*args, root=root, timeout=150)
 
 
 def _assert_clean_failure(r: subprocess.CompletedProcess, root: Path) -> None:

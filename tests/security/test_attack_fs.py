@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import stat
 import tarfile
 import uuid
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from builder.errors import BuildError
 from tests.fixtures.building import build_in
+from tests.fixtures.trees import diff_states, tree_state
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="attacks run as root (runc, overlay, mknod)")
 
@@ -42,29 +42,11 @@ class Canary:
         self.before = self.snapshot()
 
     def snapshot(self) -> dict:
-        out = {}
-        for dirpath, dirnames, filenames in os.walk(self.dir):
-            for n in [""] + dirnames + filenames:
-                p = os.path.join(dirpath, n) if n else dirpath
-                st = os.lstat(p)
-                data = b""
-                if stat.S_ISREG(st.st_mode):
-                    data = Path(p).read_bytes()
-                elif stat.S_ISLNK(st.st_mode):
-                    data = os.readlink(p).encode()
-                out[os.path.relpath(p, self.dir)] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns,
-                                                     st.st_nlink if not stat.S_ISDIR(st.st_mode) else 0,
-                                                     data)
-        return out
+        return tree_state(self.dir)
 
     def assert_untouched(self) -> None:
         after = self.snapshot()
-        assert after == self.before, f"host canary changed: {_diff(self.before, after)}"
-
-
-def _diff(a: dict, b: dict) -> str:
-    keys = sorted(set(a) | set(b))
-    return "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))[:2000]
+        assert after == self.before, f"host canary changed: {diff_states(self.before, after)}"
 
 
 @pytest.fixture

@@ -13,12 +13,14 @@ import ctypes
 import gzip
 import os
 import subprocess
-import sys
 import threading
 import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.cli import run_pybuild
+from tests.fixtures.trees import tree_state as _snapshot
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="RUN steps mount overlayfs and run runc: needs root")
 pytestmark = [needs_root]
@@ -39,15 +41,6 @@ def _renameat2():
         pytest.skip("no renameat2 in libc and no known syscall number for this machine")
     sc = libc.syscall
     return lambda a, b: sc(ctypes.c_long(_SYS_RENAMEAT2_X86_64), _AT_FDCWD, a, _AT_FDCWD, b, _RENAME_EXCHANGE)
-
-
-def _snapshot(d: Path) -> dict:
-    """What must not change in the canary: names, contents, modes and mtimes (the dir too)."""
-    out = {".": (os.lstat(d).st_mode, os.lstat(d).st_mtime_ns)}
-    for p in sorted(d.iterdir()):
-        st = os.lstat(p)
-        out[p.name] = (st.st_mode, st.st_mtime_ns, st.st_size, p.read_bytes())
-    return out
 
 
 def _blobs_containing(root: Path, needle: bytes) -> list[str]:
@@ -74,8 +67,7 @@ def _blobs_containing(root: Path, needle: bytes) -> list[str]:
 
 
 def _build(root: Path, ctx: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "build", "--progress", "plain",
-                           *args, str(ctx)], capture_output=True, text=True, timeout=timeout)
+    return run_pybuild("build", "--progress", "plain", *args, ctx, root=root, timeout=timeout)
 
 
 @pytest.mark.timeout(600)

@@ -14,8 +14,6 @@ import io
 import os
 import re
 import stat
-import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +22,10 @@ import pytest
 
 from registry import inroot
 from registry.tarsafe import ArchiveError, extract_tar
+from tests.fixtures.cli import REPO, run_pybuild
+from tests.fixtures.trees import tree_state as state
 
-REPO = Path(__file__).resolve().parents[2]
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds mount overlayfs (root only)")
 DEEP = 12 * "../"
 CANARY_MTIME = 1_234_567_890
@@ -57,26 +57,6 @@ def tar_of(entries: list[T]) -> bytes:
             else:
                 tf.addfile(ti)
     return buf.getvalue()
-
-
-def _xattrs(p: str) -> dict[str, bytes]:
-    try:
-        return {n: os.getxattr(p, n, follow_symlinks=False) for n in os.listxattr(p, follow_symlinks=False)}
-    except OSError:
-        return {}
-
-
-def state(top: Path) -> dict[str, tuple]:
-    """Everything under `top` (itself included): mode, owner, size, mtime, content or link, xattrs."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for p in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
-            st = os.lstat(p)
-            extra = os.readlink(p) if stat.S_ISLNK(st.st_mode) else (
-                Path(p).read_bytes() if stat.S_ISREG(st.st_mode) else b"")
-            out[os.path.relpath(p, top)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size,
-                                            st.st_mtime_ns, st.st_nlink, extra, _xattrs(p))
-    return out
 
 
 @pytest.fixture
@@ -260,9 +240,8 @@ def test_stdin_tar_context_leaves_the_canary(case: str, canary: Path, root: Path
     """`pybuild build - < ctx.tar`: the context itself is the hostile archive."""
     before = state(canary)
     entries = [T("Dockerfile", data=b"FROM scratch\nCOPY Dockerfile /\n")] + _cases(str(canary))[case]
-    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "build", "--progress", "plain", "-"],
-                       input=tar_of(entries), capture_output=True, cwd=REPO, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = run_pybuild("build", "--progress", "plain", "-", root=root, stdin=tar_of(entries), text=False,
+                    env={**os.environ, "PYTHONPATH": str(REPO)})
     text = (r.stdout + r.stderr).decode(errors="replace")
     assert "Traceback" not in text
     if case == "hardlink-via-link":

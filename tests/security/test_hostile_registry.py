@@ -29,10 +29,10 @@ from registry.credentials import lookup_credential
 from registry.digest import digest_bytes
 from registry.errors import AuthError, InvalidReferenceError, NotFoundError, RegistryError
 from registry.reference import parse_reference
+from tests.fixtures.cli import REPO, run_pybuild
 from tests.fixtures.loopback_http import LoopbackHTTPServer
 from tests.fixtures.registry import fast_client
 
-REPO = Path(__file__).resolve().parents[2]
 ENDLESS_LIMIT = 1 << 30          # an "endless" body stops here at the latest, so a failing test ends
 CHUNK = b"A" * (1 << 16)
 
@@ -346,9 +346,8 @@ def test_deeply_nested_manifest_is_a_clear_error(servers):
     with fast_client() as c, pytest.raises(RegistryError) as e:
         c.repository(server.host, "app").get_manifest("v1")
     assert "nested more than" in str(e.value) and f"{server.host}/app" in str(e.value)
-    out = subprocess.run([sys.executable, "-m", "builder", "--root", str(Path(os.environ.get("TMPDIR", "/tmp"))
-                                                                          / f"pybuild-hostile-{os.getpid()}"),
-                          "pull", f"{server.host}/app:v1"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = run_pybuild("pull", f"{server.host}/app:v1",
+                      root=Path(os.environ.get("TMPDIR", "/tmp")) / f"pybuild-hostile-{os.getpid()}")
     assert out.returncode != 0 and "Traceback" not in out.stderr and "nested more than" in out.stderr
 
 
@@ -406,8 +405,7 @@ def test_unicode_references_are_refused(ref):
 
 
 def test_unicode_tag_on_the_command_line_is_a_clear_error(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "builder", "--root", str(tmp_path / "root"), "pull",
-                          "127.0.0.1:1/app:tag\u0661"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    out = run_pybuild("pull", "127.0.0.1:1/app:tag\u0661", root=tmp_path / "root", timeout=60)
     assert out.returncode != 0 and "Traceback" not in out.stderr and "not ASCII" in out.stderr
 
 
@@ -436,9 +434,8 @@ def test_add_url_with_an_endless_body_is_cut_off_on_disk(servers, tmp_path):
     maxrss_mib = int(out.stderr.rsplit("MAXRSS", 1)[1].split()[0]) / 1024
     assert server.sent >= cap                     # it really got that far
     assert maxrss_mib < 200, maxrss_mib           # ... without holding it in memory
-    assert not (tmp_path / "root").exists() or "addurl" not in subprocess.run(
-        [sys.executable, "-m", "builder", "--root", str(tmp_path / "root"), "images"],
-        capture_output=True, text=True, cwd=REPO, timeout=60).stdout
+    assert not (tmp_path / "root").exists() or "addurl" not in run_pybuild(
+        "images", root=tmp_path / "root", timeout=60).stdout
 
 
 def test_add_url_still_downloads_a_normal_file(servers, tmp_path):
@@ -449,8 +446,7 @@ def test_add_url_still_downloads_a_normal_file(servers, tmp_path):
     digest = "sha256:" + hashlib.sha256(payload).hexdigest()
     (ctx / "Dockerfile").write_text(f"FROM scratch\nADD --checksum={digest} {server.url}/f.bin /f.bin\n")
     root = tmp_path / "root"
-    out = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "build", "-t", "addurl:ok",
-                          str(ctx)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    out = run_pybuild("build", "-t", "addurl:ok", ctx, root=root, timeout=300)
     assert out.returncode == 0, out.stderr
     if shutil.which("umoci") is None:
         return

@@ -24,6 +24,7 @@ import pytest
 from builder.runtime.sandbox import RunSpec, run
 from tests.fixtures.building import build_in
 from tests.security.test_confinement import attack, rootfs  # noqa: F401  (fixtures)
+from tests.fixtures.cli import start_pybuild
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (namespaces, mounts)"),
@@ -220,9 +221,8 @@ def test_repair_stops_the_network_of_a_killed_build(busybox_image: Path, tmp_pat
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo started-net-kill && sleep 60\n")
-    p = subprocess.Popen([sys.executable, "-m", "builder", "--root", str(busybox_image), "build",
-                          "--no-cache", "--progress", "plain", str(ctx)], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+    p = start_pybuild("build", "--no-cache", "--progress", "plain", ctx, root=busybox_image, text=False,
+                      start_new_session=True)
     cids = []
     try:
         buf = b""

@@ -14,11 +14,12 @@ import gzip
 import json
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.cli import run_pybuild
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds run runc: needs root")
 
@@ -69,10 +70,10 @@ def test_build_secrets_leave_no_trace(busybox_image: Path, tmp_path: Path, monke
         "RUN --mount=type=secret,id=tok cp /run/secrets/tok /tmp/x && rm /tmp/x && ls /run/secrets > /listing\n")
     meta = tmp_path / "meta.json"
     env = {**os.environ, "MY_API_TOKEN": env_secret}
-    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "build", "--progress", "plain",
-                        "--secret", f"id=tok,src={secret_file}", "--secret", "id=envtok,env=MY_API_TOKEN",
-                        "--metadata-file", str(meta), "--iidfile", str(tmp_path / "iid"), "-t", "sec:1", str(ctx)],
-                       capture_output=True, text=True, env=env, timeout=150)
+    r = run_pybuild("build", "--progress", "plain",
+                    "--secret", f"id=tok,src={secret_file}", "--secret", "id=envtok,env=MY_API_TOKEN",
+                    "--metadata-file", meta, "--iidfile", tmp_path / "iid", "-t", "sec:1", ctx,
+                    root=root, env=env, timeout=150)
     assert r.returncode == 0, r.stdout + r.stderr
     log = r.stdout + r.stderr
     needles = _forms(file_secret) + _forms(env_secret)
@@ -101,9 +102,9 @@ def test_build_secrets_leave_no_trace(busybox_image: Path, tmp_path: Path, monke
     assert "MY_API_TOKEN" not in text and "API_TOKEN=" not in text
     # A rebuild hits the cache although the secret's value changed: values are not in cache keys.
     secret_file.write_text("another-" + file_secret)
-    r2 = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "build", "--progress", "plain",
-                         "--secret", f"id=tok,src={secret_file}", "--secret", "id=envtok,env=MY_API_TOKEN",
-                         "-t", "sec:1", str(ctx)], capture_output=True, text=True, env=env, timeout=150)
+    r2 = run_pybuild("build", "--progress", "plain",
+                     "--secret", f"id=tok,src={secret_file}", "--secret", "id=envtok,env=MY_API_TOKEN",
+                     "-t", "sec:1", ctx, root=root, env=env, timeout=150)
     assert r2.returncode == 0, r2.stderr
     assert (r2.stdout + r2.stderr).count("CACHED") == 4, r2.stdout + r2.stderr
 
@@ -114,15 +115,13 @@ def test_missing_secret_error_names_the_id_only(busybox_image: Path, tmp_path: P
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM busybox\nRUN --mount=type=secret,id=tok,required=true cat /run/secrets/tok\n")
-    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(busybox_image), "build", "--progress", "plain",
-                        str(ctx)], capture_output=True, text=True, timeout=60)
+    r = run_pybuild("build", "--progress", "plain", ctx, root=busybox_image, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "secret tok is required" in r.stderr, r.stderr
 
 
 def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder", *args], input=stdin, capture_output=True, text=True,
-                          timeout=60)
+    return run_pybuild(*args, stdin=stdin, timeout=60)
 
 
 @pytest.mark.timeout(120)

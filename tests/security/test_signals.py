@@ -14,7 +14,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,12 +22,12 @@ import pytest
 
 from builder.engine.executor import MEMORY_TMP, _is_tmpfs, memory_dir_prefix
 from builder.storecheck import check_root, repair_root
+from tests.fixtures.cli import run_pybuild, start_pybuild
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="RUN steps need root (runc, overlay mounts)"),
               pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs Debian's busybox-static")]
 
-REPO = Path(__file__).resolve().parents[2]
 # Steps with secrets keep them on the /dev/shm tmpfs; without one they fall back to the disk.
 needs_shm = pytest.mark.skipif(not _is_tmpfs(MEMORY_TMP), reason="/dev/shm is not a tmpfs here")
 
@@ -36,9 +35,7 @@ needs_shm = pytest.mark.skipif(not _is_tmpfs(MEMORY_TMP), reason="/dev/shm is no
 def _start(root: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     # Its own session, so that only pybuild gets the signal, as when `timeout` or a CI runner
     # signals the job's main process.
-    return subprocess.Popen([sys.executable, "-m", "builder", "--root", str(root), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO,
-                            env=env or dict(os.environ), start_new_session=True)
+    return start_pybuild(*args, root=root, text=False, env=env or dict(os.environ), start_new_session=True)
 
 
 def _wait_for(p: subprocess.Popen, marker: bytes, timeout: float = 60) -> bytes:
@@ -147,8 +144,7 @@ def test_signal_ends_a_build_and_cleans_up(busybox_image: Path, tmp_path: Path, 
     assert check_root(root) == []
     # And the store still builds.
     (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo fine > /ok\n")
-    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "build", "-q", str(ctx)],
-                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    r = run_pybuild("build", "-q", ctx, root=root, timeout=60)
     assert r.returncode == 0, r.stderr
 
 
@@ -266,7 +262,6 @@ def test_signal_stops_a_foreground_run(busybox_image: Path, sig: int) -> None:
     assert _mounts_under(root) == []
     state = json.loads((root / "containers" / cid / "state.json").read_text())
     assert state["status"] == "exited"
-    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "rm", "fg"],
-                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    r = run_pybuild("rm", "fg", root=root, timeout=60)
     assert r.returncode == 0, r.stderr
     assert list((root / "snapshots").iterdir()) == []

@@ -27,9 +27,10 @@ import pytest
 from builder.runtime.snapshot import LayerDirs
 from builder.storecheck import check_root
 from registry.store import ROOT_SUBDIRS, Store
+from tests.fixtures.cli import run_pybuild
+from tests.fixtures.trees import tree_digest as _digest_tree
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (setuid files, device nodes, setpriv)")
-REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 
 
@@ -153,11 +154,7 @@ def test_existing_world_readable_store_is_tightened_on_open(open_parent: Path) -
 
 
 def _pybuild(root: Path, *args: str, check_rc: int | None = 0, timeout: float = 120) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), *args], capture_output=True,
-                       text=True, timeout=timeout, cwd=REPO)
-    if check_rc is not None:
-        assert r.returncode == check_rc, f"pybuild {' '.join(args)}: rc {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r
+    return run_pybuild(*args, root=root, check_rc=check_rc, timeout=timeout)
 
 
 def _modes_under(root: Path) -> dict[str, int]:
@@ -192,19 +189,6 @@ def test_build_and_run_make_only_private_directories(busybox_image: Path, tmp_pa
 
 
 # --- store verify --repair and containers -------------------------------------------------------
-
-def _digest_tree(top: Path) -> str:
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in sorted(os.walk(top)):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            h.update(f"{os.path.relpath(p, top)} {st.st_mode} {st.st_uid} {st.st_size} {st.st_mtime_ns}\n".encode())
-            if stat.S_ISREG(st.st_mode) and not os.path.ismount(p):   # not the netns of a running one
-                h.update(Path(p).read_bytes())
-    return h.hexdigest()
-
 
 def _container(root: Path, name: str) -> tuple[str, dict]:
     for cfg in (root / "containers").glob("*/config.json"):
