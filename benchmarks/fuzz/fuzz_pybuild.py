@@ -5,7 +5,7 @@
 TARGET is one of: dockerfile, reference, dockerignore, manifest, config, tar. Each target feeds
 the fuzzer's bytes to one reader; anything but the project's own error types is a crash that
 libFuzzer reports with the input that caused it (saved as crash-<sha1>). Not part of the test
-suite: tests/test_fuzz.py runs the same properties under hypothesis in CI.
+suite: tests/robustness/test_fuzz.py runs the same properties under hypothesis in CI.
 """
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Tests of dockerfile_grammar."""
