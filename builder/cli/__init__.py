@@ -28,7 +28,7 @@ COMMAND_MODULES = [
 
 # Which module registers each command, so that `pybuild pull ...` builds only that module's parsers
 # (building all of them is ~10 ms of every command's start-up). A name missing here just means all
-# modules are loaded; tests/test_cli_startup.py checks the table against what the modules register.
+# modules are loaded; tests/packaging/test_cli_startup.py checks the table against what the modules register.
 COMMAND_OWNERS = {
     "build": "builder.cli.build", "lint": "builder.cli.lint",
     **dict.fromkeys(["history", "images", "import", "load", "rmi", "save", "store", "tag"],

@@ -5,7 +5,7 @@ name of the layers below, a directory with ``trusted.overlay.opaque=y`` hides th
 Used to resolve users (/etc/passwd), to check what exists before WORKDIR/COPY, and to read
 files for ``COPY --from``.
 
-The view follows overlayfs's lookup rules exactly (tests/test_rootview.py compares it with a
+The view follows overlayfs's lookup rules exactly (tests/builder/test_rootview.py compares it with a
 real read-only overlay mount), one path component at a time: each directory of the view is the
 list of layer directories merged into it, topmost first, and a child is looked up only in
 those. So a host path is only ever built from components already seen (by lstat) to be real

@@ -204,7 +204,7 @@ def _tag_many(args):
 def test_concurrent_processes_never_lose_a_tag(root):
     store = Store(root)
     store.tag("base", make_image(store))
-    with multiprocessing.get_context("fork").Pool(4) as pool:
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
         done = sum(pool.map(_tag_many, [(str(root), w, 25) for w in range(4)]))
     names = {r.name for r in Store(root).list_images()}
     assert done == 100 and len(names) == 101

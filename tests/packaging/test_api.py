@@ -14,7 +14,7 @@ import pytest
 
 from tests.fixtures.building import write_context
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="builds need root (runc, overlay mounts)")
 
 
