@@ -32,7 +32,9 @@ ERROR_BODY_MAX = 64 << 10   # of an error answer (status >= 400) only this much:
 
 def _debug_log() -> Any:
     logging = sys.modules.get("logging")
-    if logging is None:
+    # Another thread may be importing it right now: a half-initialised module has no loggers yet.
+    if logging is None or getattr(getattr(logging, "__spec__", None), "_initializing", False) \
+            or not hasattr(logging, "getLogger"):
         return None
     log = logging.getLogger("pybuild.http")
     return log if log.isEnabledFor(logging.DEBUG) else None
