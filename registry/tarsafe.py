@@ -90,6 +90,12 @@ class ExtractStats:
     skipped_devices: list[str] = field(default_factory=list)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    mv = memoryview(data)
+    while mv:
+        mv = mv[os.write(fd, mv):]
+
+
 def apply_layer(blob_stream: BinaryIO, target_dir: str | os.PathLike, media_type: str | None = None, *,
                 whiteouts: str = "apply", same_owner: bool | None = None,
                 max_bytes: int | None = None) -> ExtractStats:
@@ -436,13 +442,7 @@ class _Extractor:
         # descriptor pins it, and /proc/self/fd/N reaches that very inode.
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
         try:
-            path = inroot.fd_path(fd)
-            if self.same_owner:
-                os.chown(path, uid, gid)
-            os.chmod(path, mode)
-            self._xattrs(m, path)
-            t = int(m.mtime)
-            os.utime(path, (t, t))
+            self._set_meta(m, inroot.fd_path(fd), uid, gid, mode)
         finally:
             os.close(fd)
 
@@ -472,9 +472,7 @@ class _Extractor:
                         if not chunk:
                             raise ArchiveError(f"entry {m.name!r} is truncated (sparse data at {offset})")
                         left -= len(chunk)
-                        mv = memoryview(chunk)
-                        while mv:
-                            mv = mv[os.write(fd, mv):]
+                        _write_all(fd, chunk)
                 os.ftruncate(fd, m.size)
             else:
                 left = m.size
@@ -488,21 +486,24 @@ class _Extractor:
                         os.lseek(fd, len(chunk), os.SEEK_CUR)
                         hole = True
                     else:
-                        mv = memoryview(chunk)
-                        while mv:
-                            mv = mv[os.write(fd, mv):]
+                        _write_all(fd, chunk)
                 if hole:
                     os.ftruncate(fd, m.size)
-            # Owner before mode: chown clears setuid/setgid bits.
-            if self.same_owner:
-                os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
-            self._xattrs(m, fd)
-            t = int(m.mtime)
-            os.utime(fd, (t, t))
+            self._set_meta(m, fd, uid, gid, mode)
         finally:
             os.close(fd)
         self.stats.bytes += m.size
+
+    def _set_meta(self, m: tarfile.TarInfo, target: int | str, uid: int, gid: int, mode: int) -> None:
+        """Owner, mode, xattrs and mtime of the entry on `target`: a descriptor, or the /proc
+        path of an O_PATH one (which takes no fchown/fchmod)."""
+        # Owner before mode: chown clears setuid/setgid bits.
+        if self.same_owner:
+            os.chown(target, uid, gid)
+        os.chmod(target, mode)
+        self._xattrs(m, target)
+        t = int(m.mtime)
+        os.utime(target, (t, t))
 
     def _xattrs(self, m: tarfile.TarInfo, target: int | str) -> None:
         """Set the entry's xattrs on `target`: a descriptor, or the /proc path of one."""
