@@ -31,7 +31,7 @@ import stat
 import tarfile
 from collections import deque
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Callable, Iterator
 
 from registry import inroot
 from registry.compression import algorithm_for_media_type, open_decompressed
@@ -88,6 +88,18 @@ class ExtractStats:
     bytes: int = 0
     whiteouts: int = 0
     skipped_devices: list[str] = field(default_factory=list)
+
+
+def _member_chunks(src: BinaryIO, size: int, m: tarfile.TarInfo, short: Callable[[int], str]) -> Iterator[bytes]:
+    """`size` bytes of a member's data in chunks; a truncated archive raises ArchiveError with
+    `short(bytes left)` saying where."""
+    left = size
+    while left > 0:
+        chunk = src.read(min(left, _CHUNK))
+        if not chunk:
+            raise ArchiveError(f"entry {m.name!r} is truncated ({short(left)})")
+        left -= len(chunk)
+        yield chunk
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -466,22 +478,12 @@ class _Extractor:
                 for offset, size in m.sparse:
                     raw.seek(offset)
                     os.lseek(fd, offset, os.SEEK_SET)
-                    left = size
-                    while left > 0:
-                        chunk = raw.read(min(left, _CHUNK))
-                        if not chunk:
-                            raise ArchiveError(f"entry {m.name!r} is truncated (sparse data at {offset})")
-                        left -= len(chunk)
+                    for chunk in _member_chunks(raw, size, m, lambda _left: f"sparse data at {offset}"):
                         _write_all(fd, chunk)
                 os.ftruncate(fd, m.size)
             else:
-                left = m.size
                 hole = False
-                while left > 0:
-                    chunk = src.read(min(left, _CHUNK))
-                    if not chunk:
-                        raise ArchiveError(f"entry {m.name!r} is truncated ({m.size - left} of {m.size} bytes)")
-                    left -= len(chunk)
+                for chunk in _member_chunks(src, m.size, m, lambda left: f"{m.size - left} of {m.size} bytes"):
                     if len(chunk) >= 4096 and chunk == _ZEROS[:len(chunk)]:
                         os.lseek(fd, len(chunk), os.SEEK_CUR)
                         hole = True
