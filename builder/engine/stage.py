@@ -33,7 +33,7 @@ from . import config as cfgmod
 from ..cache.records import BuildCache, CacheRecord, step_key
 from ..cache.keys import layers_content_id, records_digest
 from ..context.dockerignore import go_clean
-from ..context.globbing import Walker, compile_segments, has_glob
+from ..context.globbing import Walker, compile_segments, has_glob, parents_pivot
 from .copying import CopyOptions, CopyWriter, Source, is_archive, resolve_dest
 from ..errors import BuildError
 from .executor import Executor, RunMount, StageState
@@ -758,15 +758,9 @@ def _view_glob(view, pattern: str, parents: bool = False) -> list[tuple[str, str
     (builder/context/globbing.py); a relative source is relative to the root; with --parents a
     `/./` marks where the kept parents start (`./x/./z/` keeps `z`). Raises ValueError for a
     malformed pattern."""
-    pivot = ""
-    if parents:
-        body = pattern.lstrip("/")
-        while body.startswith("./"):
-            body = body[2:]
-        head, sep, _ = body.partition("/./")
-        if sep:
-            pivot = go_clean(head)
-            pivot = "" if pivot == "." else pivot
+    head = parents_pivot(pattern) if parents else None
+    pivot = go_clean(head) if head is not None else ""
+    pivot = "" if pivot == "." else pivot
     rel = go_clean(pattern.lstrip("/") or ".")
     rel = "" if rel == "." else rel
     if not has_glob(rel):
