@@ -99,20 +99,12 @@ def _line(path: str, kind: str, mode: int, uid: int, gid: int, content: str) -> 
     return f"{path}\0{kind}\0{mode:o}\0{uid}:{gid}\0{content}\n"
 
 
+_KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo",
+          stat.S_IFCHR: "char", stat.S_IFBLK: "block"}
+
+
 def _kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISCHR(mode):
-        return "char"
-    if stat.S_ISBLK(mode):
-        return "block"
-    return "socket"
+    return _KINDS.get(stat.S_IFMT(mode), "socket")
 
 
 class BuildContext:
