@@ -23,30 +23,18 @@ Names: ``build`` and ``explain`` (keyword arguments, see builder.api), ``BuildOp
 directories under a store root), the subpackages ``cache`` and ``containers`` (each with its own
 small API), and ``__version__``. Everything else is internal: import it from its module.
 """
+from dockerfile_grammar._lazy import lazy_facade
+
 _LAZY = {
-    "build": "builder.api", "explain": "builder.api",
-    "BuildOptions": "builder.engine.build", "BuildResult": "builder.engine.build",
-    "BuildStep": "builder.engine.build",
-    "BuildError": "builder.errors", "DockerignoreError": "builder.errors",
-    "Root": "builder.root", "__version__": "builder._version",
+    "build": "api", "explain": "api",
+    "BuildOptions": "engine.build", "BuildResult": "engine.build",
+    "BuildStep": "engine.build",
+    "BuildError": "errors", "DockerignoreError": "errors",
+    "Root": "root", "__version__": "_version",
 }
-_SUBPACKAGES = ("cache", "containers")
 
 
-def __getattr__(name: str):
-    import importlib
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"{__name__}.{name}")
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'builder' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))
+__getattr__, __dir__ = lazy_facade(__name__, _LAZY, ("cache", "containers"))
 
 
 __all__ = ["build", "explain", "BuildOptions", "BuildResult", "BuildStep", "BuildError", "DockerignoreError",

@@ -20,6 +20,18 @@ import os
 from pathlib import Path
 
 
+class _Dir:
+    """A directory under the root, read as an attribute: ``Root(p).tmp`` is ``p/tmp``."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, *parts: str):
+        self.parts = parts
+
+    def __get__(self, root: "Root | None", owner: type | None = None):
+        return self if root is None else root.path.joinpath(*self.parts)
+
+
 class Root:
     """The directories under one store root (``Root(path).tmp`` is ``path/tmp``); nothing is
     created here."""
@@ -38,43 +50,13 @@ class Root:
     def __hash__(self) -> int:
         return hash(self.path)
 
-    @property
-    def images(self) -> Path:
-        return self.path / "images"
-
-    @property
-    def blobs(self) -> Path:
-        """``images/blobs``: one directory per digest algorithm."""
-        return self.images / "blobs"
-
-    @property
-    def layers(self) -> Path:
-        return self.path / "layers"
-
-    @property
-    def links(self) -> Path:
-        return self.path / "l"
-
-    @property
-    def snapshots(self) -> Path:
-        return self.path / "snapshots"
-
-    @property
-    def tmp(self) -> Path:
-        return self.path / "tmp"
-
-    @property
-    def containers(self) -> Path:
-        return self.path / "containers"
-
-    @property
-    def cache(self) -> Path:
-        return self.path / "cache"
-
-    @property
-    def cachemounts(self) -> Path:
-        return self.path / "cachemounts"
-
-    @property
-    def blob_sources(self) -> Path:
-        return self.path / "blob-sources"
+    images = _Dir("images")
+    blobs = _Dir("images", "blobs")          # one directory per digest algorithm
+    layers = _Dir("layers")
+    links = _Dir("l")
+    snapshots = _Dir("snapshots")
+    tmp = _Dir("tmp")
+    containers = _Dir("containers")
+    cache = _Dir("cache")
+    cachemounts = _Dir("cachemounts")
+    blob_sources = _Dir("blob-sources")

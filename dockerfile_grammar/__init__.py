@@ -25,6 +25,7 @@ Public API (the names in ``__all__``; loaded on first use, PEP 562, to keep ``im
 """
 from __future__ import annotations
 
+from ._lazy import lazy_facade
 from .errors import DockerfileError
 
 _INSTRUCTION_TYPES = (
@@ -45,20 +46,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    import importlib
-    if name == "instructions":
-        return importlib.import_module(".instructions", __name__)
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dockerfile_grammar' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | {"instructions"})
+__getattr__, __dir__ = lazy_facade(__name__, _LAZY, ("instructions",))
 
 
 __all__ = [

@@ -30,6 +30,8 @@ standard-library dependencies, which every pybuild command would otherwise pay f
 """
 from __future__ import annotations
 
+from dockerfile_grammar._lazy import lazy_facade
+
 from .errors import AuthError, DigestMismatchError, InvalidReferenceError, NotFoundError, RegistryError
 
 _LAZY = {
@@ -42,18 +44,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'registry' has no attribute {name!r}")
-    import importlib
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_facade(__name__, _LAZY)
 
 
 __all__ = ["AuthError", "DigestMismatchError", "InvalidReferenceError", "NotFoundError", "RegistryError",

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable
 from urllib.parse import urljoin, urlsplit
 
 from .errors import AuthError
+from .http import origin
 from .tlsconfig import ca_bundle_for
 
 if TYPE_CHECKING:
@@ -362,10 +363,10 @@ class Authenticator:
         import requests
         cred = self.credential
         url = bearer.realm
-        home = _origin(url)
+        home = origin(url)
         method = "POST" if refresh else "GET"
         for _ in range(TOKEN_REDIRECTS + 1):
-            at_home = _origin(url) == home
+            at_home = origin(url) == home
             kw: dict = {"timeout": TOKEN_TIMEOUT, "verify": verify if at_home else True,
                         "allow_redirects": False, "stream": True}
             if method == "POST":
@@ -393,7 +394,7 @@ class Authenticator:
             if resp.status_code in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
                 resp.close()
                 url = urljoin(url, resp.headers["Location"])
-                if method == "POST" and _origin(url) != home:
+                if method == "POST" and origin(url) != home:
                     raise AuthError(f"token server {_safe_url(bearer.realm)} for registry {self.host} "
                                     f"redirects to {_safe_url(url)}, another host; pybuild does not send "
                                     f"the identity token there")
@@ -461,16 +462,6 @@ class Authenticator:
                              f"expired: run `pybuild login {self.host}` again")
         return AuthError(f"{where} rejected the credentials of user {self.credential.username!r} "
                          f"(HTTP {status}); check them and run `pybuild login {self.host}`")
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    u = urlsplit(url)
-    scheme = u.scheme.lower()
-    try:
-        port = u.port
-    except ValueError:
-        port = None
-    return scheme, (u.hostname or "").lower(), port or (443 if scheme == "https" else 80)
 
 
 class _NoAuth:

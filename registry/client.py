@@ -20,7 +20,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from . import mediatypes
 from .http import (ERROR_BODY_MAX, ConnectError, HTTPError, NameResolutionError, Response, Session, TLSConfig,
-                   TLSError)
+                   TLSError, origin)
 from .digest import digest_bytes, parse_digest
 from .errors import AuthError, DigestMismatchError, LimitError, NotFoundError, RegistryError
 from .reference import DEFAULT_REGISTRY, DOCKER_HUB_API_HOST, LEGACY_DEFAULT_REGISTRY
@@ -122,17 +122,6 @@ def is_loopback(host: str) -> bool:
 def _is_ipv4(name: str) -> bool:
     parts = name.split(".")
     return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)
-
-
-def origin(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of URL: credentials are scoped to exactly this."""
-    u = urlsplit(url)
-    scheme = u.scheme.lower()
-    try:
-        port = u.port
-    except ValueError:
-        port = None
-    return scheme, (u.hostname or "").lower(), port or (443 if scheme == "https" else 80)
 
 
 def _safe(url: str) -> str:

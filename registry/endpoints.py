@@ -83,16 +83,20 @@ def prefetched(chunks: Iterator[bytes], depth: int = PREFETCH_DEPTH) -> Iterator
     stop = threading.Event()
     end = object()
 
+    def put(item: Any) -> bool:
+        """Hand `item` to the consumer; False once it has stopped."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for chunk in chunks:
-                while not stop.is_set():
-                    try:
-                        q.put(chunk, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(chunk):
                     break
             item: Any = end
         except BaseException as exc:   # handed to the consumer, which re-raises it
@@ -101,12 +105,7 @@ def prefetched(chunks: Iterator[bytes], depth: int = PREFETCH_DEPTH) -> Iterator
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        put(item)
 
     t = threading.Thread(target=produce, name="pybuild-prefetch", daemon=True)
     t.start()

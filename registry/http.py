@@ -40,6 +40,17 @@ def _debug_log() -> Any:
     return log if log.isEnabledFor(logging.DEBUG) else None
 
 
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of URL: credentials are scoped to exactly this."""
+    u = urlsplit(url)
+    scheme = u.scheme.lower()
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    return scheme, (u.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+
 class HTTPError(RegistryError):
     """A request could not be completed at the transport level (the client retries these and
     reports them in its own words; the base class keeps any that escape printable by the CLI)."""

@@ -153,16 +153,28 @@ class Descriptor:
 
 
 # ---------------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
 class _Document:
     """What an image manifest and an index share: the fields around their own payload
-    (schemaVersion, mediaType, artifactType, subject, annotations, unknown fields) and how they
-    are read and written.
+    (schemaVersion, artifactType, subject, annotations, unknown fields; keyword-only) and how
+    they are read and written.
 
-    Not a dataclass itself: each subclass declares these fields as dataclass fields (media_type,
-    schema_version, annotations, subject, artifact_type, extra) after its own, and defines
-    `_KNOWN` (the JSON keys it reads), `_KIND` (its name in messages) and `_payload()` (its own
-    fields in OCI order, which stand after artifactType).
+    Each subclass declares its own fields and `media_type` (whose default differs), and defines
+    `_KNOWN` (the JSON keys it reads), `_KIND` (its name in messages), `_DOCKER_TYPE` (the
+    Docker media type of its kind) and `_payload()` (its own fields in OCI order, which stand
+    after artifactType).
     """
+
+    schema_version: int = 2
+    annotations: dict[str, str] = field(default_factory=dict)
+    subject: Descriptor | None = None
+    artifact_type: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_docker(self) -> bool:
+        """True for a Docker schema2 manifest or manifest list."""
+        return self.media_type == self._DOCKER_TYPE
 
     @staticmethod
     def _common_fields(d: dict, where: str, media_type: str, known: Iterable[str]) -> dict:
@@ -209,19 +221,11 @@ class Manifest(_Document):
     config: Descriptor
     layers: list[Descriptor] = field(default_factory=list)
     media_type: str = mt.OCI_MANIFEST
-    schema_version: int = 2
-    annotations: dict[str, str] = field(default_factory=dict)
-    subject: Descriptor | None = None
-    artifact_type: str | None = None
-    extra: dict = field(default_factory=dict)
 
     _KNOWN = ("schemaVersion", "mediaType", "artifactType", "config", "layers", "subject", "annotations")
     _KIND = "an image manifest"
 
-    @property
-    def is_docker(self) -> bool:
-        """True for a Docker schema2 manifest."""
-        return self.media_type == mt.DOCKER_MANIFEST
+    _DOCKER_TYPE = mt.DOCKER_MANIFEST
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "manifest", media_type: str = mt.OCI_MANIFEST) -> "Manifest":
@@ -250,19 +254,11 @@ class Index(_Document):
 
     manifests: list[Descriptor] = field(default_factory=list)
     media_type: str = mt.OCI_INDEX
-    schema_version: int = 2
-    annotations: dict[str, str] = field(default_factory=dict)
-    subject: Descriptor | None = None
-    artifact_type: str | None = None
-    extra: dict = field(default_factory=dict)
 
     _KNOWN = ("schemaVersion", "mediaType", "artifactType", "manifests", "subject", "annotations")
     _KIND = "an index"
 
-    @property
-    def is_docker(self) -> bool:
-        """True for a Docker manifest list."""
-        return self.media_type == mt.DOCKER_MANIFEST_LIST
+    _DOCKER_TYPE = mt.DOCKER_MANIFEST_LIST
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "index", media_type: str = mt.OCI_INDEX) -> "Index":

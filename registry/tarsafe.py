@@ -31,7 +31,7 @@ import stat
 import tarfile
 from collections import deque
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Callable, Iterator
 
 from registry import inroot
 from registry.compression import algorithm_for_media_type, open_decompressed
@@ -88,6 +88,24 @@ class ExtractStats:
     bytes: int = 0
     whiteouts: int = 0
     skipped_devices: list[str] = field(default_factory=list)
+
+
+def _member_chunks(src: BinaryIO, size: int, m: tarfile.TarInfo, short: Callable[[int], str]) -> Iterator[bytes]:
+    """`size` bytes of a member's data in chunks; a truncated archive raises ArchiveError with
+    `short(bytes left)` saying where."""
+    left = size
+    while left > 0:
+        chunk = src.read(min(left, _CHUNK))
+        if not chunk:
+            raise ArchiveError(f"entry {m.name!r} is truncated ({short(left)})")
+        left -= len(chunk)
+        yield chunk
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    mv = memoryview(data)
+    while mv:
+        mv = mv[os.write(fd, mv):]
 
 
 def apply_layer(blob_stream: BinaryIO, target_dir: str | os.PathLike, media_type: str | None = None, *,
@@ -436,13 +454,7 @@ class _Extractor:
         # descriptor pins it, and /proc/self/fd/N reaches that very inode.
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
         try:
-            path = inroot.fd_path(fd)
-            if self.same_owner:
-                os.chown(path, uid, gid)
-            os.chmod(path, mode)
-            self._xattrs(m, path)
-            t = int(m.mtime)
-            os.utime(path, (t, t))
+            self._set_meta(m, inroot.fd_path(fd), uid, gid, mode)
         finally:
             os.close(fd)
 
@@ -466,43 +478,34 @@ class _Extractor:
                 for offset, size in m.sparse:
                     raw.seek(offset)
                     os.lseek(fd, offset, os.SEEK_SET)
-                    left = size
-                    while left > 0:
-                        chunk = raw.read(min(left, _CHUNK))
-                        if not chunk:
-                            raise ArchiveError(f"entry {m.name!r} is truncated (sparse data at {offset})")
-                        left -= len(chunk)
-                        mv = memoryview(chunk)
-                        while mv:
-                            mv = mv[os.write(fd, mv):]
+                    for chunk in _member_chunks(raw, size, m, lambda _left: f"sparse data at {offset}"):
+                        _write_all(fd, chunk)
                 os.ftruncate(fd, m.size)
             else:
-                left = m.size
                 hole = False
-                while left > 0:
-                    chunk = src.read(min(left, _CHUNK))
-                    if not chunk:
-                        raise ArchiveError(f"entry {m.name!r} is truncated ({m.size - left} of {m.size} bytes)")
-                    left -= len(chunk)
+                for chunk in _member_chunks(src, m.size, m, lambda left: f"{m.size - left} of {m.size} bytes"):
                     if len(chunk) >= 4096 and chunk == _ZEROS[:len(chunk)]:
                         os.lseek(fd, len(chunk), os.SEEK_CUR)
                         hole = True
                     else:
-                        mv = memoryview(chunk)
-                        while mv:
-                            mv = mv[os.write(fd, mv):]
+                        _write_all(fd, chunk)
                 if hole:
                     os.ftruncate(fd, m.size)
-            # Owner before mode: chown clears setuid/setgid bits.
-            if self.same_owner:
-                os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
-            self._xattrs(m, fd)
-            t = int(m.mtime)
-            os.utime(fd, (t, t))
+            self._set_meta(m, fd, uid, gid, mode)
         finally:
             os.close(fd)
         self.stats.bytes += m.size
+
+    def _set_meta(self, m: tarfile.TarInfo, target: int | str, uid: int, gid: int, mode: int) -> None:
+        """Owner, mode, xattrs and mtime of the entry on `target`: a descriptor, or the /proc
+        path of an O_PATH one (which takes no fchown/fchmod)."""
+        # Owner before mode: chown clears setuid/setgid bits.
+        if self.same_owner:
+            os.chown(target, uid, gid)
+        os.chmod(target, mode)
+        self._xattrs(m, target)
+        t = int(m.mtime)
+        os.utime(target, (t, t))
 
     def _xattrs(self, m: tarfile.TarInfo, target: int | str) -> None:
         """Set the entry's xattrs on `target`: a descriptor, or the /proc path of one."""

@@ -58,6 +58,14 @@ _NO_DEV = bytes(16)
 _TAIL = bytes(167)  # prefix (155) + pad (12)
 
 
+def _pax_number(pax: list[tuple[str, bytes]], key: str, value: int, limit: int) -> int:
+    """`value` when its ustar field holds it; else a PAX record for it and 0 in the field."""
+    if 0 <= value < limit:
+        return value
+    pax.append((key, str(value).encode()))
+    return 0
+
+
 def encode_header(
     name: bytes,
     typeflag: bytes,
@@ -82,18 +90,10 @@ def encode_header(
         pax.append(("path", name))
     if not _fits_name(linkname, 100):
         pax.append(("linkpath", linkname))
-    if not 0 <= uid < _MAX_OCT8:
-        pax.append(("uid", str(uid).encode()))
-        uid = 0
-    if not 0 <= gid < _MAX_OCT8:
-        pax.append(("gid", str(gid).encode()))
-        gid = 0
-    if not 0 <= size < _MAX_OCT12:
-        pax.append(("size", str(size).encode()))
-        size = 0
-    if not 0 <= mtime < _MAX_OCT12:
-        pax.append(("mtime", str(mtime).encode()))
-        mtime = 0
+    uid = _pax_number(pax, "uid", uid, _MAX_OCT8)
+    gid = _pax_number(pax, "gid", gid, _MAX_OCT8)
+    size = _pax_number(pax, "size", size, _MAX_OCT12)
+    mtime = _pax_number(pax, "mtime", mtime, _MAX_OCT12)
     for key, value in (xattrs or {}).items():
         pax.append(("SCHILY.xattr." + key, value))
     # Records sorted by key for reproducibility (Go sorts them too).

@@ -18,56 +18,51 @@ def _registry_options(p: argparse.ArgumentParser) -> None:
 
 def register(add_command) -> None:
     """Add the registry commands."""
-    p = add_command("pull", "pull an image from a registry into the local store")
+    parsers = []
+
+    def command(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = add_command(name, help)
+        p.set_defaults(func=func)
+        parsers.append(p)
+        return p
+
+    p = command("pull", "pull an image from a registry into the local store", _pull)
     p.add_argument("ref", metavar="REF", help="image reference, e.g. busybox:latest or localhost:5000/app@sha256:...")
     p.add_argument("--platform", help="OS/ARCH[/VARIANT] to pick from a multi-platform image (default: this host)")
     p.add_argument("--all-platforms", action="store_true", help="pull the index and every platform's image")
-    _registry_options(p)
-    p.set_defaults(func=_pull)
 
-    p = add_command("push", "push an image from the local store to a registry")
+    p = command("push", "push an image from the local store to a registry", _push)
     p.add_argument("name", metavar="NAME[:TAG]", help="image in the local store")
     p.add_argument("dest", metavar="DEST_REF", nargs="?", help="where to push (default: NAME itself)")
-    _registry_options(p)
-    p.set_defaults(func=_push)
 
-    p = add_command("copy", "copy an image from one registry or repository to another, streamed")
+    p = command("copy", "copy an image from one registry or repository to another, streamed", _copy)
     p.add_argument("src", metavar="SRC_REF")
     p.add_argument("dest", metavar="DST_REF")
     p.add_argument("--all-platforms", action="store_true", help="copy the index and every platform's image")
     p.add_argument("--platform", help="OS/ARCH[/VARIANT] to copy from a multi-platform image (default: this host)")
-    _registry_options(p)
-    p.set_defaults(func=_copy)
 
-    p = add_command("tags", "list the tags of a repository")
+    p = command("tags", "list the tags of a repository", _tags)
     p.add_argument("repo", metavar="REPO", help="repository, e.g. localhost:5000/app or library/busybox")
     p.add_argument("-n", "--page-size", type=int, help="tags per request (the registry may cap it)")
-    _registry_options(p)
-    p.set_defaults(func=_tags)
 
-    p = add_command("manifest", "print an image's manifest (or index) exactly as the registry serves it")
+    p = command("manifest", "print an image's manifest (or index) exactly as the registry serves it", _manifest)
     p.add_argument("ref", metavar="REF")
-    _registry_options(p)
-    p.set_defaults(func=_manifest)
 
-    p = add_command("inspect", "describe an image in the local store, or else in its registry")
+    p = command("inspect", "describe an image in the local store, or else in its registry", _inspect)
     p.add_argument("ref", metavar="REF")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
     p.add_argument("--platform", help="OS/ARCH[/VARIANT] to describe from a multi-platform image")
     p.add_argument("--remote", action="store_true", help="ask the registry even if the store has the image")
-    _registry_options(p)
-    p.set_defaults(func=_inspect)
 
-    p = add_command("delete", "delete a manifest (by tag or digest) from a registry")
+    p = command("delete", "delete a manifest (by tag or digest) from a registry", _delete)
     p.add_argument("ref", metavar="REF")
-    _registry_options(p)
-    p.set_defaults(func=_delete)
 
-    p = add_command("catalog", "list the repositories of a registry")
+    p = command("catalog", "list the repositories of a registry", _catalog)
     p.add_argument("registry", metavar="REGISTRY", help="registry host, e.g. localhost:5000")
     p.add_argument("-n", "--page-size", type=int, help="repositories per request")
-    _registry_options(p)
-    p.set_defaults(func=_catalog)
+
+    for p in parsers:           # last, as in every command's help
+        _registry_options(p)
 
 
 def _client(args: argparse.Namespace) -> Any:

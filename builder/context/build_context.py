@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence
 
 from builder.context.dockerignore import DockerignoreError, Matcher, MatchState, go_clean, read_ignore_lines
-from builder.context.globbing import Walker, compile_segments
+from builder.context.globbing import Walker, compile_segments, parents_pivot
 from builder.context.globbing import has_glob as has_glob
 from builder.errors import BuildError
 from builder.context.hashcache import HashCache
@@ -99,20 +99,12 @@ def _line(path: str, kind: str, mode: int, uid: int, gid: int, content: str) -> 
     return f"{path}\0{kind}\0{mode:o}\0{uid}:{gid}\0{content}\n"
 
 
+_KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo",
+          stat.S_IFCHR: "char", stat.S_IFBLK: "block"}
+
+
 def _kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISCHR(mode):
-        return "char"
-    if stat.S_ISBLK(mode):
-        return "block"
-    return "socket"
+    return _KINDS.get(stat.S_IFMT(mode), "socket")
 
 
 class BuildContext:
@@ -373,6 +365,20 @@ class BuildContext:
         parent, _, name = real.rpartition("/")
         return self.open_dir(parent), name
 
+    def _stat_in_parent(self, real: str, host: str) -> tuple[int, str, os.stat_result]:
+        """(descriptor of the parent directory, name, lstat) of context-relative `real` (not
+        ""), for acting on it with ``dir_fd=``; the caller closes the descriptor."""
+        try:
+            pfd, name = self._open_parent(real)
+        except OSError as e:
+            raise self._changed(host, e) from None
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError as e:
+            os.close(pfd)
+            raise self._changed(host, e) from None
+        return pfd, name, st
+
     def _changed(self, host: str, exc: OSError) -> BuildError:
         if isinstance(exc, FileNotFoundError):
             return BuildError(f"{host}: disappeared from the build context while it was being read")
@@ -390,14 +396,8 @@ class BuildContext:
         the kept parents start: the entries' `rel` is then relative to that point
         (`./x/./y/*.txt` gives `y/a.txt`).
         """
-        pivot = ""
-        if parents:
-            body = src.lstrip("/")
-            while body.startswith("./"):
-                body = body[2:]
-            head, sep, _ = body.partition("/./")
-            if sep:
-                pivot = self._clean_source(head)
+        head = parents_pivot(src) if parents else None
+        pivot = self._clean_source(head) if head is not None else ""
         entries = self._resolve(src, excludes, parents)
         if not pivot:
             return entries
@@ -555,15 +555,8 @@ class BuildContext:
             yield "", entry.host, st, None, ""
             top = self.open_dir("")
         else:
+            pfd, name, st = self._stat_in_parent(real, entry.host)
             try:
-                pfd, name = self._open_parent(real)
-            except OSError as e:
-                raise self._changed(entry.host, e) from None
-            try:
-                try:
-                    st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-                except FileNotFoundError:
-                    raise self._changed(entry.host, FileNotFoundError()) from None
                 yield "", entry.host, st, pfd, name
                 if not stat.S_ISDIR(st.st_mode):
                     return
@@ -614,15 +607,8 @@ class BuildContext:
         real = self.real_rel(entry)
         if not real:
             return None
+        pfd, name, st = self._stat_in_parent(real, entry.host)
         try:
-            pfd, name = self._open_parent(real)
-        except OSError as e:
-            raise self._changed(entry.host, e) from None
-        try:
-            try:
-                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-            except FileNotFoundError as e:
-                raise self._changed(entry.host, e) from None
             if not stat.S_ISREG(st.st_mode):
                 return None
             try:

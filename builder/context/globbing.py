@@ -27,6 +27,16 @@ ANY_DEPTH = None          # the compiled form of a `**` segment
 S = TypeVar("S")
 
 
+def parents_pivot(pattern: str) -> str | None:
+    """For COPY --parents: what stands before the source's `/./` (where the kept parents
+    start), not yet cleaned; None when there is no `/./`."""
+    body = pattern.lstrip("/")
+    while body.startswith("./"):
+        body = body[2:]
+    head, sep, _ = body.partition("/./")
+    return head if sep else None
+
+
 def has_glob(pattern: str) -> bool:
     """Whether a source contains glob syntax (an escape counts: it is resolved by matching)."""
     return any(c in GLOB_CHARS for c in pattern)

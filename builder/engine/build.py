@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -24,7 +24,7 @@ from registry.platform import Platform, host_platform, parse_platform, platform_
 from registry.store import Store, open_store
 
 from . import config as cfgmod
-from ..cache.records import step_key, sync_gc_root
+from ..cache.records import sync_gc_root
 from ..errors import BuildError
 from .executor import Executor, StageState
 from ..runtime.layers import LayerMaker, LayerRef
@@ -33,7 +33,7 @@ from .outputs import (OutputSpec, export_docker, export_oci, export_rootfs, pars
 from .plan import make_plan
 from ..progress import Progress
 from ..root import Root
-from .stage import Services, StageBuilder
+from .stage import BuildStep, Services, StageBuilder
 
 
 @dataclass
@@ -68,31 +68,6 @@ class BuildOptions:
     isolation: str = "oci"
     root: str | None = None
     source_date_epoch: int | None = None
-
-
-@dataclass(frozen=True)
-class BuildStep:
-    """What one step of a build did: its stage, the instruction line, whether the cache answered,
-    how long it took (seconds) and the layer it made (digest and compressed size; "" and 0 when
-    the step only changed the config)."""
-
-    stage: str
-    instruction: str
-    cached: bool
-    duration: float
-    layer_digest: str = ""
-    layer_size: int = 0
-
-    def to_dict(self) -> dict:
-        """The form of ``pybuild.steps`` in --metadata-file."""
-        return {"stage": self.stage, "instruction": self.instruction, "cached": self.cached,
-                "duration": self.duration, "layer_digest": self.layer_digest, "layer_size": self.layer_size}
-
-    def __getitem__(self, key: str):
-        """``step["cached"]``: the dict form steps had before they were typed."""
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
 
 
 @dataclass
@@ -224,9 +199,7 @@ class _ImageLoader:
             raise BuildError(f"base image {ref}: its config lists {len(diff_ids)} layers but its manifest "
                              f"{len(manifest.layers)}; the image is corrupt (pull it again)")
         layers = [LayerRef(d, l) for d, l in zip(diff_ids, manifest.layers)]
-        state = StageState("", cfgmod.from_base(cfg), layers,
-                           step_key("", str(self.platform), "FROM", image=desc.digest), base_ref=ref)
-        return state
+        return StageState("", cfgmod.from_base(cfg), layers, base_ref=ref)
 
     def _pull(self, ref: str) -> None:
         from registry.client import ClientOptions, RegistryClient
@@ -332,8 +305,7 @@ def build(opts: BuildOptions) -> BuildResult:
         step.done()
         progress.message(f"writing image {image_id} done" + (f", naming to {', '.join(opts.tags)}" if opts.tags else "")
                          + f" ({time.monotonic() - t_start:.1f}s)")
-        steps = [BuildStep(s.stage, s.instruction, s.cached, round(s.duration, 3), s.layer_digest, s.layer_size)
-                 for s in svc.steps]
+        steps = [replace(s, duration=round(s.duration, 3)) for s in svc.steps]
         result = BuildResult(image_id, manifest_desc, config_desc.digest, json.loads(config_bytes),
                              list(opts.tags), steps, list(final.layers))
         if opts.iidfile:

@@ -139,23 +139,30 @@ class CopyWriter:
         gid = self.opts.gid if self.opts.gid is not None else (st.st_gid if keep_owner else 0)
         return mode, uid, gid
 
+    def _dest_dir(self, dest: str, rel: str, mode: int, uid: int, gid: int, st: os.stat_result) -> None:
+        """The directory a directory source is copied into (nothing for the root): an existing
+        one keeps its metadata unless --chmod/--chown say otherwise, a new one takes the source's."""
+        if not rel:
+            return
+        self.em.ensure_parents(rel + "/x", self._parent_meta)
+        if self.em.has_dir(rel):
+            return
+        existing = None if self.opts.link else self.target.stat(dest)
+        if existing is not None and stat.S_ISDIR(existing[1].st_mode) and \
+                self.opts.chmod is None and self.opts.uid is None:
+            e = existing[1]
+            self.em.add_dir(rel, EntryMeta(stat.S_IMODE(e.st_mode), e.st_uid, e.st_gid, int(e.st_mtime)))
+        else:
+            self.em.add_dir(rel, EntryMeta(mode, uid, gid, int(st.st_mtime)))
+        self.count += 1
+
     def add_tree(self, dest: str, host: Path, src: Source, follow_top: bool = True) -> None:
         """Copy a host file or directory (its contents, for a directory) to absolute ``dest``."""
         st = os.stat(host) if follow_top else os.lstat(host)
         rel = dest.strip("/")
         if stat.S_ISDIR(st.st_mode):
             mode, uid, gid = self._meta(st, src.keep_owner)
-            self.em.ensure_parents(rel + "/x", self._parent_meta) if rel else None
-            if rel and not self.em.has_dir(rel):
-                existing = None if self.opts.link else self.target.stat(dest)
-                if existing is not None and stat.S_ISDIR(existing[1].st_mode) and \
-                        self.opts.chmod is None and self.opts.uid is None:
-                    e = existing[1]
-                    self.em.add_dir(rel, EntryMeta(stat.S_IMODE(e.st_mode), e.st_uid, e.st_gid,
-                                                   int(e.st_mtime)))
-                else:
-                    self.em.add_dir(rel, EntryMeta(mode, uid, gid, int(st.st_mtime)))
-                self.count += 1
+            self._dest_dir(dest, rel, mode, uid, gid, st)
             self._walk(host, rel, src, "")
         else:
             self.em.ensure_parents(rel, self._parent_meta)
@@ -196,18 +203,7 @@ class CopyWriter:
                 items.close()     # closes the parent's descriptor, used until here
             return
         mode, uid, gid = self._meta(st, src.keep_owner)
-        if rel:
-            self.em.ensure_parents(rel + "/x", self._parent_meta)
-            if not self.em.has_dir(rel):
-                existing = None if self.opts.link else self.target.stat(dest)
-                if existing is not None and stat.S_ISDIR(existing[1].st_mode) and \
-                        self.opts.chmod is None and self.opts.uid is None:
-                    e = existing[1]
-                    self.em.add_dir(rel, EntryMeta(stat.S_IMODE(e.st_mode), e.st_uid, e.st_gid,
-                                                   int(e.st_mtime)))
-                else:
-                    self.em.add_dir(rel, EntryMeta(mode, uid, gid, int(st.st_mtime)))
-                self.count += 1
+        self._dest_dir(dest, rel, mode, uid, gid, st)
         for inner, host, est, dfd, name in items:
             mode, uid, gid = self._meta(est, src.keep_owner)
             self._add_context_item(f"{rel}/{inner}" if rel else inner, host, est, dfd, name, ctx, uid, gid, mode)

@@ -43,13 +43,12 @@ class StageState:
     name: str
     config: dict
     layers: list[LayerRef] = field(default_factory=list)
-    key: str = ""
     flags: cfgmod.StageFlags = field(default_factory=cfgmod.StageFlags)
     base_ref: str = ""
 
     def copy(self) -> "StageState":
         import copy as _copy
-        return StageState(self.name, _copy.deepcopy(self.config), list(self.layers), self.key,
+        return StageState(self.name, _copy.deepcopy(self.config), list(self.layers),
                           cfgmod.StageFlags(self.flags.cmd_set), self.base_ref)
 
 

@@ -33,7 +33,7 @@ from . import config as cfgmod
 from ..cache.records import BuildCache, CacheRecord, step_key
 from ..cache.keys import layers_content_id, records_digest
 from ..context.dockerignore import go_clean
-from ..context.globbing import Walker, compile_segments, has_glob
+from ..context.globbing import Walker, compile_segments, has_glob, parents_pivot
 from .copying import CopyOptions, CopyWriter, Source, is_archive, resolve_dest
 from ..errors import BuildError
 from .executor import Executor, RunMount, StageState
@@ -44,9 +44,11 @@ from ..progress import Progress, Step
 TAIL_LINES = 10
 
 
-@dataclass
-class StepRecord:
-    """What one step did, for --metadata-file."""
+@dataclass(frozen=True)
+class BuildStep:
+    """What one step of a build did: its stage, the instruction line, whether the cache answered,
+    how long it took (seconds) and the layer it made (digest and compressed size; "" and 0 when
+    the step only changed the config)."""
 
     stage: str
     instruction: str
@@ -54,6 +56,17 @@ class StepRecord:
     duration: float
     layer_digest: str = ""
     layer_size: int = 0
+
+    def to_dict(self) -> dict:
+        """The form of ``pybuild.steps`` in --metadata-file."""
+        return {"stage": self.stage, "instruction": self.instruction, "cached": self.cached,
+                "duration": self.duration, "layer_digest": self.layer_digest, "layer_size": self.layer_size}
+
+    def __getitem__(self, key: str):
+        """``step["cached"]``: the dict form steps had before they were typed."""
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
 
 
 @dataclass
@@ -73,7 +86,7 @@ class Services:
     secrets: dict[str, bytes] = field(default_factory=dict)
     load_image: Callable[[str, bool], StageState] | None = None
     escape: str = "\\"
-    steps: list[StepRecord] = field(default_factory=list)
+    steps: list[BuildStep] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)   # set when interrupted
 
 
@@ -166,7 +179,7 @@ class StageBuilder:
         except BuildError as exc:
             raise self._located(ps.stage.from_cmd, exc) from None
         step.done()
-        svc.steps.append(StepRecord(ps.name, f"FROM {ps.base}", False, time.monotonic() - t0))
+        svc.steps.append(BuildStep(ps.name, f"FROM {ps.base}", False, time.monotonic() - t0))
         triggers = state.config["config"].pop("OnBuild", None) or []
         if triggers:
             self._onbuild(ps, state, scope, triggers)
@@ -186,9 +199,9 @@ class StageBuilder:
                 step.cached()
             else:
                 step.done()
-            svc.steps.append(StepRecord(ps.name, inst.original.strip(), cached, time.monotonic() - t0,
-                                        layer.descriptor.digest if layer else "",
-                                        layer.descriptor.size if layer else 0))
+            svc.steps.append(BuildStep(ps.name, inst.original.strip(), cached, time.monotonic() - t0,
+                                       layer.descriptor.digest if layer else "",
+                                       layer.descriptor.size if layer else 0))
         self.states[ps.index] = state
         self.scopes[ps.index] = scope
         return state
@@ -220,7 +233,7 @@ class StageBuilder:
         if ps.base.lower() == "scratch":
             p = svc.platform
             cfg = cfgmod.empty_image(p.os, p.architecture, p.variant or "")
-            return StageState(ps.name, cfg, [], step_key("", str(p), "FROM scratch")), ArgScope()
+            return StageState(ps.name, cfg, []), ArgScope()
         state = svc.load_image(ps.base, svc.pull)
         state.name = ps.name
         return state, ArgScope()
@@ -319,8 +332,7 @@ class StageBuilder:
         return False, None
 
     def _meta(self, state: StageState, created_by: str) -> None:
-        """A config-only step: history entry without a layer; the key chain moves on."""
-        state.key = step_key(state.key, str(self.svc.platform), created_by)
+        """A config-only step: a history entry without a layer."""
         self.svc.executor.add_layer(state, None, created_by)
 
     def _cached(self, state: StageState, key: str, step: Step | None = None) -> CacheRecord | None:
@@ -350,12 +362,10 @@ class StageBuilder:
         created = rec.history.get("created") if ex.source_date_epoch is None else None
         cfgmod.add_history(state.config, rec.history.get("created_by", ""), created or ex.now(),
                            empty_layer=layer is None)
-        state.key = key
         return layer
 
     def _commit(self, state: StageState, key: str, layer: LayerRef | None, created_by: str) -> None:
         self.svc.executor.add_layer(state, layer, created_by)
-        state.key = key
         self.svc.cache.record(key, layer.to_dict() if layer else None, dict(state.config["history"][-1]),
                               state.name)
 
@@ -748,15 +758,9 @@ def _view_glob(view, pattern: str, parents: bool = False) -> list[tuple[str, str
     (builder/context/globbing.py); a relative source is relative to the root; with --parents a
     `/./` marks where the kept parents start (`./x/./z/` keeps `z`). Raises ValueError for a
     malformed pattern."""
-    pivot = ""
-    if parents:
-        body = pattern.lstrip("/")
-        while body.startswith("./"):
-            body = body[2:]
-        head, sep, _ = body.partition("/./")
-        if sep:
-            pivot = go_clean(head)
-            pivot = "" if pivot == "." else pivot
+    head = parents_pivot(pattern) if parents else None
+    pivot = go_clean(head) if head is not None else ""
+    pivot = "" if pivot == "." else pivot
     rel = go_clean(pattern.lstrip("/") or ".")
     rel = "" if rel == "." else rel
     if not has_glob(rel):
