@@ -157,8 +157,10 @@ class StageFlags:
 
 
 def set_cmd(cfg: dict, cmd: list[str], flags: StageFlags) -> None:
-    """CMD: only the last one counts; ``CMD []`` gives an empty list."""
+    """CMD: only the last one counts; ``CMD []`` gives an empty list. BuildKit's dispatchCmd
+    sets ArgsEscaped for both forms (Docker-image compatibility; ENTRYPOINT does not)."""
     cfg["config"]["Cmd"] = list(cmd)
+    cfg["config"]["ArgsEscaped"] = True
     flags.cmd_set = True
 
 
