@@ -527,14 +527,28 @@ class Store:
                            descriptor.digest, descriptor.size, annotations, descriptor.platform,
                            list(descriptor.urls), descriptor.artifact_type)
         with self._index_update() as index:
-            index.manifests = [d for d in index.manifests if not self._entry_is(d, ref)]
+            # The image's untagged (<none>) entry goes once it has a name, as in Docker.
+            index.manifests = [d for d in index.manifests if not self._entry_is(d, ref)
+                               and not (d.digest == descriptor.digest and _untagged(d))]
             index.manifests.append(entry)
         return ref
 
     def untag(self, name: str | Reference) -> Descriptor:
         """Remove a tag (the blobs stay until gc). NotFoundError if there is no such tag."""
         with self._index_update() as index:
-            entry = self._find(index, name)
+            try:
+                entry = self._find(index, name)
+            except NotFoundError:
+                # An image ID, digest or prefix: like `docker rmi ID`, it removes the image when
+                # one name (or none) holds it.
+                entry = self.resolve(name)
+                holders = [d for d in index.manifests if d.digest == entry.digest]
+                if sum(not _untagged(d) for d in holders) > 1:
+                    raise RegistryError(f"image {name} is tagged {len(holders)} times "
+                                        f"({', '.join(d.annotations.get(REF_NAME, '') for d in holders)}): "
+                                        "remove it by name")
+                index.manifests = [d for d in index.manifests if d.digest != entry.digest]
+                return entry
             index.manifests = [d for d in index.manifests if d is not entry]
         return entry
 
@@ -560,11 +574,18 @@ class Store:
         digest = ref.digest if ref is not None else None
         if digest is None and _looks_like_digest(text):
             digest = text
-        if digest is not None and self.has_blob(digest):
-            return self.descriptor_of(digest)
+        if digest is not None:
+            # An image ID (the config digest, what `docker images` shows) names the stored image
+            # whose config it is; else a stored manifest or index is named by its own digest.
+            by_id = [d for d in index.manifests if self.image_id(d) == digest]
+            if by_id:
+                return by_id[-1]
+            if self.has_blob(digest):
+                return self.descriptor_of(digest)
         if isinstance(name, str) and len(text) >= 4 and all(c in "0123456789abcdef" for c in text.removeprefix("sha256:")):
             prefix = text if text.startswith("sha256:") else "sha256:" + text
-            hits = {d.digest: d for d in index.manifests if d.digest.startswith(prefix)}
+            hits = {d.digest: d for d in index.manifests
+                    if d.digest.startswith(prefix) or (self.image_id(d) or "").startswith(prefix)}
             if len(hits) == 1:
                 return next(iter(hits.values()))
             if len(hits) > 1:
@@ -572,8 +593,31 @@ class Store:
         raise NotFoundError(f"image {text!r} not found in the store at {self.root} "
                             "(see `pybuild images`; pull, build or import it first)")
 
+    def image_id(self, desc: Descriptor) -> str | None:
+        """The image ID of an index entry: the digest of its config (for an index, the config of
+        this host's platform), as Docker's IMAGE ID. None when it cannot be read."""
+        from .image import RawManifest, select_image
+        want = host_platform()
+
+        def read(child: Descriptor) -> RawManifest:
+            return RawManifest(child, b"", self.get_manifest(child.digest))
+        try:
+            raw = select_image(read, read(desc), want, f"image {desc.digest}")
+            return raw.doc.config.digest      # type: ignore[union-attr]
+        except (RegistryError, OSError, AttributeError):
+            return None
+
+    def add_untagged(self, descriptor: Descriptor) -> None:
+        """Keep an image without a name (an untagged build, listed as ``<none>``), unless an
+        entry already holds it."""
+        entry = Descriptor(descriptor.media_type or self.descriptor_of(descriptor.digest).media_type,
+                           descriptor.digest, descriptor.size, {}, descriptor.platform)
+        with self._index_update() as index:
+            if not any(d.digest == descriptor.digest for d in index.manifests):
+                index.manifests.append(entry)
+
     def list_images(self) -> list[ImageRecord]:
-        """Every tagged image, in index.json order."""
+        """Every stored image (tagged, or untagged with an empty name), in index.json order."""
         out = []
         for d in self.read_index().manifests:
             name = d.annotations.get(REF_NAME, "")
@@ -806,6 +850,10 @@ class Store:
                 return
             if len(cfg.diff_ids) != len(doc.layers):
                 problems.append(f"{label}: config lists {len(cfg.diff_ids)} diff_ids for {len(doc.layers)} layers")
+
+
+def _untagged(d: Descriptor) -> bool:
+    return not d.annotations.get(REF_NAME) and not d.annotations.get(IMAGE_NAME)
 
 
 def _try_parse(text: str) -> Reference | None:

@@ -63,7 +63,10 @@ def mirror() -> str:
 
 def pybuild(tree: Path, root: Path, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(tree), "SOURCE_DATE_EPOCH": EPOCH, "PYBUILD_ROOT": str(root)}
-    r = subprocess.run([sys.executable, "-m", "builder", *args], env=env, capture_output=True, text=True, **kw)
+    # cwd=tree: `python -m` puts the working directory before PYTHONPATH on sys.path, so a run
+    # from another checkout would build with that checkout's code.
+    r = subprocess.run([sys.executable, "-m", "builder", *args], env=env, capture_output=True, text=True,
+                       cwd=str(tree), **kw)
     if check and r.returncode:
         sys.exit(f"pybuild {' '.join(args)} failed:\n{r.stderr[-3000:]}")
     return r

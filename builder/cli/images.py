@@ -74,8 +74,9 @@ def _open(args: argparse.Namespace):
 
 
 def image_rows(store) -> list[dict]:
-    """One dict per tagged image: repository, tag, digest, size (compressed bytes for this host's
-    platform), created, platform."""
+    """One dict per stored image (untagged ones as <none> <none>): repository, tag, id (the
+    config digest, Docker's IMAGE ID), digest (of the manifest or index), size (compressed bytes
+    for this host's platform), created, platform."""
     from registry.errors import RegistryError
 
     rows = []
@@ -83,15 +84,17 @@ def image_rows(store) -> list[dict]:
         ref = rec.reference
         repo = ref.familiar_name if ref else (rec.name or "<none>")
         tag = (ref.tag if ref and ref.tag else "<none>")
-        size, created, platform = 0, None, None
+        size, created, platform, image_id = 0, None, None, None
         try:
             desc, manifest = store.image_manifest(rec.descriptor.digest)
+            image_id = manifest.config.digest
             cfg = store.get_config(manifest.config.digest)
             size = desc.size + manifest.config.size + sum(layer.size for layer in manifest.layers)
             created, platform = cfg.created, str(cfg.platform)
         except RegistryError:
             size = rec.descriptor.size
-        rows.append({"name": rec.name, "repository": repo, "tag": tag, "digest": rec.descriptor.digest,
+        rows.append({"name": rec.name, "repository": repo, "tag": tag, "id": image_id,
+                     "digest": rec.descriptor.digest,
                      "media_type": rec.descriptor.media_type, "size": size, "created": created,
                      "platform": platform})
     return rows
@@ -117,9 +120,10 @@ def _images(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    table = [("REPOSITORY", "TAG", "DIGEST", "SIZE", "CREATED")]
+    table = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
     for r in rows:
-        table.append((r["repository"], r["tag"], r["digest"][:19], human_size(r["size"]), human_age(r["created"])))
+        short = (r["id"] or r["digest"]).removeprefix("sha256:")[:12]
+        table.append((r["repository"], r["tag"], short, human_age(r["created"]), human_size(r["size"])))
     print_table(table)
     return 0
 

@@ -190,7 +190,7 @@ def _image_info(name: str, source: str, digest: str, media_type: str, manifest: 
     cfg = config.to_dict()
     c = cfg.get("config") or {}
     return {
-        "Name": name, "Source": source, "Digest": digest, "MediaType": media_type,
+        "Id": manifest.config.digest, "Name": name, "Source": source, "Digest": digest, "MediaType": media_type,
         **({"Index": index} if index else {}),
         "Platform": str(config.platform), "Created": cfg.get("created"), "Author": cfg.get("author"),
         "Config": {k: c.get(k) for k in ("User", "Env", "Entrypoint", "Cmd", "WorkingDir", "ExposedPorts",

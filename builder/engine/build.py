@@ -374,6 +374,8 @@ def _outputs(store: Store, root: Path, layers: LayerMaker, final: StageState, ma
             push = True
     for t in opts.tags:
         store.tag(t, manifest)
+    if not opts.tags:
+        store.add_untagged(manifest)          # listed as <none>, named by its image ID
     for spec in specs:
         if spec.type == "oci":
             export_oci(store, manifest, spec.dest, opts.tags, spec.attrs.get("tar", "true") != "false")

@@ -157,8 +157,10 @@ class StageFlags:
 
 
 def set_cmd(cfg: dict, cmd: list[str], flags: StageFlags) -> None:
-    """CMD: only the last one counts; ``CMD []`` gives an empty list."""
+    """CMD: only the last one counts; ``CMD []`` gives an empty list. BuildKit's dispatchCmd
+    sets ArgsEscaped for both forms (Docker-image compatibility; ENTRYPOINT does not)."""
     cfg["config"]["Cmd"] = list(cmd)
+    cfg["config"]["ArgsEscaped"] = True
     flags.cmd_set = True
 
 
@@ -214,7 +216,7 @@ def set_maintainer(cfg: dict, name: str) -> None:
     cfg["author"] = name
 
 
-def add_history(cfg: dict, created_by: str, created: str, empty_layer: bool) -> None:
+def add_history(cfg: dict, created_by: str, created: str | None, empty_layer: bool) -> None:
     """Append one history entry (``empty_layer`` for steps that add no layer)."""
     h: dict = {"created": created, "created_by": created_by, "comment": HISTORY_COMMENT}
     if empty_layer:
@@ -225,6 +227,43 @@ def add_history(cfg: dict, created_by: str, created: str, empty_layer: bool) -> 
 def add_layer(cfg: dict, diff_id: str) -> None:
     """Record a new layer's diffID."""
     cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []}).setdefault("diff_ids", []).append(diff_id)
+
+
+def fill_history_times(history: list[dict]) -> str | None:
+    """Give the config-only entries (``created`` None) a time, as BuildKit's exporter does, and
+    return the image's creation time (the last entry's).
+
+    An untimed entry takes the time of the last timed entry before it, except the untimed
+    entries before the build's first timed entry after them (the first new layer): they take
+    that one's time rather than a base image layer's. Nothing is stamped with the current time,
+    so a fully cached rebuild (whose layers keep the times they were made) writes the same
+    config, hence the same image ID, as Docker does.
+    """
+    created = None
+    seen_untimed = False
+    for h in history:
+        if h.get("created") is not None:
+            created = h["created"]
+            if seen_untimed:
+                break
+        else:
+            seen_untimed = True
+    seen_untimed = False
+    for h in history:
+        if h.get("created") is not None:
+            if seen_untimed:
+                created = h["created"]
+        else:
+            seen_untimed = True
+            if created is None:
+                h.pop("created", None)
+            else:
+                h["created"] = created
+    last = None
+    for h in history:
+        if h.get("created") is not None:
+            last = h["created"]
+    return last
 
 
 def finalize(cfg: dict, created: str) -> dict:

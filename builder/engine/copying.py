@@ -12,6 +12,7 @@ import posixpath
 import re
 import stat
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable
@@ -111,6 +112,9 @@ class CopyWriter:
         self.target = target
         self.opts = opts
         self.count = 0
+        # Parents the copy creates get the time they are made, as BuildKit's copy creates them
+        # (not the epoch); SOURCE_DATE_EPOCH still clamps it in the emitter.
+        self.now = int(time.time())
 
     # -- parents -------------------------------------------------------------------------------
     def _parent_meta(self, rel: str) -> EntryMeta:
@@ -120,7 +124,7 @@ class CopyWriter:
             if s is not None and stat.S_ISDIR(s[1].st_mode):
                 st = s[1]
                 return EntryMeta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime))
-        return EntryMeta(0o755, self.opts.uid or 0, self.opts.gid or 0, 0)
+        return EntryMeta(0o755, self.opts.uid or 0, self.opts.gid or 0, self.now)
 
     def ensure_dir(self, path: str, meta: EntryMeta | None = None) -> None:
         """Emit ``path`` (absolute) and its missing parents as directories."""
@@ -283,11 +287,22 @@ class CopyWriter:
                                  "too: repack it without climbing names")
             return name
 
+        # Links this archive made, by path under ``dest``: a later entry's parents resolve
+        # through them, inside ``dest`` (`symldir1 -> ..` then `symldir1/etc/f` puts f at
+        # dest/etc/f and keeps the link), as BuildKit's unpacking resolves names in its root.
+        links: dict[str, str] = {}
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for m in tar:
                 name = inside(m.name, "entry")
                 if name in (".", ""):
                     continue
+                name = _through_links(name, links)
+                if not name:
+                    continue
+                if m.issym():
+                    links[name] = m.linkname
+                else:
+                    links.pop(name, None)
                 full = f"{base}/{name}" if base else name
                 self.em.ensure_parents(full, self._parent_meta)
                 uid = self.opts.uid if self.opts.uid is not None else m.uid
@@ -303,13 +318,43 @@ class CopyWriter:
                 elif m.issym():
                     self.em.add_symlink(full, m.linkname, meta)
                 elif m.islnk():
-                    link = inside(m.linkname, f"entry {m.name!r}: hard link target")
+                    link = _through_links(inside(m.linkname, f"entry {m.name!r}: hard link target"), links)
                     self.em.add_hardlink(full, f"{base}/{link}" if base else link, meta)
                 elif m.ischr() or m.isblk():
                     self.em.add_device(full, "char" if m.ischr() else "block", m.devmajor, m.devminor, meta)
                 elif m.isfifo():
                     self.em.add_fifo(full, meta)
                 self.count += 1
+
+
+def _through_links(name: str, links: dict[str, str]) -> str:
+    """``name`` (relative, normalized) with its parent components resolved through ``links``
+    (relative path -> target), never above the root: ``..`` there stays there, an absolute
+    target starts again from it. The last component is not followed (an entry replaces it)."""
+    todo = name.split("/")
+    last = todo.pop()
+    cur: list[str] = []
+    hops = 0
+    while todo:
+        comp = todo.pop(0)
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if cur:
+                cur.pop()
+            continue
+        path = "/".join(cur + [comp])
+        target = links.get(path)
+        if target is None:
+            cur.append(comp)
+            continue
+        hops += 1
+        if hops > 40:
+            raise BuildError(f"ADD: archive entry {name!r}: too many levels of symbolic links")
+        if target.startswith("/"):
+            cur = []
+        todo = target.split("/") + todo
+    return "/".join(cur + [last]) if last not in ("", ".", "..") else "/".join(cur)
 
 
 def is_archive(head: bytes) -> bool:

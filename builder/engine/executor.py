@@ -377,11 +377,18 @@ class Executor:
         if layer is not None:
             state.layers.append(layer)
             cfgmod.add_layer(state.config, layer.diff_id)
-        cfgmod.add_history(state.config, created_by, self.now(), empty_layer=layer is None)
+        # A config-only step gets its time when the image is committed (see commit_image).
+        created = self.now() if layer is not None or self.source_date_epoch is not None else None
+        cfgmod.add_history(state.config, created_by, created, empty_layer=layer is None)
 
     def commit_image(self, state: StageState) -> tuple[Descriptor, Descriptor, bytes]:
         """Write the stage's config and manifest to the store; returns (manifest, config, config bytes)."""
-        cfg = cfgmod.finalize(dict(state.config), self.now())
+        cfg = dict(state.config)
+        cfg["history"] = [dict(h) for h in cfg.get("history") or []]
+        created = cfgmod.fill_history_times(cfg["history"])
+        if self.source_date_epoch is not None or created is None:
+            created = self.now()
+        cfg = cfgmod.finalize(cfg, created)
         image_config = ImageConfig.from_dict(cfg, where=f"stage {state.name}")
         data = image_config.to_bytes()
         config_desc = self.store.put_blob(data, mt.OCI_CONFIG)

@@ -359,8 +359,13 @@ class StageBuilder:
             state.layers.append(layer)
             cfgmod.add_layer(state.config, layer.diff_id)
         ex = self.svc.executor
-        created = rec.history.get("created") if ex.source_date_epoch is None else None
-        cfgmod.add_history(state.config, rec.history.get("created_by", ""), created or ex.now(),
+        if ex.source_date_epoch is not None:
+            created = ex.now()
+        elif layer is None:
+            created = None           # a config-only step: timed at commit (Executor.commit_image)
+        else:
+            created = rec.history.get("created") or ex.now()
+        cfgmod.add_history(state.config, rec.history.get("created_by", ""), created,
                            empty_layer=layer is None)
         return layer
 

@@ -104,8 +104,10 @@ def prune_upper(upper: Path, lowers: RootView) -> None:
     """Drop directories from an overlay upper dir that carry no change.
 
     Overlay copies a directory up when anything inside it is created, even a mount point that
-    the sandbox removes again; an empty copied-up directory whose owner and mode equal the
-    lower one's is no change (its mtime alone does not count, as in Docker).
+    the sandbox removes again; an empty copied-up directory whose owner, mode and mtime equal
+    the lower one's is no change. (The sandbox puts back the mtime of the parents of its
+    mount-point stubs, so a directory whose only change is its time, `RUN touch /etc`, is
+    kept, as in BuildKit.)
     """
     for dirpath, dirnames, filenames in os.walk(upper, topdown=False):
         if dirpath == str(upper) or filenames or os.listdir(dirpath):
@@ -120,5 +122,6 @@ def prune_upper(upper: Path, lowers: RootView) -> None:
         if low is None or not stat.S_ISDIR(low[1].st_mode):
             continue
         st = os.lstat(dirpath)
-        if (st.st_mode, st.st_uid, st.st_gid) == (low[1].st_mode, low[1].st_uid, low[1].st_gid):
+        if (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == \
+                (low[1].st_mode, low[1].st_uid, low[1].st_gid, low[1].st_mtime_ns):
             os.rmdir(dirpath)

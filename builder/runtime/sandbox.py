@@ -31,7 +31,7 @@ import stat
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -233,6 +233,8 @@ class _Stub:
     dev: int
     ino: int
     is_dir: bool
+    parent_before: int | None = None    # the parent directory's mtime (ns) before the stub
+    parent_after: int | None = None     # ... once all stubs were made (set by _make_mountpoints)
 
 
 def _mount_points(spec: RunSpec) -> list[tuple[str, bool]]:
@@ -277,7 +279,23 @@ def _make_mountpoints(root_fd: int, spec: RunSpec) -> list[_Stub]:
     except BaseException:
         _remove_stubs(root_fd, made)
         raise
-    return made
+    # The parents' times once the stubs exist: a parent still at this time when the stubs go
+    # was not touched by the command, and gets back its time from before (a RUN that touches
+    # a directory makes a layer with it; the stubs alone do not).
+    after = {p: m for p in {split_parent(st.path)[0] or "/" for st in made}
+             if (m := _mtime_in_root(root_fd, p)) is not None}
+    return [replace(st, parent_after=after.get(split_parent(st.path)[0] or "/")) for st in made]
+
+
+def _mtime_in_root(root_fd: int, path: str) -> int | None:
+    try:
+        fd = open_in_root(root_fd, path, os.O_PATH | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        return os.fstat(fd).st_mtime_ns
+    finally:
+        os.close(fd)
 
 
 def _under(path: str, top: str) -> bool:
@@ -349,17 +367,19 @@ def _make_mountpoint(root_fd: int, dest: str, is_dir: bool, made: list[_Stub]) -
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 if last and not is_dir:
+                    before = os.fstat(dir_fd).st_mtime_ns
                     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                                  0o644, dir_fd=dir_fd)
                     try:
                         st = os.fstat(fd)
                     finally:
                         os.close(fd)
-                    made.append(_Stub(path, st.st_dev, st.st_ino, False))
+                    made.append(_Stub(path, st.st_dev, st.st_ino, False, before))
                     return path
+                before = os.fstat(dir_fd).st_mtime_ns
                 os.mkdir(name, 0o755, dir_fd=dir_fd)
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                made.append(_Stub(path, st.st_dev, st.st_ino, True))
+                made.append(_Stub(path, st.st_dev, st.st_ino, True, before))
             if stat.S_ISLNK(st.st_mode):
                 hops += 1
                 if hops > 40:
@@ -386,7 +406,17 @@ def _make_mountpoint(root_fd: int, dest: str, is_dir: bool, made: list[_Stub]) -
 def _remove_stubs(root_fd: int, stubs: list[_Stub]) -> None:
     """Remove the mount points we made, deepest first, if they are still the very inodes we
     made: the command may have replaced a parent by a link (resolved inside the root here, so
-    never to the host) or put files in a directory (rmdir leaves a non-empty one)."""
+    never to the host) or put files in a directory (rmdir leaves a non-empty one). A parent
+    the command did not touch gets back the mtime it had before the stubs; one it touched
+    keeps the command's."""
+    restore: dict[str, int] = {}
+    for stub in stubs:
+        parent = split_parent(stub.path)[0] or "/"
+        if parent in restore or stub.parent_before is None or stub.parent_after is None:
+            continue
+        now = _mtime_in_root(root_fd, parent)
+        if now is not None:
+            restore[parent] = stub.parent_before if now == stub.parent_after else now
     for stub in reversed(stubs):
         try:
             parent, name = split_parent(stub.path)
@@ -406,6 +436,18 @@ def _remove_stubs(root_fd: int, stubs: list[_Stub]) -> None:
             pass
         finally:
             os.close(dir_fd)
+    for parent, mtime in restore.items():
+        try:
+            fd = open_in_root(root_fd, parent, os.O_PATH | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            os.utime(f"/proc/self/fd/{fd}", ns=(st.st_atime_ns, mtime))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 # --- the private network ----------------------------------------------------------------------

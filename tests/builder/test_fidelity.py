@@ -132,3 +132,66 @@ def test_parents_pivot_on_the_source_itself(busybox_image, tmp_path):
     files = {"x/y/a.txt": "a", "x/z/b.txt": "b"}
     rootfs = _build(busybox_image, tmp_path, "pivot", "FROM scratch\nCOPY --parents ./x/./ /parents/\n", files)
     assert _files(rootfs, "parents") == ["y", "y/a.txt", "z", "z/b.txt"]
+
+
+
+def _last_layer_names(root: Path, result) -> list[str] | None:
+    import tarfile
+    step = result.steps[-1]
+    if not step.layer_digest:
+        return None
+    with Store(root).open_blob(step.layer_digest) as f, tarfile.open(fileobj=f, mode="r:*") as t:
+        return [m.name.rstrip("/") for m in t.getmembers()]
+
+
+def test_run_that_only_touches_a_directory_makes_a_layer(busybox_image, tmp_path):
+    # `touch /etc` changes /etc's mtime only: BuildKit makes a layer with /etc. The sandbox's
+    # mount-point stubs in /etc (resolv.conf, hosts, hostname) and / (proc, dev, sys) alone
+    # are no change: their parents get their times back.
+    touched = build_in(busybox_image, tmp_path / "c1", "FROM busybox\nRUN touch /etc\n", {}, tags=["touch:1"])
+    assert _last_layer_names(busybox_image, touched) == ["etc"]
+    untouched = build_in(busybox_image, tmp_path / "c2", "FROM busybox\nRUN true\n", {}, tags=["touch:2"])
+    assert not _last_layer_names(busybox_image, untouched)
+    # a file the command writes beside the stubs: /etc is in the layer with it, once
+    wrote = build_in(busybox_image, tmp_path / "c3", "FROM busybox\nRUN echo x > /etc/x\n", {}, tags=["touch:3"])
+    assert sorted(_last_layer_names(busybox_image, wrote)) == ["etc", "etc/x"]
+
+
+def test_add_tar_follows_its_own_links_inside_the_extraction_root(busybox_image, tmp_path):
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        link = tarfile.TarInfo("symldir1")
+        link.type, link.linkname = tarfile.SYMTYPE, ".."
+        t.addfile(link)
+        f = tarfile.TarInfo("symldir1/etc/myfile")
+        f.size = 3
+        t.addfile(f, io.BytesIO(b"hi\n"))
+        up = tarfile.TarInfo("sub/up")                     # climbs through two links, clamped
+        up.type, up.linkname = tarfile.SYMTYPE, "../symldir1/.."
+        t.addfile(up)
+        g = tarfile.TarInfo("sub/up/g")
+        g.size = 1
+        t.addfile(g, io.BytesIO(b"g"))
+    rootfs = _build(busybox_image, tmp_path, "tarlink", "FROM scratch\nADD foobar.tar /testsubdir\n",
+                    {"foobar.tar": buf.getvalue()})
+    top = rootfs / "testsubdir"
+    assert os.readlink(top / "symldir1") == ".."
+    assert (top / "etc" / "myfile").read_bytes() == b"hi\n"
+    assert (top / "g").read_bytes() == b"g" and os.path.islink(top / "sub" / "up")
+    assert not (rootfs / "etc").exists()
+
+
+def test_cmd_sets_args_escaped_and_created_parents_get_the_build_time(busybox_image, tmp_path):
+    import time
+    t0 = int(time.time())
+    res = build_in(busybox_image, tmp_path / "ctx", "FROM scratch\nCMD echo hi\nCOPY f /new/deep/f\n",
+                   {"f": "f\n"}, tags=["argsesc:1"])
+    assert res.config["config"]["ArgsEscaped"] is True            # BuildKit's dispatchCmd, both forms
+    exec_form = build_in(busybox_image, tmp_path / "ctx2", 'FROM scratch\nENTRYPOINT ["/x"]\n', {},
+                         tags=["argsesc:2"])
+    assert "ArgsEscaped" not in exec_form.config["config"]        # ENTRYPOINT does not set it
+    rootfs = unpack_image(busybox_image, "argsesc:1", tmp_path / "out")
+    for d in ("new", "new/deep"):
+        assert os.stat(rootfs / d).st_mtime >= t0 - 1, d         # not the epoch

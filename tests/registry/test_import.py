@@ -156,10 +156,11 @@ def test_cli_import_images_rmi_gc(root, busybox_rootfs, capsys):
     capsys.readouterr()
     assert main(["--root", r, "images"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["REPOSITORY", "TAG", "DIGEST", "SIZE", "CREATED"]
+    assert lines[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
     rows = {tuple(line.split()[:2]) for line in lines[1:]}
     assert rows == {("bb", "1"), ("localhost:5000/team/bb", "latest")}
-    assert any(digest[:19] in line and "ago" in line and "MB" in line for line in lines)
+    image_id = Store(root).image_id(Store(root).resolve("bb:1"))
+    assert any(image_id[7:19] in line and "ago" in line and "MB" in line for line in lines)
     assert main(["--root", r, "images", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {d["name"] for d in data} == {"bb:1", "localhost:5000/team/bb:latest"}
