@@ -189,3 +189,13 @@ def test_foreign_run_without_emulation_names_the_fix(root, tmp_path, monkeypatch
     with pytest.raises(BuildError, match=r"stage 0 \(platform linux/arm64\) has RUN steps: cannot run "
                                          r"linux/arm64 binaries .*binfmt_misc is not mounted"):
         build_in(root, tmp_path / "ctx", "FROM scratch\nRUN true\n", platform="linux/arm64")
+
+
+def test_push_by_digest_writes_the_digest_to_the_metadata_file(root, tmp_path, registry):
+    meta = tmp_path / "m.json"
+    res = build_in(root, tmp_path / "ctx", "FROM scratch\nCOPY f /f\n", {"f": "x"}, platform="linux/arm64",
+                   outputs=[f"type=image,name={registry.host}/pbd/app,push-by-digest=true,name-canonical=true,push=true"],
+                   insecure_registries=(registry.host,), metadata_file=str(meta))
+    m = json.loads(meta.read_text())
+    assert m["containerimage.digest"] == res.digest
+    assert m["image.name"] == f"{registry.host}/pbd/app@{res.digest}"
