@@ -74,3 +74,36 @@ if [ ! -x .venv/bin/pybuild ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; t
     --config-settings editable_mode=compat
   echo "$want" > "$stamp"
 fi
+
+# Emulation for foreign-platform RUN steps (the multi-platform tests): Debian's qemu-user-static,
+# registered in binfmt_misc with the F (fix-binary) flag, so the interpreter is opened now and
+# works inside a rootfs that does not contain it. pybuild never registers handlers itself; this is
+# the administrator's step, done here for the tests. An entry registered without F is replaced.
+# PYBUILD_NO_EMULATION=1 skips this part (the multi-platform tests then skip, saying why).
+if [ "${PYBUILD_NO_EMULATION:-}" != 1 ]; then
+  if ! command -v qemu-aarch64-static >/dev/null; then
+    echo "setup: installing qemu-user-static (emulated RUN for --platform)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq qemu-user-static >/dev/null || { apt-get update -qq; apt-get install -y -qq qemu-user-static >/dev/null; }
+  fi
+  B=/proc/sys/fs/binfmt_misc
+  [ -e $B/register ] || mount -t binfmt_misc binfmt_misc $B
+  for a in aarch64 arm riscv64 s390x ppc64le; do
+    conf=/usr/lib/binfmt.d/qemu-$a.conf
+    [ -f "$conf" ] || continue
+    if [ -e $B/qemu-$a ] && ! grep -q '^flags:.*F' $B/qemu-$a; then
+      echo -1 > $B/qemu-$a                          # registered without F: register it again
+    fi
+    [ -e $B/qemu-$a ] || cat "$conf" > $B/register  # Debian's line carries the flags OPF
+  done
+  # An arm64 busybox for the offline arm64 base image (tests/fixtures/images.py): the .deb is
+  # cached under /var/cache/pybuild and extracted by the fixture.
+  cache=/var/cache/pybuild
+  mkdir -p $cache
+  if ! ls $cache/busybox-static_*_arm64.deb >/dev/null 2>&1; then
+    echo "setup: fetching busybox-static:arm64 into $cache"
+    dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
+    apt-get update -qq
+    (cd $cache && apt-get download -qq -o APT::Sandbox::User=root busybox-static:arm64)
+  fi
+fi

@@ -14,7 +14,12 @@ def register(add_command) -> None:
     p.add_argument("--build-arg", dest="build_args", action="append", default=[], metavar="KEY[=VALUE]",
                    help="set a build argument (KEY alone takes the value from the environment)")
     p.add_argument("--target", help="build this stage (and what it needs) instead of the last one")
-    p.add_argument("--platform", help="target platform; only this host's is supported")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT][,...]",
+                   help="target platform(s): several (linux/amd64,linux/arm64) build an image index; "
+                        "a foreign platform's RUN steps need binfmt_misc emulation (qemu-user-static)")
+    p.add_argument("--format", default="oci", choices=["oci", "docker"],
+                   help="media types: oci (default; an OCI index for several platforms) or docker "
+                        "(v2 schema 2 manifests, a manifest list)")
     p.add_argument("--label", dest="labels", action="append", default=[], metavar="KEY=VALUE",
                    help="add a label to the image (repeatable)")
     p.add_argument("--no-cache", action="store_true", help="do not use the build cache")
@@ -87,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
         from ..runtime.sandbox import check_isolation
         args.isolation = check_isolation(args.isolation)
     from ..cache.fast import try_fast_build      # a no-op rebuild needs no engine (start-up)
-    image_id = try_fast_build(args, _build_args(args.build_args), _labels(args.labels))
+    # The fast path knows single-platform OCI builds only (it remembers no index).
+    fast = args.format == "oci" and "," not in (args.platform or "")
+    image_id = try_fast_build(args, _build_args(args.build_args), _labels(args.labels)) if fast else None
     if image_id is not None:
         if args.quiet:
             print(image_id)
@@ -102,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         pull=args.pull, progress=progress, iidfile=args.iidfile, metadata_file=args.metadata_file,
         push=args.push, outputs=args.outputs, secrets=args.secrets, ssh=args.ssh,
         insecure_registries=tuple(args.insecure_registries), network=args.network,
-        compression=args.compression, isolation=args.isolation, root=args.root)
+        compression=args.compression, isolation=args.isolation, format=args.format, root=args.root)
     result = build(opts)
     if args.quiet:
         print(result.image_id)

@@ -20,7 +20,7 @@ from typing import TextIO
 from registry.compression import parse_compression
 from registry.errors import NotFoundError, RegistryError
 from registry.manifest import Descriptor
-from registry.platform import Platform, host_platform, parse_platform, platform_matches
+from registry.platform import Platform, parse_platform, platform_matches
 from registry.store import Store, open_store
 
 from . import config as cfgmod
@@ -66,6 +66,7 @@ class BuildOptions:
     network: str = "default"
     compression: str = "gzip"
     isolation: str = "oci"
+    format: str = "oci"                                     # media types: oci, or docker (v2s2 + manifest list)
     root: str | None = None
     source_date_epoch: int | None = None
 
@@ -81,6 +82,9 @@ class BuildResult:
     tags: list[str]
     steps: list[BuildStep]
     layers: list[LayerRef]
+    # A multi-platform build: one result per platform (``manifest`` is then the index, and
+    # ``image_id`` its digest; config and layers are the children's).
+    platforms: list["BuildResult"] = field(default_factory=list)
 
     @property
     def digest(self) -> str:
@@ -174,26 +178,39 @@ class _ImageLoader:
         self._lock = threading.Lock()
         self._pulled: set[str] = set()
 
-    def __call__(self, ref: str, pull: bool) -> StageState:
+    def __call__(self, ref: str, pull: bool, platform: Platform | None = None) -> StageState:
+        platform = platform or self.platform
         with self._lock:
-            need = pull and ref not in self._pulled
+            key = (ref, str(platform))
+            need = pull and key not in self._pulled
             if not need:
                 try:
-                    self.store.resolve(ref)
+                    top = self.store.resolve(ref)
                 except NotFoundError:
                     need = True
+                else:
+                    # An index kept without this platform's image (a one-platform pull): pull
+                    # the platform, once per build.
+                    from registry.mediatypes import is_index
+                    if is_index(top.media_type):
+                        try:
+                            self.store.image_manifest(ref, platform)
+                        except NotFoundError:
+                            need = key not in self._pulled
             if need:
-                self._pull(ref)
-                self._pulled.add(ref)
+                self._pull(ref, platform)
+                self._pulled.add(key)
             try:
-                desc, manifest = self.store.image_manifest(ref, self.platform)
+                desc, manifest = self.store.image_manifest(ref, platform)
             except NotFoundError as exc:
                 raise BuildError(f"base image {ref}: {exc}") from None
             cfg = self.store.get_config(manifest.config.digest).to_dict()
         plat = cfg.get("os", "linux") + "/" + cfg.get("architecture", "")
-        if cfg.get("architecture") and not platform_matches(self.platform, parse_platform(plat)):
-            raise BuildError(f"base image {ref} is for {plat}, not {self.platform}: only this host's "
-                             "platform can be built")
+        if cfg.get("variant"):
+            plat += "/" + cfg["variant"]
+        if cfg.get("architecture") and not platform_matches(platform, parse_platform(plat)):
+            raise BuildError(f"base image {ref} is for {plat}, not {platform}: give FROM --platform={plat}, "
+                             f"build --platform {plat}, or use a base image (or index) that has {platform}")
         diff_ids = cfg.get("rootfs", {}).get("diff_ids", [])
         if len(diff_ids) != len(manifest.layers):
             raise BuildError(f"base image {ref}: its config lists {len(diff_ids)} layers but its manifest "
@@ -201,14 +218,14 @@ class _ImageLoader:
         layers = [LayerRef(d, l) for d, l in zip(diff_ids, manifest.layers)]
         return StageState("", cfgmod.from_base(cfg), layers, base_ref=ref)
 
-    def _pull(self, ref: str) -> None:
+    def _pull(self, ref: str, platform: Platform) -> None:
         from registry.client import ClientOptions, RegistryClient
         from registry.progress import Progress as TransferProgress
         from registry.transfer import pull
         step = self.progress.step(f"[internal] pull {ref}")
         try:
             with RegistryClient(ClientOptions(insecure_registries=self.insecure_registries)) as client:
-                pull(client, ref, self.store, platform=self.platform, progress=TransferProgress())
+                pull(client, ref, self.store, platform=platform, progress=TransferProgress())
         except RegistryError as exc:
             step.error(str(exc))
             raise BuildError(f"cannot pull base image {ref}: {exc}{_pull_hint(ref, exc)}") from None
@@ -232,25 +249,32 @@ def _pull_hint(ref: str, exc: RegistryError) -> str:
     return ""
 
 
+@dataclass
+class _PlatformRun:
+    """One engine run of a (possibly multi-platform) build: its plan, services and result."""
+
+    platform: Platform
+    plan: "object"
+    svc: Services
+    sb: StageBuilder
+    final: StageState | None = None
+    manifest: Descriptor | None = None
+    config: Descriptor | None = None
+    config_bytes: bytes = b""
+
+
 def build(opts: BuildOptions) -> BuildResult:
     """Build the image ``opts`` describes; see the module docstring."""
     from dockerfile_grammar.instructions import parse_dockerfile
     from ..context.build_context import open_context
     from ..context.hashcache import open_hash_cache
+    from . import multiplatform as mp
 
     store = open_store(opts.root)
     root = Path(store.root)
     progress = Progress(opts.progress, opts.progress_out)
-    host = host_platform()
-    platform = host
-    if opts.platform:
-        try:
-            want = parse_platform(opts.platform)
-        except RegistryError as exc:
-            raise BuildError(f"--platform {opts.platform}: {exc}") from None
-        if not platform_matches(host, want):
-            raise BuildError(f"--platform {opts.platform}: only this host's platform {host} can be built "
-                             "(no emulation for foreign platforms is registered)")
+    platforms = mp.parse_platforms(opts.platform)
+    multi = len(platforms) > 1
     compression = parse_compression(opts.compression)
     if opts.network not in ("default", "none", "host"):
         raise BuildError(f"--network {opts.network}: use default, none or host")
@@ -260,6 +284,9 @@ def build(opts: BuildOptions) -> BuildResult:
         from registry.reference import parse_reference
         parse_reference(t)
     output_specs = [parse_output(o) for o in opts.outputs]
+    docker_types = mp.wants_docker(opts.format, output_specs)
+    if multi and any(s.type == "docker" for s in output_specs):
+        mp.refuse_docker_output(platforms)
     secrets = dict(parse_secret(s) for s in opts.secrets)
     sde = _source_date_epoch(opts)
 
@@ -273,7 +300,8 @@ def build(opts: BuildOptions) -> BuildResult:
         step = progress.step(f"[internal] load build definition from {Path(filename).name}")
         df = parse_dockerfile(text, filename)
         step.done()
-        plan = make_plan(df, opts.build_args, opts.target, platform)
+        plans = [make_plan(df, opts.build_args, opts.target, p) for p in platforms]
+        plan = plans[0]
         if plan.unused_build_args:
             progress.message(f"[warning] build-args not consumed by the build: {', '.join(plan.unused_build_args)}")
 
@@ -283,51 +311,101 @@ def build(opts: BuildOptions) -> BuildResult:
         cache = open_build_cache(root, store, no_cache=opts.no_cache, no_cache_filter=opts.no_cache_filter,
                                  cache_from=opts.cache_from)
         load_remotes(cache, progress)
-        svc = Services(plan=plan, executor=executor, layers=layers, cache=cache,
-                       progress=progress, context=context, platform=platform, no_cache=opts.no_cache,
-                       pull=opts.pull, network=opts.network, secrets=secrets,
-                       load_image=_ImageLoader(store, platform, progress, opts.insecure_registries),
-                       escape=df.escape_token)
-        sb = StageBuilder(svc)
+        loader = _ImageLoader(store, platforms[0], progress, opts.insecure_registries)
+        runs: list[_PlatformRun] = []
+        for p, pl in zip(platforms, plans):
+            svc = Services(plan=pl, executor=executor, layers=layers, cache=cache,
+                           progress=progress, context=context, platform=p, no_cache=opts.no_cache,
+                           pull=opts.pull, network=opts.network, secrets=secrets,
+                           load_image=lambda ref, pull, plat=None, p=p: loader(ref, pull, plat or p),
+                           escape=df.escape_token)
+            runs.append(_PlatformRun(p, pl, svc, StageBuilder(svc)))
         t_start = time.monotonic()
         with store.lease(), cache.in_use():
-            _build_stages(sb, plan)
-            final = sb.states[plan.target]
-            cache.ensure_local(final.layers)     # lazy remote hits: the image needs its layers
-            if opts.labels:
-                cfgmod.add_labels(final.config, list(opts.labels.items()))
-            manifest_desc, config_desc, config_bytes = executor.commit_image(final)
+            if multi:
+                _build_platforms(runs)
+            else:
+                _build_stages(runs[0].sb, plan)
+            for r in runs:
+                r.final = r.sb.states[r.plan.target]
+                cache.ensure_local(r.final.layers)     # lazy remote hits: the image needs its layers
+                if opts.labels:
+                    cfgmod.add_labels(r.final.config, list(opts.labels.items()))
+                r.manifest, r.config, r.config_bytes = executor.commit_image(r.final)
+                if docker_types:
+                    r.manifest = mp.as_docker(store, r.manifest)
+            if multi:
+                top = mp.write_index(store, [(r.manifest, json.loads(r.config_bytes)) for r in runs],
+                                     docker=docker_types)
+            else:
+                top = runs[0].manifest
             sync_gc_root(store, root)
-            _outputs(store, root, layers, final, manifest_desc, config_desc, opts, output_specs, sde)
+            pushed = _outputs(store, root, layers, runs, top, opts, output_specs, sde)
             finish_build(cache, store, plan, opts.cache_to, opts.cache_report, progress, ",".join(opts.tags))
-        image_id = config_desc.digest
+        image_id = top.digest if multi else runs[0].config.digest
         step = progress.step("[internal] exporting to image")
         step.done()
         progress.message(f"writing image {image_id} done" + (f", naming to {', '.join(opts.tags)}" if opts.tags else "")
                          + f" ({time.monotonic() - t_start:.1f}s)")
-        steps = [replace(s, duration=round(s.duration, 3)) for s in svc.steps]
-        result = BuildResult(image_id, manifest_desc, config_desc.digest, json.loads(config_bytes),
-                             list(opts.tags), steps, list(final.layers))
+        results = []
+        for r in runs:
+            steps = [replace(s, duration=round(s.duration, 3)) for s in r.svc.steps]
+            results.append(BuildResult(r.config.digest, r.manifest, r.config.digest, json.loads(r.config_bytes),
+                                       list(opts.tags), steps, list(r.final.layers)))
+        if multi:
+            result = BuildResult(image_id, top, "", {}, list(opts.tags),
+                                 [st for res in results for st in res.steps], [], platforms=results)
+        else:
+            result = results[0]
         if opts.iidfile:
             write_text_atomic(opts.iidfile, image_id)
         if opts.metadata_file:
-            write_text_atomic(opts.metadata_file, json.dumps({
-                "containerimage.digest": manifest_desc.digest,
-                "containerimage.config.digest": config_desc.digest,
-                "containerimage.descriptor": manifest_desc.to_dict(),
-                "image.name": ",".join(opts.tags),
-                "pybuild.steps": [st.to_dict() for st in steps],
+            meta = {
+                "containerimage.digest": top.digest,
+                "containerimage.descriptor": top.to_dict(),
+                "image.name": ",".join(pushed or opts.tags),
+                "pybuild.steps": [st.to_dict() for st in result.steps],
                 "pybuild.cache": cache.report(),
-            }, indent=2) + "\n")
-        from ..cache.fast import remember
-        remember(root, opts, text.encode("utf-8", "surrogateescape"), plan, cache, store, manifest_desc.digest,
-                 config_desc.digest)
+            }
+            if not multi:
+                meta["containerimage.config.digest"] = runs[0].config.digest
+            else:
+                meta["pybuild.platforms"] = {str(r.platform): r.manifest.digest for r in runs}
+            write_text_atomic(opts.metadata_file, json.dumps(meta, indent=2) + "\n")
+        if not multi and not docker_types:
+            from ..cache.fast import remember
+            remember(root, opts, text.encode("utf-8", "surrogateescape"), plan, cache, store, top.digest,
+                     runs[0].config.digest)
         return result
     finally:
         if executor is not None:
             executor.close()
         context.close()
         progress.close()
+
+
+def _build_platforms(runs: list[_PlatformRun]) -> None:
+    """Run each platform's stages, side by side when the machine has more than one core; the
+    first failure stops the others."""
+    workers = len(runs) if (os.cpu_count() or 1) > 1 else 1
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pybuild-platform") as pool:
+        futs = [pool.submit(_build_stages, r.sb, r.plan) for r in runs]
+        try:
+            while True:
+                finished, pending = wait(futs, timeout=0.2, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    if f.exception() is not None:
+                        raise f.exception()
+                if not pending:
+                    return
+        except BaseException:
+            for r in runs:
+                r.svc.cancelled.set()
+            runs[0].svc.executor.cancel.set()
+            from ..runtime.sandbox import cancel_all
+            cancel_all()
+            wait(futs)
+            raise
 
 
 def _mkdir(p: Path) -> Path:
@@ -366,22 +444,38 @@ def _build_stages(sb: StageBuilder, plan) -> None:
             raise
 
 
-def _outputs(store: Store, root: Path, layers: LayerMaker, final: StageState, manifest: Descriptor,
-             config: Descriptor, opts: BuildOptions, specs: list[OutputSpec], sde: int | None) -> None:
+def _outputs(store: Store, root: Path, layers: LayerMaker, runs: list[_PlatformRun], top: Descriptor,
+             opts: BuildOptions, specs: list[OutputSpec], sde: int | None) -> list[str]:
+    """Tag, export and push ``top`` (the image, or the index of a multi-platform build); returns
+    the ``REPO@DIGEST`` pushed by digest."""
+    from . import multiplatform as mp
+    multi = len(runs) > 1
     push = opts.push
+    by_digest: list[str] = []
     for spec in specs:
         if spec.type == "registry" or (spec.type == "image" and spec.attrs.get("push") == "true"):
-            push = True
+            if spec.attrs.get("push-by-digest") == "true":
+                by_digest += [n.strip() for n in spec.attrs.get("name", "").split(";") if n.strip()]
+                if not by_digest:
+                    raise BuildError("--output push-by-digest=true needs name=REPO (where to push)")
+            else:
+                push = True
     for t in opts.tags:
-        store.tag(t, manifest)
+        store.tag(t, top)
     if not opts.tags:
-        store.add_untagged(manifest)          # listed as <none>, named by its image ID
+        store.add_untagged(top)               # listed as <none>, named by its image ID
     for spec in specs:
         if spec.type == "oci":
-            export_oci(store, manifest, spec.dest, opts.tags, spec.attrs.get("tar", "true") != "false")
+            export_oci(store, top, spec.dest, opts.tags, spec.attrs.get("tar", "true") != "false")
         elif spec.type == "docker":
-            export_docker(store, manifest, spec.dest, opts.tags)
+            export_docker(store, top, spec.dest, opts.tags)
         elif spec.type in ("tar", "local"):
-            export_rootfs(root, layers, final.layers, spec.dest, spec.type == "tar", sde)
+            if multi:
+                mp.export_rootfs_multi(root, layers, runs, spec.dest, spec.type == "tar", sde)
+            else:
+                export_rootfs(root, layers, runs[0].final.layers, spec.dest, spec.type == "tar", sde)
     if push:
         push_tags(store, opts.tags, opts.insecure_registries)
+    if by_digest:
+        return mp.push_by_digest(store, top, by_digest, opts.insecure_registries)
+    return []

@@ -97,6 +97,7 @@ class StageBuilder:
         self.svc = svc
         self.states: dict[int, StageState] = {}
         self.scopes: dict[int, ArgScope] = {}
+        self.platforms: dict[int, Platform] = {}   # each built stage's platform
         self._private_runs: bool | None = None
 
     # -- helpers -------------------------------------------------------------------------------
@@ -215,15 +216,20 @@ class StageBuilder:
 
     def _from(self, ps: PlannedStage) -> tuple[StageState, ArgScope]:
         svc = self.svc
+        plat = svc.platform                       # the run's target platform
         if ps.platform:
             try:
                 from registry.platform import parse_platform
-                want = parse_platform(ps.platform)
+                plat = parse_platform(ps.platform)
             except RegistryError as exc:
                 raise BuildError(f"FROM --platform={ps.platform}: {exc}") from None
-            if not platform_matches(host_platform(), want):
-                raise BuildError(f"FROM --platform={ps.platform} (stage {ps.name}): only this host's "
-                                 f"platform {host_platform()} can be built (no emulation is registered)")
+        elif ps.base_stage is not None:
+            plat = self.platforms.get(ps.base_stage, plat)
+        self.platforms[ps.index] = plat
+        if not platform_matches(host_platform(), plat) and any(
+                isinstance(i, I.RunCommand) for i in ps.stage.instructions):
+            from .emulation import check_emulation
+            check_emulation(plat, f"stage {ps.name} (platform {plat}) has RUN steps")
         if ps.base_stage is not None:
             parent = self.states[ps.base_stage]
             state = parent.copy()
@@ -231,10 +237,10 @@ class StageBuilder:
             state.flags = cfgmod.StageFlags()
             return state, self.scopes[ps.base_stage].copy()
         if ps.base.lower() == "scratch":
-            p = svc.platform
+            p = plat
             cfg = cfgmod.empty_image(p.os, p.architecture, p.variant or "")
             return StageState(ps.name, cfg, []), ArgScope()
-        state = svc.load_image(ps.base, svc.pull)
+        state = svc.load_image(ps.base, svc.pull, plat) if plat != svc.platform else svc.load_image(ps.base, svc.pull)
         state.name = ps.name
         return state, ArgScope()
 

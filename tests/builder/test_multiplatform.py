@@ -1,0 +1,201 @@
+"""Multi-platform builds: emulation detection, emulated RUN (real qemu-user-static through
+binfmt_misc), two-platform indexes tagged, exported, pushed to a real registry:2 and pulled back.
+
+The arm64 base is made offline from Debian's busybox-static:arm64 (scripts/setup.sh caches the
+.deb and registers the emulators); tests needing it skip, saying why, where that is missing.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.engine.emulation import emulation_problem
+from builder.errors import BuildError
+from registry.platform import parse_platform
+from tests.fixtures.building import build_in, need
+from tests.fixtures.images import make_busybox_rootfs, make_busybox_rootfs_arm64
+
+ARM64 = parse_platform("linux/arm64")
+
+
+# ---- detection, on a fake binfmt_misc directory ---------------------------------------------------
+
+AARCH64_MAGIC = "7f454c460201010000000000000000000200b700"
+AARCH64_MASK = "ffffffffffffff00fffffffffffffffffeffffff"
+
+
+def _binfmt(d: Path, entry: dict | None, status: str = "enabled") -> Path:
+    d.mkdir()
+    (d / "register").write_text("")
+    (d / "status").write_text(status + "\n")
+    if entry is not None:
+        (d / "qemu-aarch64").write_text(
+            f"{entry.get('state', 'enabled')}\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\n"
+            f"flags: {entry.get('flags', 'POF')}\noffset 0\nmagic {entry.get('magic', AARCH64_MAGIC)}\n"
+            f"mask {AARCH64_MASK}\n")
+    return d
+
+
+def test_emulation_detection_says_what_is_missing(tmp_path):
+    assert emulation_problem(ARM64, str(_binfmt(tmp_path / "ok", {}))) is None
+    msg = emulation_problem(ARM64, str(tmp_path / "unmounted"))
+    assert "not mounted" in msg and "mount -t binfmt_misc" in msg
+    msg = emulation_problem(ARM64, str(_binfmt(tmp_path / "none", None)))
+    assert "no binfmt_misc entry runs linux/arm64" in msg and "0xb7" in msg and "apt-get install qemu-user-static" in msg
+    msg = emulation_problem(ARM64, str(_binfmt(tmp_path / "noF", {"flags": "OP"})))
+    assert "lacks the F (fix-binary) flag" in msg and "flags: OP" in msg and "echo -1 >" in msg
+    msg = emulation_problem(ARM64, str(_binfmt(tmp_path / "off", {"state": "disabled"})))
+    assert "is disabled" in msg and "echo 1 >" in msg
+    # An entry for another machine (riscv64's e_machine 0xf3) does not count for arm64.
+    other = AARCH64_MAGIC[:36] + "f300"
+    msg = emulation_problem(ARM64, str(_binfmt(tmp_path / "other", {"magic": other})))
+    assert "no binfmt_misc entry runs linux/arm64" in msg
+    msg = emulation_problem(ARM64, str(_binfmt(tmp_path / "globaloff", {}, status="disabled")))
+    assert "binfmt_misc is disabled" in msg
+    assert emulation_problem(parse_platform("linux/amd64"), str(tmp_path / "unmounted")) is None  # native
+
+
+# ---- images ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def _mp_layout(tmp_path_factory) -> Path:
+    """A store with busybox:latest (amd64), arm64-busybox:latest (arm64/v8) and bb:multi, an index
+    of the two."""
+    from registry import mediatypes as mt
+    from registry.imports import import_image
+    from registry.manifest import ContainerConfig, Descriptor, Index
+    from registry.store import Store
+    base = tmp_path_factory.mktemp("mp-images")
+    store = Store(base / "root")
+    cmd = ContainerConfig(cmd=["sh"])
+    amd = import_image(store, make_busybox_rootfs(base / "amd64"), "busybox:latest", container=cmd,
+                       created="2000-01-01T00:00:00Z")
+    arm = import_image(store, make_busybox_rootfs_arm64(base / "arm64", base), "arm64-busybox:latest",
+                       container=cmd, platform=parse_platform("linux/arm64/v8"), created="2000-01-01T00:00:00Z")
+    entries = []
+    for name, plat in (("busybox:latest", "linux/amd64"), ("arm64-busybox:latest", "linux/arm64/v8")):
+        d = store.resolve(name)
+        entries.append(Descriptor(d.media_type, d.digest, d.size, platform=parse_platform(plat)))
+    store.tag("bb:multi", store.put_manifest(Index(manifests=entries, media_type=mt.OCI_INDEX)))
+    return store.layout
+
+
+@pytest.fixture
+def mp_root(root: Path, _mp_layout: Path) -> Path:
+    dest = root / "images"
+    shutil.copytree(_mp_layout, dest, ignore=shutil.ignore_patterns(".lock", ".gc.lock", "leases"))
+    (dest / "leases").mkdir(exist_ok=True)
+    return root
+
+
+def test_emulated_run_prints_aarch64(mp_root, tmp_path):
+    t = time.monotonic()
+    res = build_in(mp_root, tmp_path / "ctx", "FROM arm64-busybox\nRUN uname -m > /arch\n",
+                   platform="linux/arm64", tags=["emu:arm"], outputs=[f"type=local,dest={tmp_path / 'out'}"])
+    elapsed = time.monotonic() - t
+    assert (tmp_path / "out" / "arch").read_text().strip() == "aarch64"
+    assert res.config["architecture"] == "arm64"
+    print(f"emulated arm64 build: {elapsed:.2f}s")
+
+
+MP_DOCKERFILE = """\
+FROM --platform=$BUILDPLATFORM busybox AS build
+ARG TARGETARCH
+ARG BUILDPLATFORM
+ARG TARGETPLATFORM
+RUN echo "$TARGETARCH $TARGETPLATFORM on $BUILDPLATFORM $(uname -m)" > /made
+FROM bb:multi
+ARG TARGETOS
+COPY --from=build /made /made
+RUN uname -m > /arch && echo "$TARGETOS" > /os
+"""
+
+
+def test_two_platform_build_index_push_pull(mp_root, tmp_path, registry):
+    from registry import mediatypes as mt
+    from registry.store import Store
+    skopeo = need("skopeo")
+    ref = f"{registry.host}/mp/app:v1"
+    out = tmp_path / "out"
+    res = build_in(mp_root, tmp_path / "ctx", MP_DOCKERFILE, platform="linux/amd64,linux/arm64", tags=[ref],
+                   push=True, insecure_registries=(registry.host,),
+                   outputs=[f"type=local,dest={out}", f"type=oci,dest={tmp_path / 'app.tar'}"],
+                   metadata_file=str(tmp_path / "meta.json"))
+    assert res.manifest.media_type == mt.OCI_INDEX and len(res.platforms) == 2
+    assert [p.config["architecture"] for p in res.platforms] == ["amd64", "arm64"]
+    # Per-platform local output; the build stage ran natively for both (x86_64).
+    assert (out / "linux_amd64" / "arch").read_text().strip() == "x86_64"
+    assert (out / "linux_arm64" / "arch").read_text().strip() == "aarch64"
+    assert (out / "linux_arm64" / "made").read_text().strip() == "arm64 linux/arm64 on linux/amd64 x86_64"
+    assert (out / "linux_arm64" / "os").read_text().strip() == "linux"
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["containerimage.digest"] == res.digest
+    # Tagged locally as the index.
+    assert Store(mp_root).resolve(ref).digest == res.digest
+
+    raw = json.loads(subprocess.run([skopeo, "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert raw["mediaType"] == mt.OCI_INDEX
+    assert sorted(m["platform"]["architecture"] for m in raw["manifests"]) == ["amd64", "arm64"]
+    info = json.loads(subprocess.run([skopeo, "inspect", "--tls-verify=false", "--override-arch", "arm64",
+                                      f"docker://{ref}"], capture_output=True, text=True, check=True).stdout)
+    assert info["Architecture"] == "arm64"
+    # The OCI archive holds the index.
+    oci = json.loads(subprocess.run([skopeo, "inspect", "--raw", f"oci-archive:{tmp_path / 'app.tar'}"],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert len(oci["manifests"]) == 2
+
+    # Pulled back for arm64 into another store.
+    from tests.fixtures.cli import run_pybuild
+    other = tmp_path / "other"
+    run_pybuild("pull", "--platform", "linux/arm64", "--insecure-registry", registry.host, ref,
+                root=other, check_rc=0)
+    cfg = Store(other).image_config(ref, parse_platform("linux/arm64"))
+    assert cfg.architecture == "arm64"
+
+    # A warm rebuild is all cached.
+    again = build_in(mp_root, tmp_path / "ctx", MP_DOCKERFILE, platform="linux/amd64,linux/arm64", tags=[ref])
+    assert [p.layers for p in again.platforms] == [p.layers for p in res.platforms]
+    work = [s for s in again.steps if s.instruction.startswith(("RUN", "COPY"))]
+    assert len(work) == 6 and all(s.cached for s in work)
+
+
+def test_docker_output_refuses_several_platforms(root, tmp_path):
+    with pytest.raises(BuildError, match="type=docker cannot hold a multi-platform image"):
+        build_in(root, tmp_path / "ctx", "FROM scratch\n", platform="linux/amd64,linux/arm64",
+                 outputs=[f"type=docker,dest={tmp_path / 'x.tar'}"])
+
+
+def test_docker_format_writes_a_manifest_list(root, tmp_path):
+    from registry import mediatypes as mt
+    from registry.store import Store
+    res = build_in(root, tmp_path / "ctx", "FROM scratch\nCOPY f /f\n", {"f": "x"},
+                   platform="linux/amd64,linux/arm64", format="docker", tags=["ml:1"])
+    assert res.manifest.media_type == mt.DOCKER_MANIFEST_LIST
+    idx = Store(root).get_manifest(res.digest)
+    assert [d.media_type for d in idx.manifests] == [mt.DOCKER_MANIFEST] * 2
+    assert [str(d.platform) for d in idx.manifests] == ["linux/amd64", "linux/arm64"]
+
+
+def test_foreign_run_without_emulation_names_the_fix(root, tmp_path, monkeypatch):
+    import builder.engine.emulation as emu
+    monkeypatch.setattr(emu, "BINFMT_DIR", str(tmp_path / "no-binfmt"))
+    monkeypatch.setattr(emu.emulation_problem, "__defaults__", (str(tmp_path / "no-binfmt"),))
+    with pytest.raises(BuildError, match=r"stage 0 \(platform linux/arm64\) has RUN steps: cannot run "
+                                         r"linux/arm64 binaries .*binfmt_misc is not mounted"):
+        build_in(root, tmp_path / "ctx", "FROM scratch\nRUN true\n", platform="linux/arm64")
+
+
+def test_push_by_digest_writes_the_digest_to_the_metadata_file(root, tmp_path, registry):
+    meta = tmp_path / "m.json"
+    res = build_in(root, tmp_path / "ctx", "FROM scratch\nCOPY f /f\n", {"f": "x"}, platform="linux/arm64",
+                   outputs=[f"type=image,name={registry.host}/pbd/app,push-by-digest=true,name-canonical=true,push=true"],
+                   insecure_registries=(registry.host,), metadata_file=str(meta))
+    m = json.loads(meta.read_text())
+    assert m["containerimage.digest"] == res.digest
+    assert m["image.name"] == f"{registry.host}/pbd/app@{res.digest}"
