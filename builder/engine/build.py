@@ -68,6 +68,10 @@ class BuildOptions:
     isolation: str = "oci"
     root: str | None = None
     source_date_epoch: int | None = None
+    # Attestations (issue 17, builder/attest): --sbom, --provenance, --attest as docker buildx takes them.
+    sbom: str | None = None                 # true|false|generator=G,format=spdx|cyclonedx
+    provenance: str | None = None           # true|false|mode=min|max; None: buildx's default
+    attest: list[str] = field(default_factory=list)   # type=sbom[,...] | type=provenance[,mode=]
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class BuildResult:
     tags: list[str]
     steps: list[BuildStep]
     layers: list[LayerRef]
+    index: Descriptor | None = None  # the index holding the image and its attestations (what is tagged and pushed)
 
     @property
     def digest(self) -> str:
@@ -198,6 +203,7 @@ class _ImageLoader:
         self.progress = progress
         self._lock = threading.Lock()
         self._pulled: set[str] = set()
+        self.resolved: dict[str, str] = {}      # base ref -> manifest digest (provenance materials)
 
     def __call__(self, ref: str, pull: bool) -> StageState:
         with self._lock:
@@ -215,6 +221,7 @@ class _ImageLoader:
             except NotFoundError as exc:
                 raise BuildError(f"base image {ref}: {exc}") from None
             cfg = self.store.get_config(manifest.config.digest).to_dict()
+            self.resolved[ref] = desc.digest
         plat = cfg.get("os", "linux") + "/" + cfg.get("architecture", "")
         if cfg.get("architecture") and not platform_matches(self.platform, parse_platform(plat)):
             raise BuildError(f"base image {ref} is for {plat}, not {self.platform}: only this host's "
@@ -289,6 +296,8 @@ def build(opts: BuildOptions) -> BuildResult:
     output_specs = [parse_output(o) for o in opts.outputs]
     secrets = dict(parse_secret(s) for s in opts.secrets)
     sde = _source_date_epoch(opts)
+    from ..attest import options_for_build
+    attest = options_for_build(opts, output_specs)
 
     if opts.context == "-" and opts.dockerfile == "-":
         raise BuildError("the Dockerfile and the context cannot both come from standard input")
@@ -317,6 +326,7 @@ def build(opts: BuildOptions) -> BuildResult:
                        escape=df.escape_token)
         sb = StageBuilder(svc)
         t_start = time.monotonic()
+        t_wall = time.time()
         with store.lease(), cache.in_use():
             _build_stages(sb, plan)
             final = sb.states[plan.target]
@@ -324,8 +334,17 @@ def build(opts: BuildOptions) -> BuildResult:
             if opts.labels:
                 cfgmod.add_labels(final.config, list(opts.labels.items()))
             manifest_desc, config_desc, config_bytes = executor.commit_image(final)
+            top = manifest_desc
+            if attest.any:          # attestations (issue 17): an index of the image and its attestation manifest
+                from ..attest import attach_build
+                top = attach_build(store, layers, final, manifest_desc, config_bytes, attest, opts,
+                                   dockerfile_name=Path(filename).name, dockerfile_text=text,
+                                   bases=svc.load_image.resolved, secret_ids=secrets.keys(),
+                                   steps=[{"stage": s.stage, "instruction": s.instruction, "cached": s.cached,
+                                           "layer": s.layer_digest} for s in svc.steps],
+                                   builder_platform=str(host), started=t_wall, source_date_epoch=sde)
             sync_gc_root(store, root)
-            _outputs(store, root, layers, final, manifest_desc, config_desc, opts, output_specs, sde)
+            _outputs(store, root, layers, final, top, config_desc, opts, output_specs, sde, image=manifest_desc)
             finish_build(cache, store, plan, opts.cache_to, opts.cache_report, progress, ",".join(opts.tags))
         image_id = config_desc.digest
         step = progress.step("[internal] exporting to image")
@@ -335,14 +354,14 @@ def build(opts: BuildOptions) -> BuildResult:
         steps = [BuildStep(s.stage, s.instruction, s.cached, round(s.duration, 3), s.layer_digest, s.layer_size)
                  for s in svc.steps]
         result = BuildResult(image_id, manifest_desc, config_desc.digest, json.loads(config_bytes),
-                             list(opts.tags), steps, list(final.layers))
+                             list(opts.tags), steps, list(final.layers), top if top is not manifest_desc else None)
         if opts.iidfile:
             write_text_atomic(opts.iidfile, image_id)
         if opts.metadata_file:
             write_text_atomic(opts.metadata_file, json.dumps({
-                "containerimage.digest": manifest_desc.digest,
+                "containerimage.digest": top.digest,
                 "containerimage.config.digest": config_desc.digest,
-                "containerimage.descriptor": manifest_desc.to_dict(),
+                "containerimage.descriptor": top.to_dict(),
                 "image.name": ",".join(opts.tags),
                 "pybuild.steps": [st.to_dict() for st in steps],
                 "pybuild.cache": cache.report(),
@@ -395,7 +414,10 @@ def _build_stages(sb: StageBuilder, plan) -> None:
 
 
 def _outputs(store: Store, root: Path, layers: LayerMaker, final: StageState, manifest: Descriptor,
-             config: Descriptor, opts: BuildOptions, specs: list[OutputSpec], sde: int | None) -> None:
+             config: Descriptor, opts: BuildOptions, specs: list[OutputSpec], sde: int | None,
+             image: Descriptor | None = None) -> None:
+    """Tag, export and push ``manifest`` (the image, or the index holding it and its
+    attestations; ``image`` is then the image manifest, for outputs that hold no index)."""
     push = opts.push
     for spec in specs:
         if spec.type == "registry" or (spec.type == "image" and spec.attrs.get("push") == "true"):
@@ -406,7 +428,7 @@ def _outputs(store: Store, root: Path, layers: LayerMaker, final: StageState, ma
         if spec.type == "oci":
             export_oci(store, manifest, spec.dest, opts.tags, spec.attrs.get("tar", "true") != "false")
         elif spec.type == "docker":
-            export_docker(store, manifest, spec.dest, opts.tags)
+            export_docker(store, image or manifest, spec.dest, opts.tags)
         elif spec.type in ("tar", "local"):
             export_rootfs(root, layers, final.layers, spec.dest, spec.type == "tar", sde)
     if push:
