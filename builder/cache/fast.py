@@ -119,7 +119,8 @@ def try_fast_build(args: Any, build_args: dict[str, str], labels: dict[str, str]
     """The image ID of the build ``args`` asks for when it is a no-op rebuild, else None."""
     if (args.no_cache or args.no_cache_filter or args.pull or args.outputs or args.push or args.cache_from
             or args.cache_to or args.cache_report or args.metadata_file or args.secrets or args.context == "-"
-            or args.progress == "rawjson"):
+            or args.progress == "rawjson"
+            or getattr(args, "sbom", None) or getattr(args, "provenance", None) or getattr(args, "attest", None)):
         return None
     df = _dockerfile_path(args.context, args.file)
     if df is None:

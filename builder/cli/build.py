@@ -59,6 +59,15 @@ def register(add_command) -> None:
     p.add_argument("--isolation", default="oci", choices=["oci", "default", "chroot"],
                    help="RUN sandbox: oci (runc; `default` is the same); chroot was removed (it "
                         "could not confine a RUN)")
+    # Attestations (issue 17), as docker buildx takes them.
+    p.add_argument("--sbom", metavar="true|false|format=spdx|cyclonedx",
+                   help="attach an SBOM (SPDX 2.3 JSON; format=cyclonedx for CycloneDX 1.5) made by pybuild from "
+                        "the image's packages (dpkg, apk, Python, npm)")
+    p.add_argument("--provenance", metavar="true|false|mode=min|max",
+                   help="attach SLSA provenance (default mode=min when pushing or exporting an OCI layout; "
+                        "off for a plain build into the store)")
+    p.add_argument("--attest", dest="attest", action="append", default=[],
+                   metavar="type=sbom[,format=F]|type=provenance[,mode=M]", help="attach an attestation (repeatable)")
     p.set_defaults(func=run)
 
 
@@ -109,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         pull=args.pull, progress=progress, iidfile=args.iidfile, metadata_file=args.metadata_file,
         push=args.push, outputs=args.outputs, secrets=args.secrets, ssh=args.ssh,
         insecure_registries=tuple(args.insecure_registries), network=args.network,
-        compression=args.compression, isolation=args.isolation, format=args.format, root=args.root)
+        compression=args.compression, isolation=args.isolation, format=args.format, root=args.root,
+        sbom=args.sbom, provenance=args.provenance, attest=args.attest)
     result = build(opts)
     if args.quiet:
         print(result.image_id)

@@ -69,6 +69,10 @@ class BuildOptions:
     format: str = "oci"                                     # media types: oci, or docker (v2s2 + manifest list)
     root: str | None = None
     source_date_epoch: int | None = None
+    # Attestations (issue 17, builder/attest): --sbom, --provenance, --attest as docker buildx takes them.
+    sbom: str | None = None                 # true|false|generator=G,format=spdx|cyclonedx
+    provenance: str | None = None           # true|false|mode=min|max; None: buildx's default
+    attest: list[str] = field(default_factory=list)   # type=sbom[,...] | type=provenance[,mode=]
 
 
 @dataclass
@@ -85,6 +89,7 @@ class BuildResult:
     # A multi-platform build: one result per platform (``manifest`` is then the index, and
     # ``image_id`` its digest; config and layers are the children's).
     platforms: list["BuildResult"] = field(default_factory=list)
+    index: Descriptor | None = None  # the index holding the image and its attestations (what is tagged and pushed)
 
     @property
     def digest(self) -> str:
@@ -177,6 +182,7 @@ class _ImageLoader:
         self.progress = progress
         self._lock = threading.Lock()
         self._pulled: set[str] = set()
+        self.resolved: dict[str, str] = {}      # base ref -> manifest digest (provenance materials)
 
     def __call__(self, ref: str, pull: bool, platform: Platform | None = None) -> StageState:
         platform = platform or self.platform
@@ -205,6 +211,7 @@ class _ImageLoader:
             except NotFoundError as exc:
                 raise BuildError(f"base image {ref}: {exc}") from None
             cfg = self.store.get_config(manifest.config.digest).to_dict()
+            self.resolved[ref] = desc.digest
         plat = cfg.get("os", "linux") + "/" + cfg.get("architecture", "")
         if cfg.get("variant"):
             plat += "/" + cfg["variant"]
@@ -289,6 +296,8 @@ def build(opts: BuildOptions) -> BuildResult:
         mp.refuse_docker_output(platforms)
     secrets = dict(parse_secret(s) for s in opts.secrets)
     sde = _source_date_epoch(opts)
+    from ..attest import options_for_build
+    attest = options_for_build(opts, output_specs)
 
     if opts.context == "-" and opts.dockerfile == "-":
         raise BuildError("the Dockerfile and the context cannot both come from standard input")
@@ -321,6 +330,7 @@ def build(opts: BuildOptions) -> BuildResult:
                            escape=df.escape_token)
             runs.append(_PlatformRun(p, pl, svc, StageBuilder(svc)))
         t_start = time.monotonic()
+        t_wall = time.time()
         with store.lease(), cache.in_use():
             if multi:
                 _build_platforms(runs)
@@ -339,8 +349,19 @@ def build(opts: BuildOptions) -> BuildResult:
                                      docker=docker_types)
             else:
                 top = runs[0].manifest
+                if attest.any:      # attestations (issue 17): an index of the image and its attestation manifest
+                    from ..attest import attach_build
+                    r = runs[0]
+                    top = attach_build(store, layers, r.final, r.manifest, r.config_bytes, attest, opts,
+                                       dockerfile_name=Path(filename).name, dockerfile_text=text,
+                                       bases=loader.resolved, secret_ids=secrets.keys(),
+                                       steps=[{"stage": st.stage, "instruction": st.instruction, "cached": st.cached,
+                                               "layer": st.layer_digest} for st in r.svc.steps],
+                                       builder_platform=str(host_platform()), started=t_wall,
+                                       source_date_epoch=sde)
             sync_gc_root(store, root)
-            pushed = _outputs(store, root, layers, runs, top, opts, output_specs, sde)
+            pushed = _outputs(store, root, layers, runs, top, opts, output_specs, sde,
+                              image=None if multi else runs[0].manifest)
             finish_build(cache, store, plan, opts.cache_to, opts.cache_report, progress, ",".join(opts.tags))
         image_id = top.digest if multi else runs[0].config.digest
         step = progress.step("[internal] exporting to image")
@@ -357,6 +378,8 @@ def build(opts: BuildOptions) -> BuildResult:
                                  [st for res in results for st in res.steps], [], platforms=results)
         else:
             result = results[0]
+            if top is not runs[0].manifest:
+                result.index = top
         if opts.iidfile:
             write_text_atomic(opts.iidfile, image_id)
         if opts.metadata_file:
@@ -372,7 +395,7 @@ def build(opts: BuildOptions) -> BuildResult:
             else:
                 meta["pybuild.platforms"] = {str(r.platform): r.manifest.digest for r in runs}
             write_text_atomic(opts.metadata_file, json.dumps(meta, indent=2) + "\n")
-        if not multi and not docker_types:
+        if not multi and not docker_types and top is runs[0].manifest:
             from ..cache.fast import remember
             remember(root, opts, text.encode("utf-8", "surrogateescape"), plan, cache, store, top.digest,
                      runs[0].config.digest)
@@ -445,9 +468,11 @@ def _build_stages(sb: StageBuilder, plan) -> None:
 
 
 def _outputs(store: Store, root: Path, layers: LayerMaker, runs: list[_PlatformRun], top: Descriptor,
-             opts: BuildOptions, specs: list[OutputSpec], sde: int | None) -> list[str]:
-    """Tag, export and push ``top`` (the image, or the index of a multi-platform build); returns
-    the ``REPO@DIGEST`` pushed by digest."""
+             opts: BuildOptions, specs: list[OutputSpec], sde: int | None,
+             image: Descriptor | None = None) -> list[str]:
+    """Tag, export and push ``top`` (the image, the index of a multi-platform build, or the index
+    holding the image and its attestations: ``image`` is then the image manifest, for outputs
+    that hold no index); returns the ``REPO@DIGEST`` pushed by digest."""
     from . import multiplatform as mp
     multi = len(runs) > 1
     push = opts.push
@@ -468,7 +493,7 @@ def _outputs(store: Store, root: Path, layers: LayerMaker, runs: list[_PlatformR
         if spec.type == "oci":
             export_oci(store, top, spec.dest, opts.tags, spec.attrs.get("tar", "true") != "false")
         elif spec.type == "docker":
-            export_docker(store, top, spec.dest, opts.tags)
+            export_docker(store, image or top, spec.dest, opts.tags)
         elif spec.type in ("tar", "local"):
             if multi:
                 mp.export_rootfs_multi(root, layers, runs, spec.dest, spec.type == "tar", sde)

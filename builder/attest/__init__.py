@@ -1,0 +1,53 @@
+"""Supply-chain attestations of builds: an SBOM made by pybuild itself (``sbom``), SLSA provenance
+(``provenance``), and attaching them to an image as BuildKit does (``attach``).
+
+The engine calls :func:`options_for_build` before a build and :func:`attach_build` once the image
+manifest is committed; everything else stays here.
+"""
+from __future__ import annotations
+
+from .attach import (ATTESTATION_MANIFEST, IN_TOTO, PREDICATE_ANNOTATION, REF_DIGEST, REF_TYPE, AttestOptions,
+                     attach, attestation_manifest, image_index, parse_attest_options)
+from .provenance import BuildFacts, provenance_predicate, statement
+from .sbom import Limits, Package, ScanResult, make_sbom, scan_view, to_cyclonedx, to_spdx
+
+__all__ = ["ATTESTATION_MANIFEST", "IN_TOTO", "PREDICATE_ANNOTATION", "REF_DIGEST", "REF_TYPE", "AttestOptions",
+           "BuildFacts", "Limits", "Package", "ScanResult", "attach", "attach_build", "attestation_manifest",
+           "image_index", "make_sbom", "options_for_build", "parse_attest_options", "provenance_predicate",
+           "scan_view", "statement", "to_cyclonedx", "to_spdx"]
+
+
+def options_for_build(opts, specs) -> AttestOptions:
+    """The attestations of a build with BuildOptions ``opts`` and parsed --output ``specs``.
+
+    Provenance is on by default (mode=min, as buildx) only for outputs that carry an index: a
+    push (--push, type=registry, type=image,push=true) or an OCI layout (type=oci). A plain
+    build into the store (`pybuild build -t x`) stays a bare image manifest unless --sbom,
+    --provenance or --attest ask for more."""
+    index_capable = bool(opts.push) or any(
+        s.type in ("registry", "oci") or (s.type == "image" and s.attrs.get("push") == "true") for s in specs)
+    return parse_attest_options(opts.sbom, opts.provenance, list(opts.attest), default_provenance=index_capable)
+
+
+def attach_build(store, layers, final, manifest, config_bytes: bytes, attest: AttestOptions, opts, *,
+                 dockerfile_name: str, dockerfile_text: str, bases: dict[str, str], secret_ids,
+                 steps, builder_platform: str, started: float, source_date_epoch: int | None):
+    """Attach the attestations ``attest`` asks for to the committed image ``manifest``; the
+    descriptor of the index that now stands for the build (what is tagged, exported, pushed)."""
+    import time
+
+    from registry.manifest import ImageConfig
+    cfg = ImageConfig.from_bytes(config_bytes)
+    platform = cfg.platform
+    facts = BuildFacts(dockerfile_name=dockerfile_name,
+                       dockerfile_bytes=dockerfile_text.encode("utf-8", "surrogateescape"),
+                       build_args=dict(opts.build_args), target=opts.target, labels=dict(opts.labels),
+                       platform=str(platform) if opts.platform else "", builder_platform=builder_platform,
+                       bases=dict(bases), secret_ids=sorted(secret_ids),
+                       steps=[s.to_dict() if hasattr(s, "to_dict") else dict(s) for s in steps],
+                       no_cache=opts.no_cache, network=opts.network, started=started, finished=time.time())
+    view = layers.view(final.layers) if attest.sbom else None
+    name = opts.tags[0] if opts.tags else "_"
+    index, _ = attach(store, view, manifest, platform, attest, name=name, facts=facts,
+                      source_date_epoch=source_date_epoch)
+    return index
