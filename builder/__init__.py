@@ -23,8 +23,6 @@ Names: ``build`` and ``explain`` (keyword arguments, see builder.api), ``BuildOp
 directories under a store root), the subpackages ``cache`` and ``containers`` (each with its own
 small API), and ``__version__``. Everything else is internal: import it from its module.
 """
-from dockerfile_grammar._lazy import lazy_facade
-
 _LAZY = {
     "build": "api", "explain": "api",
     "BuildOptions": "engine.build", "BuildResult": "engine.build",
@@ -34,7 +32,18 @@ _LAZY = {
 }
 
 
-__getattr__, __dir__ = lazy_facade(__name__, _LAZY, ("cache", "containers"))
+def __getattr__(name: str):      # PEP 562: a public name is imported from its module on first use
+    import importlib
+    if name in ("cache", "containers"):
+        return importlib.import_module(f".{name}", __name__)
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | {"cache", "containers"})
 
 
 __all__ = ["build", "explain", "BuildOptions", "BuildResult", "BuildStep", "BuildError", "DockerignoreError",

@@ -25,7 +25,6 @@ Public API (the names in ``__all__``; loaded on first use, PEP 562, to keep ``im
 """
 from __future__ import annotations
 
-from ._lazy import lazy_facade
 from .errors import DockerfileError
 
 _INSTRUCTION_TYPES = (
@@ -46,7 +45,18 @@ _LAZY = {
 }
 
 
-__getattr__, __dir__ = lazy_facade(__name__, _LAZY, ("instructions",))
+def __getattr__(name: str):      # PEP 562: a public name is imported from its module on first use
+    import importlib
+    if name == "instructions":
+        return importlib.import_module(f".{name}", __name__)
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | {"instructions"})
 
 
 __all__ = [

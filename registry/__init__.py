@@ -30,8 +30,6 @@ standard-library dependencies, which every pybuild command would otherwise pay f
 """
 from __future__ import annotations
 
-from dockerfile_grammar._lazy import lazy_facade
-
 from .errors import AuthError, DigestMismatchError, InvalidReferenceError, NotFoundError, RegistryError
 
 _LAZY = {
@@ -44,7 +42,16 @@ _LAZY = {
 }
 
 
-__getattr__, __dir__ = lazy_facade(__name__, _LAZY)
+def __getattr__(name: str):      # PEP 562: a public name is imported from its module on first use
+    import importlib
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = ["AuthError", "DigestMismatchError", "InvalidReferenceError", "NotFoundError", "RegistryError",

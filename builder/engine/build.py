@@ -20,7 +20,7 @@ from typing import TextIO
 from registry.compression import parse_compression
 from registry.errors import NotFoundError, RegistryError
 from registry.manifest import Descriptor
-from registry.platform import Platform, parse_platform, platform_matches
+from registry.platform import Platform, host_platform, parse_platform, platform_matches
 from registry.store import Store, open_store
 
 from . import config as cfgmod
@@ -93,8 +93,9 @@ class BuildResult:
 
     @property
     def digest(self) -> str:
-        """The manifest digest (what a registry and ``NAME@DIGEST`` refer to)."""
-        return self.manifest.digest
+        """The digest of what was tagged and pushed (what a registry and ``NAME@DIGEST`` refer to):
+        the image manifest's, or the index's when attestations were attached."""
+        return (self.index or self.manifest).digest
 
 
 def parse_secret(spec: str) -> tuple[str, bytes]:
