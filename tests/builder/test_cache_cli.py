@@ -48,7 +48,8 @@ def test_ls_du_and_prune_keep_image_blobs(busybox_image, tmp_path, capsys):
     root, ctx = busybox_image, tmp_path / "ctx"
     kept = build_in(root, ctx, DOCKERFILE, FILES, tags=["keep:1"])
     build_in(root, ctx, DOCKERFILE)                     # hits: counted
-    build_in(root, ctx, DOCKERFILE, build_args={"V": "2"})  # untagged: its layers are reclaimable
+    dangling = build_in(root, ctx, DOCKERFILE, build_args={"V": "2"})  # untagged: kept as <none>
+    _cli(capsys, "--root", str(root), "rmi", dangling.image_id)       # ... until removed: then reclaimable
     ls = json.loads(_cli(capsys, "--root", str(root), "cache", "ls", "--format", "json"))
     assert len(ls) == 5
     by_step = {(e["step"], e["referenced_by_image"]): e for e in ls}
@@ -81,8 +82,9 @@ def test_ls_du_and_prune_keep_image_blobs(busybox_image, tmp_path, capsys):
 
 def test_prune_keep_storage_removes_oldest_first(busybox_image, tmp_path, capsys):
     root, ctx = busybox_image, tmp_path / "ctx"
-    build_in(root, ctx, DOCKERFILE, FILES, build_args={"V": "old"})
-    build_in(root, ctx, DOCKERFILE, build_args={"V": "new"})
+    for v in ("old", "new"):        # untagged builds are <none> images; removed, their entries are prunable
+        res = build_in(root, ctx, DOCKERFILE, FILES, build_args={"V": v})
+        _cli(capsys, "--root", str(root), "rmi", res.image_id)
     before = {e.record.key: e for e in entries(root, Store(root))}
     newest_big = max((e for e in before.values() if e.record.size > 15000), key=lambda e: e.last_used)
     _cli(capsys, "--root", str(root), "cache", "prune", "--keep-storage", "25kB")
