@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from builder.containers import lifecycle as ct
-from tests.test_run import CLI_ENV, REPO, pybuild
+from tests.builder.test_run import CLI_ENV, pybuild
+from tests.fixtures.cli import REPO
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (namespaces, overlay mounts)"),
