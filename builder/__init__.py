@@ -29,22 +29,21 @@ _LAZY = {
     "BuildStep": "engine.build",
     "BuildError": "errors", "DockerignoreError": "errors",
     "Root": "root", "__version__": "_version",
+    "cache": None, "containers": None,   # subpackages
 }
 
 
 def __getattr__(name: str):      # PEP 562: a public name is imported from its module on first use
-    import importlib
-    if name in ("cache", "containers"):
-        return importlib.import_module(f".{name}", __name__)
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    return value
+    module = __import__("importlib").import_module(f".{_LAZY[name] or name}", __name__)
+    return globals().setdefault(name, module if _LAZY[name] is None else getattr(module, name))
 
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | {"cache", "containers"})
 
 
 __all__ = ["build", "explain", "BuildOptions", "BuildResult", "BuildStep", "BuildError", "DockerignoreError",
            "Root", "cache", "containers", "__version__"]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

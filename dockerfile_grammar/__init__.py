@@ -42,21 +42,16 @@ _LAZY = {
     "parse_dockerfile": "instructions",
     "Diagnostic": "linter", "lint": "linter",
     **dict.fromkeys(_INSTRUCTION_TYPES, "instructions"),
+    "instructions": None,   # subpackages
 }
 
 
 def __getattr__(name: str):      # PEP 562: a public name is imported from its module on first use
-    import importlib
-    if name == "instructions":
-        return importlib.import_module(f".{name}", __name__)
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    return value
+    module = __import__("importlib").import_module(f".{_LAZY[name] or name}", __name__)
+    return globals().setdefault(name, module if _LAZY[name] is None else getattr(module, name))
 
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | {"instructions"})
 
 
 __all__ = [
@@ -64,3 +59,7 @@ __all__ = [
     "SyntaxTree", "Node", "Heredoc", "Directive", "Dockerfile", "Stage", "Instruction", "instructions",
     "Diagnostic", "DockerfileError",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

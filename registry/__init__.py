@@ -43,16 +43,16 @@ _LAZY = {
 
 
 def __getattr__(name: str):      # PEP 562: a public name is imported from its module on first use
-    import importlib
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    return value
+    module = __import__("importlib").import_module(f".{_LAZY[name] or name}", __name__)
+    return globals().setdefault(name, module if _LAZY[name] is None else getattr(module, name))
 
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = ["AuthError", "DigestMismatchError", "InvalidReferenceError", "NotFoundError", "RegistryError",
            *_LAZY]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -12,7 +12,10 @@ private podman storage so that nothing else on the machine is touched.
    all run: extra memory per container (PSS of every process that appeared, from
    /proc/PID/smaps_rollup, divided by twenty: pybuild's supervisor + runc, podman's conmon +
    runc's leftovers, plus the container processes) and extra disk per container (growth of the
-   tool's storage directory divided by twenty). Then everything is removed.
+   tool's storage directory divided by twenty). Then everything is removed. Also what is kept
+   alive per container without the container's own process (pybuild: conmon, and pasta on its
+   default network; podman: conmon), PSS and RSS, for pybuild on its default network and on
+   the host's network (as podman runs here).
 
 Usage: python3 benchmarks/run/run.py [--count N] [--trials N] [--no-podman]
 Needs root, runc and overlayfs; podman and skopeo for the comparison (scripts/setup.sh).
@@ -125,6 +128,23 @@ def pss_kb(pid: int) -> int:
     return 0
 
 
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -159,17 +179,27 @@ def resident(tool: Tool, count: int) -> dict[str, float]:
     time.sleep(1.0)      # let start-up transients exit
     new = ours(pids() - before_pids, tool.storage)
     mem_kb = sum(pss_kb(p) for p in new)
+    # What the tool keeps alive per container, without the container's own process (`sleep`).
+    kept = {p: comm(p) for p in new if comm(p) != "sleep"}
+    kept_kb = sum(pss_kb(p) for p in kept)
+    kept_rss_kb = sum(rss_kb(p) for p in kept)
+    kinds = [f"{k} {sum(pss_kb(p) for p, n in kept.items() if n == k) / 1024 / count:.2f}"
+             for k in sorted(set(kept.values()))]
     disk1 = du_bytes(tool.storage)
     check(tool.cmd("rm", "-f", *ids))
     return {"start_s": wall, "mem_mb": mem_kb / 1024 / count, "disk_kb": (disk1 - disk0) / 1024 / count,
-            "procs": len(new) / count}
+            "procs": len(new) / count, "kept_mb": kept_kb / 1024 / count, "kept_rss_mb": kept_rss_kb / 1024 / count,
+            "kinds": ",".join(kinds)}
 
 
 def setup(work: Path, use_podman: bool) -> list[Tool]:
     root = work / "pybuild-root"
     rootfs = make_busybox_rootfs(work / "rootfs")
     import_image(Store(root), rootfs, "busybox:latest", changes=['CMD ["sh"]'], created="2000-01-01T00:00:00Z")
-    tools = [Tool("pybuild", [*PYBUILD, "--root", str(root)], "busybox:latest", root, ["-q"])]
+    tools = [Tool("pybuild", [*PYBUILD, "--root", str(root)], "busybox:latest", root, ["-q"]),
+             # podman below runs on the host's network: the same for pybuild, for a like-for-like
+             # monitor cost (pybuild's default private network adds a pasta per container).
+             Tool("pyb-host", [*PYBUILD, "--root", str(root)], "busybox:latest", root, ["-q", "--network", "host"])]
     if use_podman:
         if not (shutil.which("podman") and shutil.which("skopeo")):
             print("podman or skopeo not installed: measuring pybuild alone", file=sys.stderr)
@@ -209,6 +239,7 @@ def main() -> None:
                     raise SystemExit(f"{t.name}: wrong outputs {outs}")
                 burst[t.name].append(wall)
         res = {t.name: resident(t, a.count) for t in tools}
+        res_names = [t.name for t in tools]
         print(f"{a.count} containers of busybox at once (median of {a.trials} trials; load avg "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
         print(f"{'':8} {'burst run --rm (s)':>18} {'start -d (s)':>12} {'mem/ctr (MB PSS)':>17} "
@@ -217,6 +248,16 @@ def main() -> None:
             r = res[t.name]
             print(f"{t.name:8} {statistics.median(burst[t.name]):18.2f} {r['start_s']:12.2f} "
                   f"{r['mem_mb']:17.1f} {r['disk_kb']:13.1f} {r['procs']:9.1f}")
+        print(f"kept alive per detached container, without the container's own process "
+              "(PSS / RSS, MB; process kinds):")
+        for t in tools:
+            r = res[t.name]
+            print(f"  {t.name:8} {r['kept_mb']:6.2f} / {r['kept_rss_mb']:6.2f}   {r['kinds']}")
+        if "podman" in res:
+            for name in res_names[:-1]:
+                print(f"per-container memory {name}/podman: total PSS {res[name]['mem_mb'] / res['podman']['mem_mb']:.2f}, "
+                      f"kept PSS {res[name]['kept_mb'] / res['podman']['kept_mb']:.2f}, "
+                      f"kept RSS {res[name]['kept_rss_mb'] / res['podman']['kept_rss_mb']:.2f}")
         if "podman" in burst:
             ratio = statistics.median(burst["pybuild"]) / statistics.median(burst["podman"])
             print(f"burst wall time pybuild/podman: {ratio:.2f}")

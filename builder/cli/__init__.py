@@ -36,7 +36,8 @@ COMMAND_OWNERS = {
     **dict.fromkeys(["catalog", "copy", "delete", "inspect", "manifest", "pull", "push", "tags"],
                     "builder.cli.remote"),
     **dict.fromkeys(["login", "logout"], "builder.cli.login"),
-    **dict.fromkeys(["commit", "diff", "logs", "ps", "rm", "run", "stop"], "builder.cli.run"),
+    **dict.fromkeys(["commit", "container-cleanup", "diff", "exec", "logs", "ps", "rm", "run",
+                     "stop", "wait"], "builder.cli.run"),
     "cache": "builder.cli.cache",
     "system": "builder.cli.system",
 }

@@ -28,7 +28,11 @@ def register(add_command) -> None:
                    help="default (or bridge): a private network with outbound access, through pasta; "
                         "host: the host's network shared (without CAP_NET_RAW); none: only loopback")
     p.add_argument("-d", "--detach", action="store_true",
-                   help="run in the background and print the container ID")
+                   help="run in the background (under conmon) and print the container ID")
+    p.add_argument("-i", "--interactive", action="store_true", help="forward stdin to the container")
+    p.add_argument("-t", "--tty", action="store_true", help="give the container a pty (on this terminal)")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CTR[/tcp|udp]",
+                   help="publish a container port on the host through pasta (repeatable; default network)")
     p.add_argument("--isolation", choices=("oci", "default", "chroot"),
                    help="oci: runc (the default, and the only one); chroot was removed (it could not "
                         "confine a container)")
@@ -42,6 +46,25 @@ def register(add_command) -> None:
     # Everything after IMAGE belongs to the container, options included (`run busybox ls -l`).
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
     p.set_defaults(func=_run)
+
+    p = add_command("exec", "run a command in a running container (like docker exec)")
+    p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
+    p.add_argument("-t", "--tty", action="store_true", help="give the command a pty (on this terminal)")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
+                   help="set an environment variable (repeatable)")
+    p.add_argument("-u", "--user", help="USER[:GROUP] to run as (default: the container's)")
+    p.add_argument("-w", "--workdir", help="working directory (default: the container's)")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+    p.set_defaults(func=_exec)
+
+    p = add_command("wait", "wait for containers to exit and print their exit codes")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+    p.set_defaults(func=_wait)
+
+    p = add_command("container-cleanup", "(internal) conmon's exit command: record a detached container's exit")
+    p.add_argument("container")
+    p.set_defaults(func=_cleanup)
 
     p = add_command("ps", "list containers (running ones; -a for all)")
     p.add_argument("-a", "--all", action="store_true", help="show all containers, not only running ones")
@@ -102,7 +125,15 @@ def _run(args: argparse.Namespace) -> int:
         image=args.image, command=command, name=args.name, env=args.env, volumes=args.volume,
         workdir=args.workdir, user=args.user, entrypoint=args.entrypoint, network=args.network,
         isolation=args.isolation, auto_remove=args.auto_remove, stop_timeout=args.stop_timeout,
-        pull=args.pull, insecure_registries=tuple(args.insecure_registry))
+        pull=args.pull, insecure_registries=tuple(args.insecure_registry), publish=args.publish,
+        tty=args.tty)
+    if args.tty and not args.detach and not os.isatty(0):
+        print("error: -t needs a terminal on stdin (the input device is not a TTY)", file=sys.stderr)
+        return 125
+    if args.detach and args.interactive:
+        print("error: -d with -i is not supported (nothing would be attached to the container's stdin)",
+              file=sys.stderr)
+        return 125
     try:
         store, root = _root(args)
         progress = None
@@ -119,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
             print(c.id)
             return 0
         try:
-            return ct.start(c, output=_write)
+            return ct.start(c, output=_write, stdin=0 if (args.interactive or args.tty) else None)
         except BrokenPipeError:
             # Our reader went away (`pybuild run IMAGE yes | head`): the container was killed;
             # end like a pipeline member killed by SIGPIPE, without a traceback.
@@ -198,4 +229,43 @@ def _commit(args: argparse.Namespace) -> int:
     c = ct.lookup(root, args.container)
     desc = ct.commit(store, c, args.name, message=args.message, author=args.author, changes=args.change)
     print(desc.digest)
+    return 0
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from builder.containers import lifecycle as ct
+    from builder.errors import BuildError
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if args.tty and not os.isatty(0):
+        print("error: -t needs a terminal on stdin (the input device is not a TTY)", file=sys.stderr)
+        return 125
+    try:
+        _, root = _root(args)
+        c = ct.lookup(root, args.container)
+        return ct.exec_in(c, command, env=args.env, user=args.user, workdir=args.workdir,
+                          interactive=args.interactive, tty=args.tty)
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 125
+
+
+def _wait(args: argparse.Namespace) -> int:
+    from builder.containers import lifecycle as ct
+    _, root = _root(args)
+    for ref in args.containers:
+        print(ct.wait(ct.lookup(root, ref)), flush=True)
+    return 0
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    """conmon's exit command: record the exit and release what the container held."""
+    from builder.containers import lifecycle as ct
+    from builder.errors import BuildError
+    _, root = _root(args)
+    try:
+        ct.finish_monitored(ct.load(root, args.container))
+    except BuildError:
+        pass                     # removed meanwhile (`rm -f`)
     return 0

@@ -37,6 +37,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,8 +54,9 @@ from ..root import Root
 from ..runtime.rootview import RootView
 from registry.inroot import makedirs_in_root, opened_root
 
-from ..runtime.sandbox import (DEFAULT_PATH, Mount, RunSpec, check_isolation, release_networks, run as sandbox_run,
-                      runtime_available)
+from ..runtime.sandbox import (DEFAULT_PATH, Mount, RunSpec, check_isolation, create_bundle, exec_process,
+                               parse_publish, release_bundle, release_networks, run as sandbox_run,
+                               runtime_available)
 from ..runtime.snapshot import OPAQUE_XATTR, LayerDirs, Snapshot, mount_snapshot
 from ..runtime.users import resolve_user
 
@@ -110,6 +112,8 @@ class RunOptions:
     stop_timeout: int | None = None
     pull: str = "missing"                                  # missing | always | never
     insecure_registries: tuple[str, ...] = ()
+    publish: list[str] = field(default_factory=list)      # [IP:]HOST:CONTAINER[/tcp|udp]
+    tty: bool = False                                      # -t: a pty for the first process
 
 
 @dataclass
@@ -122,6 +126,9 @@ class ContainerState:
     started: str = ""
     finished: str = ""
     error: str = ""
+    monitor: str = ""                # "conmon" for a detached container under conmon, else ""
+    runtime_id: str = ""             # runc's id of the container (conmon-run containers)
+    bundle: str = ""                 # its runtime bundle
 
 
 @dataclass
@@ -151,6 +158,8 @@ class Container:
     auto_remove: bool
     diff_ids: list[str]
     snapshot: str = ""               # snapshot directory name under <root>/snapshots
+    ports: list = field(default_factory=list)     # published: [ip, host port, container port, proto]
+    tty: bool = False
     root: Path = field(default=Path("."), repr=False, compare=False)
     state: ContainerState = field(default_factory=ContainerState, compare=False)
 
@@ -184,6 +193,9 @@ class Container:
         if st.status == "running":
             if self.running:
                 return f"Up {_ago(st.started)}"
+            code = monitor_exit_code(self)
+            if code is not None:
+                return f"Exited ({code}) {_ago(st.started)} ago"
             return "Dead (its supervising process is gone)"
         if st.status == "exited":
             return f"Exited ({st.exit_code}) {_ago(st.finished)} ago"
@@ -216,6 +228,16 @@ def _ago(text: str) -> str:
             n = s // size
             return f"{n} {unit}{'s' if n != 1 else ''}"
     return "Less than a second" if s < 1 else f"{s} second{'s' if s != 1 else ''}"
+
+
+def monitor_exit_code(c: "Container") -> int | None:
+    """The exit code conmon recorded for a container it ran, None if none (yet)."""
+    if c.state.monitor != "conmon":
+        return None
+    try:
+        return int((c.dir / "exits" / c.state.runtime_id).read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -405,6 +427,9 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
         raise BuildError("runc not found: containers run only under runc, which confines them "
                          "(install Debian's runc package)")
     volumes = [Volume.parse(v) for v in opts.volumes]
+    ports = [list(parse_publish(p)) for p in opts.publish]
+    if ports and network != "default":
+        raise BuildError(f"-p needs the default (private) network, not --network {network}")
     if opts.workdir is not None and not opts.workdir.startswith("/"):
         raise BuildError(f"the working directory {opts.workdir!r} is invalid: it must be an absolute path")
     ensure_image(store, opts.image, opts.pull, opts.insecure_registries, progress)
@@ -444,7 +469,8 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
             volumes=[asdict(v) for v in volumes], network=network, isolation=isolation,
             stop_signal=c_cfg.stop_signal or "SIGTERM",
             stop_timeout=DEFAULT_STOP_TIMEOUT if opts.stop_timeout is None else opts.stop_timeout,
-            auto_remove=opts.auto_remove, diff_ids=list(cfg.diff_ids), root=root)
+            auto_remove=opts.auto_remove, diff_ids=list(cfg.diff_ids), ports=ports, tty=opts.tty,
+            root=root)
         signal_number(c.stop_signal)     # refuse an image whose StopSignal this host lacks, up front
         store.add_root(f"container-{cid}", [desc.digest])
         _save_config(c)
@@ -492,14 +518,25 @@ class _Log:
 
 
 def read_logs(c: Container, follow: bool = False) -> Iterator[tuple[str, bytes]]:
-    """The container's output as ``(stream, chunk)`` pairs; with ``follow``, until it exits."""
+    """The container's output as ``(stream, chunk)`` pairs; with ``follow``, until it exits.
+
+    pybuild's own messages and a supervised container's output are in log.jsonl; what a
+    conmon-run container writes is in conmon's ctr.log (read after log.jsonl)."""
     path = c.dir / "log.jsonl"
+    conmon_log = c.dir / "ctr.log"
     f = None
+    g = None
     pending = ""
+    gpending = b""
     while True:
         if f is None:
             try:
                 f = open(path, encoding="utf-8")
+            except FileNotFoundError:
+                pass
+        if g is None:
+            try:
+                g = open(conmon_log, "rb")
             except FileNotFoundError:
                 pass
         running = follow and _still_running(c)
@@ -511,11 +548,17 @@ def read_logs(c: Container, follow: bool = False) -> Iterator[tuple[str, bytes]]
                 rec = json.loads(pending)
                 pending = ""
                 yield rec["stream"], rec["log"].encode("utf-8", "surrogateescape")
+        if g is not None:
+            gpending += g.read()
+            complete, sep, gpending = gpending.rpartition(b"\n")
+            if sep:
+                yield from _parse_conmon_log(complete + b"\n")
         if not running:
             break
         time.sleep(0.1)
-    if f is not None:
-        f.close()
+    for h in (f, g):
+        if h is not None:
+            h.close()
 
 
 def _read_state(c: Container) -> dict:
@@ -578,7 +621,7 @@ def runtime_env(c: Container) -> list[str]:
 
 
 def start(c: Container, output: Callable[[str, bytes], None] | None = None,
-          forward_signals: bool = True) -> int:
+          forward_signals: bool = True, stdin: int | None = None) -> int:
     """Run the container to completion and return its exit code (Docker's 125/126/127 included).
 
     The writable layer is mounted over the image's layers; the output goes to ``output`` and to
@@ -612,7 +655,7 @@ def start(c: Container, output: Callable[[str, bytes], None] | None = None,
     try:
         if guard:
             guard.install()
-        rc = _exit_status(c, _prepare_and_run(c, snap, view, emit))
+        rc = _exit_status(c, _prepare_and_run(c, snap, view, emit, stdin))
     except BuildError as exc:
         emit("stderr", f"pybuild: {exc}\n".encode())
         c.state.error = str(exc)
@@ -626,7 +669,16 @@ def start(c: Container, output: Callable[[str, bytes], None] | None = None,
 
 
 def _prepare_and_run(c: Container, snap: Snapshot, view: RootView,
-                     emit: Callable[[str, bytes], None]) -> int:
+                     emit: Callable[[str, bytes], None], stdin: int | None = None) -> int:
+    spec = _prepare_spec(c, snap, view, emit)
+    if isinstance(spec, int):
+        return spec
+    return sandbox_run(spec, emit, isolation=c.isolation, state_dir=c.dir / "run", stdin=stdin)
+
+
+def _prepare_spec(c: Container, snap: Snapshot, view: RootView,
+                  emit: Callable[[str, bytes], None]) -> "RunSpec | int":
+    """The sandbox spec of the container's first process, or Docker's 126/127 (reported)."""
     env = runtime_env(c)
     _make_workdir(snap.merged, c.workdir)
     missing = _find_executable(view, c.args[0], env, c.workdir)
@@ -643,8 +695,8 @@ def _prepare_and_run(c: Container, snap: Snapshot, view: RootView,
         mounts.append(Mount(v["target"], source=v["host"], readonly=v["readonly"]))
     spec = RunSpec(args=c.args, rootfs=snap.merged, env=env, cwd=c.workdir, uid=c.uid, gid=c.gid,
                    additional_gids=c.additional_gids, mounts=mounts, network=c.network,
-                   hostname=c.hostname)
-    return sandbox_run(spec, emit, isolation=c.isolation, state_dir=c.dir / "run")
+                   hostname=c.hostname, ports=[tuple(p) for p in c.ports], terminal=c.tty)
+    return spec
 
 
 def _finish(c: Container, snap: Snapshot, view: RootView, rc: int | None) -> None:
@@ -712,7 +764,15 @@ def signal_container(supervisor_pid: int, sig: int) -> bool:
 def kill_container(c: Container, supervisor_pid: int) -> bool:
     """SIGKILL the container's first process, noting that it was killed (see _exit_status)."""
     (c.dir / "killed").touch()
+    if c.state.monitor == "conmon":
+        return _runc_kill(c, signal.SIGKILL)
     return signal_container(supervisor_pid, signal.SIGKILL)
+
+
+def _runc_kill(c: Container, sig: int) -> bool:
+    """Signal the first process of a conmon-run container through runc (its state knows it)."""
+    return subprocess.run(["runc", "kill", c.state.runtime_id, str(int(sig))],
+                          capture_output=True).returncode == 0
 
 
 def _exit_status(c: Container, rc: int) -> int:
@@ -736,6 +796,11 @@ class _SignalGuard:
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
             self.saved[sig] = signal.signal(sig, self._handle)
+        if self.c.tty:
+            # runc resizes the container's pty to its stdin's size on SIGWINCH; it runs in a
+            # session of its own, so the terminal's SIGWINCH reaches only us.
+            self.saved[signal.SIGWINCH] = signal.signal(
+                signal.SIGWINCH, lambda *_: signal_container(os.getpid(), signal.SIGWINCH))
 
     def uninstall(self) -> None:
         self.done.set()
@@ -781,8 +846,17 @@ def stop(c: Container, timeout: int | None = None, sig: str | None = None) -> bo
     Returns False if it was not running. Waits until the supervisor has recorded the exit.
     """
     if not c.running:
+        if c.state.monitor == "conmon" and c.state.status == "running":
+            finish_monitored(c)          # exited (or its conmon died): record and clean up
         return False
     timeout = c.stop_timeout if timeout is None else timeout
+    if c.state.monitor == "conmon":
+        _runc_kill(c, signal_number(sig or c.stop_signal))
+        if not _wait_monitored(c, timeout):
+            kill_container(c, c.state.pid)
+            _wait_monitored(c, 30)
+        finish_monitored(c)
+        return True
     signal_container(c.state.pid, signal_number(sig or c.stop_signal))
     if not _wait_exit(c, timeout):
         kill_container(c, c.state.pid)
@@ -803,8 +877,14 @@ def _wait_exit(c: Container, timeout: float) -> bool:
 
 # --- detached containers ------------------------------------------------------------------------
 
+def conmon_available() -> bool:
+    return shutil.which("conmon") is not None
+
+
 def start_detached(c: Container, timeout: float = 30.0) -> None:
-    """Start ``c`` under a supervisor process that outlives the caller (``run -d``).
+    """Start ``c`` so that it outlives the caller (``run -d``): under conmon when it is
+    installed (:func:`start_monitored`: no Python process stays), else under a forked Python
+    supervisor (below).
 
     The supervisor is a fork of this process (no second interpreter start-up), forked twice so
     that it belongs to init and never lingers as the caller's zombie, in its own session with
@@ -812,6 +892,9 @@ def start_detached(c: Container, timeout: float = 30.0) -> None:
     afterwards if it was created with ``auto_remove``. Returns once the container is running
     (or already finished).
     """
+    if conmon_available():
+        start_monitored(c)
+        return
     sys.stdout.flush()
     sys.stderr.flush()
     r, w = os.pipe()
@@ -859,6 +942,264 @@ def supervise(c: Container) -> int:
         remove(c)
     return rc
 
+
+# --- detached containers under conmon -----------------------------------------------------------
+#
+# As podman runs them: `pybuild run -d` mounts the container's filesystem and prepares the
+# bundle (stubs, /etc files, the private network with pasta, config.json with the confinement
+# of every container), then starts conmon, which daemonizes, runs `runc create` (runc's
+# console/stdio are conmon's), reports the container's pid on a sync pipe, and holds its
+# output (a k8s-file log, ctr.log) and, when it exits, its exit code (exits/<runtime id>).
+# pybuild then runs `runc start` and exits: per container only conmon (~2 MB) is left beside
+# the container's own processes. When the container exits, conmon runs its exit command,
+# `pybuild container-cleanup ID` (:func:`finish_monitored`), which records the exit code,
+# deletes runc's container, releases the network and stubs, unmounts the overlay and removes
+# the container if it was run with --rm. `stop`, `wait`, `rm`, `ps` finish the job themselves
+# (under a lock) if that exit command has not run yet, or if conmon was killed.
+
+def _conmon_env() -> dict[str, str]:
+    """conmon's environment (its exit command inherits it): ours, with this package importable."""
+    env = dict(os.environ)
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.pop("_OCI_SYNCPIPE", None)
+    env.pop("_OCI_STARTPIPE", None)
+    return env
+
+
+def start_monitored(c: Container) -> None:
+    """Start ``c`` under conmon (see above); returns once it runs (or has already exited)."""
+    if c.state.status != "created":
+        raise BuildError(f"container {c.name} has already run (status {c.state.status}); "
+                         "start a new one with `pybuild run`")
+    root = c.root
+    view = RootView([LayerDirs(root).path(d) for d in c.diff_ids])
+    snap = mount_snapshot(root, c.diff_ids)
+    c.snapshot = snap.base.name
+    _save_config(c)
+    try:
+        os.symlink(f"../../snapshots/{c.snapshot}", c.dir / "fs")
+    except FileExistsError:
+        pass
+    if snap.kind != "overlay":
+        # A copied tree's changes are found by comparing with what this process saw: only a
+        # supervisor that stays can do that.
+        snap.cleanup()
+        raise BuildError("the kernel refused the overlay mount: detached containers need overlayfs")
+    log = _Log(c.dir / "log.jsonl")
+    c.state = ContainerState(status="running", pid=os.getpid(), started=_now())
+    save_state(c)
+    bundle: Path | None = None
+    try:
+        spec = _prepare_spec(c, snap, view, log)
+        if isinstance(spec, int):
+            log.close()
+            _finish(c, snap, view, spec)
+            if c.auto_remove:
+                remove(c)
+            return
+        bundle = create_bundle(spec, c.dir / "run", isolation=c.isolation)
+        rid = "pybuild-" + c.id[:32]
+        (c.dir / "exits").mkdir(exist_ok=True)
+        (c.dir / "sock").mkdir(exist_ok=True)
+        r, w = os.pipe()
+        env = _conmon_env()
+        env["_OCI_SYNCPIPE"] = str(w)
+        exit_args = ["-m", "builder", "--root", str(root), "container-cleanup", c.id]
+        cmd = ["conmon", "--api-version", "1", "-c", rid, "-u", rid, "-n", c.name,
+               "-r", shutil.which("runc") or "runc", "-b", str(bundle),
+               "-p", str(bundle / "pidfile"), "-P", str(c.dir / "conmon.pid"),
+               "-l", f"k8s-file:{c.dir / 'ctr.log'}", "--exit-dir", str(c.dir / "exits"),
+               "-0", str(c.dir), "--socket-dir-path", str(c.dir / "sock"), "--log-level", "error",
+               "--exit-command", sys.executable] + [a for x in exit_args for a in ("--exit-command-arg", x)]
+        if c.tty:
+            cmd.append("-t")
+        # conmon daemonizes: its stdio must not be pipes we wait on (the daemon keeps them).
+        errf = tempfile.TemporaryFile()
+        try:
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf,
+                                  env=env, pass_fds=(w,), start_new_session=True, timeout=60)
+        finally:
+            os.close(w)
+        errf.seek(0)
+        proc.stderr = errf.read()
+        errf.close()
+        # conmon writes {"data": PID} once `runc create` is done and keeps the pipe open
+        # until the container starts: read that one line, not to EOF.
+        buf = b""
+        try:
+            while b"\n" not in buf:
+                chunk = os.read(r, 4096)
+                if not chunk:
+                    break
+                buf += chunk
+        finally:
+            os.close(r)
+        reply = buf.decode(errors="replace")
+        try:
+            msg = json.loads(reply.splitlines()[0]) if reply.strip() else {}
+        except ValueError:
+            msg = {}
+        if proc.returncode != 0 or int(msg.get("data", -1)) <= 0:
+            detail = msg.get("message") or proc.stderr.decode(errors="replace").strip() or f"exit {proc.returncode}"
+            raise BuildError(f"conmon could not create the container: {detail}")
+        try:
+            monitor = int((c.dir / "conmon.pid").read_text().strip())
+        except (OSError, ValueError):
+            raise BuildError("conmon started the container but wrote no pid file") from None
+        c.state = ContainerState(status="running", pid=monitor, started=_now(), monitor="conmon",
+                                 runtime_id=rid, bundle=str(bundle))
+        save_state(c)
+        r2 = subprocess.run(["runc", "start", rid], capture_output=True, text=True)
+        if r2.returncode != 0:
+            _runc_kill(c, signal.SIGKILL)
+            raise BuildError(f"runc could not start the container: {r2.stderr.strip()}")
+        log.close()
+    except BaseException as exc:
+        if isinstance(exc, BuildError):
+            log("stderr", f"pybuild: {exc}\n".encode())
+            c.state.error = str(exc)
+        log.close()
+        if c.state.runtime_id:
+            subprocess.run(["runc", "delete", "--force", c.state.runtime_id], capture_output=True)
+        if bundle is not None:
+            release_bundle(bundle)
+        _finish(c, snap, view, 125)
+        raise
+
+
+def _wait_monitored(c: Container, timeout: float) -> bool:
+    """Wait until conmon recorded the exit (or died); True if it did within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if monitor_exit_code(c) is not None or not _alive(c.state.pid) or _read_state(c).get("status") == "exited":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+class _Lock:
+    def __init__(self, path: Path):
+        import fcntl
+        self.fcntl = fcntl
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def __enter__(self):
+        self.fcntl.flock(self.fd, self.fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def finish_monitored(c: Container, auto_remove: bool = True) -> None:
+    """Record the exit of a conmon-run container and release what it held (idempotent: the
+    exit command, `stop`, `wait` and `rm` may all get here). A container still running when
+    its conmon is gone (conmon was killed) is killed first."""
+    try:
+        lock = _Lock(c.dir / "cleanup.lock")
+    except FileNotFoundError:
+        return                                      # removed meanwhile
+    with lock:
+        st = _read_state(c)
+        if not st or st.get("status") != "running" or st.get("monitor") != "conmon":
+            if st:
+                c.state = ContainerState(**st)
+            return
+        c.state = ContainerState(**st)
+        if _alive(c.state.pid) and monitor_exit_code(c) is None:
+            return                                  # still running
+        code = monitor_exit_code(c)
+        subprocess.run(["runc", "delete", "--force", c.state.runtime_id], capture_output=True)
+        if c.state.bundle:
+            release_bundle(Path(c.state.bundle))
+        release_networks(c.dir / "run")
+        snap_base = Root(c.root).snapshots / c.snapshot
+        snap = Snapshot(merged=snap_base / "merged", upper=snap_base / "upper", work=snap_base / "work",
+                        base=snap_base, mounted=_is_mounted(snap_base / "merged"))
+        view = RootView([LayerDirs(c.root).path(d) for d in c.diff_ids])
+        _finish(c, snap, view, code if code is not None else 137)
+    if auto_remove and c.auto_remove:
+        remove(c)
+
+
+def wait(c: Container, poll: float = 0.1) -> int:
+    """Block until the container exits; its exit code."""
+    while True:
+        st = _read_state(c)
+        if not st:
+            raise BuildError(f"container {c.name} was removed")
+        c.state = ContainerState(**st)
+        if c.state.status == "exited":
+            return c.state.exit_code if c.state.exit_code is not None else -1
+        if c.state.status == "created":
+            raise BuildError(f"container {c.name} has not been started")
+        if c.state.monitor == "conmon":
+            if _wait_monitored(c, 3600):
+                finish_monitored(c, auto_remove=False)
+                st = _read_state(c)
+                if st.get("status") == "exited":
+                    return st.get("exit_code", -1)
+        elif not _alive(c.state.pid):
+            return 137                          # its supervisor died: no exit code was recorded
+        time.sleep(poll)
+
+
+def exec_in(c: Container, args: list[str], env: list[str] | None = None, user: str | None = None,
+            workdir: str | None = None, interactive: bool = False, tty: bool = False) -> int:
+    """Run ``args`` in the running container (``runc exec`` with the container's own process
+    spec: the same capabilities, no_new_privileges and seccomp profile); its exit code. The
+    output goes to our stdout/stderr; stdin is forwarded with ``interactive``; ``tty`` gives it
+    a pty on our terminal."""
+    if not c.running:
+        raise BuildError(f"container {c.name} is not running")
+    rid, bundle = _runtime_of(c)
+    uid = gid = None
+    groups: list[int] = []
+    if user is not None:
+        merged = Root(c.root).snapshots / c.snapshot / "merged"
+        u = resolve_user(user, RootView([merged]))
+        uid, gid, groups = u.uid, u.gid, u.additional_gids
+    proc = exec_process(bundle, args, env=_merge_env([], env or []), cwd=workdir, uid=uid, gid=gid,
+                        additional_gids=groups, terminal=tty)
+    spec_file = bundle.parent / f".exec-{os.getpid()}-{os.urandom(4).hex()}.json"
+    spec_file.write_text(json.dumps(proc))
+    try:
+        cmd = ["runc", "exec", "--process", str(spec_file)] + (["--tty"] if tty else []) + [rid]
+        p = subprocess.Popen(cmd, stdin=None if (interactive or tty) else subprocess.DEVNULL)
+        old = {s: signal.signal(s, lambda n, _f: p.send_signal(n))
+               for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
+        try:
+            rc = p.wait()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return 128 - rc if rc < 0 else rc
+    finally:
+        spec_file.unlink(missing_ok=True)
+
+
+def _runtime_of(c: Container) -> tuple[str, Path]:
+    """runc's id and bundle of the running container (conmon-run, or a foreground/supervised one)."""
+    if c.state.monitor == "conmon":
+        return c.state.runtime_id, Path(c.state.bundle)
+    r = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
+    prefix = str(c.dir / "run") + os.sep
+    for e in json.loads(r.stdout or "null") or []:
+        if str(e.get("bundle", "")).startswith(prefix) and e.get("status") == "running":
+            return e["id"], Path(e["bundle"])
+    raise BuildError(f"container {c.name} has no running runtime container yet")
+
+
+def _parse_conmon_log(data: bytes) -> Iterator[tuple[str, bytes]]:
+    """conmon's k8s-file log: ``TIME STREAM P|F TEXT`` per line; P marks a partial line."""
+    for line in data.split(b"\n"):
+        parts = line.split(b" ", 3)
+        if len(parts) < 3:
+            continue
+        text = parts[3] if len(parts) == 4 else b""
+        yield parts[1].decode(), text + (b"\n" if parts[2] == b"F" else b"")
 
 # --- removing ---------------------------------------------------------------------------------
 
@@ -914,7 +1255,12 @@ def remove(c: Container, force: bool = False) -> None:
             raise BuildError(f"container {c.name} is running: stop it (`pybuild stop {c.name}`) "
                              "or use `pybuild rm -f`")
         kill_container(c, c.state.pid)
-        _wait_exit(c, 30)
+        if c.state.monitor == "conmon":
+            _wait_monitored(c, 30)
+        else:
+            _wait_exit(c, 30)
+    if c.state.monitor == "conmon" and c.state.status == "running":
+        finish_monitored(c, auto_remove=False)     # also when its conmon was killed
     if c.state.status == "running":
         _kill_orphans(c)          # its supervisor died; runc may still run the container
         release_networks(c.dir / "run")     # and its pasta and network namespace are left

@@ -114,6 +114,10 @@ class RunSpec:
     mounts: list[Mount] = field(default_factory=list)
     network: str = "default"
     hostname: str = HOSTNAME
+    # Published ports (default network only): pasta forwards each to the sandbox, as
+    # ``(host_ip or "", host_port, container_port, "tcp"|"udp")``.
+    ports: list[tuple[str, int, int, str]] = field(default_factory=list)
+    terminal: bool = False             # a pty for the process (runc's own, on runc's stdin)
 
 
 OutputCallback = Callable[[str, bytes], None]   # (stream name "stdout"|"stderr", chunk)
@@ -154,7 +158,7 @@ def runtime_available() -> bool:
 
 def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "oci",
         state_dir: Path | None = None, cancel: threading.Event | None = None,
-        networks: "NetworkPool | None" = None) -> int:
+        networks: "NetworkPool | None" = None, stdin: int | None = None) -> int:
     """Run ``spec`` to completion and return its exit code (128+N when killed by signal N).
 
     ``state_dir`` holds the bundle, generated /etc files and the network namespace (a temp dir
@@ -162,7 +166,9 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
     removed even on KeyboardInterrupt. When ``cancel`` is set (before, or by another thread
     while it runs, together with :func:`cancel_all`), the command is not started or is killed.
     With ``networks``, the default network comes from that pool (and goes back to it) instead
-    of being made for this command alone.
+    of being made for this command alone. ``stdin``: a file descriptor the command reads
+    (default: /dev/null). With ``spec.terminal`` runc gives the command a pty connected to its
+    own stdin/stdout (which must then be a terminal), so the output bypasses ``output``.
     """
     if cancel is not None and cancel.is_set():
         raise BuildError("interrupted: the command was not started")
@@ -178,20 +184,12 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
         raise BuildError("pasta not found: the default network of a RUN step or container is a private "
                          "one through pasta (install Debian's passt package), or use --network host "
                          "(shares the host's network) or --network none")
+    _check_runnable(spec, isolation)
     caps = granted_caps(spec)
     seccomp = oci_seccomp(caps)            # before anything is set up: a missing profile stops here
     root_fd = open_root(spec.rootfs)
     try:
-        for top in ("dev", "proc", "sys"):
-            try:
-                st = os.stat(top, dir_fd=root_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                # runc creates /dev's links through it on the host side; nothing may follow it.
-                raise BuildError(f"the image's /{top} is a symbolic link (to {os.readlink(top, dir_fd=root_fd)}): "
-                                 "refusing to run a command on this rootfs; /dev, /proc and /sys must be "
-                                 "directories")
+        _check_top_dirs(root_fd)
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
         bundle = Path(tempfile.mkdtemp(prefix="run-", dir=state_dir))
@@ -201,9 +199,11 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
             stubs = _make_mountpoints(root_fd, spec)
             etc = _write_etc_files(bundle, spec)
             if spec.network == "default":
-                net = networks.acquire() if networks is not None else _PrivateNetwork.start(bundle)
+                net = (networks.acquire() if networks is not None and not spec.ports
+                       else _PrivateNetwork.start(bundle, spec.ports))
+                networks = networks if not spec.ports else None
             config = oci_config(spec, etc, netns=str(net.path) if net else None, seccomp=seccomp)
-            return _run_oci(spec, bundle, config, output, cancel)
+            return _run_oci(spec, bundle, config, output, cancel, stdin=stdin)
         finally:
             try:
                 if net is not None:
@@ -213,6 +213,27 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
                 shutil.rmtree(bundle, ignore_errors=True)
     finally:
         os.close(root_fd)
+
+
+def _check_runnable(spec: RunSpec, isolation: str) -> None:
+    """Nothing but a confined runc process with a valid network and port list runs."""
+    if spec.ports and spec.network != "default":
+        raise BuildError(f"published ports (-p) need the default private network, not --network {spec.network}"
+                         + (" (on the host's network a server is reachable at its own port already)"
+                            if spec.network == "host" else ""))
+
+
+def _check_top_dirs(root_fd: int) -> None:
+    for top in ("dev", "proc", "sys"):
+        try:
+            st = os.stat(top, dir_fd=root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            # runc creates /dev's links through it on the host side; nothing may follow it.
+            raise BuildError(f"the image's /{top} is a symbolic link (to {os.readlink(top, dir_fd=root_fd)}): "
+                             "refusing to run a command on this rootfs; /dev, /proc and /sys must be "
+                             "directories")
 
 
 def granted_caps(spec: RunSpec) -> list[str]:
@@ -489,7 +510,7 @@ class _PrivateNetwork:
     mounted: bool = False
 
     @classmethod
-    def start(cls, bundle: Path) -> "_PrivateNetwork":
+    def start(cls, bundle: Path, ports: list[tuple[str, int, int, str]] = ()) -> "_PrivateNetwork":
         net = cls(bundle / "netns")
         try:
             net.path.touch()
@@ -503,7 +524,7 @@ class _PrivateNetwork:
             cmd = ["pasta", "--config-net", "--quiet", "--runas", "0",
                    "-a", PRIVATE_ADDRESS, "-n", str(PRIVATE_PREFIX), "-g", PRIVATE_GATEWAY,
                    "--dns-forward", PRIVATE_DNS, "--no-map-gw",
-                   "-t", "none", "-u", "none", "-T", "none", "-U", "none",
+                   *pasta_port_args(ports), "-T", "none", "-U", "none",
                    "-P", str(pidfile), "--netns", str(net.path)]
             r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
             if pidfile.exists():
@@ -538,6 +559,38 @@ class _PrivateNetwork:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
+
+
+def pasta_port_args(ports: list[tuple[str, int, int, str]]) -> list[str]:
+    """pasta's inbound forwarding options for published ports: ``-t [ADDR/]HOST:CONTAINER`` per
+    TCP port, ``-u`` per UDP port; ``none`` for a protocol with no port (nothing published)."""
+    out: list[str] = []
+    for proto, opt in (("tcp", "-t"), ("udp", "-u")):
+        specs = [f"{ip + '/' if ip else ''}{host}:{ctr}" for ip, host, ctr, p in ports if p == proto]
+        for sp in specs or ["none"]:
+            out += [opt, sp]
+    return out
+
+
+def parse_publish(spec: str) -> tuple[str, int, int, str]:
+    """``[IP:]HOST:CONTAINER[/tcp|udp]`` (docker run -p) -> (ip, host port, container port, proto)."""
+    rest, _, proto = spec.partition("/")
+    proto = proto or "tcp"
+    parts = rest.split(":")
+    if proto not in ("tcp", "udp") or len(parts) not in (2, 3):
+        raise BuildError(f"invalid -p {spec!r}: use [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]")
+    ip = parts[0] if len(parts) == 3 else ""
+    try:
+        host, ctr = int(parts[-2]), int(parts[-1])
+        if ip:
+            import ipaddress
+            if ipaddress.ip_address(ip).version != 4:
+                raise ValueError
+    except ValueError:
+        raise BuildError(f"invalid -p {spec!r}: ports are numbers, the address an IPv4 address") from None
+    if not (0 < host < 65536 and 0 < ctr < 65536):
+        raise BuildError(f"invalid -p {spec!r}: ports are 1-65535")
+    return ip, host, ctr, proto
 
 
 class NetworkPool:
@@ -769,13 +822,16 @@ def _exit_code(rc: int) -> int:
 
 
 def _run_oci(spec: RunSpec, bundle: Path, config: dict,
-             output: OutputCallback | None, cancel: threading.Event | None) -> int:
+             output: OutputCallback | None, cancel: threading.Event | None,
+             stdin: int | None = None) -> int:
+    config["process"]["terminal"] = bool(spec.terminal)
     (bundle / "config.json").write_text(json.dumps(config))
     cid = "pybuild-" + os.urandom(8).hex()   # not uuid: it imports `platform`, a start-up cost
     cmd = ["runc", "run", "--bundle", str(bundle), cid]
+    pipe = None if spec.terminal else subprocess.PIPE      # runc copies the pty to its stdout
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL if stdin is None else stdin, stdout=pipe,
+                                stderr=pipe, start_new_session=True)
         _track(cid, proc)
         try:
             if cancel is not None and cancel.is_set():     # cancelled while starting
@@ -791,3 +847,114 @@ def _run_oci(spec: RunSpec, bundle: Path, config: dict,
             _untrack(proc)
     finally:
         subprocess.run(["runc", "delete", "--force", cid], capture_output=True)
+
+
+# --- bundles that outlive this process (detached containers under a monitor) -------------------
+
+BUNDLE_RECORD = "pybuild-bundle.json"
+
+
+def create_bundle(spec: RunSpec, state_dir: Path, isolation: str = "oci") -> Path:
+    """Prepare everything :func:`run` prepares (checks, mount-point stubs, /etc files, the
+    private network with its published ports, config.json with the same confinement) in a
+    bundle directory under ``state_dir``, for a runtime started by another process (``runc
+    create`` under conmon). What must be undone later is recorded in the bundle's
+    ``pybuild-bundle.json``; :func:`release_bundle` undoes it, from any process."""
+    if spec.network not in NETWORK_MODES:
+        raise BuildError(f"unknown network mode {spec.network!r}: use one of {', '.join(NETWORK_MODES)}")
+    if not spec.args:
+        raise BuildError("nothing to run: the command is empty")
+    check_isolation(isolation)
+    if not runtime_available():
+        raise BuildError("runc not found: RUN steps and containers run only under runc, which confines "
+                         "them (install Debian's runc package)")
+    if spec.network == "default" and shutil.which("pasta") is None:
+        raise BuildError("pasta not found: the default network of a container is a private one through "
+                         "pasta (install Debian's passt package), or use --network host or none")
+    _check_runnable(spec, isolation)
+    seccomp = oci_seccomp(granted_caps(spec))
+    root_fd = open_root(spec.rootfs)
+    try:
+        _check_top_dirs(root_fd)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        bundle = Path(tempfile.mkdtemp(prefix="run-", dir=state_dir))
+        stubs: list[_Stub] = []
+        net: _PrivateNetwork | None = None
+        try:
+            stubs = _make_mountpoints(root_fd, spec)
+            _write_json_file(bundle / BUNDLE_RECORD, {"rootfs": str(spec.rootfs),
+                                                      "stubs": [s.__dict__ for s in stubs]})
+            etc = _write_etc_files(bundle, spec)
+            if spec.network == "default":
+                net = _PrivateNetwork.start(bundle, spec.ports)
+            config = oci_config(spec, etc, netns=str(net.path) if net else None, seccomp=seccomp)
+            config["process"]["terminal"] = bool(spec.terminal)
+            _write_json_file(bundle / "config.json", config)
+            return bundle
+        except BaseException:
+            try:
+                if net is not None:
+                    net.stop()
+            finally:
+                _remove_stubs(root_fd, stubs)
+                shutil.rmtree(bundle, ignore_errors=True)
+            raise
+    finally:
+        os.close(root_fd)
+
+
+def _write_json_file(path: Path, doc: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def release_bundle(bundle: Path) -> None:
+    """Undo :func:`create_bundle` once the runtime's container is gone: stop pasta, release the
+    network namespace, remove the stubs (the very inodes made, as :func:`run` does) and the
+    bundle directory. Idempotent."""
+    bundle = Path(bundle)
+    try:
+        release_network(bundle)
+    finally:
+        try:
+            rec = json.loads((bundle / BUNDLE_RECORD).read_text())
+        except (OSError, ValueError):
+            rec = None
+        if rec and rec.get("stubs"):
+            try:
+                root_fd = open_root(Path(rec["rootfs"]))
+            except OSError:
+                root_fd = -1
+            if root_fd >= 0:
+                try:
+                    _remove_stubs(root_fd, [_Stub(**s) for s in rec["stubs"]])
+                finally:
+                    os.close(root_fd)
+        shutil.rmtree(bundle, ignore_errors=True)
+
+
+def exec_process(bundle: Path, args: list[str], env: list[str] | None = None, cwd: str | None = None,
+                 uid: int | None = None, gid: int | None = None, additional_gids: list[int] | None = None,
+                 terminal: bool = False) -> dict:
+    """The process spec for ``runc exec --process`` in the container of ``bundle``: the
+    container's own process (capabilities, no_new_privileges, rlimits; runc applies the
+    container's seccomp profile to every exec'd process) with the command, and the given env
+    additions, working directory and user."""
+    proc = json.loads((Path(bundle) / "config.json").read_text())["process"]
+    proc = dict(proc)
+    if not args:
+        raise BuildError("exec: nothing to run: give a command")
+    proc["args"] = list(args)
+    merged = list(proc.get("env", []))
+    for item in env or []:
+        key = item.partition("=")[0]
+        merged = [e for e in merged if e.partition("=")[0] != key] + [item]
+    proc["env"] = merged
+    if cwd:
+        proc["cwd"] = cwd if cwd.startswith("/") else "/" + cwd
+    if uid is not None:
+        proc["user"] = {"uid": uid, "gid": gid or 0, "additionalGids": sorted(set(additional_gids or []))}
+    proc["terminal"] = bool(terminal)
+    proc["noNewPrivileges"] = True
+    return proc

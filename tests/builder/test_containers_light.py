@@ -1,0 +1,266 @@
+"""Light containers (issue 16): `run -d` under conmon, stdin and ptys, `exec`, `-p` through pasta.
+
+Real runc, conmon and pasta; the busybox image of tests/fixtures.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.containers import lifecycle as ct
+from tests.builder.test_run import CLI_ENV, pybuild
+from tests.fixtures.cli import REPO
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (namespaces, overlay mounts)"),
+              pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs Debian's busybox-static"),
+              pytest.mark.skipif(shutil.which("conmon") is None, reason="needs Debian's conmon")]
+
+
+def _proc_tree(pid: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                pp = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(pp, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += kids.get(p, [])
+    return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _until(cond, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (v := cond()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return v
+
+
+def _pybuild_procs(root: Path) -> list[int]:
+    """Python processes whose command line names this store (a supervisor would)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(root).encode() in cmd and b"python" in cmd.split(b"\0")[0] and int(d) != os.getpid():
+                out.append(int(d))
+    return out
+
+
+def test_detached_container_runs_under_conmon_and_survives_its_starter(busybox_image: Path):
+    root = busybox_image
+    cid = pybuild(root, "run", "-d", "--name", "light", "busybox", "sh", "-c",
+                  'echo up; echo oops >&2; trap "echo bye; exit 42" TERM; while true; do sleep 0.1; done',
+                  check_rc=0).stdout.strip()
+    try:
+        c = ct.load(root, cid)
+        assert c.state.monitor == "conmon" and c.state.status == "running"
+        # The starter has exited (pybuild returned); the container runs on under conmon alone.
+        assert _comm(c.state.pid) == "conmon"
+        tree = _proc_tree(c.state.pid)
+        assert len(tree) >= 2                                    # conmon and the container's sh
+        assert not [p for p in tree if "python" in _comm(p)], [_comm(p) for p in tree]
+        assert _pybuild_procs(root) == []                        # no Python process per container
+        _until(lambda: "up" in pybuild(root, "logs", "light").stdout, what="the container's output")
+        logs = pybuild(root, "logs", "light", check_rc=0)
+        assert logs.stdout == "up\n" and logs.stderr == "oops\n"
+        ps = pybuild(root, "ps", check_rc=0).stdout
+        assert cid[:12] in ps and "Up " in ps
+        waiter = subprocess.Popen([sys.executable, "-m", "builder", "--root", str(root), "wait", "light"],
+                                  stdout=subprocess.PIPE, text=True, cwd=REPO, env=CLI_ENV)
+        pybuild(root, "rm", "light", check_rc=1)                 # running: refused
+        pybuild(root, "stop", "light", check_rc=0)
+        assert waiter.communicate(timeout=30)[0] == "42\n"
+        assert pybuild(root, "logs", "light", check_rc=0).stdout == "up\nbye\n"
+        assert "Exited (42)" in pybuild(root, "ps", "-a").stdout
+        assert not _alive_any(tree)
+        assert str(root) not in Path("/proc/self/mountinfo").read_text()
+        runc = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True).stdout
+        assert c.state.runtime_id not in runc
+    finally:
+        pybuild(root, "rm", "-f", "light")
+    assert not (root / "containers" / cid).exists()
+    assert list((root / "snapshots").iterdir()) == []
+
+
+def _alive_any(pids: list[int]) -> bool:
+    return any(ct._alive(p) for p in pids)
+
+
+def test_stop_kills_after_the_timeout_and_exit_is_recorded_by_conmon(busybox_image: Path):
+    root = busybox_image
+    # `sleep` as PID 1 ignores SIGTERM: the SIGKILL after --stop-timeout ends it.
+    pybuild(root, "run", "-d", "--name", "stubborn", "--stop-timeout", "1", "busybox", "sleep", "300", check_rc=0)
+    t0 = time.monotonic()
+    pybuild(root, "stop", "stubborn", check_rc=0)
+    assert time.monotonic() - t0 < 10
+    assert "Exited (137)" in pybuild(root, "ps", "-a").stdout
+    # A container that exits by itself: conmon's exit command records it, nobody else asks.
+    cid = pybuild(root, "run", "-d", "busybox", "sh", "-c", "echo done; exit 3", check_rc=0).stdout.strip()
+    _until(lambda: json.loads((root / "containers" / cid / "state.json").read_text())["status"] == "exited",
+           what="the exit command")
+    assert pybuild(root, "wait", cid, check_rc=0).stdout == "3\n"
+    assert pybuild(root, "logs", cid, check_rc=0).stdout == "done\n"
+    # --rm: the exit command removes it
+    cid = pybuild(root, "run", "-d", "--rm", "busybox", "true", check_rc=0).stdout.strip()
+    _until(lambda: not (root / "containers" / cid).exists(), what="--rm removal")
+    pybuild(root, "rm", "stubborn", check_rc=0)
+    for d in (root / "containers").iterdir():
+        if d.name != "names":
+            pybuild(root, "rm", "-f", d.name)
+    assert list((root / "snapshots").iterdir()) == []
+
+
+def test_stdin_is_forwarded_with_i(busybox_image: Path):
+    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(busybox_image), "run", "--rm", "-i",
+                        "busybox", "sh"], input="echo hi\nexit 4\n", capture_output=True, text=True,
+                       cwd=REPO, env=CLI_ENV, timeout=60)
+    assert r.stdout == "hi\n" and r.returncode == 4, r.stderr
+    # Without -i the container's stdin is empty.
+    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(busybox_image), "run", "--rm",
+                        "busybox", "sh"], input="echo hi\n", capture_output=True, text=True,
+                       cwd=REPO, env=CLI_ENV, timeout=60)
+    assert r.stdout == "" and r.returncode == 0
+
+
+def _in_pty(argv: list[str], send: bytes = b"", rows: int = 0, cols: int = 0, timeout: float = 60) -> tuple[int, bytes]:
+    """Run ``argv`` on a new pty (size rows x cols); type ``send``; (exit code, what it printed)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            if rows:
+                import fcntl, struct, termios
+                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            os.chdir(REPO)
+            os.execvpe(argv[0], argv, CLI_ENV)
+        finally:
+            os._exit(127)
+    out = b""
+    sent = False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        if send and not sent and b"$ " in out.replace(b"# ", b"$ "):
+            os.write(fd, send)
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out
+
+
+def test_t_gives_a_pty_of_the_terminal_size(busybox_image: Path):
+    cli = [sys.executable, "-m", "builder", "--root", str(busybox_image)]
+    rc, out = _in_pty(cli + ["run", "--rm", "-t", "busybox", "sh", "-c", "tty; stty size"], rows=33, cols=101)
+    assert rc == 0, out
+    assert b"/dev/pts/" in out and b"33 101" in out, out
+    # -it: an interactive shell runs what is typed.
+    rc, out = _in_pty(cli + ["run", "--rm", "-it", "busybox", "sh"], send=b"echo $((6*7)); exit 5\r")
+    assert rc == 5 and b"42" in out, out
+    # Without a terminal, -t is refused as docker refuses it.
+    r = pybuild(busybox_image, "run", "--rm", "-t", "busybox", "true", stdin=subprocess.DEVNULL)
+    assert r.returncode == 125 and "TTY" in r.stderr
+
+
+def test_exec_runs_confined_in_the_running_container(busybox_image: Path):
+    root = busybox_image
+    pybuild(root, "run", "-d", "--name", "box", "-e", "A=1", "busybox", "sh", "-c",
+            "echo hello > /tmp/mark; exec sleep 300", check_rc=0)
+    try:
+        _until(lambda: pybuild(root, "exec", "box", "cat", "/tmp/mark").stdout == "hello\n", what="exec")
+        r = pybuild(root, "exec", "-e", "B=2", "-w", "/tmp", "-u", "nobody", "box", "sh", "-c",
+                    'echo $A $B; pwd; id -u; grep -E "^(Seccomp|NoNewPrivs|CapEff):" /proc/self/status',
+                    check_rc=0)
+        lines = r.stdout.splitlines()
+        assert lines[:3] == ["1 2", "/tmp", "65534"], r.stdout
+        status = dict(l.split(":\t") for l in lines[3:])
+        assert status["Seccomp"] == "2" and status["NoNewPrivs"] == "1"
+        # Root in the container has Docker's set, not more (no CAP_SYS_ADMIN: bit 21).
+        r = pybuild(root, "exec", "box", "sh", "-c",
+                    'grep -E "^(Seccomp|NoNewPrivs|CapEff|CapBnd):" /proc/self/status; '
+                    "unshare -U true; echo unshare=$?; mount -t tmpfs t /mnt; echo mount=$?", check_rc=0)
+        st = dict(l.split(":\t") for l in r.stdout.splitlines() if ":\t" in l)
+        assert st["Seccomp"] == "2" and st["NoNewPrivs"] == "1"
+        assert int(st["CapBnd"], 16) & (1 << 21) == 0 and int(st["CapEff"], 16) & (1 << 21) == 0
+        assert "unshare=0" not in r.stdout and "mount=0" not in r.stdout
+        assert pybuild(root, "exec", "box", "sh", "-c", "exit 7").returncode == 7
+        r = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "exec", "-i", "box", "sh"],
+                           input="echo from-stdin\n", capture_output=True, text=True, cwd=REPO, env=CLI_ENV,
+                           timeout=60)
+        assert r.stdout == "from-stdin\n"
+        rc, out = _in_pty([sys.executable, "-m", "builder", "--root", str(root), "exec", "-it", "box", "tty"])
+        assert rc == 0 and b"/dev/pts/" in out, out
+    finally:
+        pybuild(root, "rm", "-f", "box")
+    pybuild(root, "exec", "box", "true", check_rc=125)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_published_port_is_reachable_from_the_host(busybox_image: Path, tmp_path: Path):
+    root = busybox_image
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("served from the container\n")
+    port = _free_port()
+    pybuild(root, "run", "-d", "--name", "web", "-p", f"127.0.0.1:{port}:8080", "-v", f"{www}:/www:ro",
+            "busybox", "httpd", "-f", "-p", "8080", "-h", "/www", check_rc=0)
+    try:
+        def get() -> str:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                    s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+                    data = b""
+                    while chunk := s.recv(4096):
+                        data += chunk
+                    return data.decode(errors="replace")
+            except OSError:
+                return ""
+        assert "served from the container" in _until(lambda: get(), what="the published port")
+    finally:
+        pybuild(root, "rm", "-f", "web", check_rc=0)
+    # Released with the container: nothing listens any more.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    # Without -p nothing is published; -p needs the private network.
+    r = pybuild(root, "run", "--rm", "--network", "host", "-p", f"{port}:80", "busybox", "true")
+    assert r.returncode == 125 and "-p" in r.stderr
+    r = pybuild(root, "run", "--rm", "-p", "80", "busybox", "true")
+    assert r.returncode == 125 and "invalid -p" in r.stderr
