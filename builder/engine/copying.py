@@ -112,9 +112,6 @@ class CopyWriter:
         self.target = target
         self.opts = opts
         self.count = 0
-        # Parents the copy creates get the time they are made, as BuildKit's copy creates them
-        # (not the epoch); SOURCE_DATE_EPOCH still clamps it in the emitter.
-        self.now = int(time.time())
 
     # -- parents -------------------------------------------------------------------------------
     def _parent_meta(self, rel: str) -> EntryMeta:
@@ -124,7 +121,10 @@ class CopyWriter:
             if s is not None and stat.S_ISDIR(s[1].st_mode):
                 st = s[1]
                 return EntryMeta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime))
-        return EntryMeta(0o755, self.opts.uid or 0, self.opts.gid or 0, self.now)
+        # Parents the copy creates get the epoch, not the time of the build (BuildKit's copy
+        # stamps them with the current time): the same COPY then makes the same layer, so a
+        # --no-cache rebuild reuses its extracted directory and the layer is reproducible.
+        return EntryMeta(0o755, self.opts.uid or 0, self.opts.gid or 0, 0)
 
     def ensure_dir(self, path: str, meta: EntryMeta | None = None) -> None:
         """Emit ``path`` (absolute) and its missing parents as directories."""
