@@ -12,7 +12,6 @@ import posixpath
 import re
 import stat
 import tarfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable
