@@ -6,18 +6,26 @@ manifest is committed; everything else stays here.
 """
 from __future__ import annotations
 
-from .attach import (ATTESTATION_MANIFEST, IN_TOTO, PREDICATE_ANNOTATION, REF_DIGEST, REF_TYPE, AttestOptions,
-                     attach, attestation_manifest, image_index, parse_attest_options)
-from .provenance import BuildFacts, provenance_predicate, statement
-from .sbom import Limits, Package, ScanResult, make_sbom, scan_view, to_cyclonedx, to_spdx
-
-__all__ = ["ATTESTATION_MANIFEST", "IN_TOTO", "PREDICATE_ANNOTATION", "REF_DIGEST", "REF_TYPE", "AttestOptions",
-           "BuildFacts", "Limits", "Package", "ScanResult", "attach", "attach_build", "attestation_manifest",
-           "image_index", "make_sbom", "options_for_build", "parse_attest_options", "provenance_predicate",
-           "scan_view", "statement", "to_cyclonedx", "to_spdx"]
+_LAZY = {
+    **dict.fromkeys(("ATTESTATION_MANIFEST", "IN_TOTO", "PREDICATE_ANNOTATION", "REF_DIGEST", "REF_TYPE",
+                     "AttestOptions", "attach", "attestation_manifest", "image_index", "parse_attest_options"),
+                    "attach"),
+    **dict.fromkeys(("BuildFacts", "provenance_predicate", "statement"), "provenance"),
+    **dict.fromkeys(("Limits", "Package", "ScanResult", "make_sbom", "scan_view", "to_cyclonedx", "to_spdx"), "sbom"),
+}
 
 
-def options_for_build(opts, specs) -> AttestOptions:
+def __getattr__(name: str):      # PEP 562: every build asks for its options; only some scan or attach
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = __import__("importlib").import_module(f".{_LAZY[name]}", __name__)
+    return globals().setdefault(name, getattr(module, name))
+
+
+__all__ = [*_LAZY, "attach_build", "options_for_build"]
+
+
+def options_for_build(opts, specs) -> "AttestOptions":
     """The attestations of a build with BuildOptions ``opts`` and parsed --output ``specs``.
 
     Provenance is on by default (mode=min, as buildx) only for outputs that carry an index: a
@@ -26,10 +34,11 @@ def options_for_build(opts, specs) -> AttestOptions:
     --provenance or --attest ask for more."""
     index_capable = bool(opts.push) or any(
         s.type in ("registry", "oci") or (s.type == "image" and s.attrs.get("push") == "true") for s in specs)
+    from .attach import parse_attest_options
     return parse_attest_options(opts.sbom, opts.provenance, list(opts.attest), default_provenance=index_capable)
 
 
-def attach_build(store, layers, final, manifest, config_bytes: bytes, attest: AttestOptions, opts, *,
+def attach_build(store, layers, final, manifest, config_bytes: bytes, attest: "AttestOptions", opts, *,
                  dockerfile_name: str, dockerfile_text: str, bases: dict[str, str], secret_ids,
                  steps, builder_platform: str, started: float, source_date_epoch: int | None):
     """Attach the attestations ``attest`` asks for to the committed image ``manifest``; the
@@ -37,6 +46,9 @@ def attach_build(store, layers, final, manifest, config_bytes: bytes, attest: At
     import time
 
     from registry.manifest import ImageConfig
+
+    from .attach import attach
+    from .provenance import BuildFacts
     cfg = ImageConfig.from_bytes(config_bytes)
     platform = cfg.platform
     facts = BuildFacts(dockerfile_name=dockerfile_name,
