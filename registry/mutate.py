@@ -53,9 +53,19 @@ def with_entrypoint(cfg: ImageConfig, entrypoint: list[str] | None, *, reset_cmd
     return new
 
 
+def workdir_of(current: str, path: str) -> str:
+    """The working directory `path` names from `current`: a relative path is joined to it and
+    cleaned (Go's path.Join); an absolute one is kept as given (`/tmp/` stays `/tmp/`), as
+    Docker's and BuildKit's NormalizeWorkdir do."""
+    if path.startswith("/"):
+        return path
+    new = posixpath.normpath(posixpath.join(current or "/", path))
+    return new[1:] if new.startswith("//") else new
+
+
 def with_workdir(cfg: ImageConfig, path: str) -> ImageConfig:
-    """Set WorkingDir; a relative path is taken from the current one (default `/`)."""
-    return _with(cfg, working_dir=posixpath.normpath(posixpath.join(cfg.config.working_dir or "/", path)))
+    """Set WorkingDir; a relative path is taken from the current one (default `/`), see workdir_of."""
+    return _with(cfg, working_dir=workdir_of(cfg.config.working_dir, path))
 
 
 def with_user(cfg: ImageConfig, user: str) -> ImageConfig:
@@ -96,6 +106,11 @@ def with_onbuild(cfg: ImageConfig, trigger: str) -> ImageConfig:
 def with_container_config(cfg: ImageConfig, container: ContainerConfig) -> ImageConfig:
     """Replace the whole container config."""
     return replace(_copy.deepcopy(cfg), config=_copy.deepcopy(container))
+
+
+def with_author(cfg: ImageConfig, author: str | None) -> ImageConfig:
+    """Set the image's author (a Dockerfile's MAINTAINER; None removes it)."""
+    return replace(_copy.deepcopy(cfg), author=author)
 
 
 def with_created(cfg: ImageConfig, created: str | None) -> ImageConfig:

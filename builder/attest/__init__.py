@@ -38,19 +38,17 @@ def options_for_build(opts, specs) -> "AttestOptions":
     return parse_attest_options(opts.sbom, opts.provenance, list(opts.attest), default_provenance=index_capable)
 
 
-def attach_build(store, layers, final, manifest, config_bytes: bytes, attest: "AttestOptions", opts, *,
+def attach_build(store, layers, final, manifest, config, attest: "AttestOptions", opts, *,
                  dockerfile_name: str, dockerfile_text: str, bases: dict[str, str], secret_ids,
                  steps, builder_platform: str, started: float, source_date_epoch: int | None):
-    """Attach the attestations ``attest`` asks for to the committed image ``manifest``; the
+    """Attach the attestations ``attest`` asks for to the committed image ``manifest`` (its
+    ``config``: the ImageConfig Executor.commit_image returned); the
     descriptor of the index that now stands for the build (what is tagged, exported, pushed)."""
     import time
 
-    from registry.manifest import ImageConfig
-
     from .attach import attach
     from .provenance import BuildFacts
-    cfg = ImageConfig.from_bytes(config_bytes)
-    platform = cfg.platform
+    platform = config.platform
     facts = BuildFacts(dockerfile_name=dockerfile_name,
                        dockerfile_bytes=dockerfile_text.encode("utf-8", "surrogateescape"),
                        build_args=dict(opts.build_args), target=opts.target, labels=dict(opts.labels),

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
+from registry.manifest import History
+
 from ..root import Root
 from .keys import StepKey, describe, diff_inputs, key_document, step_key
 
@@ -44,7 +46,8 @@ CACHE_ROOT_NAME = "build-cache"
 @dataclass
 class CacheRecord:
     """What a step produced: its layer descriptor (with ``diff_id``) or None, and the config
-    change it made (``config["history"]``: the history entry). ``key_doc`` holds the key's
+    change it made (``config["history"]``: the history entry, as JSON; ``history`` gives it
+    typed, what a hit appends to the stage's config). ``key_doc`` holds the key's
     parent, platform, instruction and inputs; ``stage`` the stage that recorded it."""
 
     key: str
@@ -55,9 +58,9 @@ class CacheRecord:
     key_doc: dict = field(default_factory=dict)
 
     @property
-    def history(self) -> dict:
+    def history(self) -> History:
         """The history entry of the step."""
-        return self.config.get("history") or {}
+        return History.from_dict(self.config.get("history") or {})
 
     @property
     def size(self) -> int:
@@ -67,7 +70,7 @@ class CacheRecord:
     @property
     def step(self) -> str:
         """A one-line description of the step."""
-        return describe(self.key_doc) if self.key_doc else self.history.get("created_by", "")
+        return describe(self.key_doc) if self.key_doc else (self.history.created_by or "")
 
     def to_json(self) -> dict:
         """The stored form."""
@@ -342,10 +345,11 @@ class BuildCache:
             self.context_checks.append([list(srcs), list(excludes), parents, records_digest(files)])
         return files
 
-    def record(self, key: StepKey | str, layer: dict | None, history: dict, stage: str) -> CacheRecord:
-        """Store what a step just produced (its layer blob must already be in the store)."""
+    def record(self, key: StepKey | str, layer: dict | None, history: History, stage: str) -> CacheRecord:
+        """Store what a step just produced (its layer blob must already be in the store) and
+        the history entry it appended to the config."""
         doc = key_document(key) if isinstance(key, StepKey) else {}
-        rec = CacheRecord(key, layer, {"history": history}, time.time(), stage, doc)
+        rec = CacheRecord(key, layer, {"history": history.to_dict()}, time.time(), stage, doc)
         self.put(rec, key.files if isinstance(key, StepKey) else None)
         self.used[key] = rec
         return rec

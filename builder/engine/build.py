@@ -17,9 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
+from registry import mutate
 from registry.compression import parse_compression
 from registry.errors import NotFoundError, RegistryError
-from registry.manifest import Descriptor
+from registry.manifest import Descriptor, ImageConfig
 from registry.platform import Platform, host_platform, parse_platform, platform_matches
 from registry.store import Store, open_store
 
@@ -211,15 +212,15 @@ class _ImageLoader:
                 desc, manifest = self.store.image_manifest(ref, platform)
             except NotFoundError as exc:
                 raise BuildError(f"base image {ref}: {exc}") from None
-            cfg = self.store.get_config(manifest.config.digest).to_dict()
+            cfg = self.store.get_config(manifest.config.digest)
             self.resolved[ref] = desc.digest
-        plat = cfg.get("os", "linux") + "/" + cfg.get("architecture", "")
-        if cfg.get("variant"):
-            plat += "/" + cfg["variant"]
-        if cfg.get("architecture") and not platform_matches(platform, parse_platform(plat)):
+        plat = cfg.os + "/" + cfg.architecture
+        if cfg.variant:
+            plat += "/" + cfg.variant
+        if cfg.architecture and not platform_matches(platform, parse_platform(plat)):
             raise BuildError(f"base image {ref} is for {plat}, not {platform}: give FROM --platform={plat}, "
                              f"build --platform {plat}, or use a base image (or index) that has {platform}")
-        diff_ids = cfg.get("rootfs", {}).get("diff_ids", [])
+        diff_ids = cfg.diff_ids
         if len(diff_ids) != len(manifest.layers):
             raise BuildError(f"base image {ref}: its config lists {len(diff_ids)} layers but its manifest "
                              f"{len(manifest.layers)}; the image is corrupt (pull it again)")
@@ -268,7 +269,7 @@ class _PlatformRun:
     final: StageState | None = None
     manifest: Descriptor | None = None
     config: Descriptor | None = None
-    config_bytes: bytes = b""
+    image_config: ImageConfig | None = None      # the committed config (Executor.commit_image)
 
 
 def build(opts: BuildOptions) -> BuildResult:
@@ -341,19 +342,19 @@ def build(opts: BuildOptions) -> BuildResult:
                 r.final = r.sb.states[r.plan.target]
                 cache.ensure_local(r.final.layers)     # lazy remote hits: the image needs its layers
                 if opts.labels:
-                    cfgmod.add_labels(r.final.config, list(opts.labels.items()))
-                r.manifest, r.config, r.config_bytes = executor.commit_image(r.final)
+                    r.final.config = mutate.with_labels(r.final.config, opts.labels)
+                r.manifest, r.config, r.image_config = executor.commit_image(r.final)
                 if docker_types:
                     r.manifest = mp.as_docker(store, r.manifest)
             if multi:
-                top = mp.write_index(store, [(r.manifest, json.loads(r.config_bytes)) for r in runs],
+                top = mp.write_index(store, [(r.manifest, r.image_config.to_dict()) for r in runs],
                                      docker=docker_types)
             else:
                 top = runs[0].manifest
                 if attest.any:      # attestations (issue 17): an index of the image and its attestation manifest
                     from ..attest import attach_build
                     r = runs[0]
-                    top = attach_build(store, layers, r.final, r.manifest, r.config_bytes, attest, opts,
+                    top = attach_build(store, layers, r.final, r.manifest, r.image_config, attest, opts,
                                        dockerfile_name=Path(filename).name, dockerfile_text=text,
                                        bases=loader.resolved, secret_ids=secrets.keys(),
                                        steps=[{"stage": st.stage, "instruction": st.instruction, "cached": st.cached,
@@ -372,7 +373,7 @@ def build(opts: BuildOptions) -> BuildResult:
         results = []
         for r in runs:
             steps = [replace(s, duration=round(s.duration, 3)) for s in r.svc.steps]
-            results.append(BuildResult(r.config.digest, r.manifest, r.config.digest, json.loads(r.config_bytes),
+            results.append(BuildResult(r.config.digest, r.manifest, r.config.digest, r.image_config.to_dict(),
                                        list(opts.tags), steps, list(r.final.layers)))
         if multi:
             result = BuildResult(image_id, top, "", {}, list(opts.tags),

@@ -1,18 +1,19 @@
-"""Instruction semantics on the image config, field by field as Docker's builder (BuildKit) does.
+"""What a Dockerfile instruction does to the image config, beyond the generic change.
 
-The config is the OCI/Docker image config JSON as a dict::
-
-    {"architecture", "os", "created", "author", "config": {Env, Cmd, Entrypoint, ...},
-     "rootfs": {"type": "layers", "diff_ids": [...]}, "history": [...]}
-
-Every function mutates that dict in place; the executor calls them with already-expanded values.
+The stage's config is a typed ImageConfig (registry.manifest) and every change to it is one of
+registry.mutate's pure functions (shared with `import --change` and `commit --change`): each
+call here returns a new config and leaves its argument alone. What stays here is what only a
+Dockerfile means: FROM's starting config, shell form against the stage's SHELL, ENTRYPOINT
+resetting an inherited CMD, the checks and error texts of EXPOSE/VOLUME/STOPSIGNAL/SHELL,
+HEALTHCHECK's flags, BuildKit's history entries, and the last touches at commit.
 """
 from __future__ import annotations
 
-import copy
-import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from registry import mutate
+from registry.manifest import ContainerConfig, History, ImageConfig
 
 from ..errors import BuildError
 
@@ -21,76 +22,38 @@ HISTORY_COMMENT = "buildkit.dockerfile.v0"
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 
 
-def empty_image(os_name: str, arch: str, variant: str = "") -> dict:
+def empty_image(os_name: str, arch: str, variant: str = "") -> ImageConfig:
     """The config of ``FROM scratch``: PATH set, WorkingDir "/" (what BuildKit starts from)."""
-    cfg: dict = {
-        "architecture": arch,
-        "os": os_name,
-        "config": {"Env": ["PATH=" + DEFAULT_PATH], "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": []},
-        "history": [],
-    }
-    if variant:
-        cfg["variant"] = variant
-    return cfg
+    return ImageConfig(architecture=arch, os=os_name, variant=variant or None,
+                       config=ContainerConfig(env=["PATH=" + DEFAULT_PATH], working_dir="/"))
 
 
-def from_base(base: dict) -> dict:
-    """A stage's starting config: a deep copy of the base image's config.
+def from_base(base: ImageConfig) -> ImageConfig:
+    """A stage's starting config: the base image's (a new object; `base` is not changed).
 
     A base without PATH gets the default one first in Env, as Docker's builders do.
     """
-    cfg = copy.deepcopy(base)
-    cfg.setdefault("config", {})
-    cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []})
-    cfg.setdefault("history", [])
-    env = cfg["config"].get("Env") or []
-    if not any(e.startswith("PATH=") for e in env):
-        cfg["config"]["Env"] = ["PATH=" + DEFAULT_PATH] + list(env)
-    return cfg
+    env = base.config.env or []
+    if any(e.startswith("PATH=") for e in env):
+        return mutate.with_container_config(base, base.config)
+    return mutate.with_container_config(base, replace(base.config, env=["PATH=" + DEFAULT_PATH, *env]))
 
 
-def env_list_to_dict(env: list[str]) -> dict[str, str]:
-    """``["A=1", "B"]`` -> ``{"A": "1", "B": ""}`` (later entries win)."""
-    out: dict[str, str] = {}
-    for e in env:
-        k, _, v = e.partition("=")
-        out[k] = v
-    return out
-
-
-def get_env(cfg: dict) -> dict[str, str]:
-    """The image's environment as a dict, in order."""
-    return env_list_to_dict(cfg["config"].get("Env") or [])
-
-
-def set_env(cfg: dict, pairs: list[tuple[str, str]]) -> None:
-    """ENV: replace an existing variable in place, else append (Docker keeps the order)."""
-    env = cfg["config"].setdefault("Env", [])
-    for key, value in pairs:
-        entry = f"{key}={value}"
-        for i, e in enumerate(env):
-            if e.partition("=")[0] == key:
-                env[i] = entry
-                break
-        else:
-            env.append(entry)
-
-
-def add_labels(cfg: dict, pairs: list[tuple[str, str]]) -> None:
-    """LABEL: add or replace labels."""
-    labels = cfg["config"].get("Labels") or {}
-    for k, v in pairs:
-        labels[k] = v
-    cfg["config"]["Labels"] = labels
+def take_onbuild(cfg: ImageConfig) -> tuple[ImageConfig, list[str]]:
+    """The base's ONBUILD triggers, and the config without them (a stage runs them, its image
+    does not inherit them)."""
+    triggers = list(cfg.config.on_build or [])
+    if cfg.config.on_build is None:
+        return cfg, triggers
+    return mutate.with_container_config(cfg, replace(cfg.config, on_build=None)), triggers
 
 
 _PORT = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
-def expose(cfg: dict, ports: list[str]) -> None:
+def expose(cfg: ImageConfig, ports: list[str]) -> ImageConfig:
     """EXPOSE: ``80``, ``80/udp``, ``8000-8002/tcp``, ``[ip:][host:]container[/proto]``."""
-    exposed = cfg["config"].get("ExposedPorts") or {}
+    exposed: list[str] = []
     for spec in ports:
         port, _, proto = spec.partition("/")
         proto = (proto or "tcp").lower()
@@ -104,47 +67,24 @@ def expose(cfg: dict, ports: list[str]) -> None:
         hi = int(m.group(2) or lo)
         if hi < lo or hi > 65535:
             raise BuildError(f"EXPOSE {spec}: invalid port range")
-        for p in range(lo, hi + 1):
-            exposed[f"{p}/{proto}"] = {}
-    cfg["config"]["ExposedPorts"] = exposed
+        exposed.extend(f"{p}/{proto}" for p in range(lo, hi + 1))
+    return mutate.with_exposed_ports(cfg, exposed)
 
 
-def add_volumes(cfg: dict, paths: list[str]) -> None:
+def add_volumes(cfg: ImageConfig, paths: list[str]) -> ImageConfig:
     """VOLUME: add mount points (an empty path is an error)."""
-    vols = cfg["config"].get("Volumes") or {}
     for p in paths:
         if not p.strip():
             raise BuildError("VOLUME specified can not be an empty string")
-        vols[p] = {}
-    cfg["config"]["Volumes"] = vols
+    return mutate.with_volumes(cfg, paths)
 
 
-def set_user(cfg: dict, user: str) -> None:
-    """USER."""
-    cfg["config"]["User"] = user
-
-
-def set_workdir(cfg: dict, path: str) -> str:
-    """WORKDIR: relative paths resolve against the current one (joined and cleaned, Go's
-    path.Join); an absolute path is stored as given (`/tmp/` stays `/tmp/`), as BuildKit's
-    NormalizeWorkdir does. Returns the new path."""
-    cur = cfg["config"].get("WorkingDir") or "/"
-    if path.startswith("/"):
-        new = path
-    else:
-        new = posixpath.normpath(posixpath.join(cur, path))
-        if new.startswith("//"):
-            new = new[1:]
-    cfg["config"]["WorkingDir"] = new
-    return new
-
-
-def shell_of(cfg: dict) -> list[str]:
+def shell_of(cfg: ImageConfig) -> list[str]:
     """The current SHELL (default ``/bin/sh -c``)."""
-    return list(cfg["config"].get("Shell") or DEFAULT_SHELL)
+    return list(cfg.config.shell or DEFAULT_SHELL)
 
 
-def command_line(cfg: dict, args: list[str], json_form: bool) -> list[str]:
+def command_line(cfg: ImageConfig, args: list[str], json_form: bool) -> list[str]:
     """Shell form -> SHELL + [command]; exec form unchanged."""
     return list(args) if json_form else shell_of(cfg) + [" ".join(args)]
 
@@ -156,23 +96,21 @@ class StageFlags:
     cmd_set: bool = False
 
 
-def set_cmd(cfg: dict, cmd: list[str], flags: StageFlags) -> None:
+def set_cmd(cfg: ImageConfig, cmd: list[str], flags: StageFlags) -> ImageConfig:
     """CMD: only the last one counts; ``CMD []`` gives an empty list. BuildKit's dispatchCmd
     sets ArgsEscaped for both forms (Docker-image compatibility; ENTRYPOINT does not)."""
-    cfg["config"]["Cmd"] = list(cmd)
-    cfg["config"]["ArgsEscaped"] = True
     flags.cmd_set = True
+    new = mutate.with_cmd(cfg, cmd)
+    return mutate.with_container_config(new, replace(new.config, args_escaped=True))
 
 
-def set_entrypoint(cfg: dict, entrypoint: list[str] | None, flags: StageFlags) -> None:
+def set_entrypoint(cfg: ImageConfig, entrypoint: list[str] | None, flags: StageFlags) -> ImageConfig:
     """ENTRYPOINT: ``ENTRYPOINT []`` clears it; resets an inherited CMD unless this stage set CMD."""
-    cfg["config"]["Entrypoint"] = list(entrypoint) if entrypoint else None
-    if not flags.cmd_set:
-        cfg["config"]["Cmd"] = None
+    return mutate.with_entrypoint(cfg, list(entrypoint) if entrypoint else None, reset_cmd=not flags.cmd_set)
 
 
-def set_healthcheck(cfg: dict, test: list[str], interval: int = 0, timeout: int = 0,
-                    start_period: int = 0, start_interval: int = 0, retries: int = 0) -> None:
+def set_healthcheck(cfg: ImageConfig, test: list[str], interval: int = 0, timeout: int = 0,
+                    start_period: int = 0, start_interval: int = 0, retries: int = 0) -> ImageConfig:
     """HEALTHCHECK: ``test`` is ``["NONE"]``, ``["CMD", ...]`` or ``["CMD-SHELL", cmd]``.
 
     Durations are nanoseconds; zero values are left out, as Docker's JSON does.
@@ -182,7 +120,7 @@ def set_healthcheck(cfg: dict, test: list[str], interval: int = 0, timeout: int 
                      ("StartInterval", start_interval), ("Retries", retries)):
         if val:
             hc[key] = val
-    cfg["config"]["Healthcheck"] = hc
+    return mutate.with_healthcheck(cfg, hc)
 
 
 _SIGNALS = {"HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "IOT", "BUS", "FPE", "KILL", "USR1", "SEGV",
@@ -190,48 +128,38 @@ _SIGNALS = {"HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "IOT", "BUS", "FPE", "K
             "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "POLL", "PWR", "SYS"}
 
 
-def set_stopsignal(cfg: dict, signal: str) -> None:
+def set_stopsignal(cfg: ImageConfig, signal: str) -> ImageConfig:
     """STOPSIGNAL: a name (``SIGTERM``/``TERM``), ``RTMIN+n`` or a number; stored as written."""
     s = signal.upper()
     name = s[3:] if s.startswith("SIG") else s
     if not (signal.isdigit() or name in _SIGNALS or re.fullmatch(r"RTM(IN|AX)([+-]\d+)?", name)):
         raise BuildError(f"STOPSIGNAL {signal}: invalid signal name or number")
-    cfg["config"]["StopSignal"] = signal
+    return mutate.with_stop_signal(cfg, signal)
 
 
-def set_shell(cfg: dict, shell: list[str]) -> None:
+def set_shell(cfg: ImageConfig, shell: list[str]) -> ImageConfig:
     """SHELL (JSON form only, non-empty)."""
     if not shell:
         raise BuildError("SHELL requires at least one argument")
-    cfg["config"]["Shell"] = list(shell)
+    return mutate.with_shell(cfg, shell)
 
 
-def add_onbuild(cfg: dict, expression: str) -> None:
-    """ONBUILD: record the trigger's text (the instruction after ONBUILD)."""
-    cfg["config"]["OnBuild"] = (cfg["config"].get("OnBuild") or []) + [expression]
+def history(created_by: str, created: str | None) -> History:
+    """BuildKit's history entry for a step (mutate.append_layer/append_history set empty_layer);
+    ``created`` None for a config-only step, timed at commit (fill_history_times)."""
+    return History(created=created, created_by=created_by, comment=HISTORY_COMMENT)
 
 
-def set_maintainer(cfg: dict, name: str) -> None:
-    """MAINTAINER: the image's author."""
-    cfg["author"] = name
+def add_step(cfg: ImageConfig, diff_id: str | None, entry: History) -> ImageConfig:
+    """Record a step: its layer's diffID (None for a step that made none) and its history entry."""
+    if diff_id is None:
+        return mutate.append_history(cfg, entry)
+    return mutate.append_layer(cfg, diff_id, entry)
 
 
-def add_history(cfg: dict, created_by: str, created: str | None, empty_layer: bool) -> None:
-    """Append one history entry (``empty_layer`` for steps that add no layer)."""
-    h: dict = {"created": created, "created_by": created_by, "comment": HISTORY_COMMENT}
-    if empty_layer:
-        h["empty_layer"] = True
-    cfg.setdefault("history", []).append(h)
-
-
-def add_layer(cfg: dict, diff_id: str) -> None:
-    """Record a new layer's diffID."""
-    cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []}).setdefault("diff_ids", []).append(diff_id)
-
-
-def fill_history_times(history: list[dict]) -> str | None:
-    """Give the config-only entries (``created`` None) a time, as BuildKit's exporter does, and
-    return the image's creation time (the last entry's).
+def fill_history_times(history: list[History]) -> tuple[list[History], str | None]:
+    """Give the config-only entries (``created`` None) a time, as BuildKit's exporter does: the
+    new entries, and the image's creation time (the last entry's).
 
     An untimed entry takes the time of the last timed entry before it, except the untimed
     entries before the build's first timed entry after them (the first new layer): they take
@@ -242,41 +170,31 @@ def fill_history_times(history: list[dict]) -> str | None:
     created = None
     seen_untimed = False
     for h in history:
-        if h.get("created") is not None:
-            created = h["created"]
+        if h.created is not None:
+            created = h.created
             if seen_untimed:
                 break
         else:
             seen_untimed = True
+    out: list[History] = []
     seen_untimed = False
     for h in history:
-        if h.get("created") is not None:
+        if h.created is not None:
             if seen_untimed:
-                created = h["created"]
+                created = h.created
+            out.append(h)
         else:
             seen_untimed = True
-            if created is None:
-                h.pop("created", None)
-            else:
-                h["created"] = created
+            out.append(replace(h, created=created))
     last = None
-    for h in history:
-        if h.get("created") is not None:
-            last = h["created"]
-    return last
+    for h in out:
+        if h.created is not None:
+            last = h.created
+    return out, last
 
 
-def finalize(cfg: dict, created: str) -> dict:
-    """Stamp the creation time and drop empty optional fields the way Docker serializes them."""
-    cfg["created"] = created
-    c = cfg["config"]
-    for key in ("Labels", "ExposedPorts", "Volumes", "OnBuild"):
-        if key in c and not c[key]:
-            del c[key]
-    for key in ("Entrypoint", "Cmd", "Shell", "Healthcheck"):
-        if key in c and c[key] is None:
-            del c[key]
-    for key in ("User", "StopSignal"):
-        if key in c and c[key] == "":
-            del c[key]
-    return cfg
+def finalize(cfg: ImageConfig, created: str) -> ImageConfig:
+    """Stamp the creation time; an empty ONBUILD list is left out, as Docker serializes it."""
+    if cfg.config.on_build == []:
+        cfg = mutate.with_container_config(cfg, replace(cfg.config, on_build=None))
+    return mutate.with_created(cfg, created)

@@ -1,8 +1,9 @@
 """Executing build steps on a stage's state: FROM, RUN in the sandbox, COPY/ADD, WORKDIR, commit.
 
-A :class:`StageState` is the image being built by one stage: its config dict (see
-builder.engine.config), its layers, and the cache key of the last step. The :class:`Executor` turns
-steps into layers in the store; metadata instructions are handled by builder.engine.config directly.
+A :class:`StageState` is the image being built by one stage: its config (a typed ImageConfig,
+changed only through registry.mutate, see builder.engine.config) and its layers. The
+:class:`Executor` turns steps into layers in the store; metadata instructions are handled by
+builder.engine.config directly.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -41,14 +42,14 @@ class StageState:
     """The image a stage is building."""
 
     name: str
-    config: dict
+    config: ImageConfig          # a value: replaced by each step (registry.mutate), never changed in place
     layers: list[LayerRef] = field(default_factory=list)
     flags: cfgmod.StageFlags = field(default_factory=cfgmod.StageFlags)
     base_ref: str = ""
 
     def copy(self) -> "StageState":
-        import copy as _copy
-        return StageState(self.name, _copy.deepcopy(self.config), list(self.layers),
+        # The config is shared: a step replaces it rather than changing it.
+        return StageState(self.name, self.config, list(self.layers),
                           cfgmod.StageFlags(self.flags.cmd_set), self.base_ref)
 
 
@@ -170,7 +171,7 @@ class Executor:
     def user(self, state: StageState, spec: str | None = None, for_chown: bool = False) -> ResolvedUser:
         """Resolve ``spec`` (default: the stage's USER) through the stage's /etc/passwd and /etc/group."""
         if spec is None:
-            spec = state.config["config"].get("User") or ""
+            spec = state.config.config.user
         if not spec:
             if for_chown:
                 return ResolvedUser(0, 0)
@@ -185,7 +186,7 @@ class Executor:
             network: str, output: Callable[[str, bytes], None]) -> tuple[int, LayerRef | None]:
         """Run ``argv`` on the stage's rootfs; returns the exit code and the layer (None if nothing changed)."""
         user = self.user(state)
-        cwd = state.config["config"].get("WorkingDir") or "/"
+        cwd = state.config.config.working_dir or "/"
         lower_ids = [l.diff_id for l in state.layers]
         self.layers.dirs(state.layers)
         snap = mount_snapshot(self.root, lower_ids)
@@ -376,26 +377,24 @@ class Executor:
         """Record a step's result in the stage's config (layer + history)."""
         if layer is not None:
             state.layers.append(layer)
-            cfgmod.add_layer(state.config, layer.diff_id)
         # A config-only step gets its time when the image is committed (see commit_image).
         created = self.now() if layer is not None or self.source_date_epoch is not None else None
-        cfgmod.add_history(state.config, created_by, created, empty_layer=layer is None)
+        state.config = cfgmod.add_step(state.config, layer.diff_id if layer is not None else None,
+                                       cfgmod.history(created_by, created))
 
-    def commit_image(self, state: StageState) -> tuple[Descriptor, Descriptor, bytes]:
-        """Write the stage's config and manifest to the store; returns (manifest, config, config bytes)."""
-        cfg = dict(state.config)
-        cfg["history"] = [dict(h) for h in cfg.get("history") or []]
-        created = cfgmod.fill_history_times(cfg["history"])
+    def commit_image(self, state: StageState) -> tuple[Descriptor, Descriptor, ImageConfig]:
+        """Write the stage's config and manifest to the store (the one serialization of the
+        config in a build); returns (manifest, config descriptor, the final config)."""
+        history, created = cfgmod.fill_history_times(state.config.history)
         if self.source_date_epoch is not None or created is None:
             created = self.now()
-        cfg = cfgmod.finalize(cfg, created)
-        image_config = ImageConfig.from_dict(cfg, where=f"stage {state.name}")
+        image_config = cfgmod.finalize(replace(state.config, history=history), created)
         data = image_config.to_bytes()
         config_desc = self.store.put_blob(data, mt.OCI_CONFIG)
         manifest = Manifest(config=Descriptor(mt.OCI_CONFIG, config_desc.digest, config_desc.size),
                             layers=[l.descriptor for l in state.layers], media_type=mt.OCI_MANIFEST)
         manifest_desc = self.store.put_manifest(manifest)
-        return manifest_desc, config_desc, data
+        return manifest_desc, config_desc, image_config
 
 
 def _seed_cache(view, source: str, dest: Path) -> None:

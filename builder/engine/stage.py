@@ -25,6 +25,7 @@ from dockerfile_grammar.errors import DockerfileError
 from dockerfile_grammar import instructions as I
 from dockerfile_grammar.instructions_mounts import MountError, parse_mount
 from dockerfile_grammar.values import parse_chmod, parse_port_spec
+from registry import mutate
 from registry.errors import RegistryError
 from registry.layer import EntryMeta
 from registry.platform import Platform, host_platform, platform_matches
@@ -103,7 +104,7 @@ class StageBuilder:
     # -- helpers -------------------------------------------------------------------------------
     def _env(self, state: StageState, scope: ArgScope) -> dict[str, str]:
         """Variables for expansion: ARGs in scope, overridden by ENV."""
-        return {**scope.values, **cfgmod.get_env(state.config)}
+        return {**scope.values, **state.config.config.env_dict()}
 
     def _expand(self, word: str, env: dict[str, str], inst: I.Instruction) -> str:
         try:
@@ -150,7 +151,7 @@ class StageBuilder:
 
     def _run_env(self, state: StageState, scope: ArgScope) -> list[str]:
         """RUN's environment: image ENV plus ARGs in scope (ENV wins) plus given proxy args."""
-        env = list(state.config["config"].get("Env") or [])
+        env = list(state.config.config.env or [])
         names = {e.partition("=")[0] for e in env}
         for k, v in scope.values.items():
             if k not in names:
@@ -181,7 +182,7 @@ class StageBuilder:
             raise self._located(ps.stage.from_cmd, exc) from None
         step.done()
         svc.steps.append(BuildStep(ps.name, f"FROM {ps.base}", False, time.monotonic() - t0))
-        triggers = state.config["config"].pop("OnBuild", None) or []
+        state.config, triggers = cfgmod.take_onbuild(state.config)
         if triggers:
             self._onbuild(ps, state, scope, triggers)
         for n, inst in enumerate(ps.stage.instructions, start=2):
@@ -261,7 +262,7 @@ class StageBuilder:
     def _instruction(self, ps: PlannedStage, state: StageState, scope: ArgScope, inst: I.Instruction,
                      step: Step) -> tuple[bool, LayerRef | None]:
         env = self._env(state, scope)
-        cfg = state.config
+        cfg = state.config          # the config before this step; the step sets state.config
         x = lambda w: self._expand(w, env, inst)   # noqa: E731
         if isinstance(inst, I.RunCommand):
             return self._run(ps, state, scope, inst, step)
@@ -282,11 +283,11 @@ class StageBuilder:
             return False, None
         if isinstance(inst, I.EnvCommand):
             pairs = [(x(kv.key), x(kv.value)) for kv in inst.env]
-            cfgmod.set_env(cfg, pairs)
+            state.config = mutate.with_env(cfg, pairs)
             self._meta(state, "ENV " + " ".join(f"{k}={v}" for k, v in pairs))
         elif isinstance(inst, I.LabelCommand):
             pairs = [(x(kv.key), x(kv.value)) for kv in inst.labels]
-            cfgmod.add_labels(cfg, pairs)
+            state.config = mutate.with_labels(cfg, dict(pairs))
             self._meta(state, "LABEL " + " ".join(f"{k}={v}" for k, v in pairs))
         elif isinstance(inst, I.ExposeCommand):
             ports: list[str] = []
@@ -296,42 +297,42 @@ class StageBuilder:
                         ports.extend(parse_port_spec(word))
                     except ValueError as exc:
                         raise self._error(inst, str(exc)) from None
-            cfgmod.expose(cfg, ports)
+            state.config = cfgmod.expose(cfg, ports)
             self._meta(state, "EXPOSE " + " ".join(ports))
         elif isinstance(inst, I.VolumeCommand):
             vols = [x(v) for v in inst.volumes]
-            cfgmod.add_volumes(cfg, vols)
+            state.config = cfgmod.add_volumes(cfg, vols)
             self._meta(state, "VOLUME " + json.dumps(vols))
         elif isinstance(inst, I.UserCommand):
             user = x(inst.user)
-            cfgmod.set_user(cfg, user)
+            state.config = mutate.with_user(cfg, user)
             self._meta(state, "USER " + user)
         elif isinstance(inst, I.CmdCommand):
             cmd = cfgmod.command_line(cfg, inst.cmd, not inst.prepend_shell)
-            cfgmod.set_cmd(cfg, cmd, state.flags)
+            state.config = cfgmod.set_cmd(cfg, cmd, state.flags)
             self._meta(state, "CMD " + _go_list(cmd))
         elif isinstance(inst, I.EntrypointCommand):
             ep = cfgmod.command_line(cfg, inst.cmd, not inst.prepend_shell) if inst.cmd is not None else None
-            cfgmod.set_entrypoint(cfg, ep, state.flags)
+            state.config = cfgmod.set_entrypoint(cfg, ep, state.flags)
             self._meta(state, "ENTRYPOINT " + _go_list(ep or []))
         elif isinstance(inst, I.HealthcheckCommand):
             test = list(inst.test)
-            cfgmod.set_healthcheck(cfg, test, inst.interval, inst.timeout, inst.start_period,
-                                   inst.start_interval, inst.retries)
+            state.config = cfgmod.set_healthcheck(cfg, test, inst.interval, inst.timeout, inst.start_period,
+                                                  inst.start_interval, inst.retries)
             self._meta(state, "HEALTHCHECK " + _go_list(test))
         elif isinstance(inst, I.StopsignalCommand):
             sig = x(inst.signal)
-            cfgmod.set_stopsignal(cfg, sig)
+            state.config = cfgmod.set_stopsignal(cfg, sig)
             self._meta(state, "STOPSIGNAL " + sig)
         elif isinstance(inst, I.ShellCommand):
-            cfgmod.set_shell(cfg, inst.shell)
+            state.config = cfgmod.set_shell(cfg, inst.shell)
             self._meta(state, "SHELL " + _go_list(inst.shell))
         elif isinstance(inst, I.OnbuildCommand):
-            cfgmod.add_onbuild(cfg, inst.expression)
+            state.config = mutate.with_onbuild(cfg, inst.expression)
             self._meta(state, "ONBUILD " + inst.expression)
         elif isinstance(inst, I.MaintainerCommand):
             name = inst.maintainer
-            cfgmod.set_maintainer(cfg, name)
+            state.config = mutate.with_author(cfg, name)
             self._meta(state, "MAINTAINER " + name)
         else:
             raise self._error(inst, f"unsupported instruction {inst.name}")
@@ -363,28 +364,28 @@ class StageBuilder:
         layer = LayerRef.from_dict(rec.layer) if rec.layer else None
         if layer is not None:
             state.layers.append(layer)
-            cfgmod.add_layer(state.config, layer.diff_id)
         ex = self.svc.executor
         if ex.source_date_epoch is not None:
             created = ex.now()
         elif layer is None:
             created = None           # a config-only step: timed at commit (Executor.commit_image)
         else:
-            created = rec.history.get("created") or ex.now()
-        cfgmod.add_history(state.config, rec.history.get("created_by", ""), created,
-                           empty_layer=layer is None)
+            created = rec.history.created or ex.now()
+        state.config = cfgmod.add_step(state.config, layer.diff_id if layer is not None else None,
+                                       cfgmod.history(rec.history.created_by or "", created))
         return layer
 
     def _commit(self, state: StageState, key: str, layer: LayerRef | None, created_by: str) -> None:
         self.svc.executor.add_layer(state, layer, created_by)
-        self.svc.cache.record(key, layer.to_dict() if layer else None, dict(state.config["history"][-1]),
+        self.svc.cache.record(key, layer.to_dict() if layer else None, state.config.history[-1],
                               state.name)
 
     # -- WORKDIR -------------------------------------------------------------------------------
     def _workdir(self, state: StageState, path: str, inst: I.Instruction) -> tuple[bool, LayerRef | None]:
-        wd = cfgmod.set_workdir(state.config, path)
+        state.config = mutate.with_workdir(state.config, path)
+        wd = state.config.config.working_dir
         created_by = "WORKDIR " + wd
-        user = state.config["config"].get("User") or ""
+        user = state.config.config.user
         key = step_key(layers_content_id(state.layers), str(self.svc.platform), created_by, user=user)
         if wd == "/":
             self._meta(state, created_by)
@@ -429,7 +430,7 @@ class StageBuilder:
         keyed_env = [e for e in env if e.partition("=")[0] not in PROXY_ARGS]
         created_by = "RUN " + self._arg_prefix(scope) + " ".join(argv) + " # buildkit"
         key = step_key(layers_content_id(state.layers), str(svc.platform), "RUN", argv=argv, env=keyed_env,
-                       user=cfg["config"].get("User") or "", cwd=cfg["config"].get("WorkingDir") or "/",
+                       user=cfg.config.user, cwd=cfg.config.working_dir or "/",
                        network=network, mounts=[_mount_key(m, svc) for m in mounts],
                        scripts={k: v for k, v in script_files.items()})
         rec = self._cached(state, key, step)
@@ -513,7 +514,7 @@ class StageBuilder:
         what = "ADD" if is_add else "COPY"
         srcs = [self._expand_source(s, env, inst) for s in inst.sources]
         dest_raw = x(inst.dest)
-        dest, dest_is_dir = resolve_dest(dest_raw, state.config["config"].get("WorkingDir") or "/")
+        dest, dest_is_dir = resolve_dest(dest_raw, state.config.config.working_dir or "/")
         excludes = [x(e) for e in inst.excludes]
         chown = x(inst.chown) if inst.chown else ""
         chmod = None
@@ -562,7 +563,7 @@ class StageBuilder:
                        sources=src_key, dest=dest,
                        heredocs=heredocs, urls={u: d[2] for u, d in downloads.items()},
                        excludes=excludes, parents=parents, link=inst.link,
-                       user=state.config["config"].get("User") or "")
+                       user=state.config.config.user)
         rec = self._cached(state, key, step)
         if rec is not None:
             return True, self._apply_cached(state, key, rec)

@@ -9,6 +9,8 @@ from builder.errors import BuildError
 from builder.engine.plan import ArgScope, make_plan
 from dockerfile_grammar.errors import DockerfileError
 from dockerfile_grammar.instructions import parse_dockerfile
+from registry import mutate
+from registry.manifest import ImageConfig
 from registry.platform import host_platform
 
 DF = """\
@@ -73,38 +75,55 @@ def test_plan_errors():
 
 
 def test_cmd_entrypoint_rules():
-    cfg = cfgmod.from_base({"config": {"Cmd": ["sh"], "Env": ["A=1"]}})
-    assert cfg["config"]["Env"][0].startswith("PATH=")        # a base without PATH gets one
+    base = ImageConfig.from_dict({"config": {"Cmd": ["sh"], "Env": ["A=1"]}})
+    cfg = cfgmod.from_base(base)
+    assert cfg.config.env[0].startswith("PATH=")                # a base without PATH gets one
+    assert base.config.env == ["A=1"]                          # ...in a new config
     flags = cfgmod.StageFlags()
-    cfgmod.set_entrypoint(cfg, ["/bin/app"], flags)
-    assert cfg["config"]["Cmd"] is None                        # inherited CMD reset
-    cfgmod.set_cmd(cfg, ["--help"], flags)
-    cfgmod.set_entrypoint(cfg, ["/bin/other"], flags)
-    assert cfg["config"]["Cmd"] == ["--help"]                  # this stage's CMD is kept
-    cfgmod.set_entrypoint(cfg, None, flags)
-    assert cfg["config"]["Entrypoint"] is None
+    cfg = cfgmod.set_entrypoint(cfg, ["/bin/app"], flags)
+    assert cfg.config.cmd is None                              # inherited CMD reset
+    cfg = cfgmod.set_cmd(cfg, ["--help"], flags)
+    assert cfg.config.args_escaped is True                     # CMD sets ArgsEscaped (dispatchCmd)
+    cfg = cfgmod.set_entrypoint(cfg, ["/bin/other"], flags)
+    assert cfg.config.cmd == ["--help"]                        # this stage's CMD is kept
+    cfg = cfgmod.set_entrypoint(cfg, [], flags)
+    assert cfg.config.entrypoint is None                       # ENTRYPOINT [] clears it
     assert cfgmod.command_line(cfg, ["echo hi"], json_form=False) == ["/bin/sh", "-c", "echo hi"]
-    cfgmod.set_shell(cfg, ["/bin/bash", "-eo", "pipefail", "-c"])
+    cfg = cfgmod.set_shell(cfg, ["/bin/bash", "-eo", "pipefail", "-c"])
     assert cfgmod.command_line(cfg, ["echo hi"], json_form=False)[-1] == "echo hi"
     assert cfgmod.command_line(cfg, ["a", "b"], json_form=True) == ["a", "b"]
 
 
 def test_env_workdir_expose_volume_stopsignal():
     cfg = cfgmod.empty_image("linux", "amd64")
-    cfgmod.set_env(cfg, [("A", "1"), ("B", "2")])
-    cfgmod.set_env(cfg, [("A", "3")])
-    assert cfg["config"]["Env"][1:] == ["A=3", "B=2"]          # replaced in place
-    assert cfgmod.set_workdir(cfg, "app") == "/app"
-    assert cfgmod.set_workdir(cfg, "../srv/./x") == "/srv/x"
-    cfgmod.expose(cfg, ["80", "53/udp", "8000-8001/tcp"])
-    assert set(cfg["config"]["ExposedPorts"]) == {"80/tcp", "53/udp", "8000/tcp", "8001/tcp"}
+    cfg = mutate.with_env(cfg, [("A", "1"), ("B", "2")])
+    cfg = mutate.with_env(cfg, [("A", "3")])
+    assert cfg.config.env[1:] == ["A=3", "B=2"]                # replaced in place
+    cfg = mutate.with_workdir(cfg, "app")
+    assert cfg.config.working_dir == "/app"
+    assert mutate.with_workdir(cfg, "../srv/./x").config.working_dir == "/srv/x"
+    assert mutate.with_workdir(cfg, "/tmp/").config.working_dir == "/tmp/"   # absolute: as given
+    cfg = cfgmod.expose(cfg, ["80", "53/udp", "8000-8001/tcp"])
+    assert set(cfg.config.exposed_ports) == {"80/tcp", "53/udp", "8000/tcp", "8001/tcp"}
     with pytest.raises(BuildError, match="invalid protocol"):
         cfgmod.expose(cfg, ["80/icmp"])
     with pytest.raises(BuildError, match="empty"):
         cfgmod.add_volumes(cfg, [""])
-    cfgmod.set_stopsignal(cfg, "SIGRTMIN+3")
+    cfg = cfgmod.set_stopsignal(cfg, "SIGRTMIN+3")
     with pytest.raises(BuildError, match="invalid signal"):
         cfgmod.set_stopsignal(cfg, "SIGNOPE")
-    cfgmod.add_history(cfg, "ENV A=3", "2024-01-01T00:00:00Z", empty_layer=True)
-    out = cfgmod.finalize(cfg, "2024-01-01T00:00:00Z")
+    cfg = cfgmod.add_step(cfg, None, cfgmod.history("ENV A=3", "2024-01-01T00:00:00Z"))
+    out = cfgmod.finalize(cfg, "2024-01-01T00:00:00Z").to_dict()
     assert out["history"][-1]["empty_layer"] is True and "Labels" not in out["config"]
+
+
+def test_fill_history_times():
+    h = lambda t: cfgmod.history("X", t)   # noqa: E731
+    base = [h("2020-01-01T00:00:00Z"), h(None), h("2024-01-01T00:00:00Z"), h(None)]
+    out, created = cfgmod.fill_history_times(base)
+    # untimed before the first new timed entry take its time; after it, the last one before
+    assert [e.created for e in out] == ["2020-01-01T00:00:00Z", "2024-01-01T00:00:00Z",
+                                        "2024-01-01T00:00:00Z", "2024-01-01T00:00:00Z"]
+    assert created == "2024-01-01T00:00:00Z" and base[1].created is None   # the input is unchanged
+    out, created = cfgmod.fill_history_times([h(None)])
+    assert created is None and "created" not in out[0].to_dict()
