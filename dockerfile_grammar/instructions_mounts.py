@@ -245,6 +245,9 @@ def _finish(m: Mount, ro_auto: bool) -> Mount:
         m.read_only = m.type not in ("cache", "tmpfs")
     if m.cache_sharing and m.type != "cache":
         raise MountError(f"invalid cache sharing set for {m.type} mount")
+    if m.type in ("bind", "cache", "tmpfs") and not m.target:
+        raise MountError(f"{m.type} mount needs a target (where it appears in the container)",
+                         f"e.g. --mount=type={m.type},target=/path")
     if m.type == "secret":
         if m.from_:
             raise MountError("secret mount should not have a from")

@@ -194,7 +194,8 @@ def _image_info(name: str, source: str, digest: str, media_type: str, manifest: 
         **({"Index": index} if index else {}),
         "Platform": str(config.platform), "Created": cfg.get("created"), "Author": cfg.get("author"),
         "Config": {k: c.get(k) for k in ("User", "Env", "Entrypoint", "Cmd", "WorkingDir", "ExposedPorts",
-                                         "Volumes", "Labels", "StopSignal") if c.get(k)},
+                                         "Volumes", "Labels", "StopSignal", "Healthcheck", "OnBuild", "Shell")
+                   if c.get(k)},
         "ConfigDigest": manifest.config.digest,
         "Layers": [{"Digest": layer.digest, "Size": layer.size, "MediaType": layer.media_type}
                    for layer in manifest.layers],

@@ -69,6 +69,7 @@ def _atomic_file(dest: str):
     d = Path(os.path.abspath(dest))
     d.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d.parent)
+    os.fchmod(fd, _file_mode())        # an archive for others to load, not a 0600 temp file
     f = os.fdopen(fd, "wb")
 
     def finish() -> None:
@@ -177,9 +178,17 @@ def write_text_atomic(path: str, text: str) -> None:
     p = Path(path).resolve()
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=p.parent)
+    os.fchmod(fd, _file_mode())
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, p)
+
+
+def _file_mode() -> int:
+    """0666 less the umask: the mode `open()` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def push_tags(store: Store, tags: list[str], insecure_registries: tuple[str, ...] = ()) -> list[str]:

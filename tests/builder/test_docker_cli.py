@@ -232,3 +232,23 @@ def _free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def test_inspect_shows_healthcheck_onbuild_shell_and_archives_are_not_private(busybox_image, tmp_path):
+    """`inspect` shows every runtime field docker's does; `-o type=tar|oci|docker` files get the
+    mode a new file gets (0666 less the umask), not the 0600 of a temporary file."""
+    import os
+    import stat
+
+    from tests.fixtures.building import build_in
+    from tests.fixtures.cli import run_pybuild
+    out = tmp_path / "out.tar"
+    build_in(busybox_image, tmp_path / "ctx",
+             'FROM busybox\nHEALTHCHECK CMD true\nSHELL ["/bin/sh", "-c"]\nONBUILD RUN echo\n',
+             tags=["fields:1"], outputs=[f"type=tar,dest={out}"])
+    r = run_pybuild("inspect", "fields:1", root=busybox_image, check_rc=0)
+    for field in ("Healthcheck", "OnBuild", "Shell"):
+        assert field in r.stdout, r.stdout
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask

@@ -298,6 +298,9 @@ def test_run_flags() -> None:
     ("type=bind,target=/x,ro=maybe", "error"),
     ("type=bind,target=/x,colour=red", "error"),
     ("", "error"),
+    ("type=cache", "error"),               # no target: refused when parsed (and by lint), not in runc
+    ("type=tmpfs,size=1m", "error"),
+    ("type=bind,source=.", "error"),
 ])
 def test_mounts(value: str, expect) -> None:
     if expect == "error":
