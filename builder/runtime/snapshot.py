@@ -76,7 +76,12 @@ class LayerDirs:
             shutil.rmtree(directory, ignore_errors=True)
             return final
         private_dir(self.layers)
-        os.rename(directory, final)
+        try:
+            os.rename(directory, final)
+        except OSError:
+            if not final.is_dir():      # a concurrent build made the same layer first: use it
+                raise
+            shutil.rmtree(directory, ignore_errors=True)
         return final
 
     def short_link(self, diff_id: str) -> str:
