@@ -5,6 +5,7 @@ The images are `FROM scratch` + COPY, so building linux/arm64 needs no emulation
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_create_merges_two_digests_into_one_index(two_images, registry, tmp_path
     assert [(m["platform"]["os"], m["platform"]["architecture"]) for m in images] == [("linux", "amd64"),
                                                                                      ("linux", "arm64")]
     arm = images[1]["digest"]
-    assert line.endswith("@sha256:" + __import__("hashlib").sha256(data).hexdigest())
+    assert line.endswith("@sha256:" + hashlib.sha256(data).hexdigest())
 
     # Pulled for arm64 into a fresh store: the arm64 image.
     fresh = tmp_path / "fresh"
