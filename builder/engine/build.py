@@ -351,7 +351,9 @@ def build(opts: BuildOptions) -> BuildResult:
                                      docker=docker_types)
             else:
                 top = runs[0].manifest
-                if attest.any:      # attestations (issue 17): an index of the image and its attestation manifest
+                # Attestations (issue 17): an index of the image and its attestation manifest. A
+                # Docker manifest list cannot hold the OCI attestation manifest (registries refuse it).
+                if attest.any and not docker_types:
                     from ..attest import attach_build
                     r = runs[0]
                     top = attach_build(store, layers, r.final, r.manifest, r.image_config, attest, opts,
