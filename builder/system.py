@@ -473,16 +473,8 @@ def _running(c: dict) -> bool:
     st = c.get("state") or {}
     if st.get("status") != "running":
         return False
-    pid = int(st.get("pid") or 0)
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from .containers.lifecycle import _alive     # the containers' own liveness check (zombies too)
+    return _alive(int(st.get("pid") or 0))
 
 
 def _blobs(u: DiskUsage, sz: _Sizer, blobs: Path, image_blobs: set[str], in_containers: set[str],

@@ -172,21 +172,7 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
     """
     if cancel is not None and cancel.is_set():
         raise BuildError("interrupted: the command was not started")
-    if spec.network not in NETWORK_MODES:
-        raise BuildError(f"unknown network mode {spec.network!r}: use one of {', '.join(NETWORK_MODES)}")
-    if not spec.args:
-        raise BuildError("nothing to run: the command is empty")
-    check_isolation(isolation)
-    if not runtime_available():
-        raise BuildError("runc not found: RUN steps and containers run only under runc, which confines "
-                         "them (install Debian's runc package)")
-    if spec.network == "default" and shutil.which("pasta") is None:
-        raise BuildError("pasta not found: the default network of a RUN step or container is a private "
-                         "one through pasta (install Debian's passt package), or use --network host "
-                         "(shares the host's network) or --network none")
-    _check_runnable(spec, isolation)
-    caps = granted_caps(spec)
-    seccomp = oci_seccomp(caps)            # before anything is set up: a missing profile stops here
+    seccomp = _preflight(spec, isolation)
     root_fd = open_root(spec.rootfs)
     try:
         _check_top_dirs(root_fd)
@@ -234,6 +220,25 @@ def _check_top_dirs(root_fd: int) -> None:
             raise BuildError(f"the image's /{top} is a symbolic link (to {os.readlink(top, dir_fd=root_fd)}): "
                              "refusing to run a command on this rootfs; /dev, /proc and /sys must be "
                              "directories")
+
+
+def _preflight(spec: RunSpec, isolation: str) -> dict:
+    """Refuse what cannot run confined, before anything is set up; the seccomp profile for
+    ``spec`` (a missing profile stops here too)."""
+    if spec.network not in NETWORK_MODES:
+        raise BuildError(f"unknown network mode {spec.network!r}: use one of {', '.join(NETWORK_MODES)}")
+    if not spec.args:
+        raise BuildError("nothing to run: the command is empty")
+    check_isolation(isolation)
+    if not runtime_available():
+        raise BuildError("runc not found: RUN steps and containers run only under runc, which confines "
+                         "them (install Debian's runc package)")
+    if spec.network == "default" and shutil.which("pasta") is None:
+        raise BuildError("pasta not found: the default network of a RUN step or container is a private "
+                         "one through pasta (install Debian's passt package), or use --network host "
+                         "(shares the host's network) or --network none")
+    _check_runnable(spec, isolation)
+    return oci_seccomp(granted_caps(spec))
 
 
 def granted_caps(spec: RunSpec) -> list[str]:
@@ -860,19 +865,7 @@ def create_bundle(spec: RunSpec, state_dir: Path, isolation: str = "oci") -> Pat
     bundle directory under ``state_dir``, for a runtime started by another process (``runc
     create`` under conmon). What must be undone later is recorded in the bundle's
     ``pybuild-bundle.json``; :func:`release_bundle` undoes it, from any process."""
-    if spec.network not in NETWORK_MODES:
-        raise BuildError(f"unknown network mode {spec.network!r}: use one of {', '.join(NETWORK_MODES)}")
-    if not spec.args:
-        raise BuildError("nothing to run: the command is empty")
-    check_isolation(isolation)
-    if not runtime_available():
-        raise BuildError("runc not found: RUN steps and containers run only under runc, which confines "
-                         "them (install Debian's runc package)")
-    if spec.network == "default" and shutil.which("pasta") is None:
-        raise BuildError("pasta not found: the default network of a container is a private one through "
-                         "pasta (install Debian's passt package), or use --network host or none")
-    _check_runnable(spec, isolation)
-    seccomp = oci_seccomp(granted_caps(spec))
+    seccomp = _preflight(spec, isolation)
     root_fd = open_root(spec.rootfs)
     try:
         _check_top_dirs(root_fd)
