@@ -11,8 +11,11 @@
 - snapshots/ and tmp/: overlay snapshots and sandbox bundles of builds that died, and the
   in-memory directories (/dev/shm/pybuild-<root hash>-*) of their steps that used secrets.
 
-containers/ is never touched: a container's snapshot (its writable layer, mounted while it
-runs) belongs to the container, live or exited, and only `pybuild rm` deletes it.
+containers/ records are never removed: a container's snapshot (its writable layer, mounted
+while it runs) belongs to the container, live or exited, and only `pybuild rm` deletes it. A
+container whose pybuild or conmon was killed ("Dead" in `ps`) has its runtime container and
+network released (it is recorded as exited); bridge leases and veths whose network namespace is
+gone (builder.runtime.bridge, host-wide) are deleted.
 
 Leftovers of dead processes are not damage: the next build ignores them. They are reported as
 "leftover" problems; real damage (a corrupt blob, a tag without its manifest, an unreadable
@@ -269,10 +272,24 @@ class _Checker:
         for p in sorted(MEMORY_TMP.glob(prefix + "*")) if MEMORY_TMP.is_dir() else ():
             self._report("leftover", f"in-memory temporary {p} (maybe holding a build secret) of a "
                          "process that did not finish", lambda p=p: _remove_snapshot(p))
+        self._networks()
         for p in sorted((store.layout / "ingest").iterdir()):
             if p.suffix == ".tmp":
                 self._report("leftover", f"partial blob {p} of a process that did not finish",
                              lambda p=p: _rm(p))
+
+
+    def _networks(self) -> None:
+        """Runtimes and networks of containers whose pybuild or conmon was killed, and bridge
+        leases and veths (host-wide: builder.runtime.bridge) whose namespace is gone."""
+        from .containers import lifecycle as ct
+        for c in ct.dead_containers(self.root):
+            self._report("leftover", f"container {c.name} ({c.id[:12]}) is dead but its runtime and "
+                         "network may be left", lambda c=c: ct.reap(c),
+                         what=f"runtime and network of dead container {c.name}")
+        from .runtime import bridge
+        if self.repair and bridge.available():
+            self.removed += bridge.repair()
 
 
 def container_snapshots(root: Path) -> tuple[set[str], float | None]:

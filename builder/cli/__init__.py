@@ -39,7 +39,7 @@ COMMAND_OWNERS = {
     "imagetools": "builder.cli.imagetools",
     **dict.fromkeys(["login", "logout"], "builder.cli.login"),
     **dict.fromkeys(["commit", "container-cleanup", "diff", "exec", "logs", "ps", "rm", "run",
-                     "stop", "wait"], "builder.cli.run"),
+                     "port", "stop", "wait"], "builder.cli.run"),
     "cache": "builder.cli.cache",
     "system": "builder.cli.system",
 }

@@ -25,14 +25,20 @@ def register(add_command) -> None:
     p.add_argument("-u", "--user", help="USER[:GROUP] (names or numbers) to run as")
     p.add_argument("--entrypoint", help='override the image\'s ENTRYPOINT ("" clears it, and the CMD)')
     p.add_argument("--network", choices=("default", "bridge", "host", "none"), default="default",
-                   help="default (or bridge): a private network with outbound access, through pasta; "
+                   help="default (or bridge): a private network with outbound access (a bridge as root, pasta "
+                        "rootless); "
                         "host: the host's network shared (without CAP_NET_RAW); none: only loopback")
     p.add_argument("-d", "--detach", action="store_true",
                    help="run in the background (under conmon) and print the container ID")
     p.add_argument("-i", "--interactive", action="store_true", help="forward stdin to the container")
     p.add_argument("-t", "--tty", action="store_true", help="give the container a pty (on this terminal)")
     p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CTR[/tcp|udp]",
-                   help="publish a container port on the host through pasta (repeatable; default network)")
+                   help="publish a container port on the host (repeatable; default network; no HOST: a free one, "
+                        "see `pybuild port`)")
+    p.add_argument("--dns", action="append", default=[], metavar="ADDRESS",
+                   help="a DNS server for the container's resolv.conf (repeatable)")
+    p.add_argument("--add-host", action="append", default=[], metavar="NAME:ADDRESS",
+                   help="add a line to the container's /etc/hosts (repeatable; host-gateway: the host)")
     p.add_argument("--isolation", choices=("oci", "default", "chroot"),
                    help="oci: runc (the default, and the only one); chroot was removed (it could not "
                         "confine a container)")
@@ -57,6 +63,11 @@ def register(add_command) -> None:
     p.add_argument("container", metavar="CONTAINER")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
     p.set_defaults(func=_exec)
+
+    p = add_command("port", "list a running container's published ports (like docker port)")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("private", nargs="?", metavar="PORT[/PROTO]", help="only this container port")
+    p.set_defaults(func=_port)
 
     p = add_command("wait", "wait for containers to exit and print their exit codes")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
@@ -126,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         workdir=args.workdir, user=args.user, entrypoint=args.entrypoint, network=args.network,
         isolation=args.isolation, auto_remove=args.auto_remove, stop_timeout=args.stop_timeout,
         pull=args.pull, insecure_registries=tuple(args.insecure_registry), publish=args.publish,
-        tty=args.tty)
+        tty=args.tty, dns=args.dns, add_hosts=args.add_host)
     if args.tty and not args.detach and not os.isatty(0):
         print("error: -t needs a terminal on stdin (the input device is not a TTY)", file=sys.stderr)
         return 125
@@ -249,6 +260,23 @@ def _exec(args: argparse.Namespace) -> int:
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 125
+
+
+def _port(args: argparse.Namespace) -> int:
+    from builder.containers import lifecycle as ct
+    _, root = _root(args)
+    c = ct.lookup(root, args.container)
+    want = args.private
+    if want and "/" not in want:
+        want += "/tcp"
+    rows = [(f"{cp}/{proto}", f"{ip or '0.0.0.0'}:{hp}") for ip, hp, cp, proto in ct.published(c)]
+    rows = [r for r in rows if not want or r[0] == want]
+    if want and not rows:
+        print(f"error: no public port {want} published for {args.container}", file=sys.stderr)
+        return 1
+    for private, public in rows:
+        print(public if want else f"{private} -> {public}")
+    return 0
 
 
 def _wait(args: argparse.Namespace) -> int:

@@ -114,6 +114,8 @@ class RunOptions:
     insecure_registries: tuple[str, ...] = ()
     publish: list[str] = field(default_factory=list)      # [IP:]HOST:CONTAINER[/tcp|udp]
     tty: bool = False                                      # -t: a pty for the first process
+    dns: list[str] = field(default_factory=list)           # --dns: resolver addresses
+    add_hosts: list[str] = field(default_factory=list)     # --add-host NAME:ADDRESS
 
 
 @dataclass
@@ -160,6 +162,9 @@ class Container:
     snapshot: str = ""               # snapshot directory name under <root>/snapshots
     ports: list = field(default_factory=list)     # published: [ip, host port, container port, proto]
     tty: bool = False
+    network_backend: str = "pasta"   # default network: "bridge" (root) or "pasta" (rootless)
+    dns: list = field(default_factory=list)
+    extra_hosts: list = field(default_factory=list)   # [name, address]
     root: Path = field(default=Path("."), repr=False, compare=False)
     state: ContainerState = field(default_factory=ContainerState, compare=False)
 
@@ -430,6 +435,10 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
     ports = [list(parse_publish(p)) for p in opts.publish]
     if ports and network != "default":
         raise BuildError(f"-p needs the default (private) network, not --network {network}")
+    from ..runtime import bridge
+    backend = "bridge" if network == "default" and bridge.available() else "pasta"
+    dns = [_check_address(d, f"--dns {d}") for d in opts.dns]
+    extra_hosts = [_parse_add_host(h, backend) for h in opts.add_hosts]
     if opts.workdir is not None and not opts.workdir.startswith("/"):
         raise BuildError(f"the working directory {opts.workdir!r} is invalid: it must be an absolute path")
     ensure_image(store, opts.image, opts.pull, opts.insecure_registries, progress)
@@ -470,7 +479,7 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
             stop_signal=c_cfg.stop_signal or "SIGTERM",
             stop_timeout=DEFAULT_STOP_TIMEOUT if opts.stop_timeout is None else opts.stop_timeout,
             auto_remove=opts.auto_remove, diff_ids=list(cfg.diff_ids), ports=ports, tty=opts.tty,
-            root=root)
+            network_backend=backend, dns=dns, extra_hosts=extra_hosts, root=root)
         signal_number(c.stop_signal)     # refuse an image whose StopSignal this host lacks, up front
         store.add_root(f"container-{cid}", [desc.digest])
         _save_config(c)
@@ -481,6 +490,30 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
         shutil.rmtree(cdir, ignore_errors=True)
         raise
     return c
+
+
+def _check_address(text: str, what: str) -> str:
+    import ipaddress
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise BuildError(f"{what}: {text!r} is not an IP address") from None
+
+
+def _parse_add_host(spec: str, backend: str) -> list[str]:
+    """``NAME:ADDRESS`` (or ``NAME=ADDRESS``; ``host-gateway`` is the host as the container sees
+    it on the bridge) -> [name, address]."""
+    sep = "=" if "=" in spec else ":"
+    name, _, addr = spec.partition(sep)
+    if not name or not addr or any(ch.isspace() for ch in name):
+        raise BuildError(f"invalid --add-host {spec!r}: use NAME:ADDRESS")
+    if addr == "host-gateway":
+        if backend != "bridge":
+            raise BuildError(f"--add-host {spec}: host-gateway needs the default network as root "
+                             "(the bridge); give the address")
+        from ..runtime.bridge import GATEWAY
+        addr = GATEWAY
+    return [name, _check_address(addr, f"--add-host {spec}")]
 
 
 def signal_number(name: str) -> int:
@@ -695,7 +728,9 @@ def _prepare_spec(c: Container, snap: Snapshot, view: RootView,
         mounts.append(Mount(v["target"], source=v["host"], readonly=v["readonly"]))
     spec = RunSpec(args=c.args, rootfs=snap.merged, env=env, cwd=c.workdir, uid=c.uid, gid=c.gid,
                    additional_gids=c.additional_gids, mounts=mounts, network=c.network,
-                   hostname=c.hostname, ports=[tuple(p) for p in c.ports], terminal=c.tty)
+                   hostname=c.hostname, ports=[tuple(p) for p in c.ports], terminal=c.tty,
+                   network_backend=c.network_backend, dns=list(c.dns),
+                   extra_hosts=[(n, a) for n, a in c.extra_hosts])
     return spec
 
 
@@ -1115,13 +1150,18 @@ def finish_monitored(c: Container, auto_remove: bool = True) -> None:
         if c.state.bundle:
             release_bundle(Path(c.state.bundle))
         release_networks(c.dir / "run")
-        snap_base = Root(c.root).snapshots / c.snapshot
-        snap = Snapshot(merged=snap_base / "merged", upper=snap_base / "upper", work=snap_base / "work",
-                        base=snap_base, mounted=_is_mounted(snap_base / "merged"))
-        view = RootView([LayerDirs(c.root).path(d) for d in c.diff_ids])
-        _finish(c, snap, view, code if code is not None else 137)
+        _finish_recorded(c, code if code is not None else 137)
     if auto_remove and c.auto_remove:
         remove(c)
+
+
+def _finish_recorded(c: Container, code: int) -> None:
+    """:func:`_finish` from another process than the one that mounted the snapshot."""
+    snap_base = Root(c.root).snapshots / c.snapshot
+    snap = Snapshot(merged=snap_base / "merged", upper=snap_base / "upper", work=snap_base / "work",
+                    base=snap_base, mounted=_is_mounted(snap_base / "merged"))
+    view = RootView([LayerDirs(c.root).path(d) for d in c.diff_ids])
+    _finish(c, snap, view, code)
 
 
 def wait(c: Container, poll: float = 0.1) -> int:
@@ -1192,6 +1232,14 @@ def _runtime_of(c: Container) -> tuple[str, Path]:
     raise BuildError(f"container {c.name} has no running runtime container yet")
 
 
+def published(c: Container) -> list[list]:
+    """The running container's published ports: [host ip, host port, container port, proto]."""
+    from ..runtime.sandbox import published_ports
+    if not c.running:
+        return []
+    return published_ports(c.dir / "run")
+
+
 def _parse_conmon_log(data: bytes) -> Iterator[tuple[str, bytes]]:
     """conmon's k8s-file log: ``TIME STREAM P|F TEXT`` per line; P marks a partial line."""
     for line in data.split(b"\n"):
@@ -1246,6 +1294,26 @@ def _kill_orphans(c: Container) -> None:
                     raise BuildError(f"container {c.name}: runc could not delete {e['id']}; "
                                      f"try `runc delete --force {e['id']}`")
                 time.sleep(0.1)
+
+
+def dead_containers(root: Path) -> list[Container]:
+    """Containers recorded as running whose supervising process (pybuild in the foreground, or
+    conmon) is gone without cleaning up: their runc container and network may be left."""
+    return [c for c in list_containers(root, all=True)
+            if c.state.status == "running" and not c.running and c.state.pid != os.getpid()]
+
+
+def reap(c: Container) -> None:
+    """Release what a dead container holds (its runc container, network, stubs, mount) and
+    record it as exited; the record itself stays until `rm`."""
+    if c.state.monitor == "conmon":
+        finish_monitored(c, auto_remove=False)
+        return
+    _kill_orphans(c)
+    release_networks(c.dir / "run")
+    if c.snapshot:
+        c.state.error = "its supervising process died"
+        _finish_recorded(c, 137)
 
 
 def remove(c: Container, force: bool = False) -> None:

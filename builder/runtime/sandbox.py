@@ -13,7 +13,9 @@ is out), so ``--isolation chroot`` is refused with a message saying so.
 Networks: ``default`` is a network namespace of the sandbox's own whose only way out is pasta
 (Debian's passt), a user-mode TCP/UDP stack that turns the namespace's traffic into the host's
 ordinary sockets, as rootless podman does: the command reaches what the host reaches (package
-mirrors), sees none of the host's traffic and none of its loopback services. ``host`` shares
+mirrors), sees none of the host's traffic and none of its loopback services. Containers run as
+root use ``network_backend="bridge"`` instead (builder.runtime.bridge: a veth on the host's
+pybuild0 bridge, no process per container). ``host`` shares
 the host's network namespace; ``none`` is a namespace with loopback only.
 
 The caller gets the exit code; output goes line-agnostic in chunks to a callback.
@@ -118,6 +120,11 @@ class RunSpec:
     # ``(host_ip or "", host_port, container_port, "tcp"|"udp")``.
     ports: list[tuple[str, int, int, str]] = field(default_factory=list)
     terminal: bool = False             # a pty for the process (runc's own, on runc's stdin)
+    # How the default network reaches out: "pasta" (a user-mode stack per network) or
+    # "bridge" (builder.runtime.bridge: a veth on the host's pybuild0 bridge, root only).
+    network_backend: str = "pasta"
+    dns: list[str] = field(default_factory=list)            # --dns: resolvers instead of the host's
+    extra_hosts: list[tuple[str, str]] = field(default_factory=list)   # --add-host (name, address)
 
 
 OutputCallback = Callable[[str, bytes], None]   # (stream name "stdout"|"stderr", chunk)
@@ -186,7 +193,7 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
             etc = _write_etc_files(bundle, spec)
             if spec.network == "default":
                 net = (networks.acquire() if networks is not None and not spec.ports
-                       else _PrivateNetwork.start(bundle, spec.ports))
+                       else _PrivateNetwork.start(bundle, spec.ports, spec.network_backend))
                 networks = networks if not spec.ports else None
             config = oci_config(spec, etc, netns=str(net.path) if net else None, seccomp=seccomp)
             return _run_oci(spec, bundle, config, output, cancel, stdin=stdin)
@@ -233,7 +240,7 @@ def _preflight(spec: RunSpec, isolation: str) -> dict:
     if not runtime_available():
         raise BuildError("runc not found: RUN steps and containers run only under runc, which confines "
                          "them (install Debian's runc package)")
-    if spec.network == "default" and shutil.which("pasta") is None:
+    if spec.network == "default" and spec.network_backend == "pasta" and shutil.which("pasta") is None:
         raise BuildError("pasta not found: the default network of a RUN step or container is a private "
                          "one through pasta (install Debian's passt package), or use --network host "
                          "(shares the host's network) or --network none")
@@ -513,14 +520,28 @@ class _PrivateNetwork:
     path: Path
     pasta_pid: int = 0
     mounted: bool = False
+    bridged: bool = False
+    ports: list[tuple[str, int, int, str]] = field(default_factory=list)   # as published
 
     @classmethod
-    def start(cls, bundle: Path, ports: list[tuple[str, int, int, str]] = ()) -> "_PrivateNetwork":
+    def start(cls, bundle: Path, ports: list[tuple[str, int, int, str]] = (),
+              backend: str = "pasta") -> "_PrivateNetwork":
         net = cls(bundle / "netns")
         try:
             net.path.touch()
             _bind_new_netns(net.path)
             net.mounted = True
+            if backend == "bridge":
+                from . import bridge
+                net.bridged = True
+                lease = bridge.connect(net.path, list(ports))
+                net.ports = [tuple(p) for p in lease.ports]
+                _write_json_file(bundle / PORTS_RECORD, lease.ports)
+                return net
+            ports = [(ip, hp or _free_host_port(ip, proto), cp, proto) for ip, hp, cp, proto in ports]
+            net.ports = list(ports)
+            if ports:
+                _write_json_file(bundle / PORTS_RECORD, [list(p) for p in ports])
             pidfile = bundle / "pasta.pid"
             # --runas 0: this pasta cannot join a namespace after switching to nobody. -t/-u
             # none: no port of the sandbox is published on the host; -T/-U none and
@@ -545,7 +566,11 @@ class _PrivateNetwork:
         return net
 
     def stop(self) -> None:
-        """Stop pasta and release the namespace (idempotent)."""
+        """Stop pasta (or leave the bridge) and release the namespace (idempotent)."""
+        if self.bridged or (self.path.parent / "bridge.json").exists():
+            from . import bridge
+            bridge.release_recorded(self.path.parent)
+            self.bridged = False
         if self.pasta_pid > 0:
             try:
                 # The pid came from pasta's own file: make sure it is still the pasta of this
@@ -566,6 +591,30 @@ class _PrivateNetwork:
                 pass
 
 
+PORTS_RECORD = "ports.json"      # in a bundle: the published ports, host ports as chosen
+
+
+def _free_host_port(ip: str, proto: str) -> int:
+    """A host port nothing listens on now (``-p CONTAINER_PORT`` without a host port)."""
+    import socket
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((ip or "0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+def published_ports(state_dir: Path) -> list[list]:
+    """The published ports of the network of each bundle under ``state_dir``:
+    ``[host ip, host port, container port, proto]`` with the host ports as chosen."""
+    out: list[list] = []
+    for rec in sorted(Path(state_dir).glob(f"run-*/{PORTS_RECORD}")):
+        try:
+            out += json.loads(rec.read_text())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def pasta_port_args(ports: list[tuple[str, int, int, str]]) -> list[str]:
     """pasta's inbound forwarding options for published ports: ``-t [ADDR/]HOST:CONTAINER`` per
     TCP port, ``-u`` per UDP port; ``none`` for a protocol with no port (nothing published)."""
@@ -578,22 +627,24 @@ def pasta_port_args(ports: list[tuple[str, int, int, str]]) -> list[str]:
 
 
 def parse_publish(spec: str) -> tuple[str, int, int, str]:
-    """``[IP:]HOST:CONTAINER[/tcp|udp]`` (docker run -p) -> (ip, host port, container port, proto)."""
+    """``[[IP:]HOST:]CONTAINER[/tcp|udp]`` (docker run -p) -> (ip, host port, container port,
+    proto); a host port left out (``-p 8080``, ``-p 127.0.0.1::8080``) is 0: one is picked."""
     rest, _, proto = spec.partition("/")
     proto = proto or "tcp"
     parts = rest.split(":")
-    if proto not in ("tcp", "udp") or len(parts) not in (2, 3):
-        raise BuildError(f"invalid -p {spec!r}: use [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]")
+    if proto not in ("tcp", "udp") or len(parts) not in (1, 2, 3):
+        raise BuildError(f"invalid -p {spec!r}: use [[IP:]HOST_PORT:]CONTAINER_PORT[/tcp|udp]")
     ip = parts[0] if len(parts) == 3 else ""
     try:
-        host, ctr = int(parts[-2]), int(parts[-1])
+        host = int(parts[-2]) if len(parts) >= 2 and parts[-2] != "" else 0
+        ctr = int(parts[-1])
         if ip:
             import ipaddress
             if ipaddress.ip_address(ip).version != 4:
                 raise ValueError
     except ValueError:
         raise BuildError(f"invalid -p {spec!r}: ports are numbers, the address an IPv4 address") from None
-    if not (0 < host < 65536 and 0 < ctr < 65536):
+    if not (0 <= host < 65536 and 0 < ctr < 65536):
         raise BuildError(f"invalid -p {spec!r}: ports are 1-65535")
     return ip, host, ctr, proto
 
@@ -682,6 +733,9 @@ def release_networks(state_dir: Path) -> None:
 def release_network(bundle: Path) -> None:
     """Stop the pasta of the network a dead process left in ``bundle`` and release its namespace."""
     netns = Path(bundle) / "netns"
+    if (Path(bundle) / "bridge.json").exists():
+        from . import bridge
+        bridge.release_recorded(Path(bundle))
     if not netns.exists():
         return
     net = _PrivateNetwork(netns, mounted=True)
@@ -774,30 +828,35 @@ def _oci_mount(m: Mount) -> dict:
 
 
 def _write_etc_files(bundle: Path, spec: RunSpec) -> dict[str, Path]:
-    """Generate /etc/hosts, /etc/hostname and /etc/resolv.conf the way Docker's builder does."""
+    """Generate /etc/hosts, /etc/hostname and /etc/resolv.conf the way Docker's builder does
+    (with the ``--add-host`` entries and ``--dns`` resolvers of the spec)."""
     hosts = bundle / "hosts"
     hosts.write_text(f"127.0.0.1\tlocalhost {spec.hostname}\n"
-                     "::1\tlocalhost ip6-localhost ip6-loopback\n")
+                     "::1\tlocalhost ip6-localhost ip6-loopback\n"
+                     + "".join(f"{addr}\t{name}\n" for name, addr in spec.extra_hosts))
     hostname = bundle / "hostname"
     hostname.write_text(spec.hostname + "\n")
     resolv = bundle / "resolv.conf"
-    resolv.write_text(_resolv_conf(spec.network))
+    resolv.write_text(_resolv_conf(spec.network, spec.network_backend, spec.dns))
     return {"/etc/hosts": hosts, "/etc/hostname": hostname, "/etc/resolv.conf": resolv}
 
 
-def _resolv_conf(network: str) -> str:
+def _resolv_conf(network: str, backend: str = "pasta", dns: list[str] | None = None) -> str:
     try:
         text = Path("/etc/resolv.conf").read_text()
     except OSError:
         text = ""
     lines = text.splitlines()
     servers = [l for l in lines if l.split()[:1] == ["nameserver"]]
-    if network == "default":
+    if dns:
+        return "\n".join([f"nameserver {d}" for d in dns] + [l for l in lines if l not in servers]) + "\n"
+    if network == "default" and backend == "pasta":
         # pasta's DNS forwarder, which asks the host's first resolver (loopback ones included).
         return "\n".join([f"nameserver {PRIVATE_DNS}"] + [l for l in lines if l not in servers]) + "\n"
-    if network == "none":
+    if network == "none" or network == "default":
         # Loopback resolvers are useless (and misleading) in a private network namespace.
         lines = [l for l in lines if not (l in servers and l.split()[1:2] and l.split()[1].startswith("127."))]
+        servers = [l for l in servers if l in lines]
     if not servers and network != "none":
         lines += ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
     return "\n".join(lines) + ("\n" if lines else "")
@@ -879,7 +938,7 @@ def create_bundle(spec: RunSpec, state_dir: Path, isolation: str = "oci") -> Pat
                                                       "stubs": [s.__dict__ for s in stubs]})
             etc = _write_etc_files(bundle, spec)
             if spec.network == "default":
-                net = _PrivateNetwork.start(bundle, spec.ports)
+                net = _PrivateNetwork.start(bundle, spec.ports, spec.network_backend)
             config = oci_config(spec, etc, netns=str(net.path) if net else None, seccomp=seccomp)
             config["process"]["terminal"] = bool(spec.terminal)
             _write_json_file(bundle / "config.json", config)

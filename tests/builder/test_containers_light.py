@@ -262,5 +262,5 @@ def test_published_port_is_reachable_from_the_host(busybox_image: Path, tmp_path
     # Without -p nothing is published; -p needs the private network.
     r = pybuild(root, "run", "--rm", "--network", "host", "-p", f"{port}:80", "busybox", "true")
     assert r.returncode == 125 and "-p" in r.stderr
-    r = pybuild(root, "run", "--rm", "-p", "80", "busybox", "true")
+    r = pybuild(root, "run", "--rm", "-p", "80:x", "busybox", "true")
     assert r.returncode == 125 and "invalid -p" in r.stderr

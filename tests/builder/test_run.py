@@ -157,13 +157,16 @@ def test_network_none_and_chroot_isolation_removed(img: Path):
 
 
 def test_default_network_is_private_with_outbound(img: Path):
-    """`pybuild run` defaults to its own network namespace (pasta's eth0, not the host's
-    interfaces) and resolves names through pasta's DNS forwarder."""
-    r = pybuild(img, "run", "--rm", "busybox", "sh", "-c", "ls /sys/class/net; cat /etc/resolv.conf",
-                check_rc=0)
-    names = r.stdout.split("nameserver")[0].split()
-    assert "lo" in names and len(names) == 2, r.stdout
-    assert "nameserver 10.0.2.3" in r.stdout
+    """`pybuild run` defaults to its own network namespace (a veth on the pybuild0 bridge as
+    root, tests/builder/test_container_network.py; pasta's eth0 with PYBUILD_CONTAINER_NETWORK=pasta,
+    as rootless), never the host's interfaces; through pasta names resolve via its DNS forwarder."""
+    for backend in ("bridge", "pasta"):
+        env = dict(CLI_ENV, PYBUILD_CONTAINER_NETWORK=backend)
+        r = pybuild(img, "run", "--rm", "busybox", "sh", "-c", "ls /sys/class/net; cat /etc/resolv.conf",
+                    check_rc=0, env=env)
+        names = r.stdout.split("nameserver")[0].split()
+        assert sorted(names) == ["eth0", "lo"], r.stdout
+        assert ("nameserver 10.0.2.3" in r.stdout) == (backend == "pasta"), r.stdout
     host = sorted(os.listdir("/sys/class/net"))
     r = pybuild(img, "run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net", check_rc=0)
     assert sorted(r.stdout.split()) == host
