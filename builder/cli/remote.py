@@ -48,7 +48,8 @@ def register(add_command) -> None:
     p = command("manifest", "print an image's manifest (or index) exactly as the registry serves it", _manifest)
     p.add_argument("ref", metavar="REF")
 
-    p = command("inspect", "describe an image in the local store, or else in its registry", _inspect)
+    p = command("inspect", "describe a container, or an image in the local store, or else in its registry",
+                _inspect)
     p.add_argument("ref", metavar="REF")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
     p.add_argument("--platform", help="OS/ARCH[/VARIANT] to describe from a multi-platform image")
@@ -168,6 +169,13 @@ def _delete(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from registry.errors import NotFoundError
     info = None
+    if not args.remote and not args.platform:
+        from builder.containers.lifecycle import find_exact, inspect_doc
+        from registry.store import open_store
+        c = find_exact(open_store(args.root).root, args.ref)
+        if c is not None:
+            print(json.dumps(inspect_doc(c), indent=2))
+            return 0
     if not args.remote:
         from registry.store import open_store
         try:

@@ -39,6 +39,14 @@ def register(add_command) -> None:
                    help="a DNS server for the container's resolv.conf (repeatable)")
     p.add_argument("--add-host", action="append", default=[], metavar="NAME:ADDRESS",
                    help="add a line to the container's /etc/hosts (repeatable; host-gateway: the host)")
+    p.add_argument("--health-cmd", metavar="COMMAND", help="a shell command checking the container's health "
+                   "(replaces the image's HEALTHCHECK; with -d)")
+    p.add_argument("--health-interval", metavar="DURATION", help="time between checks (default 30s)")
+    p.add_argument("--health-timeout", metavar="DURATION", help="a check taking longer fails (default 30s)")
+    p.add_argument("--health-retries", type=int, metavar="N", help="failures in a row for unhealthy (default 3)")
+    p.add_argument("--health-start-period", metavar="DURATION",
+                   help="failures within this time after the start are not counted (default 0s)")
+    p.add_argument("--no-healthcheck", action="store_true", help="disable the image's HEALTHCHECK")
     p.add_argument("--isolation", choices=("oci", "default", "chroot"),
                    help="oci: runc (the default, and the only one); chroot was removed (it could not "
                         "confine a container)")
@@ -137,7 +145,10 @@ def _run(args: argparse.Namespace) -> int:
         workdir=args.workdir, user=args.user, entrypoint=args.entrypoint, network=args.network,
         isolation=args.isolation, auto_remove=args.auto_remove, stop_timeout=args.stop_timeout,
         pull=args.pull, insecure_registries=tuple(args.insecure_registry), publish=args.publish,
-        tty=args.tty, dns=args.dns, add_hosts=args.add_host)
+        tty=args.tty, dns=args.dns, add_hosts=args.add_host, health_cmd=args.health_cmd,
+        health_interval=args.health_interval, health_timeout=args.health_timeout,
+        health_retries=args.health_retries, health_start_period=args.health_start_period,
+        no_healthcheck=args.no_healthcheck)
     if args.tty and not args.detach and not os.isatty(0):
         print("error: -t needs a terminal on stdin (the input device is not a TTY)", file=sys.stderr)
         return 125
@@ -189,12 +200,16 @@ def _ps(args: argparse.Namespace) -> int:
             d = c.to_dict()
             d["state"] = c.state.__dict__
             d["status_text"] = c.status_text()
+            h = c.health() if c.running else None
+            d["health"] = h.status if h else None
             print(json.dumps(d))
         return 0
-    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
+    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")]
     for c in cs:
         cmd = " ".join(c.args)
-        rows.append((c.id[:12], c.image, '"' + truncate(cmd, 20) + '"', ago_rfc3339(c.created), c.status_text(), c.name))
+        ports = ", ".join(f"{ip or '0.0.0.0'}:{hp}->{cp}/{proto}" for ip, hp, cp, proto in ct.published(c))
+        rows.append((c.id[:12], c.image, '"' + truncate(cmd, 20) + '"', ago_rfc3339(c.created), c.status_text(),
+                     ports, c.name))
     print_table(rows)
     return 0
 

@@ -116,6 +116,12 @@ class RunOptions:
     tty: bool = False                                      # -t: a pty for the first process
     dns: list[str] = field(default_factory=list)           # --dns: resolver addresses
     add_hosts: list[str] = field(default_factory=list)     # --add-host NAME:ADDRESS
+    health_cmd: str | None = None                          # --health-cmd (a shell command)
+    health_interval: str | None = None                     # --health-interval 30s
+    health_timeout: str | None = None
+    health_retries: int | None = None
+    health_start_period: str | None = None
+    no_healthcheck: bool = False
 
 
 @dataclass
@@ -165,6 +171,7 @@ class Container:
     network_backend: str = "pasta"   # default network: "bridge" (root) or "pasta" (rootless)
     dns: list = field(default_factory=list)
     extra_hosts: list = field(default_factory=list)   # [name, address]
+    healthcheck: dict | None = None  # builder.containers.health.config_of (None: no check)
     root: Path = field(default=Path("."), repr=False, compare=False)
     state: ContainerState = field(default_factory=ContainerState, compare=False)
 
@@ -197,7 +204,10 @@ class Container:
         st = self.state
         if st.status == "running":
             if self.running:
-                return f"Up {_ago(st.started)}"
+                h = self.health()
+                shown = "" if h is None else (" (health: starting)" if h.status == "starting"
+                                              else f" ({h.status})")
+                return f"Up {_ago(st.started)}{shown}"
             code = monitor_exit_code(self)
             if code is not None:
                 return f"Exited ({code}) {_ago(st.started)} ago"
@@ -205,6 +215,13 @@ class Container:
         if st.status == "exited":
             return f"Exited ({st.exit_code}) {_ago(st.finished)} ago"
         return "Created"
+
+    def health(self):
+        """The health of a running container with a check (builder.containers.health.Health), else None."""
+        if not self.healthcheck:
+            return None
+        from .health import status
+        return status(self.dir / "health", self.healthcheck)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -439,6 +456,7 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
     backend = "bridge" if network == "default" and bridge.available() else "pasta"
     dns = [_check_address(d, f"--dns {d}") for d in opts.dns]
     extra_hosts = [_parse_add_host(h, backend) for h in opts.add_hosts]
+    from .health import config_of
     if opts.workdir is not None and not opts.workdir.startswith("/"):
         raise BuildError(f"the working directory {opts.workdir!r} is invalid: it must be an absolute path")
     ensure_image(store, opts.image, opts.pull, opts.insecure_registries, progress)
@@ -479,7 +497,10 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
             stop_signal=c_cfg.stop_signal or "SIGTERM",
             stop_timeout=DEFAULT_STOP_TIMEOUT if opts.stop_timeout is None else opts.stop_timeout,
             auto_remove=opts.auto_remove, diff_ids=list(cfg.diff_ids), ports=ports, tty=opts.tty,
-            network_backend=backend, dns=dns, extra_hosts=extra_hosts, root=root)
+            network_backend=backend, dns=dns, extra_hosts=extra_hosts,
+            healthcheck=config_of(c_cfg.healthcheck, opts.health_cmd, opts.health_interval, opts.health_timeout,
+                                  opts.health_retries, opts.health_start_period, opts.no_healthcheck),
+            root=root)
         signal_number(c.stop_signal)     # refuse an image whose StopSignal this host lacks, up front
         store.add_root(f"container-{cid}", [desc.digest])
         _save_config(c)
@@ -1089,6 +1110,9 @@ def start_monitored(c: Container) -> None:
         if r2.returncode != 0:
             _runc_kill(c, signal.SIGKILL)
             raise BuildError(f"runc could not start the container: {r2.stderr.strip()}")
+        if c.healthcheck:
+            from .health import start_loop
+            start_loop(c.dir / "health", rid, exec_process(bundle, c.healthcheck["test"]), c.healthcheck)
         log.close()
     except BaseException as exc:
         if isinstance(exc, BuildError):
@@ -1146,6 +1170,9 @@ def finish_monitored(c: Container, auto_remove: bool = True) -> None:
         if _alive(c.state.pid) and monitor_exit_code(c) is None:
             return                                  # still running
         code = monitor_exit_code(c)
+        if c.healthcheck:
+            from .health import stop_loop
+            stop_loop(c.dir / "health")
         subprocess.run(["runc", "delete", "--force", c.state.runtime_id], capture_output=True)
         if c.state.bundle:
             release_bundle(Path(c.state.bundle))
@@ -1230,6 +1257,57 @@ def _runtime_of(c: Container) -> tuple[str, Path]:
         if str(e.get("bundle", "")).startswith(prefix) and e.get("status") == "running":
             return e["id"], Path(e["bundle"])
     raise BuildError(f"container {c.name} has no running runtime container yet")
+
+
+def find_exact(root: Path, ref: str) -> Container | None:
+    """The container named ``ref``, or with that id or an id prefix of 12+ digits; else None
+    (``inspect`` tries containers before images, without mistaking an image name for an id)."""
+    base = containers_dir(root)
+    if not ref or "/" in ref or ":" in ref or not base.is_dir():
+        return None
+    if (base / "names" / ref).is_file() or (base / ref / "config.json").is_file():
+        return lookup(root, ref)
+    if len(ref) >= 12 and all(ch in "0123456789abcdef" for ch in ref):
+        try:
+            return lookup(root, ref)
+        except BuildError:
+            return None
+    return None
+
+
+def inspect_doc(c: Container) -> dict:
+    """What ``pybuild inspect CONTAINER`` prints (the fields of ``docker inspect`` pybuild has)."""
+    running = c.running
+    st = c.state
+    h = c.health() if running else None
+    state = {"Status": ("running" if running else "exited" if st.status != "created" else "created"),
+             "Running": running, "Pid": st.pid if running else 0,
+             "ExitCode": st.exit_code if st.exit_code is not None else (monitor_exit_code(c) or 0),
+             "StartedAt": st.started, "FinishedAt": st.finished, "Error": st.error}
+    if h is not None:
+        state["Health"] = {"Status": h.status, "FailingStreak": h.failing_streak,
+                           "Log": [{"End": datetime.fromtimestamp(e["End"], timezone.utc).isoformat(),
+                                    "ExitCode": e["ExitCode"]} for e in h.log],
+                           "Output": h.output}
+    ports: dict[str, list] = {}
+    for ip, hp, cp, proto in published(c):
+        ports.setdefault(f"{cp}/{proto}", []).append({"HostIp": ip or "0.0.0.0", "HostPort": str(hp)})
+    return {
+        "Id": c.id, "Name": c.name, "Created": c.created, "Image": c.config_digest, "ImageName": c.image,
+        "Path": c.args[0] if c.args else "", "Args": c.args[1:], "State": state,
+        "Config": {"Hostname": c.hostname, "User": c.user, "Env": c.env, "Entrypoint": c.entrypoint,
+                   "Cmd": c.cmd, "WorkingDir": c.workdir, "StopSignal": c.stop_signal, "Tty": c.tty,
+                   **({"Healthcheck": {"Test": c.healthcheck["test"], "Interval": c.healthcheck["interval"],
+                                       "Timeout": c.healthcheck["timeout"], "Retries": c.healthcheck["retries"],
+                                       "StartPeriod": c.healthcheck["start_period"]}}
+                      if c.healthcheck else {})},
+        "Mounts": [{"Type": "bind", "Source": v["host"], "Destination": v["target"], "RW": not v["readonly"]}
+                   for v in c.volumes],
+        "HostConfig": {"NetworkMode": c.network, "AutoRemove": c.auto_remove,
+                       "Dns": c.dns, "ExtraHosts": [f"{n}:{a}" for n, a in c.extra_hosts]},
+        "NetworkSettings": {"Backend": c.network_backend if c.network == "default" else c.network,
+                            "Ports": ports},
+    }
 
 
 def published(c: Container) -> list[list]:

@@ -264,3 +264,56 @@ def test_published_port_is_reachable_from_the_host(busybox_image: Path, tmp_path
     assert r.returncode == 125 and "-p" in r.stderr
     r = pybuild(root, "run", "--rm", "-p", "80:x", "busybox", "true")
     assert r.returncode == 125 and "invalid -p" in r.stderr
+
+
+def _health_image(root: Path, tmp_path: Path) -> str:
+    """busybox with HEALTHCHECK --interval=1s --retries=2 CMD test -f /tmp/ok, imported."""
+    from registry.imports import import_image
+    from registry.manifest import ContainerConfig
+    from registry.store import Store
+    from tests.fixtures.images import make_busybox_rootfs
+    rootfs = make_busybox_rootfs(tmp_path / "health-rootfs")
+    import_image(Store(root), rootfs, "healthy:1", container=ContainerConfig(
+        cmd=["sh"], healthcheck={"Test": ["CMD-SHELL", "test -f /tmp/ok"], "Interval": 1_000_000_000,
+                                 "Retries": 2}), created="2000-01-01T00:00:00Z")
+    return "healthy:1"
+
+
+def _health_of(root: Path, name: str) -> str | None:
+    doc = json.loads(pybuild(root, "inspect", "--format", "json", name, check_rc=0).stdout)
+    return (doc["State"].get("Health") or {}).get("Status")
+
+
+def test_healthcheck_goes_starting_healthy_unhealthy(busybox_image: Path, tmp_path: Path):
+    root = busybox_image
+    image = _health_image(root, tmp_path)
+    pybuild(root, "run", "-d", "--name", "doc", image, "sh", "-c",
+            "sleep 1.5; touch /tmp/ok; sleep 300", check_rc=0)
+    try:
+        assert _health_of(root, "doc") == "starting"             # before its first interval
+        assert "(health: starting)" in pybuild(root, "ps", check_rc=0).stdout
+        # healthy within its interval of the file appearing (plus the slack of a loaded machine)
+        t0 = time.monotonic()
+        _until(lambda: _health_of(root, "doc") == "healthy", timeout=20, what="healthy")
+        assert time.monotonic() - t0 < 10
+        assert "(healthy)" in pybuild(root, "ps", check_rc=0).stdout
+        pybuild(root, "exec", "doc", "rm", "/tmp/ok", check_rc=0)
+        _until(lambda: _health_of(root, "doc") == "unhealthy", timeout=20, what="unhealthy")
+        doc = json.loads(pybuild(root, "inspect", "--format", "json", "doc", check_rc=0).stdout)
+        assert doc["State"]["Health"]["FailingStreak"] >= 2
+        assert doc["Config"]["Healthcheck"]["Test"] == ["/bin/sh", "-c", "test -f /tmp/ok"]
+        c = ct.lookup(root, "doc")
+        loop = int((c.dir / "health" / "pid").read_text())
+        assert ct._alive(loop) and _comm(loop) == "sh"
+    finally:
+        pybuild(root, "rm", "-f", "doc", check_rc=0)
+    assert not ct._alive(loop)                                  # the check loop went with it
+    # --no-healthcheck: no loop, no health shown
+    pybuild(root, "run", "-d", "--name", "quiet", "--no-healthcheck", image, "sleep", "300", check_rc=0)
+    try:
+        assert _health_of(root, "quiet") is None
+        assert not (ct.lookup(root, "quiet").dir / "health").exists()
+    finally:
+        pybuild(root, "rm", "-f", "quiet", check_rc=0)
+    r = pybuild(root, "run", "-d", "--health-interval", "soon", "--health-cmd", "true", "busybox", "true")
+    assert r.returncode == 125 and "duration" in r.stderr and "Traceback" not in r.stderr
