@@ -10,6 +10,7 @@
     containers/    one directory per container, and names/ (builder.containers)
     cache/         build cache records, inputs/, builds/ (no-op rebuilds), hashes.v1, usage.log
     cachemounts/   the directories of RUN --mount=type=cache
+    volumes/       anonymous volumes of containers (VOLUME), <id>/_data (builder.containers)
     blob-sources/  where pulled blobs came from, for cross-repository mounts (registry.transfer)
 
 Kept import-light: the no-op rebuild path uses it before anything heavy is loaded.
@@ -59,4 +60,5 @@ class Root:
     containers = _Dir("containers")
     cache = _Dir("cache")
     cachemounts = _Dir("cachemounts")
+    volumes = _Dir("volumes")
     blob_sources = _Dir("blob-sources")

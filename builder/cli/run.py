@@ -47,6 +47,9 @@ def register(add_command) -> None:
     p.add_argument("--health-start-period", metavar="DURATION",
                    help="failures within this time after the start are not counted (default 0s)")
     p.add_argument("--no-healthcheck", action="store_true", help="disable the image's HEALTHCHECK")
+    p.add_argument("--init", action="store_true",
+                   help="run tini (Debian's tini-static, else catatonit) as PID 1: it forwards signals "
+                        "and reaps zombies")
     p.add_argument("--isolation", choices=("oci", "default", "chroot"),
                    help="oci: runc (the default, and the only one); chroot was removed (it could not "
                         "confine a container)")
@@ -99,6 +102,7 @@ def register(add_command) -> None:
     p = add_command("rm", "remove containers and their writable layers")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
     p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    p.add_argument("-v", "--volumes", action="store_true", help="also remove its anonymous volumes (VOLUME)")
     p.set_defaults(func=_rm)
 
     p = add_command("logs", "print a container's output")
@@ -148,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         tty=args.tty, dns=args.dns, add_hosts=args.add_host, health_cmd=args.health_cmd,
         health_interval=args.health_interval, health_timeout=args.health_timeout,
         health_retries=args.health_retries, health_start_period=args.health_start_period,
-        no_healthcheck=args.no_healthcheck)
+        no_healthcheck=args.no_healthcheck, init=args.init)
     if args.tty and not args.detach and not os.isatty(0):
         print("error: -t needs a terminal on stdin (the input device is not a TTY)", file=sys.stderr)
         return 125
@@ -228,7 +232,7 @@ def _rm(args: argparse.Namespace) -> int:
     from builder.containers import lifecycle as ct
     _, root = _root(args)
     for ref in args.containers:
-        ct.remove(ct.lookup(root, ref), force=args.force)
+        ct.remove(ct.lookup(root, ref), force=args.force, volumes=args.volumes)
         print(ref)
     return 0
 

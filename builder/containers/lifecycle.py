@@ -61,6 +61,9 @@ from ..runtime.snapshot import OPAQUE_XATTR, LayerDirs, Snapshot, mount_snapshot
 from ..runtime.users import resolve_user
 
 DEFAULT_STOP_TIMEOUT = 10
+INIT_PATH = "/sbin/docker-init"        # where --init's binary is bound (Docker's path)
+# Statically linked ones only: the binary runs inside the image, which may have no libc.
+INIT_BINARIES = ("/usr/bin/tini-static", "/usr/bin/catatonit")
 NETWORKS = ("default", "host", "none")
 _NAME_ADJECTIVES = ("brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid",
                     "merry", "nifty", "proud", "quiet", "sharp", "tender", "vivid", "witty", "zen")
@@ -122,6 +125,7 @@ class RunOptions:
     health_retries: int | None = None
     health_start_period: str | None = None
     no_healthcheck: bool = False
+    init: bool = False                                     # --init: tini (or catatonit) as PID 1
 
 
 @dataclass
@@ -172,6 +176,8 @@ class Container:
     dns: list = field(default_factory=list)
     extra_hosts: list = field(default_factory=list)   # [name, address]
     healthcheck: dict | None = None  # builder.containers.health.config_of (None: no check)
+    init: bool = False               # --init: INIT_PATH (tini or catatonit, bound read-only) runs first
+    anon_volumes: list = field(default_factory=list)  # [{"name": id, "target": path}] under <root>/volumes
     root: Path = field(default=Path("."), repr=False, compare=False)
     state: ContainerState = field(default_factory=ContainerState, compare=False)
 
@@ -457,6 +463,8 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
     dns = [_check_address(d, f"--dns {d}") for d in opts.dns]
     extra_hosts = [_parse_add_host(h, backend) for h in opts.add_hosts]
     from .health import config_of
+    if opts.init:
+        init_binary()                  # refuse up front when no init is installed
     if opts.workdir is not None and not opts.workdir.startswith("/"):
         raise BuildError(f"the working directory {opts.workdir!r} is invalid: it must be an absolute path")
     ensure_image(store, opts.image, opts.pull, opts.insecure_registries, progress)
@@ -498,6 +506,7 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
             stop_timeout=DEFAULT_STOP_TIMEOUT if opts.stop_timeout is None else opts.stop_timeout,
             auto_remove=opts.auto_remove, diff_ids=list(cfg.diff_ids), ports=ports, tty=opts.tty,
             network_backend=backend, dns=dns, extra_hosts=extra_hosts,
+            init=opts.init, anon_volumes=_anonymous_volumes(root, c_cfg.volumes, volumes),
             healthcheck=config_of(c_cfg.healthcheck, opts.health_cmd, opts.health_interval, opts.health_timeout,
                                   opts.health_retries, opts.health_start_period, opts.no_healthcheck),
             root=root)
@@ -511,6 +520,65 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
         shutil.rmtree(cdir, ignore_errors=True)
         raise
     return c
+
+
+def init_binary() -> str:
+    """The host's static init for ``--init`` (Debian's tini-static, else catatonit)."""
+    for path in INIT_BINARIES:
+        if os.access(path, os.X_OK):
+            return path
+    raise BuildError("--init needs Debian's tini (tini-static) or catatonit: install one "
+                     "(scripts/setup.sh does)")
+
+
+def _anonymous_volumes(root: Path, image_volumes, given: list[Volume]) -> list[dict]:
+    """A new volume directory under ``<root>/volumes`` for each VOLUME of the image that no
+    ``-v`` covers (filled from the image when the container first starts)."""
+    out = []
+    taken = {v.target for v in given}
+    for target in sorted(image_volumes or {}):
+        target = posixpath.normpath("/" + target.lstrip("/"))
+        if target == "/" or target in taken:
+            continue
+        vid = secrets.token_hex(32)
+        (Root(root).volumes / vid / "_data").mkdir(parents=True, mode=0o755)
+        out.append({"name": vid, "target": target})
+        taken.add(target)
+    return out
+
+
+def _fill_volume(merged: Path, target: str, data: Path) -> None:
+    """Copy what the image has at ``target`` into a new volume, as Docker does at first use.
+
+    The source is opened inside the container's root (its links resolve there), and copied
+    through that descriptor, so no link in the image leads the copy outside."""
+    from registry.inroot import open_in_root
+    marker = data.parent / "filled"
+    if marker.exists():
+        return
+    with opened_root(merged) as root_fd:
+        try:
+            fd = open_in_root(root_fd, target, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            fd = -1                     # nothing (or not a directory) there: an empty volume
+        if fd >= 0:
+            try:
+                st = os.fstat(fd)
+                os.chown(data, st.st_uid, st.st_gid)
+                os.chmod(data, stat.S_IMODE(st.st_mode))
+                r = subprocess.run(["cp", "-a", "--no-dereference", f"/proc/self/fd/{fd}/.", str(data)],
+                                   pass_fds=(fd,), capture_output=True, text=True)
+                if r.returncode:
+                    raise BuildError(f"cannot fill the volume for {target}: {r.stderr.strip()}")
+            finally:
+                os.close(fd)
+    marker.touch()
+
+
+def remove_volumes(c: Container) -> None:
+    """Delete the container's anonymous volumes (``rm -v``, ``run --rm``)."""
+    for v in c.anon_volumes:
+        shutil.rmtree(Root(c.root).volumes / v["name"], ignore_errors=True)
 
 
 def _check_address(text: str, what: str) -> str:
@@ -747,7 +815,15 @@ def _prepare_spec(c: Container, snap: Snapshot, view: RootView,
         if not os.path.exists(v["host"]):
             os.makedirs(v["host"], exist_ok=True)       # `docker run -v` creates a missing host dir
         mounts.append(Mount(v["target"], source=v["host"], readonly=v["readonly"]))
-    spec = RunSpec(args=c.args, rootfs=snap.merged, env=env, cwd=c.workdir, uid=c.uid, gid=c.gid,
+    for v in c.anon_volumes:
+        data = Root(c.root).volumes / v["name"] / "_data"
+        _fill_volume(snap.merged, v["target"], data)
+        mounts.append(Mount(v["target"], source=str(data)))
+    args = list(c.args)
+    if c.init:
+        mounts.append(Mount(INIT_PATH, source=init_binary(), readonly=True))
+        args = [INIT_PATH, "--"] + args
+    spec = RunSpec(args=args, rootfs=snap.merged, env=env, cwd=c.workdir, uid=c.uid, gid=c.gid,
                    additional_gids=c.additional_gids, mounts=mounts, network=c.network,
                    hostname=c.hostname, ports=[tuple(p) for p in c.ports], terminal=c.tty,
                    network_backend=c.network_backend, dns=list(c.dns),
@@ -1302,8 +1378,10 @@ def inspect_doc(c: Container) -> dict:
                                        "StartPeriod": c.healthcheck["start_period"]}}
                       if c.healthcheck else {})},
         "Mounts": [{"Type": "bind", "Source": v["host"], "Destination": v["target"], "RW": not v["readonly"]}
-                   for v in c.volumes],
-        "HostConfig": {"NetworkMode": c.network, "AutoRemove": c.auto_remove,
+                   for v in c.volumes] + [
+                  {"Type": "volume", "Name": v["name"], "Source": str(Root(c.root).volumes / v["name"] / "_data"),
+                   "Destination": v["target"], "RW": True} for v in c.anon_volumes],
+        "HostConfig": {"NetworkMode": c.network, "AutoRemove": c.auto_remove, "Init": c.init,
                        "Dns": c.dns, "ExtraHosts": [f"{n}:{a}" for n, a in c.extra_hosts]},
         "NetworkSettings": {"Backend": c.network_backend if c.network == "default" else c.network,
                             "Ports": ports},
@@ -1394,8 +1472,9 @@ def reap(c: Container) -> None:
         _finish_recorded(c, 137)
 
 
-def remove(c: Container, force: bool = False) -> None:
-    """Delete the container: its writable layer, logs and record (``force`` kills it first)."""
+def remove(c: Container, force: bool = False, volumes: bool = False) -> None:
+    """Delete the container: its writable layer, logs and record (``force`` kills it first);
+    its anonymous volumes too with ``volumes`` or when it was run with ``--rm``, as Docker does."""
     if c.running:
         if not force:
             raise BuildError(f"container {c.name} is running: stop it (`pybuild stop {c.name}`) "
@@ -1415,6 +1494,8 @@ def remove(c: Container, force: bool = False) -> None:
         if _is_mounted(merged):
             subprocess.run(["umount", "-l", str(merged)], capture_output=True)
         shutil.rmtree(Root(c.root).snapshots / c.snapshot, ignore_errors=True)
+    if volumes or c.auto_remove:
+        remove_volumes(c)
     Store(c.root).remove_root(f"container-{c.id}")
     _release_name(c.root, c.name, c.id)
     # Rename first so that `ps` never reads a half-deleted record.
@@ -1468,7 +1549,7 @@ def _hide_mount_points(c: Container, view: RootView, changes: list[tuple[str, st
     directories copied up or made only to hold them), as ``docker diff`` does; on exit the
     sandbox removes them and the upper directory is pruned, so they never reach a commit."""
     mounts = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/proc", "/sys", "/dev"] + [
-        v["target"] for v in c.volumes]
+        v["target"] for v in c.volumes + c.anon_volumes] + ([INIT_PATH] if c.init else [])
 
     def under(path: str, top: str) -> bool:
         return path == top or path.startswith(top.rstrip("/") + "/")

@@ -892,7 +892,9 @@ def _run_oci(spec: RunSpec, bundle: Path, config: dict,
     (bundle / "config.json").write_text(json.dumps(config))
     cid = "pybuild-" + os.urandom(8).hex()   # not uuid: it imports `platform`, a start-up cost
     cmd = ["runc", "run", "--bundle", str(bundle), cid]
-    pipe = None if spec.terminal else subprocess.PIPE      # runc copies the pty to its stdout
+    # With a terminal runc copies the pty to its stdout: a pipe too, so that the output reaches
+    # the log (`logs` of a -t container) as well as the caller.
+    pipe = subprocess.PIPE
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL if stdin is None else stdin, stdout=pipe,
                                 stderr=pipe, start_new_session=True)

@@ -190,6 +190,20 @@ def test_t_gives_a_pty_of_the_terminal_size(busybox_image: Path):
     # -it: an interactive shell runs what is typed.
     rc, out = _in_pty(cli + ["run", "--rm", "-it", "busybox", "sh"], send=b"echo $((6*7)); exit 5\r")
     assert rc == 5 and b"42" in out, out
+    # What a -t container printed is in its logs too (foreground and detached).
+    rc, out = _in_pty(cli + ["run", "--name", "ttylog", "-t", "busybox", "sh", "-c", "echo on-the-pty; tty"])
+    assert rc == 0 and b"on-the-pty" in out, out
+    logs = pybuild(busybox_image, "logs", "ttylog", check_rc=0).stdout
+    assert "on-the-pty" in logs and "/dev/pts/" in logs, logs
+    pybuild(busybox_image, "rm", "ttylog", check_rc=0)
+    pybuild(busybox_image, "run", "-d", "-t", "--name", "ttyd", "busybox", "sh", "-c", "echo detached-pty; tty",
+            check_rc=0)
+    try:
+        logs = _until(lambda: "/dev/pts/" in (t := pybuild(busybox_image, "logs", "ttyd").stdout) and t,
+                      what="the detached -t output")
+        assert "detached-pty" in logs
+    finally:
+        pybuild(busybox_image, "rm", "-f", "ttyd")
     # Without a terminal, -t is refused as docker refuses it.
     r = pybuild(busybox_image, "run", "--rm", "-t", "busybox", "true", stdin=subprocess.DEVNULL)
     assert r.returncode == 125 and "TTY" in r.stderr
@@ -317,3 +331,62 @@ def test_healthcheck_goes_starting_healthy_unhealthy(busybox_image: Path, tmp_pa
         pybuild(root, "rm", "-f", "quiet", check_rc=0)
     r = pybuild(root, "run", "-d", "--health-interval", "soon", "--health-cmd", "true", "busybox", "true")
     assert r.returncode == 125 and "duration" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_init_runs_first_and_forwards_the_stop_signal(busybox_image: Path):
+    root = busybox_image
+    r = pybuild(root, "run", "--rm", "--init", "busybox", "ps", "-o", "pid,comm", check_rc=0)
+    assert r.stdout.split()[2:4] == ["1", "docker-init"], r.stdout
+    # `sleep` as PID 1 ignores SIGTERM (see the stop test above); under tini it gets it and ends.
+    pybuild(root, "run", "-d", "--init", "--name", "inited", "--stop-timeout", "20", "busybox", "sleep", "300",
+            check_rc=0)
+    try:
+        t0 = time.monotonic()
+        pybuild(root, "stop", "inited", check_rc=0)
+        assert time.monotonic() - t0 < 10
+        assert "Exited (143)" in pybuild(root, "ps", "-a", check_rc=0).stdout
+        assert "A /sbin" not in pybuild(root, "diff", "inited", check_rc=0).stdout   # its mount point left no trace
+    finally:
+        pybuild(root, "rm", "-f", "inited")
+
+
+def test_anonymous_volumes_for_image_volumes(busybox_image: Path, tmp_path: Path):
+    from registry.imports import import_image
+    from registry.manifest import ContainerConfig
+    from registry.store import Store
+    from tests.fixtures.images import make_busybox_rootfs
+    root = busybox_image
+    rootfs = make_busybox_rootfs(tmp_path / "vol-rootfs")
+    (rootfs / "data").mkdir()
+    (rootfs / "data" / "seed").write_text("from the image\n")
+    os.chown(rootfs / "data", 1000, 1000)
+    os.symlink("/etc", rootfs / "data" / "link")             # copied as a link, not followed
+    import_image(Store(root), rootfs, "vol:1", created="2000-01-01T00:00:00Z",
+                 container=ContainerConfig(cmd=["sh"], volumes={"/data": {}, "/empty": {}}))
+    pybuild(root, "run", "--name", "v1", "vol:1", "sh", "-c",
+            "cat /data/seed; echo written > /data/new; echo x > /empty/y; readlink /data/link", check_rc=0)
+    doc = json.loads(pybuild(root, "inspect", "--format", "json", "v1", check_rc=0).stdout)
+    vols = {m["Destination"]: m for m in doc["Mounts"] if m["Type"] == "volume"}
+    assert sorted(vols) == ["/data", "/empty"]
+    data = Path(vols["/data"]["Source"])
+    assert data.is_relative_to(root / "volumes")
+    assert (data / "seed").read_text() == "from the image\n" and (data / "new").read_text() == "written\n"
+    assert os.readlink(data / "link") == "/etc" and (data.stat().st_uid, data.stat().st_gid) == (1000, 1000)
+    assert (Path(vols["/empty"]["Source"]) / "y").read_text() == "x\n"
+    # The volume is not the container's layer: nothing of it in diff.
+    assert "/data/new" not in pybuild(root, "diff", "v1", check_rc=0).stdout
+    # -v covering a VOLUME: no anonymous volume for it.
+    host = tmp_path / "host-data"
+    host.mkdir()
+    pybuild(root, "run", "--rm", "-v", f"{host}:/data", "vol:1", "sh", "-c", "echo h > /data/h", check_rc=0)
+    assert (host / "h").exists()
+    # rm keeps the volumes, rm -v removes them; run --rm removes its own.
+    pybuild(root, "run", "--name", "v2", "vol:1", "true", check_rc=0)
+    v2 = [m["Source"] for m in json.loads(pybuild(root, "inspect", "--format", "json", "v2").stdout)["Mounts"]]
+    pybuild(root, "rm", "v2", check_rc=0)
+    assert all(Path(s).exists() for s in v2)
+    pybuild(root, "rm", "-v", "v1", check_rc=0)
+    assert not data.exists()
+    before = set(os.listdir(root / "volumes"))
+    pybuild(root, "run", "--rm", "vol:1", "true", check_rc=0)
+    assert set(os.listdir(root / "volumes")) == before
