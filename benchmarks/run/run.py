@@ -1,24 +1,27 @@
-"""Twenty containers of one image at once: pybuild vs `podman run`, measured side by side in one run.
+"""Containers of one image: pybuild vs podman, both on their DEFAULT (private, bridged) network,
+measured side by side in one run.
 
 The image is the busybox sample (Debian's static busybox imported as busybox:latest, the same
 image the tests use); podman gets the very same image through
 `skopeo copy oci:<root>/images:busybox:latest containers-storage:[overlay@...]...`, into a
-private podman storage so that nothing else on the machine is touched.
+private podman storage so that nothing else on the machine is touched. podman runs with
+`--network bridge` (netavark's podman0: veth + nftables/iptables NAT, as pybuild's pybuild0), since
+this machine's containers.conf makes the host network podman's default.
 
-1. burst: twenty `run --rm -e N=i IMAGE sh -c 'echo $N > /tmp/me; cat /tmp/me'` started at once
-   (each a separate command, start-up included); total wall time until all have exited, median
+1. latency: one `run --rm IMAGE true` at a time, median of `--trials * 3` runs, alternating.
+2. burst: COUNT (20) `run --rm -e N=i IMAGE sh -c 'echo $N > /tmp/me; cat /tmp/me'` started at
+   once (each a separate command, start-up included); wall time until all have exited, median
    over trials, alternating which tool goes first.
-2. resident: twenty detached containers (`run -d ... sleep 120`) started at once, then while they
-   all run: extra memory per container (PSS of every process that appeared, from
-   /proc/PID/smaps_rollup, divided by twenty: pybuild's supervisor + runc, podman's conmon +
-   runc's leftovers, plus the container processes) and extra disk per container (growth of the
-   tool's storage directory divided by twenty). Then everything is removed. Also what is kept
-   alive per container without the container's own process (pybuild: conmon, and pasta on its
-   default network; podman: conmon), PSS and RSS, for pybuild on its default network and on
-   the host's network (as podman runs here).
+3. start: COUNT detached containers (`run -d ... sleep 120`) started at once: wall time until
+   every `run -d` has returned (median over trials), then removed.
+4. resident: RESIDENT (10) detached sleepers, then while they all run: memory per container
+   (PSS of every process that appeared, from /proc/PID/smaps_rollup, divided by RESIDENT), and
+   what is kept alive per container without the container's own process (pybuild: conmon, and
+   a pasta per container with PYBUILD_CONTAINER_NETWORK=pasta; podman: conmon), PSS and RSS;
+   disk per container.
 
-Usage: python3 benchmarks/run/run.py [--count N] [--trials N] [--no-podman]
-Needs root, runc and overlayfs; podman and skopeo for the comparison (scripts/setup.sh).
+Usage: python3 benchmarks/run/run.py [--count N] [--resident N] [--trials N] [--no-podman] [--pasta] [--host]
+Needs root, runc, conmon, nft and overlayfs; podman and skopeo for the comparison (scripts/setup.sh).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from registry.imports import import_image  # noqa: E402
+from registry.manifest import ContainerConfig  # noqa: E402
 from registry.store import Store  # noqa: E402
 from tests.fixtures.images import make_busybox_rootfs  # noqa: E402
 
@@ -47,7 +51,9 @@ PODMAN_IMAGE = "localhost/pybuild-bench/busybox:latest"
 class Tool:
     """How to drive one container tool: argv prefixes and its storage directory."""
 
-    def __init__(self, name: str, prefix: list[str], image: str, storage: Path, extra_run: list[str]):
+    def __init__(self, name: str, prefix: list[str], image: str, storage: Path, extra_run: list[str],
+                 env: dict[str, str] | None = None):
+        self.env = env or {}
         self.name = name
         self.prefix = prefix
         self.image = image
@@ -61,8 +67,8 @@ class Tool:
         return [*self.prefix, *args]
 
 
-def check(cmd: list[str]) -> str:
-    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+def check(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, **(env or {})})
     if r.returncode != 0:
         raise SystemExit(f"command failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr}")
     return r.stdout
@@ -74,16 +80,20 @@ def child_env(work: Path) -> dict[str, str]:
     in every one of the twenty processes."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    # This checkout's pybuild, whatever is installed (`-m builder` would otherwise find an
+    # installed one first, as the work directory is not the checkout).
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return env
 
 
 ENV: dict[str, str] = dict(os.environ)
 
 
-def all_at_once(cmds: list[list[str]]) -> tuple[float, list[str]]:
+def all_at_once(cmds: list[list[str]], env: dict[str, str] | None = None) -> tuple[float, list[str]]:
     """Start every command at once; (seconds until the last exits, their stdouts)."""
+    full = {**ENV, **(env or {})}
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full)
              for c in cmds]
     outs = []
     for p, c in zip(procs, cmds):
@@ -174,7 +184,7 @@ def resident(tool: Tool, count: int) -> dict[str, float]:
     before_pids = pids()
     disk0 = du_bytes(tool.storage)
     cmds = [tool.run_argv("-d", "--name", f"{marker}-{i}", tool.image, "sleep", "120") for i in range(count)]
-    wall, outs = all_at_once(cmds)
+    wall, outs = all_at_once(cmds, tool.env)
     ids = [o.strip().splitlines()[-1] for o in outs]
     time.sleep(1.0)      # let start-up transients exit
     new = ours(pids() - before_pids, tool.storage)
@@ -186,20 +196,37 @@ def resident(tool: Tool, count: int) -> dict[str, float]:
     kinds = [f"{k} {sum(pss_kb(p) for p, n in kept.items() if n == k) / 1024 / count:.2f}"
              for k in sorted(set(kept.values()))]
     disk1 = du_bytes(tool.storage)
-    check(tool.cmd("rm", "-f", *ids))
+    check(tool.cmd("rm", "-f", *ids), tool.env)
     return {"start_s": wall, "mem_mb": mem_kb / 1024 / count, "disk_kb": (disk1 - disk0) / 1024 / count,
             "procs": len(new) / count, "kept_mb": kept_kb / 1024 / count, "kept_rss_mb": kept_rss_kb / 1024 / count,
             "kinds": ",".join(kinds)}
 
 
-def setup(work: Path, use_podman: bool) -> list[Tool]:
+def start_many(tool: Tool, count: int) -> float:
+    """Seconds until ``count`` `run -d` started at once have all returned; then removed."""
+    cmds = [tool.run_argv("-d", tool.image, "sleep", "120") for _ in range(count)]
+    wall, outs = all_at_once(cmds, tool.env)
+    check(tool.cmd("rm", "-f", *[o.strip().splitlines()[-1] for o in outs]), tool.env)
+    return wall
+
+
+def latency(tool: Tool) -> float:
+    t0 = time.perf_counter()
+    check(tool.run_argv("--rm", tool.image, "true"), tool.env)
+    return time.perf_counter() - t0
+
+
+def setup(work: Path, use_podman: bool, pasta: bool = False, host: bool = False) -> list[Tool]:
     root = work / "pybuild-root"
     rootfs = make_busybox_rootfs(work / "rootfs")
-    import_image(Store(root), rootfs, "busybox:latest", changes=['CMD ["sh"]'], created="2000-01-01T00:00:00Z")
-    tools = [Tool("pybuild", [*PYBUILD, "--root", str(root)], "busybox:latest", root, ["-q"]),
-             # podman below runs on the host's network: the same for pybuild, for a like-for-like
-             # monitor cost (pybuild's default private network adds a pasta per container).
-             Tool("pyb-host", [*PYBUILD, "--root", str(root)], "busybox:latest", root, ["-q", "--network", "host"])]
+    import_image(Store(root), rootfs, "busybox:latest", container=ContainerConfig(cmd=["sh"]),
+                 created="2000-01-01T00:00:00Z")
+    pyb = [*PYBUILD, "--root", str(root)]
+    tools = [Tool("pybuild", pyb, "busybox:latest", root, ["-q"])]
+    if pasta:      # rootless pybuild's default network: a pasta per container
+        tools.append(Tool("pyb-pasta", pyb, "busybox:latest", root, ["-q"], {"PYBUILD_CONTAINER_NETWORK": "pasta"}))
+    if host:
+        tools.append(Tool("pyb-host", pyb, "busybox:latest", root, ["-q", "--network", "host"]))
     if use_podman:
         if not (shutil.which("podman") and shutil.which("skopeo")):
             print("podman or skopeo not installed: measuring pybuild alone", file=sys.stderr)
@@ -210,15 +237,18 @@ def setup(work: Path, use_podman: bool) -> list[Tool]:
         prefix = ["podman", "--root", str(proot), "--runroot", str(prun), "--storage-driver", "overlay",
                   "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
         tools.append(Tool("podman", prefix, PODMAN_IMAGE, proot,
-                          ["--network", "host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]))
+                          ["--network", "bridge", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]))
     return tools
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--count", type=int, default=20)
+    ap.add_argument("--count", type=int, default=20, help="containers at once for burst and start (20)")
+    ap.add_argument("--resident", type=int, default=10, help="detached containers for memory (10)")
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--no-podman", action="store_true")
+    ap.add_argument("--pasta", action="store_true", help="also pybuild with a pasta per container (rootless' way)")
+    ap.add_argument("--host", action="store_true", help="also pybuild on the host's network")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (overlay mounts, namespaces)")
@@ -226,41 +256,48 @@ def main() -> None:
     ENV.clear()
     ENV.update(child_env(work))
     try:
-        tools = setup(work, not a.no_podman)
+        tools = setup(work, not a.no_podman, a.pasta, a.host)
         for t in tools:      # warm-up: pybuild extracts the layer once, podman sets up its storage
-            check(t.run_argv("--rm", t.image, "true"))
+            check(t.run_argv("--rm", t.image, "true"), t.env)
+        lat: dict[str, list[float]] = {t.name: [] for t in tools}
         burst: dict[str, list[float]] = {t.name: [] for t in tools}
+        start: dict[str, list[float]] = {t.name: [] for t in tools}
         for trial in range(a.trials):
             order = tools if trial % 2 == 0 else list(reversed(tools))
+            for _ in range(3):
+                for t in order:
+                    lat[t.name].append(latency(t))
             for t in order:
                 wall, outs = all_at_once([t.run_argv("--rm", "-e", f"N={i}", t.image, "sh", "-c", SHORT)
-                                          for i in range(a.count)])
+                                          for i in range(a.count)], t.env)
                 if outs != [f"{i}\n" for i in range(a.count)]:
                     raise SystemExit(f"{t.name}: wrong outputs {outs}")
                 burst[t.name].append(wall)
-        res = {t.name: resident(t, a.count) for t in tools}
-        res_names = [t.name for t in tools]
-        print(f"{a.count} containers of busybox at once (median of {a.trials} trials; load avg "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
-        print(f"{'':8} {'burst run --rm (s)':>18} {'start -d (s)':>12} {'mem/ctr (MB PSS)':>17} "
-              f"{'disk/ctr (KB)':>13} {'procs/ctr':>9}")
+            for t in order:
+                start[t.name].append(start_many(t, a.count))
+        res = {t.name: resident(t, a.resident) for t in tools}
+        med = statistics.median
+        print(f"busybox containers, default networks (pybuild: pybuild0 bridge; podman: --network bridge); "
+              f"medians of {a.trials} trials; load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        print(f"{'':9} {'run --rm (s)':>12} {a.count:>3} x run --rm (s) {a.count:>3} x run -d (s) "
+              f"{'mem/ctr MB PSS':>15} {'kept/ctr PSS/RSS':>17} {'disk/ctr KB':>11} {'procs/ctr':>9}")
         for t in tools:
             r = res[t.name]
-            print(f"{t.name:8} {statistics.median(burst[t.name]):18.2f} {r['start_s']:12.2f} "
-                  f"{r['mem_mb']:17.1f} {r['disk_kb']:13.1f} {r['procs']:9.1f}")
-        print(f"kept alive per detached container, without the container's own process "
-              "(PSS / RSS, MB; process kinds):")
+            print(f"{t.name:9} {med(lat[t.name]):12.3f} {med(burst[t.name]):19.2f} {med(start[t.name]):17.2f} "
+                  f"{r['mem_mb']:15.2f} {r['kept_mb']:8.2f}/{r['kept_rss_mb']:<8.2f} {r['disk_kb']:11.1f} "
+                  f"{r['procs']:9.1f}")
+        print(f"kept alive per detached container ({a.resident} running), by process kind (MB PSS):")
         for t in tools:
-            r = res[t.name]
-            print(f"  {t.name:8} {r['kept_mb']:6.2f} / {r['kept_rss_mb']:6.2f}   {r['kinds']}")
+            print(f"  {t.name:9} {res[t.name]['kinds']}")
         if "podman" in res:
-            for name in res_names[:-1]:
-                print(f"per-container memory {name}/podman: total PSS {res[name]['mem_mb'] / res['podman']['mem_mb']:.2f}, "
-                      f"kept PSS {res[name]['kept_mb'] / res['podman']['kept_mb']:.2f}, "
-                      f"kept RSS {res[name]['kept_rss_mb'] / res['podman']['kept_rss_mb']:.2f}")
-        if "podman" in burst:
-            ratio = statistics.median(burst["pybuild"]) / statistics.median(burst["podman"])
-            print(f"burst wall time pybuild/podman: {ratio:.2f}")
+            p = res["podman"]
+            for t in tools[:-1]:
+                r = res[t.name]
+                print(f"{t.name}/podman: run --rm latency {med(lat[t.name]) / med(lat['podman']):.2f}, "
+                      f"{a.count} at once run --rm {med(burst[t.name]) / med(burst['podman']):.2f}, "
+                      f"{a.count} at once run -d {med(start[t.name]) / med(start['podman']):.2f}, "
+                      f"memory per container: total PSS {r['mem_mb'] / p['mem_mb']:.2f}, "
+                      f"kept PSS {r['kept_mb'] / p['kept_mb']:.2f}, kept RSS {r['kept_rss_mb'] / p['kept_rss_mb']:.2f}")
     finally:
         for m in sorted((l.split()[4] for l in Path("/proc/self/mountinfo").read_text().splitlines()
                          if str(work) in l.split()[4]), key=len, reverse=True):
