@@ -18,6 +18,9 @@
 #include <linux/sched.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <net/if.h>
+#include <linux/if_packet.h>
+#include <linux/if_ether.h>
 
 static const char *en(int e) {
     static char b[32];
@@ -136,7 +139,40 @@ static int tcp(const char *ip, int port) {
     return 0;
 }
 
+/* Send one hand-made UDP datagram SRC -> DST:PORT out of eth0 to the MAC GW (an AF_PACKET
+   socket: the kernel's routing, which would keep 127.0.0.1 on the box's own loopback, is
+   bypassed), as a container with CAP_NET_RAW can. */
+static unsigned short csum(const unsigned char *p, int n) {
+    unsigned long s = 0;
+    for (int i = 0; i + 1 < n; i += 2) s += (p[i] << 8) | p[i + 1];
+    while (s >> 16) s = (s & 0xffff) + (s >> 16);
+    return (unsigned short)~s;
+}
+
+static int udpframe(const char *src, const char *gw, const char *dst, int port, const char *payload) {
+    unsigned char f[1500]; int plen = strlen(payload), n = 28 + plen;
+    memset(f, 0, 28);
+    f[0] = 0x45; f[2] = n >> 8; f[3] = n & 0xff; f[8] = 64; f[9] = 17;
+    inet_pton(AF_INET, src, f + 12); inet_pton(AF_INET, dst, f + 16);
+    unsigned short c = csum(f, 20); f[10] = c >> 8; f[11] = c & 0xff;
+    f[20] = 0x30; f[21] = 0x39; f[22] = port >> 8; f[23] = port & 0xff;
+    f[24] = (8 + plen) >> 8; f[25] = (8 + plen) & 0xff;          /* UDP checksum 0: none */
+    memcpy(f + 28, payload, plen);
+    int s = socket(AF_PACKET, SOCK_DGRAM, htons(ETH_P_IP));
+    if (s < 0) { printf("udpframe socket %s\n", en(errno)); return 0; }
+    struct sockaddr_ll a; memset(&a, 0, sizeof a);
+    a.sll_family = AF_PACKET; a.sll_protocol = htons(ETH_P_IP); a.sll_ifindex = if_nametoindex("eth0");
+    a.sll_halen = 6;
+    unsigned int m[6];
+    if (sscanf(gw, "%x:%x:%x:%x:%x:%x", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) != 6) return 2;
+    for (int i = 0; i < 6; i++) a.sll_addr[i] = m[i];
+    if (sendto(s, f, n, 0, (void *)&a, sizeof a) < 0) printf("udpframe %s send %s\n", dst, en(errno));
+    else printf("udpframe %s sent\n", dst);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 7 && !strcmp(argv[1], "udpframe")) return udpframe(argv[2], argv[3], argv[4], atoi(argv[5]), argv[6]);
     if (argc >= 2 && !strcmp(argv[1], "syscalls")) return syscalls();
     if (argc >= 6 && !strcmp(argv[1], "dev")) return dev(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
     if (argc >= 4 && !strcmp(argv[1], "write")) return wr(argv[2], argv[3]);

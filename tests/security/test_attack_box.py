@@ -202,3 +202,41 @@ def test_default_network_reaches_no_host_loopback_service(box: Path):
         assert "HOSTLOOP" not in out, out
     finally:
         b.close()
+
+
+# --- the container bridge (builder.runtime.bridge) -------------------------------------------------
+
+def _udp_listener(addr: str) -> tuple[socket.socket, int]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, 0))
+    s.settimeout(3)
+    return s, s.getsockname()[1]
+
+
+def test_crafted_frame_to_host_loopback_is_dropped_on_the_bridge(box: Path):
+    """The bridge has route_localnet (for -p on 127.0.0.1): a container with CAP_NET_RAW sends a
+    hand-made UDP frame for 127.0.0.1 to the host's bridge MAC. The guard chain must drop it; the
+    same frame for the gateway's own address (a 0.0.0.0 listener) arrives: the control."""
+    from builder.runtime import bridge
+    if not bridge.available():
+        pytest.skip("the bridge needs ip and nft (Debian's iproute2, nftables)")
+    loop, loop_port = _udp_listener("127.0.0.1")
+    anyaddr, any_port = _udp_listener("0.0.0.0")
+    try:
+        script = (f"ping -c1 -W2 {bridge.GATEWAY} >/dev/null; "
+                  "src=$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1); "
+                  f"gw=$(awk '$1==\"{bridge.GATEWAY}\" {{print $4}}' /proc/net/arp); "
+                  f"/attack udpframe $src $gw 127.0.0.1 {loop_port} LOOPBACK-MARKER; "
+                  f"/attack udpframe $src $gw {bridge.GATEWAY} {any_port} CONTROL-MARKER")
+        out: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        rc = run(RunSpec(args=["/bin/sh", "-c", script], rootfs=box, network_backend="bridge"),
+                 lambda name, chunk: out[name].extend(chunk))
+        text = out["stdout"].decode()
+        assert rc == 0 and "udpframe 127.0.0.1 sent" in text and f"udpframe {bridge.GATEWAY} sent" in text, (
+            text, out["stderr"].decode())
+        assert anyaddr.recv(100) == b"CONTROL-MARKER"          # crafted frames do reach the host
+        with pytest.raises(socket.timeout):
+            print("received on host loopback:", loop.recv(100))
+    finally:
+        loop.close()
+        anyaddr.close()
