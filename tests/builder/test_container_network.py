@@ -149,6 +149,19 @@ def test_published_ports_with_and_without_a_host_port(busybox_image: Path, tmp_p
     pybuild(root, "port", "web", check_rc=1)
 
 
+def test_a_detached_container_that_exits_releases_its_lease(busybox_image: Path):
+    root = busybox_image
+    cid = pybuild(root, "run", "-d", "-p", "8080", "busybox", "sh", "-c", "ip -4 -o addr show eth0; sleep 1",
+                  check_rc=0).stdout.strip()
+    _until(lambda: _leases_of(root), what="the lease")
+    # conmon's exit command (container-cleanup) releases it; nobody else asks.
+    _until(lambda: json.loads((root / "containers" / cid / "state.json").read_text())["status"] == "exited",
+           what="the exit command")
+    assert _leases_of(root) == []
+    assert bridge.GATEWAY.rsplit(".", 2)[0] in pybuild(root, "logs", cid, check_rc=0).stdout
+    pybuild(root, "rm", cid, check_rc=0)
+
+
 def test_network_modes_add_host_and_dns(busybox_image: Path):
     root = busybox_image
     r = pybuild(root, "run", "--rm", "--network", "none", "--add-host", "db:10.1.2.3", "busybox", "sh", "-c",
@@ -171,7 +184,12 @@ def test_repair_releases_the_network_of_a_killed_pybuild(busybox_image: Path):
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         address = _until(lambda: _leases_of(root), what="the container's lease")[0]
-        _until(lambda: ct.lookup(root, "doomed").state.status == "running", what="the container")
+
+        def started() -> bool:        # runc runs the container: its network is complete
+            r = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
+            return any(str(root) in e.get("bundle", "") and e.get("status") == "running"
+                       for e in json.loads(r.stdout or "null") or [])
+        _until(started, what="the container")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert _veth_of(address)                                   # left behind by the kill
