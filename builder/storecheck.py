@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry.digest import CHUNK, InvalidDigestError, new_hasher, parse_digest
+from registry.digest import CHUNK, is_digest, new_hasher, parse_digest
 from registry.errors import RegistryError
 from registry import mediatypes as mt
 from registry.fsutil import FileLock, atomic_write
@@ -138,8 +138,8 @@ class _Checker:
     # -- images/ -----------------------------------------------------------------------------
     def _blobs(self, store: Store) -> None:
         for digest in list(store.blobs()):
-            path = store.blob_path(digest) if _valid(digest) else store.layout / "blobs" / digest.replace(":", "/")
-            if not _valid(digest):
+            path = store.blob_path(digest) if is_digest(digest) else store.layout / "blobs" / digest.replace(":", "/")
+            if not is_digest(digest):
                 self._report("broken", f"unexpected file in blobs/: {path}", lambda p=path: _rm(p),
                              f"stray file {path}")
                 continue
@@ -212,7 +212,7 @@ class _Checker:
             if f.name.startswith("."):
                 continue
             lines = f.read_text(errors="replace").split()
-            missing = [d for d in lines if not _valid(d) or not store.blob_path(d).is_file()]
+            missing = [d for d in lines if not is_digest(d) or not store.blob_path(d).is_file()]
             if missing:
                 keep = [d for d in lines if d not in missing]
                 self._report("leftover", f"gc root {f.name}: {len(missing)} of {len(lines)} digests are not "
@@ -236,7 +236,7 @@ class _Checker:
                              lambda p=p: _rm(p), f"unreadable cache record {p.name}")
                 continue
             digest = (rec.layer or {}).get("digest")
-            if digest and (not _valid(digest) or not store.blob_path(digest).is_file()):
+            if digest and (not is_digest(digest) or not store.blob_path(digest).is_file()):
                 self._report("broken", f"cache record {p.name} names layer {digest}, which is not in the store",
                              lambda p=p: _rm(p), f"cache record {p.name} (layer gone)")
 
@@ -322,14 +322,6 @@ def _mtime(p: Path) -> float:
         return p.lstat().st_mtime
     except FileNotFoundError:
         return 0.0
-
-
-def _valid(digest: str) -> bool:
-    try:
-        parse_digest(digest)
-        return True
-    except InvalidDigestError:
-        return False
 
 
 def _hash_file(path: Path, algorithm: str) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
 from . import mediatypes as mt
-from .digest import CHUNK, InvalidDigestError, digest_bytes, new_hasher, parse_digest
+from .digest import CHUNK, InvalidDigestError, digest_bytes, is_digest, new_hasher, parse_digest
 from .errors import DigestMismatchError, NotFoundError, RegistryError
 from .fsutil import FileLock, atomic_write, create_if_absent, fsync_dir, private_dir, tighten_dir
 from .manifest import (Descriptor, ImageConfig, Index, InvalidManifestError, Manifest, dump_json,
@@ -572,7 +572,7 @@ class Store:
         text = str(name)
         ref = name if isinstance(name, Reference) else _try_parse(text)
         digest = ref.digest if ref is not None else None
-        if digest is None and _looks_like_digest(text):
+        if digest is None and is_digest(text):
             digest = text
         if digest is not None:
             # An image ID (the config digest, what `docker images` shows) names the stored image
@@ -863,14 +863,6 @@ def _try_parse(text: str) -> Reference | None:
         return None
 
 
-def _looks_like_digest(text: str) -> bool:
-    try:
-        parse_digest(text)
-        return True
-    except InvalidDigestError:
-        return False
-
-
 def _may_be_json(path: Path) -> bool:
     """Cheap test before parsing a root of unknown type: small and starting with `{`."""
     if path.stat().st_size > _MAX_SNIFF:
@@ -884,4 +876,4 @@ def _digest_lines(path: Path) -> list[str]:
         lines = path.read_text().split()
     except (FileNotFoundError, UnicodeDecodeError):
         return []
-    return [x for x in lines if _looks_like_digest(x)]
+    return [x for x in lines if is_digest(x)]

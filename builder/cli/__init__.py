@@ -116,6 +116,19 @@ def build_parser(modules: list[str] | None = None, parsers: dict[str, argparse.A
     return parser, names
 
 
+def command_group(add_command, name: str, help: str):
+    """Add a command that only groups subcommands (`cache ls`, `system df`): returns its
+    subparsers and a parent parser carrying the global options, so that they may also follow
+    the subcommand. The bare group prints its help and exits 2."""
+    p = add_command(name, help)
+    sub = p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return sub, common
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pybuild` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -12,12 +12,8 @@ __all__ = ["parse_duration", "parse_size", "register"]
 
 def register(add_command) -> None:
     """Add the `cache` command and its subcommands."""
-    p = add_command("cache", "inspect, explain and prune the build cache")
-    sub = p.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--root", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    from . import command_group
+    sub, common = command_group(add_command, "cache", "inspect, explain and prune the build cache")
 
     ls = sub.add_parser("ls", parents=[common], help="list cache entries (oldest use first)")
     ls.add_argument("--format", choices=["table", "json"], default="table")
@@ -48,14 +44,10 @@ def register(add_command) -> None:
     ex.set_defaults(func=_explain)
 
 
-def _store(args):
-    from registry.store import open_store
-    return open_store(args.root)
-
-
 def _ls(args: argparse.Namespace) -> int:
     from ..cache.records import entries
-    store = _store(args)
+    from registry.store import open_store
+    store = open_store(args.root)
     items = entries(store.root, store)
     if args.format == "json":
         print(json.dumps([e.to_dict() for e in items], indent=2))
@@ -73,7 +65,8 @@ def _ls(args: argparse.Namespace) -> int:
 
 def _du(args: argparse.Namespace) -> int:
     from ..cache.records import disk_usage, entries
-    store = _store(args)
+    from registry.store import open_store
+    store = open_store(args.root)
     u = disk_usage(entries(store.root, store))
     if args.format == "json":
         print(json.dumps({"entries": u.entries, "total": u.total, "reclaimable": u.reclaimable}))
@@ -93,7 +86,8 @@ def _prune(args: argparse.Namespace) -> int:
         if not eq or k != "until":
             raise BuildError(f"--filter {f}: only until=DURATION is supported (e.g. until=24h)")
         older = parse_duration(v)
-    store = _store(args)
+    from registry.store import open_store
+    store = open_store(args.root)
     res = prune(store.root, store, all=args.all, keep_storage=args.keep_storage, older_than=older)
     from ..system import collect_layers
     layers = collect_layers(store.root, store)     # extracted forms of the layers just dropped

@@ -10,12 +10,8 @@ from .format import ago, ago_rfc3339, human_size, print_table, truncate
 
 def register(add_command) -> None:
     """Add the `system` command and its subcommands."""
-    p = add_command("system", "show and reclaim the disk space of the store root")
-    sub = p.add_subparsers(dest="system_command", metavar="SUBCOMMAND")
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--root", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    from . import command_group
+    sub, common = command_group(add_command, "system", "show and reclaim the disk space of the store root")
 
     df = sub.add_parser("df", parents=[common],
                         help="disk usage of the store root by type (the sizes add up to `du -sb ROOT`)")
@@ -34,14 +30,10 @@ def register(add_command) -> None:
     pr.set_defaults(func=_prune)
 
 
-def _store(args):
-    from registry.store import open_store
-    return open_store(args.root)
-
-
 def _df(args: argparse.Namespace) -> int:
     from ..system import CATEGORIES, disk_usage
-    store = _store(args)
+    from registry.store import open_store
+    store = open_store(args.root)
     u = disk_usage(store.root, store)
     if args.format == "json":
         print(json.dumps(u.to_dict(), indent=2))
@@ -102,7 +94,8 @@ def _prune(args: argparse.Namespace) -> int:
         if answer not in ("y", "yes"):
             print("Nothing removed.", file=sys.stderr)
             return 1
-    store = _store(args)
+    from registry.store import open_store
+    store = open_store(args.root)
     rep = prune(store.root, store, all=args.all, volumes=args.volumes)
     if not args.quiet:
         if rep.containers:
