@@ -165,7 +165,7 @@ def test_a_detached_container_that_exits_releases_its_lease(busybox_image: Path)
 def test_network_modes_add_host_and_dns(busybox_image: Path):
     root = busybox_image
     r = pybuild(root, "run", "--rm", "--network", "none", "--add-host", "db:10.1.2.3", "busybox", "sh", "-c",
-                "ls /sys/class/net; grep db /etc/hosts", check_rc=0)
+                "ls /sys/class/net; grep -w db /etc/hosts", check_rc=0)
     assert r.stdout.split() == ["lo", "10.1.2.3", "db"]
     r = pybuild(root, "run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net", check_rc=0)
     assert sorted(r.stdout.split()) == sorted(os.listdir("/sys/class/net"))
