@@ -43,7 +43,7 @@ COMMAND_OWNERS = {
                      "port", "stop", "wait"], "builder.cli.run"),
     "cache": "builder.cli.cache",
     "system": "builder.cli.system",
-    **dict.fromkeys(["attestations"], "builder.cli.supply"),
+    **dict.fromkeys(["attestations", "generate-key-pair", "sign", "verify"], "builder.cli.supply"),
 }
 
 

@@ -39,6 +39,24 @@ def register(add_command) -> None:
     _registry_options(p)
     p.set_defaults(func=_attestations)
 
+    p = add_command("generate-key-pair", "write a cosign-compatible ECDSA P-256 key pair (cosign.key, cosign.pub)")
+    p.add_argument("--output-key-prefix", default="cosign", metavar="PREFIX",
+                   help="write PREFIX.key and PREFIX.pub (default: cosign); the password is COSIGN_PASSWORD")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=_generate)
+
+    p = add_command("sign", "sign an image in a registry with a cosign key (the sha256-<digest>.sig tag)")
+    p.add_argument("--key", required=True, metavar="KEY", help="cosign private key file (password: COSIGN_PASSWORD)")
+    p.add_argument("ref", metavar="REF", help="image in a registry (a tag is signed as the digest it names now)")
+    _registry_options(p)
+    p.set_defaults(func=_sign)
+
+    p = add_command("verify", "check an image's cosign signature against a public key (exit 1 if none verifies)")
+    p.add_argument("--key", required=True, metavar="PUB", help="cosign public key file (PEM)")
+    p.add_argument("ref", metavar="REF", help="image in a registry")
+    _registry_options(p)
+    p.set_defaults(func=_verify)
+
 
 def _client(args: argparse.Namespace) -> Any:
     from registry.client import ClientOptions, RegistryClient
@@ -94,4 +112,47 @@ def _attestations(args: argparse.Namespace) -> int:
             what = (e.predicate_type or e.media_type) if e is not None else a.artifact_type
             rows.append((a.kind, what, a.subject[:19], a.manifest[:19], ", ".join(a.found_by)))
     print_table(rows)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import os
+    from builder.attest.keys import generate_key_pair, password_from_env
+    from builder.errors import BuildError
+    key_path, pub_path = f"{args.output_key_prefix}.key", f"{args.output_key_prefix}.pub"
+    for path in (key_path, pub_path):
+        if os.path.exists(path) and not args.force:
+            raise BuildError(f"{path} exists: remove it, pick another --output-key-prefix or pass --force")
+    pair = generate_key_pair(password_from_env())
+    for path, data, mode in ((key_path, pair.private_pem, 0o600), (pub_path, pair.public_pem, 0o644)):
+        tmp = f"{path}.tmp{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    print(f"Private key written to {key_path}\nPublic key written to {pub_path}", file=sys.stderr)
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from builder.attest.keys import load_private_key
+    from builder.attest.sign import sign
+    key = load_private_key(args.key)
+    with _client(args) as client:
+        res = sign(client, args.ref, key)
+    print(f"{res.reference}: signature in :{res.tag} ({res.manifest})", file=sys.stderr)
+    print(res.reference)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from builder.attest.keys import load_public_key
+    from builder.attest.sign import verify
+    key = load_public_key(args.key)
+    with _client(args) as client:
+        good = verify(client, args.ref, key)
+    print(f"Verification for {args.ref} ({good[0].digest}): {len(good)} valid signature(s) by {args.key}",
+          file=sys.stderr)
+    for v in good:
+        print(json.dumps(v.payload, sort_keys=True))
     return 0

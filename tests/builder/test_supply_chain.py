@@ -79,3 +79,142 @@ def test_attestations_of_a_bare_image_and_a_missing_type(busybox_image, tmp_path
     assert "nothing attached" in out
     r = run_pybuild("attestations", "--remote", "--type", "sbom", ref, root=busybox_image, check_rc=1)
     assert "no sbom attached" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- keys, sign, verify -------------------------------------------------------------------------
+import base64  # noqa: E402
+import os  # noqa: E402
+import stat  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.fixtures.sigstore import NotVerified, check_signed, cosign_sign, current_digest  # noqa: E402
+
+# go-securesystemslib's published vector for its "encrypted" format (what cosign key files hold).
+SSL_VECTOR = (b'{"kdf":{"name":"scrypt","params":{"N":32768,"r":8,"p":1},"salt":"N9a7x5JFGbrtB2uBR81jPwp0eiLR4A7FV3mjVAQrg1g="},'
+              b'"cipher":{"name":"nacl/secretbox","nonce":"2h8HxMmgRfuYdpswZBQaU3xJ1nkA/5Ik"},'
+              b'"ciphertext":"SEW6sUh0jf2wfdjJGPNS9+bkk2uB+Cxamf32zR8XkQ=="}')
+
+
+def test_encrypted_key_format_matches_the_published_vector():
+    from builder.attest.keys import KeyFileError, decrypt, encrypt
+    assert decrypt(SSL_VECTOR, b"supersecret") == b"reallyimportant"
+    with pytest.raises(KeyFileError, match="wrong password"):
+        decrypt(SSL_VECTOR, b"supersecreT")
+    doc = json.loads(encrypt(b"x" * 138, b"pw"))
+    assert doc["kdf"] == {"name": "scrypt", "params": {"N": 32768, "r": 8, "p": 1}, "salt": doc["kdf"]["salt"]}
+    assert len(base64.b64decode(doc["kdf"]["salt"])) == 32 and len(base64.b64decode(doc["cipher"]["nonce"])) == 24
+    assert len(base64.b64decode(doc["ciphertext"])) == 138 + 16      # secretbox: tag + ciphertext
+    assert decrypt(json.dumps(doc).encode(), b"pw") == b"x" * 138
+
+
+def _keys(tmp_path, name: str, password: str = "pw") -> tuple:
+    env = {**os.environ, "COSIGN_PASSWORD": password}
+    run_pybuild("generate-key-pair", "--output-key-prefix", tmp_path / name, env=env, check_rc=0)
+    return tmp_path / f"{name}.key", tmp_path / f"{name}.pub", env
+
+
+def _push(root, tmp_path, ref: str, text: str) -> str:
+    build_in(root, tmp_path / "ctx", f"FROM busybox:latest\nRUN echo {text} > /f\n", tags=[ref], push=True,
+             source_date_epoch=0)
+    return ref
+
+
+def test_sign_and_verify_refuse_what_they_must(busybox_image, tmp_path, registry):
+    key, pub, env = _keys(tmp_path, "one")
+    key2, pub2, _ = _keys(tmp_path, "two")
+    assert key.read_text().startswith("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert pub.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    repo, url = "sc/signed", registry.url
+    ref = _push(busybox_image, tmp_path, f"{registry.host}/{repo}:1", "one")
+    first = current_digest(url, repo, "1")
+
+    # Unsigned: refused by both verifiers.
+    r = run_pybuild("verify", "--key", pub, ref, root=busybox_image, check_rc=1)
+    assert "is not signed" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(NotVerified):
+        check_signed(url, repo, "1", pub.read_bytes())
+
+    # A wrong password is a clear error; the right one signs.
+    r = run_pybuild("sign", "--key", key, ref, root=busybox_image, env={**env, "COSIGN_PASSWORD": "nope"}, check_rc=1)
+    assert "wrong password" in r.stderr and "Traceback" not in r.stderr
+    run_pybuild("sign", "--key", key, ref, root=busybox_image, env=env, check_rc=0)
+    out = run_pybuild("verify", "--key", pub, ref, root=busybox_image, check_rc=0).stdout
+    assert json.loads(out.splitlines()[0])["critical"]["image"]["docker-manifest-digest"] == first
+    [doc] = check_signed(url, repo, "1", pub.read_bytes())
+    assert doc["critical"]["identity"]["docker-reference"] == f"{registry.host}/{repo}"
+
+    # The .sig manifest is also a referrer of the image (tag fallback on registry 2.8).
+    listing = json.loads(run_pybuild("attestations", "--remote", "--format", "json", ref, root=busybox_image,
+                                     check_rc=0).stdout)
+    sigs = [a for a in listing["attachments"] if a["kind"] == "signature"]
+    assert len(sigs) == 1 and sigs[0]["subject"] == first
+    assert sigs[0]["foundBy"] == ["referrers", f"tag {first.replace(':', '-')}.sig"]
+
+    # Another key's public key: refused by both.
+    r = run_pybuild("verify", "--key", pub2, ref, root=busybox_image, check_rc=1)
+    assert "not signed by this key" in r.stderr
+    with pytest.raises(NotVerified, match="bad signature"):
+        check_signed(url, repo, "1", pub2.read_bytes())
+
+    # Signing again with the second key adds a layer; each key then verifies, the referrers
+    # fallback lists only the newest .sig manifest.
+    run_pybuild("sign", "--key", key2, ref, root=busybox_image, env=env, check_rc=0)
+    run_pybuild("verify", "--key", pub2, ref, root=busybox_image, check_rc=0)
+    run_pybuild("verify", "--key", pub, ref, root=busybox_image, check_rc=0)
+    sig_tag = first.replace(":", "-") + ".sig"
+    fallback = _manifest(registry, repo, first.replace(":", "-"))
+    sig_now = current_digest(url, repo, sig_tag)
+    assert [m["digest"] for m in fallback["manifests"] if "sig" in m.get("artifactType", "")] == [sig_now]
+
+    # A tampered payload (same signature, altered bytes) is refused by both.
+    sig_manifest = _manifest(registry, repo, sig_tag)
+    layer = sig_manifest["layers"][0]
+    blob = requests.get(f"{url}/v2/{repo}/blobs/{layer['digest']}", timeout=10).content
+    evil = blob.replace(b"pybuild", b"evilbld")
+    from tests.fixtures.sigstore import _put_blob
+    layer["digest"], layer["size"] = _put_blob(url, repo, evil), len(evil)
+    sig_manifest["layers"] = [layer]
+    requests.put(f"{url}/v2/{repo}/manifests/{sig_tag}", data=json.dumps(sig_manifest).encode(),
+                 headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, timeout=10).raise_for_status()
+    r = run_pybuild("verify", "--key", pub, ref, root=busybox_image, check_rc=1)
+    assert "not signed by this key (or the payload was altered)" in r.stderr
+    with pytest.raises(NotVerified):
+        check_signed(url, repo, "1", pub.read_bytes())
+    run_pybuild("sign", "--key", key, ref, root=busybox_image, env=env, check_rc=0)   # signed again
+    good_sig = requests.get(f"{url}/v2/{repo}/manifests/{sig_tag}",
+                            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=10).content
+
+    # A re-pushed tag names another digest: unsigned, refused...
+    _push(busybox_image, tmp_path, ref, "two")
+    second = current_digest(url, repo, "1")
+    assert second != first
+    r = run_pybuild("verify", "--key", pub, ref, root=busybox_image, check_rc=1)
+    assert "is not signed" in r.stderr
+    # ...and so when the old signature manifest is copied to the new digest's .sig tag.
+    requests.put(f"{url}/v2/{repo}/manifests/{second.replace(':', '-')}.sig", data=good_sig,
+                 headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, timeout=10).raise_for_status()
+    r = run_pybuild("verify", "--key", pub, ref, root=busybox_image, check_rc=1)
+    assert f"it signs {first}, not this image ({second})" in r.stderr
+    with pytest.raises(NotVerified, match="signs sha256:"):
+        check_signed(url, repo, "1", pub.read_bytes())
+    # The old digest is still signed.
+    run_pybuild("verify", "--key", pub, f"{registry.host}/{repo}@{first}", root=busybox_image, check_rc=0)
+
+
+def test_verify_accepts_a_signature_written_by_the_independent_signer(busybox_image, tmp_path, registry):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    repo = "sc/foreign"
+    ref = _push(busybox_image, tmp_path, f"{registry.host}/{repo}:1", "f")
+    k = ec.generate_private_key(ec.SECP256R1())
+    pub = tmp_path / "k.pub"
+    pub.write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo))
+    cosign_sign(registry.url, repo, current_digest(registry.url, repo, "1"), k, f"{registry.host}/{repo}")
+    run_pybuild("verify", "--key", pub, ref, root=busybox_image, check_rc=0)
+    # Signed for another repository: refused.
+    cosign_sign(registry.url, repo, current_digest(registry.url, repo, "1"), k, f"{registry.host}/other")
+    r = run_pybuild("verify", "--key", pub, ref, root=busybox_image, check_rc=1)
+    assert f"it was made for {registry.host}/other" in r.stderr
