@@ -108,6 +108,13 @@ def sign(client: Any, ref: str, key: Any) -> Signed:
     return sign_digest(repo, m.digest, len(m.data), m.media_type, key)
 
 
+def sign_refs(refs: list[str], key: Any, insecure_registries: tuple[str, ...] = ()) -> list[Signed]:
+    """Sign each pushed ``REPO[:TAG]@DIGEST`` (what `build --push --sign` calls)."""
+    from registry.client import ClientOptions, RegistryClient
+    with RegistryClient(ClientOptions(insecure_registries=tuple(insecure_registries))) as client:
+        return [sign(client, ref, key) for ref in refs]
+
+
 @dataclass
 class Verified:
     """A signature that verified: the image digest and the payload it signs."""

@@ -218,3 +218,21 @@ def test_verify_accepts_a_signature_written_by_the_independent_signer(busybox_im
     cosign_sign(registry.url, repo, current_digest(registry.url, repo, "1"), k, f"{registry.host}/other")
     r = run_pybuild("verify", "--key", pub, ref, root=busybox_image, check_rc=1)
     assert f"it was made for {registry.host}/other" in r.stderr
+
+
+def test_build_push_sign_signs_what_it_pushed(busybox_image, tmp_path, registry):
+    from tests.fixtures.building import write_context
+    key, pub, env = _keys(tmp_path, "b")
+    ctx = write_context(tmp_path / "bctx", "FROM busybox:latest\nRUN echo signed > /s\n")
+    ref = f"{registry.host}/sc/built:1"
+    r = run_pybuild("build", "--push", "--sign", key, "-t", ref, ctx, root=busybox_image,
+                    env={**env, "COSIGN_PASSWORD": "bad"}, check_rc=1)
+    assert "wrong password" in r.stderr and "Traceback" not in r.stderr
+    assert requests.get(f"{registry.url}/v2/sc/built/tags/list", timeout=10).status_code == 404   # nothing pushed
+    run_pybuild("build", "--push", "--sign", key, "-t", ref, ctx, root=busybox_image, env=env, check_rc=0)
+    [doc] = check_signed(registry.url, "sc/built", "1", pub.read_bytes())
+    # What was pushed (the index with the default provenance) is what is signed.
+    assert doc["critical"]["image"]["docker-manifest-digest"] == current_digest(registry.url, "sc/built", "1")
+    run_pybuild("verify", "--key", pub, ref, root=busybox_image, check_rc=0)
+    r = run_pybuild("build", "--sign", key, "-t", "local:1", ctx, root=busybox_image, env=env, check_rc=1)
+    assert "add --push" in r.stderr
