@@ -122,7 +122,7 @@ class Verified:
     payload: dict
 
 
-def _check_payload(raw: bytes, digest: str, repository: str) -> dict:
+def _check_payload(raw: bytes, digest: str, repository: str | None) -> dict:
     """Strict reading of a simple-signing payload (containers-signature(5) rules: exactly the
     known members in ``critical``, ``optional`` an object or null); the payload, or ValueError."""
     doc = json.loads(raw, object_pairs_hook=_no_duplicates)
@@ -143,7 +143,7 @@ def _check_payload(raw: bytes, digest: str, repository: str) -> dict:
     if image["docker-manifest-digest"] != digest:
         raise ValueError(f"it signs {image['docker-manifest-digest']}, not this image ({digest})")
     signed_repo = _repository_of(str(ident["docker-reference"]))
-    if signed_repo != repository:
+    if repository is not None and signed_repo != _repository_of(repository):
         raise ValueError(f"it was made for {signed_repo}, not {repository}")
     return doc
 
@@ -164,10 +164,12 @@ def _repository_of(reference: str) -> str:
     return f"{r.registry}/{r.repository}"
 
 
-def verify(client: Any, ref: str, public_key: Any) -> list[Verified]:
+def verify(client: Any, ref: str, public_key: Any, identity: str | None = None) -> list[Verified]:
     """The signatures by ``public_key`` of what ``ref`` names now; VerificationError saying why
-    when there is none (unsigned, signed for another digest or repository, another key, a
-    payload that does not match its signature)."""
+    when there is none (unsigned, signed for another digest, another key, a payload that does not
+    match its signature). As cosign, the signed digest is what binds; with ``identity``
+    (a repository) the payload's docker-reference must name it too (a mirror's copy of a
+    signature names the repository it was made in)."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -176,7 +178,6 @@ def verify(client: Any, ref: str, public_key: Any) -> list[Verified]:
     r = parse_reference(ref)
     repo = client.repository(r.registry, r.repository)
     digest = repo.get_manifest(r.identifier).digest
-    repository = f"{r.registry}/{r.repository}"
     tag = signature_tag(digest)
     try:
         sm = repo.get_manifest(tag)
@@ -201,7 +202,7 @@ def verify(client: Any, ref: str, public_key: Any) -> list[Verified]:
             reasons.append(f"{layer.digest[:19]}: not signed by this key (or the payload was altered)")
             continue
         try:
-            good.append(Verified(digest, _check_payload(raw, digest, repository)))
+            good.append(Verified(digest, _check_payload(raw, digest, identity)))
         except ValueError as exc:
             reasons.append(f"{layer.digest[:19]}: signed by this key, but {exc}")
     if not good:

@@ -54,6 +54,8 @@ def register(add_command) -> None:
     p = add_command("verify", "check an image's cosign signature against a public key (exit 1 if none verifies)")
     p.add_argument("--key", required=True, metavar="PUB", help="cosign public key file (PEM)")
     p.add_argument("ref", metavar="REF", help="image in a registry")
+    p.add_argument("--identity", metavar="REPO",
+                   help="also require the signature to name this repository (its docker-reference)")
     _registry_options(p)
     p.set_defaults(func=_verify)
 
@@ -150,7 +152,7 @@ def _verify(args: argparse.Namespace) -> int:
     from builder.attest.sign import verify
     key = load_public_key(args.key)
     with _client(args) as client:
-        good = verify(client, args.ref, key)
+        good = verify(client, args.ref, key, identity=args.identity)
     print(f"Verification for {args.ref} ({good[0].digest}): {len(good)} valid signature(s) by {args.key}",
           file=sys.stderr)
     for v in good:
