@@ -99,20 +99,30 @@ def sign_digest(repo: Any, digest: str, size: int, media_type: str, key: Any) ->
     return Signed(f"{repo.ref}@{digest}", digest, tag, got)
 
 
-def sign(client: Any, ref: str, key: Any) -> Signed:
-    """Sign what ``ref`` names in its registry (the digest a tag resolves to now)."""
+def sign(client: Any, ref: str, key: Any, recursive: bool = False) -> list[Signed]:
+    """Sign what ``ref`` names in its registry (the digest a tag resolves to now). With
+    ``recursive`` (cosign's --recursive) an index's platform images are signed too: podman and
+    skopeo look for the signature of the instance they pick, not of the index."""
+    from registry.manifest import Index, is_attestation
     from registry.reference import parse_reference
     r = parse_reference(ref)
     repo = client.repository(r.registry, r.repository)
     m = repo.get_manifest(r.identifier)
-    return sign_digest(repo, m.digest, len(m.data), m.media_type, key)
+    done = [sign_digest(repo, m.digest, len(m.data), m.media_type, key)]
+    doc = parse_manifest(m.data, m.media_type, where=str(r))
+    if recursive and isinstance(doc, Index):
+        for d in doc.manifests:
+            if not is_attestation(d) and d.media_type in mt.IMAGE_MANIFEST_TYPES:
+                done.append(sign_digest(repo, d.digest, d.size, d.media_type, key))
+    return done
 
 
 def sign_refs(refs: list[str], key: Any, insecure_registries: tuple[str, ...] = ()) -> list[Signed]:
-    """Sign each pushed ``REPO[:TAG]@DIGEST`` (what `build --push --sign` calls)."""
+    """Sign each pushed ``REPO[:TAG]@DIGEST`` and the platform images of an index (what
+    `build --push --sign` calls)."""
     from registry.client import ClientOptions, RegistryClient
     with RegistryClient(ClientOptions(insecure_registries=tuple(insecure_registries))) as client:
-        return [sign(client, ref, key) for ref in refs]
+        return [s for ref in refs for s in sign(client, ref, key, recursive=True)]
 
 
 @dataclass

@@ -48,6 +48,8 @@ def register(add_command) -> None:
     p = add_command("sign", "sign an image in a registry with a cosign key (the sha256-<digest>.sig tag)")
     p.add_argument("--key", required=True, metavar="KEY", help="cosign private key file (password: COSIGN_PASSWORD)")
     p.add_argument("ref", metavar="REF", help="image in a registry (a tag is signed as the digest it names now)")
+    p.add_argument("--recursive", action="store_true",
+                   help="an index: sign each platform image too (what podman and skopeo look for when they pull one)")
     _registry_options(p)
     p.set_defaults(func=_sign)
 
@@ -141,9 +143,10 @@ def _sign(args: argparse.Namespace) -> int:
     from builder.attest.sign import sign
     key = load_private_key(args.key)
     with _client(args) as client:
-        res = sign(client, args.ref, key)
-    print(f"{res.reference}: signature in :{res.tag} ({res.manifest})", file=sys.stderr)
-    print(res.reference)
+        done = sign(client, args.ref, key, recursive=args.recursive)
+    for res in done:
+        print(f"{res.reference}: signature in :{res.tag} ({res.manifest})", file=sys.stderr)
+        print(res.reference)
     return 0
 
 

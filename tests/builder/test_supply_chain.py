@@ -4,6 +4,7 @@ API and its tag-schema fallback (registry:2 here is distribution 2.8: no referre
 from __future__ import annotations
 
 import json
+import shutil
 
 import requests
 
@@ -268,3 +269,84 @@ def test_copy_all_carries_signatures_and_attestations(busybox_image, tmp_path, r
     # The destination's own fallback indexes were written (registry 2.8 has no referrers API).
     tags = _tags(registry2, "sc/copydst")
     assert digest.replace(":", "-") in tags and digest.replace(":", "-") + ".sig" in tags
+
+
+def _containers_config(tmp_path, registry, pub, attachments: bool = True):
+    """A HOME whose registries.d turns on sigstore attachments for the test registry (never the
+    system's), a sigstoreSigned policy for it and a registries.conf marking it insecure."""
+    home = tmp_path / ("home" if attachments else "home-plain")
+    regd = home / ".config/containers/registries.d"
+    regd.mkdir(parents=True)
+    if attachments:
+        (regd / "local.yaml").write_text(f"docker:\n  {registry.host}:\n    use-sigstore-attachments: true\n")
+    pol = tmp_path / "policy.json"
+    pol.write_text(json.dumps({"default": [{"type": "reject"}], "transports": {"docker": {registry.host: [
+        {"type": "sigstoreSigned", "keyPath": str(pub), "signedIdentity": {"type": "matchRepository"}}]}}}))
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
+    return regd, pol, {**os.environ, "HOME": str(home), "CONTAINERS_REGISTRIES_CONF": str(conf)}
+
+
+# Debian 12's podman and skopeo are built with sigstore verification disabled: an image whose
+# sigstore attachment they found fails with this message; one without any, with the next.
+FOUND = "Debian-local change: sigstore disabled"
+NONE = "A signature was required, but no signature exists"
+
+
+def test_podman_and_skopeo_find_the_signature_attachment(busybox_image, tmp_path, registry):
+    import subprocess
+    import tempfile
+    from tests.fixtures.building import need
+    skopeo, podman = need("skopeo"), need("podman")
+    key, pub, env = _keys(tmp_path, "s")
+    signed = _push(busybox_image, tmp_path, f"{registry.host}/sc/podman:signed", "p1")
+    run_pybuild("sign", "--recursive", "--key", key, signed, root=busybox_image, env=env, check_rc=0)
+    unsigned = _push(busybox_image, tmp_path, f"{registry.host}/sc/podman:unsigned", "p2")
+    regd, pol, cenv = _containers_config(tmp_path, registry, pub)
+    short = tempfile.mkdtemp(prefix="pbsig", dir="/tmp")     # podman refuses a runroot over 50 characters
+    try:
+        def outcome(ref: str, config_env: dict) -> tuple[str, str]:
+            s = subprocess.run([skopeo, "--registries.d", str(regd) if config_env is cenv else str(tmp_path / "none"),
+                                "--policy", str(pol), "copy", "--src-tls-verify=false", f"docker://{ref}",
+                                f"dir:{tmp_path / 'out'}"], capture_output=True, text=True, env=config_env,
+                               timeout=120)
+            p = subprocess.run([podman, "--root", f"{short}/r", "--runroot", f"{short}/rr", "--storage-driver", "vfs",
+                                "pull", "--signature-policy", str(pol), ref], capture_output=True, text=True,
+                               env=config_env, timeout=120)
+            assert s.returncode != 0 and p.returncode != 0, (s.stderr, p.stderr)
+            return s.stderr, p.stderr
+
+        for err in outcome(signed, cenv):
+            assert FOUND in err, err
+        for err in outcome(unsigned, cenv):
+            assert NONE in err, err
+        # Control: without use-sigstore-attachments the signed image's attachment is not looked for.
+        (tmp_path / "plain").mkdir()
+        _, _, plain_env = _containers_config(tmp_path / "plain", registry, pub, attachments=False)
+        for err in outcome(signed, plain_env):
+            assert NONE in err, err
+        # A re-pushed tag names a digest nobody signed.
+        _push(busybox_image, tmp_path, signed, "p3")
+        for err in outcome(signed, cenv):
+            assert NONE in err, err
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_skopeo_copies_the_attachment_along(busybox_image, tmp_path, registry):
+    import subprocess
+    from tests.fixtures.building import need
+    skopeo = need("skopeo")
+    key, pub, env = _keys(tmp_path, "a")
+    signed = _push(busybox_image, tmp_path, f"{registry.host}/sc/along:1", "a1")
+    run_pybuild("sign", "--key", key, signed, root=busybox_image, env=env, check_rc=0)
+    regd, _, cenv = _containers_config(tmp_path, registry, pub)
+    pol = tmp_path / "accept.json"
+    pol.write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
+    out = tmp_path / "dir"
+    subprocess.run([skopeo, "--registries.d", str(regd), "--policy", str(pol), "copy", "--all", "--src-tls-verify=false",
+                    f"docker://{signed}", f"dir:{out}"], capture_output=True, text=True, env=cenv, timeout=120, check=True)
+    sig = _manifest(registry, "sc/along", current_digest(registry.url, "sc/along", "1").replace(":", "-") + ".sig")
+    annotation = sig["layers"][0]["annotations"]["dev.cosignproject.cosign/signature"]
+    # The index's signature, stored by skopeo beside the copied index as its signature-1.
+    assert annotation.encode() in (out / "signature-1").read_bytes()
