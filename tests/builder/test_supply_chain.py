@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import requests
 
@@ -350,3 +351,59 @@ def test_skopeo_copies_the_attachment_along(busybox_image, tmp_path, registry):
     annotation = sig["layers"][0]["annotations"]["dev.cosignproject.cosign/signature"]
     # The index's signature, stored by skopeo beside the copied index as its signature-1.
     assert annotation.encode() in (out / "signature-1").read_bytes()
+
+
+# ---- the Done-when SBOM/provenance item, against a real Debian image ------------------------------
+DEB_DIRS = (Path("/var/cache/pybuild"), Path("/var/cache/apt/archives"))
+# Two real Debian packages whose dependencies a minbase satisfies (scripts/setup.sh fetches them).
+EXTRA_DEBS = ("tini_*_amd64.deb", "arch-test_*_all.deb")
+
+
+def test_debian_image_sbom_equals_dpkg_query_inside_it(root, tmp_path, registry):
+    from registry.imports import import_image
+    from registry.store import Store
+    from tests.fixtures.building import write_context
+    from tests.fixtures.conformance_cases import ConformanceSetupError, debian_minbase
+    try:
+        base_tree = debian_minbase()
+    except ConformanceSetupError as exc:
+        pytest.skip(f"no Debian minbase (debootstrap needs the Debian mirror of apt's sources): {exc}")
+    debs = [next(iter(sorted(p for d in DEB_DIRS for p in d.glob(g))), None) for g in EXTRA_DEBS]
+    if None in debs:
+        pytest.skip(f"{EXTRA_DEBS} not in {DEB_DIRS[0]} (scripts/setup.sh fetches them with apt-get download)")
+    import_image(Store(root), base_tree, "debian:bookworm", created="2000-01-01T00:00:00Z")
+    base_digest = Store(root).resolve("debian:bookworm").digest
+    ctx = write_context(tmp_path / "ctx", (
+        "FROM debian:bookworm\nCOPY *.deb /tmp/\n"
+        "RUN dpkg -i /tmp/*.deb && rm /tmp/*.deb && d=/usr/lib/python3/dist-packages/demo_pkg-1.4.2.dist-info"
+        " && mkdir -p $d && printf 'Metadata-Version: 2.1\\nName: demo-pkg\\nVersion: 1.4.2\\n' > $d/METADATA\n"),
+        {d.name: d.read_bytes() for d in debs})
+    ref = f"{registry.host}/sc/debian:1"
+    run_pybuild("build", "--push", "--sbom=true", "--provenance=mode=max", "-t", ref, ctx, root=root, check_rc=0,
+                timeout=600)
+    inside = run_pybuild("run", "--rm", ref, "dpkg-query", "-W", "-f", "${db:Status-Status} ${Package} ${Version}\\n",
+                         root=root, check_rc=0, timeout=300).stdout
+    want = {}
+    for line in inside.splitlines():
+        status, name, version = line.split(" ", 2)
+        if status == "installed":
+            want[name] = version
+    assert {"tini", "arch-test", "dpkg", "libc6"} <= set(want)
+
+    sbom = json.loads(run_pybuild("attestations", "--remote", "--type", "spdx", ref, root=root, check_rc=0).stdout)
+    purls = [r["referenceLocator"] for p in sbom["predicate"]["packages"] for r in p.get("externalRefs", [])
+             if r.get("referenceType") == "purl"]
+    debian = {p["name"]: p["versionInfo"] for p in sbom["predicate"]["packages"]
+              if any(r["referenceLocator"].startswith("pkg:deb/") for r in p.get("externalRefs", []))}
+    assert debian == want
+    assert "pkg:pypi/demo-pkg@1.4.2" in purls
+
+    # Provenance: its subject is the manifest pushed (read from the registry), its material the base.
+    top = _manifest(registry, "sc/debian", "1")
+    image = top["manifests"][0]["digest"]
+    prov = json.loads(run_pybuild("attestations", "--remote", "--type", "provenance", ref, root=root,
+                                  check_rc=0).stdout)
+    assert [s["digest"]["sha256"] for s in prov["subject"]] == [image.split(":")[1]]
+    deps = prov["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert [d["digest"]["sha256"] for d in deps] == [base_digest.split(":")[1]]
+    assert sbom["subject"] == prov["subject"]
