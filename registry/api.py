@@ -128,12 +128,13 @@ class Client:
         return transfer.push(self._client, _as_store(store), src, ref, progress=self._progress(progress))
 
     def copy(self, src: Any, dest: Any, *, platform: Any = None, all_platforms: bool = False,
-             progress: Any = None) -> Any:
+             progress: Any = None, attachments: bool = False) -> Any:
         """Copy an image from one repository or registry to another, blobs streamed through
-        (mounted within one registry). Returns a TransferResult."""
+        (mounted within one registry); with ``attachments`` its signatures and attestations
+        (referrers, cosign's .sig/.att/.sbom tags) too. Returns a TransferResult."""
         from . import transfer
         return transfer.copy(self._client, src, dest, platform=platform, all_platforms=all_platforms,
-                             progress=self._progress(progress))
+                             progress=self._progress(progress), attachments=attachments)
 
     def tags(self, repository: Any) -> list[str]:
         """The tags of ``repository`` (``host/name``; a tag or digest on it is ignored)."""

@@ -1042,3 +1042,16 @@ class Repository:
         index["manifests"] = manifests
         data = json.dumps(index, separators=(",", ":")).encode()
         self.put_manifest(self.referrers_tag(subject), data, mediatypes.OCI_INDEX)
+
+    def drop_referrer_fallback(self, subject: str, digest: str) -> None:
+        """Remove `digest` from the tag-schema referrers index of `subject` (a manifest that a
+        newer one replaced, e.g. a signature manifest that gained a layer). Nothing to do on a
+        registry with the referrers API, or when the index does not list it."""
+        index = self._referrer_fallback(subject)
+        manifests = index.get("manifests") or []
+        kept = [m for m in manifests if m.get("digest") != digest]
+        if len(kept) == len(manifests):
+            return
+        index["manifests"] = kept
+        data = json.dumps(index, separators=(",", ":")).encode()
+        self.put_manifest(self.referrers_tag(subject), data, mediatypes.OCI_INDEX)

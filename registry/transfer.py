@@ -80,15 +80,23 @@ def push(client: RegistryClient, store: Any, src: str, dest: str | Reference | N
     return result
 
 
+# cosign's tags next to an image digest: signatures, attestations, SBOMs.
+COSIGN_SUFFIXES = (".sig", ".att", ".sbom")
+
+
 def copy(client: RegistryClient, src: str | Reference, dest: str | Reference, *,
          all_platforms: bool = False, platform: str | Platform | None = None,
-         progress: Progress | None = None) -> TransferResult:
+         progress: Progress | None = None, attachments: bool = False) -> TransferResult:
     """Copy an image from one registry (or repository) to another, streaming blobs through.
 
     From an index, only the manifest for `platform` (default: this host's) is copied unless
     `all_platforms`, which copies the index and everything it lists. Within one registry blobs are
     mounted from the source repository; across registries each is streamed from GET into the
     upload, hashed on the way (a mismatch commits nothing).
+
+    With `attachments`, what is attached to the copied manifests comes along: their referrers
+    (the referrers API or its tag fallback; the destination's fallback index is rebuilt as each
+    is written) and cosign's `sha256-<hex>.sig`/`.att`/`.sbom` tags.
     """
     progress = progress or Progress()
     s, d = _as_reference(src), _as_reference(dest)
@@ -98,6 +106,37 @@ def copy(client: RegistryClient, src: str | Reference, dest: str | Reference, *,
     dst = RemoteEndpoint(client.repository(d.registry, d.repository))
     progress.message(f"copying {s} to {d}")
     result = run_copy(plan, source, dst, tag=d.tag, progress=progress, workers=client.options.max_per_host)
+    if attachments:
+        subjects = [plan.top.digest, *(m.digest for m in plan.manifests)]
+        copy_attachments(client, source, dst, subjects, progress)
     progress.message(f"{d}: digest: {result.digest} size: {result.size}")
     result.reference = str(d)
     return result
+
+
+def copy_attachments(client: RegistryClient, source: RemoteEndpoint, dst: RemoteEndpoint, subjects: list[str],
+                     progress: Progress) -> int:
+    """Copy the referrers and cosign tags of each digest in `subjects` from `source` to `dst`
+    (referrers of referrers too, e.g. a signature of an attestation); how many were copied."""
+    seen: set[str] = set()
+    todo = list(dict.fromkeys(subjects))
+    copied = 0
+    while todo:
+        subject = todo.pop(0)
+        if subject in seen:
+            continue
+        seen.add(subject)
+        found: list[tuple[str, str | None]] = [(d["digest"], None) for d in source.repo.referrers(subject)
+                                               if isinstance(d.get("digest"), str)]
+        tag = source.repo.referrers_tag(subject)
+        for suffix in COSIGN_SUFFIXES:
+            info = source.repo.head_manifest(tag + suffix)
+            if info is not None:
+                found.append((info.digest, tag + suffix))
+        for digest, as_tag in found:
+            plan = plan_copy(source, digest, all_platforms=True, where=f"{source.name}@{digest}")
+            progress.message(f"copying {as_tag or 'referrer ' + digest} of {subject}")
+            run_copy(plan, source, dst, tag=as_tag, progress=progress, workers=client.options.max_per_host)
+            copied += 1
+            todo.append(digest)
+    return copied

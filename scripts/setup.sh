@@ -107,3 +107,14 @@ if [ "${PYBUILD_NO_EMULATION:-}" != 1 ]; then
     (cd $cache && apt-get download -qq -o APT::Sandbox::User=root busybox-static:arm64)
   fi
 fi
+
+# Two small .debs the SBOM test installs into a Debian minbase with dpkg -i
+# (tests/builder/test_supply_chain.py): cached under /var/cache/pybuild, fetched once.
+cache=/var/cache/pybuild
+mkdir -p $cache
+if ! ls $cache/tini_*_amd64.deb $cache/arch-test_*_all.deb >/dev/null 2>&1 && [ "$(dpkg --print-architecture)" = amd64 ]; then
+  echo "setup: fetching tini and arch-test .debs into $cache"
+  (cd $cache && { apt-get download -qq -o APT::Sandbox::User=root tini arch-test 2>/dev/null ||
+                  { apt-get update -qq; apt-get download -qq -o APT::Sandbox::User=root tini arch-test; }; }) ||
+    echo "setup: could not fetch tini/arch-test (the SBOM test will skip)"
+fi

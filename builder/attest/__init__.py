@@ -7,7 +7,7 @@ manifest is committed; everything else stays here.
 from __future__ import annotations
 
 _LAZY = {
-    **dict.fromkeys(("ATTESTATION_MANIFEST", "IN_TOTO", "PREDICATE_ANNOTATION", "REF_DIGEST", "REF_TYPE",
+    **dict.fromkeys(("ATTESTATION_ARTIFACT", "ATTESTATION_MANIFEST", "IN_TOTO", "PREDICATE_ANNOTATION", "REF_DIGEST", "REF_TYPE",
                      "AttestOptions", "attach", "attestation_manifest", "image_index", "parse_attest_options"),
                     "attach"),
     **dict.fromkeys(("BuildFacts", "provenance_predicate", "statement"), "provenance"),

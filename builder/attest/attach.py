@@ -26,6 +26,8 @@ PREDICATE_ANNOTATION = "in-toto.io/predicate-type"
 REF_TYPE = "vnd.docker.reference.type"
 REF_DIGEST = "vnd.docker.reference.digest"
 ATTESTATION_MANIFEST = "attestation-manifest"
+# The artifactType BuildKit gives attestation manifests when it stores them as OCI artifacts.
+ATTESTATION_ARTIFACT = "application/vnd.docker.attestation.manifest.v1+json"
 BUILTIN_GENERATORS = ("", "builtin", "pybuild")
 
 
@@ -146,8 +148,12 @@ def _layer(store, stmt: dict) -> Descriptor:
     return Descriptor(IN_TOTO, d.digest, d.size, annotations={PREDICATE_ANNOTATION: stmt["predicateType"]})
 
 
-def attestation_manifest(store, statements: list[dict]) -> Descriptor:
-    """Store the attestation manifest whose layers are ``statements``; its descriptor."""
+def attestation_manifest(store, statements: list[dict], subject: Descriptor | None = None) -> Descriptor:
+    """Store the attestation manifest whose layers are ``statements``; its descriptor.
+
+    With a ``subject`` (the image manifest the statements are about) the manifest also names it
+    as its OCI 1.1 ``subject``, so that the referrers API (or its ``sha256-<hex>`` tag fallback,
+    which a push keeps up to date) finds it without reading the index."""
     import hashlib
     layers = [_layer(store, s) for s in statements]
     cfg = {"architecture": "unknown", "os": "unknown", "config": {},
@@ -155,7 +161,8 @@ def attestation_manifest(store, statements: list[dict]) -> Descriptor:
     cfg_bytes = json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()
     c = store.put_blob(cfg_bytes, mt.OCI_CONFIG)
     assert c.digest == "sha256:" + hashlib.sha256(cfg_bytes).hexdigest()
-    m = Manifest(config=Descriptor(mt.OCI_CONFIG, c.digest, c.size), layers=layers, media_type=mt.OCI_MANIFEST)
+    m = Manifest(config=Descriptor(mt.OCI_CONFIG, c.digest, c.size), layers=layers, media_type=mt.OCI_MANIFEST,
+                 subject=subject, artifact_type=ATTESTATION_ARTIFACT if subject is not None else None)
     return store.put_manifest(m)
 
 
@@ -186,5 +193,6 @@ def attach(store, view, image: Descriptor, platform: Platform, opts: AttestOptio
     if opts.provenance is not None:
         statements.append(statement(PREDICATE_TYPE, provenance_predicate(facts, opts.provenance, source_date_epoch),
                                     subject))
-    att = attestation_manifest(store, statements)
+    att = attestation_manifest(store, statements,
+                               subject=Descriptor(image.media_type or mt.OCI_MANIFEST, image.digest, image.size))
     return image_index(store, [(image, platform, att)]), att

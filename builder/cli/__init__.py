@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "builder.cli.run",
     "builder.cli.cache",
     "builder.cli.system",
+    "builder.cli.supply",
 ]
 
 # Which module registers each command, so that `pybuild pull ...` builds only that module's parsers
@@ -42,6 +43,7 @@ COMMAND_OWNERS = {
                      "port", "stop", "wait"], "builder.cli.run"),
     "cache": "builder.cli.cache",
     "system": "builder.cli.system",
+    **dict.fromkeys(["attestations", "generate-key-pair", "sign", "verify"], "builder.cli.supply"),
 }
 
 

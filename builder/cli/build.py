@@ -68,6 +68,8 @@ def register(add_command) -> None:
                         "off for a plain build into the store)")
     p.add_argument("--attest", dest="attest", action="append", default=[],
                    metavar="type=sbom[,format=F]|type=provenance[,mode=M]", help="attach an attestation (repeatable)")
+    p.add_argument("--sign", dest="sign_key", metavar="KEY",
+                   help="sign what --push pushes with this cosign key (password: COSIGN_PASSWORD)")
     p.set_defaults(func=run)
 
 
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         push=args.push, outputs=args.outputs, secrets=args.secrets, ssh=args.ssh,
         insecure_registries=tuple(args.insecure_registries), network=args.network,
         compression=args.compression, isolation=args.isolation, format=args.format, root=args.root,
-        sbom=args.sbom, provenance=args.provenance, attest=args.attest)
+        sbom=args.sbom, provenance=args.provenance, attest=args.attest, sign_key=args.sign_key)
     result = build(opts)
     if args.quiet:
         print(result.image_id)

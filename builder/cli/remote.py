@@ -39,6 +39,9 @@ def register(add_command) -> None:
     p.add_argument("src", metavar="SRC_REF")
     p.add_argument("dest", metavar="DST_REF")
     p.add_argument("--all-platforms", action="store_true", help="copy the index and every platform's image")
+    p.add_argument("--all", action="store_true",
+                   help="everything: every platform, and the signatures and attestations attached to them "
+                        "(referrers and cosign's sha256-<digest>.sig/.att/.sbom tags)")
     p.add_argument("--platform", help="OS/ARCH[/VARIANT] to copy from a multi-platform image (default: this host)")
 
     p = command("tags", "list the tags of a repository", _tags)
@@ -114,8 +117,8 @@ def _copy(args: argparse.Namespace) -> int:
     progress = _progress(args)
     with _client(args) as client:
         try:
-            res = copy(client, args.src, args.dest, all_platforms=args.all_platforms, platform=args.platform,
-                       progress=progress)
+            res = copy(client, args.src, args.dest, all_platforms=args.all_platforms or args.all,
+                       platform=args.platform, progress=progress, attachments=args.all)
         finally:
             progress.close()
     print(f"{res.reference}@{res.digest}")

@@ -74,6 +74,7 @@ class BuildOptions:
     sbom: str | None = None                 # true|false|generator=G,format=spdx|cyclonedx
     provenance: str | None = None           # true|false|mode=min|max; None: buildx's default
     attest: list[str] = field(default_factory=list)   # type=sbom[,...] | type=provenance[,mode=]
+    sign_key: str | None = None             # --sign KEY: cosign-sign what --push pushes (COSIGN_PASSWORD)
 
 
 @dataclass
@@ -300,6 +301,13 @@ def build(opts: BuildOptions) -> BuildResult:
     sde = _source_date_epoch(opts)
     from ..attest import options_for_build
     attest = options_for_build(opts, output_specs)
+    signer = None
+    if opts.sign_key:
+        # Read (and decrypt) the key before building: a wrong password fails in a second, not after.
+        if not opts.push and not any(s.type == "registry" for s in output_specs):
+            raise BuildError("--sign KEY signs what is pushed: add --push (or --output type=registry)")
+        from ..attest.keys import load_private_key
+        signer = load_private_key(opts.sign_key)
 
     if opts.context == "-" and opts.dockerfile == "-":
         raise BuildError("the Dockerfile and the context cannot both come from standard input")
@@ -365,7 +373,7 @@ def build(opts: BuildOptions) -> BuildResult:
                                        source_date_epoch=sde)
             sync_gc_root(store, root)
             pushed = _outputs(store, root, layers, runs, top, opts, output_specs, sde,
-                              image=None if multi else runs[0].manifest)
+                              image=None if multi else runs[0].manifest, signer=signer)
             finish_build(cache, store, plan, opts.cache_to, opts.cache_report, progress, ",".join(opts.tags))
         image_id = top.digest if multi else runs[0].config.digest
         step = progress.step("[internal] exporting to image")
@@ -473,7 +481,7 @@ def _build_stages(sb: StageBuilder, plan) -> None:
 
 def _outputs(store: Store, root: Path, layers: LayerMaker, runs: list[_PlatformRun], top: Descriptor,
              opts: BuildOptions, specs: list[OutputSpec], sde: int | None,
-             image: Descriptor | None = None) -> list[str]:
+             image: Descriptor | None = None, signer=None) -> list[str]:
     """Tag, export and push ``top`` (the image, the index of a multi-platform build, or the index
     holding the image and its attestations: ``image`` is then the image manifest, for outputs
     that hold no index); returns the ``REPO@DIGEST`` pushed by digest."""
@@ -503,8 +511,12 @@ def _outputs(store: Store, root: Path, layers: LayerMaker, runs: list[_PlatformR
                 mp.export_rootfs_multi(root, layers, runs, spec.dest, spec.type == "tar", sde)
             else:
                 export_rootfs(root, layers, runs[0].final.layers, spec.dest, spec.type == "tar", sde)
+    pushed: list[str] = []
     if push:
-        push_tags(store, opts.tags, opts.insecure_registries)
+        pushed = [f"{t}@{d}" for t, d in zip(opts.tags, push_tags(store, opts.tags, opts.insecure_registries))]
     if by_digest:
-        return mp.push_by_digest(store, top, by_digest, opts.insecure_registries)
-    return []
+        by_digest = mp.push_by_digest(store, top, by_digest, opts.insecure_registries)
+    if signer is not None:
+        from ..attest.sign import sign_refs
+        sign_refs([*pushed, *by_digest], signer, opts.insecure_registries)
+    return by_digest

@@ -1,0 +1,221 @@
+"""cosign-format image signatures in a registry: sign, verify.
+
+A signature is cosign's "simple signing" payload about one manifest digest,
+``{"critical":{"identity":{"docker-reference":REPO},"image":{"docker-manifest-digest":D},
+"type":"cosign container image signature"},"optional":{...}}``, signed with ECDSA P-256 over
+SHA-256 (ASN.1 DER, base64 in the layer annotation ``dev.cosignproject.cosign/signature``). The
+payload is a layer (``application/vnd.dev.cosign.simplesigning.v1+json``) of the manifest tagged
+``sha256-<hex of D>.sig`` in the image's repository (where cosign, podman and skopeo look);
+each new signature is one more layer. That manifest also names D as its OCI ``subject``, so it is
+a referrer too (the registry client keeps the ``sha256-<hex>`` fallback index of registries
+without the referrers API).
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from registry import mediatypes as mt
+from registry.manifest import Descriptor, Manifest, parse_manifest
+
+from ..errors import BuildError
+from .discover import SIGNATURE_ANNOTATION, SIMPLESIGNING, signature_tag
+
+SIGNATURE_TYPE = "cosign container image signature"
+# cosign's artifactType for signatures stored as OCI 1.1 referrers.
+SIGNATURE_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"
+
+
+class VerificationError(BuildError):
+    """An image whose signature is missing or does not verify."""
+
+
+def payload(repository: str, digest: str, creator: str | None = None) -> bytes:
+    """The simple-signing payload for manifest ``digest`` of ``repository`` (cosign's layout:
+    the repository without tag as identity)."""
+    from .._version import __version__
+    doc = {"critical": {"identity": {"docker-reference": repository},
+                        "image": {"docker-manifest-digest": digest},
+                        "type": SIGNATURE_TYPE},
+           "optional": {"creator": creator or f"pybuild {__version__}"}}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _config(layer_digests: list[str]) -> bytes:
+    # What cosign's signature images carry: an empty image config listing the payloads.
+    cfg = {"architecture": "", "created": "0001-01-01T00:00:00Z", "history": [{"created": "0001-01-01T00:00:00Z"}],
+           "os": "", "rootfs": {"type": "layers", "diff_ids": layer_digests}, "config": {}}
+    return json.dumps(cfg, separators=(",", ":")).encode()
+
+
+@dataclass
+class Signed:
+    """What `sign` did: the image digest signed and the signature manifest's tag and digest."""
+    reference: str
+    digest: str
+    tag: str
+    manifest: str
+
+
+def _upload(repo: Any, data: bytes) -> Descriptor:
+    d = Descriptor.of(data, "application/octet-stream")
+    if repo.blob_size(d.digest) is None:
+        repo.upload_blob(d.digest, len(data), lambda offset: [data[offset:]])
+    return d
+
+
+def sign_digest(repo: Any, digest: str, size: int, media_type: str, key: Any) -> Signed:
+    """Add a signature by ``key`` of manifest ``digest`` (of ``size`` bytes) to ``repo``."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from registry.errors import NotFoundError
+    body = payload(f"{repo.host}/{repo.name}", digest)
+    sig = base64.b64encode(key.sign(body, ec.ECDSA(hashes.SHA256()))).decode()
+    tag = signature_tag(digest)
+    layers: list[Descriptor] = []
+    old = None
+    try:
+        old = repo.get_manifest(tag)
+        prev = parse_manifest(old.data, old.media_type, where=f"{repo.ref}:{tag}")
+        if isinstance(prev, Manifest):
+            layers = [l for l in prev.layers if l.media_type == SIMPLESIGNING]
+    except NotFoundError:
+        pass
+    pd = _upload(repo, body)
+    new = Descriptor(SIMPLESIGNING, pd.digest, pd.size, annotations={SIGNATURE_ANNOTATION: sig})
+    # The same payload and signature again (ECDSA signatures differ each time: rarely) stays one layer.
+    layers = [l for l in layers if (l.digest, l.annotations.get(SIGNATURE_ANNOTATION)) != (new.digest, sig)]
+    layers.append(new)
+    cfg = _config([l.digest for l in layers])
+    cd = _upload(repo, cfg)
+    m = Manifest(config=Descriptor(mt.OCI_CONFIG, cd.digest, cd.size), layers=layers, media_type=mt.OCI_MANIFEST,
+                 subject=Descriptor(media_type or mt.OCI_MANIFEST, digest, size), artifact_type=SIGNATURE_ARTIFACT)
+    data = m.to_bytes()
+    got = repo.put_manifest(tag, data, mt.OCI_MANIFEST)
+    if old is not None and old.digest != got:
+        repo.drop_referrer_fallback(digest, old.digest)
+    return Signed(f"{repo.ref}@{digest}", digest, tag, got)
+
+
+def sign(client: Any, ref: str, key: Any, recursive: bool = False) -> list[Signed]:
+    """Sign what ``ref`` names in its registry (the digest a tag resolves to now). With
+    ``recursive`` (cosign's --recursive) an index's platform images are signed too: podman and
+    skopeo look for the signature of the instance they pick, not of the index."""
+    from registry.manifest import Index, is_attestation
+    from registry.reference import parse_reference
+    r = parse_reference(ref)
+    repo = client.repository(r.registry, r.repository)
+    m = repo.get_manifest(r.identifier)
+    done = [sign_digest(repo, m.digest, len(m.data), m.media_type, key)]
+    doc = parse_manifest(m.data, m.media_type, where=str(r))
+    if recursive and isinstance(doc, Index):
+        for d in doc.manifests:
+            if not is_attestation(d) and d.media_type in mt.IMAGE_MANIFEST_TYPES:
+                done.append(sign_digest(repo, d.digest, d.size, d.media_type, key))
+    return done
+
+
+def sign_refs(refs: list[str], key: Any, insecure_registries: tuple[str, ...] = ()) -> list[Signed]:
+    """Sign each pushed ``REPO[:TAG]@DIGEST`` and the platform images of an index (what
+    `build --push --sign` calls)."""
+    from registry.client import ClientOptions, RegistryClient
+    with RegistryClient(ClientOptions(insecure_registries=tuple(insecure_registries))) as client:
+        return [s for ref in refs for s in sign(client, ref, key, recursive=True)]
+
+
+@dataclass
+class Verified:
+    """A signature that verified: the image digest and the payload it signs."""
+    digest: str
+    payload: dict
+
+
+def _check_payload(raw: bytes, digest: str, repository: str | None) -> dict:
+    """Strict reading of a simple-signing payload (containers-signature(5) rules: exactly the
+    known members in ``critical``, ``optional`` an object or null); the payload, or ValueError."""
+    doc = json.loads(raw, object_pairs_hook=_no_duplicates)
+    if not isinstance(doc, dict) or set(doc) != {"critical", "optional"}:
+        raise ValueError("the payload must have exactly 'critical' and 'optional'")
+    crit = doc["critical"]
+    if not isinstance(crit, dict) or set(crit) != {"identity", "image", "type"}:
+        raise ValueError("'critical' must have exactly identity, image and type")
+    if crit["type"] != SIGNATURE_TYPE:
+        raise ValueError(f"critical.type is {crit['type']!r}, not {SIGNATURE_TYPE!r}")
+    image, ident = crit["image"], crit["identity"]
+    if not isinstance(image, dict) or set(image) != {"docker-manifest-digest"}:
+        raise ValueError("critical.image must have exactly docker-manifest-digest")
+    if not isinstance(ident, dict) or set(ident) != {"docker-reference"}:
+        raise ValueError("critical.identity must have exactly docker-reference")
+    if doc["optional"] is not None and not isinstance(doc["optional"], dict):
+        raise ValueError("'optional' must be an object")
+    if image["docker-manifest-digest"] != digest:
+        raise ValueError(f"it signs {image['docker-manifest-digest']}, not this image ({digest})")
+    signed_repo = _repository_of(str(ident["docker-reference"]))
+    if repository is not None and signed_repo != _repository_of(repository):
+        raise ValueError(f"it was made for {signed_repo}, not {repository}")
+    return doc
+
+
+def _no_duplicates(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError("a member appears twice")
+    return dict(pairs)
+
+
+def _repository_of(reference: str) -> str:
+    from registry.reference import parse_reference
+    try:
+        r = parse_reference(reference, default_tag=None)
+    except Exception:
+        raise ValueError(f"docker-reference {reference!r} is not a reference") from None
+    return f"{r.registry}/{r.repository}"
+
+
+def verify(client: Any, ref: str, public_key: Any, identity: str | None = None) -> list[Verified]:
+    """The signatures by ``public_key`` of what ``ref`` names now; VerificationError saying why
+    when there is none (unsigned, signed for another digest, another key, a payload that does not
+    match its signature). As cosign, the signed digest is what binds; with ``identity``
+    (a repository) the payload's docker-reference must name it too (a mirror's copy of a
+    signature names the repository it was made in)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from registry.errors import NotFoundError
+    from registry.reference import parse_reference
+    r = parse_reference(ref)
+    repo = client.repository(r.registry, r.repository)
+    digest = repo.get_manifest(r.identifier).digest
+    tag = signature_tag(digest)
+    try:
+        sm = repo.get_manifest(tag)
+    except NotFoundError:
+        raise VerificationError(f"{ref} ({digest}) is not signed: no {tag} signature in {repo.ref}") from None
+    doc = parse_manifest(sm.data, sm.media_type, where=f"{repo.ref}:{tag}")
+    layers = [l for l in getattr(doc, "layers", []) if l.media_type == SIMPLESIGNING]
+    if not layers:
+        raise VerificationError(f"{ref} ({digest}): {repo.ref}:{tag} holds no simple-signing signature")
+    good, reasons = [], []
+    for layer in layers:
+        sig_b64 = layer.annotations.get(SIGNATURE_ANNOTATION, "")
+        try:
+            sig = base64.b64decode(sig_b64, validate=True)
+        except ValueError:
+            reasons.append(f"{layer.digest[:19]}: the signature annotation is not base64")
+            continue
+        raw = repo.fetch_blob(layer.digest)          # verified against the layer digest
+        try:
+            public_key.verify(sig, raw, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            reasons.append(f"{layer.digest[:19]}: not signed by this key (or the payload was altered)")
+            continue
+        try:
+            good.append(Verified(digest, _check_payload(raw, digest, identity)))
+        except ValueError as exc:
+            reasons.append(f"{layer.digest[:19]}: signed by this key, but {exc}")
+    if not good:
+        raise VerificationError(f"{ref} ({digest}): no valid signature by this key among {len(layers)} in "
+                                f"{repo.ref}:{tag}: " + "; ".join(reasons))
+    return good

@@ -1,0 +1,163 @@
+"""Supply-chain commands: `attestations` (list and print what is attached to an image),
+`generate-key-pair`, `sign` and `verify` (cosign-format signatures in a registry).
+
+    pybuild attestations REF [--type sbom|provenance|signature|URI] [--format json] [--remote]
+    pybuild generate-key-pair [--output-key-prefix cosign]     # COSIGN_PASSWORD: the key's password
+    pybuild sign --key cosign.key REGISTRY/REPO:TAG
+    pybuild verify --key cosign.pub REGISTRY/REPO:TAG
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+# --type shorthands for the predicate types pybuild writes.
+TYPE_ALIASES = {
+    "sbom": ("https://spdx.dev/Document", "https://cyclonedx.org/bom"),
+    "spdx": ("https://spdx.dev/Document",),
+    "cyclonedx": ("https://cyclonedx.org/bom",),
+    "provenance": ("https://slsa.dev/provenance/v1", "https://slsa.dev/provenance/v0.2"),
+}
+
+
+def _registry_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+                   help="allow plain HTTP or an unverified certificate for HOST (repeatable)")
+
+
+def register(add_command) -> None:
+    """Add the supply-chain commands."""
+    p = add_command("attestations", "list (or print) the attestations and signatures attached to an image")
+    p.add_argument("ref", metavar="REF", help="image in the local store, else in its registry")
+    p.add_argument("--type", dest="type", metavar="TYPE",
+                   help="print the documents of this type: sbom, spdx, cyclonedx, provenance, signature, "
+                        "or a predicate type URI")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="listing format (default: text)")
+    p.add_argument("--remote", action="store_true", help="ask the registry even if the store has the image")
+    _registry_options(p)
+    p.set_defaults(func=_attestations)
+
+    p = add_command("generate-key-pair", "write a cosign-compatible ECDSA P-256 key pair (cosign.key, cosign.pub)")
+    p.add_argument("--output-key-prefix", default="cosign", metavar="PREFIX",
+                   help="write PREFIX.key and PREFIX.pub (default: cosign); the password is COSIGN_PASSWORD")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=_generate)
+
+    p = add_command("sign", "sign an image in a registry with a cosign key (the sha256-<digest>.sig tag)")
+    p.add_argument("--key", required=True, metavar="KEY", help="cosign private key file (password: COSIGN_PASSWORD)")
+    p.add_argument("ref", metavar="REF", help="image in a registry (a tag is signed as the digest it names now)")
+    p.add_argument("--recursive", action="store_true",
+                   help="an index: sign each platform image too (what podman and skopeo look for when they pull one)")
+    _registry_options(p)
+    p.set_defaults(func=_sign)
+
+    p = add_command("verify", "check an image's cosign signature against a public key (exit 1 if none verifies)")
+    p.add_argument("--key", required=True, metavar="PUB", help="cosign public key file (PEM)")
+    p.add_argument("ref", metavar="REF", help="image in a registry")
+    p.add_argument("--identity", metavar="REPO",
+                   help="also require the signature to name this repository (its docker-reference)")
+    _registry_options(p)
+    p.set_defaults(func=_verify)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from registry.client import ClientOptions, RegistryClient
+    return RegistryClient(ClientOptions(insecure_registries=tuple(args.insecure_registry)))
+
+
+def _find(args: argparse.Namespace) -> tuple[str, str, list]:
+    """(where: local|remote, resolved digest, attachments) of ``args.ref``."""
+    from builder.attest.discover import discover_local, discover_remote
+    from registry.errors import NotFoundError
+    if not args.remote:
+        from registry.store import open_store
+        try:
+            digest, found = discover_local(open_store(args.root), args.ref)
+            return "local", digest, found
+        except NotFoundError:
+            pass
+    with _client(args) as client:
+        digest, found = discover_remote(client, args.ref)
+    return "remote", digest, found
+
+
+def _matches(entry: Any, kind: str, want: str) -> bool:
+    if want == "signature":
+        return kind == "signature"
+    return entry.predicate_type in TYPE_ALIASES.get(want, (want,))
+
+
+def _attestations(args: argparse.Namespace) -> int:
+    where, digest, found = _find(args)
+    if args.type:
+        docs = [e.content for a in found for e in a.entries if _matches(e, a.kind, args.type)]
+        if not docs:
+            from builder.errors import BuildError
+            have = sorted({e.predicate_type or a.kind for a in found for e in a.entries})
+            raise BuildError(f"{args.ref} ({where}, {digest}): no {args.type} attached"
+                             + (f"; it has: {', '.join(have)}" if have else "; nothing is attached"))
+        for doc in docs:
+            print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    if args.format == "json":
+        print(json.dumps({"reference": args.ref, "source": where, "digest": digest,
+                          "attachments": [a.to_dict() for a in found]}, indent=2))
+        return 0
+    from .format import print_table
+    print(f"{args.ref} ({where}): {digest}")
+    if not found:
+        print("nothing attached")
+        return 0
+    rows = [("KIND", "TYPE", "SUBJECT", "MANIFEST", "FOUND BY")]
+    for a in found:
+        for e in a.entries or [None]:
+            what = (e.predicate_type or e.media_type) if e is not None else a.artifact_type
+            rows.append((a.kind, what, a.subject[:19], a.manifest[:19], ", ".join(a.found_by)))
+    print_table(rows)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import os
+    from builder.attest.keys import generate_key_pair, password_from_env
+    from builder.errors import BuildError
+    key_path, pub_path = f"{args.output_key_prefix}.key", f"{args.output_key_prefix}.pub"
+    for path in (key_path, pub_path):
+        if os.path.exists(path) and not args.force:
+            raise BuildError(f"{path} exists: remove it, pick another --output-key-prefix or pass --force")
+    pair = generate_key_pair(password_from_env())
+    for path, data, mode in ((key_path, pair.private_pem, 0o600), (pub_path, pair.public_pem, 0o644)):
+        tmp = f"{path}.tmp{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    print(f"Private key written to {key_path}\nPublic key written to {pub_path}", file=sys.stderr)
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from builder.attest.keys import load_private_key
+    from builder.attest.sign import sign
+    key = load_private_key(args.key)
+    with _client(args) as client:
+        done = sign(client, args.ref, key, recursive=args.recursive)
+    for res in done:
+        print(f"{res.reference}: signature in :{res.tag} ({res.manifest})", file=sys.stderr)
+        print(res.reference)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from builder.attest.keys import load_public_key
+    from builder.attest.sign import verify
+    key = load_public_key(args.key)
+    with _client(args) as client:
+        good = verify(client, args.ref, key, identity=args.identity)
+    print(f"Verification for {args.ref} ({good[0].digest}): {len(good)} valid signature(s) by {args.key}",
+          file=sys.stderr)
+    for v in good:
+        print(json.dumps(v.payload, sort_keys=True))
+    return 0
