@@ -361,7 +361,7 @@ def test_sigint_is_forwarded(img: Path):
     p = _start_ready(img, "busybox", "sh", "-c",
                      'trap "echo got INT; exit 5" INT; echo ready; while true; do sleep 0.1; done')
     p.send_signal(signal.SIGINT)
-    out, _ = p.communicate(timeout=10)
+    out, _ = p.communicate(timeout=60)
     assert p.returncode == 5 and out == "got INT\n"
 
 
@@ -372,7 +372,7 @@ def test_stop_signal_of_the_image_is_honoured(img: Path):
                      'trap "echo got USR1; exit 7" USR1; trap "echo got TERM; exit 8" TERM; '
                      "echo ready; while true; do sleep 0.1; done")
     p.send_signal(signal.SIGTERM)
-    out, _ = p.communicate(timeout=10)
+    out, _ = p.communicate(timeout=60)
     assert p.returncode == 7 and out == "got USR1\n"
 
 
