@@ -18,7 +18,7 @@ from builder.engine.emulation import emulation_problem
 from builder.errors import BuildError
 from registry.platform import parse_platform
 from tests.fixtures.building import build_in, need
-from tests.fixtures.images import make_busybox_rootfs, make_busybox_rootfs_arm64
+from tests.fixtures.images import import_busybox_index
 
 ARM64 = parse_platform("linux/arm64")
 
@@ -66,22 +66,10 @@ def test_emulation_detection_says_what_is_missing(tmp_path):
 def _mp_layout(tmp_path_factory) -> Path:
     """A store with busybox:latest (amd64), arm64-busybox:latest (arm64/v8) and bb:multi, an index
     of the two."""
-    from registry import mediatypes as mt
-    from registry.imports import import_image
-    from registry.manifest import ContainerConfig, Descriptor, Index
     from registry.store import Store
     base = tmp_path_factory.mktemp("mp-images")
     store = Store(base / "root")
-    cmd = ContainerConfig(cmd=["sh"])
-    amd = import_image(store, make_busybox_rootfs(base / "amd64"), "busybox:latest", container=cmd,
-                       created="2000-01-01T00:00:00Z")
-    arm = import_image(store, make_busybox_rootfs_arm64(base / "arm64", base), "arm64-busybox:latest",
-                       container=cmd, platform=parse_platform("linux/arm64/v8"), created="2000-01-01T00:00:00Z")
-    entries = []
-    for name, plat in (("busybox:latest", "linux/amd64"), ("arm64-busybox:latest", "linux/arm64/v8")):
-        d = store.resolve(name)
-        entries.append(Descriptor(d.media_type, d.digest, d.size, platform=parse_platform(plat)))
-    store.tag("bb:multi", store.put_manifest(Index(manifests=entries, media_type=mt.OCI_INDEX)))
+    import_busybox_index(store, base, "bb:multi")
     return store.layout
 
 
