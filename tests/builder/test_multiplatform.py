@@ -6,9 +6,12 @@ The arm64 base is made offline from Debian's busybox-static:arm64 (scripts/setup
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +20,8 @@ import pytest
 from builder.engine.emulation import emulation_problem
 from builder.errors import BuildError
 from registry.platform import parse_platform
-from tests.fixtures.building import build_in, need
+from tests.fixtures.building import build_in, need, write_context
+from tests.fixtures.cli import run_pybuild
 from tests.fixtures.images import import_busybox_index
 
 ARM64 = parse_platform("linux/arm64")
@@ -129,14 +133,17 @@ def test_two_platform_build_index_push_pull(mp_root, tmp_path, registry):
     raw = json.loads(subprocess.run([skopeo, "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
                                     capture_output=True, text=True, check=True).stdout)
     assert raw["mediaType"] == mt.OCI_INDEX
-    assert sorted(m["platform"]["architecture"] for m in raw["manifests"]) == ["amd64", "arm64"]
+    # Both platforms, each followed by its provenance (on by default for a push, as buildx).
+    assert index_shape(raw) == [("image", "linux/amd64"), ("attestation", "of #0"),
+                                ("image", "linux/arm64"), ("attestation", "of #2")]
+    assert [raw["manifests"][i]["digest"] for i in (0, 2)] == [p.manifest.digest for p in res.platforms]
     info = json.loads(subprocess.run([skopeo, "inspect", "--tls-verify=false", "--override-arch", "arm64",
                                       f"docker://{ref}"], capture_output=True, text=True, check=True).stdout)
     assert info["Architecture"] == "arm64"
     # The OCI archive holds the index.
     oci = json.loads(subprocess.run([skopeo, "inspect", "--raw", f"oci-archive:{tmp_path / 'app.tar'}"],
                                     capture_output=True, text=True, check=True).stdout)
-    assert len(oci["manifests"]) == 2
+    assert index_shape(oci) == index_shape(raw)
 
     # Pulled back for arm64 into another store.
     from tests.fixtures.cli import run_pybuild
@@ -151,6 +158,92 @@ def test_two_platform_build_index_push_pull(mp_root, tmp_path, registry):
     assert [p.layers for p in again.platforms] == [p.layers for p in res.platforms]
     work = [s for s in again.steps if s.instruction.startswith(("RUN", "COPY"))]
     assert len(work) == 6 and all(s.cached for s in work)
+
+
+def index_shape(raw: dict) -> list[tuple[str, str]]:
+    """An index as [(kind, what)]: ("image", "linux/arm64") or ("attestation", "of #N"), N the
+    position of the image entry its vnd.docker.reference.digest names."""
+    pos = {m["digest"]: i for i, m in enumerate(raw["manifests"])}
+    out = []
+    for m in raw["manifests"]:
+        ann = m.get("annotations") or {}
+        if ann.get("vnd.docker.reference.type") == "attestation-manifest":
+            assert m["platform"] == {"architecture": "unknown", "os": "unknown"}
+            out.append(("attestation", f"of #{pos[ann['vnd.docker.reference.digest']]}"))
+        else:
+            assert m["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+            out.append(("image", f"{m['platform']['os']}/{m['platform']['architecture']}"))
+    return out
+
+
+@contextlib.contextmanager
+def _podman_private():
+    """podman on a storage of its own (removed afterwards; the run root must be a short path),
+    with the flags this machine needs."""
+    from tests.fixtures.building import PODMAN_FLAGS
+    podman = need("podman")
+    d = Path(tempfile.mkdtemp(prefix="pb-pm-", dir="/tmp"))
+    argv = [podman, *PODMAN_FLAGS, "--root", str(d / "s"), "--runroot", str(d / "r"), "--storage-driver", "overlay"]
+    try:
+        yield argv
+    finally:
+        subprocess.run([*argv, "rmi", "-a", "-f"], capture_output=True, timeout=120)
+        subprocess.run(["umount", str(d / "s" / "overlay")], capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_done_when_push_then_podman_runs_arm64_and_attestations(mp_root, tmp_path, registry):
+    """Issue 13's Done-when: the pushed index has both platforms (skopeo), `podman run --platform
+    linux/arm64` prints aarch64 from its RUN-made file while the build stage ran natively; each
+    platform image has its own provenance and SBOM (BuildKit's shape) and `--sign` signs the index
+    and both images."""
+    from tests.fixtures.building import PODMAN_RUN_FLAGS
+    skopeo = need("skopeo")
+    env = {**os.environ, "COSIGN_PASSWORD": "pw"}
+    run_pybuild("generate-key-pair", "--output-key-prefix", tmp_path / "k", env=env, check_rc=0)
+    ref = f"{registry.host}/mp/done:v1"
+    ctx = write_context(tmp_path / "ctx", MP_DOCKERFILE)
+    run_pybuild("build", "-q", "--platform", "linux/amd64,linux/arm64", "-t", ref, "--push", "--sbom=true",
+                "--sign", tmp_path / "k.key", "--insecure-registry", registry.host, ctx, root=mp_root, env=env,
+                check_rc=0, timeout=600)
+    raw = json.loads(subprocess.run([skopeo, "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert index_shape(raw) == [("image", "linux/amd64"), ("attestation", "of #0"),
+                                ("image", "linux/arm64"), ("attestation", "of #2")]
+    images = {raw["manifests"][i]["platform"]["architecture"]: raw["manifests"][i]["digest"] for i in (0, 2)}
+
+    with _podman_private() as podman:
+        r = subprocess.run([*podman, "run", *PODMAN_RUN_FLAGS, "--platform", "linux/arm64", "--tls-verify=false",
+                            ref, "cat", "/arch", "/made"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["aarch64", "arm64 linux/arm64 on linux/amd64 x86_64"]
+
+    listing = json.loads(run_pybuild("attestations", "--remote", "--format", "json", "--insecure-registry",
+                                     registry.host, ref, check_rc=0).stdout)
+    atts = [a for a in listing["attachments"] if a["kind"] == "attestation"]
+    assert sorted(a["subject"] for a in atts) == sorted(images.values())
+    for a in atts:
+        assert a["foundBy"] == ["index", "referrers"]
+        arch = next(k for k, v in images.items() if v == a["subject"])
+        by_type = {e["predicateType"]: e["content"] for e in a["entries"]}
+        assert sorted(by_type) == ["https://slsa.dev/provenance/v1", "https://spdx.dev/Document"]
+        for stmt in by_type.values():
+            assert [s["digest"]["sha256"] for s in stmt["subject"]] == [a["subject"].split(":")[1]]
+            assert f"/mp/done@v1?platform=linux%2F{arch}" in stmt["subject"][0]["name"]
+        prov = by_type["https://slsa.dev/provenance/v1"]["predicate"]["buildDefinition"]
+        assert prov["externalParameters"]["request"]["args"]["platform"].startswith(f"linux/{arch}")
+        deps = sorted(d["uri"] for d in prov["resolvedDependencies"])
+        # The $BUILDPLATFORM stage's base was resolved for the host, the target stage's for arm64/amd64.
+        assert deps == sorted(["pkg:docker/bb@multi?platform=" + f"linux%2F{arch}",
+                               "pkg:docker/busybox@latest?platform=linux%2Famd64"])
+        spdx = by_type["https://spdx.dev/Document"]["predicate"]
+        assert spdx["spdxVersion"].startswith("SPDX-")
+    # --sign: the index and each platform image (not the attestation manifests).
+    sigs = sorted(a["subject"] for a in listing["attachments"] if a["kind"] == "signature")
+    assert sigs == sorted([listing["digest"], *images.values()])
+    for d in images.values():
+        run_pybuild("verify", "--key", tmp_path / "k.pub", "--insecure-registry", registry.host,
+                    f"{registry.host}/mp/done@{d}", check_rc=0)
 
 
 def test_docker_output_refuses_several_platforms(root, tmp_path):
