@@ -246,6 +246,47 @@ def test_done_when_push_then_podman_runs_arm64_and_attestations(mp_root, tmp_pat
                     f"{registry.host}/mp/done@{d}", check_rc=0)
 
 
+def test_done_when_two_runner_fan_out_gives_the_same_index(mp_root, _mp_layout, tmp_path, registry):
+    """Issue 13's Done-when: two store roots (two runners) each build one platform and push it by
+    digest (buildx's -o spelling, --metadata-file), `manifest create` merges them; the index has the
+    shape of the one-machine build's, and (SOURCE_DATE_EPOCH) the very same platform images."""
+    skopeo = need("skopeo")
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
+    ctx = write_context(tmp_path / "ctx", MP_DOCKERFILE)
+    host = registry.host
+    one = f"{host}/mp/fan:one"
+    run_pybuild("build", "-q", "--platform", "linux/amd64,linux/arm64", "-t", one, "--push",
+                "--insecure-registry", host, ctx, root=mp_root, env=env, check_rc=0, timeout=600)
+    digests = []
+    for arch in ("amd64", "arm64"):
+        runner = tmp_path / f"runner-{arch}"
+        shutil.copytree(_mp_layout, runner / "images", ignore=shutil.ignore_patterns(".lock", ".gc.lock", "leases"))
+        meta = tmp_path / f"meta-{arch}.json"
+        run_pybuild("build", "-q", "--platform", f"linux/{arch}", "--metadata-file", meta, "--insecure-registry", host,
+                    "-o", f"type=image,push-by-digest=true,name={host}/mp/fan,push=true", ctx,
+                    root=runner, env=env, check_rc=0, timeout=600)
+        m = json.loads(meta.read_text())
+        assert m["image.name"] == f"{host}/mp/fan@{m['containerimage.digest']}"
+        digests.append(m["image.name"])
+    r = run_pybuild("manifest", "create", "--insecure-registry", host, "-t", f"{host}/mp/fan:merged", *digests,
+                    check_rc=0)
+    assert r.stdout.startswith(f"{host}/mp/fan:merged@sha256:")
+
+    def raw(ref):
+        return json.loads(subprocess.run([skopeo, "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                                         capture_output=True, text=True, check=True).stdout)
+    merged, single = raw(f"{host}/mp/fan:merged"), raw(one)
+    assert index_shape(merged) == index_shape(single) == [("image", "linux/amd64"), ("attestation", "of #0"),
+                                                          ("image", "linux/arm64"), ("attestation", "of #2")]
+    assert [merged["manifests"][i] for i in (0, 2)] == [single["manifests"][i] for i in (0, 2)]
+    # The merged index is what a user pulls: the arm64 image for linux/arm64.
+    info = json.loads(subprocess.run([skopeo, "inspect", "--tls-verify=false", "--override-arch", "arm64",
+                                      f"docker://{host}/mp/fan:merged"], capture_output=True, text=True,
+                                     check=True).stdout)
+    arm = raw(f"{host}/mp/fan@{single['manifests'][2]['digest']}")
+    assert info["Architecture"] == "arm64" and info["Layers"] == [l["digest"] for l in arm["layers"]]
+
+
 def test_docker_output_refuses_several_platforms(root, tmp_path):
     with pytest.raises(BuildError, match="type=docker cannot hold a multi-platform image"):
         build_in(root, tmp_path / "ctx", "FROM scratch\n", platform="linux/amd64,linux/arm64",
