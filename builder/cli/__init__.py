@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         # Report on the (sub)command's own parser: its usage line is the one that helps.
-        _innermost(parsers.get(getattr(args, "command", None) or "", parser), args).error(
+        # The command's name from argv: `run` reuses args.command for the container's argv.
+        _innermost(parsers.get(argv[i] if i < len(argv) else "", parser), args).error(
             f"unrecognized arguments: {' '.join(extra)}")
     root = getattr(args, "root", None)
     # Absolute, because runc bundles and overlay mount options are resolved from other cwds.
@@ -219,7 +220,7 @@ def _innermost(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse
     while True:
         subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
         chosen = [a.choices[getattr(args, a.dest)] for a in subs
-                  if getattr(args, a.dest, None) in a.choices]
+                  if isinstance(getattr(args, a.dest, None), str) and getattr(args, a.dest) in a.choices]
         if not chosen:
             return p
         p = chosen[0]

@@ -287,6 +287,21 @@ def test_done_when_two_runner_fan_out_gives_the_same_index(mp_root, _mp_layout, 
     assert info["Architecture"] == "arm64" and info["Layers"] == [l["digest"] for l in arm["layers"]]
 
 
+def test_run_platform_picks_the_image_of_an_index(mp_root, tmp_path):
+    build_in(mp_root, tmp_path / "ctx", MP_DOCKERFILE, platform="linux/amd64,linux/arm64", tags=["mprun:1"])
+
+    def run(*argv):
+        return run_pybuild("run", "--rm", "--network", "none", *argv, root=mp_root, timeout=300)
+    r = run("--platform", "linux/arm64", "mprun:1", "cat", "/arch", "/made")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["aarch64", "arm64 linux/arm64 on linux/amd64 x86_64"]
+    assert run("mprun:1", "cat", "/arch").stdout.strip() == "x86_64"      # default: this host's
+    r = run("--pull", "never", "--platform", "linux/s390x", "mprun:1", "true")
+    assert r.returncode == 125 and "no image for platform linux/s390x; it has linux/amd64, linux/arm64" in r.stderr
+    r = run("--platform", "a/b/c/d", "mprun:1", "true")
+    assert r.returncode == 125 and "--platform a/b/c/d: invalid platform" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_docker_output_refuses_several_platforms(root, tmp_path):
     with pytest.raises(BuildError, match="type=docker cannot hold a multi-platform image"):
         build_in(root, tmp_path / "ctx", "FROM scratch\n", platform="linux/amd64,linux/arm64",
