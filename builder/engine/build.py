@@ -342,7 +342,7 @@ def build(opts: BuildOptions) -> BuildResult:
                            progress=progress, context=context, platform=p, no_cache=opts.no_cache,
                            pull=opts.pull, network=opts.network, secrets=secrets,
                            load_image=lambda ref, pull, plat=None, p=p: loader(ref, pull, plat or p, p),
-                           escape=df.escape_token)
+                           escape=df.escape_token, label_platform=multi)
             runs.append(_PlatformRun(p, pl, svc, StageBuilder(svc)))
         t_start = time.monotonic()
         t_wall = time.time()

@@ -87,6 +87,7 @@ class Services:
     secrets: dict[str, bytes] = field(default_factory=dict)
     load_image: Callable[[str, bool], StageState] | None = None
     escape: str = "\\"
+    label_platform: bool = False            # a multi-platform build: progress names the platform
     steps: list[BuildStep] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)   # set when interrupted
 
@@ -210,10 +211,18 @@ class StageBuilder:
 
     def _label(self, ps: PlannedStage) -> str:
         """The stage as progress names it, as BuildKit does: its name, ``stage-N`` when
-        unnamed, nothing when the Dockerfile has a single stage."""
-        if len(self.svc.plan.dockerfile.stages) == 1:
-            return ""
-        return ps.stage.name or f"stage-{ps.index}"
+        unnamed, nothing when the Dockerfile has a single stage; after the target platform in a
+        multi-platform build (``[linux/arm64 build 2/3]``; a stage of another platform, such as
+        ``FROM --platform=$BUILDPLATFORM``, as ``[linux/amd64->arm64 build 2/3]``)."""
+        name = "" if len(self.svc.plan.dockerfile.stages) == 1 else ps.stage.name or f"stage-{ps.index}"
+        if not self.svc.label_platform:
+            return name
+        target = self.svc.platform
+        own = ps.platform or (str(self.platforms[ps.base_stage]) if ps.base_stage in self.platforms else "")
+        plat = str(target)
+        if own and own != plat:
+            plat = f"{own}->{target.architecture}" + (f"/{target.variant}" if target.variant else "")
+        return f"{plat} {name}".rstrip()
 
     def _from(self, ps: PlannedStage) -> tuple[StageState, ArgScope]:
         svc = self.svc

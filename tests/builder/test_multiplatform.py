@@ -7,6 +7,7 @@ The arm64 base is made offline from Debian's busybox-static:arm64 (scripts/setup
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -117,7 +118,11 @@ def test_two_platform_build_index_push_pull(mp_root, tmp_path, registry):
     res = build_in(mp_root, tmp_path / "ctx", MP_DOCKERFILE, platform="linux/amd64,linux/arm64", tags=[ref],
                    push=True, insecure_registries=(registry.host,),
                    outputs=[f"type=local,dest={out}", f"type=oci,dest={tmp_path / 'app.tar'}"],
-                   metadata_file=str(tmp_path / "meta.json"))
+                   metadata_file=str(tmp_path / "meta.json"), progress_out=(log := io.StringIO()))
+    # Progress names the platform as BuildKit does (the build stage: build platform -> target).
+    assert "[linux/amd64->arm64 build 5/5] RUN echo" in log.getvalue()
+    assert "[linux/arm64 stage-1 4/4] RUN uname -m" in log.getvalue()
+    assert "[linux/amd64 build 5/5] RUN echo" in log.getvalue()
     assert res.manifest.media_type == mt.OCI_INDEX and len(res.platforms) == 2
     assert [p.config["architecture"] for p in res.platforms] == ["amd64", "arm64"]
     # Per-platform local output; the build stage ran natively for both (x86_64).
