@@ -34,7 +34,7 @@ from .outputs import (OutputSpec, export_docker, export_oci, export_rootfs, pars
 from .plan import make_plan
 from ..progress import Progress
 from ..root import Root
-from .stage import BuildStep, Services, StageBuilder
+from .stage import BuildStep, KeyLocks, Services, StageBuilder
 
 
 @dataclass
@@ -337,12 +337,13 @@ def build(opts: BuildOptions) -> BuildResult:
         load_remotes(cache, progress)
         loader = _ImageLoader(store, platforms[0], progress, opts.insecure_registries)
         runs: list[_PlatformRun] = []
+        key_locks = KeyLocks()
         for p, pl in zip(platforms, plans):
             svc = Services(plan=pl, executor=executor, layers=layers, cache=cache,
                            progress=progress, context=context, platform=p, no_cache=opts.no_cache,
                            pull=opts.pull, network=opts.network, secrets=secrets,
                            load_image=lambda ref, pull, plat=None, p=p: loader(ref, pull, plat or p, p),
-                           escape=df.escape_token, label_platform=multi)
+                           escape=df.escape_token, label_platform=multi, key_locks=key_locks)
             runs.append(_PlatformRun(p, pl, svc, StageBuilder(svc)))
         t_start = time.monotonic()
         t_wall = time.time()

@@ -292,6 +292,23 @@ def test_done_when_two_runner_fan_out_gives_the_same_index(mp_root, _mp_layout, 
     assert info["Architecture"] == "arm64" and info["Layers"] == [l["digest"] for l in arm["layers"]]
 
 
+def test_a_build_platform_stage_without_target_args_runs_once(mp_root, tmp_path):
+    """The cross-compilation stage (FROM --platform=$BUILDPLATFORM, no TARGET* argument) is the
+    same work for every target: it runs once (the platforms share its cache key) and both images
+    carry its one result, as with BuildKit."""
+    df = ("FROM --platform=$BUILDPLATFORM busybox AS build\n"
+          "RUN cat /proc/sys/kernel/random/uuid > /stamp\n"
+          "FROM bb:multi\nCOPY --from=build /stamp /stamp\n")
+    out = tmp_path / "out"
+    res = build_in(mp_root, tmp_path / "ctx", df, platform="linux/amd64,linux/arm64",
+                   outputs=[f"type=local,dest={out}"])
+    runs = [s for s in res.steps if s.instruction.startswith("RUN")]
+    assert len(runs) == 2 and sorted(s.cached for s in runs) == [False, True]
+    stamps = {(out / d / "stamp").read_text() for d in ("linux_amd64", "linux_arm64")}
+    assert len(stamps) == 1
+    assert res.platforms[0].layers[-1].diff_id == res.platforms[1].layers[-1].diff_id
+
+
 def test_run_platform_picks_the_image_of_an_index(mp_root, tmp_path):
     build_in(mp_root, tmp_path / "ctx", MP_DOCKERFILE, platform="linux/amd64,linux/arm64", tags=["mprun:1"])
 
