@@ -324,6 +324,30 @@ def test_run_platform_picks_the_image_of_an_index(mp_root, tmp_path):
     assert r.returncode == 125 and "--platform a/b/c/d: invalid platform" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_images_lists_an_index_platforms(mp_root, tmp_path):
+    """`images --tree` (docker image ls --tree): a row per platform under an index, marked when the
+    store lacks that platform's image; --format json carries the same as ``platforms``."""
+    from registry import mediatypes as mt
+    from registry.manifest import Descriptor, Index
+    from registry.store import Store
+    store = Store(mp_root)
+    idx = store.get_manifest(store.resolve("bb:multi").digest)
+    absent = Descriptor(mt.OCI_MANIFEST, "sha256:" + "5" * 64, 500, platform=parse_platform("linux/s390x"))
+    store.tag("partial:1", store.put_manifest(Index(manifests=[*idx.manifests, absent], media_type=mt.OCI_INDEX)))
+    rows = {r["name"]: r for r in json.loads(run_pybuild("images", "--format", "json", root=mp_root,
+                                                         check_rc=0).stdout)}
+    assert "platforms" not in rows["busybox:latest"]
+    plats = rows["partial:1"]["platforms"]
+    assert [(p["platform"], p["present"]) for p in plats] == [("linux/amd64", True), ("linux/arm64/v8", True),
+                                                              ("linux/s390x", False)]
+    assert plats[1]["id"] == store.image_manifest("bb:multi", ARM64)[1].config.digest
+    out = run_pybuild("images", "--tree", "partial", root=mp_root, check_rc=0).stdout.splitlines()
+    assert out[1].startswith("partial ") and out[2].split()[:2] == ["\u2514", "linux/amd64"]
+    assert out[3].split()[:2] == ["\u2514", "linux/arm64/v8"]
+    assert out[4].split()[:5] == ["\u2514", "linux/s390x", "(not", "in", "the"] and "5555555555" in out[4]
+    assert "\u2514" not in run_pybuild("images", "partial", root=mp_root, check_rc=0).stdout
+
+
 def test_docker_output_refuses_several_platforms(root, tmp_path):
     with pytest.raises(BuildError, match="type=docker cannot hold a multi-platform image"):
         build_in(root, tmp_path / "ctx", "FROM scratch\n", platform="linux/amd64,linux/arm64",
