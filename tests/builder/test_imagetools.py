@@ -240,3 +240,12 @@ def test_manifest_local_list_podman_spelling(registry, tmp_path):
     for m in raw["manifests"]:
         _, child = _skopeo_raw(skopeo, f"{registry.host}/it/list@{m['digest']}")
         assert child["mediaType"] == mt.OCI_MANIFEST
+
+
+def test_manifest_create_of_a_missing_source_names_it(registry, tmp_path):
+    missing = f"{registry.host}/it/none@sha256:" + "0" * 64
+    r = run_pybuild("manifest", "create", "--insecure-registry", registry.host, "-t", f"{registry.host}/it/none:x",
+                    missing)
+    assert r.returncode == 1 and f"{registry.host}/it/none" in r.stderr and "Traceback" not in r.stderr
+    tags = run_pybuild("tags", "--insecure-registry", registry.host, f"{registry.host}/it/none").stdout.split()
+    assert "x" not in tags
