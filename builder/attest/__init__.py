@@ -2,9 +2,9 @@
 (``provenance``), and attaching them to an image as BuildKit does (``attach``).
 
 The engine calls :func:`options_for_build` before a build and, once the image manifests are
-committed, :func:`attest_platform` per platform image: the engine's index lists each image
-followed by its attestation manifest, as BuildKit's (one image: an index of the two); everything
-else stays here.
+committed, :func:`attest_platform` per platform image: the engine's index lists the images, then
+their attestation manifests, as BuildKit's (one image: an index of the two); everything else
+stays here.
 """
 from __future__ import annotations
 

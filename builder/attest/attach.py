@@ -167,11 +167,11 @@ def attestation_manifest(store, statements: list[dict], subject: Descriptor | No
 
 
 def image_index(store, images: list[tuple[Descriptor, Platform, Descriptor | None]]) -> Descriptor:
-    """Store an OCI index of ``images`` ``(manifest, platform, attestation manifest or None)``,
-    each image followed by its attestation entry; the index's descriptor."""
-    entries = []
-    for man, plat, att in images:
-        entries.append(Descriptor(mt.OCI_MANIFEST, man.digest, man.size, platform=plat))
+    """Store an OCI index of ``images`` ``(manifest, platform, attestation manifest or None)``:
+    the images, then their attestation entries (BuildKit's attestation storage puts them "after
+    all the original runnable manifests"); the index's descriptor."""
+    entries = [Descriptor(mt.OCI_MANIFEST, man.digest, man.size, platform=plat) for man, plat, _ in images]
+    for man, _plat, att in images:
         if att is not None:
             entries.append(Descriptor(mt.OCI_MANIFEST, att.digest, att.size,
                                       annotations={REF_TYPE: ATTESTATION_MANIFEST, REF_DIGEST: man.digest},

@@ -175,8 +175,9 @@ def read_sources(client: Any, refs: list[Any]) -> list[Source]:
 
 
 def merge_index(sources: list[Source], annotations: dict[str, str] | None = None) -> Any:
-    """One index of every source's entries (each digest once, platforms unique); a Docker manifest
-    list when every entry is a Docker schema2 manifest, else an OCI index."""
+    """One index of every source's entries (each digest once, platforms unique; the images, then
+    the attestation manifests); a Docker manifest list when every entry is a Docker schema2
+    manifest, else an OCI index."""
     from registry import mediatypes as mt
     from registry.errors import RegistryError
     from registry.manifest import Index, is_attestation
@@ -197,6 +198,9 @@ def merge_index(sources: list[Source], annotations: dict[str, str] | None = None
             entries.append(d)
     if not entries:
         raise RegistryError("no source given: name at least one image or index")
+    # Runnable images first, attestations after them all (BuildKit's attestation storage), so a
+    # merge of per-runner indexes has the shape of a one-machine multi-platform build.
+    entries = [d for d in entries if not is_attestation(d)] + [d for d in entries if is_attestation(d)]
     docker = all(d.media_type == mt.DOCKER_MANIFEST for d in entries)
     if docker and annotations:
         docker = False          # a Docker manifest list has no annotations

@@ -360,8 +360,8 @@ def build(opts: BuildOptions) -> BuildResult:
                 r.manifest, r.config, r.image_config = executor.commit_image(r.final)
                 if docker_types:
                     r.manifest = mp.as_docker(store, r.manifest)
-            # Attestations (issue 17): per platform image an attestation manifest, listed after it
-            # in the index (a single-platform build gets an index of the two). A Docker manifest
+            # Attestations (issue 17): per platform image an attestation manifest, listed after the
+            # images in the index (a single-platform build gets an index of the two). A Docker manifest
             # list cannot hold the OCI attestation manifest (registries refuse it).
             atts = None
             if attest.any and not docker_types:

@@ -72,8 +72,8 @@ def write_index(store: Store, children: list[tuple[Descriptor, dict]], docker: b
                 attestations: list[Descriptor] | None = None) -> Descriptor:
     """The index (Docker manifest list when ``docker``) over (manifest, config) pairs, each
     entry's platform taken from its config, as buildah and BuildKit write it; with
-    ``attestations`` (one attestation manifest per child, OCI only) each image is followed by its
-    attestation entry, as BuildKit's."""
+    ``attestations`` (one attestation manifest per child, OCI only) their entries follow the
+    images, as BuildKit's."""
     plats = []
     for _desc, cfg in children:
         plat = {"architecture": cfg.get("architecture", ""), "os": cfg.get("os", "")}
