@@ -162,7 +162,7 @@ def _import(args: argparse.Namespace) -> int:
                           message=args.message)
     if not args.quiet:
         print(f"Imported {result.reference.familiar} ({result.layer.size} bytes compressed)", file=sys.stderr)
-    print(result.descriptor.digest)
+    print(store.image_id(result.descriptor) or result.descriptor.digest)   # the image ID, as docker import
     return 0
 
 
@@ -267,6 +267,10 @@ def _load(args: argparse.Namespace) -> int:
     for tag in result.tags:
         print(f"Loaded image: {tag}")
     if not result.tags:
+        # As docker load: an image without a name is kept (listed as <none>) and named by its ID.
         for digest in result.digests:
-            print(f"Loaded image ID: {digest} (untagged: name it with `pybuild tag {digest[:19]} NAME`)")
+            desc = store.descriptor_of(digest)
+            store.add_untagged(desc)
+            iid = store.image_id(desc) or digest
+            print(f"Loaded image ID: {iid} (untagged: name it with `pybuild tag {iid[7:19]} NAME`)")
     return 0
