@@ -195,3 +195,21 @@ def test_cmd_sets_args_escaped_and_created_parents_are_reproducible(busybox_imag
         # The epoch, not the build time (a deliberate difference from BuildKit): the same COPY
         # gives the same layer on every build.
         assert os.stat(rootfs / d).st_mtime == 0, d
+
+
+def test_double_star_and_escapes_match_alike_from_context_and_stage(busybox_image, tmp_path):
+    # Current BuildKit: without --parents a source wildcard goes through fsutil's
+    # copy.ResolveWildcards (Go's filepath.Match: `**` is `*` twice, one segment); with
+    # --parents it becomes an include pattern (patternmatcher: `**` spans any depth, zero too).
+    files = {"top.txt": "t", "a/x.txt": "x", "a/b/y.txt": "y", "q?/l.txt": "literal", "qz/l.txt": "z"}
+    df = ("FROM busybox AS s\nCOPY . /src/\nFROM scratch\n"
+          "COPY **/*.txt /ctx1/\nCOPY --parents **/*.txt /ctx2/\nCOPY q\\?/l.txt /ctx3/\n"
+          "COPY --from=s /src/**/*.txt /from1/\nCOPY --from=s --parents /src/./**/*.txt /from2/\n"
+          "COPY --from=s /src/q\\?/l.txt /from3/\n")
+    rootfs = _build(busybox_image, tmp_path, "dstar", df, files)
+    one_level = ["l.txt", "x.txt"]                   # a/x.txt, q?/l.txt then qz/l.txt (last wins)
+    any_depth = ["a", "a/b", "a/b/y.txt", "a/x.txt", "q?", "q?/l.txt", "qz", "qz/l.txt", "top.txt"]
+    assert _files(rootfs, "ctx1") == _files(rootfs, "from1") == one_level
+    assert (rootfs / "ctx1/l.txt").read_text() == (rootfs / "from1/l.txt").read_text() == "z"
+    assert _files(rootfs, "ctx2") == _files(rootfs, "from2") == any_depth
+    assert (rootfs / "ctx3/l.txt").read_text() == (rootfs / "from3/l.txt").read_text() == "literal"
