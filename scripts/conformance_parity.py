@@ -2,8 +2,18 @@
 """Build buildah's conformance cases with one pybuild source tree and record what each gave, so
 that two trees (before and after a change) can be compared image by image.
 
-    python3 scripts/conformance_parity.py build --tree DIR --out A.json [--only SLUG...]
+    python3 scripts/conformance_parity.py build --tree DIR --out A.json [--fs] [--only SLUG...]
+    python3 scripts/conformance_parity.py docker --out D.json [--only SLUG...]
     python3 scripts/conformance_parity.py compare A.json B.json
+
+`docker` is the independent replay with Docker BuildKit as reference: it installs nothing, but
+needs Debian's docker.io (`apt-get install docker.io`; its daemon must not be started by the
+package), starts its own `dockerd` (iptables and the bridge off, data root under /var/tmp,
+socket in the work directory; DESIGN.md), builds every case with `/usr/bin/docker build
+--network=host --no-cache` (DOCKER_BUILDKIT=1) and records the unpacked filesystem (paths,
+types, modes, owners, sizes, hashes, link targets, xattrs) and the runtime config, which
+`build --fs` records for pybuild too; `compare` then compares what both records hold
+(layer diffIDs and history only between two pybuild runs).
 
 `build` makes the two bases the cases name offline (busybox from Debian's busybox-static, a
 Debian minbase with debootstrap from the machine's apt sources, cached under /var/tmp), serves
@@ -25,30 +35,127 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.fixtures.conformance_cases import (  # noqa: E402  (the helper lives with the tests)
-    ConformanceSetupError, data_dir, environment, load_cases)
+    ConformanceSetupError, _skipped_paths, archive_tree, build_flags, data_dir, environment, failed,
+    load_cases, normalized_config)
+
+DOCKER = "/usr/bin/docker"          # Debian's client, with BuildKit (/usr/local/bin/docker has no buildx)
+DOCKER_DATA = Path("/var/tmp/pybuild-parity-docker")
 
 
-def build(args: argparse.Namespace) -> None:
+def _cases(args: argparse.Namespace) -> tuple[Path, list[dict]]:
     data = data_dir()
     if data is None:
         sys.exit("conformance data not found: set PYBUILD_CONFORMANCE_DIR")
     cases = load_cases(data)
     if args.only:
         cases = [c for c in cases if c["slug"] in args.only]
-    tree = Path(args.tree).resolve()
+    return data, cases
+
+
+def _replay(args: argparse.Namespace, tree: Path, one) -> None:
+    """Set the cases' environment up with `tree`'s pybuild (bases, registry, HTTP server), run
+    `one(env, case, work)` for each case and write the results."""
+    data, cases = _cases(args)
     work = Path(tempfile.mkdtemp(prefix="pybuild-conformance-"))
     results: dict[str, dict] = {}
     try:
         with environment(tree, data, work) as env:
             for case in cases:
                 slug = case["slug"]
-                r = env.build(case)
+                r = one(env, case, work)
                 r.pop("stderr", None)
                 results[slug] = r
                 print(f"{slug}: {'ok' if r['ok'] else 'FAIL ' + r['error'][:120]}", flush=True)
     except ConformanceSetupError as e:
         sys.exit(str(e))
     Path(args.out).write_text(json.dumps(results, indent=1, sort_keys=True))
+
+
+def build(args: argparse.Namespace) -> None:
+    _replay(args, Path(args.tree).resolve(), lambda env, case, work: env.build(case, fs=args.fs))
+
+
+def _start_dockerd(work: Path):
+    """A dockerd of this run's own: no iptables, no bridge (builds use --network=host), its own
+    data root, exec root, pid file and socket; returns (process, socket URL)."""
+    import shutil
+    import subprocess
+    import time
+    dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
+    if not Path(dockerd).exists() or not Path(DOCKER).exists():
+        raise ConformanceSetupError("Docker is not installed: apt-get install docker.io "
+                                    f"(needs {DOCKER} and dockerd)")
+    sock = work / "docker.sock"
+    exec_root = Path(tempfile.mkdtemp(prefix="pybuild-parity-dockerd-"))   # short: containerd's socket path
+    DOCKER_DATA.mkdir(parents=True, exist_ok=True)
+    log = open(work / "dockerd.log", "w")
+    proc = subprocess.Popen([dockerd, "--iptables=false", "--ip6tables=false", "--bridge=none",
+                             "--data-root", str(DOCKER_DATA), "--exec-root", str(exec_root),
+                             "--pidfile", str(work / "dockerd.pid"), "-H", f"unix://{sock}",
+                             "--config-file", str(_dockerd_config(work))],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    host = f"unix://{sock}"
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise ConformanceSetupError(f"dockerd exited {proc.returncode}: see {work / 'dockerd.log'}:\n"
+                                        + (work / "dockerd.log").read_text()[-2000:])
+        if subprocess.run([DOCKER, "-H", host, "version"], capture_output=True).returncode == 0:
+            return proc, host, exec_root
+        time.sleep(0.2)
+    proc.terminate()
+    raise ConformanceSetupError("dockerd did not answer within 60 s")
+
+
+def _dockerd_config(work: Path) -> Path:
+    conf = work / "daemon.json"
+    conf.write_text(json.dumps({"features": {"buildkit": True}, "insecure-registries": ["localhost:5000"]}))
+    return conf
+
+
+def docker(args: argparse.Namespace) -> None:
+    import os
+    import subprocess
+    state: dict = {}
+
+    def one(env, case: dict, work: Path) -> dict:
+        if "host" not in state:
+            state["proc"], state["host"], state["exec_root"] = _start_dockerd(work)
+        prepared = env.prepare(case)
+        if isinstance(prepared, dict):
+            return prepared
+        ctx, dockerfile = prepared
+        host = state["host"]
+        iid = work / "docker-iid"
+        iid.unlink(missing_ok=True)
+        r = subprocess.run([DOCKER, "-H", host, "build", "--network=host", "--no-cache", "-q",
+                            "--iidfile", str(iid), "-f", dockerfile, *build_flags(case), str(ctx)],
+                           capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "DOCKER_BUILDKIT": "1"})
+        if r.returncode:
+            return failed(r)
+        image = iid.read_text().strip()
+        archive = work / "docker-image.tar"
+        subprocess.run([DOCKER, "-H", host, "save", "-o", str(archive), image], check=True, capture_output=True)
+        with __import__("tarfile").open(archive) as t:
+            manifest = json.load(t.extractfile("manifest.json"))      # type: ignore[arg-type]
+            config = json.load(t.extractfile(manifest[0]["Config"]))  # type: ignore[arg-type]
+        record = {"ok": True, "config": config.get("config"), "fs": archive_tree(archive, _skipped_paths(case))}
+        archive.unlink()
+        subprocess.run([DOCKER, "-H", host, "rmi", "-f", image], capture_output=True)
+        return record
+
+    try:
+        _replay(args, REPO, one)
+    finally:
+        if "proc" in state:
+            subprocess.run([DOCKER, "-H", state["host"], "builder", "prune", "-af"], capture_output=True)
+            state["proc"].terminate()
+            try:
+                state["proc"].wait(30)
+            except subprocess.TimeoutExpired:
+                state["proc"].kill()
+            subprocess.run(["umount", "-R", "-l", str(state["exec_root"])], capture_output=True)
+            __import__("shutil").rmtree(state["exec_root"], ignore_errors=True)
 
 
 def _normalized(path: str) -> dict:
@@ -60,23 +167,48 @@ def _normalized(path: str) -> dict:
 
 def compare(args: argparse.Namespace) -> None:
     a, b = (_normalized(p) for p in (args.a, args.b))
-    same = differ = 0
+    same = both_fail = differ = 0
     for slug in sorted(set(a) | set(b)):
         x, y = a.get(slug), b.get(slug)
-        if x == y:
-            same += 1
-            continue
-        differ += 1
         if x is None or y is None:
+            differ += 1
             print(f"{slug}: only in {'B' if x is None else 'A'}")
         elif x["ok"] != y["ok"]:
+            differ += 1
             print(f"{slug}: A {'ok' if x['ok'] else x['error']!r} / B {'ok' if y['ok'] else y['error']!r}")
         elif not x["ok"]:
-            print(f"{slug}: both fail, A {x['error']!r} / B {y['error']!r}")
+            both_fail += 1
+            if args.verbose or x["error"] != y["error"]:
+                print(f"{slug}: both fail, A {x['error']!r} / B {y['error']!r}")
         else:
-            what = [k for k in ("diff_ids", "config", "history") if x.get(k) != y.get(k)]
+            keys = [k for k in ("diff_ids", "config", "history", "fs") if k in x and k in y]
+            what = [k for k in keys if _comparable(k, x[k]) != _comparable(k, y[k])]
+            if not what:
+                same += 1
+                continue
+            differ += 1
             print(f"{slug}: images differ in {', '.join(what)}")
-    print(f"{same} cases identical, {differ} differ")
+            if args.verbose:
+                _explain(x, y, what)
+    print(f"{same} cases identical, {both_fail} fail in both, {differ} differ")
+
+
+def _comparable(key: str, value):
+    return normalized_config(value) if key == "config" else value
+
+
+def _explain(x: dict, y: dict, what: list[str]) -> None:
+    """Print what differs (fs: per path; config: per field), A first."""
+    if "fs" in what:
+        a, b = x["fs"], y["fs"]
+        for path in sorted(set(a) | set(b)):
+            if a.get(path) != b.get(path):
+                print(f"    {path}: A {a.get(path)} / B {b.get(path)}")
+    if "config" in what:
+        a, b = normalized_config(x["config"]), normalized_config(y["config"])
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                print(f"    config {k}: A {a.get(k)!r} / B {b.get(k)!r}")
 
 
 def main() -> None:
@@ -86,11 +218,16 @@ def main() -> None:
     b.add_argument("--tree", default=str(REPO), help="the pybuild source tree to build with")
     b.add_argument("--out", required=True)
     b.add_argument("--only", nargs="*")
+    b.add_argument("--fs", action="store_true", help="also record the unpacked filesystem (to compare with docker)")
+    d = sub.add_parser("docker")
+    d.add_argument("--out", required=True)
+    d.add_argument("--only", nargs="*")
     c = sub.add_parser("compare")
     c.add_argument("a")
     c.add_argument("b")
+    c.add_argument("-v", "--verbose", action="store_true", help="print each differing path and field")
     args = ap.parse_args()
-    build(args) if args.cmd == "build" else compare(args)
+    {"build": build, "docker": docker, "compare": compare}[args.cmd](args)
 
 
 if __name__ == "__main__":
