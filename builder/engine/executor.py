@@ -198,7 +198,7 @@ class Executor:
                     env = env + ["HOME=" + (user.home if user.home != "/" or user.uid else "/root")]
                 spec = RunSpec(args=argv, rootfs=snap.merged, env=env + extra_env, cwd=cwd,
                                uid=user.uid, gid=user.gid, additional_gids=user.additional_gids,
-                               mounts=sb_mounts, network=network)
+                               mounts=sb_mounts, network=network, keep_runtime_dirs=True)
                 # The bundle's config.json carries the environment, env secrets included:
                 # such a step keeps its bundle in memory, off the store's disk.
                 has_secret = any(m.type == "secret" and m.secret_data is not None for m in mounts)

@@ -9,7 +9,9 @@ Each test builds for real FROM the test store's busybox (or scratch) and checks 
 - `COPY --from` uses the same Go glob as the context (`[^x]` negates, `[!x]` does not);
 - `COPY --from --parents` keeps parents and honours the `/./` pivot;
 - cache mounts with the same id but different uid are different directories;
-- `WORKDIR /tmp/` is stored as given.
+- `WORKDIR /tmp/` is stored as given;
+- `**` is one segment without --parents and any depth with it, from the context and a stage alike;
+- a RUN on scratch keeps the /proc, /dev and /sys directories runc made, not its mount points.
 """
 from __future__ import annotations
 
@@ -213,3 +215,19 @@ def test_double_star_and_escapes_match_alike_from_context_and_stage(busybox_imag
     assert (rootfs / "ctx1/l.txt").read_text() == (rootfs / "from1/l.txt").read_text() == "z"
     assert _files(rootfs, "ctx2") == _files(rootfs, "from2") == any_depth
     assert (rootfs / "ctx3/l.txt").read_text() == (rootfs / "from3/l.txt").read_text() == "literal"
+
+
+def test_run_on_scratch_keeps_the_runtime_dirs_not_its_mount_points(busybox_image, tmp_path):
+    # BuildKit's runc executor removes the step's own mount points and the /etc/hosts and
+    # /etc/resolv.conf stubs (with their parents), but /proc, /dev and /sys, which runc makes
+    # when the image lacks them, stay in the layer (moby/buildkit#6686; Docker 20.10 too).
+    df = ("FROM scratch\nCOPY busybox /\n"
+          "RUN --mount=type=tmpfs,destination=/tmp --mount=type=cache,destination=/sub/other [\"/busybox\", \"true\"]\n")
+    from tests.fixtures.building import write_context
+    ctx = write_context(tmp_path / "ctx", df, {"busybox": Path("/bin/busybox").read_bytes()})
+    (ctx / "busybox").chmod(0o755)
+    res = build_in(busybox_image, ctx, df, {}, tags=["stubs:1"])
+    assert sorted(_last_layer_names(busybox_image, res)) == ["dev", "proc", "sys"]
+    rootfs = unpack_image(busybox_image, "stubs:1", tmp_path / "out")
+    assert _files(rootfs) == ["busybox", "dev", "proc", "sys"]
+    assert all((rootfs / d).stat().st_mode & 0o7777 == 0o755 for d in ("dev", "proc", "sys"))
