@@ -131,9 +131,11 @@ def _images(args: argparse.Namespace) -> int:
 def _rmi(args: argparse.Namespace) -> int:
     store = _open(args)
     for ref in args.refs:
-        store.untag(ref)
+        named = store.tag_of(ref) is not None
+        entry = store.untag(ref)
         if not args.quiet:
-            print(f"Untagged: {ref}")
+            # As docker rmi: a name is untagged; an image ID (or prefix) deletes the image.
+            print(f"Untagged: {ref}" if named else f"Deleted: {store.image_id(entry) or entry.digest}")
     if not args.no_prune:
         from ..cache.records import gc_roots   # blobs of cached build steps stay
         from ..system import collect_layers

@@ -70,6 +70,7 @@ def test_image_id_is_the_config_digest_everywhere(busybox_image, tmp_path, capsy
     rows = [row for row in json.loads(capsys.readouterr().out) if row["id"] == res.image_id]
     assert [(row["repository"], row["tag"]) for row in rows] == [("named", "1")]   # no <none> row left
     assert main(["--root", r, "rmi", short]) == 0
+    assert f"Deleted: {res.image_id}" in capsys.readouterr().out
     assert all(d.digest != res.manifest.digest for d in Store(busybox_image).read_index().manifests)
 
 
