@@ -74,12 +74,17 @@ def test_image_id_is_the_config_digest_everywhere(busybox_image, tmp_path, capsy
     assert all(d.digest != res.manifest.digest for d in Store(busybox_image).read_index().manifests)
 
 
-@pytest.mark.parametrize("sde", [None, "1700000000"])
-def test_fully_cached_rebuild_keeps_the_image_id(busybox_image, tmp_path, monkeypatch, sde):
-    if sde is None:
+@pytest.fixture(params=[None, "1700000000"], ids=["now", "epoch"])
+def sde(request, monkeypatch) -> str | None:
+    """SOURCE_DATE_EPOCH unset, then set."""
+    if request.param is None:
         monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     else:
-        monkeypatch.setenv("SOURCE_DATE_EPOCH", sde)
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", request.param)
+    return request.param
+
+
+def test_fully_cached_rebuild_keeps_the_image_id(busybox_image, tmp_path, sde):
     files = {"f": "f\n"}
     first = build_in(busybox_image, tmp_path / "ctx", DOCKERFILE, files, tags=["ident:1"])
     assert not all(s.cached for s in first.steps if s.instruction.startswith(("RUN", "COPY")))
@@ -111,12 +116,7 @@ def test_cli_build_q_output_runs_and_is_stable(busybox_image, tmp_path):
     assert cfg["Id"] == first
 
 
-@pytest.mark.parametrize("sde", [None, "1700000000"])
-def test_scratch_with_config_only_steps_has_a_stable_id(busybox_image, tmp_path, monkeypatch, sde):
-    if sde is None:
-        monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-    else:
-        monkeypatch.setenv("SOURCE_DATE_EPOCH", sde)
+def test_scratch_with_config_only_steps_has_a_stable_id(busybox_image, tmp_path, sde):
     df = "FROM scratch\nENV A=1\nLABEL x=y\n"
     first = build_in(busybox_image, tmp_path / "ctx", df, tags=["cfgonly:1"])
     time.sleep(1.1)                       # a time stamped at commit would differ
