@@ -167,9 +167,11 @@ def _images(args: argparse.Namespace) -> int:
 def _rmi(args: argparse.Namespace) -> int:
     store = _open(args)
     for ref in args.refs:
-        store.untag(ref)
+        named = store.tag_of(ref) is not None
+        entry = store.untag(ref)
         if not args.quiet:
-            print(f"Untagged: {ref}")
+            # As docker rmi: a name is untagged; an image ID (or prefix) deletes the image.
+            print(f"Untagged: {ref}" if named else f"Deleted: {store.image_id(entry) or entry.digest}")
     if not args.no_prune:
         from ..cache.records import gc_roots   # blobs of cached build steps stay
         from ..system import collect_layers
@@ -198,7 +200,7 @@ def _import(args: argparse.Namespace) -> int:
                           message=args.message)
     if not args.quiet:
         print(f"Imported {result.reference.familiar} ({result.layer.size} bytes compressed)", file=sys.stderr)
-    print(result.descriptor.digest)
+    print(store.image_id(result.descriptor) or result.descriptor.digest)   # the image ID, as docker import
     return 0
 
 
@@ -303,6 +305,10 @@ def _load(args: argparse.Namespace) -> int:
     for tag in result.tags:
         print(f"Loaded image: {tag}")
     if not result.tags:
+        # As docker load: an image without a name is kept (listed as <none>) and named by its ID.
         for digest in result.digests:
-            print(f"Loaded image ID: {digest} (untagged: name it with `pybuild tag {digest[:19]} NAME`)")
+            desc = store.descriptor_of(digest)
+            store.add_untagged(desc)
+            iid = store.image_id(desc) or digest
+            print(f"Loaded image ID: {iid} (untagged: name it with `pybuild tag {iid[7:19]} NAME`)")
     return 0

@@ -126,19 +126,6 @@ class StageBuilder:
         except DockerfileError as exc:
             raise self._error(inst, exc.message) from None
 
-    def _expand_source(self, word: str, env: dict[str, str], inst: I.Instruction) -> str:
-        """A COPY/ADD source: expanded, but `\\?`, `\\*` and `\\[` keep their backslash so the
-        glob matches the character literally (current BuildKit: `COPY n\\?pe/f` names `n?pe`)."""
-        if self.svc.escape != "\\" or "\\" not in word:
-            return self._expand(word, env, inst)
-        marks = {"?": "\ue000", "*": "\ue001", "[": "\ue002"}
-        for c, m in marks.items():
-            word = word.replace("\\" + c, m)
-        out = self._expand(word, env, inst)
-        for c, m in marks.items():
-            out = out.replace(m, "\\" + c)
-        return out
-
     def _expand_heredoc(self, body: str, env: dict[str, str], inst: I.Instruction) -> str:
         # Not _expand: a heredoc body keeps its quotes, and its escape character is always `\`.
         try:
@@ -550,7 +537,10 @@ class StageBuilder:
         x = lambda w: self._expand(w, env, inst)   # noqa: E731
         is_add = isinstance(inst, I.AddCommand)
         what = "ADD" if is_add else "COPY"
-        srcs = [self._expand_source(s, env, inst) for s in inst.sources]
+        # As any word: current BuildKit runs COPY/ADD sources through its shell lexer (without
+        # RawEscapes), which consumes the escape character, so `n\?pe` is the wildcard `n?pe`
+        # (matching `nope` too); a literal `?` is `n\\?pe` or `n[?]pe` (the reference's `[[]`).
+        srcs = [self._expand(s, env, inst) for s in inst.sources]
         dest_raw = x(inst.dest)
         dest, dest_is_dir = resolve_dest(dest_raw, state.config.config.working_dir or "/")
         excludes = [x(e) for e in inst.excludes]
