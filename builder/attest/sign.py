@@ -28,6 +28,14 @@ SIGNATURE_TYPE = "cosign container image signature"
 SIGNATURE_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"
 
 
+# A signature manifest with more simple-signing layers than this is refused unread (cosign adds
+# one layer per signature; a hundred keys signing one digest is far beyond real use).
+MAX_SIGNATURES = 100
+# A simple-signing payload is a few hundred bytes.
+MAX_PAYLOAD = 64 << 10
+MAX_REASONS = 10
+
+
 class VerificationError(BuildError):
     """An image whose signature is missing or does not verify."""
 
@@ -135,7 +143,10 @@ class Verified:
 def _check_payload(raw: bytes, digest: str, repository: str | None) -> dict:
     """Strict reading of a simple-signing payload (containers-signature(5) rules: exactly the
     known members in ``critical``, ``optional`` an object or null); the payload, or ValueError."""
-    doc = json.loads(raw, object_pairs_hook=_no_duplicates)
+    try:
+        doc = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise ValueError("the payload is nested too deeply") from None
     if not isinstance(doc, dict) or set(doc) != {"critical", "optional"}:
         raise ValueError("the payload must have exactly 'critical' and 'optional'")
     crit = doc["critical"]
@@ -179,15 +190,27 @@ def verify(client: Any, ref: str, public_key: Any, identity: str | None = None) 
     when there is none (unsigned, signed for another digest, another key, a payload that does not
     match its signature). As cosign, the signed digest is what binds; with ``identity``
     (a repository) the payload's docker-reference must name it too (a mirror's copy of a
-    signature names the repository it was made in)."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from registry.errors import NotFoundError
+    signature names the repository it was made in).
+
+    A tag is resolved once: every later lookup is by the digest it named then (a tag re-pushed
+    meanwhile cannot swap the image), and that digest is what the result and every error name."""
+    from registry.errors import RegistryError
     from registry.reference import parse_reference
     r = parse_reference(ref)
     repo = client.repository(r.registry, r.repository)
     digest = repo.get_manifest(r.identifier).digest
+    try:
+        return _verify_digest(repo, ref, digest, public_key, identity)
+    except RegistryError as exc:
+        # A registry that misbehaves while we read the signature: say which image was checked.
+        raise VerificationError(f"{ref} ({digest}): cannot read its signature: {exc}") from None
+
+
+def _verify_digest(repo: Any, ref: str, digest: str, public_key: Any, identity: str | None) -> list[Verified]:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from registry.errors import NotFoundError
     tag = signature_tag(digest)
     try:
         sm = repo.get_manifest(tag)
@@ -197,15 +220,21 @@ def verify(client: Any, ref: str, public_key: Any, identity: str | None = None) 
     layers = [l for l in getattr(doc, "layers", []) if l.media_type == SIMPLESIGNING]
     if not layers:
         raise VerificationError(f"{ref} ({digest}): {repo.ref}:{tag} holds no simple-signing signature")
+    if len(layers) > MAX_SIGNATURES:
+        # Each layer costs a download and a verification: a padded manifest must not buy hours.
+        raise VerificationError(f"{ref} ({digest}): {repo.ref}:{tag} holds {len(layers)} signature layers, more "
+                                f"than the {MAX_SIGNATURES} verify checks; refusing it")
     good, reasons = [], []
     for layer in layers:
         sig_b64 = layer.annotations.get(SIGNATURE_ANNOTATION, "")
         try:
-            sig = base64.b64decode(sig_b64, validate=True)
+            sig = base64.b64decode(sig_b64, validate=True) if isinstance(sig_b64, str) else None
         except ValueError:
-            reasons.append(f"{layer.digest[:19]}: the signature annotation is not base64")
+            sig = None
+        if not sig:
+            reasons.append(f"{layer.digest[:19]}: the signature annotation is missing or not base64")
             continue
-        raw = repo.fetch_blob(layer.digest)          # verified against the layer digest
+        raw = repo.fetch_blob(layer.digest, max_size=MAX_PAYLOAD)      # verified against the layer digest
         try:
             public_key.verify(sig, raw, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
@@ -216,6 +245,12 @@ def verify(client: Any, ref: str, public_key: Any, identity: str | None = None) 
         except ValueError as exc:
             reasons.append(f"{layer.digest[:19]}: signed by this key, but {exc}")
     if not good:
+        shown = reasons[:MAX_REASONS] + ([f"and {len(reasons) - MAX_REASONS} more"] if len(reasons) > MAX_REASONS else [])
         raise VerificationError(f"{ref} ({digest}): no valid signature by this key among {len(layers)} in "
-                                f"{repo.ref}:{tag}: " + "; ".join(reasons))
+                                f"{repo.ref}:{tag}: " + "; ".join(shown))
     return good
+
+
+def signed_identities(verified: list[Verified]) -> list[str]:
+    """The repositories the verified payloads name (their docker-reference, normalized), each once."""
+    return sorted({_repository_of(str(v.payload["critical"]["identity"]["docker-reference"])) for v in verified})

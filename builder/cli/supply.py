@@ -152,12 +152,21 @@ def _sign(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from builder.attest.keys import load_public_key
-    from builder.attest.sign import verify
+    from builder.attest.sign import signed_identities, verify
+    from registry.reference import parse_reference
     key = load_public_key(args.key)
     with _client(args) as client:
         good = verify(client, args.ref, key, identity=args.identity)
-    print(f"Verification for {args.ref} ({good[0].digest}): {len(good)} valid signature(s) by {args.key}",
-          file=sys.stderr)
+    r = parse_reference(args.ref)
+    names = signed_identities(good)
+    print(f"Verification for {args.ref} ({good[0].digest}): {len(good)} valid signature(s) by {args.key}, "
+          f"signed for {', '.join(names)}", file=sys.stderr)
+    here = f"{r.registry}/{r.repository}"
+    if args.identity is None and any(n != here for n in names):
+        # cosign's rule (the digest binds) lets a signature made for one repository verify in
+        # another; say so rather than let it pass unnoticed (podman's default policy refuses it).
+        print(f"note: the signature names another repository than {here}; pass --identity {here} to "
+              "require it", file=sys.stderr)
     for v in good:
         print(json.dumps(v.payload, sort_keys=True))
     return 0

@@ -1,0 +1,326 @@
+"""Issue 17 attacked from outside: `pybuild verify`, `sign`, `attestations` and `generate-key-pair`
+against a hostile registry (registry:2 behind tests/fixtures/fault_proxy.py serving crafted
+answers) and a hostile image publisher (signature manifests written straight into registry:2 over
+HTTP, never through pybuild's own code).
+
+The safe outcome of every attack: verify exits 1 with one line naming the reference and why, no
+traceback, nothing written where it must not be; where a signature is good it binds to one digest
+and says which.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.fixtures.cli import run_pybuild
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+SIG = "dev.cosignproject.cosign/signature"
+IN_TOTO = "application/vnd.in-toto+json"
+SPDX = "https://spdx.dev/Document"
+ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST])
+
+
+# ---- a hostile publisher's tools: plain HTTP into registry:2 -------------------------------------
+
+def put_blob(url: str, repo: str, data: bytes) -> dict:
+    """Upload ``data``; its descriptor fields (digest, size)."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    loc = requests.post(f"{url}/v2/{repo}/blobs/uploads/", timeout=10).headers["Location"]
+    loc = url + loc if loc.startswith("/") else loc
+    requests.put(f"{loc}{'&' if '?' in loc else '?'}digest={digest}", data=data, timeout=10).raise_for_status()
+    return {"digest": digest, "size": len(data)}
+
+
+def put_manifest(url: str, repo: str, ref: str, doc: dict | bytes, media_type: str = OCI_MANIFEST) -> str:
+    data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    requests.put(f"{url}/v2/{repo}/manifests/{ref}", data=data, headers={"Content-Type": media_type},
+                 timeout=10).raise_for_status()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def push_image(url: str, repo: str, tag: str, text: str) -> str:
+    """A one-layer image (the registry does not look inside); its manifest digest."""
+    layer = put_blob(url, repo, text.encode())
+    cfg = put_blob(url, repo, json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": [layer["digest"]]}}).encode())
+    return put_manifest(url, repo, tag, {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                                         "config": {"mediaType": OCI_CONFIG, **cfg},
+                                         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                                     **layer}]})
+
+
+def simple_signing(digest: str, identity: str) -> bytes:
+    return json.dumps({"critical": {"identity": {"docker-reference": identity},
+                                    "image": {"docker-manifest-digest": digest},
+                                    "type": "cosign container image signature"}, "optional": None}).encode()
+
+
+def ecdsa(key, data: bytes) -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    return base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
+
+
+def sig_manifest(url: str, repo: str, layers: list[tuple[bytes, object]]) -> dict:
+    """A cosign signature manifest whose layers are (payload, signature annotation value)."""
+    descs = []
+    for payload, sig in layers:
+        d = {"mediaType": SIMPLESIGNING, **put_blob(url, repo, payload)}
+        if sig is not None:
+            d["annotations"] = {SIG: sig}
+        descs.append(d)
+    cfg = put_blob(url, repo, json.dumps({"architecture": "", "os": "", "config": {},
+                                          "rootfs": {"type": "layers", "diff_ids": []}}).encode())
+    return {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {"mediaType": OCI_CONFIG, **cfg},
+            "layers": descs}
+
+
+def sig_tag(digest: str) -> str:
+    return digest.replace(":", "-") + ".sig"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Two P-256 key pairs (unencrypted PKCS#8 private PEMs: no scrypt in every test)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    d = tmp_path_factory.mktemp("keys")
+    out = {}
+    for name in ("good", "other"):
+        k = ec.generate_private_key(ec.SECP256R1())
+        (d / f"{name}.key").write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+        (d / f"{name}.pub").write_bytes(k.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        out[name] = k
+    out["dir"] = d
+    return out
+
+
+def verify(ref: str, pub: Path, *extra: str, rc: int | None = None):
+    r = run_pybuild("verify", "--key", pub, *extra, ref, timeout=120)
+    assert "Traceback" not in r.stderr, r.stderr
+    if rc is not None:
+        assert r.returncode == rc, f"rc {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    return r
+
+
+def refused(ref: str, pub: Path, *extra: str) -> str:
+    """verify's one error line for ``ref`` (asserting exit 1 and that it names the reference)."""
+    r = verify(ref, pub, *extra, rc=1)
+    assert ref in r.stderr and r.stdout == "", r.stderr
+    return r.stderr
+
+
+def serve(proxy, path: str, body: bytes, media_type: str = OCI_MANIFEST, times: int = -1, status: int = 200,
+          method: str | None = None, **headers: str) -> None:
+    """Make the fault proxy answer requests whose path matches ``path`` with ``body``."""
+    hdrs = {"Content-Type": media_type, **{k.replace("_", "-"): v for k, v in headers.items()}}
+    if media_type != "application/json" and status == 200:
+        hdrs.setdefault("Docker-Content-Digest", "sha256:" + hashlib.sha256(body).hexdigest())
+    proxy.add("serve", path=path, body=body, headers=hdrs, times=times, status=status, method=method)
+
+
+@pytest.fixture
+def image(registry, request):
+    """(url, repo, tag reference, digest) of a fresh image in the session's registry:2."""
+    repo = "hostile-sig/t" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    digest = push_image(registry.url, repo, "1", f"{repo} one")
+    return registry.url, repo, f"{registry.host}/{repo}:1", digest
+
+
+# ---- digest confusion ----------------------------------------------------------------------------
+
+def _other_algorithms(url: str, repo: str, digest: str) -> list[str]:
+    data = requests.get(f"{url}/v2/{repo}/manifests/{digest}", headers={"Accept": ACCEPT}, timeout=10).content
+    hexpart = digest.split(":", 1)[1]
+    return ["SHA256:" + hexpart, "sha256:" + hexpart.upper(), " " + digest, digest + "\n",
+            "sha512:" + hashlib.sha512(data).hexdigest(), hexpart]
+
+
+def test_a_signature_naming_another_digest_or_spelling_does_not_verify(image, keys):
+    url, repo, ref, digest = image
+    other = push_image(url, repo, "2", "another image")
+    spellings = [other, *_other_algorithms(url, repo, digest)]
+    # Each signed by the right key: only the named digest is wrong.
+    put_manifest(url, repo, sig_tag(digest), sig_manifest(url, repo, [
+        (p := simple_signing(d, f"{ref.rsplit(':', 1)[0]}"), ecdsa(keys["good"], p)) for d in spellings]))
+    err = refused(ref, keys["dir"] / "good.pub")
+    assert f"no valid signature by this key among {len(spellings)}" in err
+    assert err.count("signed by this key, but it signs") == len(spellings)
+    assert digest in err
+
+
+def test_a_signature_made_for_another_repository(image, keys):
+    """cosign binds by digest only; pybuild says which repository the signature names, and with
+    --identity refuses one made for another repository."""
+    url, repo, ref, digest = image
+    elsewhere = "127.0.0.1:1/someone/else"
+    p = simple_signing(digest, elsewhere)
+    put_manifest(url, repo, sig_tag(digest), sig_manifest(url, repo, [(p, ecdsa(keys["good"], p))]))
+    r = verify(ref, keys["dir"] / "good.pub", rc=0)
+    assert f"signed for {elsewhere}" in r.stderr and json.loads(r.stdout)["critical"]["image"][
+        "docker-manifest-digest"] == digest
+    err = refused(ref, keys["dir"] / "good.pub", "--identity", ref.rsplit(":", 1)[0])
+    assert f"it was made for {elsewhere}" in err
+
+
+# ---- the signature annotation --------------------------------------------------------------------
+
+def _der_with_trailing_junk(key, p: bytes) -> str:
+    return base64.b64encode(base64.b64decode(ecdsa(key, p)) + b"\x00").decode()
+
+
+def _raw_r_s(key, p: bytes) -> str:
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    r, s = decode_dss_signature(base64.b64decode(ecdsa(key, p)))
+    return base64.b64encode(r.to_bytes(32, "big") + s.to_bytes(32, "big")).decode()
+
+
+ANNOTATIONS = {
+    "not-base64": lambda k, p: "not base64 at all!",
+    "base64-with-junk-chars": lambda k, p: ecdsa(k, p)[:-4] + "*@#$",
+    "huge": lambda k, p: base64.b64encode(b"\x30" * (2 << 20)).decode(),
+    "der-trailing-junk": _der_with_trailing_junk,
+    "raw-r-s": _raw_r_s,
+    "empty": lambda k, p: "",
+    "missing": lambda k, p: None,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ANNOTATIONS))
+def test_a_malformed_signature_annotation_is_refused(image, keys, kind):
+    url, repo, ref, digest = image
+    p = simple_signing(digest, ref.rsplit(":", 1)[0])
+    put_manifest(url, repo, sig_tag(digest), sig_manifest(url, repo, [(p, ANNOTATIONS[kind](keys["good"], p))]))
+    err = refused(ref, keys["dir"] / "good.pub")
+    assert len(err) < 4000 and "no valid signature" in err or "annotation" in err, err
+
+
+@pytest.mark.parametrize("annotations", ["a string", ["a", "list"], 7, {SIG: 12345}, {SIG: ["x"]}])
+def test_a_signature_layer_whose_annotations_are_not_strings(image, keys, fault_proxy, annotations):
+    """registry:2 refuses such a manifest; a hostile registry serves it anyway."""
+    url, repo, _, digest = image
+    m = sig_manifest(url, repo, [(simple_signing(digest, repo), None)])
+    m["layers"][0]["annotations"] = annotations
+    serve(fault_proxy, f"/manifests/{sig_tag(digest)}$", json.dumps(m).encode())
+    refused(f"{fault_proxy.host}/{repo}:1", keys["dir"] / "good.pub")
+
+
+# ---- a hostile registry --------------------------------------------------------------------------
+
+def test_a_registry_serving_other_bytes_for_the_payload_digest(image, keys, fault_proxy):
+    """The registry swaps the payload blob for one naming the same image (an attacker's own
+    signature over it cannot be by the key; the swap itself must be caught by the digest)."""
+    url, repo, _, digest = image
+    p = simple_signing(digest, repo)
+    m = sig_manifest(url, repo, [(p, ecdsa(keys["good"], p))])
+    put_manifest(url, repo, sig_tag(digest), m)
+    forged = simple_signing(digest, repo).replace(b'"optional": null', b'"optional": {"x": 1}')
+    serve(fault_proxy, f"/blobs/{m['layers'][0]['digest']}", forged, "application/octet-stream")
+    ref = f"{fault_proxy.host}/{repo}:1"
+    err = refused(ref, keys["dir"] / "good.pub")
+    assert "hashes to" in err
+
+
+def test_a_registry_answering_another_manifest_for_a_digest(image, keys, fault_proxy):
+    url, repo, _, digest = image
+    other = push_image(url, repo, "2", "the attacker's image")
+    p = simple_signing(other, repo)
+    put_manifest(url, repo, sig_tag(other), sig_manifest(url, repo, [(p, ecdsa(keys["good"], p))]))
+    body = requests.get(f"{url}/v2/{repo}/manifests/{other}", headers={"Accept": ACCEPT}, timeout=10).content
+    serve(fault_proxy, f"/manifests/{digest}$", body)
+    ref = f"{fault_proxy.host}/{repo}@{digest}"
+    err = refused(ref, keys["dir"] / "good.pub")
+    assert "hashes to" in err
+
+
+def test_a_tag_repushed_between_lookups_binds_to_the_first_answer(image, keys, fault_proxy):
+    """TOCTOU: the tag names the signed image at the first GET and an unsigned one afterwards.
+    verify asks for the tag once, and everything after that is by the digest it got, which it
+    prints."""
+    url, repo, _, signed = image
+    p = simple_signing(signed, repo)
+    put_manifest(url, repo, sig_tag(signed), sig_manifest(url, repo, [(p, ecdsa(keys["good"], p))]))
+    body = requests.get(f"{url}/v2/{repo}/manifests/{signed}", headers={"Accept": ACCEPT}, timeout=10).content
+    unsigned = push_image(url, repo, "1", "re-pushed, unsigned")
+    serve(fault_proxy, "/manifests/1$", body, times=1)
+    ref = f"{fault_proxy.host}/{repo}:1"
+    r = verify(ref, keys["dir"] / "good.pub", rc=0)
+    assert f"({signed})" in r.stderr and unsigned not in r.stderr + r.stdout
+    tag_lookups = [e for e in fault_proxy.log if e[1].endswith("/manifests/1")]
+    assert len(tag_lookups) == 1
+    # Asked again, the tag now names the unsigned image, and verify says so.
+    assert unsigned in refused(ref, keys["dir"] / "good.pub")
+
+
+@pytest.mark.parametrize("what", ["sig-manifest", "payload"])
+def test_huge_answers_are_cut_off(image, keys, fault_proxy, what):
+    url, repo, _, digest = image
+    p = simple_signing(digest, repo)
+    m = sig_manifest(url, repo, [(p, ecdsa(keys["good"], p))])
+    put_manifest(url, repo, sig_tag(digest), m)
+    huge = b"{" + b" " * (5 << 20) + b"}"
+    if what == "sig-manifest":
+        serve(fault_proxy, f"/manifests/{sig_tag(digest)}$", huge)
+    else:
+        serve(fault_proxy, f"/blobs/{m['layers'][0]['digest']}", huge, "application/octet-stream")
+    err = refused(f"{fault_proxy.host}/{repo}:1", keys["dir"] / "good.pub")
+    assert "larger than" in err
+
+
+def test_thousands_of_signature_layers_are_refused_without_fetching_them(image, keys, fault_proxy):
+    """Resource exhaustion: a .sig manifest of 3000 layers (one junk payload named 3000 times)."""
+    url, repo, _, digest = image
+    p = simple_signing(digest, repo)
+    one = sig_manifest(url, repo, [(p, ecdsa(keys["other"], p))])
+    one["layers"] = one["layers"] * 3000
+    put_manifest(url, repo, sig_tag(digest), one)
+    err = refused(f"{fault_proxy.host}/{repo}:1", keys["dir"] / "good.pub")
+    assert "3000 signature layers" in err and len(err) < 2000
+    assert len([e for e in fault_proxy.log if "/blobs/" in e[1]]) == 0
+
+
+def test_one_good_signature_among_foreign_ones(image, keys):
+    """Signatures by another key, for another image, and one good one: exactly the good one counts."""
+    url, repo, ref, digest = image
+    other = push_image(url, repo, "2", "other")
+    p_good, p_other_img = simple_signing(digest, repo), simple_signing(other, repo)
+    layers = [(p_good, ecdsa(keys["other"], p_good)), (p_other_img, ecdsa(keys["good"], p_other_img))]
+    put_manifest(url, repo, sig_tag(digest), sig_manifest(url, repo, layers))
+    err = refused(ref, keys["dir"] / "good.pub")
+    assert "not signed by this key" in err and f"it signs {other}" in err
+    put_manifest(url, repo, sig_tag(digest), sig_manifest(url, repo, [*layers, (p_good, ecdsa(keys["good"], p_good))]))
+    r = verify(ref, keys["dir"] / "good.pub", rc=0)
+    assert "1 valid signature(s)" in r.stderr and len(r.stdout.splitlines()) == 1
+
+
+def test_the_sig_tag_pointing_at_an_index_or_junk(image, keys, fault_proxy):
+    url, repo, _, digest = image
+    ref = f"{fault_proxy.host}/{repo}:1"
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
+    serve(fault_proxy, f"/manifests/{sig_tag(digest)}$", index, OCI_INDEX, times=1)
+    assert "no simple-signing signature" in refused(ref, keys["dir"] / "good.pub")
+    fault_proxy.clear()
+    serve(fault_proxy, f"/manifests/{sig_tag(digest)}$", b"[" * 100000, times=-1)
+    refused(ref, keys["dir"] / "good.pub")
+
+
+def test_escape_sequences_from_the_registry_are_not_printed(image, keys, fault_proxy):
+    url, repo, _, digest = image
+    evil = json.dumps({"errors": [{"code": "DENIED", "message": "\x1b]0;pwned\x07\x1b[2J\x1b[31mred\r"}]}).encode()
+    serve(fault_proxy, f"/manifests/{sig_tag(digest)}$", evil, "application/json", status=403)
+    err = refused(f"{fault_proxy.host}/{repo}:1", keys["dir"] / "good.pub")
+    assert "\x1b" not in err and "\x07" not in err and "\r" not in err
+    assert "\\x1b]0;pwned" in err            # shown, made harmless
