@@ -121,19 +121,18 @@ def _attestations(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     import os
-    from builder.attest.keys import generate_key_pair, password_from_env
+    from builder.attest.keys import generate_key_pair, password_for_new_key
     from builder.errors import BuildError
+    from registry.fsutil import atomic_write
     key_path, pub_path = f"{args.output_key_prefix}.key", f"{args.output_key_prefix}.pub"
     for path in (key_path, pub_path):
-        if os.path.exists(path) and not args.force:
+        if os.path.lexists(path) and not args.force:
             raise BuildError(f"{path} exists: remove it, pick another --output-key-prefix or pass --force")
-    pair = generate_key_pair(password_from_env())
-    for path, data, mode in ((key_path, pair.private_pem, 0o600), (pub_path, pair.public_pem, 0o644)):
-        tmp = f"{path}.tmp{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+    pair = generate_key_pair(password_for_new_key())
+    # atomic_write: a new randomly named O_EXCL|O_NOFOLLOW file renamed over the name, so a
+    # planted symlink (at the name or a guessable temporary one) is replaced, never written through.
+    atomic_write(key_path, pair.private_pem, 0o600)
+    atomic_write(pub_path, pair.public_pem, 0o644)
     print(f"Private key written to {key_path}\nPublic key written to {pub_path}", file=sys.stderr)
     return 0
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,110 @@ def test_escape_sequences_from_the_registry_are_not_printed(image, keys, fault_p
     err = refused(f"{fault_proxy.host}/{repo}:1", keys["dir"] / "good.pub")
     assert "\x1b" not in err and "\x07" not in err and "\r" not in err
     assert "\\x1b]0;pwned" in err            # shown, made harmless
+
+
+# ---- key files -----------------------------------------------------------------------------------
+
+def _public_pem(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _bad_public_keys(tmp: Path, keys) -> dict[str, Path]:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    made = {"p384": _public_pem(ec.generate_private_key(ec.SECP384R1())),
+            "secp256k1": _public_pem(ec.generate_private_key(ec.SECP256K1())),
+            "rsa": _public_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+            "ed25519": _public_pem(ed25519.Ed25519PrivateKey.generate()),
+            "private-key-given": (keys["dir"] / "good.key").read_bytes(),
+            "not-pem": b"hello\n", "empty": b"",
+            "junk-base64": b"-----BEGIN PUBLIC KEY-----\n!!!!\n-----END PUBLIC KEY-----\n",
+            "huge": b"-----BEGIN PUBLIC KEY-----\n" + b"A" * (32 << 20) + b"\n-----END PUBLIC KEY-----\n"}
+    out = {}
+    for name, data in made.items():
+        (tmp / name).write_bytes(data)
+        out[name] = tmp / name
+    (tmp / "a-directory").mkdir()
+    out["a-directory"] = tmp / "a-directory"
+    return out
+
+
+def test_a_public_key_that_is_not_p256_is_refused(image, keys, tmp_path):
+    url, repo, ref, digest = image
+    p = simple_signing(digest, repo)
+    put_manifest(url, repo, sig_tag(digest), sig_manifest(url, repo, [(p, ecdsa(keys["good"], p))]))
+    for name, path in _bad_public_keys(tmp_path, keys).items():
+        r = verify(ref, path, rc=1)
+        assert str(path) in r.stderr and r.stdout == "", (name, r.stderr)
+        assert "P-256" in r.stderr or "PEM public key" in r.stderr or "cannot read" in r.stderr \
+            or "larger than" in r.stderr, (name, r.stderr)
+
+
+def test_a_private_key_that_is_not_p256_or_a_crafted_key_document(image, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    _, _, ref, _ = image
+    p384 = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+    def encrypted(doc: bytes) -> bytes:
+        b64 = base64.b64encode(doc).decode()
+        return f"-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n{b64}\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n".encode()
+
+    salt = base64.b64encode(b"s" * 32).decode()
+    crafted = {
+        "p384": p384,
+        "deeply-nested": encrypted(b"[" * 100000 + b"]" * 100000),
+        "huge-scrypt-n": encrypted(json.dumps({"kdf": {"name": "scrypt", "params": {"N": 1 << 30, "r": 8, "p": 1},
+                                                       "salt": salt}, "cipher": {"name": "nacl/secretbox",
+                                                                                 "nonce": salt[:32]},
+                                               "ciphertext": salt}).encode()),
+        "kdf-a-list": encrypted(b'{"kdf": [], "cipher": {}, "ciphertext": ""}'),
+        "huge-file": encrypted(b"{" + b" " * (32 << 20) + b"}"),
+    }
+    for name, data in crafted.items():
+        path = tmp_path / f"{name}.key"
+        path.write_bytes(data)
+        r = run_pybuild("sign", "--key", path, ref, env={**os.environ, "COSIGN_PASSWORD": "x"}, timeout=120)
+        assert r.returncode == 1 and "Traceback" not in r.stderr and str(path) in r.stderr, (name, r.stderr)
+
+
+# ---- what generate-key-pair writes ---------------------------------------------------------------
+
+def test_generate_key_pair_does_not_follow_a_planted_symlink(tmp_path, monkeypatch):
+    """Another user of a shared directory plants symlinks where the key files are written (the
+    final names and the temporary name the writer would pick): the canary they point at is
+    neither written nor truncated, and the private key lands 0600 in a file of its own."""
+    from builder.cli import main
+    canary = tmp_path / "canary"
+    canary.write_text("host canary\n")
+    work = tmp_path / "shared"
+    work.mkdir()
+    prefix = work / "cosign"
+    planted = [f"cosign.key.tmp{os.getpid()}", f"cosign.pub.tmp{os.getpid()}"]    # the names it used to write
+    for name in ("cosign.key", "cosign.pub", *planted):
+        (work / name).symlink_to(canary)
+    monkeypatch.setenv("COSIGN_PASSWORD", "pw")
+    old = os.umask(0)
+    try:
+        assert main(["generate-key-pair", "--force", "--output-key-prefix", str(prefix)]) == 0
+    finally:
+        os.umask(old)
+    assert canary.read_text() == "host canary\n"
+    key = work / "cosign.key"
+    assert not key.is_symlink() and b"ENCRYPTED SIGSTORE PRIVATE KEY" in key.read_bytes()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert not (work / "cosign.pub").is_symlink()
+    assert sorted(p.name for p in work.iterdir()) == sorted(["cosign.key", "cosign.pub", *planted])
+
+
+def test_generate_key_pair_without_a_password_source_refuses(tmp_path):
+    """No COSIGN_PASSWORD and no terminal to ask on: refuse rather than write a key anyone can
+    decrypt; COSIGN_PASSWORD= (empty) is the explicit way to want that."""
+    env = {k: v for k, v in os.environ.items() if k != "COSIGN_PASSWORD"}
+    r = run_pybuild("generate-key-pair", "--output-key-prefix", tmp_path / "k", env=env, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1 and "COSIGN_PASSWORD" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
+    run_pybuild("generate-key-pair", "--output-key-prefix", tmp_path / "k", env={**env, "COSIGN_PASSWORD": ""},
+                stdin=subprocess.DEVNULL, check_rc=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.key", "k.pub"]
