@@ -135,6 +135,13 @@ def copy_attachments(client: RegistryClient, source: RemoteEndpoint, dst: Remote
                 found.append((info.digest, tag + suffix))
         for digest, as_tag in found:
             plan = plan_copy(source, digest, all_platforms=True, where=f"{source.name}@{digest}")
+            named = plan.top.doc.subject.digest if plan.top.doc.subject else None
+            if as_tag is None and named != subject:
+                # The source's referrers list is the registry's word only: a manifest about
+                # another image must not be written into the destination (where its subject
+                # may be an image of the destination's own).
+                progress.message(f"not copying referrer {digest} of {subject}: its subject is {named or 'missing'}")
+                continue
             progress.message(f"copying {as_tag or 'referrer ' + digest} of {subject}")
             run_copy(plan, source, dst, tag=as_tag, progress=progress, workers=client.options.max_per_host)
             copied += 1

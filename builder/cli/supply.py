@@ -92,9 +92,13 @@ def _matches(entry: Any, kind: str, want: str) -> bool:
 def _attestations(args: argparse.Namespace) -> int:
     where, digest, found = _find(args)
     if args.type:
-        docs = [e.content for a in found for e in a.entries if _matches(e, a.kind, args.type)]
+        matching = [e for a in found for e in a.entries if _matches(e, a.kind, args.type)]
+        docs = [e.content for e in matching if e.content is not None]
         if not docs:
             from builder.errors import BuildError
+            if matching:
+                raise BuildError(f"{args.ref} ({where}, {digest}): {len(matching)} {args.type} document(s) attached, "
+                                 "none usable: " + "; ".join(sorted({e.problem or 'not read' for e in matching})))
             have = sorted({e.predicate_type or a.kind for a in found for e in a.entries})
             raise BuildError(f"{args.ref} ({where}, {digest}): no {args.type} attached"
                              + (f"; it has: {', '.join(have)}" if have else "; nothing is attached"))
@@ -105,8 +109,8 @@ def _attestations(args: argparse.Namespace) -> int:
         print(json.dumps({"reference": args.ref, "source": where, "digest": digest,
                           "attachments": [a.to_dict() for a in found]}, indent=2))
         return 0
-    from .format import print_table
-    print(f"{args.ref} ({where}): {digest}")
+    from .format import print_table, printable
+    print(printable(f"{args.ref} ({where}): {digest}"))
     if not found:
         print("nothing attached")
         return 0
@@ -114,6 +118,8 @@ def _attestations(args: argparse.Namespace) -> int:
     for a in found:
         for e in a.entries or [None]:
             what = (e.predicate_type or e.media_type) if e is not None else a.artifact_type
+            if e is not None and e.problem:
+                what += f" (set aside: {e.problem})"
             rows.append((a.kind, what, a.subject[:19], a.manifest[:19], ", ".join(a.found_by)))
     print_table(rows)
     return 0

@@ -432,3 +432,169 @@ def test_generate_key_pair_without_a_password_source_refuses(tmp_path):
     run_pybuild("generate-key-pair", "--output-key-prefix", tmp_path / "k", env={**env, "COSIGN_PASSWORD": ""},
                 stdin=subprocess.DEVNULL, check_rc=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.key", "k.pub"]
+
+
+# ---- attestations --------------------------------------------------------------------------------
+
+def statement(digest: str, predicate: object = None, predicate_type: str = SPDX) -> bytes:
+    return json.dumps({"_type": "https://in-toto.io/Statement/v0.1", "predicateType": predicate_type,
+                       "subject": [{"name": "pkg:docker/x", "digest": {"sha256": digest.split(":", 1)[1]}}],
+                       "predicate": predicate if predicate is not None else {"spdxVersion": "SPDX-2.3"}}).encode()
+
+
+def attestation(url: str, repo: str, layers: list[bytes | tuple[bytes, dict]], subject: str | None) -> dict:
+    """An attestation manifest (BuildKit's layout, OCI subject ``subject``) of in-toto layers."""
+    descs = []
+    for layer in layers:
+        data, ann = layer if isinstance(layer, tuple) else (layer, {"in-toto.io/predicate-type": SPDX})
+        descs.append({"mediaType": IN_TOTO, **put_blob(url, repo, data), "annotations": ann})
+    cfg = put_blob(url, repo, b'{"architecture":"unknown","os":"unknown","config":{},"rootfs":{"type":"layers"}}')
+    m = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.docker.attestation.manifest.v1+json",
+         "config": {"mediaType": OCI_CONFIG, **cfg}, "layers": descs}
+    if subject:
+        size = len(requests.get(f"{url}/v2/{repo}/manifests/{subject}", headers={"Accept": ACCEPT}, timeout=10).content)
+        m["subject"] = {"mediaType": OCI_MANIFEST, "digest": subject, "size": size}
+    return m
+
+
+def fallback(url: str, repo: str, subject: str, entries: list) -> None:
+    """Write the referrers tag-schema index of ``subject`` (registry 2.8 has no referrers API)."""
+    put_manifest(url, repo, subject.replace(":", "-"),
+                 {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, OCI_INDEX)
+
+
+def entry(digest: str, doc: dict) -> dict:
+    return {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(json.dumps(doc).encode()),
+            "artifactType": doc.get("artifactType", "")}
+
+
+def attestations(ref: str, *extra: str, rc: int | None = 0):
+    r = run_pybuild("attestations", "--remote", *extra, ref, timeout=120)
+    assert "Traceback" not in r.stderr, r.stderr
+    if rc is not None:
+        assert r.returncode == rc, f"rc {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    return r
+
+
+def test_a_referrer_about_another_image_is_not_listed(image):
+    """The fallback index of A lists an attestation manifest whose subject is B, and one with no
+    subject at all: neither is A's."""
+    url, repo, ref, a = image
+    b = push_image(url, repo, "b", "image b")
+    foreign = attestation(url, repo, [statement(b, {"evil": True})], subject=b)
+    orphan = attestation(url, repo, [statement(a, {"orphan": True})], subject=None)
+    fd = put_manifest(url, repo, "foreign", foreign)
+    od = put_manifest(url, repo, "orphan", orphan)
+    fallback(url, repo, a, [entry(fd, foreign), entry(od, orphan)])
+    doc = json.loads(attestations(ref, "--format", "json").stdout)
+    assert doc["digest"] == a and doc["attachments"] == []
+    assert "no sbom attached" in attestations(ref, "--type", "sbom", rc=1).stderr
+
+
+def test_an_attestation_whose_statement_names_another_image(image):
+    """The manifest's OCI subject is A, but its in-toto statement is about B (a statement moved
+    from another image): listed with the problem, never printed as A's SBOM."""
+    url, repo, ref, a = image
+    b = push_image(url, repo, "b", "image b")
+    m = attestation(url, repo, [statement(b, {"moved": True})], subject=a)
+    md = put_manifest(url, repo, "moved", m)
+    fallback(url, repo, a, [entry(md, m)])
+    [att] = json.loads(attestations(ref, "--format", "json").stdout)["attachments"]
+    [e] = att["entries"]
+    assert "about another image" in e["problem"] and "content" not in e
+    err = attestations(ref, "--type", "sbom", rc=1).stderr
+    assert "none usable" in err and "about another image" in err
+
+
+def test_an_index_attestation_entry_for_a_digest_not_in_the_index(image):
+    url, repo, ref, a = image
+    b = push_image(url, repo, "b", "image b")
+    m = attestation(url, repo, [statement(b)], subject=None)
+    md = put_manifest(url, repo, "att", m)
+    amd = requests.get(f"{url}/v2/{repo}/manifests/{a}", headers={"Accept": ACCEPT}, timeout=10).content
+    idx = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": a, "size": len(amd), "platform": {"architecture": "amd64", "os": "linux"}},
+        {**entry(md, m), "platform": {"architecture": "unknown", "os": "unknown"},
+         "annotations": {"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": b}}]}
+    put_manifest(url, repo, "idx", idx, OCI_INDEX)
+    doc = json.loads(attestations(ref.rsplit(":", 1)[0] + ":idx", "--format", "json").stdout)
+    assert doc["attachments"] == []
+
+
+@pytest.mark.parametrize("kind", ["not-json", "deeply-nested", "declared-huge"])
+def test_a_malformed_or_huge_attestation_layer(image, fault_proxy, kind):
+    url, repo, _, a = image
+    if kind == "declared-huge":
+        m = attestation(url, repo, [statement(a)], subject=a)
+        m["layers"][0]["size"] = 100 << 20        # listed, never fetched
+    else:
+        m = attestation(url, repo, [b"{not json" if kind == "not-json" else b"[" * 100000 + b"]" * 100000],
+                        subject=a)
+    body = json.dumps(m).encode()
+    md = "sha256:" + hashlib.sha256(body).hexdigest()
+    serve(fault_proxy, f"/manifests/{md}$", body)
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry(md, m)]}
+    serve(fault_proxy, f"/manifests/{a.replace(':', '-')}$", json.dumps(index).encode(), OCI_INDEX)
+    ref = f"{fault_proxy.host}/{repo}:1"
+    [att] = json.loads(attestations(ref, "--format", "json").stdout)["attachments"]
+    [e] = att["entries"]
+    assert "content" not in e
+    if kind == "declared-huge":
+        assert not [x for x in fault_proxy.log if m["layers"][0]["digest"] in x[1]]
+    else:
+        assert "not valid JSON" in e["problem"]
+        assert "none usable" in attestations(ref, "--type", "sbom", rc=1).stderr
+
+
+def test_junk_in_the_referrers_fallback_index(image, fault_proxy):
+    url, repo, _, a = image
+    good = attestation(url, repo, [statement(a)], subject=a)
+    gd = put_manifest(url, repo, "good", good)
+    junk = [{}, {"digest": 5}, {"digest": "sha256:../../../v2/_catalog"}, "a string", 7, None, entry(gd, good)]
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": junk}).encode()
+    serve(fault_proxy, f"/manifests/{a.replace(':', '-')}$", body, OCI_INDEX)
+    ref = f"{fault_proxy.host}/{repo}:1"
+    [att] = json.loads(attestations(ref, "--format", "json").stdout)["attachments"]
+    assert att["manifest"] == gd
+    fault_proxy.clear()
+    serve(fault_proxy, f"/manifests/{a.replace(':', '-')}$", b'["not", "an", "index"]', OCI_INDEX)
+    assert "not a JSON object" in attestations(ref, rc=1).stderr
+
+
+def test_thousands_of_referrers_are_refused_unread(image, fault_proxy):
+    url, repo, _, a = image
+    good = attestation(url, repo, [statement(a)], subject=a)
+    gd = put_manifest(url, repo, "good", good)
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry(gd, good)] * 3000}).encode()
+    serve(fault_proxy, f"/manifests/{a.replace(':', '-')}$", body, OCI_INDEX)
+    err = attestations(f"{fault_proxy.host}/{repo}:1", rc=1).stderr
+    assert "lists 3000, more than the 256" in err
+    assert not [x for x in fault_proxy.log if x[1].endswith(f"/manifests/{gd}")]
+
+
+def test_escape_sequences_in_attached_fields_are_not_printed(image):
+    url, repo, ref, a = image
+    evil = "\x1b]0;owned\x07\x1b[2J\x1b[1;31mSAFE\r\u202e"
+    m = attestation(url, repo, [(statement(a, predicate_type=evil), {"in-toto.io/predicate-type": evil})], subject=a)
+    md = put_manifest(url, repo, "evil", m)
+    fallback(url, repo, a, [entry(md, m)])
+    out = attestations(ref).stdout
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out and "\u202e" not in out
+    assert "\\x1b]0;owned" in out
+
+
+def test_copy_all_does_not_carry_a_foreign_referrer_into_the_destination(image, registry):
+    """Mirroring a hostile image A whose referrers list names an attestation about C, an image
+    of the destination's own: the attestation must not land there as C's."""
+    url, repo, ref, a = image
+    dst_repo = repo + "-mirror"
+    c = push_image(url, dst_repo, "c", "the destination's own image")
+    push_image(url, repo, "c", "the destination's own image")         # the same manifest, so C exists here too
+    foreign = attestation(url, repo, [statement(c, {"injected": True})], subject=c)
+    fd = put_manifest(url, repo, "foreign", foreign)
+    fallback(url, repo, a, [entry(fd, foreign)])
+    r = run_pybuild("copy", "--all", ref, f"{registry.host}/{dst_repo}:1", timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert requests.get(f"{url}/v2/{dst_repo}/manifests/{fd}", headers={"Accept": ACCEPT}, timeout=10).status_code == 404
+    doc = json.loads(attestations(f"{registry.host}/{dst_repo}:c", "--format", "json").stdout)
+    assert doc["attachments"] == []
