@@ -91,6 +91,10 @@ def sign_digest(repo: Any, digest: str, size: int, media_type: str, key: Any) ->
             layers = [l for l in prev.layers if l.media_type == SIMPLESIGNING]
     except NotFoundError:
         pass
+    if len(layers) >= MAX_SIGNATURES:
+        # One more would make a manifest that verify refuses unread: say so before writing it.
+        raise VerificationError(f"{repo.ref}:{tag} already holds {len(layers)} signature layers (verify checks at "
+                                f"most {MAX_SIGNATURES}); delete that tag or sign another digest")
     pd = _upload(repo, body)
     new = Descriptor(SIMPLESIGNING, pd.digest, pd.size, annotations={SIGNATURE_ANNOTATION: sig})
     # The same payload and signature again (ECDSA signatures differ each time: rarely) stays one layer.

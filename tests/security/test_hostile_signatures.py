@@ -291,6 +291,17 @@ def test_thousands_of_signature_layers_are_refused_without_fetching_them(image, 
     err = refused(f"{fault_proxy.host}/{repo}:1", keys["dir"] / "good.pub")
     assert "3000 signature layers" in err and len(err) < 2000
     assert len([e for e in fault_proxy.log if "/blobs/" in e[1]]) == 0
+    # Signing on top of it would only add a signature nobody can verify: refused, tag unchanged.
+    before = requests.get(f"{url}/v2/{repo}/manifests/{sig_tag(digest)}", headers={"Accept": ACCEPT}, timeout=10).content
+    r = run_pybuild("sign", "--key", keys["dir"] / "good.key", f"{fault_proxy.host}/{repo}:1", timeout=120)
+    assert r.returncode == 1 and "already holds 3000 signature layers" in r.stderr and "Traceback" not in r.stderr
+    assert requests.get(f"{url}/v2/{repo}/manifests/{sig_tag(digest)}", headers={"Accept": ACCEPT},
+                        timeout=10).content == before
+    # At the limit every layer is checked, and the message stays short.
+    one["layers"] = one["layers"][:100]
+    put_manifest(url, repo, sig_tag(digest), one)
+    err = refused(f"{fault_proxy.host}/{repo}:1", keys["dir"] / "good.pub")
+    assert "among 100" in err and "and 90 more" in err and len(err) < 2000
 
 
 def test_one_good_signature_among_foreign_ones(image, keys):
