@@ -203,6 +203,16 @@ def password_for_new_key() -> bytes:
     return first.encode()
 
 
+def _password_to_read(where: str) -> bytes:
+    """The password of an encrypted key file: COSIGN_PASSWORD when set, else asked once on a
+    terminal, else empty (a key made with COSIGN_PASSWORD= still opens in CI)."""
+    import sys
+    if PASSWORD_ENV in os.environ or not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return password_from_env()
+    import getpass
+    return getpass.getpass(f"Enter password for private key {where}: ").encode()
+
+
 @dataclass
 class KeyPair:
     """The two files `generate-key-pair` writes."""
@@ -229,7 +239,7 @@ def load_private_key(path: str | os.PathLike, password: bytes | None = None):
     data = _read_key_file(path)
     if b"-----BEGIN ENCRYPTED SIGSTORE" in data or b"-----BEGIN ENCRYPTED COSIGN" in data:
         _, body = _unpem(data, PEM_TYPES, where)
-        der = decrypt(body, password_from_env() if password is None else password, where)
+        der = decrypt(body, _password_to_read(where) if password is None else password, where)
         try:
             key = serialization.load_der_private_key(der, None)
         except ValueError:

@@ -200,6 +200,11 @@ def verify(client: Any, ref: str, public_key: Any, identity: str | None = None) 
     meanwhile cannot swap the image), and that digest is what the result and every error name."""
     from registry.errors import RegistryError
     from registry.reference import parse_reference
+    if identity is not None:
+        try:
+            _repository_of(identity)
+        except ValueError:
+            raise VerificationError(f"identity {identity!r} is not a repository reference") from None
     r = parse_reference(ref)
     repo = client.repository(r.registry, r.repository)
     digest = repo.get_manifest(r.identifier).digest

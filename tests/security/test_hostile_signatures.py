@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fixtures.cli import run_pybuild
+from tests.fixtures.cli import REPO, pybuild_argv, run_pybuild
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -175,6 +175,8 @@ def test_a_signature_made_for_another_repository(image, keys):
         "docker-manifest-digest"] == digest
     err = refused(ref, keys["dir"] / "good.pub", "--identity", ref.rsplit(":", 1)[0])
     assert f"it was made for {elsewhere}" in err
+    r = verify(ref, keys["dir"] / "good.pub", "--identity", "Not A Repo!", rc=1)
+    assert "identity 'Not A Repo!' is not a repository reference" in r.stderr
 
 
 # ---- the signature annotation --------------------------------------------------------------------
@@ -609,3 +611,52 @@ def test_copy_all_does_not_carry_a_foreign_referrer_into_the_destination(image, 
     assert requests.get(f"{url}/v2/{dst_repo}/manifests/{fd}", headers={"Accept": ACCEPT}, timeout=10).status_code == 404
     doc = json.loads(attestations(f"{registry.host}/{dst_repo}:c", "--format", "json").stdout)
     assert doc["attachments"] == []
+
+
+def _on_a_terminal(argv: list[str], answers: list[bytes], env: dict) -> tuple[int, bytes]:
+    """Run ``argv`` with a pseudo-terminal as its controlling terminal, typing each of ``answers``
+    after a prompt ending in ': '; (exit code, everything it showed)."""
+    import pty
+    import select
+    pid, fd = pty.fork()
+    if pid == 0:                                       # the child: exec at once, nothing else
+        os.chdir(str(REPO))
+        os.execve(argv[0], argv, env)
+    seen, left, mark = b"", list(answers), 0
+    while True:
+        ready, _, _ = select.select([fd], [], [], 60)
+        if not ready:
+            os.kill(pid, 9)
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if left and seen[mark:].endswith(b": "):        # a new prompt since the last answer
+            os.write(fd, left.pop(0) + b"\n")
+            mark = len(seen)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), seen
+
+
+def test_passwords_are_asked_on_a_terminal(image, tmp_path):
+    """Without COSIGN_PASSWORD, a terminal is asked: twice for a new key (a mismatch writes
+    nothing), once to sign; the password is not echoed."""
+    env = {k: v for k, v in os.environ.items() if k != "COSIGN_PASSWORD"}
+    env["PYTHONPATH"] = str(REPO)
+    gen = [*pybuild_argv("generate-key-pair", "--output-key-prefix", tmp_path / "k")]
+    rc, shown = _on_a_terminal(gen, [b"s3cret-one", b"s3cret-two"], env)
+    assert rc == 1 and b"differ" in shown and list(tmp_path.iterdir()) == []
+    rc, shown = _on_a_terminal(gen, [b"s3cret-pw", b"s3cret-pw"], env)
+    assert rc == 0 and b"s3cret" not in shown, shown
+    from builder.attest.keys import KeyFileError, load_private_key
+    load_private_key(tmp_path / "k.key", b"s3cret-pw")
+    with pytest.raises(KeyFileError, match="wrong password"):
+        load_private_key(tmp_path / "k.key", b"")
+    _, _, ref, digest = image
+    rc, shown = _on_a_terminal([*pybuild_argv("sign", "--key", tmp_path / "k.key", ref)], [b"s3cret-pw"], env)
+    assert rc == 0 and digest.encode() in shown, shown
