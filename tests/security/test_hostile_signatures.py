@@ -574,12 +574,16 @@ def test_junk_in_the_referrers_fallback_index(image, fault_proxy):
     assert "not a JSON object" in attestations(ref, rc=1).stderr
 
 
-def test_thousands_of_referrers_are_refused_unread(image, fault_proxy):
+@pytest.mark.parametrize("where", ["fallback-tag", "referrers-api"])
+def test_thousands_of_referrers_are_refused_unread(image, fault_proxy, where):
+    """The same list from the tag-schema fallback index, or from a registry that claims the
+    referrers API (the proxy answers /v2/REPO/referrers/DIGEST)."""
     url, repo, _, a = image
     good = attestation(url, repo, [statement(a)], subject=a)
     gd = put_manifest(url, repo, "good", good)
     body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry(gd, good)] * 3000}).encode()
-    serve(fault_proxy, f"/manifests/{a.replace(':', '-')}$", body, OCI_INDEX)
+    path = f"/manifests/{a.replace(':', '-')}$" if where == "fallback-tag" else f"/referrers/{a}$"
+    serve(fault_proxy, path, body, OCI_INDEX)
     err = attestations(f"{fault_proxy.host}/{repo}:1", rc=1).stderr
     assert "lists 3000, more than the 256" in err
     assert not [x for x in fault_proxy.log if x[1].endswith(f"/manifests/{gd}")]
