@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fixtures.cli import REPO, pybuild_argv, run_pybuild
+from tests.fixtures.cli import REPO, pybuild_argv, run_on_pty, run_pybuild
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -618,33 +618,8 @@ def test_copy_all_does_not_carry_a_foreign_referrer_into_the_destination(image, 
 
 
 def _on_a_terminal(argv: list[str], answers: list[bytes], env: dict) -> tuple[int, bytes]:
-    """Run ``argv`` with a pseudo-terminal as its controlling terminal, typing each of ``answers``
-    after a prompt ending in ': '; (exit code, everything it showed)."""
-    import pty
-    import select
-    pid, fd = pty.fork()
-    if pid == 0:                                       # the child: exec at once, nothing else
-        os.chdir(str(REPO))
-        os.execve(argv[0], argv, env)
-    seen, left, mark = b"", list(answers), 0
-    while True:
-        ready, _, _ = select.select([fd], [], [], 60)
-        if not ready:
-            os.kill(pid, 9)
-            break
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-        if left and seen[mark:].endswith(b": "):        # a new prompt since the last answer
-            os.write(fd, left.pop(0) + b"\n")
-            mark = len(seen)
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    return os.waitstatus_to_exitcode(status), seen
+    """Run ``argv`` on a pseudo-terminal, typing each of ``answers`` at the next prompt."""
+    return run_on_pty(argv, [((b": ",), a + b"\n") for a in answers], env=env, timeout=60)
 
 
 def test_passwords_are_asked_on_a_terminal(image, tmp_path):
