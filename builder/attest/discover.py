@@ -15,11 +15,10 @@ from typing import Any, Callable
 
 from registry import mediatypes as mt
 from registry.manifest import Descriptor, Index, Manifest, parse_manifest
+from registry.signatures import SIGNATURE_ANNOTATION, SIMPLESIGNING, signature_tag
 
 from .attach import IN_TOTO, PREDICATE_ANNOTATION, REF_DIGEST, REF_TYPE, ATTESTATION_MANIFEST
 
-SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
-SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 # Layers bigger than this are listed but not read (an SBOM of a big image is a few MB).
 MAX_ATTACHMENT_BLOB = 64 << 20
 # All the layers one discovery reads together (a registry can list many referrers).
@@ -198,12 +197,6 @@ def discover_remote(client: Any, ref: str) -> tuple[str, list[Attachment]]:
         if info is not None:
             _merge(found, read_attachment(get_manifest, get_blob, info.digest, subject, f"tag {tag}", where))
     return top.digest, found
-
-
-def signature_tag(digest: str) -> str:
-    """cosign's signature tag of an image digest: ``sha256:abc`` -> ``sha256-abc.sig``."""
-    algo, _, hexpart = digest.partition(":")
-    return f"{algo}-{hexpart}.sig"
 
 
 def subject_descriptor(digest: str, size: int, media_type: str = mt.OCI_MANIFEST) -> Descriptor:

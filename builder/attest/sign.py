@@ -18,21 +18,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from registry import mediatypes as mt
-from registry.manifest import Descriptor, Manifest, parse_manifest
+from registry.manifest import Descriptor, parse_manifest
+from registry.signatures import (MAX_PAYLOAD, MAX_SIGNATURES, SIGNATURE_ANNOTATION, SIGNATURE_ARTIFACT, SIMPLESIGNING, signature_layers,
+                                 signature_tag)
 
 from ..errors import BuildError
-from .discover import SIGNATURE_ANNOTATION, SIMPLESIGNING, signature_tag
+
+__all__ = ["MAX_SIGNATURES", "SIGNATURE_ARTIFACT", "SIGNATURE_TYPE", "Signed", "VerificationError", "Verified",
+           "payload", "sign", "sign_digest", "sign_refs", "signed_identities", "verify"]
 
 SIGNATURE_TYPE = "cosign container image signature"
-# cosign's artifactType for signatures stored as OCI 1.1 referrers.
-SIGNATURE_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"
-
-
-# A signature manifest with more simple-signing layers than this is refused unread (cosign adds
-# one layer per signature; a hundred keys signing one digest is far beyond real use).
-MAX_SIGNATURES = 100
-# A simple-signing payload is a few hundred bytes.
-MAX_PAYLOAD = 64 << 10
 MAX_REASONS = 10
 
 
@@ -51,13 +46,6 @@ def payload(repository: str, digest: str, creator: str | None = None) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _config(layer_digests: list[str]) -> bytes:
-    # What cosign's signature images carry: an empty image config listing the payloads.
-    cfg = {"architecture": "", "created": "0001-01-01T00:00:00Z", "history": [{"created": "0001-01-01T00:00:00Z"}],
-           "os": "", "rootfs": {"type": "layers", "diff_ids": layer_digests}, "config": {}}
-    return json.dumps(cfg, separators=(",", ":")).encode()
-
-
 @dataclass
 class Signed:
     """What `sign` did: the image digest signed and the signature manifest's tag and digest."""
@@ -67,48 +55,17 @@ class Signed:
     manifest: str
 
 
-def _upload(repo: Any, data: bytes) -> Descriptor:
-    d = Descriptor.of(data, "application/octet-stream")
-    if repo.blob_size(d.digest) is None:
-        repo.upload_blob(d.digest, len(data), lambda offset: [data[offset:]])
-    return d
-
-
 def sign_digest(repo: Any, digest: str, size: int, media_type: str, key: Any) -> Signed:
     """Add a signature by ``key`` of manifest ``digest`` (of ``size`` bytes) to ``repo``."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
-    from registry.errors import NotFoundError
+    from registry.signatures import add_signatures, upload_small
     body = payload(f"{repo.host}/{repo.name}", digest)
     sig = base64.b64encode(key.sign(body, ec.ECDSA(hashes.SHA256()))).decode()
-    tag = signature_tag(digest)
-    layers: list[Descriptor] = []
-    old = None
-    try:
-        old = repo.get_manifest(tag)
-        prev = parse_manifest(old.data, old.media_type, where=f"{repo.ref}:{tag}")
-        if isinstance(prev, Manifest):
-            layers = [l for l in prev.layers if l.media_type == SIMPLESIGNING]
-    except NotFoundError:
-        pass
-    if len(layers) >= MAX_SIGNATURES:
-        # One more would make a manifest that verify refuses unread: say so before writing it.
-        raise VerificationError(f"{repo.ref}:{tag} already holds {len(layers)} signature layers (verify checks at "
-                                f"most {MAX_SIGNATURES}); delete that tag or sign another digest")
-    pd = _upload(repo, body)
+    pd = upload_small(repo, body)
     new = Descriptor(SIMPLESIGNING, pd.digest, pd.size, annotations={SIGNATURE_ANNOTATION: sig})
-    # The same payload and signature again (ECDSA signatures differ each time: rarely) stays one layer.
-    layers = [l for l in layers if (l.digest, l.annotations.get(SIGNATURE_ANNOTATION)) != (new.digest, sig)]
-    layers.append(new)
-    cfg = _config([l.digest for l in layers])
-    cd = _upload(repo, cfg)
-    m = Manifest(config=Descriptor(mt.OCI_CONFIG, cd.digest, cd.size), layers=layers, media_type=mt.OCI_MANIFEST,
-                 subject=Descriptor(media_type or mt.OCI_MANIFEST, digest, size), artifact_type=SIGNATURE_ARTIFACT)
-    data = m.to_bytes()
-    got = repo.put_manifest(tag, data, mt.OCI_MANIFEST)
-    if old is not None and old.digest != got:
-        repo.drop_referrer_fallback(digest, old.digest)
-    return Signed(f"{repo.ref}@{digest}", digest, tag, got)
+    got, _ = add_signatures(repo, Descriptor(media_type or mt.OCI_MANIFEST, digest, size), [new])
+    return Signed(f"{repo.ref}@{digest}", digest, signature_tag(digest), got)
 
 
 def sign(client: Any, ref: str, key: Any, recursive: bool = False) -> list[Signed]:
@@ -225,8 +182,7 @@ def _verify_digest(repo: Any, ref: str, digest: str, public_key: Any, identity: 
         sm = repo.get_manifest(tag)
     except NotFoundError:
         raise VerificationError(f"{ref} ({digest}) is not signed: no {tag} signature in {repo.ref}") from None
-    doc = parse_manifest(sm.data, sm.media_type, where=f"{repo.ref}:{tag}")
-    layers = [l for l in getattr(doc, "layers", []) if l.media_type == SIMPLESIGNING]
+    layers = signature_layers(sm.data, sm.media_type, f"{repo.ref}:{tag}")
     if not layers:
         raise VerificationError(f"{ref} ({digest}): {repo.ref}:{tag} holds no simple-signing signature")
     if len(layers) > MAX_SIGNATURES:

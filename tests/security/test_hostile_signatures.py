@@ -639,3 +639,27 @@ def test_passwords_are_asked_on_a_terminal(image, tmp_path):
     _, _, ref, digest = image
     rc, shown = _on_a_terminal([*pybuild_argv("sign", "--key", tmp_path / "k.key", ref)], [b"s3cret-pw"], env)
     assert rc == 0 and digest.encode() in shown, shown
+
+
+def test_copy_all_from_a_hostile_source_keeps_the_destinations_signatures(image, keys, registry):
+    """The destination holds image D signed by its owner; a hostile source holds the same D with a
+    `.sig` of its own (junk and another key's). Mirroring it with copy --all must not replace the
+    destination's signature: afterwards the owner's key still verifies there, and the source's
+    signature layers are carried along beside it."""
+    url, repo, ref, d = image
+    dst_repo = repo + "-dst"
+    body = requests.get(f"{url}/v2/{repo}/manifests/{d}", headers={"Accept": ACCEPT}, timeout=10).content
+    for layer in json.loads(body)["layers"] + [json.loads(body)["config"]]:
+        blob = requests.get(f"{url}/v2/{repo}/blobs/{layer['digest']}", timeout=10).content
+        put_blob(url, dst_repo, blob)
+    assert put_manifest(url, dst_repo, "1", body) == d
+    dst = f"{registry.host}/{dst_repo}:1"
+    run_pybuild("sign", "--key", keys["dir"] / "good.key", dst, check_rc=0)
+    p = simple_signing(d, repo)
+    put_manifest(url, repo, sig_tag(d), sig_manifest(url, repo, [(p, ecdsa(keys["other"], p)), (b"{}", "junk")]))
+    r = run_pybuild("copy", "--all", ref, dst, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"added 2 signature(s) from {registry.host}/{repo}:{sig_tag(d)}" in r.stderr, r.stderr
+    v = verify(dst, keys["dir"] / "good.pub", rc=0)
+    assert f"({d})" in v.stderr
+    verify(dst, keys["dir"] / "other.pub", rc=0)          # the source's signature came along too
