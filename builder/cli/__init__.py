@@ -191,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         from dockerfile_grammar.errors import DockerfileError
         from registry.errors import RegistryError
         from ..errors import BuildError
+        from .format import printable
         if not isinstance(exc, (DockerfileError, RegistryError, BuildError)):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        # Messages quote registries, images and Dockerfiles: their escape sequences must not act.
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 1
 
 

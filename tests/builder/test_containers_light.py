@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import shutil
 import socket
 import subprocess
@@ -19,7 +17,7 @@ import pytest
 
 from builder.containers import lifecycle as ct
 from tests.builder.test_run import CLI_ENV, pybuild
-from tests.fixtures.cli import REPO
+from tests.fixtures.cli import REPO, run_on_pty
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (namespaces, overlay mounts)"),
@@ -150,36 +148,9 @@ def test_stdin_is_forwarded_with_i(busybox_image: Path):
 
 
 def _in_pty(argv: list[str], send: bytes = b"", rows: int = 0, cols: int = 0, timeout: float = 60) -> tuple[int, bytes]:
-    """Run ``argv`` on a new pty (size rows x cols); type ``send``; (exit code, what it printed)."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        try:
-            if rows:
-                import fcntl, struct, termios
-                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-            os.chdir(REPO)
-            os.execvpe(argv[0], argv, CLI_ENV)
-        finally:
-            os._exit(127)
-    out = b""
-    sent = False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([fd], [], [], 0.2)
-        if r:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        if send and not sent and b"$ " in out.replace(b"# ", b"$ "):
-            os.write(fd, send)
-            sent = True
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    return os.waitstatus_to_exitcode(status), out
+    """Run ``argv`` on a new pty (size rows x cols); type ``send`` at the shell prompt; (exit code, what it printed)."""
+    return run_on_pty(argv, [((b"$ ", b"# "), send)] if send else [], env=CLI_ENV, rows=rows, cols=cols,
+                      timeout=timeout)
 
 
 def test_t_gives_a_pty_of_the_terminal_size(busybox_image: Path):
