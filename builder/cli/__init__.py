@@ -42,9 +42,27 @@ COMMAND_OWNERS = {
     **dict.fromkeys(["commit", "container-cleanup", "diff", "exec", "logs", "ps", "rm", "run",
                      "port", "stop", "wait"], "builder.cli.run"),
     "cache": "builder.cli.cache",
-    "system": "builder.cli.system",
+    **dict.fromkeys(["system", "unshare"], "builder.cli.system"),
     **dict.fromkeys(["attestations", "generate-key-pair", "sign", "verify"], "builder.cli.supply"),
 }
+
+
+# Commands that never open the local store: they run as the user, outside any user namespace.
+# Every other one runs in rootless pybuild's namespace when the user is not root
+# (builder.runtime.userns): files owned by subordinate ids are the store's, and only there can
+# they be made, read or removed.
+STORELESS_COMMANDS = {None, "lint", "login", "logout", "tags", "catalog", "manifest", "delete",
+                      "generate-key-pair"}
+
+
+def _enter_store(root: str | None) -> None:
+    """As an ordinary user, enter the user namespace (before any thread starts); then check the
+    store's mode (rootful or rootless) against ours."""
+    from ..root import resolve
+    from ..runtime import userns
+    path = resolve(root)
+    userns.enter(path)
+    userns.check_store_mode(path)
 
 
 class Terminated(KeyboardInterrupt):
@@ -165,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _install_signal_handlers()
     try:
+        if args.command not in STORELESS_COMMANDS:
+            _enter_store(args.root)
         return int(func(args) or 0)
     except Terminated as exc:
         print(f"interrupted by {signal.Signals(exc.signum).name}", file=sys.stderr)

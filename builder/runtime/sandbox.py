@@ -41,6 +41,7 @@ from registry.inroot import open_in_root, open_root, split_parent
 
 from ..errors import BuildError
 from .seccomp import oci_seccomp
+from .userns import rootless, runc_argv
 
 HOSTNAME = "buildkitsandbox"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -141,7 +142,7 @@ def cancel_all() -> None:
         items = list(_live.values())
     for cid, proc in items:
         if cid:
-            subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
+            subprocess.run([*runc_argv(), "kill", cid, "KILL"], capture_output=True)
         try:
             proc.kill()
         except OSError:
@@ -244,8 +245,26 @@ def _preflight(spec: RunSpec, isolation: str) -> dict:
         raise BuildError("pasta not found: the default network of a RUN step or container is a private "
                          "one through pasta (install Debian's passt package), or use --network host "
                          "(shares the host's network) or --network none")
+    if spec.network == "default" and spec.network_backend == "pasta" and rootless() \
+            and not os.access(TUN_DEVICE, os.R_OK | os.W_OK):
+        # Not a silent fall-back to the host's network: that would let the command reach the
+        # host's loopback services, which the private network keeps from it.
+        raise BuildError(f"rootless, the default private network needs {TUN_DEVICE} readable and writable by "
+                         "the user (pasta opens it; udev makes it 0666 on a stock system, it is "
+                         f"{_mode_of(TUN_DEVICE)} here): an administrator runs `chmod 0666 {TUN_DEVICE}`; "
+                         "or use --network host (the host's network, shared) or --network none")
     _check_runnable(spec, isolation)
     return oci_seccomp(granted_caps(spec))
+
+
+TUN_DEVICE = "/dev/net/tun"
+
+
+def _mode_of(path: str) -> str:
+    try:
+        return oct(stat.S_IMODE(os.stat(path).st_mode))[2:].rjust(4, "0")
+    except OSError as exc:
+        return f"missing ({exc.strerror})"
 
 
 def granted_caps(spec: RunSpec) -> list[str]:
@@ -768,6 +787,11 @@ def oci_config(spec: RunSpec, etc: dict[str, Path], netns: str | None = None,
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
          "options": ["nosuid", "noexec", "nodev"]},
+        # Rootless on the host's network the kernel refuses a new sysfs (the network namespace
+        # is not ours): the host's, bound read-only, as rootless podman does.
+        {"destination": "/sys", "type": "bind", "source": "/sys",
+         "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
+        if spec.network == "host" and rootless() else
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev", "ro"]},
     ]
@@ -891,7 +915,7 @@ def _run_oci(spec: RunSpec, bundle: Path, config: dict,
     config["process"]["terminal"] = bool(spec.terminal)
     (bundle / "config.json").write_text(json.dumps(config))
     cid = "pybuild-" + os.urandom(8).hex()   # not uuid: it imports `platform`, a start-up cost
-    cmd = ["runc", "run", "--bundle", str(bundle), cid]
+    cmd = [*runc_argv(), "run", "--bundle", str(bundle), cid]
     # With a terminal runc copies the pty to its stdout: a pipe too, so that the output reaches
     # the log (`logs` of a -t container) as well as the caller.
     pipe = subprocess.PIPE
@@ -901,18 +925,18 @@ def _run_oci(spec: RunSpec, bundle: Path, config: dict,
         _track(cid, proc)
         try:
             if cancel is not None and cancel.is_set():     # cancelled while starting
-                subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
+                subprocess.run([*runc_argv(), "kill", cid, "KILL"], capture_output=True)
             _pump(proc, output)
             return _exit_code(proc.wait())
         except BaseException:
-            subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
+            subprocess.run([*runc_argv(), "kill", cid, "KILL"], capture_output=True)
             proc.kill()
             proc.wait()
             raise
         finally:
             _untrack(proc)
     finally:
-        subprocess.run(["runc", "delete", "--force", cid], capture_output=True)
+        subprocess.run([*runc_argv(), "delete", "--force", cid], capture_output=True)
 
 
 # --- bundles that outlive this process (detached containers under a monitor) -------------------
