@@ -55,13 +55,21 @@ STORELESS_COMMANDS = {None, "lint", "login", "logout", "tags", "catalog", "manif
                       "generate-key-pair"}
 
 
-def _enter_store(root: str | None) -> None:
-    """As an ordinary user, enter the user namespace (before any thread starts); then check the
-    store's mode (rootful or rootless) against ours."""
+def _enter_store(root: str | None, container: str | None = None) -> None:
+    """As an ordinary user, enter the user namespace (before any thread starts; for `exec`,
+    the running ``container``'s); then check the store's mode (rootful or rootless) against ours."""
     from ..root import resolve
     from ..runtime import userns
     path = resolve(root)
-    userns.enter(path)
+    join = None
+    if container and os.geteuid() != 0:
+        from ..containers.lifecycle import lookup
+        try:
+            c = lookup(path, container)
+            join = c.state.pid if c.state.status == "running" else None
+        except Exception:      # exec itself says what is wrong with the name
+            join = None
+    userns.enter(path, join_pid=join)
     userns.check_store_mode(path)
 
 
@@ -183,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _install_signal_handlers()
     try:
-        if args.command not in STORELESS_COMMANDS:
-            _enter_store(args.root)
+        # The command's word, not args.command (`run` has an argument of that name).
+        if (argv[i] if i < len(argv) else None) not in STORELESS_COMMANDS:
+            _enter_store(args.root, argv[i] == "exec" and getattr(args, "container", None))
         return int(func(args) or 0)
     except Terminated as exc:
         print(f"interrupted by {signal.Signals(exc.signum).name}", file=sys.stderr)

@@ -238,6 +238,10 @@ def _preflight(spec: RunSpec, isolation: str) -> dict:
     if not spec.args:
         raise BuildError("nothing to run: the command is empty")
     check_isolation(isolation)
+    if os.geteuid() != 0:
+        raise BuildError("RUN steps and containers need root, or an ordinary user's pybuild inside its user "
+                         "namespace: the CLI enters it by itself; a Python program calls "
+                         "builder.runtime.userns.enter() first, before it starts any thread")
     if not runtime_available():
         raise BuildError("runc not found: RUN steps and containers run only under runc, which confines "
                          "them (install Debian's runc package)")

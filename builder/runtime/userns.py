@@ -113,14 +113,19 @@ def _disabled_reason() -> str | None:
     return None
 
 
-def enter(store_root: Path | None = None) -> None:
+def enter(store_root: Path | None = None, join_pid: int | None = None) -> None:
     """Enter pybuild's user and mount namespace (see the module docstring); as root, nothing.
 
-    ``store_root`` is where runc keeps its state when $XDG_RUNTIME_DIR is not set. Raises
-    UserNamespaceError naming the fix when there is no subordinate range, no newuidmap, or
-    the kernel refuses user namespaces.
+    ``store_root`` is where runc keeps its state when $XDG_RUNTIME_DIR is not set. With
+    ``join_pid`` (a detached container's monitor), the namespaces of that process are joined
+    instead, when they can be: `runc exec` must run in the user namespace of the container it
+    enters. Raises UserNamespaceError naming the fix when there is no subordinate range, no
+    newuidmap, or the kernel refuses user namespaces.
     """
     if os.geteuid() == 0:
+        return
+    if join_pid and _join(join_pid):
+        os.environ.setdefault(RUNC_ROOT_ENV, str(runc_root(store_root)))
         return
     # Imported here: as root (and on every command's start-up) none of this is needed.
     import pwd
@@ -189,6 +194,37 @@ def enter(store_root: Path | None = None) -> None:
         raise UserNamespaceError(f"rootless pybuild cannot make its mount namespace: "
                                  f"{os.strerror(ctypes.get_errno())}")
     os.environ.setdefault(RUNC_ROOT_ENV, str(runc_root(store_root)))
+
+
+def _join(pid: int) -> bool:
+    """Join the user and mount namespaces of ``pid`` (a process of this user's, started by an
+    earlier rootless pybuild); False when it is gone or they cannot be joined."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        user_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        mnt_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(user_fd)
+        return False
+    try:
+        if os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user"):
+            return False                   # not in a namespace of ours (a stale pid)
+        if libc.setns(user_fd, _CLONE_NEWUSER) != 0:
+            return False
+        forget_user_namespace()
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+        if libc.setns(mnt_fd, _CLONE_NEWNS) != 0:
+            raise UserNamespaceError(f"rootless pybuild joined the user namespace of process {pid} but not its "
+                                     f"mount namespace: {os.strerror(ctypes.get_errno())}")
+        return True
+    finally:
+        os.close(user_fd)
+        os.close(mnt_fd)
 
 
 def runc_root(store_root: Path | None) -> Path:
