@@ -55,21 +55,29 @@ STORELESS_COMMANDS = {None, "lint", "login", "logout", "tags", "catalog", "manif
                       "generate-key-pair"}
 
 
-def _enter_store(root: str | None, container: str | None = None) -> None:
-    """As an ordinary user, enter the user namespace (before any thread starts; for `exec`,
-    the running ``container``'s); then check the store's mode (rootful or rootless) against ours."""
+def _container_args(args: argparse.Namespace) -> list[str]:
+    """The containers a command names (`exec CTR`, `stop CTR...`, `rm CTR...`)."""
+    one = getattr(args, "container", None)
+    many = getattr(args, "containers", None)
+    return ([one] if isinstance(one, str) else []) + (list(many) if isinstance(many, list) else [])
+
+
+def _enter_store(root: str | None, containers: list[str] = ()) -> None:
+    """As an ordinary user, enter the user namespace before any thread starts: the one of the
+    store's running containers (those named first) if any, so that they can be stopped and
+    entered and all share one; then check the store's mode (rootful or rootless) against ours."""
     from ..root import resolve
     from ..runtime import userns
     path = resolve(root)
-    join = None
-    if container and os.geteuid() != 0:
+    first: list[str] = []
+    if containers and os.geteuid() != 0:
         from ..containers.lifecycle import lookup
-        try:
-            c = lookup(path, container)
-            join = c.state.pid if c.state.status == "running" else None
-        except Exception:      # exec itself says what is wrong with the name
-            join = None
-    userns.enter(path, join_pid=join)
+        for name in containers:
+            try:
+                first.append(lookup(path, name).id)
+            except Exception:      # the command itself says what is wrong with the name
+                continue
+    userns.enter(path, join_pids=userns.container_pids(path, first) if os.geteuid() != 0 else [])
     userns.check_store_mode(path)
 
 
@@ -193,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # The command's word, not args.command (`run` has an argument of that name).
         if (argv[i] if i < len(argv) else None) not in STORELESS_COMMANDS:
-            _enter_store(args.root, argv[i] == "exec" and getattr(args, "container", None))
+            _enter_store(args.root, _container_args(args))
         return int(func(args) or 0)
     except Terminated as exc:
         print(f"interrupted by {signal.Signals(exc.signum).name}", file=sys.stderr)

@@ -113,18 +113,19 @@ def _disabled_reason() -> str | None:
     return None
 
 
-def enter(store_root: Path | None = None, join_pid: int | None = None) -> None:
+def enter(store_root: Path | None = None, join_pids: list[int] = ()) -> None:
     """Enter pybuild's user and mount namespace (see the module docstring); as root, nothing.
 
-    ``store_root`` is where runc keeps its state when $XDG_RUNTIME_DIR is not set. With
-    ``join_pid`` (a detached container's monitor), the namespaces of that process are joined
-    instead, when they can be: `runc exec` must run in the user namespace of the container it
-    enters. Raises UserNamespaceError naming the fix when there is no subordinate range, no
-    newuidmap, or the kernel refuses user namespaces.
+    ``store_root`` is where runc keeps its state when $XDG_RUNTIME_DIR is not set. The
+    namespaces of the first of ``join_pids`` that can be joined (the supervisors of the store's
+    running containers, see :func:`container_pids`) are joined instead of made: a container's
+    processes can be signalled and entered (`runc exec`) only from its own user namespace, and
+    its overlay is mounted in that mount namespace. Raises UserNamespaceError naming the fix
+    when there is no subordinate range, no newuidmap, or the kernel refuses user namespaces.
     """
     if os.geteuid() == 0:
         return
-    if join_pid and _join(join_pid):
+    if any(_join(pid) for pid in join_pids):
         os.environ.setdefault(RUNC_ROOT_ENV, str(runc_root(store_root)))
         return
     # Imported here: as root (and on every command's start-up) none of this is needed.
@@ -194,6 +195,29 @@ def enter(store_root: Path | None = None, join_pid: int | None = None) -> None:
         raise UserNamespaceError(f"rootless pybuild cannot make its mount namespace: "
                                  f"{os.strerror(ctypes.get_errno())}")
     os.environ.setdefault(RUNC_ROOT_ENV, str(runc_root(store_root)))
+
+
+def container_pids(store_root: Path, first: list[str] = ()) -> list[int]:
+    """The supervising pids (conmon, or the pybuild running it) of the store's running
+    containers: those with the ids in ``first`` before the others. Read straight from the
+    records (no import of builder.containers): every rootless command pays for it."""
+    base = Root(store_root).containers
+    import json
+    out: list[int] = []
+    try:
+        ids = [e.name for e in os.scandir(base) if e.is_dir() and e.name != "names"]
+    except OSError:
+        return out
+    ids.sort(key=lambda i: (i not in first, i))
+    for cid in ids:
+        try:
+            st = json.loads((base / cid / "state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        pid = st.get("pid") if isinstance(st, dict) else None
+        if st.get("status") == "running" and isinstance(pid, int) and pid > 0:
+            out.append(pid)
+    return out
 
 
 def _join(pid: int) -> bool:

@@ -1,0 +1,231 @@
+"""Rootless pybuild: the CLI run as the ordinary user pbuser (subordinate range 200000-265535,
+made by scripts/setup.sh) builds with RUN, pushes to registry:2, pulls, runs, commits and
+cleans up, with the same images as root.
+
+Each test's stores live in a scratch directory the user owns; root's stores in pytest's tmp.
+Skipped only where the kernel refuses the user namespace (the reason is pybuild's own message).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.cli import run_pybuild
+from tests.fixtures.rootless import SUBID_START, RootlessUser, remove, rootless_user, subid_owned
+
+pytestmark = pytest.mark.skipif(shutil.which("runc") is None, reason="runc not installed (Debian's runc)")
+
+SDE = "1700000000"
+DOCKERFILE = """\
+FROM busybox
+RUN grep ' / ' /proc/mounts
+RUN mkdir -p /srv/data/old && echo one > /srv/data/old/f && echo 'svc:x:1234:1234::/srv:/bin/sh' >> /etc/passwd \\
+ && echo 'svc:x:1234:' >> /etc/group && chown -R 1234:1234 /srv/data && chown 65534:65534 /etc/group \\
+ && touch /usr/bin/suid && chmod 4755 /usr/bin/suid
+RUN rm -rf /srv/data/old /home/app /bin/vi && mkdir -p /home/app/new /srv/data/old && echo two > /home/app/new/g \\
+ && chown -R svc:svc /home/app && mkfifo /srv/fifo && ln -s /srv/data /srv/link && ln /etc/passwd /etc/passwd.hard
+USER svc
+RUN id > /tmp/id.txt && echo 'as svc' > /tmp/svc.txt
+CMD ["sh", "-c", "id; cat /tmp/id.txt; ls -ln /home/app/new /srv/data; cat /home/app/new/g; ls /srv/data/old | wc -l"]
+"""
+
+
+@pytest.fixture(scope="module")
+def user() -> RootlessUser:
+    u = rootless_user()
+    probe = u.scratch()
+    try:
+        r = u.pybuild("unshare", "true", root=probe / "store")
+    finally:
+        remove(probe)
+    if r.returncode != 0:
+        if "user namespace" in r.stderr and ("disabled" in r.stderr or "cannot create" in r.stderr):
+            pytest.skip(f"the kernel refuses user namespaces here: {r.stderr.strip()}")
+        pytest.fail(f"pybuild unshare as {u.name} failed: {r.stderr}")
+    return u
+
+
+@pytest.fixture
+def scratch(user: RootlessUser):
+    d = user.scratch()
+    yield d
+    # A failed test may leave detached containers (and their conmon) running: remove them first.
+    for containers in d.glob("*/containers"):
+        r = user.pybuild("ps", "-a", "--format", "json", root=containers.parent)
+        ids = [json.loads(line)["id"] for line in r.stdout.splitlines() if line.startswith("{")]
+        if ids:
+            user.pybuild("rm", "-f", *ids, root=containers.parent)
+    remove(d)
+
+
+def _user_store(user: RootlessUser, scratch: Path, layout: Path, name: str = "store") -> Path:
+    """A store of the user's with busybox:latest in it (the session's layout, copied and given)."""
+    root = scratch / name
+    shutil.copytree(layout, root / "images", ignore=shutil.ignore_patterns(".lock", ".gc.lock", "leases"))
+    (root / "images" / "leases").mkdir(exist_ok=True)
+    os.chmod(root, 0o700)
+    user.give(root)
+    return root
+
+
+def _context(user: RootlessUser, scratch: Path) -> Path:
+    ctx = scratch / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(DOCKERFILE)
+    user.give(ctx)
+    return ctx
+
+
+def _image(root: Path, tag: str) -> dict:
+    """Manifest digest, config digest and layer diffIDs/digests of ``tag`` in the store at ``root``."""
+    images = root / "images"
+    index = json.loads((images / "index.json").read_text())
+    for m in index["manifests"]:
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == f"{tag}:latest":
+            man = json.loads((images / "blobs" / "sha256" / m["digest"][7:]).read_text())
+            cfg = json.loads((images / "blobs" / "sha256" / man["config"]["digest"][7:]).read_text())
+            return {"manifest": m["digest"], "config": man["config"]["digest"],
+                    "layers": [l["digest"] for l in man["layers"]], "diff_ids": cfg["rootfs"]["diff_ids"],
+                    "user": cfg["config"].get("User"), "cmd": cfg["config"].get("Cmd")}
+    raise AssertionError(f"{tag} not in {images}/index.json: {index}")
+
+
+def test_rootless_build_gives_the_root_build_and_uses_userxattr_overlay(user, scratch, tmp_path, _busybox_layout):
+    """The same Dockerfile (chown, deleted files, replaced directories, setuid, fifo, links,
+    USER) built by pbuser and by root: the same layers and config, so the same image digest.
+    Rootless, the RUN's root is a native overlay mounted with userxattr (not the copy
+    fallback); the layers on disk are owned by the subordinate ids and opaque directories
+    carry user.overlay.opaque."""
+    ustore = _user_store(user, scratch, _busybox_layout)
+    ctx = _context(user, scratch)
+    r = user.pybuild("build", "--progress", "plain", "-t", "app", ctx, root=ustore,
+                     env={"SOURCE_DATE_EPOCH": SDE}, check_rc=0)
+    mounts = [l for l in r.stderr.splitlines() if " overlay / overlay " in l or "overlay / " in l]
+    assert mounts and "userxattr" in mounts[0], r.stderr
+
+    rstore = tmp_path / "rootstore"
+    shutil.copytree(_busybox_layout, rstore / "images", ignore=shutil.ignore_patterns(".lock", ".gc.lock", "leases"))
+    rr = run_pybuild("build", "--progress", "plain", "-t", "app", ctx, root=rstore, check_rc=0,
+                     env={**os.environ, "SOURCE_DATE_EPOCH": SDE})
+    root_mounts = [l for l in rr.stderr.splitlines() if "overlay / " in l]
+    assert root_mounts and "userxattr" not in root_mounts[0]
+
+    mine, theirs = _image(ustore, "app"), _image(rstore, "app")
+    assert mine == theirs
+    assert mine["user"] == "svc" and len(mine["layers"]) == 4    # base + 3 RUN with changes
+
+    assert (ustore / "mode").read_text().strip() == "rootless"
+    assert (rstore / "mode").read_text().strip() == "rootful"
+    layers = ustore / "layers"
+    owned = {p.stat().st_uid for p in layers.glob("*/srv/data")}
+    assert owned == {SUBID_START + 1234 - 1}, owned         # container uid 1234 on the host
+    opaque = [p for p in layers.glob("*/home/app") if "user.overlay.opaque" in os.listxattr(p)]
+    assert opaque, "the replaced /home/app is not an opaque directory in any extracted layer"
+    assert not any("trusted.overlay.opaque" in os.listxattr(p) for p in layers.glob("*/home/app"))
+
+
+def test_rootless_push_pull_run_equals_root(user, scratch, tmp_path, _busybox_layout, registry):
+    """pbuser pushes the image to registry:2, pulls it into a fresh store and runs it: the
+    output is the root run's of the root build (ids, owners, deleted and replaced content)."""
+    ustore = _user_store(user, scratch, _busybox_layout)
+    ctx = _context(user, scratch)
+    ref = f"{registry.host}/rootless/app:1"
+    user.pybuild("build", "-q", "-t", ref, "--push", ctx, root=ustore, env={"SOURCE_DATE_EPOCH": SDE}, check_rc=0)
+    fresh = scratch / "fresh"
+    user.pybuild("pull", "-q", ref, root=fresh, check_rc=0)
+    out = user.pybuild("run", "--rm", ref, root=fresh, check_rc=0).stdout
+
+    # Root builds the same, and runs what it pulls of its own push: the same output.
+    rstore = tmp_path / "rootstore"
+    shutil.copytree(_busybox_layout, rstore / "images", ignore=shutil.ignore_patterns(".lock", ".gc.lock", "leases"))
+    root_ref = f"{registry.host}/rootful/app:1"
+    run_pybuild("build", "-q", "-t", "app", ctx, root=rstore, check_rc=0, env={**os.environ, "SOURCE_DATE_EPOCH": SDE})
+    run_pybuild("push", "-q", "app", root_ref, root=rstore, check_rc=0)
+    run_pybuild("pull", "-q", root_ref, root=tmp_path / "rootfresh", check_rc=0)
+    root_out = run_pybuild("run", "--rm", root_ref, root=tmp_path / "rootfresh", check_rc=0).stdout
+    assert out == root_out
+    assert "uid=1234(svc)" in out and "two" in out and out.rstrip().endswith("0")
+    # What the registry holds from the user is what root built.
+    pushed = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
+                            capture_output=True, text=True, check=True)
+    assert json.loads(pushed.stdout)["Layers"] == _image(rstore, "app")["layers"]
+
+
+def test_rootless_containers_commit_diff_exec_and_cleanup_leave_no_subuid_files(user, scratch, _busybox_layout):
+    """run, diff, commit, a detached container with exec, stop and rm, then rmi, system prune,
+    store gc and verify --repair, all as pbuser: afterwards nothing in the store is owned by a
+    subordinate id (an ordinary user could never remove such files from outside)."""
+    ustore = _user_store(user, scratch, _busybox_layout)
+    ctx = _context(user, scratch)
+    pb = lambda *a, **kw: user.pybuild(*a, root=ustore, **kw)   # noqa: E731
+    pb("build", "-q", "-t", "app", ctx, check_rc=0)
+    pb("run", "--name", "c1", "-u", "0", "app", "sh", "-c",
+       "echo changed > /home/app/new/g && rm /etc/group && mkdir /made && chown 1234 /made", check_rc=0)
+    diff = pb("diff", "c1", check_rc=0).stdout.split("\n")
+    assert {"C /home/app/new/g", "D /etc/group", "A /made"} <= set(diff), diff
+    pb("commit", "c1", "committed", check_rc=0)
+    out = pb("run", "--rm", "committed", "sh", "-c", "cat /home/app/new/g; ls -lnd /made; ls /etc/group",
+             check_rc=1).stdout
+    assert "changed" in out and " 1234 " in out
+
+    pb("run", "-d", "--name", "d1", "app", "sh", "-c", "sleep 300", check_rc=0)
+    ex = pb("exec", "d1", "sh", "-c", "id -u; cat /tmp/svc.txt", check_rc=0).stdout
+    assert ex.split() == ["1234", "as", "svc"]
+    pb("stop", "-t", "1", "d1", check_rc=0)
+    pb("rm", "c1", "d1", check_rc=0)
+    assert subid_owned(ustore / "layers"), "the build made no subordinate-owned files: nothing was tested"
+
+    pb("rmi", "committed", "app", "busybox", check_rc=0)
+    pb("system", "prune", "-a", "-f", check_rc=0)
+    pb("store", "gc", check_rc=0)
+    pb("store", "verify", "--repair", check_rc=0)
+    assert subid_owned(ustore) == []
+    assert not list((ustore / "snapshots").iterdir()) if (ustore / "snapshots").exists() else True
+
+
+def test_unshare_runs_a_command_in_the_namespace(user, scratch):
+    """`pybuild unshare CMD`: root there, the user's range mapped from 1, as `buildah unshare`."""
+    r = user.pybuild("unshare", "sh", "-c", "id -u; cat /proc/self/uid_map", root=scratch / "s", check_rc=0)
+    lines = [l.split() for l in r.stdout.splitlines()]
+    assert lines[0] == ["0"]
+    assert lines[1] == ["0", str(user.uid), "1"] and lines[2] == ["1", str(SUBID_START), "65536"]
+
+
+def test_store_modes_refuse_each_other(user, scratch, tmp_path):
+    """A rootless store refuses root, a rootful one the user: clear errors, no traceback."""
+    ustore = scratch / "s"
+    user.pybuild("images", root=ustore, check_rc=0)
+    r = run_pybuild("images", root=ustore)
+    assert r.returncode == 1 and "was made by pybuild rootless" in r.stderr and "Traceback" not in r.stderr
+
+    rstore = scratch / "r"
+    rstore.mkdir(mode=0o700)
+    (rstore / "mode").write_text("rootful\n")
+    user.give(rstore)
+    r = user.pybuild("images", root=rstore)
+    assert r.returncode == 1 and "was made by pybuild rootful" in r.stderr and "--root" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_clear_errors_without_a_range_or_newuidmap(user, scratch):
+    """No subordinate range (nobody has none): the usermod line to run. No newuidmap on PATH:
+    the package to install. Never a raw runc or unshare message, never a traceback."""
+    nobody = RootlessUser("nobody", 65534, 65534, scratch)
+    d = scratch / "nobody"
+    d.mkdir()
+    os.chown(d, 65534, 65534)
+    os.chmod(scratch, 0o755)
+    r = nobody.pybuild("images", root=d / "store")
+    assert r.returncode == 1, r
+    assert "usermod --add-subuids" in r.stderr and "/etc/subuid" in r.stderr and "Traceback" not in r.stderr
+
+    bindir = scratch / "bin"
+    bindir.mkdir()
+    os.symlink(shutil.which("python3") or "/usr/bin/python3", bindir / "python3")
+    r = user.pybuild("images", root=scratch / "s", env={"PATH": str(bindir)})
+    assert r.returncode == 1 and "uidmap" in r.stderr and "Traceback" not in r.stderr
