@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.cli import run_pybuild
-from tests.fixtures.rootless import SUBID_START, RootlessUser, remove, rootless_user, subid_owned
+from tests.fixtures.rootless import SUBID_START, RootlessUser, store_with, subid_owned
 
 pytestmark = pytest.mark.skipif(shutil.which("runc") is None, reason="runc not installed (Debian's runc)")
 
@@ -33,44 +33,6 @@ USER svc
 RUN id > /tmp/id.txt && echo 'as svc' > /tmp/svc.txt
 CMD ["sh", "-c", "id; cat /tmp/id.txt; ls -ln /home/app/new /srv/data; cat /home/app/new/g; ls /srv/data/old | wc -l"]
 """
-
-
-@pytest.fixture(scope="module")
-def user() -> RootlessUser:
-    u = rootless_user()
-    probe = u.scratch()
-    try:
-        r = u.pybuild("unshare", "true", root=probe / "store")
-    finally:
-        remove(probe)
-    if r.returncode != 0:
-        if "user namespace" in r.stderr and ("disabled" in r.stderr or "cannot create" in r.stderr):
-            pytest.skip(f"the kernel refuses user namespaces here: {r.stderr.strip()}")
-        pytest.fail(f"pybuild unshare as {u.name} failed: {r.stderr}")
-    return u
-
-
-@pytest.fixture
-def scratch(user: RootlessUser):
-    d = user.scratch()
-    yield d
-    # A failed test may leave detached containers (and their conmon) running: remove them first.
-    for containers in d.glob("*/containers"):
-        r = user.pybuild("ps", "-a", "--format", "json", root=containers.parent)
-        ids = [json.loads(line)["id"] for line in r.stdout.splitlines() if line.startswith("{")]
-        if ids:
-            user.pybuild("rm", "-f", *ids, root=containers.parent)
-    remove(d)
-
-
-def _user_store(user: RootlessUser, scratch: Path, layout: Path, name: str = "store") -> Path:
-    """A store of the user's with busybox:latest in it (the session's layout, copied and given)."""
-    root = scratch / name
-    shutil.copytree(layout, root / "images", ignore=shutil.ignore_patterns(".lock", ".gc.lock", "leases"))
-    (root / "images" / "leases").mkdir(exist_ok=True)
-    os.chmod(root, 0o700)
-    user.give(root)
-    return root
 
 
 def _context(user: RootlessUser, scratch: Path) -> Path:
@@ -101,15 +63,14 @@ def test_rootless_build_gives_the_root_build_and_uses_userxattr_overlay(user, sc
     Rootless, the RUN's root is a native overlay mounted with userxattr (not the copy
     fallback); the layers on disk are owned by the subordinate ids and opaque directories
     carry user.overlay.opaque."""
-    ustore = _user_store(user, scratch, _busybox_layout)
+    ustore = store_with(_busybox_layout, scratch / "store", user)
     ctx = _context(user, scratch)
     r = user.pybuild("build", "--progress", "plain", "-t", "app", ctx, root=ustore,
                      env={"SOURCE_DATE_EPOCH": SDE}, check_rc=0)
     mounts = [l for l in r.stderr.splitlines() if " overlay / overlay " in l or "overlay / " in l]
     assert mounts and "userxattr" in mounts[0], r.stderr
 
-    rstore = tmp_path / "rootstore"
-    shutil.copytree(_busybox_layout, rstore / "images", ignore=shutil.ignore_patterns(".lock", ".gc.lock", "leases"))
+    rstore = store_with(_busybox_layout, tmp_path / "rootstore")
     rr = run_pybuild("build", "--progress", "plain", "-t", "app", ctx, root=rstore, check_rc=0,
                      env={**os.environ, "SOURCE_DATE_EPOCH": SDE})
     root_mounts = [l for l in rr.stderr.splitlines() if "overlay / " in l]
@@ -132,7 +93,7 @@ def test_rootless_build_gives_the_root_build_and_uses_userxattr_overlay(user, sc
 def test_rootless_push_pull_run_equals_root(user, scratch, tmp_path, _busybox_layout, registry):
     """pbuser pushes the image to registry:2, pulls it into a fresh store and runs it: the
     output is the root run's of the root build (ids, owners, deleted and replaced content)."""
-    ustore = _user_store(user, scratch, _busybox_layout)
+    ustore = store_with(_busybox_layout, scratch / "store", user)
     ctx = _context(user, scratch)
     ref = f"{registry.host}/rootless/app:1"
     user.pybuild("build", "-q", "-t", ref, "--push", ctx, root=ustore, env={"SOURCE_DATE_EPOCH": SDE}, check_rc=0)
@@ -141,8 +102,7 @@ def test_rootless_push_pull_run_equals_root(user, scratch, tmp_path, _busybox_la
     out = user.pybuild("run", "--rm", ref, root=fresh, check_rc=0).stdout
 
     # Root builds the same, and runs what it pulls of its own push: the same output.
-    rstore = tmp_path / "rootstore"
-    shutil.copytree(_busybox_layout, rstore / "images", ignore=shutil.ignore_patterns(".lock", ".gc.lock", "leases"))
+    rstore = store_with(_busybox_layout, tmp_path / "rootstore")
     root_ref = f"{registry.host}/rootful/app:1"
     run_pybuild("build", "-q", "-t", "app", ctx, root=rstore, check_rc=0, env={**os.environ, "SOURCE_DATE_EPOCH": SDE})
     run_pybuild("push", "-q", "app", root_ref, root=rstore, check_rc=0)
@@ -160,7 +120,7 @@ def test_rootless_containers_commit_diff_exec_and_cleanup_leave_no_subuid_files(
     """run, diff, commit, a detached container with exec, stop and rm, then rmi, system prune,
     store gc and verify --repair, all as pbuser: afterwards nothing in the store is owned by a
     subordinate id (an ordinary user could never remove such files from outside)."""
-    ustore = _user_store(user, scratch, _busybox_layout)
+    ustore = store_with(_busybox_layout, scratch / "store", user)
     ctx = _context(user, scratch)
     pb = lambda *a, **kw: user.pybuild(*a, root=ustore, **kw)   # noqa: E731
     pb("build", "-q", "-t", "app", ctx, check_rc=0)
@@ -229,3 +189,39 @@ def test_clear_errors_without_a_range_or_newuidmap(user, scratch):
     os.symlink(shutil.which("python3") or "/usr/bin/python3", bindir / "python3")
     r = user.pybuild("images", root=scratch / "s", env={"PATH": str(bindir)})
     assert r.returncode == 1 and "uidmap" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_layer_owner_outside_the_range_is_a_clear_error(user, scratch):
+    """An image whose file belongs to uid 70000 (beyond the 65536 ids mapped): extraction fails
+    naming the entry, the uid, the mapped ids and the usermod fix, not a bare EINVAL."""
+    import gzip
+    import hashlib
+    import io
+    import tarfile
+
+    from registry.platform import host_platform
+    from registry.store import Store
+    from tests.fixtures.synthetic_images import make_image
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("far/away.txt")
+        info.size, info.uid, info.gid = 3, 70000, 70000
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+    data = raw.getvalue()
+    store_root = scratch / "s"
+    make_image(Store(store_root), "far:latest", [(gzip.compress(data, mtime=0), "sha256:" + hashlib.sha256(data).hexdigest())],
+               platform=host_platform(), cmd=["true"])
+    user.give(store_root)
+    r = user.pybuild("run", "--rm", "far", root=store_root)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "far/away.txt" in r.stderr and "uid 70000" in r.stderr and "usermod --add-subuids" in r.stderr, r.stderr
+    assert "uids 0-65536" in r.stderr
+
+
+def test_rootless_default_network_is_pastas_private_one(user, scratch, _busybox_layout):
+    """Rootless, a container's default network is its own namespace through pasta (the sandbox's
+    address 10.0.2.100), not the host's interfaces."""
+    ustore = store_with(_busybox_layout, scratch / "store", user)
+    out = user.pybuild("run", "--rm", "busybox", "ip", "-4", "addr", root=ustore, check_rc=0).stdout
+    assert "10.0.2.100" in out, out
