@@ -225,3 +225,64 @@ def test_rootless_default_network_is_pastas_private_one(user, scratch, _busybox_
     ustore = store_with(_busybox_layout, scratch / "store", user)
     out = user.pybuild("run", "--rm", "busybox", "ip", "-4", "addr", root=ustore, check_rc=0).stdout
     assert "10.0.2.100" in out, out
+
+
+# ---- a real Debian base: dpkg, useradd, apt's sandbox user, the mirror ---------------------------
+
+@pytest.fixture(scope="module")
+def debian_layout(tmp_path_factory) -> Path:
+    """debian:bookworm (the conformance suite's cached minbase) in an OCI layout, imported by root."""
+    from registry.imports import import_image
+    from registry.store import Store
+    from tests.fixtures.conformance_cases import ConformanceSetupError, debian_minbase
+    try:
+        tree = debian_minbase()
+    except ConformanceSetupError as exc:
+        pytest.skip(f"no Debian minbase (debootstrap needs the Debian mirror of apt's sources): {exc}")
+    store = Store(tmp_path_factory.mktemp("debian") / "root")
+    import_image(store, tree, "debian:bookworm", created="2000-01-01T00:00:00Z")
+    return store.layout
+
+
+def test_rootless_debian_build_with_dpkg_and_useradd_equals_root(user, scratch, tmp_path, debian_layout):
+    """On Debian: dpkg -i of a real package, useradd, chown, deleted files and a replaced
+    directory, a RUN as the new user: pbuser's build and root's give the same image."""
+    debs = sorted(Path("/var/cache/pybuild").glob("tini_*_amd64.deb"))
+    if not debs:
+        pytest.skip("no tini .deb in /var/cache/pybuild (scripts/setup.sh fetches it on amd64)")
+    ctx = scratch / "ctx"
+    ctx.mkdir()
+    shutil.copy(debs[-1], ctx / "tini.deb")
+    (ctx / "Dockerfile").write_text(
+        "FROM debian:bookworm\nCOPY tini.deb /tmp/\n"
+        "RUN dpkg -i /tmp/tini.deb && rm /tmp/tini.deb && useradd -m -u 1500 -s /bin/bash app"
+        " && mkdir -p /srv/app && chown -R app:app /srv/app && rm -rf /usr/share/doc/* /var/log/apt"
+        " && mkdir /var/log/apt && echo fresh > /var/log/apt/note"
+        " && rm /var/log/dpkg.log\n"            # it holds the time of day: no two builds agree on it
+        "USER app\nRUN id > /srv/app/id && touch /srv/app/ready\n")
+    user.give(ctx)
+    ustore = store_with(debian_layout, scratch / "store", user)
+    user.pybuild("build", "-q", "-t", "deb", ctx, root=ustore, env={"SOURCE_DATE_EPOCH": SDE}, check_rc=0,
+                 timeout=900)
+    rstore = store_with(debian_layout, tmp_path / "rootstore")
+    run_pybuild("build", "-q", "-t", "deb", ctx, root=rstore, check_rc=0, timeout=900,
+                env={**os.environ, "SOURCE_DATE_EPOCH": SDE})
+    assert _image(ustore, "deb") == _image(rstore, "deb")
+    out = user.pybuild("run", "--rm", "deb", "sh", "-c", "cat /srv/app/id; tini --version; ls /usr/share/doc | wc -l",
+                       root=ustore, check_rc=0).stdout
+    assert "uid=1500(app) gid=1500(app)" in out and "tini version" in out and out.split()[-1] == "0"
+
+
+def test_rootless_apt_get_update_reaches_the_mirror(user, scratch, debian_layout):
+    """apt-get update as root of a rootless container: apt drops to its _apt user (setgroups,
+    seteuid: the full subordinate range is mapped) and reaches the machine's Debian mirror
+    through the default private network."""
+    from tests.fixtures.conformance_cases import mirror
+    try:
+        mirror()
+    except Exception as exc:
+        pytest.skip(f"no Debian mirror in apt's sources: {exc}")
+    ustore = store_with(debian_layout, scratch / "store", user)
+    r = user.pybuild("run", "--rm", "debian:bookworm", "apt-get", "update", root=ustore, timeout=600)
+    assert r.returncode == 0 and "Reading package lists" in r.stdout, r.stdout + r.stderr
+    assert "setgroups" not in r.stdout + r.stderr and "seteuid" not in r.stdout + r.stderr
