@@ -286,3 +286,38 @@ def test_rootless_apt_get_update_reaches_the_mirror(user, scratch, debian_layout
     r = user.pybuild("run", "--rm", "debian:bookworm", "apt-get", "update", root=ustore, timeout=600)
     assert r.returncode == 0 and "Reading package lists" in r.stdout, r.stdout + r.stderr
     assert "setgroups" not in r.stdout + r.stderr and "seteuid" not in r.stdout + r.stderr
+
+
+# ---- the product: a wheel pip-installed by the user ----------------------------------------------
+
+from tests.packaging.test_packaging import wheel  # noqa: E402,F401  (the fixture: this checkout's wheel)
+
+
+def test_pip_installed_wheel_builds_pushes_and_runs_rootless(user, scratch, wheel, _busybox_layout, registry):
+    """A venv of the user's with the wheel installed (non-editable, nothing from the checkout on
+    the path): the build with RUN, the push and the run work as for the source tree."""
+    import sys
+    mine = scratch / wheel.name
+    shutil.copy(wheel, mine)
+    user.give(mine)
+    venv = scratch / "venv"
+    user.run("/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable, "-m", "venv", venv,
+             env={"PYTHONPATH": None}, check_rc=0)
+    # The dependencies from the interpreter running the tests (offline), as tests/packaging does.
+    import isal, lark, requests, zstandard  # noqa: E401
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "pybuild-test-deps.pth").write_text("".join(
+        dict.fromkeys(str(Path(m.__file__).resolve().parent.parent) + "\n" for m in (isal, lark, requests, zstandard))))
+    env = {"PYTHONPATH": None, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+           "PATH": f"{venv / 'bin'}:/usr/bin:/bin:/usr/sbin:/sbin"}
+    user.run(venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", mine, env=env, check_rc=0)
+    where = user.run(venv / "bin" / "python", "-c", "import builder; print(builder.__file__)", env=env, check_rc=0)
+    assert where.stdout.startswith(str(venv)), where.stdout
+
+    ustore = store_with(_busybox_layout, scratch / "store", user)
+    ctx = _context(user, scratch)
+    ref = f"{registry.host}/rootless/wheel:1"
+    pb = lambda *a: user.run(venv / "bin" / "pybuild", "--root", ustore, *a, env=env, check_rc=0)   # noqa: E731
+    pb("build", "-q", "-t", ref, "--push", ctx)
+    out = pb("run", "--rm", ref).stdout
+    assert "uid=1234(svc)" in out and "two" in out
