@@ -321,3 +321,23 @@ def test_pip_installed_wheel_builds_pushes_and_runs_rootless(user, scratch, whee
     pb("build", "-q", "-t", ref, "--push", ctx)
     out = pb("run", "--rm", ref).stdout
     assert "uid=1234(svc)" in out and "two" in out
+
+
+def test_rootless_healthcheck_runs(user, scratch, _busybox_layout):
+    """A detached container's HEALTHCHECK loop runs its check with runc (its state under the
+    user's runc root): the container becomes healthy, and an always-failing one unhealthy."""
+    import time
+    ustore = store_with(_busybox_layout, scratch / "store", user)
+    pb = lambda *a, **kw: user.pybuild(*a, root=ustore, **kw)   # noqa: E731
+    pb("run", "-d", "--name", "ok", "--health-cmd", "test -d /tmp", "--health-interval", "1s", "busybox",
+       "sleep", "120", check_rc=0)
+    pb("run", "-d", "--name", "bad", "--health-cmd", "false", "--health-interval", "1s", "--health-retries", "1",
+       "busybox", "sleep", "120", check_rc=0)
+    seen = ""
+    for _ in range(120):                  # the loop checks every second; the machine may be loaded
+        seen = pb("ps", check_rc=0).stdout
+        if "(healthy)" in seen and "(unhealthy)" in seen:
+            break
+        time.sleep(0.5)
+    assert "(healthy)" in seen and "(unhealthy)" in seen, seen
+    pb("rm", "-f", "ok", "bad", check_rc=0)
