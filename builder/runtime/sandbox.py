@@ -258,7 +258,24 @@ def _preflight(spec: RunSpec, isolation: str) -> dict:
                          f"{_mode_of(TUN_DEVICE)} here): an administrator runs `chmod 0666 {TUN_DEVICE}`; "
                          "or use --network host (the host's network, shared) or --network none")
     _check_runnable(spec, isolation)
+    if spec.ports and rootless():
+        _check_unprivileged_ports(spec.ports)
     return oci_seccomp(granted_caps(spec))
+
+
+def _check_unprivileged_ports(ports: list[tuple[str, int, int, str]]) -> None:
+    """Rootless, pasta binds the host ports as the user: below net.ipv4.ip_unprivileged_port_start
+    the kernel refuses, which pasta reports only as 'Failed to bind any port'."""
+    try:
+        start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        start = 1024
+    low = sorted({hp for _ip, hp, _cp, _proto in ports if 0 < hp < start})
+    if low:
+        raise BuildError(f"rootless, host port{'s' if len(low) > 1 else ''} {', '.join(map(str, low))} cannot be "
+                         f"published: ports below {start} need root (net.ipv4.ip_unprivileged_port_start is "
+                         f"{start}); publish a higher host port (-p {max(start, 8080)}:{low[0]}) or ask an "
+                         "administrator to lower that setting")
 
 
 TUN_DEVICE = "/dev/net/tun"

@@ -239,11 +239,27 @@ def mount_snapshot(root: Path, lower_ids: list[str], writable: bool = True,
     if use_overlay and r.returncode == 0:
         snap.mounted = True
         return snap
+    if use_overlay:
+        _warn_copy_fallback(r.stderr)
     try:
         return _copy_snapshot(dirs, lower_ids, snap)
     except BaseException:
         snap.cleanup()
         raise
+
+
+_warned = False
+
+
+def _warn_copy_fallback(detail: str) -> None:
+    """Say once per process that snapshots are copies: every RUN then pays a full copy and a
+    tree diff, which used to happen without a word (the rootless mount options were refused)."""
+    global _warned
+    if not _warned:
+        _warned = True
+        import sys
+        print(f"warning: the kernel refused the overlay mount ({detail.strip() or 'no reason given'}); "
+              "RUN steps and containers use a copied root filesystem (slower)", file=sys.stderr)
 
 
 def _umount(path: Path) -> None:

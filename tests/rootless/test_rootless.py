@@ -341,3 +341,28 @@ def test_rootless_healthcheck_runs(user, scratch, _busybox_layout):
         time.sleep(0.5)
     assert "(healthy)" in seen and "(unhealthy)" in seen, seen
     pb("rm", "-f", "ok", "bad", check_rc=0)
+
+
+def test_rootless_published_port_and_a_privileged_one(user, scratch, _busybox_layout):
+    """-p through the user's pasta reaches the container's server; a host port below 1024 is
+    refused before anything starts, naming the setting (pasta alone says 'Failed to bind')."""
+    import time
+    import urllib.request
+
+    from tests.fixtures.registry import free_port
+    ustore = store_with(_busybox_layout, scratch / "store", user)
+    pb = lambda *a, **kw: user.pybuild(*a, root=ustore, **kw)   # noqa: E731
+    port = free_port()
+    pb("run", "-d", "--name", "web", "-p", f"127.0.0.1:{port}:8080", "busybox", "sh", "-c",
+       "mkdir /www && echo hello-rootless > /www/index.html && httpd -f -p 8080 -h /www", check_rc=0)
+    body = ""
+    for _ in range(120):
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5).read().decode()
+            break
+        except OSError:
+            time.sleep(0.5)
+    assert body == "hello-rootless\n"
+    pb("rm", "-f", "web", check_rc=0)
+    r = pb("run", "--rm", "-p", "80:80", "busybox", "true")
+    assert r.returncode != 0 and "ip_unprivileged_port_start" in r.stderr and "Traceback" not in r.stderr
