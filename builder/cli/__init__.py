@@ -70,14 +70,15 @@ def _enter_store(root: str | None, containers: list[str] = ()) -> None:
     from ..runtime import userns
     path = resolve(root)
     first: list[str] = []
-    if containers and os.geteuid() != 0:
+    namespaced = os.geteuid() != 0 or userns.in_unprivileged_container()
+    if containers and namespaced:
         from ..containers.lifecycle import lookup
         for name in containers:
             try:
                 first.append(lookup(path, name).id)
             except Exception:      # the command itself says what is wrong with the name
                 continue
-    userns.enter(path, join_pids=userns.container_pids(path, first) if os.geteuid() != 0 else [])
+    userns.enter(path, join_pids=userns.container_pids(path, first) if namespaced else [])
     userns.check_store_mode(path)
 
 
@@ -185,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         argv.insert(i, "build")
     args, extra = parser.parse_known_args(argv)
+    # The command's word, not args.command (`run` and `exec` have an argument of that name).
+    word = argv[i] if i < len(argv) else None
     if extra:
         # Report on the (sub)command's own parser: its usage line is the one that helps.
-        _innermost(parsers.get(getattr(args, "command", None) or "", parser), args).error(
+        _innermost(parsers.get(word or "", parser), args).error(
             f"unrecognized arguments: {' '.join(extra)}")
     root = getattr(args, "root", None)
     # Absolute, because runc bundles and overlay mount options are resolved from other cwds.
@@ -199,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _install_signal_handlers()
     try:
-        # The command's word, not args.command (`run` has an argument of that name).
-        if (argv[i] if i < len(argv) else None) not in STORELESS_COMMANDS:
+        if word not in STORELESS_COMMANDS:
             _enter_store(args.root, _container_args(args))
         return int(func(args) or 0)
     except Terminated as exc:

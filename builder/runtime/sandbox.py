@@ -41,7 +41,7 @@ from registry.inroot import open_in_root, open_root, split_parent
 
 from ..errors import BuildError
 from .seccomp import oci_seccomp
-from .userns import rootless, runc_argv
+from .userns import nested, rootless, runc_argv
 
 HOSTNAME = "buildkitsandbox"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -180,6 +180,7 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
     """
     if cancel is not None and cancel.is_set():
         raise BuildError("interrupted: the command was not started")
+    spec = _in_container_network(spec)
     seccomp = _preflight(spec, isolation)
     root_fd = open_root(spec.rootfs)
     try:
@@ -261,6 +262,25 @@ def _preflight(spec: RunSpec, isolation: str) -> dict:
     if spec.ports and rootless():
         _check_unprivileged_ports(spec.ports)
     return oci_seccomp(granted_caps(spec))
+
+
+_told_network = False
+
+
+def _in_container_network(spec: RunSpec) -> RunSpec:
+    """In an unprivileged container without /dev/net/tun (podman and Docker give none by
+    default), the default network is the container's own: pasta cannot run, and that network
+    namespace is already the container's alone. Said once per process."""
+    global _told_network
+    if spec.network != "default" or not nested() or os.access(TUN_DEVICE, os.R_OK | os.W_OK) or spec.ports:
+        return spec
+    if not _told_network:
+        _told_network = True
+        import sys
+        print(f"note: in an unprivileged container without {TUN_DEVICE}: RUN steps and containers use the "
+              "container's network (run the container with --device /dev/net/tun for a private one)",
+              file=sys.stderr)
+    return replace(spec, network="host")
 
 
 def _check_unprivileged_ports(ports: list[tuple[str, int, int, str]]) -> None:
@@ -812,7 +832,7 @@ def oci_config(spec: RunSpec, etc: dict[str, Path], netns: str | None = None,
         # is not ours): the host's, bound read-only, as rootless podman does.
         {"destination": "/sys", "type": "bind", "source": "/sys",
          "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
-        if spec.network == "host" and rootless() else
+        if (spec.network == "host" and rootless()) or nested() else
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev", "ro"]},
     ]
@@ -821,7 +841,13 @@ def oci_config(spec: RunSpec, etc: dict[str, Path], netns: str | None = None,
                        "options": ["rbind", "rprivate", "rw"]})
     for m in spec.mounts:
         mounts.append(_oci_mount(m))
-    namespaces: list[dict] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    # In an unprivileged container the container's /proc is masked (over-mounted), so the
+    # kernel refuses a new procfs: the container's is bound in, and the command shares its pid
+    # namespace (and hostname), as buildah does there (SECURITY.md, section 4c).
+    namespaces: list[dict] = [{"type": t} for t in (("ipc", "mount") if nested() else ("pid", "ipc", "uts", "mount"))]
+    if nested():
+        mounts[0] = {"destination": "/proc", "type": "bind", "source": "/proc",
+                     "options": ["rbind", "nosuid", "noexec", "nodev"]}
     if spec.network == "none":
         namespaces.append({"type": "network"})
     elif spec.network == "default":
@@ -845,7 +871,7 @@ def oci_config(spec: RunSpec, etc: dict[str, Path], netns: str | None = None,
             "noNewPrivileges": True,
         },
         "root": {"path": str(spec.rootfs), "readonly": False},
-        "hostname": spec.hostname,
+        **({} if nested() else {"hostname": spec.hostname}),
         "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
@@ -971,6 +997,7 @@ def create_bundle(spec: RunSpec, state_dir: Path, isolation: str = "oci") -> Pat
     bundle directory under ``state_dir``, for a runtime started by another process (``runc
     create`` under conmon). What must be undone later is recorded in the bundle's
     ``pybuild-bundle.json``; :func:`release_bundle` undoes it, from any process."""
+    spec = _in_container_network(spec)
     seccomp = _preflight(spec, isolation)
     root_fd = open_root(spec.rootfs)
     try:

@@ -31,6 +31,8 @@ from ..root import resolve as resolve_root
 SUBUID_FILE = "/etc/subuid"
 SUBGID_FILE = "/etc/subgid"
 RUNC_ROOT_ENV = "PYBUILD_RUNC_ROOT"
+NESTED_ENV = "PYBUILD_NESTED"           # set by enter() for root of an unprivileged container
+NESTED_IDS = 65536
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -113,8 +115,29 @@ def _disabled_reason() -> str | None:
     return None
 
 
+def in_unprivileged_container() -> bool:
+    """True for root without CAP_SYS_ADMIN: root of a container started without --privileged
+    (podman's or Docker's default capabilities), which can neither mount nor make namespaces
+    for runc until it enters a user namespace of its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return not (int(line.split()[1], 16) >> 21) & 1       # CAP_SYS_ADMIN is bit 21
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def nested() -> bool:
+    """True in the namespace :func:`enter` made for root of an unprivileged container: its RUN
+    steps and containers share the container's pid namespace and /proc (builder.runtime.sandbox)."""
+    return os.environ.get(NESTED_ENV) == "1" and rootless()
+
+
 def enter(store_root: Path | None = None, join_pids: list[int] = ()) -> None:
-    """Enter pybuild's user and mount namespace (see the module docstring); as root, nothing.
+    """Enter pybuild's user and mount namespace (see the module docstring); as root, nothing,
+    unless root lacks CAP_SYS_ADMIN (an unprivileged container): then a namespace mapping the
+    container's ids 0-65535 to themselves, written directly (root there may).
 
     ``store_root`` is where runc keeps its state when $XDG_RUNTIME_DIR is not set. The
     namespaces of the first of ``join_pids`` that can be joined (the supervisors of the store's
@@ -123,15 +146,37 @@ def enter(store_root: Path | None = None, join_pids: list[int] = ()) -> None:
     its overlay is mounted in that mount namespace. Raises UserNamespaceError naming the fix
     when there is no subordinate range, no newuidmap, or the kernel refuses user namespaces.
     """
-    if os.geteuid() == 0:
+    as_root = os.geteuid() == 0
+    if as_root and (not in_initial_user_namespace() or not in_unprivileged_container()):
         return
     if any(_join(pid) for pid in join_pids):
         os.environ.setdefault(RUNC_ROOT_ENV, str(runc_root(store_root)))
         return
+    pid = os.getpid()
+    if as_root:
+        # Root of the container has CAP_SETUID/CAP_SETGID: it writes the maps itself.
+        script = ("read go || exit 0; [ \"$go\" = go ] || exit 0; "
+                  f"echo '0 0 {NESTED_IDS}' > /proc/{pid}/uid_map || exit 11; "
+                  f"echo '0 0 {NESTED_IDS}' > /proc/{pid}/gid_map || exit 12")
+
+        def failed(code: int, detail: str) -> str:
+            return (f"pybuild in an unprivileged container could not map ids 0-{NESTED_IDS - 1} in its user "
+                    f"namespace ({detail or f'exit {code}'}): the container needs CAP_SETUID and CAP_SETGID "
+                    "(podman's and Docker's defaults)")
+        _unshare_mapped(script, failed, "pybuild in an unprivileged container")
+        os.environ[NESTED_ENV] = "1"
+    else:
+        script, failed = _user_maps(pid)
+        _unshare_mapped(script, failed, "rootless pybuild")
+    os.environ.setdefault(RUNC_ROOT_ENV, str(runc_root(store_root)))
+
+
+def _user_maps(pid: int):
+    """The helper script mapping an ordinary user's ranges with newuidmap/newgidmap, and the
+    message for its failure; UserNamespaceError when the user has no range or no newuidmap."""
     # Imported here: as root (and on every command's start-up) none of this is needed.
     import pwd
     import shutil
-    import subprocess
     uid, gid = os.getuid(), os.getgid()
     try:
         user = pwd.getpwuid(uid).pw_name
@@ -153,15 +198,27 @@ def enter(store_root: Path | None = None, join_pids: list[int] = ()) -> None:
     reason = _disabled_reason()
     if reason:
         raise UserNamespaceError(f"rootless pybuild needs a user namespace, but {reason}")
-
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    pid = os.getpid()
-    # The helper must be in the host's user namespace: it is started before the unshare and
-    # maps this process once told (a line on its stdin). The maps' numbers are all integers.
+    # The maps' numbers are all integers: nothing to quote.
     script = ("read go || exit 0; [ \"$go\" = go ] || exit 0; "
               f"{tools['newuidmap']} {' '.join(_map_args(pid, uid, uids))} || exit 11; "
               f"{tools['newgidmap']} {' '.join(_map_args(pid, gid, gids))} || exit 12")
+
+    def failed(code: int, detail: str) -> str:
+        tool = "newgidmap" if code == 12 else "newuidmap"
+        ranges = uids if tool == "newuidmap" else gids
+        return (f"rootless pybuild could not map its ids: {tool} failed ({detail or f'exit {code}'}); "
+                f"the ranges of {user} are {', '.join(f'{r.start}-{r.start + r.count - 1}' for r in ranges)} "
+                f"in {SUBUID_FILE if tool == 'newuidmap' else SUBGID_FILE}: check that {tool} is setuid root "
+                f"(Debian's uidmap package) and that the ranges are the user's own")
+    return script, failed
+
+
+def _unshare_mapped(script: str, failed, who: str) -> None:
+    """Unshare a user namespace, have ``script`` (a helper started before, in the parent
+    namespace) write its maps, become its root and make a private mount namespace."""
+    import ctypes
+    import subprocess
+    libc = ctypes.CDLL(None, use_errno=True)
     helper = subprocess.Popen(["/bin/sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, close_fds=True)
     if libc.unshare(_CLONE_NEWUSER) != 0:
@@ -176,25 +233,16 @@ def enter(store_root: Path | None = None, join_pids: list[int] = ()) -> None:
                    "allowed, e.g. podman's default profile; Docker's default seccomp profile refuses them)")
         else:
             why = os.strerror(err)
-        raise UserNamespaceError(f"rootless pybuild cannot create a user namespace: unshare(CLONE_NEWUSER): "
+        raise UserNamespaceError(f"{who} cannot create a user namespace: unshare(CLONE_NEWUSER): "
                                  f"{os.strerror(err)}: {why}")
     _, stderr = helper.communicate(b"go\n")
     if helper.returncode != 0:
-        tool = "newgidmap" if helper.returncode == 12 else "newuidmap"
-        ranges = uids if tool == "newuidmap" else gids
-        detail = stderr.decode(errors="replace").strip()
-        raise UserNamespaceError(
-            f"rootless pybuild could not map its ids: {tool} failed ({detail or f'exit {helper.returncode}'}); "
-            f"the ranges of {user} are {', '.join(f'{r.start}-{r.start + r.count - 1}' for r in ranges)} "
-            f"in {SUBUID_FILE if tool == 'newuidmap' else SUBGID_FILE}: check that {tool} is setuid root "
-            f"(Debian's uidmap package) and that the ranges are the user's own")
+        raise UserNamespaceError(failed(helper.returncode, stderr.decode(errors="replace").strip()))
     forget_user_namespace()
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
     if libc.unshare(_CLONE_NEWNS) != 0 or libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-        raise UserNamespaceError(f"rootless pybuild cannot make its mount namespace: "
-                                 f"{os.strerror(ctypes.get_errno())}")
-    os.environ.setdefault(RUNC_ROOT_ENV, str(runc_root(store_root)))
+        raise UserNamespaceError(f"{who} cannot make its mount namespace: {os.strerror(ctypes.get_errno())}")
 
 
 def container_pids(store_root: Path, first: list[str] = ()) -> list[int]:
@@ -265,7 +313,10 @@ def runc_argv() -> list[str]:
     (runc's default, /run/runc, is the host root's)."""
     root = os.environ.get(RUNC_ROOT_ENV)
     if root and rootless():
-        return ["runc", "--root", root]
+        # In an unprivileged container runc warns on every start that it has no cgroups to
+        # freeze, into the command's own output: its log goes nowhere (a failure is still
+        # printed on runc's stderr).
+        return ["runc", "--root", root, *(["--log", "/dev/null"] if nested() else [])]
     return ["runc"]
 
 
