@@ -228,7 +228,7 @@ def _unshare_mapped(script: str, failed, who: str) -> None:
             why = "this process already runs threads (pybuild enters its namespace at start-up only)"
         elif err == errno.ENOSPC:
             why = "the limit of user namespaces (user.max_user_namespaces) is reached"
-        elif err == errno.EPERM:
+        elif err in (errno.EPERM, errno.ENOSYS):           # ENOSYS: a seccomp profile's default
             why = ("the kernel or a seccomp filter refuses it (in a container: run it with user namespaces "
                    "allowed, e.g. podman's default profile; Docker's default seccomp profile refuses them)")
         else:

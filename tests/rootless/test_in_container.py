@@ -56,16 +56,19 @@ class Pod:
 
     PYBUILD = f"{VENV / 'bin' / 'python3'} -m builder --root /store"
 
-    def run(self, *cmd: str, volumes: dict[Path, str], timeout: float = 600) -> subprocess.CompletedProcess:
-        """``cmd`` in a new container of the test image (``podman run --rm``)."""
+    def run(self, *cmd: str, volumes: dict[Path, str], timeout: float = 600,
+            options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        """``cmd`` in a new container of the test image (``podman run --rm [options]``)."""
         binds = {Path("/usr"): "/usr:ro", REPO: f"{REPO}:ro", VENV: f"{VENV}:ro", **volumes}
-        argv = [*self.base, "run", "--rm", *(a for src, dst in binds.items() for a in ("-v", f"{src}:{dst}")),
+        argv = [*self.base, "run", "--rm", *options,
+                *(a for src, dst in binds.items() for a in ("-v", f"{src}:{dst}")),
                 "-e", f"PYTHONPATH={REPO}", "-e", f"SOURCE_DATE_EPOCH={SDE}", "localhost/pybuild-in-container:test",
                 *cmd]
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
-    def pybuild(self, *args: str, volumes: dict[Path, str], timeout: float = 600) -> subprocess.CompletedProcess:
-        return self.run(*self.PYBUILD.split(), *args, volumes=volumes, timeout=timeout)
+    def pybuild(self, *args: str, volumes: dict[Path, str], timeout: float = 600,
+                options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        return self.run(*self.PYBUILD.split(), *args, volumes=volumes, timeout=timeout, options=options)
 
     def close(self) -> None:
         subprocess.run([*self.base, "rm", "-a", "-f"], capture_output=True)
@@ -127,3 +130,18 @@ def test_a_run_step_in_the_container_cannot_reach_pybuilds_filesystem_through_pr
     assert r.stdout == "the container's own file\n"                  # not overwritten
     assert "container's own file" not in r.stderr                    # not read
     assert "python3 -m builder" in pod.pybuild("run", "--rm", "probe", "cat", "/ps.txt", volumes=vols).stdout
+
+
+def test_a_seccomp_profile_refusing_user_namespaces_is_a_clear_error(pod, tmp_path):
+    """podman's profile with unshare denied (EPERM, as Docker's default profile denies it without
+    CAP_SYS_ADMIN): pybuild says it cannot create a user namespace and why, no traceback."""
+    import json
+    profile = json.loads(Path("/usr/share/containers/seccomp.json").read_text())
+    profile["syscalls"].insert(0, {"names": ["unshare"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1})
+    (tmp_path / "seccomp.json").write_text(json.dumps(profile))
+    store = tmp_path / "store"
+    store.mkdir()
+    r = pod.pybuild("images", volumes={store: "/store"},
+                    options=("--security-opt", f"seccomp={tmp_path / 'seccomp.json'}"))
+    assert r.returncode == 1, r
+    assert "cannot create a user namespace" in r.stderr and "seccomp" in r.stderr and "Traceback" not in r.stderr
