@@ -149,9 +149,11 @@ def enter(store_root: Path | None = None, join_pids: list[int] = ()) -> None:
     as_root = os.geteuid() == 0
     if as_root and (not in_initial_user_namespace() or not in_unprivileged_container()):
         return
-    if any(_join(pid) for pid in join_pids):
-        os.environ.setdefault(RUNC_ROOT_ENV, str(runc_root(store_root)))
-        return
+    if join_pids:
+        want = [(0, 0, NESTED_IDS)] if as_root else _user_uid_map()
+        if want and any(_join(pid, want) for pid in join_pids):
+            os.environ.setdefault(RUNC_ROOT_ENV, str(runc_root(store_root)))
+            return
     pid = os.getpid()
     if as_root:
         # Root of the container has CAP_SETUID/CAP_SETGID: it writes the maps itself.
@@ -268,9 +270,32 @@ def container_pids(store_root: Path, first: list[str] = ()) -> list[int]:
     return out
 
 
-def _join(pid: int) -> bool:
+def _user_uid_map() -> list[tuple[int, int, int]]:
+    """The uid map :func:`enter` gives an ordinary user's namespace (empty without a range)."""
+    import pwd
+    uid = os.getuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    args = _map_args(0, uid, subordinate_ranges(SUBUID_FILE, user, uid))[1:]
+    out = [tuple(int(x) for x in args[i:i + 3]) for i in range(0, len(args), 3)]
+    return out if len(out) > 1 else []
+
+
+def _uid_map_of(pid: int) -> list[tuple[int, int, int]]:
+    try:
+        lines = Path(f"/proc/{pid}/uid_map").read_text().splitlines()
+        return [tuple(int(x) for x in line.split()) for line in lines if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def _join(pid: int, want: list[tuple[int, int, int]]) -> bool:
     """Join the user and mount namespaces of ``pid`` (a process of this user's, started by an
-    earlier rootless pybuild); False when it is gone or they cannot be joined."""
+    earlier pybuild) if its uid map is ``want``, the one pybuild would make: a recycled pid
+    that now names some other namespace of the user's (a rootless podman's) is not joined.
+    False when it is gone or they cannot be joined."""
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     try:
@@ -285,6 +310,8 @@ def _join(pid: int) -> bool:
     try:
         if os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user"):
             return False                   # not in a namespace of ours (a stale pid)
+        if _uid_map_of(pid) != want:
+            return False
         if libc.setns(user_fd, _CLONE_NEWUSER) != 0:
             return False
         forget_user_namespace()
