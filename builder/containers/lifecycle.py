@@ -57,8 +57,9 @@ from registry.inroot import makedirs_in_root, opened_root
 from ..runtime.sandbox import (DEFAULT_PATH, Mount, RunSpec, check_isolation, create_bundle, exec_process,
                                parse_publish, release_bundle, release_networks, run as sandbox_run,
                                runtime_available)
-from ..runtime.snapshot import OPAQUE_XATTR, LayerDirs, Snapshot, mount_snapshot
+from ..runtime.snapshot import LayerDirs, Snapshot, is_opaque, mount_snapshot
 from ..runtime.users import resolve_user
+from ..runtime.userns import runc_argv
 
 DEFAULT_STOP_TIMEOUT = 10
 INIT_PATH = "/sbin/docker-init"        # where --init's binary is bound (Docker's path)
@@ -917,7 +918,7 @@ def kill_container(c: Container, supervisor_pid: int) -> bool:
 
 def _runc_kill(c: Container, sig: int) -> bool:
     """Signal the first process of a conmon-run container through runc (its state knows it)."""
-    return subprocess.run(["runc", "kill", c.state.runtime_id, str(int(sig))],
+    return subprocess.run([*runc_argv(), "kill", c.state.runtime_id, str(int(sig))],
                           capture_output=True).returncode == 0
 
 
@@ -1154,6 +1155,7 @@ def start_monitored(c: Container) -> None:
         exit_args = ["-m", "builder", "--root", str(root), "container-cleanup", c.id]
         cmd = ["conmon", "--api-version", "1", "-c", rid, "-u", rid, "-n", c.name,
                "-r", shutil.which("runc") or "runc", "-b", str(bundle),
+               *[a for x in runc_argv()[1:] for a in ("--runtime-arg", x)],
                "-p", str(bundle / "pidfile"), "-P", str(c.dir / "conmon.pid"),
                "-l", f"k8s-file:{c.dir / 'ctr.log'}", "--exit-dir", str(c.dir / "exits"),
                "-0", str(c.dir), "--socket-dir-path", str(c.dir / "sock"), "--log-level", "error",
@@ -1196,7 +1198,7 @@ def start_monitored(c: Container) -> None:
         c.state = ContainerState(status="running", pid=monitor, started=_now(), monitor="conmon",
                                  runtime_id=rid, bundle=str(bundle))
         save_state(c)
-        r2 = subprocess.run(["runc", "start", rid], capture_output=True, text=True)
+        r2 = subprocess.run([*runc_argv(), "start", rid], capture_output=True, text=True)
         if r2.returncode != 0:
             _runc_kill(c, signal.SIGKILL)
             raise BuildError(f"runc could not start the container: {r2.stderr.strip()}")
@@ -1210,7 +1212,7 @@ def start_monitored(c: Container) -> None:
             c.state.error = str(exc)
         log.close()
         if c.state.runtime_id:
-            subprocess.run(["runc", "delete", "--force", c.state.runtime_id], capture_output=True)
+            subprocess.run([*runc_argv(), "delete", "--force", c.state.runtime_id], capture_output=True)
         if bundle is not None:
             release_bundle(bundle)
         _finish(c, snap, view, 125)
@@ -1263,7 +1265,7 @@ def finish_monitored(c: Container, auto_remove: bool = True) -> None:
         if c.healthcheck:
             from .health import stop_loop
             stop_loop(c.dir / "health")
-        subprocess.run(["runc", "delete", "--force", c.state.runtime_id], capture_output=True)
+        subprocess.run([*runc_argv(), "delete", "--force", c.state.runtime_id], capture_output=True)
         if c.state.bundle:
             release_bundle(Path(c.state.bundle))
         release_networks(c.dir / "run")
@@ -1323,7 +1325,7 @@ def exec_in(c: Container, args: list[str], env: list[str] | None = None, user: s
     spec_file = bundle.parent / f".exec-{os.getpid()}-{os.urandom(4).hex()}.json"
     spec_file.write_text(json.dumps(proc))
     try:
-        cmd = ["runc", "exec", "--process", str(spec_file)] + (["--tty"] if tty else []) + [rid]
+        cmd = [*runc_argv(), "exec", "--process", str(spec_file)] + (["--tty"] if tty else []) + [rid]
         p = subprocess.Popen(cmd, stdin=None if (interactive or tty) else subprocess.DEVNULL)
         old = {s: signal.signal(s, lambda n, _f: p.send_signal(n))
                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
@@ -1341,7 +1343,7 @@ def _runtime_of(c: Container) -> tuple[str, Path]:
     """runc's id and bundle of the running container (conmon-run, or a foreground/supervised one)."""
     if c.state.monitor == "conmon":
         return c.state.runtime_id, Path(c.state.bundle)
-    r = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
+    r = subprocess.run([*runc_argv(), "list", "--format", "json"], capture_output=True, text=True)
     prefix = str(c.dir / "run") + os.sep
     for e in json.loads(r.stdout or "null") or []:
         if str(e.get("bundle", "")).startswith(prefix) and e.get("status") == "running":
@@ -1445,7 +1447,7 @@ def _kill_orphans(c: Container) -> None:
     """Kill and delete runc containers whose bundle is this container's (supervisor gone)."""
     if not runtime_available():
         return
-    r = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
+    r = subprocess.run([*runc_argv(), "list", "--format", "json"], capture_output=True, text=True)
     try:
         entries = json.loads(r.stdout or "null") or []
     except ValueError:
@@ -1453,12 +1455,12 @@ def _kill_orphans(c: Container) -> None:
     prefix = str(c.dir / "run") + os.sep
     for e in entries:
         if str(e.get("bundle", "")).startswith(prefix):
-            subprocess.run(["runc", "kill", e["id"], "KILL"], capture_output=True)
+            subprocess.run([*runc_argv(), "kill", e["id"], "KILL"], capture_output=True)
             # A loaded machine can still be reaping the init process when delete runs, and
             # runc then refuses; retry until runc no longer knows the container.
             deadline = time.monotonic() + 10
-            while subprocess.run(["runc", "delete", "--force", e["id"]], capture_output=True).returncode:
-                if subprocess.run(["runc", "state", e["id"]], capture_output=True).returncode:
+            while subprocess.run([*runc_argv(), "delete", "--force", e["id"]], capture_output=True).returncode:
+                if subprocess.run([*runc_argv(), "state", e["id"]], capture_output=True).returncode:
                     break                                    # gone after all
                 if time.monotonic() > deadline:
                     raise BuildError(f"container {c.name}: runc could not delete {e['id']}; "
@@ -1546,11 +1548,7 @@ def diff(c: Container) -> list[tuple[str, str]]:
                 continue
             out.append(("C" if below is not None else "A", path))
             if stat.S_ISDIR(st.st_mode) and below is not None and stat.S_ISDIR(below[1].st_mode):
-                try:
-                    opaque = os.getxattr(host, OPAQUE_XATTR) == b"y"
-                except OSError:
-                    opaque = False
-                if opaque:            # everything the image had below is gone
+                if is_opaque(host):   # everything the image had below is gone
                     kept = set(os.listdir(host))
                     out += [("D", posixpath.join(path, n)) for n in view.listdir(path) if n not in kept]
     if c.running:
