@@ -1089,13 +1089,22 @@ def supervise(c: Container) -> int:
 # the container if it was run with --rm. `stop`, `wait`, `rm`, `ps` finish the job themselves
 # (under a lock) if that exit command has not run yet, or if conmon was killed.
 
+# What conmon and its exit command (`pybuild container-cleanup`) need from our environment: where
+# programs are (runc, umount, nft, ip), how this interpreter finds this package and caches its
+# byte code, and the pybuild settings that name state the cleanup must find again. Nothing else:
+# conmon holds its environment for the container's whole life, and ours may carry registry or
+# signing passwords (PYBUILD_REGISTRY_*_PASSWORD, COSIGN_PASSWORD) and whatever `-e K` read.
+_CONMON_ENV_KEEP = ("PATH", "HOME", "TMPDIR", "PYTHONHOME", "PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE",
+                    "PYBUILD_BRIDGE_STATE", "PYBUILD_CONTAINER_NETWORK", "PYBUILD_SECCOMP_PROFILE")
+
+
 def _conmon_env() -> dict[str, str]:
-    """conmon's environment (its exit command inherits it): ours, with this package importable."""
-    env = dict(os.environ)
-    pkg_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.pop("_OCI_SYNCPIPE", None)
-    env.pop("_OCI_STARTPIPE", None)
+    """conmon's environment, which its exit command inherits: the few variables of
+    ``_CONMON_ENV_KEEP`` that are set, and PYTHONPATH making this very package importable."""
+    env = {k: os.environ[k] for k in _CONMON_ENV_KEEP if k in os.environ}
+    env.setdefault("PATH", DEFAULT_PATH)
+    paths = [str(Path(__file__).resolve().parents[2])] + os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
     return env
 
 
@@ -1188,7 +1197,8 @@ def start_monitored(c: Container) -> None:
             raise BuildError(f"runc could not start the container: {r2.stderr.strip()}")
         if c.healthcheck:
             from .health import start_loop
-            start_loop(c.dir / "health", rid, exec_process(bundle, c.healthcheck["test"]), c.healthcheck)
+            start_loop(c.dir / "health", rid, exec_process(bundle, c.healthcheck["test"]), c.healthcheck,
+                       env={"PATH": env["PATH"]})
         log.close()
     except BaseException as exc:
         if isinstance(exc, BuildError):

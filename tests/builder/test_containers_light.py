@@ -109,6 +109,35 @@ def test_detached_container_runs_under_conmon_and_survives_its_starter(busybox_i
     assert list((root / "snapshots").iterdir()) == []
 
 
+def test_what_stays_per_container_holds_none_of_the_starters_secrets(busybox_image: Path):
+    """conmon and the health loop live as long as the container: they get a few variables, not the
+    environment of `pybuild run -d` (registry and signing passwords, whatever `-e K` read)."""
+    root = busybox_image
+    canary = "canary-" + os.urandom(6).hex()
+    env = {**CLI_ENV, "PYBUILD_REGISTRY_PASSWORD": canary, "COSIGN_PASSWORD": canary, "SECRET_K": canary}
+    cid = pybuild(root, "run", "-d", "--name", "envless", "-e", "SECRET_K", "--health-cmd", "true",
+                  "--health-interval", "1s", "busybox", "sh", "-c", "echo $SECRET_K; sleep 300",
+                  check_rc=0, env=env).stdout.strip()
+    try:
+        c = ct.load(root, cid)
+        assert _comm(c.state.pid) == "conmon"
+        _until(lambda: _health_of(root, "envless") == "healthy", what="a health check")
+        kept = [c.state.pid] + _proc_tree(int((c.dir / "health" / "pid").read_text()))
+        environs = {p: Path(f"/proc/{p}/environ").read_bytes() for p in kept if ct._alive(p)}
+        assert c.state.pid in environs and len(environs) >= 2          # conmon and the check loop
+        for p, e in environs.items():
+            assert canary.encode() not in e, (_comm(p), [kv.split(b"=")[0] for kv in e.split(b"\0")])
+            assert b"PATH=" in e
+        # The container itself got what -e asked for.
+        _until(lambda: canary in pybuild(root, "logs", "envless").stdout, what="the container's output")
+    finally:
+        pybuild(root, "rm", "-f", "envless", check_rc=0)
+    # conmon's exit command, with that small environment, still ran the cleanup of a --rm container.
+    cid = pybuild(root, "run", "-d", "--rm", "busybox", "sh", "-c", "exit 3", check_rc=0, env=env).stdout.strip()
+    _until(lambda: not (root / "containers" / cid).exists(), what="the --rm container's removal")
+    assert list((root / "snapshots").iterdir()) == []
+
+
 def _alive_any(pids: list[int]) -> bool:
     return any(ct._alive(p) for p in pids)
 
