@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import select
+import shlex
 import shutil
 import socket
 import subprocess
@@ -236,6 +237,49 @@ def test_t_gives_a_pty_of_the_terminal_size(busybox_image: Path):
     # Without a terminal, -t is refused as docker refuses it.
     r = pybuild(busybox_image, "run", "--rm", "-t", "busybox", "true", stdin=subprocess.DEVNULL)
     assert r.returncode == 125 and "TTY" in r.stderr
+
+
+def _pane(tmux: list[str]) -> str:
+    return subprocess.run(tmux + ["capture-pane", "-p", "-t", "it"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs Debian's tmux (scripts/setup.sh installs it)")
+def test_it_shell_in_tmux_runs_what_is_typed_and_follows_a_resize(busybox_image: Path, tmp_path: Path):
+    """`pybuild run -it --rm busybox sh` in a real terminal emulator (a tmux of its own): a prompt,
+    typed commands run, `stty size` follows tmux's resize-window, `exit` ends the pane's command
+    with the shell's code and the --rm container is gone."""
+    root = busybox_image
+    conf = tmp_path / "tmux.conf"
+    conf.write_text("set -g remain-on-exit on\n")           # keep the pane to read its exit status
+    tmux = ["tmux", "-S", str(tmp_path / "tmux.sock"), "-f", str(conf)]
+    cmd = shlex.join([sys.executable, "-m", "builder", "--root", str(root), "run", "-it", "--rm", "busybox", "sh"])
+    subprocess.run(tmux + ["new-session", "-d", "-s", "it", "-x", "100", "-y", "30", "-c", str(REPO), cmd],
+                   check=True, env=CLI_ENV)
+    try:
+        _until(lambda: _pane(tmux).rstrip().endswith("/ #"), timeout=60, what="the shell's prompt")
+        nonce = os.urandom(4).hex()
+        # The typed line shows $((40+2)); only the shell's output has 42.
+        subprocess.run(tmux + ["send-keys", "-t", "it", f"echo hi-$((40+2))-{nonce}; stty size", "Enter"], check=True)
+        _until(lambda: f"hi-42-{nonce}\n30 100\n" in _pane(tmux), what="the typed command's output")
+        subprocess.run(tmux + ["resize-window", "-t", "it", "-x", "120", "-y", "40"], check=True)
+
+        def size_inside() -> bool:
+            subprocess.run(tmux + ["send-keys", "-t", "it", "stty size", "Enter"], check=True)
+            time.sleep(0.5)
+            return "\n40 120\n" in _pane(tmux)
+        _until(size_inside, what="the new size inside the container")
+        assert list((root / "containers").glob("[0-9a-f]*"))                   # one container, running
+        subprocess.run(tmux + ["send-keys", "-t", "it", "exit 7", "Enter"], check=True)
+
+        def pane_dead() -> list[str]:
+            out = subprocess.run(tmux + ["display", "-p", "-t", "it", "#{pane_dead} #{pane_dead_status}"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            return out if out[0] == "1" else []
+        assert _until(pane_dead, timeout=60, what="the pane's command to end") == ["1", "7"]
+        assert list((root / "containers").glob("[0-9a-f]*")) == []              # --rm: removed
+    finally:
+        subprocess.run(tmux + ["kill-server"], capture_output=True)
 
 
 def test_exec_runs_confined_in_the_running_container(busybox_image: Path):
