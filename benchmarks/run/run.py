@@ -212,11 +212,14 @@ def resident(tool: Tool, count: int) -> dict[str, float]:
     kept_uss_kb = sum(uss_kb(p) for p in kept)
     kinds = [f"{k} {sum(pss_kb(p) for p, n in kept.items() if n == k) / 1024 / count:.2f}"
              for k in sorted(set(kept.values()))]
+    own = [p for p in new if p not in kept]
+    own_text = (f"the container's own: PSS {sum(pss_kb(p) for p in own) / 1024 / count:.2f}, "
+                f"USS {sum(uss_kb(p) for p in own) / 1024 / count:.2f}")
     disk1 = du_bytes(tool.storage)
     check(tool.cmd("rm", "-f", *ids), tool.env)
     return {"start_s": wall, "mem_mb": mem_kb / 1024 / count, "disk_kb": (disk1 - disk0) / 1024 / count,
             "procs": len(new) / count, "kept_mb": kept_kb / 1024 / count, "kept_rss_mb": kept_rss_kb / 1024 / count,
-            "kept_uss_mb": kept_uss_kb / 1024 / count, "kinds": ",".join(kinds)}
+            "kept_uss_mb": kept_uss_kb / 1024 / count, "kinds": ",".join(kinds), "own": own_text}
 
 
 def start_many(tool: Tool, count: int) -> float:
@@ -296,7 +299,7 @@ def main() -> None:
             for t in order:
                 resident_runs[t.name].append(resident(t, a.resident))
         med = statistics.median
-        res = {name: {k: (med(r[k] for r in runs) if k != "kinds" else runs[len(runs) // 2][k])
+        res = {name: {k: (runs[len(runs) // 2][k] if isinstance(runs[0][k], str) else med(r[k] for r in runs))
                       for k in runs[0]} for name, runs in resident_runs.items()}
         print(f"busybox containers, default networks (pybuild: pybuild0 bridge; podman: --network bridge); "
               f"medians of {a.trials} trials; load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -310,7 +313,7 @@ def main() -> None:
                   f"{r['procs']:9.1f}")
         print(f"kept alive per detached container ({a.resident} running), by process kind (MB PSS; the middle trial):")
         for t in tools:
-            print(f"  {t.name:9} {res[t.name]['kinds']}")
+            print(f"  {t.name:9} {res[t.name]['kinds']}; {res[t.name]['own']}")
         if "podman" in res:
             p = res["podman"]
             for t in tools[:-1]:
