@@ -321,14 +321,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_published_port_is_reachable_from_the_host(busybox_image: Path, tmp_path: Path):
+@pytest.mark.parametrize("backend", ["bridge", "pasta"])
+def test_published_port_is_reachable_from_the_host(busybox_image: Path, tmp_path: Path, backend: str):
+    """A busybox httpd published with -p 127.0.0.1:PORT:8080 answers from the host: on the bridge
+    (root's default: a DNAT rule) and through pasta (rootless' default: pasta forwards it)."""
     root = busybox_image
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text("served from the container\n")
     port = _free_port()
-    pybuild(root, "run", "-d", "--name", "web", "-p", f"127.0.0.1:{port}:8080", "-v", f"{www}:/www:ro",
-            "busybox", "httpd", "-f", "-p", "8080", "-h", "/www", check_rc=0)
+    env = dict(CLI_ENV, PYBUILD_CONTAINER_NETWORK=backend)
+    cid = pybuild(root, "run", "-d", "--name", "web", "-p", f"127.0.0.1:{port}:8080", "-v", f"{www}:/www:ro",
+                  "busybox", "httpd", "-f", "-p", "8080", "-h", "/www", check_rc=0, env=env).stdout.strip()
+    assert ct.load(root, cid).network_backend == backend
     try:
         def get() -> str:
             try:
