@@ -139,6 +139,73 @@ def test_what_stays_per_container_holds_none_of_the_starters_secrets(busybox_ima
     assert list((root / "snapshots").iterdir()) == []
 
 
+def _inspect(root: Path, name: str) -> dict:
+    return json.loads(pybuild(root, "inspect", "--format", "json", name, check_rc=0).stdout)
+
+
+def _nothing_left_of(root: Path, rid: str) -> None:
+    """No conmon, runc container, restarting pybuild or mount is left for the container."""
+    _until(lambda: _pybuild_procs(root) == [], what="pybuild's processes for the store to end")
+    runc = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True).stdout
+    assert rid not in runc
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _comm(int(p)) == "conmon"
+                and rid.encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def test_restart_policies_of_detached_containers(busybox_image: Path):
+    """--restart as Docker's: on the container's own writable layer, by conmon's exit command;
+    on-failure:N at most N times and only after a failure, always until `stop` or `rm -f`."""
+    root = busybox_image
+    count = "echo x >> /count; wc -l < /count"
+    pybuild(root, "run", "-d", "--name", "rf", "--restart", "on-failure:2", "busybox", "sh", "-c",
+            count + "; exit 3", check_rc=0)
+    try:
+        assert pybuild(root, "wait", "rf", check_rc=0).stdout == "3\n"     # after the last run
+        assert pybuild(root, "logs", "rf").stdout.split() == ["1", "2", "3"]  # one layer, three runs
+        doc = _inspect(root, "rf")
+        assert doc["RestartCount"] == 2 and doc["State"]["Status"] == "exited"
+        assert doc["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
+    finally:
+        pybuild(root, "rm", "-f", "rf", check_rc=0)
+    # on-failure does not restart a success.
+    pybuild(root, "run", "-d", "--name", "ok", "--restart", "on-failure", "busybox", "echo", "once", check_rc=0)
+    try:
+        assert pybuild(root, "wait", "ok", check_rc=0).stdout == "0\n"
+        assert pybuild(root, "logs", "ok").stdout == "once\n" and _inspect(root, "ok")["RestartCount"] == 0
+    finally:
+        pybuild(root, "rm", "-f", "ok", check_rc=0)
+    # always: after a success too, until stopped; a stopped container stays stopped.
+    cid = pybuild(root, "run", "-d", "--name", "al", "--restart", "always", "busybox", "sh", "-c", count,
+                  check_rc=0).stdout.strip()
+    rid = ct.load(root, cid).state.runtime_id
+    try:
+        _until(lambda: len(pybuild(root, "logs", "al").stdout.split()) >= 3, what="two restarts")
+        pybuild(root, "stop", "al", check_rc=0)
+        doc = _inspect(root, "al")
+        assert doc["State"]["Status"] == "exited" and not doc["State"]["Restarting"]
+        assert ct.load(root, cid).state.status == "exited"
+        _nothing_left_of(root, rid)
+        assert str(root) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        pybuild(root, "rm", "-f", "al", check_rc=0)
+    # rm -f ends one that keeps failing, whether it runs or waits for its restart at that moment.
+    cid = pybuild(root, "run", "-d", "--name", "al2", "--restart", "always", "busybox", "sh", "-c", "exit 1",
+                  check_rc=0).stdout.strip()
+    rid = ct.load(root, cid).state.runtime_id
+    _until(lambda: _inspect(root, "al2")["RestartCount"] >= 2, what="two restarts")
+    pybuild(root, "rm", "-f", "al2", check_rc=0)
+    assert not (root / "containers" / cid).exists()
+    _nothing_left_of(root, rid)
+    assert list((root / "snapshots").iterdir()) == []
+    # Refused up front, as Docker refuses them.
+    r = pybuild(root, "run", "--restart", "always", "busybox", "true")
+    assert r.returncode == 125 and "-d" in r.stderr
+    r = pybuild(root, "run", "-d", "--rm", "--restart", "always", "busybox", "true")
+    assert r.returncode == 125 and "--restart and --rm" in r.stderr
+    r = pybuild(root, "run", "-d", "--restart", "sometimes", "busybox", "true")
+    assert r.returncode == 125 and "on-failure[:MAX_RETRIES]" in r.stderr and "Traceback" not in r.stderr
+
+
 def _alive_any(pids: list[int]) -> bool:
     return any(ct._alive(p) for p in pids)
 
