@@ -210,23 +210,35 @@ class Container:
         """True while a live process supervises the container."""
         return self.state.status == "running" and _alive(self.state.pid)
 
+    @property
+    def restarting(self) -> bool:
+        """True while its restart policy is about to start it again: conmon recorded an exit
+        the policy restarts after, and its exit command has not taken over yet, or that
+        command waits for the restart's delay."""
+        st = self.state
+        if st.status == "restarting":
+            return _alive(st.pid)
+        if st.status != "running" or self.restart_policy == "no" or _alive(st.pid):
+            return False
+        code = monitor_exit_code(self)
+        return code is not None and restart_wanted(self, code) and _exit_age(self) < _EXIT_COMMAND_GRACE
+
     def status_text(self) -> str:
         """``Up 3 seconds`` / ``Exited (0) 5 seconds ago`` / ``Created``, as docker ps shows it."""
         st = self.state
-        if st.status == "running":
-            if self.running:
-                h = self.health()
-                shown = "" if h is None else (" (health: starting)" if h.status == "starting"
-                                              else f" ({h.status})")
-                return f"Up {_ago(st.started)}{shown}"
+        if self.running:
+            h = self.health()
+            shown = "" if h is None else (" (health: starting)" if h.status == "starting"
+                                          else f" ({h.status})")
+            return f"Up {_ago(st.started)}{shown}"
+        if self.restarting:
+            code = st.exit_code if st.status == "restarting" else monitor_exit_code(self)
+            return f"Restarting ({code}) {_ago(st.finished or st.started)} ago"
+        if st.status in ("running", "restarting"):
             code = monitor_exit_code(self)
             if code is not None:
                 return f"Exited ({code}) {_ago(st.started)} ago"
             return "Dead (its supervising process is gone)"
-        if st.status == "restarting":
-            if not _alive(st.pid):
-                return "Dead (its supervising process is gone)"
-            return f"Restarting ({st.exit_code}) {_ago(st.finished)} ago"
         if st.status == "exited":
             return f"Exited ({st.exit_code}) {_ago(st.finished)} ago"
         return "Created"
@@ -341,7 +353,7 @@ def list_containers(root: Path, all: bool = False) -> list[Container]:
             c = load(root, d.name)
         except (BuildError, ValueError, TypeError):
             continue            # half-created or being removed right now
-        if all or c.running or (c.state.status == "restarting" and _alive(c.state.pid)):
+        if all or c.running or c.restarting:
             out.append(c)
     out.sort(key=lambda c: c.created, reverse=True)
     return out
@@ -1507,7 +1519,7 @@ def inspect_doc(c: Container) -> dict:
     running = c.running
     st = c.state
     h = c.health() if running else None
-    restarting = st.status == "restarting" and _alive(st.pid)
+    restarting = c.restarting
     state = {"Status": ("running" if running else "restarting" if restarting
                         else "exited" if st.status != "created" else "created"),
              "Running": running, "Restarting": restarting, "Pid": st.pid if running else 0,
@@ -1634,7 +1646,7 @@ def reap(c: Container) -> None:
 def remove(c: Container, force: bool = False, volumes: bool = False) -> None:
     """Delete the container: its writable layer, logs and record (``force`` kills it first);
     its anonymous volumes too with ``volumes`` or when it was run with ``--rm``, as Docker does."""
-    if c.state.status == "restarting" and _alive(c.state.pid) and not force:
+    if c.restarting and not force:
         raise BuildError(f"container {c.name} is restarting: stop it (`pybuild stop {c.name}`) "
                          "or use `pybuild rm -f`")
     if c.state.monitor == "conmon" and c.state.status in ("running", "restarting") and force:

@@ -193,6 +193,11 @@ def test_restart_policies_of_detached_containers(busybox_image: Path):
                   check_rc=0).stdout.strip()
     rid = ct.load(root, cid).state.runtime_id
     _until(lambda: _inspect(root, "al2")["RestartCount"] >= 2, what="two restarts")
+    # Running, exited for a moment or waiting for its restart: never a stopped one for prune.
+    pybuild(root, "system", "prune", "-f", check_rc=0)
+    assert (root / "containers" / cid).is_dir()
+    assert "al2" in pybuild(root, "ps", check_rc=0).stdout
+    pybuild(root, "rm", "al2", check_rc=1)                     # not without -f
     pybuild(root, "rm", "-f", "al2", check_rc=0)
     assert not (root / "containers" / cid).exists()
     _nothing_left_of(root, rid)
