@@ -1145,7 +1145,9 @@ def supervise(c: Container) -> int:
 # `pybuild container-cleanup ID` (:func:`finish_monitored`), which records the exit code,
 # deletes runc's container, releases the network and stubs, unmounts the overlay and removes
 # the container if it was run with --rm. `stop`, `wait`, `rm`, `ps` finish the job themselves
-# (under a lock) if that exit command has not run yet, or if conmon was killed.
+# (under a lock) if that exit command has not run yet, or if conmon was killed. A container
+# whose --restart policy wants it again is restarted by that exit command alone: it releases
+# the runtime, keeps the overlay, waits the delay and launches a new conmon (:func:`_restart`).
 
 # What conmon and its exit command (`pybuild container-cleanup`) need from our environment: where
 # programs are (runc, umount, nft, ip), how this interpreter finds this package and caches its
