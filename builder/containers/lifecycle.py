@@ -1150,11 +1150,13 @@ def supervise(c: Container) -> int:
 # the runtime, keeps the overlay, waits the delay and launches a new conmon (:func:`_restart`).
 
 # What conmon and its exit command (`pybuild container-cleanup`) need from our environment: where
-# programs are (runc, umount, nft, ip), how this interpreter finds this package and caches its
-# byte code, and the pybuild settings that name state the cleanup must find again. Nothing else:
+# programs are (runc, umount, nft, ip), where runc keeps its state when not root
+# (XDG_RUNTIME_DIR: every runc call must agree), how this interpreter finds this package and
+# caches its byte code, and the pybuild settings that name state the cleanup must find again.
+# Nothing else:
 # conmon holds its environment for the container's whole life, and ours may carry registry or
 # signing passwords (PYBUILD_REGISTRY_*_PASSWORD, COSIGN_PASSWORD) and whatever `-e K` read.
-_CONMON_ENV_KEEP = ("PATH", "HOME", "TMPDIR", "PYTHONHOME", "PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE",
+_CONMON_ENV_KEEP = ("PATH", "HOME", "TMPDIR", "XDG_RUNTIME_DIR", "PYTHONHOME", "PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE",
                     "PYBUILD_BRIDGE_STATE", "PYBUILD_CONTAINER_NETWORK", "PYBUILD_SECCOMP_PROFILE")
 
 
@@ -1267,7 +1269,7 @@ def _launch_monitored(c: Container, snap: Snapshot, view: RootView) -> None:
         if c.healthcheck:
             from .health import start_loop
             start_loop(c.dir / "health", rid, exec_process(bundle, c.healthcheck["test"]), c.healthcheck,
-                       env={"PATH": env["PATH"]})
+                       env={k: v for k, v in env.items() if not k.startswith("_OCI_")})
         log.close()
     except BaseException as exc:
         if isinstance(exc, BuildError):
