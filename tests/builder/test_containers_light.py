@@ -451,18 +451,32 @@ def _health_of(root: Path, name: str) -> str | None:
 def test_healthcheck_goes_starting_healthy_unhealthy(busybox_image: Path, tmp_path: Path):
     root = busybox_image
     image = _health_image(root, tmp_path)
-    pybuild(root, "run", "-d", "--name", "doc", image, "sh", "-c",
-            "sleep 1.5; touch /tmp/ok; sleep 300", check_rc=0)
+    # A start period longer than the test: failures before the first success are not counted,
+    # so the status is "starting" for sure until the check can pass.
+    pybuild(root, "run", "-d", "--name", "doc", "--health-start-period", "10m", image, "sleep", "300",
+            check_rc=0)
+    results = ct.lookup(root, "doc").dir / "health" / "results"
+
+    def checks() -> list[int]:
+        try:
+            return [int(line.split()[1]) for line in results.read_text().splitlines() if len(line.split()) == 2]
+        except OSError:
+            return []
     try:
-        assert _health_of(root, "doc") == "starting"             # before its first interval
+        _until(lambda: len(checks()) >= 2, what="two checks")
+        assert set(checks()) == {1}                               # test -f fails: no file yet
+        assert _health_of(root, "doc") == "starting"
         assert "(health: starting)" in pybuild(root, "ps", check_rc=0).stdout
-        # healthy within its interval of the file appearing (plus the slack of a loaded machine)
-        t0 = time.monotonic()
-        _until(lambda: _health_of(root, "doc") == "healthy", timeout=20, what="healthy")
-        assert time.monotonic() - t0 < 10
+        # Healthy within its interval of the file appearing: the first check that starts after
+        # it (the next one, or the one after if one was under way) passes, and none fails after.
+        before = len(checks())
+        pybuild(root, "exec", "doc", "touch", "/tmp/ok", check_rc=0)
+        _until(lambda: _health_of(root, "doc") == "healthy", what="healthy")
+        after = checks()[before:]
+        assert 0 in after[:2] and after[after.index(0):] == [0] * (len(after) - after.index(0)), after
         assert "(healthy)" in pybuild(root, "ps", check_rc=0).stdout
         pybuild(root, "exec", "doc", "rm", "/tmp/ok", check_rc=0)
-        _until(lambda: _health_of(root, "doc") == "unhealthy", timeout=20, what="unhealthy")
+        _until(lambda: _health_of(root, "doc") == "unhealthy", what="unhealthy")   # counted after a success
         doc = json.loads(pybuild(root, "inspect", "--format", "json", "doc", check_rc=0).stdout)
         assert doc["State"]["Health"]["FailingStreak"] >= 2
         assert doc["Config"]["Healthcheck"]["Test"] == ["/bin/sh", "-c", "test -f /tmp/ok"]
