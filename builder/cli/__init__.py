@@ -35,9 +35,9 @@ COMMAND_OWNERS = {
     "build": "builder.cli.build", "lint": "builder.cli.lint",
     **dict.fromkeys(["history", "images", "import", "load", "rmi", "save", "store", "tag"],
                     "builder.cli.images"),
-    **dict.fromkeys(["catalog", "copy", "delete", "inspect", "manifest", "pull", "push", "tags"],
+    **dict.fromkeys(["catalog", "copy", "delete", "inspect", "pull", "push", "tags"],
                     "builder.cli.remote"),
-    "imagetools": "builder.cli.imagetools",
+    **dict.fromkeys(["imagetools", "manifest"], "builder.cli.imagetools"),
     **dict.fromkeys(["login", "logout"], "builder.cli.login"),
     **dict.fromkeys(["commit", "container-cleanup", "diff", "exec", "logs", "ps", "rm", "run",
                      "port", "stop", "wait"], "builder.cli.run"),
@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         # Report on the (sub)command's own parser: its usage line is the one that helps.
-        _innermost(parsers.get(getattr(args, "command", None) or "", parser), args).error(
+        # The command's name from argv: `run` reuses args.command for the container's argv.
+        _innermost(parsers.get(argv[i] if i < len(argv) else "", parser), args).error(
             f"unrecognized arguments: {' '.join(extra)}")
     root = getattr(args, "root", None)
     # Absolute, because runc bundles and overlay mount options are resolved from other cwds.
@@ -219,7 +220,7 @@ def _innermost(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse
     while True:
         subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
         chosen = [a.choices[getattr(args, a.dest)] for a in subs
-                  if getattr(args, a.dest, None) in a.choices]
+                  if isinstance(getattr(args, a.dest, None), str) and getattr(args, a.dest) in a.choices]
         if not chosen:
             return p
         p = chosen[0]

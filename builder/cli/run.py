@@ -63,6 +63,9 @@ def register(add_command) -> None:
                    help="pull the image: when missing from the store (default), always, or never")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
                    help="allow plain HTTP or an unverified certificate for HOST when pulling")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="run the image of this platform from a multi-platform image (foreign ones under "
+                        "qemu-user-static's binfmt_misc emulation; default: this host's)")
     p.add_argument("image", metavar="IMAGE")
     # Everything after IMAGE belongs to the container, options included (`run busybox ls -l`).
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
@@ -156,7 +159,8 @@ def _run(args: argparse.Namespace) -> int:
         tty=args.tty, dns=args.dns, add_hosts=args.add_host, health_cmd=args.health_cmd,
         health_interval=args.health_interval, health_timeout=args.health_timeout,
         health_retries=args.health_retries, health_start_period=args.health_start_period,
-        no_healthcheck=args.no_healthcheck, init=args.init, restart=args.restart)
+        no_healthcheck=args.no_healthcheck, init=args.init, restart=args.restart,
+        platform=args.platform)
     if args.tty and not args.detach and not os.isatty(0):
         print("error: -t needs a terminal on stdin (the input device is not a TTY)", file=sys.stderr)
         return 125

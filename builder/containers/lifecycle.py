@@ -127,13 +127,14 @@ class RunOptions:
     no_healthcheck: bool = False
     init: bool = False                                     # --init: tini (or catatonit) as PID 1
     restart: str = "no"                                    # --restart no|always|unless-stopped|on-failure[:N]
+    platform: str | None = None                            # --platform: the image of an index to run
 
 
 @dataclass
 class ContainerState:
     """The mutable part of a container record."""
 
-    status: str = "created"          # created | running | exited
+    status: str = "created"          # created | running | restarting | exited
     pid: int = 0                     # the process supervising the container while it runs
     exit_code: int | None = None
     started: str = ""
@@ -406,25 +407,29 @@ def _pick_name(root: Path, cid: str) -> str:
 # --- creating ---------------------------------------------------------------------------------
 
 def ensure_image(store: Store, ref: str, pull: str = "missing",
-                 insecure_registries: tuple[str, ...] = (), progress=None) -> None:
-    """Pull ``ref`` into the store when it is missing (``pull="missing"``), always, or never."""
+                 insecure_registries: tuple[str, ...] = (), progress=None, platform=None) -> None:
+    """Pull ``ref`` (its image for ``platform``, default this host's) into the store when it is
+    missing (``pull="missing"``), always, or never."""
     if pull not in ("missing", "always", "never"):
         raise BuildError(f"--pull {pull}: use missing, always or never")
+    local = ""
     if pull != "always":
         try:
-            store.image_manifest(ref)
+            store.image_manifest(ref, platform)
             return
-        except NotFoundError:
+        except NotFoundError as exc:
             if pull == "never":
                 raise BuildError(f"image {ref} is not in the store at {store.root} and --pull never "
-                                 "was given: pull, build or import it first") from None
+                                 f"was given: pull, build or import it first ({exc})") from None
+            if platform is not None:
+                local = f"; locally: {exc}"      # tagged here, but not for that platform
     from registry.client import ClientOptions, RegistryClient
     from registry.transfer import pull as pull_image
     try:
         with RegistryClient(ClientOptions(insecure_registries=tuple(insecure_registries))) as client:
-            pull_image(client, ref, store, progress=progress)
+            pull_image(client, ref, store, progress=progress, platform=platform)
     except RegistryError as exc:
-        raise BuildError(f"cannot pull image {ref}: {exc} (pull, build or import it first)") from None
+        raise BuildError(f"cannot pull image {ref}: {exc} (pull, build or import it first){local}") from None
 
 
 def _merge_env(image_env: list[str], overrides: list[str]) -> list[str]:
@@ -492,8 +497,17 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
                          "when it exits cannot be restarted)")
     if opts.workdir is not None and not opts.workdir.startswith("/"):
         raise BuildError(f"the working directory {opts.workdir!r} is invalid: it must be an absolute path")
-    ensure_image(store, opts.image, opts.pull, opts.insecure_registries, progress)
-    desc, manifest = store.image_manifest(opts.image)
+    platform = None
+    if opts.platform:
+        from registry.platform import parse_platform
+        from ..engine.emulation import check_emulation
+        try:
+            platform = parse_platform(opts.platform)
+        except RegistryError as exc:
+            raise BuildError(f"--platform {opts.platform}: {exc}") from None
+        check_emulation(platform, f"--platform {opts.platform}")
+    ensure_image(store, opts.image, opts.pull, opts.insecure_registries, progress, platform)
+    desc, manifest = store.image_manifest(opts.image, platform)
     cfg = store.get_config(manifest.config.digest)
     if len(cfg.diff_ids) != len(manifest.layers):
         raise BuildError(f"image {opts.image}: its config lists {len(cfg.diff_ids)} layers but its "

@@ -125,6 +125,11 @@ class RunSpec:
     network_backend: str = "pasta"
     dns: list[str] = field(default_factory=list)            # --dns: resolvers instead of the host's
     extra_hosts: list[tuple[str, str]] = field(default_factory=list)   # --add-host (name, address)
+    # A build step keeps the /proc, /dev and /sys directories runc needs when the image lacks
+    # them, as BuildKit does (its MountStubsCleaner removes only the step's own mount points
+    # and /etc/hosts, /etc/resolv.conf; moby/buildkit#6686 is about those stub directories).
+    # A container (run, diff, commit) leaves no trace of them, as Docker's.
+    keep_runtime_dirs: bool = False
 
 
 OutputCallback = Callable[[str, bytes], None]   # (stream name "stdout"|"stderr", chunk)
@@ -270,9 +275,12 @@ class _Stub:
     parent_after: int | None = None     # ... once all stubs were made (set by _make_mountpoints)
 
 
+RUNTIME_DIRS = ("/proc", "/dev", "/sys")
+
+
 def _mount_points(spec: RunSpec) -> list[tuple[str, bool]]:
     """(destination, is a directory) of everything the runtime mounts in the rootfs."""
-    points = [("/proc", True), ("/dev", True), ("/sys", True), ("/etc/resolv.conf", False),
+    points = [*((d, True) for d in RUNTIME_DIRS), ("/etc/resolv.conf", False),
               ("/etc/hosts", False), ("/etc/hostname", False)]
     for m in spec.mounts:
         is_dir = True
@@ -312,6 +320,8 @@ def _make_mountpoints(root_fd: int, spec: RunSpec) -> list[_Stub]:
     except BaseException:
         _remove_stubs(root_fd, made)
         raise
+    if spec.keep_runtime_dirs:
+        made = [st for st in made if st.path not in RUNTIME_DIRS]
     # The parents' times once the stubs exist: a parent still at this time when the stubs go
     # was not touched by the command, and gets back its time from before (a RUN that touches
     # a directory makes a layer with it; the stubs alone do not).
