@@ -1167,10 +1167,11 @@ def supervise(c: Container) -> int:
 # programs are (runc, umount, nft, ip), where runc keeps its state when not root
 # (XDG_RUNTIME_DIR: every runc call must agree), how this interpreter finds this package and
 # caches its byte code, and the pybuild settings that name state the cleanup must find again.
-# Nothing else:
-# conmon holds its environment for the container's whole life, and ours may carry registry or
-# signing passwords (PYBUILD_REGISTRY_*_PASSWORD, COSIGN_PASSWORD) and whatever `-e K` read.
-_CONMON_ENV_KEEP = ("PATH", "HOME", "TMPDIR", "XDG_RUNTIME_DIR", "PYTHONHOME", "PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE",
+# Nothing else: conmon holds its environment for the container's whole life, and ours may carry
+# registry or signing passwords (PYBUILD_REGISTRY_*_PASSWORD, COSIGN_PASSWORD) and whatever
+# `-e K` read.
+_CONMON_ENV_KEEP = ("PATH", "HOME", "TMPDIR", "XDG_RUNTIME_DIR",
+                    "PYTHONHOME", "PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE",
                     "PYBUILD_BRIDGE_STATE", "PYBUILD_CONTAINER_NETWORK", "PYBUILD_SECCOMP_PROFILE")
 
 
