@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(docker-registry runc skopeo umoci podman buildah busybox-static debootstrap pigz zstd
               apache2-utils uidmap iproute2 fuse-overlayfs passt golang-github-containers-common
-              python3-venv nftables conmon tini catatonit)
+              python3-venv nftables conmon tini catatonit tmux)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -107,8 +107,10 @@ def config_of(image_check: dict | None, cmd: str | None = None, interval: str | 
     return out
 
 
-def start_loop(health_dir: Path, runtime_id: str, process: dict, check: dict) -> int:
-    """Start the check loop of a container (see the module docstring); its pid."""
+def start_loop(health_dir: Path, runtime_id: str, process: dict, check: dict,
+               env: dict[str, str] | None = None) -> int:
+    """Start the check loop of a container (see the module docstring) with environment ``env``
+    (it lives as long as the container: give it no more than it needs); its pid."""
     import json
     health_dir.mkdir(exist_ok=True)
     proc = dict(process)
@@ -119,7 +121,7 @@ def start_loop(health_dir: Path, runtime_id: str, process: dict, check: dict) ->
     p = subprocess.Popen(["/bin/sh", "-c", _LOOP, "pybuild-health", str(health_dir), runtime_id,
                           f"{check['interval']:g}", f"{check['timeout']:g}", *runc_argv()],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True, cwd="/")
+                         start_new_session=True, cwd="/", env=env)
     (health_dir / "pid").write_text(str(p.pid))
     return p.pid
 
