@@ -318,7 +318,9 @@ def test_it_shell_in_tmux_runs_what_is_typed_and_follows_a_resize(busybox_image:
         def pane_dead() -> list[str]:
             out = subprocess.run(tmux + ["display", "-p", "-t", "it", "#{pane_dead} #{pane_dead_status}"],
                                  capture_output=True, text=True, check=True).stdout.split()
-            return out if out[0] == "1" else []
+            # tmux marks the pane dead when its pty closes and fills in the status only once it
+            # has reaped the child: wait for both (seen under load: "1" alone).
+            return out if out[:1] == ["1"] and len(out) > 1 else []
         assert _until(pane_dead, timeout=60, what="the pane's command to end") == ["1", "7"]
         assert list((root / "containers").glob("[0-9a-f]*")) == []              # --rm: removed
     finally:
