@@ -156,8 +156,10 @@ class StoreEndpoint:
         store = self.store
         if isinstance(ref, Descriptor):
             if not store.has_blob(ref.digest):
-                raise NotFoundError(f"the store lacks manifest {ref.digest} that the index lists "
-                                    f"(pull it with --all-platforms, or push a single-platform image)")
+                raise NotFoundError(f"the store lacks manifest {ref.digest}"
+                                    + (f" ({ref.platform})" if ref.platform else "")
+                                    + " that the index lists (a pull keeps only the platforms it was asked "
+                                    "for: pull that one with --platform, or all with --all-platforms)")
             data = store.read_blob(ref.digest)
             return RawManifest.parse(data, ref.media_type, ref.digest, where=f"manifest {ref.digest}")
         desc = store.resolve(ref)

@@ -650,11 +650,15 @@ class Store:
         return have == ref
 
     # -- reading images ------------------------------------------------------------------------
-    def image_manifest(self, name: str | Reference, platform: Platform | None = None) -> tuple[Descriptor, Manifest]:
+    def image_manifest(self, name: str | Reference, platform: Platform | None = None, *,
+                       any_present: bool = False) -> tuple[Descriptor, Manifest]:
         """The image manifest for `platform` (default: this host) and its descriptor.
 
         An index is resolved to the platform's entry; a single manifest is returned as is
-        unless a platform was asked for explicitly and its config says otherwise.
+        unless a platform was asked for explicitly and its config says otherwise. An index kept
+        without that platform's image (a one-platform pull) raises NotFoundError naming the
+        platforms it has here; with `any_present` and no `platform`, the one image it has is
+        taken instead of this host's (what `images`, `inspect` and `history` describe).
         """
         from .image import RawManifest, select_image
         desc = self.resolve(name)
@@ -662,14 +666,34 @@ class Store:
 
         def read(child: Descriptor) -> RawManifest:
             if not self.has_blob(child.digest):
-                raise NotFoundError(f"image {name}: the {want} manifest {child.digest} is not in the store "
-                                    "(pull it for that platform)")
+                have = [str(d.platform or "?") for d, present in self.index_entries(desc.digest) if present]
+                raise NotFoundError(f"image {name}: the store holds its index without the {want} image "
+                                    f"({child.digest}); it has {', '.join(have) or 'no platform'} here: pull "
+                                    f"it with --platform {want}, or choose one it has with --platform")
             return RawManifest(child, b"", self.get_manifest(child.digest))
 
         top = RawManifest(desc, b"", self.get_manifest(desc.digest))
         config = (lambda m: self.get_config(m.config.digest)) if platform is not None else None
-        raw = select_image(read, top, want, f"image {name}", config=config)
+        try:
+            raw = select_image(read, top, want, f"image {name}", config=config)
+        except NotFoundError:
+            present = [d for d, here in self.index_entries(desc.digest) if here] if isinstance(top.doc, Index) else []
+            if not (any_present and platform is None and len(present) == 1):
+                raise
+            raw = select_image(read, read(present[0]), want, f"image {name}")
         return raw.descriptor, raw.doc     # type: ignore[return-value]
+
+    def index_entries(self, digest: str) -> list[tuple[Descriptor, bool]]:
+        """The image entries of the stored index `digest` (attestation manifests left out), each
+        with whether the store holds its manifest: a one-platform pull keeps only its own."""
+        from .manifest import is_attestation
+        try:
+            doc = self.get_manifest(digest)
+        except RegistryError:
+            return []
+        if not isinstance(doc, Index):
+            return []
+        return [(d, self.has_blob(d.digest)) for d in doc.manifests if not is_attestation(d)]
 
     def image_config(self, name: str | Reference, platform: Platform | None = None) -> ImageConfig:
         """The config of the image for `platform` (default: this host)."""
