@@ -325,6 +325,71 @@ def test_run_platform_picks_the_image_of_an_index(mp_root, tmp_path):
     assert r.returncode == 125 and "--platform a/b/c/d: invalid platform" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_pulled_index_is_kept_with_the_platforms_pulled(mp_root, tmp_path, registry, registry2):
+    """Issue 13 item 4: `pull` tags the index and keeps the child it fetched; images, inspect,
+    history, save, store verify and run work on it (run pulling a missing platform); push sends
+    what is valid at the destination; rmi takes it all away."""
+    skopeo = need("skopeo")
+    ins = ("--insecure-registry", registry.host, "--insecure-registry", registry2.host)
+    src = f"{registry.host}/mp/kept:v1"
+    run_pybuild("push", *ins, "bb:multi", src, root=mp_root, check_rc=0)
+    from registry.store import Store
+    index = Store(mp_root).resolve("bb:multi").digest
+    arm = Store(mp_root).image_manifest("bb:multi", ARM64)[0].digest
+    amd = Store(mp_root).image_manifest("bb:multi")[0].digest
+    root = tmp_path / "r"
+
+    def pb(*argv, rc=0, **kw):
+        r = run_pybuild(*argv, root=root, timeout=300, **kw)
+        assert r.returncode == rc and "Traceback" not in r.stderr, r.stderr
+        return r
+    r = pb("pull", *ins, "--platform", "linux/arm64", src)
+    assert f"Digest: {index} (platform linux/arm64/v8: {arm})" in r.stderr
+    store = Store(root)
+    assert store.resolve(src).digest == index and store.has_blob(arm) and not store.has_blob(amd)
+
+    (row,) = json.loads(pb("images", "--format", "json").stdout)
+    assert row["digest"] == index and row["platform"] == "linux/arm64/v8"
+    assert [(p["platform"], p["present"]) for p in row["platforms"]] == [("linux/amd64", False),
+                                                                        ("linux/arm64/v8", True)]
+    info = json.loads(pb("inspect", "--format", "json", src).stdout)
+    assert info["Source"] == "local" and info["Digest"] == arm and info["Index"]["Digest"] == index
+    assert [m["Present"] for m in info["Index"]["Manifests"]] == [False, True]
+    assert "linux/amd64 (not in the store)" in pb("inspect", src).stdout
+    assert "Imported from arm64" in pb("history", src).stdout       # the image the store has
+    assert "all blobs, images and cache records are intact" in pb("store", "verify").stdout
+    pb("save", "-o", tmp_path / "arm.tar", src)
+    import tarfile
+    with tarfile.open(tmp_path / "arm.tar") as t:
+        (entry,) = json.loads(t.extractfile("manifest.json").read())
+    assert entry["Config"] == store.get_manifest(arm).config.digest.split(":")[1] + ".json"
+
+    # Pushed elsewhere: the one image the store has, never an index listing what is not there.
+    other = f"{registry2.host}/mp/kept:arm"
+    r = pb("push", *ins, src, other)
+    assert r.stdout.strip() == f"{other}@{arm}" and "pushing that image instead of the index" in r.stderr
+    raw = json.loads(subprocess.run([skopeo, "inspect", "--raw", "--tls-verify=false", f"docker://{other}"],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert "layers" in raw and "manifests" not in raw
+    r = pb("push", *ins, "--platform", "linux/amd64", src, f"{registry2.host}/mp/kept:amd", rc=1)
+    assert "(linux/amd64) that the index lists" in r.stderr and "--platform" in r.stderr
+
+    # run: the arm64 image is here; this host's is pulled below the same index when run asks for it.
+    r = pb("run", "--rm", "--network", "none", "--pull", "never", "--platform", "linux/arm64", *ins, src, "uname", "-m")
+    assert r.stdout.strip() == "aarch64"
+    r = pb("run", "--rm", "--network", "none", *ins, src, "uname", "-m")
+    assert r.stdout.strip() == "x86_64"
+    assert store.resolve(src).digest == index and store.has_blob(amd)
+    r = pb("images", "--tree")
+    assert "(not in the store)" not in r.stdout and "linux/amd64" in r.stdout
+    # All there now: the push is the whole index.
+    r = pb("push", *ins, src, f"{registry2.host}/mp/kept:all")
+    assert r.stdout.strip().endswith(f"@{index}")
+
+    pb("rmi", src)
+    assert store.list_images() == [] and not any(store.has_blob(d) for d in (index, arm, amd))
+
+
 def test_images_lists_an_index_platforms(mp_root, tmp_path):
     """`images --tree` (docker image ls --tree): a row per platform under an index, marked when the
     store lacks that platform's image; --format json carries the same as ``platforms``."""
