@@ -59,7 +59,8 @@ def pull(client: RegistryClient, ref: str | Reference, store: Any, *,
 
 
 def push(client: RegistryClient, store: Any, src: str, dest: str | Reference | None = None, *,
-         platform: str | Platform | None = None, progress: Progress | None = None) -> TransferResult:
+         platform: str | Platform | None = None, whole: bool = False,
+         progress: Progress | None = None) -> TransferResult:
     """Push a locally tagged image (manifest or index, with everything it lists) to a registry.
 
     `src` is a name in the store (`NAME[:TAG]`); `dest` defaults to the same reference. Blobs the
@@ -70,8 +71,8 @@ def push(client: RegistryClient, store: Any, src: str, dest: str | Reference | N
     --platform`). An index the store holds only partly (a one-platform pull) is pushed whole
     when the destination already has the manifests the store lacks; else, when the store holds
     just one of its images, that image is pushed instead (as Docker does, with a message saying
-    so); else the push is refused naming the missing platforms. A registry never gets an index
-    that lists a manifest it lacks.
+    so; not with `whole`, as for a manifest list); else the push is refused naming the missing
+    platforms. A registry never gets an index that lists a manifest it lacks.
     """
     progress = progress or Progress()
     dst_ref = _as_reference(dest if dest is not None else src)
@@ -81,7 +82,7 @@ def push(client: RegistryClient, store: Any, src: str, dest: str | Reference | N
         if platform is not None:
             plan = plan_copy(source, src, platform=_as_platform(platform), all_platforms=False, where=src)
         else:
-            plan = _push_plan(store, source, src, dst, str(dst_ref), progress)
+            plan = _push_plan(store, source, src, dst, str(dst_ref), progress, whole)
         progress.message(f"pushing {src} to {dst_ref}")
         result = run_copy(plan, source, dst, tag=dst_ref.tag, progress=progress,
                           workers=client.options.max_per_host)
@@ -93,7 +94,7 @@ def push(client: RegistryClient, store: Any, src: str, dest: str | Reference | N
 
 
 def _push_plan(store: Any, source: StoreEndpoint, src: str, dst: RemoteEndpoint, where: str,
-               progress: Progress) -> CopyPlan:
+               progress: Progress, whole: bool) -> CopyPlan:
     """What a push of `src` without --platform sends (see push): the whole tree, or the index
     with the manifests the destination already has left out, or the one image the store has."""
     from .errors import NotFoundError
@@ -115,7 +116,7 @@ def _push_plan(store: Any, source: StoreEndpoint, src: str, dst: RemoteEndpoint,
     entries = store.index_entries(top.digest)
     have = [d for d, present in entries if present]
     lacks = [str(d.platform or d.digest) for d, present in entries if not present and d.digest in absent]
-    if len(have) == 1 and lacks:
+    if len(have) == 1 and lacks and not whole:
         plat = str(have[0].platform or "?")
         progress.message(f"{src} is a multi-platform index the store holds only the {plat} image of (it lacks "
                          f"{', '.join(lacks)}): pushing that image instead of the index; `pybuild pull "

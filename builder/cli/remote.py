@@ -106,7 +106,8 @@ def _push(args: argparse.Namespace) -> int:
     progress = _progress(args)
     with _client(args) as client:
         try:
-            res = push(client, store, args.name, args.dest, platform=args.platform, progress=progress)
+            res = push(client, store, args.name, args.dest, platform=getattr(args, "platform", None),
+                       whole=getattr(args, "whole", False), progress=progress)
         finally:
             progress.close()
     print(f"{res.reference}@{res.digest}")
