@@ -595,15 +595,10 @@ class Store:
 
     def image_id(self, desc: Descriptor) -> str | None:
         """The image ID of an index entry: the digest of its config (for an index, the config of
-        this host's platform), as Docker's IMAGE ID. None when it cannot be read."""
-        from .image import RawManifest, select_image
-        want = host_platform()
-
-        def read(child: Descriptor) -> RawManifest:
-            return RawManifest(child, b"", self.get_manifest(child.digest))
+        this host's platform, else of the one platform the store holds: what `images` shows), as
+        Docker's IMAGE ID. None when it cannot be read."""
         try:
-            raw = select_image(read, read(desc), want, f"image {desc.digest}")
-            return raw.doc.config.digest      # type: ignore[union-attr]
+            return self._image_of(desc, f"image {desc.digest}", None, True).doc.config.digest  # type: ignore[union-attr]
         except (RegistryError, OSError, AttributeError):
             return None
 
@@ -660,8 +655,14 @@ class Store:
         platforms it has here; with `any_present` and no `platform`, the one image it has is
         taken instead of this host's (what `images`, `inspect` and `history` describe).
         """
+        raw = self._image_of(self.resolve(name), name, platform, any_present)
+        return raw.descriptor, raw.doc     # type: ignore[return-value]
+
+    def _image_of(self, desc: Descriptor, name: str | Reference, platform: Platform | None,
+                  any_present: bool):
+        """image_manifest's selection below the stored manifest or index `desc` (a RawManifest
+        without its bytes)."""
         from .image import RawManifest, select_image
-        desc = self.resolve(name)
         want = platform or host_platform()
 
         def read(child: Descriptor) -> RawManifest:
@@ -675,13 +676,12 @@ class Store:
         top = RawManifest(desc, b"", self.get_manifest(desc.digest))
         config = (lambda m: self.get_config(m.config.digest)) if platform is not None else None
         try:
-            raw = select_image(read, top, want, f"image {name}", config=config)
+            return select_image(read, top, want, f"image {name}", config=config)
         except NotFoundError:
             present = [d for d, here in self.index_entries(desc.digest) if here] if isinstance(top.doc, Index) else []
             if not (any_present and platform is None and len(present) == 1):
                 raise
-            raw = select_image(read, read(present[0]), want, f"image {name}")
-        return raw.descriptor, raw.doc     # type: ignore[return-value]
+            return select_image(read, read(present[0]), want, f"image {name}")
 
     def index_entries(self, digest: str) -> list[tuple[Descriptor, bool]]:
         """The image entries of the stored index `digest` (attestation manifests left out), each

@@ -356,6 +356,10 @@ def test_a_pulled_index_is_kept_with_the_platforms_pulled(mp_root, tmp_path, reg
     info = json.loads(pb("inspect", "--format", "json", src).stdout)
     assert info["Source"] == "local" and info["Digest"] == arm and info["Index"]["Digest"] == index
     assert [m["Present"] for m in info["Index"]["Manifests"]] == [False, True]
+    # The IMAGE ID `images` shows names the image (the arm64 config's digest, as the row says).
+    assert row["id"] == store.get_manifest(arm).config.digest
+    by_id = json.loads(pb("inspect", "--format", "json", row["id"].split(":")[1][:12]).stdout)
+    assert by_id["Digest"] == arm and by_id["Index"]["Digest"] == index
     assert "linux/amd64 (not in the store)" in pb("inspect", src).stdout
     assert "Imported from arm64" in pb("history", src).stdout       # the image the store has
     assert "all blobs, images and cache records are intact" in pb("store", "verify").stdout
