@@ -140,7 +140,8 @@ def plan_copy(src: ImageSource, ref: str, *, platform: Platform | None = None,
         try:
             return src.read_manifest(desc)
         except NotFoundError as exc:
-            raise NotFoundError(f"{where}: {exc}") from None
+            plat = f" (the {desc.platform} image it lists)" if desc.platform is not None else ""
+            raise NotFoundError(f"{where}: {exc}{plat}") from None
 
     top = source
     if isinstance(source.doc, Index) and not all_platforms and platform is not None:

@@ -368,6 +368,17 @@ def test_a_pulled_index_is_kept_with_the_platforms_pulled(mp_root, tmp_path, reg
     with tarfile.open(tmp_path / "arm.tar") as t:
         (entry,) = json.loads(t.extractfile("manifest.json").read())
     assert entry["Config"] == store.get_manifest(arm).config.digest.split(":")[1] + ".json"
+    # An OCI archive keeps the index with the platform the store has (as docker save of a
+    # containerd-store image skips the missing content); skopeo reads the arm64 image from it.
+    pb("save", "--format", "oci", "-o", tmp_path / "idx.tar", src)
+    oci = f"oci-archive:{tmp_path / 'idx.tar'}"
+    raw = json.loads(subprocess.run([skopeo, "inspect", "--raw", oci], capture_output=True, text=True,
+                                    check=True).stdout)
+    assert [m["digest"] for m in raw["manifests"]] == [amd, arm]
+    got = json.loads(subprocess.run([skopeo, "inspect", "--override-arch", "arm64", oci], capture_output=True,
+                                    text=True, check=True).stdout)
+    assert got["Architecture"] == "arm64"
+    assert got["Layers"] == [layer.digest for layer in store.get_manifest(arm).layers]
 
     # Pushed elsewhere: the one image the store has, never an index listing what is not there.
     other = f"{registry2.host}/mp/kept:arm"

@@ -226,6 +226,28 @@ def test_copy_between_registries(client, registry, registry2, tmp_path):
     assert one.blobs_transferred == 3     # config, base and own layer: HEAD is per repository
 
 
+def test_an_index_whose_registry_lost_a_child(client, registry, registry2, tmp_path):
+    """A source index listing a manifest its registry no longer has: copying or pulling all of it
+    is refused naming that platform and writes nothing; its other platform still copies and pulls."""
+    a = _store(tmp_path / "a")
+    ref = f"{registry.host}/lostchild/app:v1"
+    index, children = multi_platform_image(a, ref, seed=13)
+    push(client, a, ref)
+    client.repository(registry.host, "lostchild/app").delete_manifest(children["linux/arm64/v8"].digest)
+    dst = f"{registry2.host}/lostchild/app:v1"
+    with pytest.raises(NotFoundError, match=r"not found.*\(the linux/arm64/v8 image it lists\)"):
+        copy(client, ref, dst, all_platforms=True)
+    repo2 = client.repository(registry2.host, "lostchild/app")
+    assert repo2.head_manifest("v1") is None and not repo2.has_blob(children["linux/amd64"].digest)
+    b = _store(tmp_path / "b")
+    with pytest.raises(NotFoundError, match="linux/arm64/v8"):
+        pull(client, ref, b, all_platforms=True)
+    assert b.list_images() == [] and list(b.blobs()) == []
+    assert copy(client, ref, dst).digest == children["linux/amd64"].digest
+    got = pull(client, ref, b)
+    assert got.digest == index.digest and got.images == [children["linux/amd64"].digest]
+
+
 def test_copy_within_registry_mounts(client, registry, tmp_path):
     a = _store(tmp_path / "a")
     ref = f"{registry.host}/copysrc/app:v1"
