@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import mediatypes as mt
-from .client import MAX_MANIFEST_SIZE
 from .digest import parse_digest
 from .errors import DigestMismatchError, NotFoundError, RegistryError
 from .image import RawManifest
-from .manifest import Descriptor, ImageConfig
+from .manifest import MAX_MANIFEST_SIZE, Descriptor, ImageConfig
 
 
 def label(digest: str) -> str:
