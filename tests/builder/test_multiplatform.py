@@ -406,6 +406,34 @@ def test_a_pulled_index_is_kept_with_the_platforms_pulled(mp_root, tmp_path, reg
     assert store.list_images() == [] and not any(store.has_blob(d) for d in (index, arm, amd))
 
 
+def test_a_build_completes_a_base_index_pulled_for_one_platform(mp_root, tmp_path, registry):
+    """A base pulled for this host only (the index kept, tagged): a two-platform build from it
+    pulls the arm64 image below the same index, once, and each platform's image is built on its own
+    base; the no-op rebuild pulls nothing."""
+    from registry.store import Store
+    src = f"{registry.host}/mp/base:v1"
+    run_pybuild("push", "--insecure-registry", registry.host, "bb:multi", src, root=mp_root, check_rc=0)
+    index = Store(mp_root).resolve("bb:multi").digest
+    arm = Store(mp_root).image_manifest("bb:multi", ARM64)[1]
+    root = tmp_path / "r"
+    run_pybuild("pull", "--insecure-registry", registry.host, src, root=root, check_rc=0)
+    store = Store(root)
+    assert [here for _, here in store.index_entries(index)] == [True, False]
+    log = io.StringIO()
+    res = build_in(root, tmp_path / "ctx", f"FROM {src}\nRUN uname -m > /arch\n", platform="linux/amd64,linux/arm64",
+                   tags=["fromidx:1"], insecure_registries=(registry.host,), progress_out=log,
+                   outputs=[f"type=local,dest={tmp_path / 'out'}"])
+    assert log.getvalue().count(f"[internal] pull {src}") == 1, log.getvalue()
+    assert store.resolve(src).digest == index and [here for _, here in store.index_entries(index)] == [True, True]
+    assert (tmp_path / "out" / "linux_arm64" / "arch").read_text().strip() == "aarch64"
+    assert (tmp_path / "out" / "linux_amd64" / "arch").read_text().strip() == "x86_64"
+    assert [l.descriptor.digest for l in res.platforms[1].layers[:1]] == [layer.digest for layer in arm.layers]
+    again = build_in(root, tmp_path / "ctx", f"FROM {src}\nRUN uname -m > /arch\n",
+                     platform="linux/amd64,linux/arm64", tags=["fromidx:1"], insecure_registries=(registry.host,),
+                     progress_out=(log := io.StringIO()))
+    assert "[internal] pull" not in log.getvalue() and again.digest == res.digest
+
+
 def test_images_lists_an_index_platforms(mp_root, tmp_path):
     """`images --tree` (docker image ls --tree): a row per platform under an index, marked when the
     store lacks that platform's image; --format json carries the same as ``platforms``."""
