@@ -15,7 +15,9 @@ from typing import Any
 from .client import RegistryClient
 from .copier import CopyPlan, TransferResult, plan_copy, run_copy
 from .endpoints import BlobSources, RemoteEndpoint, StoreEndpoint
-from .image import MAX_INDEX_DEPTH
+from .errors import NotFoundError
+from .image import MAX_INDEX_DEPTH, RawManifest, image_blobs, walk
+from .manifest import Index, is_attestation
 from .platform import Platform, host_platform, parse_platform
 from .progress import Progress
 from .reference import Reference, parse_reference
@@ -97,8 +99,6 @@ def _push_plan(store: Any, source: StoreEndpoint, src: str, dst: RemoteEndpoint,
                progress: Progress, whole: bool) -> CopyPlan:
     """What a push of `src` without --platform sends (see push): the whole tree, or the index
     with the manifests the destination already has left out, or the one image the store has."""
-    from .errors import NotFoundError
-    from .image import RawManifest, image_blobs, walk
     top = source.read_manifest(src)
     missing: list[str] = []
 
@@ -122,7 +122,10 @@ def _push_plan(store: Any, source: StoreEndpoint, src: str, dst: RemoteEndpoint,
                          f"{', '.join(lacks)}): pushing that image instead of the index; `pybuild pull "
                          "--all-platforms` of it first pushes the whole index")
         return plan_copy(source, have[0].digest, where=f"{src}@{have[0].digest}")
-    what = ", ".join(lacks) or f"{len(absent)} manifests it lists (e.g. {absent[0]})"
+    listed = top.doc.manifests if isinstance(top.doc, Index) else []
+    attestations = sum(1 for d in listed if is_attestation(d) and d.digest in absent)
+    parts = lacks + ([f"{attestations} attestation manifest{'s' * (attestations > 1)}"] if attestations else [])
+    what = ", ".join(parts) or f"{len(absent)} manifests it lists (e.g. {absent[0]})"
     present = ", ".join(str(d.platform or d.digest) for d in have) or "none"
     raise NotFoundError(f"cannot push {src} to {where}: the store holds this multi-platform index only partly "
                         f"and neither it nor the registry has {what}; a registry refuses an index that lists "

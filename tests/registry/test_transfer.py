@@ -195,6 +195,22 @@ def test_push_of_a_partly_pulled_index(client, registry, registry2, tmp_path):
     pull(client, ref3, c, all_platforms=True)
     assert push(client, c, ref3, f"{registry2.host}/partial/three:v1").digest == idx3.digest
 
+    # Every platform pulled one by one, but not the attestation manifest (BuildKit's shape):
+    # refused, saying that is what is missing.
+    from registry.manifest import Descriptor
+    att = make_image(a, None, [tar_layer({"statement": b"{}"})], platform=Platform("unknown", "unknown"))
+    att = Descriptor(att.media_type, att.digest, att.size, platform=Platform("unknown", "unknown"),
+                     annotations={"vnd.docker.reference.type": "attestation-manifest",
+                                  "vnd.docker.reference.digest": children["linux/amd64"].digest})
+    ref4 = f"{registry.host}/partial/attested:v1"
+    make_index(a, ref4, [children["linux/amd64"], children["linux/arm64/v8"], att])
+    push(client, a, ref4)
+    d = _store(tmp_path / "d")
+    pull(client, ref4, d)
+    pull(client, ref4, d, platform="linux/arm64")
+    with pytest.raises(NotFoundError, match="neither it nor the registry has 1 attestation manifest;"):
+        push(client, d, ref4, f"{registry2.host}/partial/attested:v1")
+
 
 def test_docker_media_types_round_trip(client, registry, tmp_path):
     a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
