@@ -75,7 +75,7 @@ def register(add_command) -> None:
     p.set_defaults(func=_store)
 
 
-def _platform_arg(args: argparse.Namespace):
+def platform_arg(args: argparse.Namespace):
     """The parsed --platform of a command (None when not given); a bad one is a usage error."""
     if not getattr(args, "platform", None):
         return None
@@ -249,7 +249,7 @@ def _tag(args: argparse.Namespace) -> int:
 
 def _history(args: argparse.Namespace) -> int:
     store = _open(args)
-    _, manifest = store.image_manifest(args.image, _platform_arg(args), any_present=True)
+    _, manifest = store.image_manifest(args.image, platform_arg(args), any_present=True)
     cfg = store.read_blob(manifest.config.digest)
     history = json.loads(cfg).get("history") or []
     layers = list(manifest.layers)
@@ -289,7 +289,7 @@ def _save(args: argparse.Namespace) -> int:
                              "the store has")
         writer = save_oci_archive
     else:
-        platform = _platform_arg(args)
+        platform = platform_arg(args)
 
         def writer(store, names, out):
             save_docker_archive(store, names, out, platform=platform)

@@ -102,11 +102,12 @@ def _pull(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from registry.store import open_store
     from registry.transfer import push
+    from .images import platform_arg
     store = open_store(args.root)
     progress = _progress(args)
     with _client(args) as client:
         try:
-            res = push(client, store, args.name, args.dest, platform=getattr(args, "platform", None),
+            res = push(client, store, args.name, args.dest, platform=platform_arg(args),
                        whole=getattr(args, "whole", False), progress=progress)
         finally:
             progress.close()
