@@ -393,6 +393,8 @@ def test_a_pulled_index_is_kept_with_the_platforms_pulled(mp_root, tmp_path, reg
     # run: the arm64 image is here; this host's is pulled below the same index when run asks for it.
     r = pb("run", "--rm", "--network", "none", "--pull", "never", "--platform", "linux/arm64", *ins, src, "uname", "-m")
     assert r.stdout.strip() == "aarch64"
+    r = pb("run", "--rm", "--network", "none", "--pull", "never", src, "true", rc=125)
+    assert "without the linux/amd64 image" in r.stderr and "it has linux/arm64/v8 here" in r.stderr
     r = pb("run", "--rm", "--network", "none", *ins, src, "uname", "-m")
     assert r.stdout.strip() == "x86_64"
     assert store.resolve(src).digest == index and store.has_blob(amd)
