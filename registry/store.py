@@ -557,6 +557,31 @@ class Store:
         self.untag(name)
         return self.gc()
 
+    def remove_platform(self, name: str | Reference, platform: Platform) -> Descriptor:
+        """Drop the `platform` image from the multi-platform image (index) `name`, as `docker rmi
+        --platform`: the index stays tagged, listing it as absent; the image's manifest goes unless
+        another tag, index or gc root still uses it, and its config and layers with the next gc.
+        Returns the image manifest's descriptor."""
+        from .image import RawManifest, select_path
+        desc = self.resolve(name)
+        top = RawManifest(desc, b"", self.get_manifest(desc.digest))
+        if not isinstance(top.doc, Index):
+            raise RegistryError(f"image {name} is not a multi-platform image (index): remove it without --platform")
+
+        def read(child: Descriptor) -> RawManifest:
+            if not self.has_blob(child.digest):
+                raise NotFoundError(f"image {name}: the store holds no {platform} image of it ({child.digest}); "
+                                    "nothing to remove")
+            return RawManifest(child, b"", self.get_manifest(child.digest))
+        image = select_path(read, top, platform, f"image {name}")[-1]
+        with FileLock(self.layout / ".lock"), FileLock(self.layout / ".gc.lock"):
+            if image.digest not in self.reachable(skip=[desc.digest]):
+                try:
+                    os.unlink(self.blob_path(image.digest))
+                except FileNotFoundError:
+                    pass
+        return image.descriptor
+
     def resolve(self, name: str | Reference) -> Descriptor:
         """The descriptor a name points to.
 
@@ -762,10 +787,13 @@ class Store:
             roots.update(_digest_lines(f))
         return roots
 
-    def reachable(self, extra_roots: Iterable[str] = ()) -> set[str]:
-        """Digests reachable from tags, gc roots, live leases and `extra_roots`."""
+    def reachable(self, extra_roots: Iterable[str] = (), skip: Iterable[str] = ()) -> set[str]:
+        """Digests reachable from tags (but those of the digests in `skip`), gc roots, live leases
+        and `extra_roots`."""
         from .image import references
-        todo: list[tuple[str, str | None]] = [(d.digest, d.media_type) for d in self.read_index().manifests]
+        skipped = set(skip)
+        todo: list[tuple[str, str | None]] = [(d.digest, d.media_type) for d in self.read_index().manifests
+                                              if d.digest not in skipped]
         todo += [(d, None) for d in self._root_digests()]
         todo += [(d, None) for d in extra_roots]
         seen: set[str] = set()

@@ -54,6 +54,8 @@ def register(add_command) -> None:
     p = add_command("rmi", "remove image tags and the blobs no other image or cache uses")
     p.add_argument("refs", nargs="+", metavar="REF", help="image name, name:tag, name@digest or digest prefix")
     p.add_argument("--no-prune", action="store_true", help="only untag; keep the blobs until `store gc`")
+    p.add_argument("--platform", help="remove only this OS/ARCH[/VARIANT] image of a multi-platform image "
+                                      "(the index stays tagged, as docker rmi --platform)")
     p.set_defaults(func=_rmi)
 
     p = add_command("import", "make a one-layer image from a root filesystem directory or a tar (like docker import)")
@@ -177,7 +179,13 @@ def _images(args: argparse.Namespace) -> int:
 
 def _rmi(args: argparse.Namespace) -> int:
     store = _open(args)
+    platform = platform_arg(args)
     for ref in args.refs:
+        if platform is not None:
+            gone = store.remove_platform(ref, platform)
+            if not args.quiet:
+                print(f"Removed: the {platform} image {gone.digest} of {ref}")
+            continue
         store.untag(ref)
         if not args.quiet:
             print(f"Untagged: {ref}")

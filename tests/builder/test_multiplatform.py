@@ -404,6 +404,16 @@ def test_a_pulled_index_is_kept_with_the_platforms_pulled(mp_root, tmp_path, reg
     r = pb("push", *ins, src, f"{registry2.host}/mp/kept:all")
     assert r.stdout.strip().endswith(f"@{index}")
 
+    # rmi --platform: that image goes (its own layer too), the index stays tagged with the other.
+    arm_layers = [layer.digest for layer in store.get_manifest(arm).layers]
+    r = pb("rmi", "--platform", "linux/arm64", src)
+    assert f"Removed: the linux/arm64 image {arm} of {src}" in r.stdout
+    assert store.resolve(src).digest == index and store.has_blob(amd) and not store.has_blob(arm)
+    assert not any(store.has_blob(d) for d in arm_layers)
+    assert "all blobs, images and cache records are intact" in pb("store", "verify").stdout
+    r = pb("rmi", "--platform", "linux/arm64", src, rc=1)
+    assert "holds no linux/arm64 image of it" in r.stderr
+
     pb("rmi", src)
     assert store.list_images() == [] and not any(store.has_blob(d) for d in (index, arm, amd))
 
