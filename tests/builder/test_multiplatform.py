@@ -379,6 +379,10 @@ def test_a_pulled_index_is_kept_with_the_platforms_pulled(mp_root, tmp_path, reg
                                     text=True, check=True).stdout)
     assert got["Architecture"] == "arm64"
     assert got["Layers"] == [layer.digest for layer in store.get_manifest(arm).layers]
+    # ... and loads back as the same partly held index.
+    r = run_pybuild("load", "-i", tmp_path / "idx.tar", root=tmp_path / "loaded", check_rc=0)
+    (loaded,) = json.loads(run_pybuild("images", "--format", "json", root=tmp_path / "loaded", check_rc=0).stdout)
+    assert loaded["digest"] == index and [p["present"] for p in loaded["platforms"]] == [False, True]
 
     # Pushed elsewhere: the one image the store has, never an index listing what is not there.
     other = f"{registry2.host}/mp/kept:arm"
