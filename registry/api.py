@@ -114,18 +114,22 @@ class Client:
     def pull(self, ref: Any, store: Any = None, *, platform: Any = None, all_platforms: bool = False,
              tag: bool = True, progress: Any = None) -> Any:
         """Pull ``ref`` into ``store`` (a Store, a root path, or None for the default root) and tag
-        it there with ``ref``. From an index only ``platform``'s manifest (default this host's),
-        unless ``all_platforms``. Returns a TransferResult."""
+        it there with ``ref``. An index is kept as the index with ``platform``'s image (default
+        this host's) below it, or every manifest it lists with ``all_platforms``. Returns a
+        TransferResult (``images``: the image manifests pulled)."""
         from . import transfer
         return transfer.pull(self._client, ref, _as_store(store), platform=platform,
                              all_platforms=all_platforms, progress=self._progress(progress), tag=tag)
 
-    def push(self, ref: Any, store: Any = None, *, source: str | None = None, progress: Any = None) -> Any:
+    def push(self, ref: Any, store: Any = None, *, source: str | None = None, platform: Any = None,
+             progress: Any = None) -> Any:
         """Push the stored image ``source`` (default: ``ref`` itself) to ``ref``, with every manifest
-        and blob it lists. Returns a TransferResult."""
+        and blob it lists (``platform``: only that image of an index; an index held partly: see
+        registry.transfer.push). Returns a TransferResult."""
         from . import transfer
         src = str(source) if source is not None else str(ref)
-        return transfer.push(self._client, _as_store(store), src, ref, progress=self._progress(progress))
+        return transfer.push(self._client, _as_store(store), src, ref, platform=platform,
+                             progress=self._progress(progress))
 
     def copy(self, src: Any, dest: Any, *, platform: Any = None, all_platforms: bool = False,
              progress: Any = None, attachments: bool = False) -> Any:

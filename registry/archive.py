@@ -94,11 +94,13 @@ def _add_blob(tar: tarfile.TarFile, store: Store, name: str, digest: str) -> Non
         tar.addfile(ti, f)
 
 
-def save_docker_archive(store: Store, names: list[str], out: BinaryIO) -> None:
-    """Write ``names`` (local images, this host's platform) as one docker-archive to ``out``."""
+def save_docker_archive(store: Store, names: list[str], out: BinaryIO, platform=None) -> None:
+    """Write ``names`` (local images) as one docker-archive to ``out``: of a multi-platform image
+    the ``platform`` image (default: this host's, else the one platform the store holds of it;
+    else NotFoundError naming those it has)."""
     images = []
     for name in names:
-        _, manifest = store.image_manifest(name)
+        _, manifest = store.image_manifest(name, platform, any_present=True)
         ref = store.tag_of(name)
         images.append((manifest, [ref.familiar] if ref is not None else []))
     write_docker_archive(store, images, out)

@@ -24,12 +24,9 @@ from .http import (ERROR_BODY_MAX, ConnectError, HTTPError, NameResolutionError,
 from .digest import digest_bytes, is_digest as _is_digest, parse_digest
 from .errors import AuthError, DigestMismatchError, LimitError, NotFoundError, RegistryError
 from .reference import DEFAULT_REGISTRY, DOCKER_HUB_API_HOST, LEGACY_DEFAULT_REGISTRY
-from .manifest import loads_limited
+from .manifest import MAX_MANIFEST_SIZE, loads_limited
 from .tlsconfig import ca_bundle_for, client_cert_for
 
-# OCI recommends registries accept manifests of at least 4 MiB; refuse more so that a hostile
-# server cannot make us buffer an arbitrary amount.
-MAX_MANIFEST_SIZE = 4 << 20
 READ_CHUNK = 1 << 20
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})

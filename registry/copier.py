@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import NotFoundError
-from .image import ImageSink, ImageSource, RawManifest, image_blobs, select_image, walk
+from .image import ImageSink, ImageSource, RawManifest, image_blobs, select_path, walk
 from .manifest import Descriptor, Index, Manifest
 from .platform import Platform
 from .progress import Progress
@@ -31,6 +31,7 @@ class TransferResult:
     media_type: str
     size: int
     platforms: list[str] = field(default_factory=list)   # platforms of the image manifests moved
+    images: list[str] = field(default_factory=list)      # their digests, in the same order
     source_digest: str = ""         # what the source reference resolved to (an index, for a pull
                                     # that picked one platform from it: Docker's "Digest:")
     blobs_transferred: int = 0
@@ -117,25 +118,38 @@ def run_parallel(jobs: list[Callable[[], None]], workers: int) -> None:
 
 
 def plan_copy(src: ImageSource, ref: str, *, platform: Platform | None = None,
-              all_platforms: bool = True, where: str | None = None) -> CopyPlan:
+              all_platforms: bool = True, where: str | None = None, keep_index: bool = False,
+              known: Any = None) -> CopyPlan:
     """Read what `ref` names at `src` and everything below it.
 
     With a `platform` and not `all_platforms`, an index is resolved to that platform's image
-    manifest (selecting again inside nested indexes), which becomes the top; otherwise the whole
-    tree is moved.
+    manifest (selecting again inside nested indexes), which becomes the top; with `keep_index`
+    the index stays the top and only the manifests on the way to that image are moved below it
+    (a store keeps a partly pulled index; a registry would refuse one). Otherwise the whole tree
+    is moved. Manifests that `known` (the destination store) already holds are read from it, not
+    from `src`: they are content-addressed and were verified when stored, so a cached pull asks
+    the registry for the tag only.
     """
     where = where or ref
     source = src.read_manifest(ref)
+    has = getattr(known, "has_blob", None)
 
     def read(desc: Descriptor) -> RawManifest:
+        if has is not None and has(desc.digest):
+            return known.read_manifest(desc)
         try:
             return src.read_manifest(desc)
         except NotFoundError as exc:
-            raise NotFoundError(f"{where}: {exc}") from None
+            plat = f" (the {desc.platform} image it lists)" if desc.platform is not None else ""
+            raise NotFoundError(f"{where}: {exc}{plat}") from None
 
     top = source
     if isinstance(source.doc, Index) and not all_platforms and platform is not None:
-        top = select_image(read, source, platform, where)
+        path = select_path(read, source, platform, where)
+        if keep_index:
+            below = path[:0:-1]          # the image first, then the nested indexes inside out
+            return CopyPlan(source, source, below, image_blobs(m.doc for m in below))
+        top = path[-1]
     manifests = walk(read, top, where)
     return CopyPlan(top, source, manifests, image_blobs(m.doc for m in [*manifests, top]))
 
@@ -183,7 +197,7 @@ def run_copy(plan: CopyPlan, src: ImageSource, dst: ImageSink, *, tag: str | Non
     reader = platforms_from if platforms_from is not None else src
     result = TransferResult(reference=tag or "", digest=digest, media_type=plan.top.media_type,
                             size=len(plan.top.data), platforms=[_platform(reader, m) for m in plan.images],
-                            source_digest=plan.source.digest)
+                            images=[m.digest for m in plan.images], source_digest=plan.source.digest)
     return counter.fill(result)
 
 

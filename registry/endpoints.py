@@ -18,7 +18,7 @@ from . import mediatypes as mt
 from .digest import parse_digest
 from .errors import DigestMismatchError, NotFoundError, RegistryError
 from .image import RawManifest
-from .manifest import Descriptor, ImageConfig
+from .manifest import MAX_MANIFEST_SIZE, Descriptor, ImageConfig
 
 
 def label(digest: str) -> str:
@@ -156,8 +156,17 @@ class StoreEndpoint:
         store = self.store
         if isinstance(ref, Descriptor):
             if not store.has_blob(ref.digest):
-                raise NotFoundError(f"the store lacks manifest {ref.digest} that the index lists "
-                                    f"(pull it with --all-platforms, or push a single-platform image)")
+                raise NotFoundError(f"the store lacks manifest {ref.digest}"
+                                    + (f" ({ref.platform})" if ref.platform else "")
+                                    + " that the index lists (a pull keeps only the platforms it was asked "
+                                    "for: pull that one with --platform, or all with --all-platforms)")
+            # An index (perhaps a hostile registry's) may name any stored blob as a manifest, a
+            # layer of gigabytes too: read only what can be the manifest it describes.
+            size = store.blob_size(ref.digest)
+            if size != ref.size or size > MAX_MANIFEST_SIZE:
+                raise RegistryError(f"manifest {ref.digest}: the store's blob of that digest is {size} bytes, the "
+                                    f"index says {ref.size} (a manifest is at most {MAX_MANIFEST_SIZE}); "
+                                    "refusing the index")
             data = store.read_blob(ref.digest)
             return RawManifest.parse(data, ref.media_type, ref.digest, where=f"manifest {ref.digest}")
         desc = store.resolve(ref)

@@ -239,23 +239,31 @@ def image_blobs(manifests: Iterable["Manifest | Index"]) -> dict[str, Descriptor
 
 # ---- one platform selector -----------------------------------------------------------------------
 
-def select_image(read: Callable[[Descriptor], RawManifest], top: RawManifest, platform: Platform,
-                 where: str, *, config: Callable[[Manifest], ImageConfig] | None = None) -> RawManifest:
-    """The image manifest for `platform`: `top` itself if it is one, else the index entry that
-    best runs on `platform` (Index.select), selecting again inside nested indexes.
+def select_path(read: Callable[[Descriptor], RawManifest], top: RawManifest, platform: Platform,
+                where: str, *, config: Callable[[Manifest], ImageConfig] | None = None) -> list[RawManifest]:
+    """The manifests from `top` down to the image manifest for `platform`: `[top]` when it is an
+    image, else `[top, nested indexes..., image]`, each index resolved to the entry that best runs
+    on `platform` (Index.select).
 
     With `config`, a single manifest is checked against `platform` (a config without an
     architecture passes) and NotFoundError names what the image is for.
     """
     from .errors import NotFoundError
-    raw = top
+    path = [top]
     for _ in range(MAX_INDEX_DEPTH):
+        raw = path[-1]
         if isinstance(raw.doc, Manifest):
             if config is not None:
                 cfg = config(raw.doc)
                 if cfg.architecture and not platform_matches(platform, cfg.platform):
                     raise NotFoundError(f"{where} is for {cfg.platform}, not {platform} "
                                         "(choose another --platform)")
-            return raw
-        raw = read(raw.doc.select(platform, where=where))
+            return path
+        path.append(read(raw.doc.select(platform, where=where)))
     raise RegistryError(f"manifest {where}: indexes nested more than {MAX_INDEX_DEPTH} levels deep")
+
+
+def select_image(read: Callable[[Descriptor], RawManifest], top: RawManifest, platform: Platform,
+                 where: str, *, config: Callable[[Manifest], ImageConfig] | None = None) -> RawManifest:
+    """The image manifest for `platform`: the last of select_path."""
+    return select_path(read, top, platform, where, config=config)[-1]

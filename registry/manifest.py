@@ -21,6 +21,11 @@ from .digest import InvalidDigestError, digest_bytes, parse_digest
 from .errors import NotFoundError, RegistryError
 from .platform import Platform, platform_rank
 
+# OCI recommends registries accept manifests of at least 4 MiB; refuse more so that a hostile
+# server (or an index naming a big stored blob as a manifest) cannot make us buffer an arbitrary
+# amount.
+MAX_MANIFEST_SIZE = 4 << 20
+
 
 class InvalidManifestError(RegistryError):
     """A manifest, index or config document is malformed or of an unsupported kind."""

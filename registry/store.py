@@ -557,6 +557,31 @@ class Store:
         self.untag(name)
         return self.gc()
 
+    def remove_platform(self, name: str | Reference, platform: Platform) -> Descriptor:
+        """Drop the `platform` image from the multi-platform image (index) `name`, as `docker rmi
+        --platform`: the index stays tagged, listing it as absent; the image's manifest goes unless
+        another tag, index or gc root still uses it, and its config and layers with the next gc.
+        Returns the image manifest's descriptor."""
+        from .image import RawManifest, select_path
+        desc = self.resolve(name)
+        top = RawManifest(desc, b"", self.get_manifest(desc.digest))
+        if not isinstance(top.doc, Index):
+            raise RegistryError(f"image {name} is not a multi-platform image (index): remove it without --platform")
+
+        def read(child: Descriptor) -> RawManifest:
+            if not self.has_blob(child.digest):
+                raise NotFoundError(f"image {name}: the store holds no {platform} image of it ({child.digest}); "
+                                    "nothing to remove")
+            return RawManifest(child, b"", self.get_manifest(child.digest))
+        image = select_path(read, top, platform, f"image {name}")[-1]
+        with FileLock(self.layout / ".lock"), FileLock(self.layout / ".gc.lock"):
+            if image.digest not in self.reachable(skip=[desc.digest]):
+                try:
+                    os.unlink(self.blob_path(image.digest))
+                except FileNotFoundError:
+                    pass
+        return image.descriptor
+
     def resolve(self, name: str | Reference) -> Descriptor:
         """The descriptor a name points to.
 
@@ -611,15 +636,10 @@ class Store:
 
     def image_id(self, desc: Descriptor) -> str | None:
         """The image ID of an index entry: the digest of its config (for an index, the config of
-        this host's platform), as Docker's IMAGE ID. None when it cannot be read."""
-        from .image import RawManifest, select_image
-        want = host_platform()
-
-        def read(child: Descriptor) -> RawManifest:
-            return RawManifest(child, b"", self.get_manifest(child.digest))
+        this host's platform, else of the one platform the store holds: what `images` shows), as
+        Docker's IMAGE ID. None when it cannot be read."""
         try:
-            raw = select_image(read, read(desc), want, f"image {desc.digest}")
-            return raw.doc.config.digest      # type: ignore[union-attr]
+            return self._image_of(desc, f"image {desc.digest}", None, True).doc.config.digest  # type: ignore[union-attr]
         except (RegistryError, OSError, AttributeError):
             return None
 
@@ -666,26 +686,55 @@ class Store:
         return have == ref
 
     # -- reading images ------------------------------------------------------------------------
-    def image_manifest(self, name: str | Reference, platform: Platform | None = None) -> tuple[Descriptor, Manifest]:
+    def image_manifest(self, name: str | Reference, platform: Platform | None = None, *,
+                       any_present: bool = False) -> tuple[Descriptor, Manifest]:
         """The image manifest for `platform` (default: this host) and its descriptor.
 
         An index is resolved to the platform's entry; a single manifest is returned as is
-        unless a platform was asked for explicitly and its config says otherwise.
+        unless a platform was asked for explicitly and its config says otherwise. An index kept
+        without that platform's image (a one-platform pull) raises NotFoundError naming the
+        platforms it has here; with `any_present` and no `platform`, the one image it has is
+        taken instead of this host's (what `images`, `inspect` and `history` describe).
         """
+        raw = self._image_of(self.resolve(name), name, platform, any_present)
+        return raw.descriptor, raw.doc     # type: ignore[return-value]
+
+    def _image_of(self, desc: Descriptor, name: str | Reference, platform: Platform | None,
+                  any_present: bool):
+        """image_manifest's selection below the stored manifest or index `desc` (a RawManifest
+        without its bytes)."""
         from .image import RawManifest, select_image
-        desc = self.resolve(name)
         want = platform or host_platform()
 
         def read(child: Descriptor) -> RawManifest:
             if not self.has_blob(child.digest):
-                raise NotFoundError(f"image {name}: the {want} manifest {child.digest} is not in the store "
-                                    "(pull it for that platform)")
+                have = [str(d.platform or "?") for d, present in self.index_entries(desc.digest) if present]
+                raise NotFoundError(f"image {name}: the store holds its index without the {want} image "
+                                    f"({child.digest}); it has {', '.join(have) or 'no platform'} here: pull "
+                                    f"it with --platform {want}, or choose one it has with --platform")
             return RawManifest(child, b"", self.get_manifest(child.digest))
 
         top = RawManifest(desc, b"", self.get_manifest(desc.digest))
         config = (lambda m: self.get_config(m.config.digest)) if platform is not None else None
-        raw = select_image(read, top, want, f"image {name}", config=config)
-        return raw.descriptor, raw.doc     # type: ignore[return-value]
+        try:
+            return select_image(read, top, want, f"image {name}", config=config)
+        except NotFoundError:
+            present = [d for d, here in self.index_entries(desc.digest) if here] if isinstance(top.doc, Index) else []
+            if not (any_present and platform is None and len(present) == 1):
+                raise
+            return select_image(read, read(present[0]), want, f"image {name}")
+
+    def index_entries(self, digest: str) -> list[tuple[Descriptor, bool]]:
+        """The image entries of the stored index `digest` (attestation manifests left out), each
+        with whether the store holds its manifest: a one-platform pull keeps only its own."""
+        from .manifest import is_attestation
+        try:
+            doc = self.get_manifest(digest)
+        except RegistryError:
+            return []
+        if not isinstance(doc, Index):
+            return []
+        return [(d, self.has_blob(d.digest)) for d in doc.manifests if not is_attestation(d)]
 
     def image_config(self, name: str | Reference, platform: Platform | None = None) -> ImageConfig:
         """The config of the image for `platform` (default: this host)."""
@@ -754,10 +803,13 @@ class Store:
             roots.update(_digest_lines(f))
         return roots
 
-    def reachable(self, extra_roots: Iterable[str] = ()) -> set[str]:
-        """Digests reachable from tags, gc roots, live leases and `extra_roots`."""
+    def reachable(self, extra_roots: Iterable[str] = (), skip: Iterable[str] = ()) -> set[str]:
+        """Digests reachable from tags (but those of the digests in `skip`), gc roots, live leases
+        and `extra_roots`."""
         from .image import references
-        todo: list[tuple[str, str | None]] = [(d.digest, d.media_type) for d in self.read_index().manifests]
+        skipped = set(skip)
+        todo: list[tuple[str, str | None]] = [(d.digest, d.media_type) for d in self.read_index().manifests
+                                              if d.digest not in skipped]
         todo += [(d, None) for d in self._root_digests()]
         todo += [(d, None) for d in extra_roots]
         seen: set[str] = set()

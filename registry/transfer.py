@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from .client import RegistryClient
-from .copier import TransferResult, plan_copy, run_copy
+from .copier import CopyPlan, TransferResult, plan_copy, run_copy
 from .endpoints import BlobSources, RemoteEndpoint, StoreEndpoint
-from .errors import LimitError
-from .image import MAX_INDEX_DEPTH
-from .manifest import Descriptor
+from .errors import LimitError, NotFoundError
+from .image import MAX_INDEX_DEPTH, RawManifest, image_blobs, walk
+from .manifest import Descriptor, Index, is_attestation
 from .platform import Platform, host_platform, parse_platform
 from .progress import Progress
 from .reference import Reference, parse_reference
@@ -40,17 +40,19 @@ def pull(client: RegistryClient, ref: str | Reference, store: Any, *,
          progress: Progress | None = None, tag: bool = True) -> TransferResult:
     """Pull an image into the store and tag it with its reference.
 
-    From an index, only the manifest for `platform` (default: this host's) is pulled and tagged,
-    like `docker pull`; with `all_platforms` the index and every manifest it lists are. Blobs
-    already in the store are skipped. Returns what was tagged.
+    An index is kept as the index, tagged, with the image for `platform` (default: this host's)
+    below it, as Docker's containerd image store keeps it: the other platforms' manifests stay
+    out until a pull for them adds them (`result.images` names the one pulled). With
+    `all_platforms` the index comes with every manifest it lists. Blobs and manifests already in
+    the store are not fetched again. Returns what was tagged.
     """
     progress = progress or Progress()
     r = _as_reference(ref)
     src = RemoteEndpoint(client.repository(r.registry, r.repository))
-    plan = plan_copy(src, r.identifier, platform=_as_platform(platform), all_platforms=all_platforms,
-                     where=str(r))
-    progress.message(f"pulling {r} ({plan.source.digest})")
     dst = StoreEndpoint(store)
+    plan = plan_copy(src, r.identifier, platform=_as_platform(platform), all_platforms=all_platforms,
+                     where=str(r), keep_index=True, known=dst)
+    progress.message(f"pulling {r} ({plan.source.digest})")
     name = str(r)
     result = run_copy(plan, src, dst, tag=name if tag else None, progress=progress,
                       workers=client.options.max_per_host, platforms_from=dst)
@@ -59,20 +61,31 @@ def pull(client: RegistryClient, ref: str | Reference, store: Any, *,
 
 
 def push(client: RegistryClient, store: Any, src: str, dest: str | Reference | None = None, *,
+         platform: str | Platform | None = None, whole: bool = False,
          progress: Progress | None = None) -> TransferResult:
     """Push a locally tagged image (manifest or index, with everything it lists) to a registry.
 
     `src` is a name in the store (`NAME[:TAG]`); `dest` defaults to the same reference. Blobs the
     destination has are skipped, blobs known in another repository of the same registry are
     mounted, the rest uploaded; then manifests, children before the index, the top one by tag.
+
+    With `platform`, only that platform's image of an index is pushed (as `docker push
+    --platform`). An index the store holds only partly (a one-platform pull) is pushed whole
+    when the destination already has the manifests the store lacks; else, when the store holds
+    just one of its images, that image is pushed instead (as Docker does, with a message saying
+    so; not with `whole`, as for a manifest list); else the push is refused naming the missing
+    platforms. A registry never gets an index that lists a manifest it lacks.
     """
     progress = progress or Progress()
     dst_ref = _as_reference(dest if dest is not None else src)
     source = StoreEndpoint(store)
-    plan = plan_copy(source, src, all_platforms=True)
     dst = RemoteEndpoint(client.repository(dst_ref.registry, dst_ref.repository))
-    progress.message(f"pushing {src} to {dst_ref}")
     try:
+        if platform is not None:
+            plan = plan_copy(source, src, platform=_as_platform(platform), all_platforms=False, where=src)
+        else:
+            plan = _push_plan(store, source, src, dst, str(dst_ref), progress, whole)
+        progress.message(f"pushing {src} to {dst_ref}")
         result = run_copy(plan, source, dst, tag=dst_ref.tag, progress=progress,
                           workers=client.options.max_per_host)
     finally:
@@ -80,6 +93,44 @@ def push(client: RegistryClient, store: Any, src: str, dest: str | Reference | N
     progress.message(f"{dst_ref}: digest: {result.digest} size: {result.size}")
     result.reference = str(dst_ref)
     return result
+
+
+def _push_plan(store: Any, source: StoreEndpoint, src: str, dst: RemoteEndpoint, where: str,
+               progress: Progress, whole: bool) -> CopyPlan:
+    """What a push of `src` without --platform sends (see push): the whole tree, or the index
+    with the manifests the destination already has left out, or the one image the store has."""
+    top = source.read_manifest(src)
+    missing: list[str] = []
+
+    def read(desc: Any) -> RawManifest | None:
+        if store.has_blob(desc.digest):
+            return source.read_manifest(desc)
+        missing.append(desc.digest)
+        return None
+    below = walk(read, top, src)
+    # The registry may hold what the store lacks (pushing back where it was pulled from): then
+    # the index is valid there as it is.
+    absent = [d for d in missing if dst.repo.head_manifest(d) is None]
+    if not absent:
+        return CopyPlan(top, top, below, image_blobs(m.doc for m in [*below, top]))
+    entries = store.index_entries(top.digest)
+    have = [d for d, present in entries if present]
+    lacks = [str(d.platform or d.digest) for d, present in entries if not present and d.digest in absent]
+    if len(have) == 1 and lacks and not whole:
+        plat = str(have[0].platform or "?")
+        progress.message(f"{src} is a multi-platform index the store holds only the {plat} image of (it lacks "
+                         f"{', '.join(lacks)}): pushing that image instead of the index; `pybuild pull "
+                         "--all-platforms` of it first pushes the whole index")
+        return plan_copy(source, have[0].digest, where=f"{src}@{have[0].digest}")
+    listed = top.doc.manifests if isinstance(top.doc, Index) else []
+    attestations = sum(1 for d in listed if is_attestation(d) and d.digest in absent)
+    parts = lacks + ([f"{attestations} attestation manifest{'s' * (attestations > 1)}"] if attestations else [])
+    what = ", ".join(parts) or f"{len(absent)} manifests it lists (e.g. {absent[0]})"
+    present = ", ".join(str(d.platform or d.digest) for d in have) or "none"
+    raise NotFoundError(f"cannot push {src} to {where}: the store holds this multi-platform index only partly "
+                        f"and neither it nor the registry has {what}; a registry refuses an index that lists "
+                        f"a manifest it lacks. Push one platform with --platform (present here: {present}), or "
+                        "pull the whole index first (`pybuild pull --all-platforms` of the image it came from)")
 
 
 # cosign's tags next to an image digest: signatures, attestations, SBOMs.

@@ -1,7 +1,7 @@
 """SLSA provenance v1 of a build, as an in-toto statement v1 (BuildKit's field names where they
 apply, so tools that read buildx's provenance read pybuild's).
 
-``mode=min``: the frontend and its arguments (build args, target, labels, platform), the
+``mode=min``: the frontend and its arguments (build args, target, labels), the
 Dockerfile's digest, the base images as resolvedDependencies, the builder and timestamps.
 ``mode=max`` adds each step (instruction, cache hit, layer digest) and the Dockerfile's text.
 Secret values are never in it: only the ids of the secrets the build was given (their values
@@ -75,8 +75,10 @@ def provenance_predicate(facts: BuildFacts, mode: str = "min", source_date_epoch
         args["no-cache"] = ""
     if facts.network != "default":
         args["force-network-mode"] = facts.network
-    if facts.platform:
-        args["platform"] = facts.platform
+    # No `platform` argument: BuildKit leaves the host-specific frontend options out of the
+    # request it records (provenance.FilterArgs: platform, cgroup-parent, image-resolve-mode,
+    # cache-imports), so each platform's provenance of one build has the same args; the
+    # platform is in the subject and each resolved dependency's purl.
     df_digest = hashlib.sha256(facts.dockerfile_bytes).hexdigest()
     request: dict = {"frontend": "dockerfile.v0", "args": args,
                      "locals": [{"name": "context"}, {"name": "dockerfile"}]}

@@ -33,6 +33,8 @@ def register(add_command) -> None:
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--no-trunc", action="store_true", help="do not cut the CREATED BY column")
     p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--platform", help="the OS/ARCH[/VARIANT] image of a multi-platform image (default: this "
+                                      "host's, else the one the store holds)")
     p.set_defaults(func=_history)
 
     p = add_command("save", "write local images to a tar archive (docker-archive, or OCI with --format oci)")
@@ -41,6 +43,8 @@ def register(add_command) -> None:
     p.add_argument("--format", choices=("docker", "oci"), default="docker",
                    help="docker: `docker load` format (default, this host's platform); oci: an OCI "
                         "image layout tar (all stored platforms)")
+    p.add_argument("--platform", help="with --format docker: the OS/ARCH[/VARIANT] image of a multi-platform "
+                                      "image (default: this host's, else the one the store holds)")
     p.set_defaults(func=_save)
 
     p = add_command("load", "store the images of a docker-archive or OCI archive tar (like docker load)")
@@ -50,6 +54,8 @@ def register(add_command) -> None:
     p = add_command("rmi", "remove image tags and the blobs no other image or cache uses")
     p.add_argument("refs", nargs="+", metavar="REF", help="image name, name:tag, name@digest or digest prefix")
     p.add_argument("--no-prune", action="store_true", help="only untag; keep the blobs until `store gc`")
+    p.add_argument("--platform", help="remove only this OS/ARCH[/VARIANT] image of a multi-platform image "
+                                      "(the index stays tagged, as docker rmi --platform)")
     p.set_defaults(func=_rmi)
 
     p = add_command("import", "make a one-layer image from a root filesystem directory or a tar (like docker import)")
@@ -71,6 +77,19 @@ def register(add_command) -> None:
     p.set_defaults(func=_store)
 
 
+def platform_arg(args: argparse.Namespace):
+    """The parsed --platform of a command (None when not given); a bad one is a usage error."""
+    if not getattr(args, "platform", None):
+        return None
+    from registry.errors import RegistryError
+    from registry.platform import parse_platform
+    from ..errors import BuildError
+    try:
+        return parse_platform(args.platform)
+    except RegistryError as exc:
+        raise BuildError(f"--platform {args.platform}: {exc}") from None
+
+
 def _open(args: argparse.Namespace):
     from registry.store import open_store
     return open_store(args.root)
@@ -90,7 +109,7 @@ def image_rows(store) -> list[dict]:
         tag = (ref.tag if ref and ref.tag else "<none>")
         size, created, platform, image_id = 0, None, None, None
         try:
-            desc, manifest = store.image_manifest(rec.descriptor.digest)
+            desc, manifest = store.image_manifest(rec.descriptor.digest, any_present=True)
             image_id = manifest.config.digest
             cfg = store.get_config(manifest.config.digest)
             size = desc.size + manifest.config.size + sum(layer.size for layer in manifest.layers)
@@ -111,19 +130,13 @@ def _platform_rows(store, digest: str) -> list[dict]:
     """The image entries of the index ``digest`` (attestations left out): platform, manifest
     digest, and whether the store holds that image (a one-platform pull keeps only its own)."""
     from registry.errors import RegistryError
-    from registry.manifest import Index, Manifest, is_attestation
-    try:
-        index = store.get_manifest(digest)
-    except RegistryError:
-        return []
+    from registry.manifest import Manifest
     out = []
-    for d in index.manifests if isinstance(index, Index) else []:
-        if is_attestation(d):
-            continue
+    for d, present in store.index_entries(digest):
         row = {"platform": str(d.platform) if d.platform else None, "digest": d.digest, "present": False,
                "id": None, "size": d.size}
         try:
-            m = store.get_manifest(d.digest)
+            m = store.get_manifest(d.digest) if present else None
         except RegistryError:
             m = None
         if isinstance(m, Manifest):
@@ -166,7 +179,13 @@ def _images(args: argparse.Namespace) -> int:
 
 def _rmi(args: argparse.Namespace) -> int:
     store = _open(args)
+    platform = platform_arg(args)
     for ref in args.refs:
+        if platform is not None:
+            gone = store.remove_platform(ref, platform)
+            if not args.quiet:
+                print(f"Removed: the {platform} image {gone.digest} of {ref}")
+            continue
         named = store.tag_of(ref) is not None
         entry = store.untag(ref)
         if not args.quiet:
@@ -240,7 +259,7 @@ def _tag(args: argparse.Namespace) -> int:
 
 def _history(args: argparse.Namespace) -> int:
     store = _open(args)
-    _, manifest = store.image_manifest(args.image)
+    _, manifest = store.image_manifest(args.image, platform_arg(args), any_present=True)
     cfg = store.read_blob(manifest.config.digest)
     history = json.loads(cfg).get("history") or []
     layers = list(manifest.layers)
@@ -274,7 +293,16 @@ def _save(args: argparse.Namespace) -> int:
     store = _open(args)
     for name in args.images:
         store.resolve(name)                  # a missing image fails before anything is written
-    writer = save_oci_archive if args.format == "oci" else save_docker_archive
+    if args.format == "oci":
+        if args.platform:
+            raise BuildError("save: --platform is for --format docker; an OCI archive holds every platform "
+                             "the store has")
+        writer = save_oci_archive
+    else:
+        platform = platform_arg(args)
+
+        def writer(store, names, out):
+            save_docker_archive(store, names, out, platform=platform)
     if args.output in (None, "-"):
         if sys.stdout.isatty():
             raise BuildError("save: refusing to write an archive to a terminal; use -o FILE or redirect")

@@ -366,6 +366,7 @@ def _local_list(args: argparse.Namespace) -> int:
 
 def _manifest_push(args: argparse.Namespace) -> int:
     from .remote import _push
+    args.whole = True         # a list is pushed as the list, never as one of its images
     return _push(args)
 
 

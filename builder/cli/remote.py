@@ -35,6 +35,8 @@ def register(add_command) -> None:
     p = command("push", "push an image from the local store to a registry", _push)
     p.add_argument("name", metavar="NAME[:TAG]", help="image in the local store")
     p.add_argument("dest", metavar="DEST_REF", nargs="?", help="where to push (default: NAME itself)")
+    p.add_argument("--platform", help="push only this OS/ARCH[/VARIANT] image of a multi-platform image "
+                                      "(default: the whole index, when the store holds all of it)")
 
     p = command("copy", "copy an image from one registry or repository to another, streamed", _copy)
     p.add_argument("src", metavar="SRC_REF")
@@ -89,7 +91,8 @@ def _pull(args: argparse.Namespace) -> int:
         finally:
             progress.close()
     if not args.quiet:
-        picked = f" (platform {res.platforms[0]}: {res.digest})" if res.source_digest != res.digest else ""
+        one = len(res.images) == 1 and res.images[0] != res.digest     # one platform of an index
+        picked = f" (platform {res.platforms[0]}: {res.images[0]})" if one else ""
         print(f"Digest: {res.source_digest}{picked}; {res.blobs_transferred} blobs downloaded, "
               f"{res.blobs_skipped} already present", file=sys.stderr)
     print(res.reference)
@@ -99,11 +102,13 @@ def _pull(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from registry.store import open_store
     from registry.transfer import push
+    from .images import platform_arg
     store = open_store(args.root)
     progress = _progress(args)
     with _client(args) as client:
         try:
-            res = push(client, store, args.name, args.dest, progress=progress)
+            res = push(client, store, args.name, args.dest, platform=platform_arg(args),
+                       whole=getattr(args, "whole", False), progress=progress)
         finally:
             progress.close()
     print(f"{res.reference}@{res.digest}")
@@ -201,10 +206,13 @@ def _image_info(name: str, source: str, digest: str, media_type: str, manifest: 
     }
 
 
-def _index_info(digest: str, media_type: str, index: Any) -> dict:
+def _index_info(digest: str, media_type: str, index: Any, store: Any = None) -> dict:
+    """An index's entries; from the store, each says whether the store holds it (`Present`)."""
     return {"Digest": digest, "MediaType": media_type,
             "Manifests": [{"Digest": d.digest, "MediaType": d.media_type, "Size": d.size,
-                           "Platform": str(d.platform) if d.platform else None} for d in index.manifests]}
+                           "Platform": str(d.platform) if d.platform else None,
+                           **({"Present": store.has_blob(d.digest)} if store is not None else {})}
+                          for d in index.manifests]}
 
 
 def _inspect_local(store: Any, ref: str, platform: str | None) -> dict:
@@ -212,9 +220,9 @@ def _inspect_local(store: Any, ref: str, platform: str | None) -> dict:
     from registry.platform import parse_platform
     tagged = store.resolve(ref)
     doc = store.get_manifest(tagged.digest)
-    index = _index_info(tagged.digest, tagged.media_type, doc) if isinstance(doc, Index) else None
+    index = _index_info(tagged.digest, tagged.media_type, doc, store) if isinstance(doc, Index) else None
     want = parse_platform(platform) if platform else None
-    desc, manifest = store.image_manifest(ref, want)
+    desc, manifest = store.image_manifest(ref, want, any_present=True)
     config = store.get_config(manifest.config.digest)
     return _image_info(ref, "local", desc.digest, desc.media_type or manifest.media_type, manifest, config, index)
 
@@ -247,7 +255,8 @@ def _print_summary(info: dict) -> None:
     if info.get("Index"):
         idx = info["Index"]
         rows.insert(2, ("Index", f"{idx['Digest']} ({len(idx['Manifests'])} manifests: " + ", ".join(
-            m["Platform"] or "?" for m in idx["Manifests"]) + ")"))
+            (m["Platform"] or "?") + (" (not in the store)" if m.get("Present") is False else "")
+            for m in idx["Manifests"]) + ")"))
     for key, value in info["Config"].items():
         rows.append((key, json.dumps(value) if not isinstance(value, str) else value))
     width = max(len(k) for k, _ in rows) + 1

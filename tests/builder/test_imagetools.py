@@ -243,6 +243,19 @@ def test_manifest_local_list_podman_spelling(registry, tmp_path):
         _, child = _skopeo_raw(skopeo, f"{registry.host}/it/list@{m['digest']}")
         assert child["mediaType"] == mt.OCI_MANIFEST
 
+    # A list naming an image the store (and the registry) lacks is refused whole: a list is never
+    # pushed as the one image the store has, nor with an entry the registry would not have.
+    from registry.manifest import Descriptor, Index
+    from registry.platform import parse_platform
+    store = Store(root)
+    absent = Descriptor(mt.OCI_MANIFEST, "sha256:" + "5" * 64, 500, platform=parse_platform("linux/s390x"))
+    amd_entry = store.get_manifest(store.resolve("app:list").digest).manifests[0]
+    store.tag("app:partial", store.put_manifest(Index(manifests=[amd_entry, absent], media_type=mt.OCI_INDEX)))
+    r = run_pybuild("manifest", "push", "--insecure-registry", registry.host, "app:partial",
+                    f"{registry.host}/it/list:partial", root=root)
+    assert r.returncode == 1 and "neither it nor the registry has linux/s390x" in r.stderr, r.stderr
+    assert "partial" not in run_pybuild("tags", "--insecure-registry", registry.host, f"{registry.host}/it/list").stdout
+
 
 def test_manifest_create_of_a_missing_source_names_it(registry, tmp_path):
     missing = f"{registry.host}/it/none@sha256:" + "0" * 64

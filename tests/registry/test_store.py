@@ -310,8 +310,21 @@ def test_multi_platform_index(root):
         store.image_manifest("single", host)
     assert store.image_manifest("single")[0].digest == theirs.digest   # no platform asked: as is
     assert store.verify() == []
-    # Removing the index keeps nothing else alive.
+    # One platform removed from the index: its manifest stays while "single" still names it...
+    assert store.remove_platform("multi", Platform("linux", other)).digest == theirs.digest
+    assert store.has_blob(theirs.digest)
+    # ... and goes, with its config and layer at the next gc, once nothing else does.
     store.untag("single")
+    store.remove_platform("multi", Platform("linux", other))
+    assert not store.has_blob(theirs.digest)
+    store.gc()
+    assert store.image_manifest("multi")[0].digest == mine.digest and store.verify() == []
+    assert store.image_manifest("multi", any_present=True)[0].digest == mine.digest
+    with pytest.raises(NotFoundError, match=f"holds no linux/{other} image of it"):
+        store.remove_platform("multi", Platform("linux", other))
+    with pytest.raises(RegistryError, match="not a multi-platform image"):
+        store.remove_platform(mine.digest, host)
+    # Removing the index keeps nothing else alive.
     store.remove("multi")
     assert list(store.blobs()) == []
 

@@ -93,33 +93,123 @@ def test_multi_platform_index(client, registry, tmp_path):
     # Shared base layer: 2 configs + 1 base + 2 own layers.
     assert res.blobs_transferred == 5
 
+    # One platform: the index is kept and tagged, with only that platform's image below it (as
+    # Docker's containerd image store keeps it).
     arm = _store(tmp_path / "arm")
     got = pull(client, ref, arm, platform="linux/arm64")
-    assert got.digest == children["linux/arm64/v8"].digest and got.platforms == ["linux/arm64/v8"]
-    assert got.source_digest == index.digest
-    assert arm.resolve(ref).digest == children["linux/arm64/v8"].digest
+    assert got.digest == index.digest and got.media_type == mt.OCI_INDEX and got.source_digest == index.digest
+    assert got.images == [children["linux/arm64/v8"].digest] and got.platforms == ["linux/arm64/v8"]
+    assert arm.resolve(ref).digest == index.digest
     assert not arm.has_blob(children["linux/amd64"].digest)
+    assert arm.image_manifest(ref, Platform("linux", "arm64"))[0].digest == children["linux/arm64/v8"].digest
+    with pytest.raises(NotFoundError, match="without the linux/amd64 image.*it has linux/arm64/v8 here"):
+        arm.image_manifest(ref)                     # this host's platform is not there
+    assert arm.image_manifest(ref, any_present=True)[0].digest == children["linux/arm64/v8"].digest
+    assert arm.verify() == []                       # the other platform's absence is expected
+    assert arm.gc().removed_blobs == 0              # and what is there is kept
 
-    host = _store(tmp_path / "host")
-    assert pull(client, ref, host).digest == children["linux/amd64"].digest   # this machine: amd64
+    # A second pull for another platform adds it below the same index.
+    again = pull(client, ref, arm)                  # this machine: amd64
+    assert again.digest == index.digest and again.images == [children["linux/amd64"].digest]
+    assert again.blobs_skipped == 1                 # the shared base layer
+    assert _tree(arm, index.digest) == _tree(a, index.digest)
 
     full = _store(tmp_path / "full")
     got = pull(client, ref, full, all_platforms=True)
     assert got.digest == index.digest and got.media_type == mt.OCI_INDEX
+    assert sorted(got.images) == sorted(d.digest for d in children.values())
     assert _tree(full, index.digest) == _tree(a, index.digest)
+    none = _store(tmp_path / "none")
     with pytest.raises(NotFoundError, match="s390x"):
-        pull(client, ref, _store(tmp_path / "none"), platform="linux/s390x")
+        pull(client, ref, none, platform="linux/s390x")
+    assert none.list_images() == [] and list(none.blobs()) == []
 
 
-def test_push_index_with_missing_children_says_so(client, registry, tmp_path):
+def test_cached_pull_of_an_index_asks_for_the_tag_only(client, registry, fault_proxy, tmp_path):
+    """A second pull of a kept index reads the platform's manifest from the store: one manifest
+    GET (the tag), no blob request."""
+    a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
+    ref = f"{registry.host}/cachedidx/app:v1"
+    index, children = multi_platform_image(a, ref, seed=11)
+    push(client, a, ref)
+    via = f"{fault_proxy.host}/cachedidx/app:v1"
+    pull(client, via, b, platform="linux/arm64")
+    fault_proxy.clear()
+    res = pull(client, via, b, platform="linux/arm64")
+    assert res.digest == index.digest and res.blobs_skipped == 3 and res.bytes_transferred == 0
+    asked = [(m, p) for m, p, _, _ in fault_proxy.log if "/v2/cachedidx/" in p]
+    assert asked == [("GET", "/v2/cachedidx/app/manifests/v1")], asked
+
+
+def test_push_of_a_partly_pulled_index(client, registry, registry2, tmp_path):
+    """Docker's rules for an index the store holds only partly, and never an index listing a
+    manifest the registry lacks."""
+    import subprocess
+    from tests.fixtures.building import need
+    skopeo = need("skopeo")
+
+    def raw(ref: str) -> dict:
+        import json
+        return json.loads(subprocess.run([skopeo, "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                                         capture_output=True, text=True, check=True).stdout)
     a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
     ref = f"{registry.host}/partial/app:v1"
-    index, _ = multi_platform_image(a, ref, seed=3)
+    index, children = multi_platform_image(a, ref, seed=3)
     push(client, a, ref)
     pull(client, ref, b, platform="linux/arm64")
-    b.tag("partial-index:1", b.put_manifest(a.read_blob(index.digest)))
-    with pytest.raises(NotFoundError, match="all-platforms"):
-        push(client, b, "partial-index:1", f"{registry.host}/partial/other:1")
+
+    # Back to the registry it came from (which has the other platform): the index as it is.
+    res = push(client, b, ref, f"{registry.host}/partial/app:v2")
+    assert res.digest == index.digest and raw(f"{registry.host}/partial/app:v2")["manifests"] == \
+        raw(ref)["manifests"]
+
+    # Elsewhere: only the one image the store has, not an index listing what registry2 lacks.
+    other = f"{registry2.host}/partial/other:1"
+    res = push(client, b, ref, other)
+    assert res.digest == children["linux/arm64/v8"].digest
+    assert raw(other)["mediaType"] == mt.OCI_MANIFEST and raw(other)["config"]["digest"] == \
+        a.get_manifest(children["linux/arm64/v8"].digest).config.digest
+
+    # --platform: that platform's image; one the store lacks is a clear error naming it.
+    res = push(client, b, ref, f"{registry2.host}/partial/plat:1", platform="linux/arm64")
+    assert res.digest == children["linux/arm64/v8"].digest
+    with pytest.raises(NotFoundError, match=r"lacks manifest .* \(linux/amd64\).*--platform"):
+        push(client, b, ref, f"{registry2.host}/partial/plat:2", platform="linux/amd64")
+    assert client.repository(registry2.host, "partial/plat").head_manifest("2") is None
+
+    # Two of three platforms here and the third nowhere at the destination: refused, naming it.
+    c = _store(tmp_path / "c")
+    three = {p: make_image(a, None, [tar_layer({"p": str(p).encode()})], platform=p)
+             for p in (Platform("linux", "amd64"), Platform("linux", "arm64", "v8"), Platform("linux", "s390x"))}
+    from tests.fixtures.synthetic_images import make_index
+    ref3 = f"{registry.host}/partial/three:v1"
+    idx3 = make_index(a, ref3, list(three.values()))
+    push(client, a, ref3)
+    pull(client, ref3, c, platform="linux/amd64")
+    pull(client, ref3, c, platform="linux/s390x")
+    with pytest.raises(NotFoundError, match=r"neither it nor the registry has linux/arm64/v8.*--platform "
+                                            r"\(present here: linux/amd64, linux/s390x\)"):
+        push(client, c, ref3, f"{registry2.host}/partial/three:v1")
+    assert client.repository(registry2.host, "partial/three").head_manifest("v1") is None
+    # ... and pushed whole once the store has all of it.
+    pull(client, ref3, c, all_platforms=True)
+    assert push(client, c, ref3, f"{registry2.host}/partial/three:v1").digest == idx3.digest
+
+    # Every platform pulled one by one, but not the attestation manifest (BuildKit's shape):
+    # refused, saying that is what is missing.
+    from registry.manifest import Descriptor
+    att = make_image(a, None, [tar_layer({"statement": b"{}"})], platform=Platform("unknown", "unknown"))
+    att = Descriptor(att.media_type, att.digest, att.size, platform=Platform("unknown", "unknown"),
+                     annotations={"vnd.docker.reference.type": "attestation-manifest",
+                                  "vnd.docker.reference.digest": children["linux/amd64"].digest})
+    ref4 = f"{registry.host}/partial/attested:v1"
+    make_index(a, ref4, [children["linux/amd64"], children["linux/arm64/v8"], att])
+    push(client, a, ref4)
+    d = _store(tmp_path / "d")
+    pull(client, ref4, d)
+    pull(client, ref4, d, platform="linux/arm64")
+    with pytest.raises(NotFoundError, match="neither it nor the registry has 1 attestation manifest;"):
+        push(client, d, ref4, f"{registry2.host}/partial/attested:v1")
 
 
 def test_docker_media_types_round_trip(client, registry, tmp_path):
@@ -150,6 +240,28 @@ def test_copy_between_registries(client, registry, registry2, tmp_path):
     one = copy(client, ref, f"{registry2.host}/copied/one:v1", platform="linux/arm64")
     assert one.digest == children["linux/arm64/v8"].digest
     assert one.blobs_transferred == 3     # config, base and own layer: HEAD is per repository
+
+
+def test_an_index_whose_registry_lost_a_child(client, registry, registry2, tmp_path):
+    """A source index listing a manifest its registry no longer has: copying or pulling all of it
+    is refused naming that platform and writes nothing; its other platform still copies and pulls."""
+    a = _store(tmp_path / "a")
+    ref = f"{registry.host}/lostchild/app:v1"
+    index, children = multi_platform_image(a, ref, seed=13)
+    push(client, a, ref)
+    client.repository(registry.host, "lostchild/app").delete_manifest(children["linux/arm64/v8"].digest)
+    dst = f"{registry2.host}/lostchild/app:v1"
+    with pytest.raises(NotFoundError, match=r"not found.*\(the linux/arm64/v8 image it lists\)"):
+        copy(client, ref, dst, all_platforms=True)
+    repo2 = client.repository(registry2.host, "lostchild/app")
+    assert repo2.head_manifest("v1") is None and not repo2.has_blob(children["linux/amd64"].digest)
+    b = _store(tmp_path / "b")
+    with pytest.raises(NotFoundError, match="linux/arm64/v8"):
+        pull(client, ref, b, all_platforms=True)
+    assert b.list_images() == [] and list(b.blobs()) == []
+    assert copy(client, ref, dst).digest == children["linux/amd64"].digest
+    got = pull(client, ref, b)
+    assert got.digest == index.digest and got.images == [children["linux/amd64"].digest]
 
 
 def test_copy_within_registry_mounts(client, registry, tmp_path):
@@ -239,8 +351,8 @@ def test_manifest_platform_in_index_only(client, registry, tmp_path):
     push(client, a, ref)
     b = _store(tmp_path / "b")
     got = pull(client, ref, b, platform="linux/arm/v7")
-    assert got.digest == descs[1].digest
-    assert isinstance(b.get_manifest(got.digest), Manifest)
+    assert got.images == [descs[1].digest] and got.media_type == mt.DOCKER_MANIFEST_LIST
+    assert isinstance(b.get_manifest(got.images[0]), Manifest)
 
 
 def test_failed_pull_resumes_next_time(registry, fault_proxy, tmp_path):

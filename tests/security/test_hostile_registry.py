@@ -351,6 +351,37 @@ def test_deeply_nested_manifest_is_a_clear_error(servers):
     assert out.returncode != 0 and "Traceback" not in out.stderr and "nested more than" in out.stderr
 
 
+def test_index_naming_a_stored_layer_as_a_manifest_is_refused(servers, tmp_path):
+    """A pull reads the manifests the store already holds from the store: a hostile index that
+    names a big layer the store has as its platform's manifest gets a clear refusal, not the layer
+    read whole into memory as JSON; nothing is tagged."""
+    from registry.store import Store
+    from registry.transfer import pull
+    store = Store(tmp_path / "root")
+    with store.blob_writer() as w:                               # a 48 MiB "layer" already stored
+        for _ in range(48):
+            w.write(os.urandom(1 << 20))
+    big = w.descriptor
+    index = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": [
+        {"mediaType": mediatypes.OCI_MANIFEST, "digest": big.digest, "size": big.size,
+         "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+
+    def route(s, req):
+        if req.path == "/v2/":
+            return 200, {}, b"{}"
+        if req.path == "/v2/app/manifests/v1":
+            return 200, {"Content-Type": mediatypes.OCI_INDEX, "Docker-Content-Digest": digest_bytes(index)}, index
+        return 404, {}, b""
+    server = servers(route)
+    before = _maxrss_mib()
+    with fast_client() as c, pytest.raises(RegistryError) as e:
+        pull(c, f"{server.host}/app:v1", store, platform="linux/amd64")
+    assert _peak_mib() - before < 24                               # the 48 MiB blob was not read
+    assert f"manifest {big.digest}" in str(e.value) and "refusing the index" in str(e.value)
+    assert store.list_images() == []
+    assert not any("/manifests/sha256:" in s.path for s in server.seen)
+
+
 def _push_dag(client, host: str, name: str, levels: int) -> str:
     """An image manifest under LEVELS indexes, each listing the one below twice: 2^LEVELS paths
     through LEVELS + 1 manifests. Returns the top index's digest (also tagged `dag`)."""
