@@ -599,6 +599,136 @@ def _short_exc(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
+class BlobReader:
+    """A blob's bytes from an offset, resuming with Range after dropped connections: `read(n)`
+    gives bytes, `readinto(buffer)` fills a caller's buffer (a download loop that reuses one
+    buffer makes no garbage and touches no fresh memory). `close()` when done.
+
+    Raises RegistryError when the body is longer than `size` or the retries are spent; the
+    caller verifies the digest.
+    """
+
+    def __init__(self, repo: "Repository", digest: str, size: int | None, offset: int = 0) -> None:
+        self.repo = repo
+        self.digest = digest
+        self.size = size
+        self.pos = offset
+        self.what = f"blob {digest} of {repo.ref}"
+        self._resp: Response | None = None
+        self._skip = 0              # bytes the server re-sends that we already have (Range ignored)
+        self._progressed = False    # this response gave bytes
+        self._failures = 0          # in a row without progress
+        self._interruptions = 0     # in all: a server that cuts every response short must not loop forever
+        # Nothing left to ask for (a partial download may already hold every byte).
+        self._complete = size is not None and offset >= size
+
+    def close(self) -> None:
+        """Release the connection."""
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+
+    __del__ = close     # as a generator's finally: a reader dropped half-read gives its connection back
+
+    def read(self, n: int) -> bytes:
+        """The next at most `n` bytes; b"" at the end of the blob."""
+        while True:
+            resp = self._response()
+            if resp is None:
+                return b""
+            try:
+                data = resp.read(n)
+            except HTTPError as exc:
+                self._dropped(exc)
+                continue
+            if not data:
+                self._ended()
+                continue
+            if self._skip:
+                cut = min(self._skip, len(data))
+                data, self._skip = data[cut:], self._skip - cut
+                if not data:
+                    continue
+            self._advance(len(data))
+            return data
+
+    def readinto(self, buf: memoryview) -> int:
+        """Fill `buf` with the next bytes: all of it unless the blob ends first; 0 at the end."""
+        filled = 0
+        while filled < len(buf):
+            resp = self._response()
+            if resp is None:
+                break
+            view = buf[filled:]
+            try:
+                n = resp.readinto(view)
+            except HTTPError as exc:
+                self._dropped(exc)
+                continue
+            if not n:
+                self._ended()
+                continue
+            if self._skip:
+                cut = min(self._skip, n)
+                view[:n - cut] = view[cut:n]
+                n, self._skip = n - cut, self._skip - cut
+                if not n:
+                    continue
+            self._advance(n)
+            filled += n
+        return filled
+
+    def _advance(self, n: int) -> None:
+        self.pos += n
+        if self.size is not None and self.pos > self.size:
+            raise DigestMismatchError(f"{self.what}: more data than the announced {self.size} bytes")
+        self._progressed = True
+
+    def _response(self) -> Response | None:
+        """The open answer (asking from `pos`); None once the blob is complete."""
+        if self._resp is not None or self._complete:
+            return self._resp
+        repo = self.repo
+        # identity: a transparently compressed body would not hash to the digest.
+        headers = {"Accept-Encoding": "identity"}
+        if self.pos:
+            headers["Range"] = f"bytes={self.pos}-"
+        resp = repo.client.request(repo.host, "GET", repo._path("blobs", self.digest), scopes=repo.pull_scope,
+                                   headers=headers, stream=True, ok=(200, 206), what=self.what)
+        self._skip = 0
+        if self.pos and resp.status_code == 200:
+            self._skip = self.pos       # the server ignored Range: drop what we already have
+        elif resp.status_code == 206:
+            got = resp.headers.get("Content-Range", "")
+            m = re.match(r"bytes (\d+)-", got)
+            if not m or int(m.group(1)) != self.pos:
+                resp.close()
+                raise RegistryError(f"{self.what}: asked for bytes from {self.pos}, got range {got!r}")
+        self._progressed = False
+        self._resp = resp
+        return resp
+
+    def _ended(self) -> None:
+        """The answer's body ended: the blob is complete, or the connection was cut short."""
+        self.close()
+        if self.size is None or self.pos == self.size:
+            self._complete = True
+            return
+        self._dropped(_Transport(f"body ended at byte {self.pos} of {self.size}"))
+
+    def _dropped(self, exc: BaseException) -> None:
+        """The answer broke off: count it, give up when the retries are spent, else wait before
+        the next request (made by `_response`, from `pos`)."""
+        self.close()
+        options = self.repo.client.options
+        self._failures = 0 if self._progressed else self._failures + 1
+        self._interruptions += 1
+        if self._failures > options.retries or self._interruptions > 4 * options.retries:
+            raise RegistryError(f"{self.what}: download failed {self._interruptions} times, last at byte "
+                                f"{self.pos} of {self.size if self.size is not None else '?'}: {_short_exc(exc)}")
+        self.repo.client._backoff(self._failures, None)
+
+
 class Repository:
     """One repository on one registry: blobs, manifests, tags and referrers."""
 
@@ -642,53 +772,16 @@ class Repository:
         The caller verifies the digest (the store's blob writer does). Raises RegistryError when
         the body is longer than `size` or the retries are spent.
         """
-        pos = offset
-        failures = 0        # in a row without progress
-        interruptions = 0   # in all: a server that cuts every response short must not loop forever
-        what = f"blob {digest} of {self.ref}"
-        while True:
-            # identity: a transparently compressed body would not hash to the digest.
-            headers = {"Accept-Encoding": "identity"}
-            if pos:
-                headers["Range"] = f"bytes={pos}-"
-            resp = self.client.request(self.host, "GET", self._path("blobs", digest),
-                                       scopes=self.pull_scope, headers=headers, stream=True,
-                                       ok=(200, 206), what=what)
-            skip = 0
-            if pos and resp.status_code == 200:
-                skip = pos          # the server ignored Range: drop what we already have
-            elif resp.status_code == 206:
-                got = resp.headers.get("Content-Range", "")
-                m = re.match(r"bytes (\d+)-", got)
-                if not m or int(m.group(1)) != pos:
-                    resp.close()
-                    raise RegistryError(f"{what}: asked for bytes from {pos}, got range {got!r}")
-            progressed = False
-            try:
-                for chunk in resp.iter_bytes(chunk_size):
-                    if skip:
-                        cut = min(skip, len(chunk))
-                        chunk, skip = chunk[cut:], skip - cut
-                        if not chunk:
-                            continue
-                    pos += len(chunk)
-                    if size is not None and pos > size:
-                        raise DigestMismatchError(f"{what}: more data than the announced {size} bytes")
-                    progressed = True
-                    yield chunk
-                if size is None or pos == size:
-                    return
-                dropped: BaseException = _Transport(f"body ended at byte {pos} of {size}")
-            except HTTPError as exc:
-                dropped = exc
-            finally:
-                resp.close()
-            failures = 0 if progressed else failures + 1
-            interruptions += 1
-            if failures > self.client.options.retries or interruptions > 4 * self.client.options.retries:
-                raise RegistryError(f"{what}: download failed {interruptions} times, last at byte {pos} of "
-                                    f"{size if size is not None else '?'}: {_short_exc(dropped)}")
-            self.client._backoff(failures, None)
+        reader = self.blob_reader(digest, size, offset)
+        try:
+            while chunk := reader.read(chunk_size):
+                yield chunk
+        finally:
+            reader.close()
+
+    def blob_reader(self, digest: str, size: int | None = None, offset: int = 0) -> "BlobReader":
+        """A BlobReader of the blob from `offset` (as iter_blob, but `readinto` a caller's buffer)."""
+        return BlobReader(self, digest, size, offset)
 
     def fetch_blob(self, digest: str, max_size: int = MAX_MANIFEST_SIZE) -> bytes:
         """A small blob (a config) in memory, verified against its digest."""

@@ -128,21 +128,41 @@ class Response:
             data = self._content[self._served:end]
             self._served += len(data)
             return data
+        data = self._raw_call(self._raw.read, amt) if amt is not None else self._raw_call(self._raw.read)
+        if (not data and amt != 0) or amt is None:
+            self._ended()
+        return data
+
+    def readinto(self, buf: memoryview) -> int:
+        """Read the next bytes of the body into `buf` (up to its length, no bytes object made);
+        how many, 0 at the end."""
+        if self._content is not None:
+            data = self.read(len(buf))
+            buf[:len(data)] = data
+            return len(data)
+        n = self._raw_call(self._raw.readinto, buf)
+        if not n and len(buf):
+            self._ended()
+        return n
+
+    def _raw_call(self, fn: Any, *args: Any) -> Any:
+        """A read of the raw answer; a broken connection drops it and raises ReadError."""
         try:
-            data = self._raw.read(amt) if amt is not None else self._raw.read()
+            return fn(*args)
         except (OSError, ValueError) as exc:
             self._done(False)
             raise ReadError(f"reading the answer from {self.url}: {exc}") from None
         except Exception as exc:           # http.client.IncompleteRead and friends
             self._done(False)
             raise ReadError(f"reading the answer from {self.url}: {type(exc).__name__}: {exc}") from None
-        if (not data and amt != 0) or amt is None:
-            left = self._raw.length
-            if left:
-                self._done(False)
-                raise ReadError(f"the answer from {self.url} ended {left} bytes early")
-            self._done(True)
-        return data
+
+    def _ended(self) -> None:
+        """The body ended: shorter than announced is a ReadError, else the connection is reusable."""
+        left = self._raw.length
+        if left:
+            self._done(False)
+            raise ReadError(f"the answer from {self.url} ended {left} bytes early")
+        self._done(True)
 
     def iter_bytes(self, amt: int = READ_BLOCK) -> Iterator[bytes]:
         """The body in pieces of at most `amt` bytes."""
