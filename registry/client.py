@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from . import mediatypes
-from .http import (ERROR_BODY_MAX, ConnectError, HTTPError, NameResolutionError, Response, Session, TLSConfig,
-                   TLSError, origin)
+from .http import (ERROR_BODY_MAX, ConnectError, HTTPError, NameResolutionError, ReadError, Response, Session,
+                   TLSConfig, TLSError, origin)
 from .digest import digest_bytes, parse_digest
 from .errors import AuthError, DigestMismatchError, LimitError, NotFoundError, RegistryError
 from .reference import DEFAULT_REGISTRY, DOCKER_HUB_API_HOST, LEGACY_DEFAULT_REGISTRY
@@ -86,6 +86,7 @@ class _Host:
     name: str                     # as written in references ("docker.io", "127.0.0.1:5000")
     netloc: str                   # what we connect to ("registry-1.docker.io")
     scheme: str | None = None     # decided by the first request
+    guess: str = "http"           # a loopback host's scheme until its first answer decides it
     verify: bool | str = True
     cert: tuple[str, str] | None = None
     auth: Any = None              # registry.auth.Authenticator, or None for anonymous access
@@ -302,9 +303,17 @@ class RegistryClient:
                 # Per-host CAs from certs.d are added to the default roots (tlsconfig).
                 h.verify = False if self.is_insecure(host) else (ca_bundle_for(host) or True)
                 h.cert = client_cert_for(host)
-                h.auth = self._authenticator(host)
                 self._hosts[host] = h
             return h
+
+    def _auth(self, h: _Host) -> Any:
+        """The host's Authenticator, made at its first 401: until a registry asks, no request
+        carries credentials, and an anonymous pull needs neither auth.py nor the credential
+        stores (start-up)."""
+        with self._hosts_lock:
+            if h.auth is None:
+                h.auth = self._authenticator(h.name)
+            return h.auth
 
     def _authenticator(self, host: str) -> Any:
         from .auth import Authenticator
@@ -335,51 +344,45 @@ class RegistryClient:
 
     def _scheme(self, h: _Host) -> str:
         """Decide https vs http for a host once. Remote hosts: https. Loopback hosts (Docker's
-        rule) may speak plain http: ask over http first (cheap, no TLS set-up) and switch to https
-        when the server says it wants TLS. Hosts in insecure_registries: https first, unverified,
-        then http, so that nothing goes in clear text where TLS works."""
+        rule) may speak plain http: the first request goes over http (no probe, no TLS set-up)
+        and its answer decides; a server that wants TLS (Go's 400 "Client sent an HTTP request
+        to an HTTPS server", or a hang-up) gets the request again over https (see request).
+        Hosts in insecure_registries: https first, unverified, then http, so that nothing goes
+        in clear text where TLS works."""
         if h.scheme is not None:
             return h.scheme
+        if is_loopback(h.name):
+            return h.guess
         with h.lock:
             if h.scheme is not None:
                 return h.scheme
-            if is_loopback(h.name):
-                scheme = self._probe_http_first(h)
-            elif self.is_insecure(h.name):
-                scheme = self._probe_https_first(h)
-            else:
-                scheme = "https"
+            scheme = self._probe_https_first(h) if self.is_insecure(h.name) else "https"
             if scheme is None:
                 # Unreachable for now: decide nothing, so that a retry probes again; the request
                 # this call serves reports the failure, naming the scheme it would first speak
-                # (plain http for loopback and insecure hosts, whose probes try http).
-                return "http" if is_loopback(h.name) or self.is_insecure(h.name) else "https"
+                # (plain http for insecure hosts, whose probe ends with http).
+                return "http"
             h.scheme = scheme
             return scheme
+
+    def _learn_scheme(self, h: _Host, base: str, resp: Response | None) -> bool:
+        """After the first answer (or hang-up: `resp` None) from a loopback host whose scheme is
+        undecided: True when the request should be sent again over https."""
+        if h.scheme is not None or not is_loopback(h.name):
+            return False
+        if base.startswith("http:") and (resp is None or (resp.status_code == 400 and "HTTPS" in resp.text)):
+            if resp is not None:
+                resp.close()
+            h.guess = "https"
+            return True
+        h.scheme = "https" if base.startswith("https:") else "http"
+        return False
 
     def _probe(self, url: str, h: _Host) -> Response:
         resp = self._session.request("GET", url, {"User-Agent": self.options.user_agent},
                                      tls=TLSConfig(h.verify, h.cert), max_body=ERROR_BODY_MAX)
         resp.close()
         return resp
-
-    def _probe_http_first(self, h: _Host) -> str | None:
-        try:
-            r: Response | None = self._probe(f"http://{h.netloc}/v2/", h)
-        except HTTPError:
-            r = None
-        # Go's TLS servers answer a plain request with this 400; others may just hang up.
-        if r is not None and not (r.status_code == 400 and "HTTPS" in r.text):
-            return "http"
-        try:
-            self._probe(f"https://{h.netloc}/v2/", h)
-        except TLSError as exc:
-            raise RegistryError(
-                f"TLS connection to {h.name} failed: {_short_exc(exc)}; put its CA certificate in "
-                f"/etc/docker/certs.d/{h.name}/ca.crt or pass --insecure-registry {h.name}") from None
-        except HTTPError:
-            return None
-        return "https"
 
     def _probe_https_first(self, h: _Host) -> str | None:
         try:
@@ -443,6 +446,8 @@ class RegistryClient:
                     f"{method} {url}: TLS failed: {_short_exc(exc)}; put the registry's CA certificate "
                     f"in /etc/docker/certs.d/{host}/ca.crt or pass --insecure-registry {host}") from None
             except (HTTPError, _Transport) as exc:
+                if isinstance(exc, ReadError) and self._learn_scheme(h, base, None):
+                    continue        # a TLS server hung up on plain http
                 if not retry_transport:
                     raise _Transport(f"{method} {url}: {_short_exc(exc)}") from None
                 if isinstance(exc, NameResolutionError):
@@ -463,6 +468,8 @@ class RegistryClient:
                     self._backoff(attempt, None)
                 attempt += 1
                 continue
+            if self._learn_scheme(h, base, resp):
+                continue
             status = resp.status_code
             if status in ok_set or (not_found_ok and status == 404):
                 return resp
@@ -473,9 +480,9 @@ class RegistryClient:
                 raise AuthError(f"{what + ': ' if what else ''}{method} {_safe(resp.url)} asks for "
                                 f"authentication, but it is not registry {host} ({base}); pybuild sends "
                                 f"{host}'s credentials only to {base}")
-            if status == 401 and authenticate and h.auth is not None and auth_tries < 2:
+            if status == 401 and authenticate and auth_tries < 2:
                 auth_tries += 1
-                if h.auth.challenge(resp, scopes):
+                if self._auth(h).challenge(resp, scopes):
                     resp.close()
                     continue
             if status == 429 and resp.headers.get("ratelimit-remaining", "").split(";")[0].strip() == "0":

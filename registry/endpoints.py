@@ -229,6 +229,11 @@ class StoreEndpoint:
         """True when the store holds `digest` (inside session(): also kept from gc by the lease)."""
         return self.store.has_blob(digest)
 
+    def tagged(self, tag: str) -> str | None:
+        """The digest `tag` names in the store now (None when it names nothing)."""
+        desc = self.store.lookup(tag)
+        return desc.digest if desc is not None else None
+
     def receive_blob(self, desc: Descriptor, src: Any, progress: Any) -> tuple[str, int]:
         """Stream one blob into the store, resuming a partial download left by an earlier attempt
         (in this process or a killed one). Content that fails verification is never stored; it is

@@ -636,6 +636,13 @@ class Store:
         raise NotFoundError(f"image {text!r} not found in the store at {self.root} "
                             "(see `pybuild images`; pull, build or import it first)")
 
+    def lookup(self, name: str | Reference) -> Descriptor | None:
+        """The descriptor tagged `name` (as resolve, but names only, and None when untagged)."""
+        try:
+            return self._find(self.read_index(), name)
+        except NotFoundError:
+            return None
+
     def image_id(self, desc: Descriptor) -> str | None:
         """The image ID of an index entry: the digest of its config (for an index, the config of
         this host's platform), as Docker's IMAGE ID. None when it cannot be read."""

@@ -45,10 +45,10 @@ def pull(client: RegistryClient, ref: str | Reference, store: Any, *,
     progress = progress or Progress()
     r = _as_reference(ref)
     src = RemoteEndpoint(client.repository(r.registry, r.repository))
-    plan = plan_copy(src, r.identifier, platform=_as_platform(platform), all_platforms=all_platforms,
-                     where=str(r))
-    progress.message(f"pulling {r} ({plan.source.digest})")
     dst = StoreEndpoint(store)
+    plan = plan_copy(src, r.identifier, platform=_as_platform(platform), all_platforms=all_platforms,
+                     where=str(r), known=dst)
+    progress.message(f"pulling {r} ({plan.source.digest})")
     name = str(r)
     result = run_copy(plan, src, dst, tag=name if tag else None, progress=progress,
                       workers=client.options.max_per_host, platforms_from=dst)
