@@ -87,6 +87,8 @@ class _Host:
     netloc: str                   # what we connect to ("registry-1.docker.io")
     scheme: str | None = None     # decided by the first request
     guess: str = "http"           # a loopback host's scheme until its first answer decides it
+    tls_tried: bool = False       # https was tried after plain http was refused or hung up on
+    hung_up: bool = False         # ... after a hang-up (which a plain-HTTP server may do too)
     verify: bool | str = True
     cert: tuple[str, str] | None = None
     auth: Any = None              # registry.auth.Authenticator, or None for anonymous access
@@ -370,11 +372,16 @@ class RegistryClient:
         undecided: True when the request should be sent again over https."""
         if h.scheme is not None or not is_loopback(h.name):
             return False
-        if base.startswith("http:") and (resp is None or (resp.status_code == 400 and "HTTPS" in resp.text)):
-            if resp is not None:
+        if base.startswith("http:"):
+            if resp is None:
+                if h.tls_tried:
+                    return False            # hung up again: retried as any dropped request
+                h.guess, h.tls_tried, h.hung_up = "https", True, True
+                return True
+            if resp.status_code == 400 and "HTTPS" in resp.text:
                 resp.close()
-            h.guess = "https"
-            return True
+                h.guess, h.tls_tried, h.hung_up = "https", True, False
+                return True
         h.scheme = "https" if base.startswith("https:") else "http"
         return False
 
@@ -441,6 +448,9 @@ class RegistryClient:
             try:
                 resp = self._send(h, method, url, hdrs, data, stream)
             except TLSError as exc:
+                if h.scheme is None and h.hung_up and base.startswith("https:"):
+                    h.guess, h.hung_up = "http", False      # not TLS either: the hang-up was a fault
+                    continue
                 # A certificate problem does not heal by retrying.
                 raise RegistryError(
                     f"{method} {url}: TLS failed: {_short_exc(exc)}; put the registry's CA certificate "

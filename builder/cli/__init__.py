@@ -88,10 +88,22 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+class _Unneeded:
+    """Stands in for the parser of a command this run does not run: every call is a no-op (argparse
+    builds each parser eagerly, with gettext look-ups per string: ~1 ms a command)."""
+
+    def __getattr__(self, name: str):
+        return self._ignore
+
+    def _ignore(self, *args, **kwargs) -> "_Unneeded":
+        return self
+
+
 def build_parser(modules: list[str] | None = None, parsers: dict[str, argparse.ArgumentParser] | None = None,
-                 ) -> tuple[argparse.ArgumentParser, set[str]]:
+                 only: str | None = None) -> tuple[argparse.ArgumentParser, set[str]]:
     """Build the argument parser (of ``modules``, default all); returns it and the command names
-    (and fills ``parsers`` with each command's own parser, when given)."""
+    (and fills ``parsers`` with each command's own parser, when given). With ``only``, the other
+    commands are named but get no parser."""
     common = _common_options()
     parser = argparse.ArgumentParser(
         prog="pybuild", parents=[common],
@@ -102,6 +114,8 @@ def build_parser(modules: list[str] | None = None, parsers: dict[str, argparse.A
 
     def add_command(name: str, help: str, **kw) -> argparse.ArgumentParser:
         names.add(name)
+        if only is not None and name != only:
+            return _Unneeded()          # type: ignore[return-value]
         p = sub.add_parser(name, help=help, parents=[common], **kw)
         if parsers is not None:
             parsers[name] = p
@@ -143,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     # An explicit command needs only its own module's parsers (building them all is a start-up cost).
     owner = COMMAND_OWNERS.get(argv[i]) if i < len(argv) else None
     parsers: dict[str, argparse.ArgumentParser] = {}
-    parser, names = build_parser([owner] if owner else None, parsers)
+    parser, names = build_parser([owner] if owner else None, parsers, only=argv[i] if owner else None)
     # `pybuild -f Dockerfile .` means `pybuild build -f Dockerfile .`, like `docker build`.
     if "build" in names and i < len(argv) and argv[i] not in names and argv[i] not in ("-h", "--help"):
         if _looks_like_command(argv[i]):
