@@ -8,7 +8,6 @@ registry's upload status.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import threading
@@ -21,7 +20,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 from . import mediatypes
 from .http import (ERROR_BODY_MAX, ConnectError, HTTPError, NameResolutionError, ReadError, Response, Session,
                    TLSConfig, TLSError, origin)
-from .digest import digest_bytes, parse_digest
+from .digest import digest_bytes, new_hasher, parse_digest
 from .errors import AuthError, DigestMismatchError, LimitError, NotFoundError, RegistryError
 from .reference import DEFAULT_REGISTRY, DOCKER_HUB_API_HOST, LEGACY_DEFAULT_REGISTRY
 from .manifest import loads_limited
@@ -895,7 +894,7 @@ class Repository:
         readers: list[_SizedReader] = []
 
         def body() -> _SizedReader:
-            r = _SizedReader(as_reader(source(0)), size, hashlib.new(parse_digest(digest).algorithm) if verify else None,
+            r = _SizedReader(as_reader(source(0)), size, new_hasher(parse_digest(digest).algorithm) if verify else None,
                              on_progress)
             readers.append(r)
             return r
@@ -944,7 +943,7 @@ class Repository:
         what = f"upload of {digest} to {self.ref}"
         step = max(chunk or size, min_chunk, 1)
         algorithm = parse_digest(digest).algorithm
-        hasher = hashlib.new(algorithm) if verify else None
+        hasher = new_hasher(algorithm) if verify else None
         offset = 0
         stream = as_reader(source(0))
         failures = 0
@@ -967,7 +966,7 @@ class Repository:
                 self.client._backoff(failures - 1, None)
                 if on_progress is not None:
                     on_progress(have - offset - reader.sent)
-                hasher = None if have else (hashlib.new(algorithm) if verify else None)
+                hasher = None if have else (new_hasher(algorithm) if verify else None)
                 offset = have
                 stream = as_reader(source(offset))
         if hasher is not None:
