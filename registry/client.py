@@ -646,27 +646,11 @@ class BlobReader:
 
     __del__ = close     # as a generator's finally: a reader dropped half-read gives its connection back
 
-    def read(self, n: int) -> bytes:
-        """The next at most `n` bytes; b"" at the end of the blob."""
-        while True:
-            resp = self._response()
-            if resp is None:
-                return b""
-            try:
-                data = resp.read(n)
-            except HTTPError as exc:
-                self._dropped(exc)
-                continue
-            if not data:
-                self._ended()
-                continue
-            if self._skip:
-                cut = min(self._skip, len(data))
-                data, self._skip = data[cut:], self._skip - cut
-                if not data:
-                    continue
-            self._advance(len(data))
-            return data
+    def read(self, n: int) -> bytearray:
+        """The next `n` bytes (fewer only at the end of the blob; empty there)."""
+        buf = bytearray(n)
+        del buf[self.readinto(memoryview(buf)):]
+        return buf
 
     def readinto(self, buf: memoryview) -> int:
         """Fill `buf` with the next bytes: all of it unless the blob ends first; 0 at the end."""
