@@ -12,6 +12,8 @@
     cachemounts/   the directories of RUN --mount=type=cache
     volumes/       anonymous volumes of containers (VOLUME), <id>/_data (builder.containers)
     blob-sources/  where pulled blobs came from, for cross-repository mounts (registry.transfer)
+    mode           "rootful" or "rootless": the mode the store was made in (builder.runtime.userns)
+    runc/          runc's state rootless when $XDG_RUNTIME_DIR is not set
 
 Kept import-light: the no-op rebuild path uses it before anything heavy is loaded.
 """
@@ -19,6 +21,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+
+def resolve(root_arg: str | os.PathLike | None = None) -> Path:
+    """The store root: ``root_arg`` (--root), else $PYBUILD_ROOT, else $XDG_DATA_HOME/pybuild,
+    else ~/.local/share/pybuild (registry.store.default_root's rule, kept import-free here)."""
+    if root_arg:
+        return Path(root_arg)
+    env = os.environ.get("PYBUILD_ROOT")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "pybuild"
 
 
 class _Dir:
@@ -62,3 +76,5 @@ class Root:
     cachemounts = _Dir("cachemounts")
     volumes = _Dir("volumes")
     blob_sources = _Dir("blob-sources")
+    mode = _Dir("mode")                      # rootful|rootless (builder.runtime.userns)
+    runc = _Dir("runc")                      # runc's state, rootless without $XDG_RUNTIME_DIR

@@ -471,7 +471,7 @@ def disk_usage(root: str | os.PathLike, store: Any = None) -> DiskUsage:
 
 def _running(c: dict) -> bool:
     st = c.get("state") or {}
-    if st.get("status") != "running":
+    if st.get("status") not in ("running", "restarting"):
         return False
     from .containers.lifecycle import _alive     # the containers' own liveness check (zombies too)
     return _alive(int(st.get("pid") or 0))
@@ -550,7 +550,7 @@ def prune(root: str | os.PathLike, store: Any = None, *, all: bool = False, volu
 
     now = time.time()
     for c in ct.list_containers(root, all=True):
-        if c.running:
+        if c.running or c.restarting:
             continue
         if c.state.status == "created" and now - ct._parse_time(c.created) < FRESH_CONTAINER_SECONDS:
             continue

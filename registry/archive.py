@@ -99,8 +99,8 @@ def save_docker_archive(store: Store, names: list[str], out: BinaryIO) -> None:
     images = []
     for name in names:
         _, manifest = store.image_manifest(name)
-        ref = _as_ref(name)
-        images.append((manifest, [ref.familiar] if ref is not None and ref.digest is None else []))
+        ref = store.tag_of(name)
+        images.append((manifest, [ref.familiar] if ref is not None else []))
     write_docker_archive(store, images, out)
 
 
@@ -149,8 +149,8 @@ def save_oci_archive(store: Store, names: list[str], out: BinaryIO) -> None:
             top = src.read_manifest(name)
             below = walk(read, top, name)
             plan = CopyPlan(top, top, below, image_blobs(m.doc for m in [*below, top]))
-            ref = _as_ref(name)
-            run_copy(plan, src, sink, tag=str(ref) if ref is not None and ref.digest is None else None)
+            ref = store.tag_of(name)
+            run_copy(plan, src, sink, tag=str(ref) if ref is not None else None)
         sink.close()
     finally:
         src.close()

@@ -20,7 +20,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 from . import mediatypes
 from .http import (ERROR_BODY_MAX, ConnectError, HTTPError, NameResolutionError, ReadError, Response, Session,
                    TLSConfig, TLSError, origin)
-from .digest import digest_bytes, new_hasher, parse_digest
+from .digest import digest_bytes, is_digest as _is_digest, new_hasher, parse_digest
 from .errors import AuthError, DigestMismatchError, LimitError, NotFoundError, RegistryError
 from .reference import DEFAULT_REGISTRY, DOCKER_HUB_API_HOST, LEGACY_DEFAULT_REGISTRY
 from .manifest import loads_limited
@@ -37,6 +37,9 @@ _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 # ever-new URLs, gets an error instead of unbounded requests and memory.
 MAX_PAGES = 1000
 MAX_LIST_BYTES = 64 << 20        # all pages of one listing together
+# Referrers of one manifest that a listing may hold: each is fetched by whoever reads them
+# (discovery, copy --all), so a hostile registry's padded list must end here.
+MAX_REFERRERS = 256
 
 # (offset) -> a readable binary stream (has .read) or an iterable of bytes, positioned at offset.
 BlobSource = Callable[[int], Any]
@@ -597,6 +600,13 @@ class RegistryClient:
                               page_size, f"catalog of {host}")
 
 
+def _entries(index: dict) -> list[dict]:
+    """The descriptor objects of a referrers fallback index (anything else a registry put in its
+    list is dropped when the index is rewritten)."""
+    manifests = index.get("manifests")
+    return [m for m in manifests if isinstance(m, dict)] if isinstance(manifests, list) else []
+
+
 def _once(value: Any) -> Callable[[], Any]:
     """A body factory for a body that cannot be replayed: a second call (after a 401 retry)
     raises _Transport so that the upload resumes from the registry's status instead."""
@@ -1104,13 +1114,20 @@ class Repository:
                 resp.close()
                 raise RegistryError(f"referrers of {digest} in {self.ref}: {_safe(resp.url)} answered an "
                                     f"index that is not valid JSON or larger than {resp.max_body} bytes")
-            manifests = [m for m in body.get("manifests") or [] if isinstance(m, dict)]
+            manifests = body.get("manifests") or []
             filtered = bool(resp.headers.get("OCI-Filters-Applied"))
             resp.close()
         else:
             resp.close()
             manifests = self._referrer_fallback(digest).get("manifests") or []
             filtered = False
+        if not isinstance(manifests, list):
+            raise RegistryError(f"referrers of {digest} in {self.ref}: 'manifests' is not a list")
+        if len(manifests) > MAX_REFERRERS:
+            raise LimitError(f"referrers of {digest} in {self.ref}: the registry lists {len(manifests)}, more than "
+                             f"the {MAX_REFERRERS} pybuild reads; refusing the listing")
+        # Entries that are not descriptors with a valid digest name nothing to fetch.
+        manifests = [m for m in manifests if isinstance(m, dict) and _is_digest(m.get("digest"))]
         if artifact_type and not filtered:
             manifests = [m for m in manifests if m.get("artifactType") == artifact_type]
         return manifests
@@ -1124,13 +1141,16 @@ class Repository:
     def _referrer_fallback(self, subject: str) -> dict:
         tag = self.referrers_tag(subject)
         try:
-            return self.get_manifest(tag, accept=(mediatypes.OCI_INDEX,)).json()
+            doc = self.get_manifest(tag, accept=(mediatypes.OCI_INDEX,)).json()
         except NotFoundError:
             return {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": []}
+        if not isinstance(doc, dict):
+            raise RegistryError(f"manifest {self.ref}:{tag}: the referrers fallback index is not a JSON object")
+        return doc
 
     def _add_referrer_fallback(self, subject: str, descriptor: dict) -> None:
         index = self._referrer_fallback(subject)
-        manifests = [m for m in index.get("manifests", []) if m.get("digest") != descriptor["digest"]]
+        manifests = [m for m in _entries(index) if m.get("digest") != descriptor["digest"]]
         manifests.append(descriptor)
         index["manifests"] = manifests
         data = json.dumps(index, separators=(",", ":")).encode()
@@ -1141,7 +1161,7 @@ class Repository:
         newer one replaced, e.g. a signature manifest that gained a layer). Nothing to do on a
         registry with the referrers API, or when the index does not list it."""
         index = self._referrer_fallback(subject)
-        manifests = index.get("manifests") or []
+        manifests = _entries(index)
         kept = [m for m in manifests if m.get("digest") != digest]
         if len(kept) == len(manifests):
             return

@@ -198,3 +198,34 @@ class FileLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+_initial_userns: bool | None = None
+
+
+def in_initial_user_namespace() -> bool:
+    """True in the host's user namespace, False inside a user namespace with a mapped range
+    (rootless pybuild, a rootless container). Decides the overlay format of extracted layers:
+    outside the initial namespace overlay keeps its metadata in ``user.overlay.*`` xattrs
+    (mounted with ``userxattr``) and device nodes other than whiteouts cannot be made."""
+    global _initial_userns
+    if _initial_userns is None:
+        try:
+            # The initial namespace maps every id to itself; another one maps a range.
+            _initial_userns = Path("/proc/self/uid_map").read_text().split() == ["0", "0", "4294967295"]
+        except OSError:
+            _initial_userns = False
+    return _initial_userns
+
+
+def forget_user_namespace() -> None:
+    """Ask again on the next call (after the process entered a user namespace)."""
+    global _initial_userns
+    _initial_userns = None
+
+
+def overlay_opaque_xattr() -> str:
+    """The xattr that marks an opaque directory for the overlay mounts this process makes:
+    ``trusted.overlay.opaque`` in the host's user namespace, ``user.overlay.opaque`` (the
+    ``userxattr`` mount option) in any other, where trusted.* xattrs cannot be set."""
+    return "trusted.overlay.opaque" if in_initial_user_namespace() else "user.overlay.opaque"

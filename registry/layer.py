@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from registry.compression import Compression
 from registry.errors import RegistryError
+from registry.fsutil import overlay_opaque_xattr
 from registry.tarwriter import (
     DEFAULT_XATTRS,
     EntryMeta,
@@ -267,7 +268,8 @@ def write_overlay_upper_tar(upper_dir: str | os.PathLike, out: Any, *,
     """Write an overlayfs upper directory as an OCI layer tar to `out`; return the entry count.
 
     A 0/0 character device (overlay's whiteout) becomes an empty `.wh.NAME` file; a directory
-    with `trusted.overlay.opaque=y` (or `user.overlay.opaque` for userxattr mounts) becomes the
+    with `trusted.overlay.opaque=y` (`user.overlay.opaque` in a user namespace, whose overlay
+    mounts use userxattr) becomes the
     directory entry followed by `.wh..wh..opq`. Overlay's own xattrs are never copied. Uppers
     made with redirect_dir or metacopy (content living in a lower layer) are refused: mount
     with redirect_dir=off,metacopy=off.
@@ -293,7 +295,9 @@ def write_overlay_upper_tar(upper_dir: str | os.PathLike, out: Any, *,
         if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
             check(path, crel)
         em.add_path(crel, path, st=st)
-        if stat.S_ISDIR(st.st_mode) and _overlay_xattr(path, OVERLAY_OPAQUE_XATTRS) == b"y":
+        # Only the xattr overlay honoured in this mode: a RUN as root may set user.* xattrs
+        # on its files, which a rootful overlay never took for opaque.
+        if stat.S_ISDIR(st.st_mode) and _overlay_xattr(path, (overlay_opaque_xattr(),)) == b"y":
             em.add_opaque(crel, wh_time)
     if close:
         em.close()

@@ -69,6 +69,17 @@ def loads_limited(data: bytes | str, where: str, max_depth: int = MAX_JSON_DEPTH
     return doc
 
 
+def _annotations(value: Any, where: str) -> dict[str, str]:
+    """An ``annotations`` member: an object of strings (OCI image-spec), else InvalidManifestError
+    (a hostile registry's list, number or nested value would otherwise surface as a TypeError
+    wherever an annotation is used)."""
+    if not value:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise InvalidManifestError(f"{where}: annotations must be an object of strings")
+    return dict(value)
+
+
 def load_json(data: bytes, where: str) -> dict:
     """Decode a JSON object, raising InvalidManifestError naming `where` on anything else."""
     try:
@@ -121,7 +132,7 @@ class Descriptor:
             raise InvalidManifestError(f"{where}: size must be a non-negative integer, got {size!r}")
         platform = d.get("platform")
         return cls(media_type=str(d.get("mediaType", "")), digest=digest, size=size,
-                   annotations=dict(d.get("annotations") or {}),
+                   annotations=_annotations(d.get("annotations"), where),
                    platform=Platform.from_dict(platform) if isinstance(platform, dict) else None,
                    urls=list(d.get("urls") or []), artifact_type=d.get("artifactType"),
                    data=d.get("data"), extra=_extra(d, cls._KNOWN))
@@ -181,7 +192,7 @@ class _Document:
         """Keyword arguments for the shared fields, read from the JSON object `d`."""
         subject = d.get("subject")
         return dict(media_type=d.get("mediaType") or media_type, schema_version=d.get("schemaVersion", 2),
-                    annotations=dict(d.get("annotations") or {}),
+                    annotations=_annotations(d.get("annotations"), where),
                     subject=Descriptor.from_dict(subject, f"{where}: subject") if subject else None,
                     artifact_type=d.get("artifactType"), extra=_extra(d, known))
 

@@ -632,7 +632,13 @@ class Store:
             if len(hits) == 1:
                 return next(iter(hits.values()))
             if len(hits) > 1:
-                raise RegistryError(f"{text!r} matches several images ({', '.join(sorted(hits))}); give more digits")
+                def shown(d: Descriptor) -> str:
+                    iid = (self.image_id(d) or d.digest).removeprefix("sha256:")[:12]
+                    names = sorted(e.annotations.get(REF_NAME) or "<none>" for e in index.manifests
+                                   if e.digest == d.digest)
+                    return f"{iid} ({', '.join(names)})"
+                raise RegistryError(f"image ID prefix {text!r} is ambiguous: it matches "
+                                    f"{'; '.join(sorted(map(shown, hits.values())))}; give more digits")
         raise NotFoundError(f"image {text!r} not found in the store at {self.root} "
                             "(see `pybuild images`; pull, build or import it first)")
 
@@ -642,6 +648,16 @@ class Store:
             return self._find(self.read_index(), name)
         except NotFoundError:
             return None
+
+    def tag_of(self, name: str | Reference) -> Reference | None:
+        """The reference ``name`` is when it names a tag in the index; None for an image ID, a
+        digest or an ID prefix (what `docker save ID` writes without RepoTags)."""
+        try:
+            self._find(self.read_index(), name)
+        except NotFoundError:
+            return None
+        ref = name if isinstance(name, Reference) else _try_parse(name)
+        return ref if ref is not None and ref.digest is None else None
 
     def image_id(self, desc: Descriptor) -> str | None:
         """The image ID of an index entry: the digest of its config (for an index, the config of

@@ -16,10 +16,12 @@ inside the target.
 
 Whiteouts (OCI): `.wh.NAME` removes NAME from the layers below; `.wh..wh..opq` hides the lower
 contents of its directory (entries of the same layer stay). In "overlay" mode they are stored
-the way overlayfs expects instead (0/0 character device, `trusted.overlay.opaque=y`).
+the way overlayfs expects instead (0/0 character device, `trusted.overlay.opaque=y`, or
+`user.overlay.opaque=y` inside a user namespace, where overlay is mounted with `userxattr`).
 
-Device nodes are created only when running as root (skipped otherwise, as rootless Docker does);
-owners are restored only as root; setuid/setgid/sticky bits are kept (applied after chown, which
+Device nodes are created only when running as root in the host's user namespace (skipped
+otherwise, as rootless Docker does); owners are restored only as root (inside a rootless user
+namespace too: an owner outside its id map is refused, naming the entry and the fix); setuid/setgid/sticky bits are kept (applied after chown, which
 clears them). Runs of zeros in file data become holes, so sparse files stay sparse.
 """
 from __future__ import annotations
@@ -34,12 +36,12 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
 from registry import inroot
+from registry.fsutil import in_initial_user_namespace, overlay_opaque_xattr
 from registry.compression import algorithm_for_media_type, open_decompressed
 from registry.errors import RegistryError
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
-OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 _MAX_LINKS = 255
 # Deeper trees break recursive tree walkers (shutil.rmtree, os.walk recurse once per level and
 # Python stops near 1000 frames); no real image nests anywhere near this.
@@ -151,6 +153,9 @@ def extract_tar(stream: BinaryIO, target_dir: str | os.PathLike, *, whiteouts: s
                     except (OSError, ValueError) as e:
                         # ValueError: os functions refusing a value (a NUL in an xattr name, ...).
                         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                        if isinstance(e, OSError) and e.errno == errno.EINVAL and ex.same_owner \
+                                and not in_initial_user_namespace():
+                            reason = _unmapped_owner(member)
                         raise ArchiveError(f"cannot extract entry {member.name!r} into {target_dir}: "
                                            f"{reason}") from e
             try:
@@ -162,6 +167,21 @@ def extract_tar(stream: BinaryIO, target_dir: str | os.PathLike, *, whiteouts: s
         finally:
             ex.close()
     return ex.stats
+
+
+def _unmapped_owner(m: tarfile.TarInfo) -> str:
+    """Why chown said EINVAL inside a user namespace: the entry's owner has no id there."""
+    def top(path: str) -> int:
+        try:
+            lines = [l.split() for l in open(path).read().splitlines() if l.strip()]
+            return max(int(inner) + int(count) - 1 for inner, _outer, count in lines)
+        except (OSError, ValueError):
+            return -1
+    uid_top, gid_top = top("/proc/self/uid_map"), top("/proc/self/gid_map")
+    return (f"it is owned by uid {m.uid} gid {m.gid}, outside this user namespace's ids (uids 0-{uid_top}, "
+            f"gids 0-{gid_top}); give the user a larger subordinate range in /etc/subuid and /etc/subgid "
+            "(e.g. `usermod --add-subuids 200000-265535 --add-subgids 200000-265535 USER`, 65536 ids "
+            "cover every id below 65536)")
 
 
 def _clean(name: str, what: str) -> list[str]:
@@ -214,7 +234,8 @@ class _Extractor:
         self.same_owner = same_owner or chown is not None
         self.chown = chown
         self.max_bytes = max_bytes
-        self.is_root = os.geteuid() == 0
+        # Real device nodes need root in the host's user namespace (a 0/0 whiteout does not).
+        self.can_mknod = os.geteuid() == 0 and in_initial_user_namespace()
         self.stats = ExtractStats()
         # Archive path -> the real (link-free) path inside the root it resolved to.
         self._dircache: dict[Rel, Rel] = {}
@@ -441,7 +462,7 @@ class _Extractor:
             os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False)
             return
         if m.ischr() or m.isblk():
-            if not self.is_root:
+            if not self.can_mknod:
                 self.stats.skipped_devices.append(m.name)
                 return
             kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
@@ -535,7 +556,7 @@ class _Extractor:
             assert found is not None
             prel, pfd = found
             if base == OPAQUE_WHITEOUT:
-                os.setxattr(inroot.fd_path(pfd), OVERLAY_OPAQUE_XATTR, b"y")
+                os.setxattr(inroot.fd_path(pfd), overlay_opaque_xattr(), b"y")
             elif not meta:
                 self._remove(pfd, target, prel + (target,))
                 os.mknod(target, stat.S_IFCHR | 0o600, 0, dir_fd=pfd)

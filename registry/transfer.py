@@ -15,7 +15,9 @@ from typing import Any
 from .client import RegistryClient
 from .copier import TransferResult, plan_copy, run_copy
 from .endpoints import BlobSources, RemoteEndpoint, StoreEndpoint
+from .errors import LimitError
 from .image import MAX_INDEX_DEPTH
+from .manifest import Descriptor
 from .platform import Platform, host_platform, parse_platform
 from .progress import Progress
 from .reference import Reference, parse_reference
@@ -114,6 +116,29 @@ def copy(client: RegistryClient, src: str | Reference, dest: str | Reference, *,
     return result
 
 
+def _merge_signatures(source: RemoteEndpoint, dst: RemoteEndpoint, subject: str, digest: str, plan: Any, tag: str,
+                      progress: Progress) -> bool:
+    """When the destination already has another signature manifest at ``tag``, add the source's
+    signature layers to it instead of replacing it (a source must not erase the destination's
+    own signatures of the same digest); True when that was done (or refused), False when the tag
+    is new or the same and a plain copy is right."""
+    from .signatures import copy_signatures
+    existing = dst.repo.head_manifest(tag)
+    if existing is None or existing.digest == digest:
+        return False
+    info = dst.repo.head_manifest(subject)
+    if info is None:
+        return False
+    try:
+        added = copy_signatures(source.repo, dst.repo, Descriptor(info.media_type, subject, info.size), plan.top.data,
+                                plan.top.descriptor.media_type, f"{source.name}:{tag}")
+    except LimitError as exc:
+        progress.message(f"not adding the signatures of {source.name}:{tag}: {exc}")
+        return True
+    progress.message(f"added {added} signature(s) from {source.name}:{tag} to the {tag} the destination had")
+    return True
+
+
 def copy_attachments(client: RegistryClient, source: RemoteEndpoint, dst: RemoteEndpoint, subjects: list[str],
                      progress: Progress) -> int:
     """Copy the referrers and cosign tags of each digest in `subjects` from `source` to `dst`
@@ -135,6 +160,17 @@ def copy_attachments(client: RegistryClient, source: RemoteEndpoint, dst: Remote
                 found.append((info.digest, tag + suffix))
         for digest, as_tag in found:
             plan = plan_copy(source, digest, all_platforms=True, where=f"{source.name}@{digest}")
+            named = plan.top.doc.subject.digest if plan.top.doc.subject else None
+            if as_tag is None and named != subject:
+                # The source's referrers list is the registry's word only: a manifest about
+                # another image must not be written into the destination (where its subject
+                # may be an image of the destination's own).
+                progress.message(f"not copying referrer {digest} of {subject}: its subject is {named or 'missing'}")
+                continue
+            if as_tag is not None and as_tag.endswith(".sig") and _merge_signatures(source, dst, subject, digest, plan,
+                                                                                     as_tag, progress):
+                copied += 1
+                continue
             progress.message(f"copying {as_tag or 'referrer ' + digest} of {subject}")
             run_copy(plan, source, dst, tag=as_tag, progress=progress, workers=client.options.max_per_host)
             copied += 1

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(docker-registry runc skopeo umoci podman buildah busybox-static debootstrap pigz zstd
               apache2-utils uidmap iproute2 fuse-overlayfs passt golang-github-containers-common
-              python3-venv nftables conmon tini catatonit)
+              python3-venv nftables conmon tini catatonit tmux)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -74,6 +74,19 @@ if [ ! -x .venv/bin/pybuild ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; t
     --config-settings editable_mode=compat
   echo "$want" > "$stamp"
 fi
+
+# Rootless (tests/rootless, docs/rootless.md): an ordinary user `pbuser` with a subordinate id range
+# of 65536 ids, as rootless podman and buildah need (newuidmap/newgidmap come with Debian's uidmap).
+# useradd is told not to allocate its own range, so the range is the same on every machine.
+if ! id pbuser >/dev/null 2>&1; then
+  useradd -m -s /bin/bash -K SUB_UID_COUNT=0 -K SUB_GID_COUNT=0 pbuser
+fi
+grep -q '^pbuser:200000:65536$' /etc/subuid 2>/dev/null || usermod --add-subuids 200000-265535 pbuser
+grep -q '^pbuser:200000:65536$' /etc/subgid 2>/dev/null || usermod --add-subgids 200000-265535 pbuser
+# /dev/net/tun as udev makes it on a stock system (0666): rootless pasta opens it to give a RUN step
+# or container its private network; a machine without udev (this CI's) leaves it 0600, root only.
+# Opening it grants nothing by itself: making an interface needs CAP_NET_ADMIN in its namespace.
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" = 600 ]; then chmod 0666 /dev/net/tun; fi
 
 # Emulation for foreign-platform RUN steps (the multi-platform tests): Debian's qemu-user-static,
 # registered in binfmt_misc with the F (fix-binary) flag, so the interpreter is opened now and

@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# tests/rootless run the CLI as the ordinary user pbuser (setup.sh makes it, with its subordinate
+# range) through runuser, and in rootful podman containers started without --privileged.
 # The venv's bin first: tests that start `pybuild` or `python3 -m builder` find the installed project.
 export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

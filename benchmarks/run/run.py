@@ -17,8 +17,15 @@ this machine's containers.conf makes the host network podman's default.
 4. resident: RESIDENT (10) detached sleepers, then while they all run: memory per container
    (PSS of every process that appeared, from /proc/PID/smaps_rollup, divided by RESIDENT), and
    what is kept alive per container without the container's own process (pybuild: conmon, and
-   a pasta per container with PYBUILD_CONTAINER_NETWORK=pasta; podman: conmon), PSS and RSS;
-   disk per container.
+   a pasta per container with PYBUILD_CONTAINER_NETWORK=pasta; podman: conmon), PSS, RSS and USS
+   (private pages only: what the machine gets back when the container goes; PSS also carries a
+   share of library pages that any other process mapping them, of any user, changes); disk per
+   container. Measured once per trial, alternating which tool goes first, median over trials.
+   The container's own `sleep` is in the total only: its PSS counts the page cache of
+   /bin/busybox it maps, and the kernel maps a whole large folio on a fault, so it depends on
+   how the tool wrote the layer's files, not on what the tool keeps (measured on this kernel,
+   6.18: `sleep` from a busybox written in 1 MiB writes, as pybuild extracts, has 1.76 MB RSS;
+   written in 32 KiB writes 1.38 MB, as podman's: the same page cache, more of it mapped).
 
 Usage: python3 benchmarks/run/run.py [--count N] [--resident N] [--trials N] [--no-podman] [--pasta] [--host]
 Needs root, runc, conmon, nft and overlayfs; podman and skopeo for the comparison (scripts/setup.sh).
@@ -148,6 +155,15 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def uss_kb(pid: int) -> int:
+    """Private pages (clean and dirty): freed when the process ends, whoever else runs."""
+    try:
+        return sum(int(line.split()[1]) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+                   if line.startswith(("Private_Clean:", "Private_Dirty:")))
+    except OSError:
+        return 0
+
+
 def comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -193,13 +209,17 @@ def resident(tool: Tool, count: int) -> dict[str, float]:
     kept = {p: comm(p) for p in new if comm(p) != "sleep"}
     kept_kb = sum(pss_kb(p) for p in kept)
     kept_rss_kb = sum(rss_kb(p) for p in kept)
+    kept_uss_kb = sum(uss_kb(p) for p in kept)
     kinds = [f"{k} {sum(pss_kb(p) for p, n in kept.items() if n == k) / 1024 / count:.2f}"
              for k in sorted(set(kept.values()))]
+    own = [p for p in new if p not in kept]
+    own_text = (f"the container's own: PSS {sum(pss_kb(p) for p in own) / 1024 / count:.2f}, "
+                f"USS {sum(uss_kb(p) for p in own) / 1024 / count:.2f}")
     disk1 = du_bytes(tool.storage)
     check(tool.cmd("rm", "-f", *ids), tool.env)
     return {"start_s": wall, "mem_mb": mem_kb / 1024 / count, "disk_kb": (disk1 - disk0) / 1024 / count,
             "procs": len(new) / count, "kept_mb": kept_kb / 1024 / count, "kept_rss_mb": kept_rss_kb / 1024 / count,
-            "kinds": ",".join(kinds)}
+            "kept_uss_mb": kept_uss_kb / 1024 / count, "kinds": ",".join(kinds), "own": own_text}
 
 
 def start_many(tool: Tool, count: int) -> float:
@@ -262,6 +282,7 @@ def main() -> None:
         lat: dict[str, list[float]] = {t.name: [] for t in tools}
         burst: dict[str, list[float]] = {t.name: [] for t in tools}
         start: dict[str, list[float]] = {t.name: [] for t in tools}
+        resident_runs: dict[str, list[dict]] = {t.name: [] for t in tools}
         for trial in range(a.trials):
             order = tools if trial % 2 == 0 else list(reversed(tools))
             for _ in range(3):
@@ -275,20 +296,24 @@ def main() -> None:
                 burst[t.name].append(wall)
             for t in order:
                 start[t.name].append(start_many(t, a.count))
-        res = {t.name: resident(t, a.resident) for t in tools}
+            for t in order:
+                resident_runs[t.name].append(resident(t, a.resident))
         med = statistics.median
+        res = {name: {k: (runs[len(runs) // 2][k] if isinstance(runs[0][k], str) else med(r[k] for r in runs))
+                      for k in runs[0]} for name, runs in resident_runs.items()}
         print(f"busybox containers, default networks (pybuild: pybuild0 bridge; podman: --network bridge); "
               f"medians of {a.trials} trials; load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(f"{'':9} {'run --rm (s)':>12} {a.count:>3} x run --rm (s) {a.count:>3} x run -d (s) "
-              f"{'mem/ctr MB PSS':>15} {'kept/ctr PSS/RSS':>17} {'disk/ctr KB':>11} {'procs/ctr':>9}")
+              f"{'mem/ctr MB PSS':>15} {'kept/ctr PSS/RSS/USS':>21} {'disk/ctr KB':>11} {'procs/ctr':>9}")
         for t in tools:
             r = res[t.name]
             print(f"{t.name:9} {med(lat[t.name]):12.3f} {med(burst[t.name]):19.2f} {med(start[t.name]):17.2f} "
-                  f"{r['mem_mb']:15.2f} {r['kept_mb']:8.2f}/{r['kept_rss_mb']:<8.2f} {r['disk_kb']:11.1f} "
+                  f"{r['mem_mb']:15.2f} {r['kept_mb']:7.2f}/{r['kept_rss_mb']:.2f}/{r['kept_uss_mb']:<7.2f} "
+                  f"{r['disk_kb']:11.1f} "
                   f"{r['procs']:9.1f}")
-        print(f"kept alive per detached container ({a.resident} running), by process kind (MB PSS):")
+        print(f"kept alive per detached container ({a.resident} running), by process kind (MB PSS; the middle trial):")
         for t in tools:
-            print(f"  {t.name:9} {res[t.name]['kinds']}")
+            print(f"  {t.name:9} {res[t.name]['kinds']}; {res[t.name]['own']}")
         if "podman" in res:
             p = res["podman"]
             for t in tools[:-1]:
@@ -297,7 +322,8 @@ def main() -> None:
                       f"{a.count} at once run --rm {med(burst[t.name]) / med(burst['podman']):.2f}, "
                       f"{a.count} at once run -d {med(start[t.name]) / med(start['podman']):.2f}, "
                       f"memory per container: total PSS {r['mem_mb'] / p['mem_mb']:.2f}, "
-                      f"kept PSS {r['kept_mb'] / p['kept_mb']:.2f}, kept RSS {r['kept_rss_mb'] / p['kept_rss_mb']:.2f}")
+                      f"kept PSS {r['kept_mb'] / p['kept_mb']:.3f}, kept RSS {r['kept_rss_mb'] / p['kept_rss_mb']:.3f}, "
+                      f"kept USS {r['kept_uss_mb'] / p['kept_uss_mb']:.3f}")
     finally:
         for m in sorted((l.split()[4] for l in Path("/proc/self/mountinfo").read_text().splitlines()
                          if str(work) in l.split()[4]), key=len, reverse=True):

@@ -167,11 +167,11 @@ def attestation_manifest(store, statements: list[dict], subject: Descriptor | No
 
 
 def image_index(store, images: list[tuple[Descriptor, Platform, Descriptor | None]]) -> Descriptor:
-    """Store an OCI index of ``images`` ``(manifest, platform, attestation manifest or None)``,
-    each image followed by its attestation entry; the index's descriptor."""
-    entries = []
-    for man, plat, att in images:
-        entries.append(Descriptor(mt.OCI_MANIFEST, man.digest, man.size, platform=plat))
+    """Store an OCI index of ``images`` ``(manifest, platform, attestation manifest or None)``:
+    the images, then their attestation entries (BuildKit's attestation storage puts them "after
+    all the original runnable manifests"); the index's descriptor."""
+    entries = [Descriptor(mt.OCI_MANIFEST, man.digest, man.size, platform=plat) for man, plat, _ in images]
+    for man, _plat, att in images:
         if att is not None:
             entries.append(Descriptor(mt.OCI_MANIFEST, att.digest, att.size,
                                       annotations={REF_TYPE: ATTESTATION_MANIFEST, REF_DIGEST: man.digest},
@@ -179,10 +179,10 @@ def image_index(store, images: list[tuple[Descriptor, Platform, Descriptor | Non
     return store.put_manifest(Index(manifests=entries, media_type=mt.OCI_INDEX))
 
 
-def attach(store, view, image: Descriptor, platform: Platform, opts: AttestOptions, *, name: str,
-           facts=None, source_date_epoch: int | None = None) -> tuple[Descriptor, Descriptor]:
-    """Make the attestations ``opts`` asks for about ``image`` (whose filesystem ``view`` shows)
-    and an index holding both; returns (index descriptor, attestation manifest descriptor)."""
+def attestation_for(store, view, image: Descriptor, platform: Platform, opts: AttestOptions, *, name: str,
+                    facts=None, source_date_epoch: int | None = None) -> Descriptor:
+    """Make the attestations ``opts`` asks for about the platform image ``image`` (whose
+    filesystem ``view`` shows) and store them as one attestation manifest; its descriptor."""
     from .provenance import PREDICATE_TYPE, docker_purl, provenance_predicate, statement
     from .sbom import PREDICATE_TYPES, make_sbom
     subject = [(docker_purl(name, str(platform)), image.digest)]
@@ -193,6 +193,14 @@ def attach(store, view, image: Descriptor, platform: Platform, opts: AttestOptio
     if opts.provenance is not None:
         statements.append(statement(PREDICATE_TYPE, provenance_predicate(facts, opts.provenance, source_date_epoch),
                                     subject))
-    att = attestation_manifest(store, statements,
-                               subject=Descriptor(image.media_type or mt.OCI_MANIFEST, image.digest, image.size))
+    return attestation_manifest(store, statements,
+                                subject=Descriptor(image.media_type or mt.OCI_MANIFEST, image.digest, image.size))
+
+
+def attach(store, view, image: Descriptor, platform: Platform, opts: AttestOptions, *, name: str,
+           facts=None, source_date_epoch: int | None = None) -> tuple[Descriptor, Descriptor]:
+    """attestation_for ``image`` and an index holding both; returns (index descriptor,
+    attestation manifest descriptor)."""
+    att = attestation_for(store, view, image, platform, opts, name=name, facts=facts,
+                          source_date_epoch=source_date_epoch)
     return image_index(store, [(image, platform, att)]), att

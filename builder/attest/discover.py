@@ -15,13 +15,14 @@ from typing import Any, Callable
 
 from registry import mediatypes as mt
 from registry.manifest import Descriptor, Index, Manifest, parse_manifest
+from registry.signatures import SIGNATURE_ANNOTATION, SIMPLESIGNING, signature_tag
 
 from .attach import IN_TOTO, PREDICATE_ANNOTATION, REF_DIGEST, REF_TYPE, ATTESTATION_MANIFEST
 
-SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
-SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 # Layers bigger than this are listed but not read (an SBOM of a big image is a few MB).
 MAX_ATTACHMENT_BLOB = 64 << 20
+# All the layers one discovery reads together (a registry can list many referrers).
+MAX_ATTACHMENT_TOTAL = 256 << 20
 
 
 @dataclass
@@ -35,11 +36,14 @@ class Entry:
     content: Any = None                  # parsed JSON (statement or simple-signing payload)
     raw: bytes | None = None             # the exact bytes (a signature covers these)
     signature: str = ""                  # base64 signature annotation of a simple-signing layer
+    problem: str = ""                    # why the content was set aside (not JSON, about another image)
 
     def to_dict(self) -> dict:
         d: dict = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
         if self.predicate_type:
             d["predicateType"] = self.predicate_type
+        if self.problem:
+            d["problem"] = self.problem
         if self.signature:
             d["signature"] = self.signature
         if self.content is not None:
@@ -73,13 +77,30 @@ def _kind(doc: Manifest, artifact_type: str) -> str:
     return "artifact"
 
 
+def _names(statement: Any, subject: str) -> bool:
+    """Whether an in-toto statement's ``subject`` list names the manifest digest ``subject``."""
+    algo, _, hexpart = subject.partition(":")
+    subjects = statement.get("subject") if isinstance(statement, dict) else None
+    return isinstance(subjects, list) and any(
+        isinstance(s, dict) and isinstance(s.get("digest"), dict) and s["digest"].get(algo) == hexpart
+        for s in subjects)
+
+
 def read_attachment(get_manifest: Callable[[str], bytes], get_blob: Callable[[str], bytes], digest: str,
-                    subject: str, found_by: str, where: str) -> Attachment | None:
+                    subject: str, found_by: str, where: str, require_subject: bool = False) -> Attachment | None:
     """Read the manifest ``digest`` and its small layers into an Attachment (None when it is an
-    index or something that is not a manifest)."""
+    index, something that is not a manifest, or a manifest whose OCI ``subject`` is another
+    image: a registry's referrers list is not trusted to say what belongs to what). With
+    ``require_subject`` (a referrer) the manifest must name ``subject``. An in-toto statement
+    about another image, or a layer that is not JSON, is listed with its ``problem`` and no
+    content."""
+    from registry.errors import RegistryError
+    from registry.manifest import loads_limited
     data = get_manifest(digest)
     doc = parse_manifest(data, None, where=f"{where}@{digest}")
     if not isinstance(doc, Manifest):
+        return None
+    if (doc.subject.digest if doc.subject else None) != subject and (doc.subject or require_subject):
         return None
     artifact_type = doc.artifact_type or (doc.config.media_type if doc.config else "")
     att = Attachment(_kind(doc, artifact_type), subject, digest, artifact_type or "", [found_by])
@@ -90,11 +111,13 @@ def read_attachment(get_manifest: Callable[[str], bytes], get_blob: Callable[[st
         if layer.media_type in (IN_TOTO, SIMPLESIGNING) and layer.size <= MAX_ATTACHMENT_BLOB:
             e.raw = get_blob(layer.digest)
             try:
-                e.content = json.loads(e.raw)
-            except ValueError:
-                e.content = None
+                e.content = loads_limited(e.raw, f"{where}@{layer.digest}")
+            except (ValueError, RegistryError):
+                e.content, e.problem = None, "not valid JSON (or nested too deeply)"
             if isinstance(e.content, dict) and not e.predicate_type:
                 e.predicate_type = str(e.content.get("predicateType", ""))
+            if layer.media_type == IN_TOTO and e.content is not None and not _names(e.content, subject):
+                e.content, e.problem = None, f"its statement is about another image, not {subject}"
         att.entries.append(e)
     return att
 
@@ -110,14 +133,14 @@ def _merge(found: list[Attachment], new: Attachment | None) -> None:
 
 
 def _from_index(found: list[Attachment], get_manifest, get_blob, index: Index, where: str) -> list[str]:
-    """Add the BuildKit attestation entries of ``index``; the digests of its image entries."""
-    images = []
+    """Add the BuildKit attestation entries of ``index`` (those about one of its images); the
+    digests of its image entries."""
+    images = [d.digest for d in index.manifests if d.annotations.get(REF_TYPE) != ATTESTATION_MANIFEST
+              and (d.media_type in (mt.OCI_MANIFEST, mt.DOCKER_MANIFEST) or not d.media_type)]
     for d in index.manifests:
-        if d.annotations.get(REF_TYPE) == ATTESTATION_MANIFEST:
-            _merge(found, read_attachment(get_manifest, get_blob, d.digest, d.annotations.get(REF_DIGEST, ""),
+        if d.annotations.get(REF_TYPE) == ATTESTATION_MANIFEST and d.annotations.get(REF_DIGEST) in images:
+            _merge(found, read_attachment(get_manifest, get_blob, d.digest, d.annotations[REF_DIGEST],
                                           "index", where))
-        elif d.media_type in (mt.OCI_MANIFEST, mt.DOCKER_MANIFEST) or not d.media_type:
-            images.append(d.digest)
     return images
 
 
@@ -148,8 +171,13 @@ def discover_remote(client: Any, ref: str) -> tuple[str, list[Attachment]]:
     def get_manifest(d: str) -> bytes:
         return repo.get_manifest(d).data
 
+    budget = [MAX_ATTACHMENT_TOTAL]
+
     def get_blob(d: str) -> bytes:
-        return repo.fetch_blob(d, max_size=MAX_ATTACHMENT_BLOB)
+        # What is left of the budget caps each read: a registry listing many big layers runs out.
+        data = repo.fetch_blob(d, max_size=min(MAX_ATTACHMENT_BLOB, budget[0]))
+        budget[0] -= len(data)
+        return data
 
     found: list[Attachment] = []
     doc = parse_manifest(top.data, top.media_type, where=str(r))
@@ -160,7 +188,8 @@ def discover_remote(client: Any, ref: str) -> tuple[str, list[Attachment]]:
         for d in repo.referrers(subject):
             how = "referrers"
             try:
-                _merge(found, read_attachment(get_manifest, get_blob, d["digest"], subject, how, where))
+                _merge(found, read_attachment(get_manifest, get_blob, d["digest"], subject, how, where,
+                                              require_subject=True))
             except NotFoundError:
                 continue        # a fallback index may name a manifest deleted since
         tag = signature_tag(subject)
@@ -168,12 +197,6 @@ def discover_remote(client: Any, ref: str) -> tuple[str, list[Attachment]]:
         if info is not None:
             _merge(found, read_attachment(get_manifest, get_blob, info.digest, subject, f"tag {tag}", where))
     return top.digest, found
-
-
-def signature_tag(digest: str) -> str:
-    """cosign's signature tag of an image digest: ``sha256:abc`` -> ``sha256-abc.sig``."""
-    algo, _, hexpart = digest.partition(":")
-    return f"{algo}-{hexpart}.sig"
 
 
 def subject_descriptor(digest: str, size: int, media_type: str = mt.OCI_MANIFEST) -> Descriptor:

@@ -20,7 +20,6 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import BuildError
 
@@ -31,8 +30,25 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 32768, 8, 1          # what cosign key files carr
 SCRYPT_ACCEPTED = {(32768, 8, 1), (65536, 8, 1), (131072, 8, 1)}
 
 
+# A cosign key file is under 1 KiB; anything far bigger is not one (and XSalsa20 is pure Python).
+MAX_KEY_FILE = 64 << 10
+
+
 class KeyFileError(BuildError):
     """A key file that cannot be read, decrypted or used (says which file and why)."""
+
+
+def _read_key_file(path: str | os.PathLike) -> bytes:
+    """The bytes of key file ``path``, at most MAX_KEY_FILE of them (KeyFileError otherwise)."""
+    where = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise KeyFileError(f"{where}: cannot read the key: {exc.strerror}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise KeyFileError(f"{where}: larger than {MAX_KEY_FILE} bytes: not a key file")
+    return data
 
 
 # ---- XSalsa20-Poly1305 (NaCl secretbox) ---------------------------------------------------------
@@ -130,7 +146,7 @@ def decrypt(data: bytes, password: bytes, where: str = "encrypted key") -> bytes
         salt = base64.b64decode(kdf["salt"])
         nonce = base64.b64decode(cipher["nonce"])
         box = base64.b64decode(doc["ciphertext"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise KeyFileError(f"{where}: not an encrypted key document (scrypt + nacl/secretbox JSON)") from None
     if kdf.get("name") != "scrypt" or cipher.get("name") != "nacl/secretbox":
         raise KeyFileError(f"{where}: unsupported encryption {kdf.get('name')}/{cipher.get('name')} "
@@ -169,6 +185,34 @@ def password_from_env() -> bytes:
     return os.environ.get(PASSWORD_ENV, "").encode()
 
 
+def password_for_new_key() -> bytes:
+    """The password of a key about to be written: COSIGN_PASSWORD when set (empty too: that is
+    asking for an unencrypted-strength key on purpose), else asked twice on the terminal; with
+    neither, KeyFileError (a key silently under an empty password is what an unset variable in
+    CI would otherwise give)."""
+    import sys
+    if PASSWORD_ENV in os.environ:
+        return password_from_env()
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise KeyFileError(f"no password for the new key: set {PASSWORD_ENV} (or {PASSWORD_ENV}= for an "
+                           "empty one), or run on a terminal to be asked")
+    import getpass
+    first = getpass.getpass("Enter password for private key: ")
+    if getpass.getpass("Enter password for private key again: ") != first:
+        raise KeyFileError("the two passwords differ; nothing written")
+    return first.encode()
+
+
+def _password_to_read(where: str) -> bytes:
+    """The password of an encrypted key file: COSIGN_PASSWORD when set, else asked once on a
+    terminal, else empty (a key made with COSIGN_PASSWORD= still opens in CI)."""
+    import sys
+    if PASSWORD_ENV in os.environ or not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return password_from_env()
+    import getpass
+    return getpass.getpass(f"Enter password for private key {where}: ").encode()
+
+
 @dataclass
 class KeyPair:
     """The two files `generate-key-pair` writes."""
@@ -192,13 +236,10 @@ def load_private_key(path: str | os.PathLike, password: bytes | None = None):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     where = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"{where}: cannot read the key: {exc.strerror}") from None
+    data = _read_key_file(path)
     if b"-----BEGIN ENCRYPTED SIGSTORE" in data or b"-----BEGIN ENCRYPTED COSIGN" in data:
         _, body = _unpem(data, PEM_TYPES, where)
-        der = decrypt(body, password_from_env() if password is None else password, where)
+        der = decrypt(body, _password_to_read(where) if password is None else password, where)
         try:
             key = serialization.load_der_private_key(der, None)
         except ValueError:
@@ -219,10 +260,7 @@ def load_public_key(path: str | os.PathLike):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     where = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"{where}: cannot read the key: {exc.strerror}") from None
+    data = _read_key_file(path)
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:

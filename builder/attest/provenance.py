@@ -31,7 +31,8 @@ class BuildFacts:
     labels: dict[str, str] = field(default_factory=dict)
     platform: str = ""
     builder_platform: str = ""
-    bases: dict[str, str] = field(default_factory=dict)        # ref -> manifest digest
+    # (ref, platform it was resolved for, "" for the build's own) -> manifest digest
+    bases: dict[tuple[str, str], str] = field(default_factory=dict)
     secret_ids: list[str] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)           # mode=max
     no_cache: bool = False
@@ -83,8 +84,8 @@ def provenance_predicate(facts: BuildFacts, mode: str = "min", source_date_epoch
         request["secrets"] = [{"id": s} for s in sorted(facts.secret_ids)]
     external = {"configSource": {"path": facts.dockerfile_name, "digest": {"sha256": df_digest}},
                 "request": request}
-    deps = [{"uri": docker_purl(ref, facts.platform), "digest": {"sha256": d.split(":", 1)[1]}}
-            for ref, d in sorted(facts.bases.items())]
+    deps = [{"uri": docker_purl(ref, plat or facts.platform), "digest": {"sha256": d.split(":", 1)[1]}}
+            for (ref, plat), d in sorted(facts.bases.items())]
     if source_date_epoch is not None:
         started = finished = float(source_date_epoch)
     else:

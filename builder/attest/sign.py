@@ -18,14 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from registry import mediatypes as mt
-from registry.manifest import Descriptor, Manifest, parse_manifest
+from registry.manifest import Descriptor, parse_manifest
+from registry.signatures import (MAX_PAYLOAD, MAX_SIGNATURES, SIGNATURE_ANNOTATION, SIGNATURE_ARTIFACT, SIMPLESIGNING, signature_layers,
+                                 signature_tag)
 
 from ..errors import BuildError
-from .discover import SIGNATURE_ANNOTATION, SIMPLESIGNING, signature_tag
+
+__all__ = ["MAX_SIGNATURES", "SIGNATURE_ARTIFACT", "SIGNATURE_TYPE", "Signed", "VerificationError", "Verified",
+           "payload", "sign", "sign_digest", "sign_refs", "signed_identities", "verify"]
 
 SIGNATURE_TYPE = "cosign container image signature"
-# cosign's artifactType for signatures stored as OCI 1.1 referrers.
-SIGNATURE_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"
+MAX_REASONS = 10
 
 
 class VerificationError(BuildError):
@@ -43,13 +46,6 @@ def payload(repository: str, digest: str, creator: str | None = None) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _config(layer_digests: list[str]) -> bytes:
-    # What cosign's signature images carry: an empty image config listing the payloads.
-    cfg = {"architecture": "", "created": "0001-01-01T00:00:00Z", "history": [{"created": "0001-01-01T00:00:00Z"}],
-           "os": "", "rootfs": {"type": "layers", "diff_ids": layer_digests}, "config": {}}
-    return json.dumps(cfg, separators=(",", ":")).encode()
-
-
 @dataclass
 class Signed:
     """What `sign` did: the image digest signed and the signature manifest's tag and digest."""
@@ -59,44 +55,17 @@ class Signed:
     manifest: str
 
 
-def _upload(repo: Any, data: bytes) -> Descriptor:
-    d = Descriptor.of(data, "application/octet-stream")
-    if repo.blob_size(d.digest) is None:
-        repo.upload_blob(d.digest, len(data), lambda offset: [data[offset:]])
-    return d
-
-
 def sign_digest(repo: Any, digest: str, size: int, media_type: str, key: Any) -> Signed:
     """Add a signature by ``key`` of manifest ``digest`` (of ``size`` bytes) to ``repo``."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
-    from registry.errors import NotFoundError
+    from registry.signatures import add_signatures, upload_small
     body = payload(f"{repo.host}/{repo.name}", digest)
     sig = base64.b64encode(key.sign(body, ec.ECDSA(hashes.SHA256()))).decode()
-    tag = signature_tag(digest)
-    layers: list[Descriptor] = []
-    old = None
-    try:
-        old = repo.get_manifest(tag)
-        prev = parse_manifest(old.data, old.media_type, where=f"{repo.ref}:{tag}")
-        if isinstance(prev, Manifest):
-            layers = [l for l in prev.layers if l.media_type == SIMPLESIGNING]
-    except NotFoundError:
-        pass
-    pd = _upload(repo, body)
+    pd = upload_small(repo, body)
     new = Descriptor(SIMPLESIGNING, pd.digest, pd.size, annotations={SIGNATURE_ANNOTATION: sig})
-    # The same payload and signature again (ECDSA signatures differ each time: rarely) stays one layer.
-    layers = [l for l in layers if (l.digest, l.annotations.get(SIGNATURE_ANNOTATION)) != (new.digest, sig)]
-    layers.append(new)
-    cfg = _config([l.digest for l in layers])
-    cd = _upload(repo, cfg)
-    m = Manifest(config=Descriptor(mt.OCI_CONFIG, cd.digest, cd.size), layers=layers, media_type=mt.OCI_MANIFEST,
-                 subject=Descriptor(media_type or mt.OCI_MANIFEST, digest, size), artifact_type=SIGNATURE_ARTIFACT)
-    data = m.to_bytes()
-    got = repo.put_manifest(tag, data, mt.OCI_MANIFEST)
-    if old is not None and old.digest != got:
-        repo.drop_referrer_fallback(digest, old.digest)
-    return Signed(f"{repo.ref}@{digest}", digest, tag, got)
+    got, _ = add_signatures(repo, Descriptor(media_type or mt.OCI_MANIFEST, digest, size), [new])
+    return Signed(f"{repo.ref}@{digest}", digest, signature_tag(digest), got)
 
 
 def sign(client: Any, ref: str, key: Any, recursive: bool = False) -> list[Signed]:
@@ -135,7 +104,10 @@ class Verified:
 def _check_payload(raw: bytes, digest: str, repository: str | None) -> dict:
     """Strict reading of a simple-signing payload (containers-signature(5) rules: exactly the
     known members in ``critical``, ``optional`` an object or null); the payload, or ValueError."""
-    doc = json.loads(raw, object_pairs_hook=_no_duplicates)
+    try:
+        doc = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise ValueError("the payload is nested too deeply") from None
     if not isinstance(doc, dict) or set(doc) != {"critical", "optional"}:
         raise ValueError("the payload must have exactly 'critical' and 'optional'")
     crit = doc["critical"]
@@ -179,33 +151,55 @@ def verify(client: Any, ref: str, public_key: Any, identity: str | None = None) 
     when there is none (unsigned, signed for another digest, another key, a payload that does not
     match its signature). As cosign, the signed digest is what binds; with ``identity``
     (a repository) the payload's docker-reference must name it too (a mirror's copy of a
-    signature names the repository it was made in)."""
+    signature names the repository it was made in).
+
+    A tag is resolved once: every later lookup is by the digest it named then (a tag re-pushed
+    meanwhile cannot swap the image), and that digest is what the result and every error name."""
+    from registry.errors import RegistryError
+    from registry.reference import parse_reference
+    if identity is not None:
+        try:
+            _repository_of(identity)
+        except ValueError:
+            raise VerificationError(f"identity {identity!r} is not a repository reference") from None
+    r = parse_reference(ref)
+    repo = client.repository(r.registry, r.repository)
+    digest = repo.get_manifest(r.identifier).digest
+    try:
+        return _verify_digest(repo, ref, digest, public_key, identity)
+    except RegistryError as exc:
+        # A registry that misbehaves while we read the signature: say which image was checked.
+        raise VerificationError(f"{ref} ({digest}): cannot read its signature: {exc}") from None
+
+
+def _verify_digest(repo: Any, ref: str, digest: str, public_key: Any, identity: str | None) -> list[Verified]:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from registry.errors import NotFoundError
-    from registry.reference import parse_reference
-    r = parse_reference(ref)
-    repo = client.repository(r.registry, r.repository)
-    digest = repo.get_manifest(r.identifier).digest
     tag = signature_tag(digest)
     try:
         sm = repo.get_manifest(tag)
     except NotFoundError:
         raise VerificationError(f"{ref} ({digest}) is not signed: no {tag} signature in {repo.ref}") from None
-    doc = parse_manifest(sm.data, sm.media_type, where=f"{repo.ref}:{tag}")
-    layers = [l for l in getattr(doc, "layers", []) if l.media_type == SIMPLESIGNING]
+    layers = signature_layers(sm.data, sm.media_type, f"{repo.ref}:{tag}")
     if not layers:
         raise VerificationError(f"{ref} ({digest}): {repo.ref}:{tag} holds no simple-signing signature")
+    if len(layers) > MAX_SIGNATURES:
+        # Each layer costs a download and a verification: a padded manifest must not buy hours.
+        raise VerificationError(f"{ref} ({digest}): {repo.ref}:{tag} holds {len(layers)} signature layers, more "
+                                f"than the {MAX_SIGNATURES} verify checks; refusing it")
     good, reasons = [], []
     for layer in layers:
         sig_b64 = layer.annotations.get(SIGNATURE_ANNOTATION, "")
         try:
-            sig = base64.b64decode(sig_b64, validate=True)
+            sig = base64.b64decode(sig_b64, validate=True) if isinstance(sig_b64, str) else None
         except ValueError:
-            reasons.append(f"{layer.digest[:19]}: the signature annotation is not base64")
+            sig = None
+        if not sig:
+            reasons.append(f"{layer.digest[:19]}: the signature annotation is missing or not base64")
             continue
-        raw = repo.fetch_blob(layer.digest)          # verified against the layer digest
+        raw = repo.fetch_blob(layer.digest, max_size=MAX_PAYLOAD)      # verified against the layer digest
         try:
             public_key.verify(sig, raw, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
@@ -216,6 +210,12 @@ def verify(client: Any, ref: str, public_key: Any, identity: str | None = None) 
         except ValueError as exc:
             reasons.append(f"{layer.digest[:19]}: signed by this key, but {exc}")
     if not good:
+        shown = reasons[:MAX_REASONS] + ([f"and {len(reasons) - MAX_REASONS} more"] if len(reasons) > MAX_REASONS else [])
         raise VerificationError(f"{ref} ({digest}): no valid signature by this key among {len(layers)} in "
-                                f"{repo.ref}:{tag}: " + "; ".join(reasons))
+                                f"{repo.ref}:{tag}: " + "; ".join(shown))
     return good
+
+
+def signed_identities(verified: list[Verified]) -> list[str]:
+    """The repositories the verified payloads name (their docker-reference, normalized), each once."""
+    return sorted({_repository_of(str(v.payload["critical"]["identity"]["docker-reference"])) for v in verified})

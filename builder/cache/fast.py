@@ -26,21 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from ..root import Root
+from ..root import resolve as resolve_root
 
 FAST_VERSION = "pybuild-fast-v1"
 _REF_NAME = "org.opencontainers.image.ref.name"
 _IMAGE_NAME = "io.containerd.image.name"
-
-
-def _root(root_arg: str | None) -> Path:
-    # The same rule as registry.store.default_root (kept import-free here).
-    if root_arg:
-        return Path(root_arg)
-    env = os.environ.get("PYBUILD_ROOT")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "pybuild"
 
 
 def _dockerfile_path(context: str, dockerfile: str | None) -> Path | None:
@@ -125,7 +115,7 @@ def try_fast_build(args: Any, build_args: dict[str, str], labels: dict[str, str]
     df = _dockerfile_path(args.context, args.file)
     if df is None:
         return None
-    root = _root(args.root)
+    root = resolve_root(args.root)
     try:
         data = df.read_bytes()
     except OSError:

@@ -38,16 +38,51 @@ COMMAND_OWNERS = {
     "build": "builder.cli.build", "lint": "builder.cli.lint",
     **dict.fromkeys(["history", "images", "import", "load", "rmi", "save", "store", "tag"],
                     "builder.cli.images"),
-    **dict.fromkeys(["catalog", "copy", "delete", "inspect", "manifest", "pull", "push", "tags"],
+    **dict.fromkeys(["catalog", "copy", "delete", "inspect", "pull", "push", "tags"],
                     "builder.cli.remote"),
-    "imagetools": "builder.cli.imagetools",
+    **dict.fromkeys(["imagetools", "manifest"], "builder.cli.imagetools"),
     **dict.fromkeys(["login", "logout"], "builder.cli.login"),
     **dict.fromkeys(["commit", "container-cleanup", "diff", "exec", "logs", "ps", "rm", "run",
                      "port", "stop", "wait"], "builder.cli.run"),
     "cache": "builder.cli.cache",
-    "system": "builder.cli.system",
+    **dict.fromkeys(["system", "unshare"], "builder.cli.system"),
     **dict.fromkeys(["attestations", "generate-key-pair", "sign", "verify"], "builder.cli.supply"),
 }
+
+
+# Commands that never open the local store: they run as the user, outside any user namespace.
+# Every other one runs in rootless pybuild's namespace when the user is not root
+# (builder.runtime.userns): files owned by subordinate ids are the store's, and only there can
+# they be made, read or removed.
+STORELESS_COMMANDS = {None, "lint", "login", "logout", "tags", "catalog", "manifest", "delete",
+                      "generate-key-pair"}
+
+
+def _container_args(args: argparse.Namespace) -> list[str]:
+    """The containers a command names (`exec CTR`, `stop CTR...`, `rm CTR...`)."""
+    one = getattr(args, "container", None)
+    many = getattr(args, "containers", None)
+    return ([one] if isinstance(one, str) else []) + (list(many) if isinstance(many, list) else [])
+
+
+def _enter_store(root: str | None, containers: list[str] = ()) -> None:
+    """As an ordinary user, enter the user namespace before any thread starts: the one of the
+    store's running containers (those named first) if any, so that they can be stopped and
+    entered and all share one; then check the store's mode (rootful or rootless) against ours."""
+    from ..root import resolve
+    from ..runtime import userns
+    path = resolve(root)
+    first: list[str] = []
+    namespaced = os.geteuid() != 0 or userns.in_unprivileged_container()
+    if containers and namespaced:
+        from ..containers.lifecycle import lookup
+        for name in containers:
+            try:
+                first.append(lookup(path, name).id)
+            except Exception:      # the command itself says what is wrong with the name
+                continue
+    userns.enter(path, join_pids=userns.container_pids(path, first) if namespaced else [])
+    userns.check_store_mode(path)
 
 
 class Terminated(KeyboardInterrupt):
@@ -185,9 +220,11 @@ def _parse(argv: list[str], i: int) -> "argparse.Namespace | int":
             return 2
         argv.insert(i, "build")
     args, extra = parser.parse_known_args(argv)
+    # The command's word, not args.command (`run` and `exec` have an argument of that name).
+    word = argv[i] if i < len(argv) else None
     if extra:
         # Report on the (sub)command's own parser: its usage line is the one that helps.
-        _innermost(parsers.get(getattr(args, "command", None) or "", parser), args).error(
+        _innermost(parsers.get(word or "", parser), args).error(
             f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "func", None) is None:
         parser.print_help()
@@ -204,6 +241,8 @@ def _run(args: "argparse.Namespace") -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     _install_signal_handlers()
     try:
+        if word not in STORELESS_COMMANDS:
+            _enter_store(args.root, _container_args(args))
         return int(func(args) or 0)
     except Terminated as exc:
         import signal
@@ -230,9 +269,11 @@ def _run(args: "argparse.Namespace") -> int:
         from dockerfile_grammar.errors import DockerfileError
         from registry.errors import RegistryError
         from ..errors import BuildError
+        from .format import printable
         if not isinstance(exc, (DockerfileError, RegistryError, BuildError)):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        # Messages quote registries, images and Dockerfiles: their escape sequences must not act.
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 1
 
 
@@ -260,7 +301,7 @@ def _innermost(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse
     while True:
         subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
         chosen = [a.choices[getattr(args, a.dest)] for a in subs
-                  if getattr(args, a.dest, None) in a.choices]
+                  if isinstance(getattr(args, a.dest, None), str) and getattr(args, a.dest) in a.choices]
         if not chosen:
             return p
         p = chosen[0]

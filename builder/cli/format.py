@@ -81,9 +81,23 @@ def ago_rfc3339(text: str | None, now: float | None = None) -> str:
     return ago(ts, now)
 
 
+# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides that reorder
+# what a terminal shows: what a registry's or an image's text may hold to rewrite the screen.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: escape sequences and other control characters are
+    shown as ``\\xNN`` (``\\uNNNN``) instead of acting; tabs and newlines stay."""
+    if text.isprintable() or not _UNPRINTABLE.search(text):
+        return text
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
 def print_table(rows: Iterable[Sequence[str]], out: TextIO | None = None, sep: str = "   ") -> None:
-    """Print ``rows`` (the first is the header) left-aligned in columns as wide as their widest cell."""
-    rows = [list(map(str, r)) for r in rows]
+    """Print ``rows`` (the first is the header) left-aligned in columns as wide as their widest
+    cell; cells are made printable (image names, labels and annotations come from anyone)."""
+    rows = [[printable(str(c)) for c in r] for r in rows]
     if not rows:
         return
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

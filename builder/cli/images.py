@@ -19,6 +19,9 @@ def register(add_command) -> None:
                    help="only images of this repository (and tag); shell wildcards allowed")
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="table (default) or json (one object per image, full digests)")
+    p.add_argument("--tree", action="store_true",
+                   help="under each multi-platform image (index), one row per platform it lists "
+                        "(as `docker image ls --tree`), marked when the store lacks that platform's image")
     p.set_defaults(func=_images)
 
     p = add_command("tag", "give a local image another name (like docker tag)")
@@ -76,8 +79,9 @@ def _open(args: argparse.Namespace):
 def image_rows(store) -> list[dict]:
     """One dict per stored image (untagged ones as <none> <none>): repository, tag, id (the
     config digest, Docker's IMAGE ID), digest (of the manifest or index), size (compressed bytes
-    for this host's platform), created, platform."""
+    for this host's platform), created, platform; an index also has ``platforms`` (_platform_rows)."""
     from registry.errors import RegistryError
+    from registry.mediatypes import is_index
 
     rows = []
     for rec in store.list_images():
@@ -93,11 +97,40 @@ def image_rows(store) -> list[dict]:
             created, platform = cfg.created, str(cfg.platform)
         except RegistryError:
             size = rec.descriptor.size
-        rows.append({"name": rec.name, "repository": repo, "tag": tag, "id": image_id,
-                     "digest": rec.descriptor.digest,
-                     "media_type": rec.descriptor.media_type, "size": size, "created": created,
-                     "platform": platform})
+        row = {"name": rec.name, "repository": repo, "tag": tag, "id": image_id,
+               "digest": rec.descriptor.digest,
+               "media_type": rec.descriptor.media_type, "size": size, "created": created,
+               "platform": platform}
+        if is_index(rec.descriptor.media_type):
+            row["platforms"] = _platform_rows(store, rec.descriptor.digest)
+        rows.append(row)
     return rows
+
+
+def _platform_rows(store, digest: str) -> list[dict]:
+    """The image entries of the index ``digest`` (attestations left out): platform, manifest
+    digest, and whether the store holds that image (a one-platform pull keeps only its own)."""
+    from registry.errors import RegistryError
+    from registry.manifest import Index, Manifest, is_attestation
+    try:
+        index = store.get_manifest(digest)
+    except RegistryError:
+        return []
+    out = []
+    for d in index.manifests if isinstance(index, Index) else []:
+        if is_attestation(d):
+            continue
+        row = {"platform": str(d.platform) if d.platform else None, "digest": d.digest, "present": False,
+               "id": None, "size": d.size}
+        try:
+            m = store.get_manifest(d.digest)
+        except RegistryError:
+            m = None
+        if isinstance(m, Manifest):
+            row.update(present=True, id=m.config.digest,
+                       size=d.size + m.config.size + sum(l.size for l in m.layers))
+        out.append(row)
+    return out
 
 
 def _matches(row: dict, pattern: str) -> bool:
@@ -124,6 +157,9 @@ def _images(args: argparse.Namespace) -> int:
     for r in rows:
         short = (r["id"] or r["digest"]).removeprefix("sha256:")[:12]
         table.append((r["repository"], r["tag"], short, human_age(r["created"]), human_size(r["size"])))
+        for p in r.get("platforms", []) if args.tree else []:
+            table.append((f"  \u2514 {p['platform'] or '-'}", "" if p["present"] else "(not in the store)",
+                          (p["id"] or p["digest"]).removeprefix("sha256:")[:12], "", human_size(p["size"])))
     print_table(table)
     return 0
 
@@ -131,9 +167,11 @@ def _images(args: argparse.Namespace) -> int:
 def _rmi(args: argparse.Namespace) -> int:
     store = _open(args)
     for ref in args.refs:
-        store.untag(ref)
+        named = store.tag_of(ref) is not None
+        entry = store.untag(ref)
         if not args.quiet:
-            print(f"Untagged: {ref}")
+            # As docker rmi: a name is untagged; an image ID (or prefix) deletes the image.
+            print(f"Untagged: {ref}" if named else f"Deleted: {store.image_id(entry) or entry.digest}")
     if not args.no_prune:
         from ..cache.records import gc_roots   # blobs of cached build steps stay
         from ..system import collect_layers
@@ -162,7 +200,7 @@ def _import(args: argparse.Namespace) -> int:
                           message=args.message)
     if not args.quiet:
         print(f"Imported {result.reference.familiar} ({result.layer.size} bytes compressed)", file=sys.stderr)
-    print(result.descriptor.digest)
+    print(store.image_id(result.descriptor) or result.descriptor.digest)   # the image ID, as docker import
     return 0
 
 
@@ -267,6 +305,10 @@ def _load(args: argparse.Namespace) -> int:
     for tag in result.tags:
         print(f"Loaded image: {tag}")
     if not result.tags:
+        # As docker load: an image without a name is kept (listed as <none>) and named by its ID.
         for digest in result.digests:
-            print(f"Loaded image ID: {digest} (untagged: name it with `pybuild tag {digest[:19]} NAME`)")
+            desc = store.descriptor_of(digest)
+            store.add_untagged(desc)
+            iid = store.image_id(desc) or digest
+            print(f"Loaded image ID: {iid} (untagged: name it with `pybuild tag {iid[7:19]} NAME`)")
     return 0

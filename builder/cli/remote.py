@@ -1,4 +1,5 @@
-"""Commands that talk to registries: pull, push, copy, tags, manifest, inspect, delete, catalog.
+"""Commands that talk to registries: pull, push, copy, tags, inspect, delete, catalog (`manifest`
+is in imagetools.py, beside the index tools).
 
 Progress goes to stderr (bars on a terminal, lines otherwise, nothing with -q); results go to
 stdout so that scripts can use them: pull/push/copy print the reference with its digest.
@@ -49,9 +50,6 @@ def register(add_command) -> None:
     p = command("tags", "list the tags of a repository", _tags)
     p.add_argument("repo", metavar="REPO", help="repository, e.g. localhost:5000/app or library/busybox")
     p.add_argument("-n", "--page-size", type=int, help="tags per request (the registry may cap it)")
-
-    p = command("manifest", "print an image's manifest (or index) exactly as the registry serves it", _manifest)
-    p.add_argument("ref", metavar="REF")
 
     p = command("inspect", "describe a container, or an image in the local store, or else in its registry",
                 _inspect)
@@ -145,18 +143,6 @@ def _catalog(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for name in client.catalog(canonical_host(args.registry), page_size=args.page_size):
             print(name)
-    return 0
-
-
-def _manifest(args: argparse.Namespace) -> int:
-    from registry.reference import parse_reference
-    r = parse_reference(args.ref)
-    with _client(args) as client:
-        m = client.repository(r.registry, r.repository).get_manifest(r.identifier)
-    sys.stdout.buffer.write(m.data)
-    if not m.data.endswith(b"\n"):
-        sys.stdout.buffer.write(b"\n")
-    sys.stdout.flush()
     return 0
 
 

@@ -50,6 +50,10 @@ def register(add_command) -> None:
     p.add_argument("--init", action="store_true",
                    help="run tini (Debian's tini-static, else catatonit) as PID 1: it forwards signals "
                         "and reaps zombies")
+    p.add_argument("--restart", default="no", metavar="POLICY",
+                   help="with -d: restart the container when it exits: no (default), always, unless-stopped "
+                        "(the same here: no daemon), on-failure[:MAX_RETRIES] (a non-zero exit); never after "
+                        "`pybuild stop`")
     p.add_argument("--isolation", choices=("oci", "default", "chroot"),
                    help="oci: runc (the default, and the only one); chroot was removed (it could not "
                         "confine a container)")
@@ -59,6 +63,9 @@ def register(add_command) -> None:
                    help="pull the image: when missing from the store (default), always, or never")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
                    help="allow plain HTTP or an unverified certificate for HOST when pulling")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="run the image of this platform from a multi-platform image (foreign ones under "
+                        "qemu-user-static's binfmt_misc emulation; default: this host's)")
     p.add_argument("image", metavar="IMAGE")
     # Everything after IMAGE belongs to the container, options included (`run busybox ls -l`).
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
@@ -152,9 +159,13 @@ def _run(args: argparse.Namespace) -> int:
         tty=args.tty, dns=args.dns, add_hosts=args.add_host, health_cmd=args.health_cmd,
         health_interval=args.health_interval, health_timeout=args.health_timeout,
         health_retries=args.health_retries, health_start_period=args.health_start_period,
-        no_healthcheck=args.no_healthcheck, init=args.init)
+        no_healthcheck=args.no_healthcheck, init=args.init, restart=args.restart,
+        platform=args.platform)
     if args.tty and not args.detach and not os.isatty(0):
         print("error: -t needs a terminal on stdin (the input device is not a TTY)", file=sys.stderr)
+        return 125
+    if args.restart != "no" and not args.detach:
+        print("error: --restart needs -d (conmon's exit command restarts a detached container)", file=sys.stderr)
         return 125
     if args.detach and args.interactive:
         print("error: -d with -i is not supported (nothing would be attached to the container's stdin)",
@@ -312,7 +323,7 @@ def _cleanup(args: argparse.Namespace) -> int:
     from builder.errors import BuildError
     _, root = _root(args)
     try:
-        ct.finish_monitored(ct.load(root, args.container))
+        ct.finish_monitored(ct.load(root, args.container), exit_command=True)
     except BuildError:
         pass                     # removed meanwhile (`rm -f`)
     return 0

@@ -92,9 +92,13 @@ def _matches(entry: Any, kind: str, want: str) -> bool:
 def _attestations(args: argparse.Namespace) -> int:
     where, digest, found = _find(args)
     if args.type:
-        docs = [e.content for a in found for e in a.entries if _matches(e, a.kind, args.type)]
+        matching = [e for a in found for e in a.entries if _matches(e, a.kind, args.type)]
+        docs = [e.content for e in matching if e.content is not None]
         if not docs:
             from builder.errors import BuildError
+            if matching:
+                raise BuildError(f"{args.ref} ({where}, {digest}): {len(matching)} {args.type} document(s) attached, "
+                                 "none usable: " + "; ".join(sorted({e.problem or 'not read' for e in matching})))
             have = sorted({e.predicate_type or a.kind for a in found for e in a.entries})
             raise BuildError(f"{args.ref} ({where}, {digest}): no {args.type} attached"
                              + (f"; it has: {', '.join(have)}" if have else "; nothing is attached"))
@@ -105,8 +109,8 @@ def _attestations(args: argparse.Namespace) -> int:
         print(json.dumps({"reference": args.ref, "source": where, "digest": digest,
                           "attachments": [a.to_dict() for a in found]}, indent=2))
         return 0
-    from .format import print_table
-    print(f"{args.ref} ({where}): {digest}")
+    from .format import print_table, printable
+    print(printable(f"{args.ref} ({where}): {digest}"))
     if not found:
         print("nothing attached")
         return 0
@@ -114,6 +118,8 @@ def _attestations(args: argparse.Namespace) -> int:
     for a in found:
         for e in a.entries or [None]:
             what = (e.predicate_type or e.media_type) if e is not None else a.artifact_type
+            if e is not None and e.problem:
+                what += f" (set aside: {e.problem})"
             rows.append((a.kind, what, a.subject[:19], a.manifest[:19], ", ".join(a.found_by)))
     print_table(rows)
     return 0
@@ -121,19 +127,18 @@ def _attestations(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     import os
-    from builder.attest.keys import generate_key_pair, password_from_env
+    from builder.attest.keys import generate_key_pair, password_for_new_key
     from builder.errors import BuildError
+    from registry.fsutil import atomic_write
     key_path, pub_path = f"{args.output_key_prefix}.key", f"{args.output_key_prefix}.pub"
     for path in (key_path, pub_path):
-        if os.path.exists(path) and not args.force:
+        if os.path.lexists(path) and not args.force:
             raise BuildError(f"{path} exists: remove it, pick another --output-key-prefix or pass --force")
-    pair = generate_key_pair(password_from_env())
-    for path, data, mode in ((key_path, pair.private_pem, 0o600), (pub_path, pair.public_pem, 0o644)):
-        tmp = f"{path}.tmp{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+    pair = generate_key_pair(password_for_new_key())
+    # atomic_write: a new randomly named O_EXCL|O_NOFOLLOW file renamed over the name, so a
+    # planted symlink (at the name or a guessable temporary one) is replaced, never written through.
+    atomic_write(key_path, pair.private_pem, 0o600)
+    atomic_write(pub_path, pair.public_pem, 0o644)
     print(f"Private key written to {key_path}\nPublic key written to {pub_path}", file=sys.stderr)
     return 0
 
@@ -152,12 +157,21 @@ def _sign(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from builder.attest.keys import load_public_key
-    from builder.attest.sign import verify
+    from builder.attest.sign import signed_identities, verify
+    from registry.reference import parse_reference
     key = load_public_key(args.key)
     with _client(args) as client:
         good = verify(client, args.ref, key, identity=args.identity)
-    print(f"Verification for {args.ref} ({good[0].digest}): {len(good)} valid signature(s) by {args.key}",
-          file=sys.stderr)
+    r = parse_reference(args.ref)
+    names = signed_identities(good)
+    print(f"Verification for {args.ref} ({good[0].digest}): {len(good)} valid signature(s) by {args.key}, "
+          f"signed for {', '.join(names)}", file=sys.stderr)
+    here = f"{r.registry}/{r.repository}"
+    if args.identity is None and any(n != here for n in names):
+        # cosign's rule (the digest binds) lets a signature made for one repository verify in
+        # another; say so rather than let it pass unnoticed (podman's default policy refuses it).
+        print(f"note: the signature names another repository than {here}; pass --identity {here} to "
+              "require it", file=sys.stderr)
     for v in good:
         print(json.dumps(v.payload, sort_keys=True))
     return 0

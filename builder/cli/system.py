@@ -1,4 +1,5 @@
-"""`pybuild system df|prune`: every byte of the store root accounted for, and reclaimed."""
+"""`pybuild system df|prune`: every byte of the store root accounted for, and reclaimed; `pybuild
+unshare`: a command inside rootless pybuild's user namespace."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,29 @@ def register(add_command) -> None:
     pr.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
     pr.add_argument("--volumes", action="store_true", help="also remove cache mounts (RUN --mount=type=cache)")
     pr.set_defaults(func=_prune)
+
+    un = add_command("unshare", "run a command in pybuild's user namespace (as root: as it is), like "
+                                "`buildah unshare`: where rootless files owned by subordinate ids can be "
+                                "read and removed")
+    un.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
+                    help="what to run (default: $SHELL, else /bin/sh)")
+    un.set_defaults(func=_unshare)
+
+
+def _unshare(args: argparse.Namespace) -> int:
+    import os
+    from ..errors import BuildError
+    cmd = list(args.cmd)
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]
+    cmd = cmd or [os.environ.get("SHELL") or "/bin/sh"]
+    # The CLI entered the namespace (and checked the store's mode) before this runs.
+    os.environ["PYBUILD_UNSHARE"] = "1"
+    sys.stdout.flush()
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as exc:
+        raise BuildError(f"unshare: cannot run {cmd[0]!r}: {exc.strerror}") from None
 
 
 def _df(args: argparse.Namespace) -> int:

@@ -22,16 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BuildError
+from ..runtime.userns import runc_argv
 
 DEFAULTS = {"interval": 30.0, "timeout": 30.0, "start_period": 0.0, "retries": 3}
 
-# $1 health dir, $2 runc id, $3 interval, $4 timeout. `read` of /proc/uptime is a builtin: the
-# only programs started per check are runc (the check itself) and timeout.
+# $1 health dir, $2 runc id, $3 interval, $4 timeout, then runc and its global options (rootless:
+# --root DIR). `read` of /proc/uptime is a builtin: the only programs started per check are runc
+# (the check itself) and timeout.
 _LOOP = r'''
 d=$1 rid=$2 interval=$3 limit=$4
+shift 4
 while sleep "$interval"; do
-  runc state "$rid" >/dev/null 2>&1 || exit 0
-  timeout -s KILL "$limit" runc exec --process "$d/process.json" "$rid" >"$d/output" 2>&1 </dev/null
+  "$@" state "$rid" >/dev/null 2>&1 || exit 0
+  timeout -s KILL "$limit" "$@" exec --process "$d/process.json" "$rid" >"$d/output" 2>&1 </dev/null
   rc=$?
   read up _ </proc/uptime
   echo "$up $rc" >>"$d/results"
@@ -104,8 +107,10 @@ def config_of(image_check: dict | None, cmd: str | None = None, interval: str | 
     return out
 
 
-def start_loop(health_dir: Path, runtime_id: str, process: dict, check: dict) -> int:
-    """Start the check loop of a container (see the module docstring); its pid."""
+def start_loop(health_dir: Path, runtime_id: str, process: dict, check: dict,
+               env: dict[str, str] | None = None) -> int:
+    """Start the check loop of a container (see the module docstring) with environment ``env``
+    (it lives as long as the container: give it no more than it needs); its pid."""
     import json
     health_dir.mkdir(exist_ok=True)
     proc = dict(process)
@@ -114,9 +119,9 @@ def start_loop(health_dir: Path, runtime_id: str, process: dict, check: dict) ->
     (health_dir / "process.json").write_text(json.dumps(proc))
     (health_dir / "started").write_text(Path("/proc/uptime").read_text().split()[0])
     p = subprocess.Popen(["/bin/sh", "-c", _LOOP, "pybuild-health", str(health_dir), runtime_id,
-                          f"{check['interval']:g}", f"{check['timeout']:g}"],
+                          f"{check['interval']:g}", f"{check['timeout']:g}", *runc_argv()],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True, cwd="/")
+                         start_new_session=True, cwd="/", env=env)
     (health_dir / "pid").write_text(str(p.pid))
     return p.pid
 

@@ -57,8 +57,9 @@ from registry.inroot import makedirs_in_root, opened_root
 from ..runtime.sandbox import (DEFAULT_PATH, Mount, RunSpec, check_isolation, create_bundle, exec_process,
                                parse_publish, release_bundle, release_networks, run as sandbox_run,
                                runtime_available)
-from ..runtime.snapshot import OPAQUE_XATTR, LayerDirs, Snapshot, mount_snapshot
+from ..runtime.snapshot import LayerDirs, Snapshot, is_opaque, mount_snapshot
 from ..runtime.users import resolve_user
+from ..runtime.userns import runc_argv
 
 DEFAULT_STOP_TIMEOUT = 10
 INIT_PATH = "/sbin/docker-init"        # where --init's binary is bound (Docker's path)
@@ -126,13 +127,15 @@ class RunOptions:
     health_start_period: str | None = None
     no_healthcheck: bool = False
     init: bool = False                                     # --init: tini (or catatonit) as PID 1
+    restart: str = "no"                                    # --restart no|always|unless-stopped|on-failure[:N]
+    platform: str | None = None                            # --platform: the image of an index to run
 
 
 @dataclass
 class ContainerState:
     """The mutable part of a container record."""
 
-    status: str = "created"          # created | running | exited
+    status: str = "created"          # created | running | restarting | exited
     pid: int = 0                     # the process supervising the container while it runs
     exit_code: int | None = None
     started: str = ""
@@ -141,6 +144,8 @@ class ContainerState:
     monitor: str = ""                # "conmon" for a detached container under conmon, else ""
     runtime_id: str = ""             # runc's id of the container (conmon-run containers)
     bundle: str = ""                 # its runtime bundle
+    restart_count: int = 0           # restarts done by its restart policy
+    restart_delay: float = 0.0       # the wait before the last restart (doubles while it keeps failing)
 
 
 @dataclass
@@ -178,6 +183,8 @@ class Container:
     healthcheck: dict | None = None  # builder.containers.health.config_of (None: no check)
     init: bool = False               # --init: INIT_PATH (tini or catatonit, bound read-only) runs first
     anon_volumes: list = field(default_factory=list)  # [{"name": id, "target": path}] under <root>/volumes
+    restart_policy: str = "no"       # no | always | unless-stopped | on-failure (see restart_wanted)
+    restart_max: int = 0             # on-failure:N: at most N restarts (0: no limit)
     root: Path = field(default=Path("."), repr=False, compare=False)
     state: ContainerState = field(default_factory=ContainerState, compare=False)
 
@@ -205,15 +212,31 @@ class Container:
         """True while a live process supervises the container."""
         return self.state.status == "running" and _alive(self.state.pid)
 
+    @property
+    def restarting(self) -> bool:
+        """True while its restart policy is about to start it again: conmon recorded an exit
+        the policy restarts after, and its exit command has not taken over yet, or that
+        command waits for the restart's delay."""
+        st = self.state
+        if st.status == "restarting":
+            return _alive(st.pid)
+        if st.status != "running" or self.restart_policy == "no" or _alive(st.pid):
+            return False
+        code = monitor_exit_code(self)
+        return code is not None and restart_wanted(self, code) and _exit_age(self) < _EXIT_COMMAND_GRACE
+
     def status_text(self) -> str:
         """``Up 3 seconds`` / ``Exited (0) 5 seconds ago`` / ``Created``, as docker ps shows it."""
         st = self.state
-        if st.status == "running":
-            if self.running:
-                h = self.health()
-                shown = "" if h is None else (" (health: starting)" if h.status == "starting"
-                                              else f" ({h.status})")
-                return f"Up {_ago(st.started)}{shown}"
+        if self.running:
+            h = self.health()
+            shown = "" if h is None else (" (health: starting)" if h.status == "starting"
+                                          else f" ({h.status})")
+            return f"Up {_ago(st.started)}{shown}"
+        if self.restarting:
+            code = st.exit_code if st.status == "restarting" else monitor_exit_code(self)
+            return f"Restarting ({code}) {_ago(st.finished or st.started)} ago"
+        if st.status in ("running", "restarting"):
             code = monitor_exit_code(self)
             if code is not None:
                 return f"Exited ({code}) {_ago(st.started)} ago"
@@ -332,7 +355,7 @@ def list_containers(root: Path, all: bool = False) -> list[Container]:
             c = load(root, d.name)
         except (BuildError, ValueError, TypeError):
             continue            # half-created or being removed right now
-        if all or c.running:
+        if all or c.running or c.restarting:
             out.append(c)
     out.sort(key=lambda c: c.created, reverse=True)
     return out
@@ -385,25 +408,29 @@ def _pick_name(root: Path, cid: str) -> str:
 # --- creating ---------------------------------------------------------------------------------
 
 def ensure_image(store: Store, ref: str, pull: str = "missing",
-                 insecure_registries: tuple[str, ...] = (), progress=None) -> None:
-    """Pull ``ref`` into the store when it is missing (``pull="missing"``), always, or never."""
+                 insecure_registries: tuple[str, ...] = (), progress=None, platform=None) -> None:
+    """Pull ``ref`` (its image for ``platform``, default this host's) into the store when it is
+    missing (``pull="missing"``), always, or never."""
     if pull not in ("missing", "always", "never"):
         raise BuildError(f"--pull {pull}: use missing, always or never")
+    local = ""
     if pull != "always":
         try:
-            store.image_manifest(ref)
+            store.image_manifest(ref, platform)
             return
-        except NotFoundError:
+        except NotFoundError as exc:
             if pull == "never":
                 raise BuildError(f"image {ref} is not in the store at {store.root} and --pull never "
-                                 "was given: pull, build or import it first") from None
+                                 f"was given: pull, build or import it first ({exc})") from None
+            if platform is not None:
+                local = f"; locally: {exc}"      # tagged here, but not for that platform
     from registry.client import ClientOptions, RegistryClient
     from registry.transfer import pull as pull_image
     try:
         with RegistryClient(ClientOptions(insecure_registries=tuple(insecure_registries))) as client:
-            pull_image(client, ref, store, progress=progress)
+            pull_image(client, ref, store, progress=progress, platform=platform)
     except RegistryError as exc:
-        raise BuildError(f"cannot pull image {ref}: {exc} (pull, build or import it first)") from None
+        raise BuildError(f"cannot pull image {ref}: {exc} (pull, build or import it first){local}") from None
 
 
 def _merge_env(image_env: list[str], overrides: list[str]) -> list[str]:
@@ -465,10 +492,23 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
     from .health import config_of
     if opts.init:
         init_binary()                  # refuse up front when no init is installed
+    restart_policy, restart_max = parse_restart(opts.restart)
+    if restart_policy != "no" and opts.auto_remove:
+        raise BuildError("conflicting options: --restart and --rm (a container that is removed "
+                         "when it exits cannot be restarted)")
     if opts.workdir is not None and not opts.workdir.startswith("/"):
         raise BuildError(f"the working directory {opts.workdir!r} is invalid: it must be an absolute path")
-    ensure_image(store, opts.image, opts.pull, opts.insecure_registries, progress)
-    desc, manifest = store.image_manifest(opts.image)
+    platform = None
+    if opts.platform:
+        from registry.platform import parse_platform
+        from ..engine.emulation import check_emulation
+        try:
+            platform = parse_platform(opts.platform)
+        except RegistryError as exc:
+            raise BuildError(f"--platform {opts.platform}: {exc}") from None
+        check_emulation(platform, f"--platform {opts.platform}")
+    ensure_image(store, opts.image, opts.pull, opts.insecure_registries, progress, platform)
+    desc, manifest = store.image_manifest(opts.image, platform)
     cfg = store.get_config(manifest.config.digest)
     if len(cfg.diff_ids) != len(manifest.layers):
         raise BuildError(f"image {opts.image}: its config lists {len(cfg.diff_ids)} layers but its "
@@ -507,6 +547,7 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
             auto_remove=opts.auto_remove, diff_ids=list(cfg.diff_ids), ports=ports, tty=opts.tty,
             network_backend=backend, dns=dns, extra_hosts=extra_hosts,
             init=opts.init, anon_volumes=_anonymous_volumes(root, c_cfg.volumes, volumes),
+            restart_policy=restart_policy, restart_max=restart_max,
             healthcheck=config_of(c_cfg.healthcheck, opts.health_cmd, opts.health_interval, opts.health_timeout,
                                   opts.health_retries, opts.health_start_period, opts.no_healthcheck),
             root=root)
@@ -520,6 +561,32 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
         shutil.rmtree(cdir, ignore_errors=True)
         raise
     return c
+
+
+RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
+
+
+def parse_restart(text: str) -> tuple[str, int]:
+    """``--restart`` as Docker takes it: (policy, at most this many restarts, 0 for no limit)."""
+    name, colon, count = text.partition(":")
+    if name not in RESTART_POLICIES or (colon and name != "on-failure"):
+        raise BuildError(f"--restart {text!r}: use no, always, unless-stopped or on-failure[:MAX_RETRIES]")
+    if not colon:
+        return name, 0
+    if not count.isdigit():
+        raise BuildError(f"--restart {text!r}: the maximum retry count must be a whole number")
+    return name, int(count)
+
+
+def restart_wanted(c: Container, code: int) -> bool:
+    """Whether the container's policy restarts it after it exited with ``code``: not once `stop`
+    or `rm` asked it to end (as Docker: a stopped container stays stopped); ``unless-stopped``
+    is ``always`` here, since pybuild has no daemon whose restart would tell them apart."""
+    if c.restart_policy == "no" or (c.dir / "stopping").exists():
+        return False
+    if c.restart_policy == "on-failure":
+        return code != 0 and (not c.restart_max or c.state.restart_count < c.restart_max)
+    return True
 
 
 def init_binary() -> str:
@@ -903,7 +970,7 @@ def kill_container(c: Container, supervisor_pid: int) -> bool:
 
 def _runc_kill(c: Container, sig: int) -> bool:
     """Signal the first process of a conmon-run container through runc (its state knows it)."""
-    return subprocess.run(["runc", "kill", c.state.runtime_id, str(int(sig))],
+    return subprocess.run([*runc_argv(), "kill", c.state.runtime_id, str(int(sig))],
                           capture_output=True).returncode == 0
 
 
@@ -976,7 +1043,13 @@ def stop(c: Container, timeout: int | None = None, sig: str | None = None) -> bo
     """Stop a running container: its StopSignal (or ``sig``), then SIGKILL after ``timeout`` s.
 
     Returns False if it was not running. Waits until the supervisor has recorded the exit.
+    A stopped container stays stopped, whatever its restart policy.
     """
+    if c.state.monitor == "conmon":
+        (c.dir / "stopping").touch()                # before the signal: no restart after this exit
+        c.state = ContainerState(**(_read_state(c) or asdict(c.state)))
+        if c.state.status == "restarting":
+            _end_restarting(c)
     if not c.running:
         if c.state.monitor == "conmon" and c.state.status == "running":
             finish_monitored(c)          # exited (or its conmon died): record and clean up
@@ -1087,15 +1160,29 @@ def supervise(c: Container) -> int:
 # `pybuild container-cleanup ID` (:func:`finish_monitored`), which records the exit code,
 # deletes runc's container, releases the network and stubs, unmounts the overlay and removes
 # the container if it was run with --rm. `stop`, `wait`, `rm`, `ps` finish the job themselves
-# (under a lock) if that exit command has not run yet, or if conmon was killed.
+# (under a lock) if that exit command has not run yet, or if conmon was killed. A container
+# whose --restart policy wants it again is restarted by that exit command alone: it releases
+# the runtime, keeps the overlay, waits the delay and launches a new conmon (:func:`_restart`).
+
+# What conmon and its exit command (`pybuild container-cleanup`) need from our environment: where
+# programs are (runc, umount, nft, ip), where runc keeps its state when not root
+# (XDG_RUNTIME_DIR: every runc call must agree), how this interpreter finds this package and
+# caches its byte code, and the pybuild settings that name state the cleanup must find again.
+# Nothing else: conmon holds its environment for the container's whole life, and ours may carry
+# registry or signing passwords (PYBUILD_REGISTRY_*_PASSWORD, COSIGN_PASSWORD) and whatever
+# `-e K` read.
+_CONMON_ENV_KEEP = ("PATH", "HOME", "TMPDIR", "XDG_RUNTIME_DIR",
+                    "PYTHONHOME", "PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE",
+                    "PYBUILD_BRIDGE_STATE", "PYBUILD_CONTAINER_NETWORK", "PYBUILD_SECCOMP_PROFILE")
+
 
 def _conmon_env() -> dict[str, str]:
-    """conmon's environment (its exit command inherits it): ours, with this package importable."""
-    env = dict(os.environ)
-    pkg_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.pop("_OCI_SYNCPIPE", None)
-    env.pop("_OCI_STARTPIPE", None)
+    """conmon's environment, which its exit command inherits: the few variables of
+    ``_CONMON_ENV_KEEP`` that are set, and PYTHONPATH making this very package importable."""
+    env = {k: os.environ[k] for k in _CONMON_ENV_KEEP if k in os.environ}
+    env.setdefault("PATH", DEFAULT_PATH)
+    paths = [str(Path(__file__).resolve().parents[2])] + os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
     return env
 
 
@@ -1118,9 +1205,17 @@ def start_monitored(c: Container) -> None:
         # supervisor that stays can do that.
         snap.cleanup()
         raise BuildError("the kernel refused the overlay mount: detached containers need overlayfs")
-    log = _Log(c.dir / "log.jsonl")
     c.state = ContainerState(status="running", pid=os.getpid(), started=_now())
     save_state(c)
+    _launch_monitored(c, snap, view)
+
+
+def _launch_monitored(c: Container, snap: Snapshot, view: RootView) -> None:
+    """Prepare the bundle of ``c`` on its mounted snapshot, start conmon and the container (and
+    its health loop); on failure record exit 125 and release everything (then raise)."""
+    root = c.root
+    log = _Log(c.dir / "log.jsonl")
+    restarts = c.state.restart_count, c.state.restart_delay
     bundle: Path | None = None
     try:
         spec = _prepare_spec(c, snap, view, log)
@@ -1140,6 +1235,7 @@ def start_monitored(c: Container) -> None:
         exit_args = ["-m", "builder", "--root", str(root), "container-cleanup", c.id]
         cmd = ["conmon", "--api-version", "1", "-c", rid, "-u", rid, "-n", c.name,
                "-r", shutil.which("runc") or "runc", "-b", str(bundle),
+               *[a for x in runc_argv()[1:] for a in ("--runtime-arg", x)],
                "-p", str(bundle / "pidfile"), "-P", str(c.dir / "conmon.pid"),
                "-l", f"k8s-file:{c.dir / 'ctr.log'}", "--exit-dir", str(c.dir / "exits"),
                "-0", str(c.dir), "--socket-dir-path", str(c.dir / "sock"), "--log-level", "error",
@@ -1180,15 +1276,17 @@ def start_monitored(c: Container) -> None:
         except (OSError, ValueError):
             raise BuildError("conmon started the container but wrote no pid file") from None
         c.state = ContainerState(status="running", pid=monitor, started=_now(), monitor="conmon",
-                                 runtime_id=rid, bundle=str(bundle))
+                                 runtime_id=rid, bundle=str(bundle), restart_count=restarts[0],
+                                 restart_delay=restarts[1])
         save_state(c)
-        r2 = subprocess.run(["runc", "start", rid], capture_output=True, text=True)
+        r2 = subprocess.run([*runc_argv(), "start", rid], capture_output=True, text=True)
         if r2.returncode != 0:
             _runc_kill(c, signal.SIGKILL)
             raise BuildError(f"runc could not start the container: {r2.stderr.strip()}")
         if c.healthcheck:
             from .health import start_loop
-            start_loop(c.dir / "health", rid, exec_process(bundle, c.healthcheck["test"]), c.healthcheck)
+            start_loop(c.dir / "health", rid, exec_process(bundle, c.healthcheck["test"]), c.healthcheck,
+                       env={k: v for k, v in env.items() if not k.startswith("_OCI_")})
         log.close()
     except BaseException as exc:
         if isinstance(exc, BuildError):
@@ -1196,7 +1294,7 @@ def start_monitored(c: Container) -> None:
             c.state.error = str(exc)
         log.close()
         if c.state.runtime_id:
-            subprocess.run(["runc", "delete", "--force", c.state.runtime_id], capture_output=True)
+            subprocess.run([*runc_argv(), "delete", "--force", c.state.runtime_id], capture_output=True)
         if bundle is not None:
             release_bundle(bundle)
         _finish(c, snap, view, 125)
@@ -1228,14 +1326,23 @@ class _Lock:
         os.close(self.fd)
 
 
-def finish_monitored(c: Container, auto_remove: bool = True) -> None:
+# How long a container may sit exited with its exit code recorded, waiting for conmon's exit
+# command to restart it, before another caller (`wait`, `ps`...) takes the exit as final.
+_EXIT_COMMAND_GRACE = 60.0
+
+
+def finish_monitored(c: Container, auto_remove: bool = True, exit_command: bool = False) -> None:
     """Record the exit of a conmon-run container and release what it held (idempotent: the
     exit command, `stop`, `wait` and `rm` may all get here). A container still running when
-    its conmon is gone (conmon was killed) is killed first."""
+    its conmon is gone (conmon was killed) is killed first.
+
+    A container whose restart policy wants it again (:func:`restart_wanted`) is restarted by
+    conmon's exit command only (``exit_command``; the others leave it to that one)."""
     try:
         lock = _Lock(c.dir / "cleanup.lock")
     except FileNotFoundError:
         return                                      # removed meanwhile
+    restart = False
     with lock:
         st = _read_state(c)
         if not st or st.get("status") != "running" or st.get("monitor") != "conmon":
@@ -1246,16 +1353,93 @@ def finish_monitored(c: Container, auto_remove: bool = True) -> None:
         if _alive(c.state.pid) and monitor_exit_code(c) is None:
             return                                  # still running
         code = monitor_exit_code(c)
+        restart = code is not None and restart_wanted(c, code)
+        if restart and not exit_command and _exit_age(c) < _EXIT_COMMAND_GRACE:
+            return                                  # the exit command restarts it
         if c.healthcheck:
             from .health import stop_loop
             stop_loop(c.dir / "health")
-        subprocess.run(["runc", "delete", "--force", c.state.runtime_id], capture_output=True)
+        subprocess.run([*runc_argv(), "delete", "--force", c.state.runtime_id], capture_output=True)
         if c.state.bundle:
             release_bundle(Path(c.state.bundle))
         release_networks(c.dir / "run")
-        _finish_recorded(c, code if code is not None else 137)
-    if auto_remove and c.auto_remove:
+        if restart and exit_command:
+            _await_restart(c, code)
+        else:
+            restart = False
+            _finish_recorded(c, code if code is not None else 137)
+    if restart:
+        _restart(c)
+    elif auto_remove and c.auto_remove:
         remove(c)
+
+
+def _exit_age(c: Container) -> float:
+    try:
+        return time.time() - (c.dir / "exits" / c.state.runtime_id).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _await_restart(c: Container, code: int) -> None:
+    """Record that ``c`` exited with ``code`` and is to be restarted by this process after
+    Docker's delay: 100 ms, doubled at each restart, at most a minute, back to 100 ms once a run
+    lasted 10 s."""
+    ran = time.time() - _parse_time(c.state.started)
+    delay = 0.1 if ran >= 10 or not c.state.restart_delay else min(c.state.restart_delay * 2, 60.0)
+    (c.dir / "exits" / c.state.runtime_id).unlink(missing_ok=True)
+    c.state = ContainerState(status="restarting", pid=os.getpid(), exit_code=code, started=c.state.started,
+                             finished=_now(), monitor="conmon", runtime_id=c.state.runtime_id,
+                             restart_count=c.state.restart_count + 1, restart_delay=delay)
+    save_state(c)
+
+
+def _restart(c: Container) -> None:
+    """Start ``c`` again on its own writable layer (still mounted) after its delay, unless
+    `stop` or `rm` asked it to end meanwhile (they wait for this process to record that)."""
+    deadline = time.monotonic() + c.state.restart_delay
+    while time.monotonic() < deadline and not (c.dir / "stopping").exists():
+        time.sleep(0.05)
+    try:
+        lock = _Lock(c.dir / "cleanup.lock")
+    except FileNotFoundError:
+        return
+    with lock:
+        st = _read_state(c)
+        if st.get("status") != "restarting" or st.get("pid") != os.getpid():
+            return
+        c.state = ContainerState(**st)
+        if (c.dir / "stopping").exists():
+            _finish_recorded(c, c.state.exit_code if c.state.exit_code is not None else 137)
+            return
+        if c.healthcheck:
+            for name in ("results", "output"):      # a new run starts healthy-less, as Docker's
+                (c.dir / "health" / name).unlink(missing_ok=True)
+        snap_base = Root(c.root).snapshots / c.snapshot
+        snap = Snapshot(merged=snap_base / "merged", upper=snap_base / "upper", work=snap_base / "work",
+                        base=snap_base, mounted=_is_mounted(snap_base / "merged"))
+        view = RootView([LayerDirs(c.root).path(d) for d in c.diff_ids])
+        try:
+            _launch_monitored(c, snap, view)
+        except BuildError:
+            pass                                    # recorded: exited (125) with the error
+
+
+def _end_restarting(c: Container, timeout: float = 30) -> None:
+    """Ask a container waiting to be restarted to stay stopped, and wait until its restarting
+    process has recorded the exit (or started it again just before: then it is running)."""
+    (c.dir / "stopping").touch()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = _read_state(c)
+        if st.get("status") != "restarting" or not _alive(st.get("pid", 0)):
+            break
+        time.sleep(0.05)
+    st = _read_state(c)
+    if st:
+        c.state = ContainerState(**st)
+    if c.state.status == "restarting":              # its restarting process died
+        _finish_recorded(c, c.state.exit_code if c.state.exit_code is not None else 137)
 
 
 def _finish_recorded(c: Container, code: int) -> None:
@@ -1309,7 +1493,7 @@ def exec_in(c: Container, args: list[str], env: list[str] | None = None, user: s
     spec_file = bundle.parent / f".exec-{os.getpid()}-{os.urandom(4).hex()}.json"
     spec_file.write_text(json.dumps(proc))
     try:
-        cmd = ["runc", "exec", "--process", str(spec_file)] + (["--tty"] if tty else []) + [rid]
+        cmd = [*runc_argv(), "exec", "--process", str(spec_file)] + (["--tty"] if tty else []) + [rid]
         p = subprocess.Popen(cmd, stdin=None if (interactive or tty) else subprocess.DEVNULL)
         old = {s: signal.signal(s, lambda n, _f: p.send_signal(n))
                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
@@ -1327,7 +1511,7 @@ def _runtime_of(c: Container) -> tuple[str, Path]:
     """runc's id and bundle of the running container (conmon-run, or a foreground/supervised one)."""
     if c.state.monitor == "conmon":
         return c.state.runtime_id, Path(c.state.bundle)
-    r = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
+    r = subprocess.run([*runc_argv(), "list", "--format", "json"], capture_output=True, text=True)
     prefix = str(c.dir / "run") + os.sep
     for e in json.loads(r.stdout or "null") or []:
         if str(e.get("bundle", "")).startswith(prefix) and e.get("status") == "running":
@@ -1356,8 +1540,10 @@ def inspect_doc(c: Container) -> dict:
     running = c.running
     st = c.state
     h = c.health() if running else None
-    state = {"Status": ("running" if running else "exited" if st.status != "created" else "created"),
-             "Running": running, "Pid": st.pid if running else 0,
+    restarting = c.restarting
+    state = {"Status": ("running" if running else "restarting" if restarting
+                        else "exited" if st.status != "created" else "created"),
+             "Running": running, "Restarting": restarting, "Pid": st.pid if running else 0,
              "ExitCode": st.exit_code if st.exit_code is not None else (monitor_exit_code(c) or 0),
              "StartedAt": st.started, "FinishedAt": st.finished, "Error": st.error}
     if h is not None:
@@ -1371,6 +1557,7 @@ def inspect_doc(c: Container) -> dict:
     return {
         "Id": c.id, "Name": c.name, "Created": c.created, "Image": c.config_digest, "ImageName": c.image,
         "Path": c.args[0] if c.args else "", "Args": c.args[1:], "State": state,
+        "RestartCount": st.restart_count,
         "Config": {"Hostname": c.hostname, "User": c.user, "Env": c.env, "Entrypoint": c.entrypoint,
                    "Cmd": c.cmd, "WorkingDir": c.workdir, "StopSignal": c.stop_signal, "Tty": c.tty,
                    **({"Healthcheck": {"Test": c.healthcheck["test"], "Interval": c.healthcheck["interval"],
@@ -1382,6 +1569,7 @@ def inspect_doc(c: Container) -> dict:
                   {"Type": "volume", "Name": v["name"], "Source": str(Root(c.root).volumes / v["name"] / "_data"),
                    "Destination": v["target"], "RW": True} for v in c.anon_volumes],
         "HostConfig": {"NetworkMode": c.network, "AutoRemove": c.auto_remove, "Init": c.init,
+                       "RestartPolicy": {"Name": c.restart_policy, "MaximumRetryCount": c.restart_max},
                        "Dns": c.dns, "ExtraHosts": [f"{n}:{a}" for n, a in c.extra_hosts]},
         "NetworkSettings": {"Backend": c.network_backend if c.network == "default" else c.network,
                             "Ports": ports},
@@ -1431,7 +1619,7 @@ def _kill_orphans(c: Container) -> None:
     """Kill and delete runc containers whose bundle is this container's (supervisor gone)."""
     if not runtime_available():
         return
-    r = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
+    r = subprocess.run([*runc_argv(), "list", "--format", "json"], capture_output=True, text=True)
     try:
         entries = json.loads(r.stdout or "null") or []
     except ValueError:
@@ -1439,12 +1627,12 @@ def _kill_orphans(c: Container) -> None:
     prefix = str(c.dir / "run") + os.sep
     for e in entries:
         if str(e.get("bundle", "")).startswith(prefix):
-            subprocess.run(["runc", "kill", e["id"], "KILL"], capture_output=True)
+            subprocess.run([*runc_argv(), "kill", e["id"], "KILL"], capture_output=True)
             # A loaded machine can still be reaping the init process when delete runs, and
             # runc then refuses; retry until runc no longer knows the container.
             deadline = time.monotonic() + 10
-            while subprocess.run(["runc", "delete", "--force", e["id"]], capture_output=True).returncode:
-                if subprocess.run(["runc", "state", e["id"]], capture_output=True).returncode:
+            while subprocess.run([*runc_argv(), "delete", "--force", e["id"]], capture_output=True).returncode:
+                if subprocess.run([*runc_argv(), "state", e["id"]], capture_output=True).returncode:
                     break                                    # gone after all
                 if time.monotonic() > deadline:
                     raise BuildError(f"container {c.name}: runc could not delete {e['id']}; "
@@ -1456,12 +1644,16 @@ def dead_containers(root: Path) -> list[Container]:
     """Containers recorded as running whose supervising process (pybuild in the foreground, or
     conmon) is gone without cleaning up: their runc container and network may be left."""
     return [c for c in list_containers(root, all=True)
-            if c.state.status == "running" and not c.running and c.state.pid != os.getpid()]
+            if c.state.status in ("running", "restarting") and not c.running and not _alive(c.state.pid)
+            and c.state.pid != os.getpid()]
 
 
 def reap(c: Container) -> None:
     """Release what a dead container holds (its runc container, network, stubs, mount) and
     record it as exited; the record itself stays until `rm`."""
+    if c.state.status == "restarting":
+        _end_restarting(c)
+        return
     if c.state.monitor == "conmon":
         finish_monitored(c, auto_remove=False)
         return
@@ -1475,6 +1667,13 @@ def reap(c: Container) -> None:
 def remove(c: Container, force: bool = False, volumes: bool = False) -> None:
     """Delete the container: its writable layer, logs and record (``force`` kills it first);
     its anonymous volumes too with ``volumes`` or when it was run with ``--rm``, as Docker does."""
+    if c.restarting and not force:
+        raise BuildError(f"container {c.name} is restarting: stop it (`pybuild stop {c.name}`) "
+                         "or use `pybuild rm -f`")
+    if c.state.monitor == "conmon" and c.state.status in ("running", "restarting") and force:
+        (c.dir / "stopping").touch()
+        if c.state.status == "restarting":
+            _end_restarting(c)
     if c.running:
         if not force:
             raise BuildError(f"container {c.name} is running: stop it (`pybuild stop {c.name}`) "
@@ -1532,11 +1731,7 @@ def diff(c: Container) -> list[tuple[str, str]]:
                 continue
             out.append(("C" if below is not None else "A", path))
             if stat.S_ISDIR(st.st_mode) and below is not None and stat.S_ISDIR(below[1].st_mode):
-                try:
-                    opaque = os.getxattr(host, OPAQUE_XATTR) == b"y"
-                except OSError:
-                    opaque = False
-                if opaque:            # everything the image had below is gone
+                if is_opaque(host):   # everything the image had below is gone
                     kept = set(os.listdir(host))
                     out += [("D", posixpath.join(path, n)) for n in view.listdir(path) if n not in kept]
     if c.running:

@@ -2,8 +2,10 @@
 (`COPY --from`), as current BuildKit resolves wildcards:
 
 - each path segment is matched with Go's filepath.Match syntax: `*`, `?`, `[...]`, `[^...]`
-  (Go spells negation `^`; `[!x]` is a class holding `!` and `x`), and `\\` escapes, so `n\\?pe`
-  names `n?pe` literally;
+  (Go spells negation `^`; `[!x]` is a class holding `!` and `x`), and `\\` escapes, so the
+  pattern `n\\?pe` names `n?pe` literally. The pattern is the source after the Dockerfile's
+  word expansion, which consumes one escape level as BuildKit's lexer does: `COPY n\\?pe` is
+  the wildcard `n?pe`, `COPY n\\\\?pe` (or `n[?]pe`) the literal;
 - with `--parents`, a segment that is exactly `**` matches any number of directories (zero
   included): BuildKit turns such a source into an include pattern (patternmatcher, which has
   `**`); without it BuildKit resolves the wildcard with Go's filepath.Match over the path

@@ -34,7 +34,7 @@ from .outputs import (OutputSpec, export_docker, export_oci, export_rootfs, pars
 from .plan import make_plan
 from ..progress import Progress
 from ..root import Root
-from .stage import BuildStep, Services, StageBuilder
+from .stage import BuildStep, KeyLocks, Services, StageBuilder
 
 
 @dataclass
@@ -185,9 +185,14 @@ class _ImageLoader:
         self.progress = progress
         self._lock = threading.Lock()
         self._pulled: set[str] = set()
-        self.resolved: dict[str, str] = {}      # base ref -> manifest digest (provenance materials)
+        # Provenance materials, per platform being built: (base ref, platform it was resolved
+        # for) -> manifest digest (a FROM --platform=$BUILDPLATFORM stage resolves for the host).
+        self.resolved: dict[str, dict[tuple[str, str], str]] = {}
 
-    def __call__(self, ref: str, pull: bool, platform: Platform | None = None) -> StageState:
+    def __call__(self, ref: str, pull: bool, platform: Platform | None = None,
+                 building: Platform | None = None) -> StageState:
+        """The stage state of base image ``ref`` for ``platform``, for the image of platform
+        ``building`` (default: ``platform``)."""
         platform = platform or self.platform
         with self._lock:
             key = (ref, str(platform))
@@ -214,7 +219,7 @@ class _ImageLoader:
             except NotFoundError as exc:
                 raise BuildError(f"base image {ref}: {exc}") from None
             cfg = self.store.get_config(manifest.config.digest)
-            self.resolved[ref] = desc.digest
+            self.resolved.setdefault(str(building or platform), {})[(ref, str(platform))] = desc.digest
         plat = cfg.os + "/" + cfg.architecture
         if cfg.variant:
             plat += "/" + cfg.variant
@@ -332,12 +337,13 @@ def build(opts: BuildOptions) -> BuildResult:
         load_remotes(cache, progress)
         loader = _ImageLoader(store, platforms[0], progress, opts.insecure_registries)
         runs: list[_PlatformRun] = []
+        key_locks = KeyLocks()
         for p, pl in zip(platforms, plans):
             svc = Services(plan=pl, executor=executor, layers=layers, cache=cache,
                            progress=progress, context=context, platform=p, no_cache=opts.no_cache,
                            pull=opts.pull, network=opts.network, secrets=secrets,
-                           load_image=lambda ref, pull, plat=None, p=p: loader(ref, pull, plat or p),
-                           escape=df.escape_token)
+                           load_image=lambda ref, pull, plat=None, p=p: loader(ref, pull, plat or p, p),
+                           escape=df.escape_token, label_platform=multi, key_locks=key_locks)
             runs.append(_PlatformRun(p, pl, svc, StageBuilder(svc)))
         t_start = time.monotonic()
         t_wall = time.time()
@@ -354,23 +360,25 @@ def build(opts: BuildOptions) -> BuildResult:
                 r.manifest, r.config, r.image_config = executor.commit_image(r.final)
                 if docker_types:
                     r.manifest = mp.as_docker(store, r.manifest)
-            if multi:
+            # Attestations (issue 17): per platform image an attestation manifest, listed after the
+            # images in the index (a single-platform build gets an index of the two). A Docker manifest
+            # list cannot hold the OCI attestation manifest (registries refuse it).
+            atts = None
+            if attest.any and not docker_types:
+                from ..attest import attest_platform
+                atts = [attest_platform(store, layers, r.final, r.manifest, r.image_config, attest, opts,
+                                        dockerfile_name=Path(filename).name, dockerfile_text=text,
+                                        bases=loader.resolved.get(str(r.platform), {}), secret_ids=secrets.keys(),
+                                        steps=[{"stage": st.stage, "instruction": st.instruction,
+                                                "cached": st.cached, "layer": st.layer_digest} for st in r.svc.steps],
+                                        builder_platform=str(host_platform()), started=t_wall,
+                                        source_date_epoch=sde)
+                        for r in runs]
+            if multi or atts:
                 top = mp.write_index(store, [(r.manifest, r.image_config.to_dict()) for r in runs],
-                                     docker=docker_types)
+                                     docker=docker_types, attestations=atts)
             else:
                 top = runs[0].manifest
-                # Attestations (issue 17): an index of the image and its attestation manifest. A
-                # Docker manifest list cannot hold the OCI attestation manifest (registries refuse it).
-                if attest.any and not docker_types:
-                    from ..attest import attach_build
-                    r = runs[0]
-                    top = attach_build(store, layers, r.final, r.manifest, r.image_config, attest, opts,
-                                       dockerfile_name=Path(filename).name, dockerfile_text=text,
-                                       bases=loader.resolved, secret_ids=secrets.keys(),
-                                       steps=[{"stage": st.stage, "instruction": st.instruction, "cached": st.cached,
-                                               "layer": st.layer_digest} for st in r.svc.steps],
-                                       builder_platform=str(host_platform()), started=t_wall,
-                                       source_date_epoch=sde)
             sync_gc_root(store, root)
             pushed = _outputs(store, root, layers, runs, top, opts, output_specs, sde,
                               image=None if multi else runs[0].manifest, signer=signer)

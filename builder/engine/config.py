@@ -193,8 +193,8 @@ def fill_history_times(history: list[History]) -> tuple[list[History], str | Non
     return out, last
 
 
-def finalize(cfg: ImageConfig, created: str) -> ImageConfig:
-    """Stamp the creation time; an empty ONBUILD list is left out, as Docker serializes it."""
+def finalize(cfg: ImageConfig, created: str | None) -> ImageConfig:
+    """Stamp the creation time (None: none); an empty ONBUILD list is left out, as Docker serializes it."""
     if cfg.config.on_build == []:
         cfg = mutate.with_container_config(cfg, replace(cfg.config, on_build=None))
     return mutate.with_created(cfg, created)

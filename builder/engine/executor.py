@@ -198,7 +198,7 @@ class Executor:
                     env = env + ["HOME=" + (user.home if user.home != "/" or user.uid else "/root")]
                 spec = RunSpec(args=argv, rootfs=snap.merged, env=env + extra_env, cwd=cwd,
                                uid=user.uid, gid=user.gid, additional_gids=user.additional_gids,
-                               mounts=sb_mounts, network=network)
+                               mounts=sb_mounts, network=network, keep_runtime_dirs=True)
                 # The bundle's config.json carries the environment, env secrets included:
                 # such a step keeps its bundle in memory, off the store's disk.
                 has_secret = any(m.type == "secret" and m.secret_data is not None for m in mounts)
@@ -386,8 +386,13 @@ class Executor:
         """Write the stage's config and manifest to the store (the one serialization of the
         config in a build); returns (manifest, config descriptor, the final config)."""
         history, created = cfgmod.fill_history_times(state.config.history)
-        if self.source_date_epoch is not None or created is None:
+        # No step made a layer and none is timed (FROM scratch with only ENV/LABEL...): like
+        # BuildKit's exporter, the image gets no creation time rather than the current one, so
+        # the same Dockerfile gives the same image ID on every build.
+        if self.source_date_epoch is not None:
             created = self.now()
+        elif created is None:
+            created = state.config.created      # the base's, if it has one and no history times
         image_config = cfgmod.finalize(replace(state.config, history=history), created)
         data = image_config.to_bytes()
         config_desc = self.store.put_blob(data, mt.OCI_CONFIG)

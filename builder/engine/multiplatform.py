@@ -68,17 +68,25 @@ def as_docker(store: Store, manifest: Descriptor) -> Descriptor:
     return store.put_manifest(Manifest(config=cfg, layers=layers, media_type=mt.DOCKER_MANIFEST))
 
 
-def write_index(store: Store, children: list[tuple[Descriptor, dict]], docker: bool = False) -> Descriptor:
+def write_index(store: Store, children: list[tuple[Descriptor, dict]], docker: bool = False,
+                attestations: list[Descriptor] | None = None) -> Descriptor:
     """The index (Docker manifest list when ``docker``) over (manifest, config) pairs, each
-    entry's platform taken from its config, as buildah and BuildKit write it."""
-    entries = []
-    for desc, cfg in children:
+    entry's platform taken from its config, as buildah and BuildKit write it; with
+    ``attestations`` (one attestation manifest per child, OCI only) their entries follow the
+    images, as BuildKit's."""
+    plats = []
+    for _desc, cfg in children:
         plat = {"architecture": cfg.get("architecture", ""), "os": cfg.get("os", "")}
-        if cfg.get("variant"):
-            plat["variant"] = cfg["variant"]
-        entries.append(Descriptor(desc.media_type, desc.digest, desc.size, platform=Platform.from_dict(plat)))
-    index = Index(manifests=entries, media_type=mt.DOCKER_MANIFEST_LIST if docker else mt.OCI_INDEX)
-    return store.put_manifest(index)
+        for k in ("variant", "os.version", "os.features"):
+            if cfg.get(k):
+                plat[k] = cfg[k]
+        plats.append(Platform.from_dict(plat))
+    if not docker:
+        from ..attest.attach import image_index
+        atts = attestations or [None] * len(children)
+        return image_index(store, [(d, p, a) for (d, _c), p, a in zip(children, plats, atts)])
+    entries = [Descriptor(desc.media_type, desc.digest, desc.size, platform=p) for (desc, _c), p in zip(children, plats)]
+    return store.put_manifest(Index(manifests=entries, media_type=mt.DOCKER_MANIFEST_LIST))
 
 
 def refuse_docker_output(platforms: list[Platform]) -> None:

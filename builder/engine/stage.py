@@ -87,8 +87,22 @@ class Services:
     secrets: dict[str, bytes] = field(default_factory=dict)
     load_image: Callable[[str, bool], StageState] | None = None
     escape: str = "\\"
+    label_platform: bool = False            # a multi-platform build: progress names the platform
+    key_locks: "KeyLocks" = field(default_factory=lambda: KeyLocks())   # shared by a build's platforms
     steps: list[BuildStep] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)   # set when interrupted
+
+
+class KeyLocks:
+    """One lock per cache key, shared by the platform runs of a build (see StageBuilder._run)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, threading.Lock] = {}
+        self._mutex = threading.Lock()
+
+    def __call__(self, key: str) -> threading.Lock:
+        with self._mutex:
+            return self._locks.setdefault(key, threading.Lock())
 
 
 class StageBuilder:
@@ -111,19 +125,6 @@ class StageBuilder:
             return expand_word(word, env, self.svc.escape)
         except DockerfileError as exc:
             raise self._error(inst, exc.message) from None
-
-    def _expand_source(self, word: str, env: dict[str, str], inst: I.Instruction) -> str:
-        """A COPY/ADD source: expanded, but `\\?`, `\\*` and `\\[` keep their backslash so the
-        glob matches the character literally (current BuildKit: `COPY n\\?pe/f` names `n?pe`)."""
-        if self.svc.escape != "\\" or "\\" not in word:
-            return self._expand(word, env, inst)
-        marks = {"?": "\ue000", "*": "\ue001", "[": "\ue002"}
-        for c, m in marks.items():
-            word = word.replace("\\" + c, m)
-        out = self._expand(word, env, inst)
-        for c, m in marks.items():
-            out = out.replace(m, "\\" + c)
-        return out
 
     def _expand_heredoc(self, body: str, env: dict[str, str], inst: I.Instruction) -> str:
         # Not _expand: a heredoc body keeps its quotes, and its escape character is always `\`.
@@ -210,10 +211,18 @@ class StageBuilder:
 
     def _label(self, ps: PlannedStage) -> str:
         """The stage as progress names it, as BuildKit does: its name, ``stage-N`` when
-        unnamed, nothing when the Dockerfile has a single stage."""
-        if len(self.svc.plan.dockerfile.stages) == 1:
-            return ""
-        return ps.stage.name or f"stage-{ps.index}"
+        unnamed, nothing when the Dockerfile has a single stage; after the target platform in a
+        multi-platform build (``[linux/arm64 build 2/3]``; a stage of another platform, such as
+        ``FROM --platform=$BUILDPLATFORM``, as ``[linux/amd64->arm64 build 2/3]``)."""
+        name = "" if len(self.svc.plan.dockerfile.stages) == 1 else ps.stage.name or f"stage-{ps.index}"
+        if not self.svc.label_platform:
+            return name
+        target = self.svc.platform
+        own = ps.platform or (str(self.platforms[ps.base_stage]) if ps.base_stage in self.platforms else "")
+        plat = str(target)
+        if own and own != plat:
+            plat = f"{own}->{target.architecture}" + (f"/{target.variant}" if target.variant else "")
+        return f"{plat} {name}".rstrip()
 
     def _from(self, ps: PlannedStage) -> tuple[StageState, ArgScope]:
         svc = self.svc
@@ -269,7 +278,7 @@ class StageBuilder:
         if isinstance(inst, (I.CopyCommand, I.AddCommand)):
             return self._copy(ps, state, scope, inst, step)
         if isinstance(inst, I.WorkdirCommand):
-            return self._workdir(state, x(inst.path), inst)
+            return self._workdir(ps, state, x(inst.path), inst)
         if isinstance(inst, I.ArgCommand):
             parts = []
             for a in inst.args:
@@ -350,6 +359,11 @@ class StageBuilder:
             self.svc.executor.warm_network()     # work starts: have it ready by the first RUN
         return rec
 
+    def _key_platform(self, ps: PlannedStage) -> str:
+        """The platform in a step's cache key: its stage's (what its RUN steps execute as), so a
+        FROM --platform=$BUILDPLATFORM stage has the same keys for every target platform."""
+        return str(self.platforms.get(ps.index, self.svc.platform))
+
     def _runs_on_private_network(self) -> bool:
         if self._private_runs is None:
             self._private_runs = any(
@@ -381,12 +395,13 @@ class StageBuilder:
                               state.name)
 
     # -- WORKDIR -------------------------------------------------------------------------------
-    def _workdir(self, state: StageState, path: str, inst: I.Instruction) -> tuple[bool, LayerRef | None]:
+    def _workdir(self, ps: PlannedStage, state: StageState, path: str,
+                 inst: I.Instruction) -> tuple[bool, LayerRef | None]:
         state.config = mutate.with_workdir(state.config, path)
         wd = state.config.config.working_dir
         created_by = "WORKDIR " + wd
         user = state.config.config.user
-        key = step_key(layers_content_id(state.layers), str(self.svc.platform), created_by, user=user)
+        key = step_key(layers_content_id(state.layers), self._key_platform(ps), created_by, user=user)
         if wd == "/":
             self._meta(state, created_by)
             return False, None
@@ -429,10 +444,20 @@ class StageBuilder:
         env = self._run_env(state, scope)
         keyed_env = [e for e in env if e.partition("=")[0] not in PROXY_ARGS]
         created_by = "RUN " + self._arg_prefix(scope) + " ".join(argv) + " # buildkit"
-        key = step_key(layers_content_id(state.layers), str(svc.platform), "RUN", argv=argv, env=keyed_env,
+        key = step_key(layers_content_id(state.layers), self._key_platform(ps), "RUN", argv=argv, env=keyed_env,
                        user=cfg.config.user, cwd=cfg.config.working_dir or "/",
                        network=network, mounts=[_mount_key(m, svc) for m in mounts],
                        scripts={k: v for k, v in script_files.items()})
+        # A RUN that two platforms share (a FROM --platform=$BUILDPLATFORM stage that uses no
+        # TARGET* argument: the same key) runs once; the other platform waits, then hits.
+        with svc.key_locks(key):
+            return self._run_keyed(ps, state, inst, step, key, argv, env, mounts, network, script_files,
+                                   created_by)
+
+    def _run_keyed(self, ps: PlannedStage, state: StageState, inst: I.RunCommand, step: Step, key: str,
+                   argv: list[str], env: list[str], mounts: list, network: str, script_files: dict[str, str],
+                   created_by: str) -> tuple[bool, LayerRef | None]:
+        svc = self.svc
         rec = self._cached(state, key, step)
         if rec is not None:
             return True, self._apply_cached(state, key, rec)
@@ -512,7 +537,10 @@ class StageBuilder:
         x = lambda w: self._expand(w, env, inst)   # noqa: E731
         is_add = isinstance(inst, I.AddCommand)
         what = "ADD" if is_add else "COPY"
-        srcs = [self._expand_source(s, env, inst) for s in inst.sources]
+        # As any word: current BuildKit runs COPY/ADD sources through its shell lexer (without
+        # RawEscapes), which consumes the escape character, so `n\?pe` is the wildcard `n?pe`
+        # (matching `nope` too); a literal `?` is `n\\?pe` or `n[?]pe` (the reference's `[[]`).
+        srcs = [self._expand(s, env, inst) for s in inst.sources]
         dest_raw = x(inst.dest)
         dest, dest_is_dir = resolve_dest(dest_raw, state.config.config.working_dir or "/")
         excludes = [x(e) for e in inst.excludes]
@@ -559,7 +587,7 @@ class StageBuilder:
             ([f"--from={from_}"] if from_ else []) + ([f"--chown={chown}"] if chown else []) +
             ([f"--chmod={inst.chmod}"] if inst.chmod else []) + srcs + [c.path for c in inst.source_contents]
             + [dest_raw]) + " # buildkit"
-        key = step_key(layers_content_id(state.layers), str(svc.platform), created_by, files=files,
+        key = step_key(layers_content_id(state.layers), self._key_platform(ps), created_by, files=files,
                        sources=src_key, dest=dest,
                        heredocs=heredocs, urls={u: d[2] for u, d in downloads.items()},
                        excludes=excludes, parents=parents, link=inst.link,

@@ -34,6 +34,8 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from registry.fsutil import in_initial_user_namespace
+
 from ..errors import BuildError
 
 BRIDGE = "pybuild0"
@@ -74,20 +76,11 @@ table ip {TABLE} {{
 """
 
 
-def _initial_user_ns() -> bool:
-    """True in the host's user namespace (uid 0 inside a rootless one cannot make bridges)."""
-    try:
-        # The initial namespace maps every id to itself; a rootless one maps a range.
-        return Path("/proc/self/uid_map").read_text().split() == ["0", "0", "4294967295"]
-    except OSError:
-        return False
-
-
 def available() -> bool:
     """True when the bridge can be used here: real root, with ip and nft installed, and
     PYBUILD_CONTAINER_NETWORK not asking for pasta."""
     return (os.geteuid() == 0 and os.environ.get("PYBUILD_CONTAINER_NETWORK", "") != "pasta"
-            and shutil.which("ip") is not None and shutil.which("nft") is not None and _initial_user_ns())
+            and shutil.which("ip") is not None and shutil.which("nft") is not None and in_initial_user_namespace())
 
 
 @dataclass

@@ -18,7 +18,7 @@ from registry.manifest import Descriptor
 from registry.store import Store
 
 from .rootview import RootView
-from .snapshot import OPAQUE_XATTR, LayerDirs
+from .snapshot import LayerDirs, is_opaque
 
 
 @dataclass
@@ -112,11 +112,8 @@ def prune_upper(upper: Path, lowers: RootView) -> None:
     for dirpath, dirnames, filenames in os.walk(upper, topdown=False):
         if dirpath == str(upper) or filenames or os.listdir(dirpath):
             continue
-        try:
-            if os.getxattr(dirpath, OPAQUE_XATTR) == b"y":
-                continue
-        except OSError:
-            pass
+        if is_opaque(dirpath):
+            continue
         rel = "/" + os.path.relpath(dirpath, upper)
         low = lowers.stat(rel, follow=False)
         if low is None or not stat.S_ISDIR(low[1].st_mode):

@@ -27,7 +27,7 @@ from typing import Iterator
 from registry import inroot
 
 from ..errors import BuildError
-from .snapshot import OPAQUE_XATTR
+from .snapshot import is_opaque
 
 MAX_SYMLINKS = 40
 
@@ -59,13 +59,6 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _is_opaque(host: str) -> bool:
-    try:
-        return os.getxattr(host, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
 def _join(rel: str, name: str) -> str:
     return rel + "/" + name if rel else name
 
@@ -89,7 +82,7 @@ def _merge(found: Iterator[tuple[str, str, os.stat_result]]) -> _Node | None:
         if top is None:
             top = _Node(layer, rel, st)
         dirs.append((layer, rel))
-        if _is_opaque(layer + "/" + rel):
+        if is_opaque(layer + "/" + rel):
             break
     if top is None:
         return None

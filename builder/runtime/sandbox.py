@@ -41,6 +41,7 @@ from registry.inroot import open_in_root, open_root, split_parent
 
 from ..errors import BuildError
 from .seccomp import oci_seccomp
+from .userns import nested, rootless, runc_argv
 
 HOSTNAME = "buildkitsandbox"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -125,6 +126,11 @@ class RunSpec:
     network_backend: str = "pasta"
     dns: list[str] = field(default_factory=list)            # --dns: resolvers instead of the host's
     extra_hosts: list[tuple[str, str]] = field(default_factory=list)   # --add-host (name, address)
+    # A build step keeps the /proc, /dev and /sys directories runc needs when the image lacks
+    # them, as BuildKit does (its MountStubsCleaner removes only the step's own mount points
+    # and /etc/hosts, /etc/resolv.conf; moby/buildkit#6686 is about those stub directories).
+    # A container (run, diff, commit) leaves no trace of them, as Docker's.
+    keep_runtime_dirs: bool = False
 
 
 OutputCallback = Callable[[str, bytes], None]   # (stream name "stdout"|"stderr", chunk)
@@ -141,7 +147,7 @@ def cancel_all() -> None:
         items = list(_live.values())
     for cid, proc in items:
         if cid:
-            subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
+            subprocess.run([*runc_argv(), "kill", cid, "KILL"], capture_output=True)
         try:
             proc.kill()
         except OSError:
@@ -179,6 +185,7 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
     """
     if cancel is not None and cancel.is_set():
         raise BuildError("interrupted: the command was not started")
+    spec = _in_container_network(spec)
     seccomp = _preflight(spec, isolation)
     root_fd = open_root(spec.rootfs)
     try:
@@ -237,6 +244,10 @@ def _preflight(spec: RunSpec, isolation: str) -> dict:
     if not spec.args:
         raise BuildError("nothing to run: the command is empty")
     check_isolation(isolation)
+    if os.geteuid() != 0:
+        raise BuildError("RUN steps and containers need root, or an ordinary user's pybuild inside its user "
+                         "namespace: the CLI enters it by itself; a Python program calls "
+                         "builder.runtime.userns.enter() first, before it starts any thread")
     if not runtime_available():
         raise BuildError("runc not found: RUN steps and containers run only under runc, which confines "
                          "them (install Debian's runc package)")
@@ -244,8 +255,62 @@ def _preflight(spec: RunSpec, isolation: str) -> dict:
         raise BuildError("pasta not found: the default network of a RUN step or container is a private "
                          "one through pasta (install Debian's passt package), or use --network host "
                          "(shares the host's network) or --network none")
+    if spec.network == "default" and spec.network_backend == "pasta" and rootless() \
+            and not os.access(TUN_DEVICE, os.R_OK | os.W_OK):
+        # Not a silent fall-back to the host's network: that would let the command reach the
+        # host's loopback services, which the private network keeps from it.
+        raise BuildError(f"rootless, the default private network needs {TUN_DEVICE} readable and writable by "
+                         "the user (pasta opens it; udev makes it 0666 on a stock system, it is "
+                         f"{_mode_of(TUN_DEVICE)} here): an administrator runs `chmod 0666 {TUN_DEVICE}`; "
+                         "or use --network host (the host's network, shared) or --network none")
     _check_runnable(spec, isolation)
+    if spec.ports and rootless():
+        _check_unprivileged_ports(spec.ports)
     return oci_seccomp(granted_caps(spec))
+
+
+_told_network = False
+
+
+def _in_container_network(spec: RunSpec) -> RunSpec:
+    """In an unprivileged container without /dev/net/tun (podman and Docker give none by
+    default), the default network is the container's own: pasta cannot run, and that network
+    namespace is already the container's alone. Said once per process."""
+    global _told_network
+    if spec.network != "default" or not nested() or os.access(TUN_DEVICE, os.R_OK | os.W_OK) or spec.ports:
+        return spec
+    if not _told_network:
+        _told_network = True
+        import sys
+        print(f"note: in an unprivileged container without {TUN_DEVICE}: RUN steps and containers use the "
+              "container's network (run the container with --device /dev/net/tun for a private one)",
+              file=sys.stderr)
+    return replace(spec, network="host")
+
+
+def _check_unprivileged_ports(ports: list[tuple[str, int, int, str]]) -> None:
+    """Rootless, pasta binds the host ports as the user: below net.ipv4.ip_unprivileged_port_start
+    the kernel refuses, which pasta reports only as 'Failed to bind any port'."""
+    try:
+        start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        start = 1024
+    low = sorted({hp for _ip, hp, _cp, _proto in ports if 0 < hp < start})
+    if low:
+        raise BuildError(f"rootless, host port{'s' if len(low) > 1 else ''} {', '.join(map(str, low))} cannot be "
+                         f"published: ports below {start} need root (net.ipv4.ip_unprivileged_port_start is "
+                         f"{start}); publish a higher host port (-p {max(start, 8080)}:{low[0]}) or ask an "
+                         "administrator to lower that setting")
+
+
+TUN_DEVICE = "/dev/net/tun"
+
+
+def _mode_of(path: str) -> str:
+    try:
+        return oct(stat.S_IMODE(os.stat(path).st_mode))[2:].rjust(4, "0")
+    except OSError as exc:
+        return f"missing ({exc.strerror})"
 
 
 def granted_caps(spec: RunSpec) -> list[str]:
@@ -270,9 +335,12 @@ class _Stub:
     parent_after: int | None = None     # ... once all stubs were made (set by _make_mountpoints)
 
 
+RUNTIME_DIRS = ("/proc", "/dev", "/sys")
+
+
 def _mount_points(spec: RunSpec) -> list[tuple[str, bool]]:
     """(destination, is a directory) of everything the runtime mounts in the rootfs."""
-    points = [("/proc", True), ("/dev", True), ("/sys", True), ("/etc/resolv.conf", False),
+    points = [*((d, True) for d in RUNTIME_DIRS), ("/etc/resolv.conf", False),
               ("/etc/hosts", False), ("/etc/hostname", False)]
     for m in spec.mounts:
         is_dir = True
@@ -312,6 +380,8 @@ def _make_mountpoints(root_fd: int, spec: RunSpec) -> list[_Stub]:
     except BaseException:
         _remove_stubs(root_fd, made)
         raise
+    if spec.keep_runtime_dirs:
+        made = [st for st in made if st.path not in RUNTIME_DIRS]
     # The parents' times once the stubs exist: a parent still at this time when the stubs go
     # was not touched by the command, and gets back its time from before (a RUN that touches
     # a directory makes a layer with it; the stubs alone do not).
@@ -768,6 +838,11 @@ def oci_config(spec: RunSpec, etc: dict[str, Path], netns: str | None = None,
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
          "options": ["nosuid", "noexec", "nodev"]},
+        # Rootless on the host's network the kernel refuses a new sysfs (the network namespace
+        # is not ours): the host's, bound read-only, as rootless podman does.
+        {"destination": "/sys", "type": "bind", "source": "/sys",
+         "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
+        if (spec.network == "host" and rootless()) or nested() else
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev", "ro"]},
     ]
@@ -776,7 +851,13 @@ def oci_config(spec: RunSpec, etc: dict[str, Path], netns: str | None = None,
                        "options": ["rbind", "rprivate", "rw"]})
     for m in spec.mounts:
         mounts.append(_oci_mount(m))
-    namespaces: list[dict] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    # In an unprivileged container the container's /proc is masked (over-mounted), so the
+    # kernel refuses a new procfs: the container's is bound in, and the command shares its pid
+    # namespace (and hostname), as buildah does there (SECURITY.md, section 4c).
+    namespaces: list[dict] = [{"type": t} for t in (("ipc", "mount") if nested() else ("pid", "ipc", "uts", "mount"))]
+    if nested():
+        mounts[0] = {"destination": "/proc", "type": "bind", "source": "/proc",
+                     "options": ["rbind", "nosuid", "noexec", "nodev"]}
     if spec.network == "none":
         namespaces.append({"type": "network"})
     elif spec.network == "default":
@@ -800,7 +881,7 @@ def oci_config(spec: RunSpec, etc: dict[str, Path], netns: str | None = None,
             "noNewPrivileges": True,
         },
         "root": {"path": str(spec.rootfs), "readonly": False},
-        "hostname": spec.hostname,
+        **({} if nested() else {"hostname": spec.hostname}),
         "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
@@ -891,7 +972,7 @@ def _run_oci(spec: RunSpec, bundle: Path, config: dict,
     config["process"]["terminal"] = bool(spec.terminal)
     (bundle / "config.json").write_text(json.dumps(config))
     cid = "pybuild-" + os.urandom(8).hex()   # not uuid: it imports `platform`, a start-up cost
-    cmd = ["runc", "run", "--bundle", str(bundle), cid]
+    cmd = [*runc_argv(), "run", "--bundle", str(bundle), cid]
     # With a terminal runc copies the pty to its stdout: a pipe too, so that the output reaches
     # the log (`logs` of a -t container) as well as the caller.
     pipe = subprocess.PIPE
@@ -901,18 +982,18 @@ def _run_oci(spec: RunSpec, bundle: Path, config: dict,
         _track(cid, proc)
         try:
             if cancel is not None and cancel.is_set():     # cancelled while starting
-                subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
+                subprocess.run([*runc_argv(), "kill", cid, "KILL"], capture_output=True)
             _pump(proc, output)
             return _exit_code(proc.wait())
         except BaseException:
-            subprocess.run(["runc", "kill", cid, "KILL"], capture_output=True)
+            subprocess.run([*runc_argv(), "kill", cid, "KILL"], capture_output=True)
             proc.kill()
             proc.wait()
             raise
         finally:
             _untrack(proc)
     finally:
-        subprocess.run(["runc", "delete", "--force", cid], capture_output=True)
+        subprocess.run([*runc_argv(), "delete", "--force", cid], capture_output=True)
 
 
 # --- bundles that outlive this process (detached containers under a monitor) -------------------
@@ -926,6 +1007,7 @@ def create_bundle(spec: RunSpec, state_dir: Path, isolation: str = "oci") -> Pat
     bundle directory under ``state_dir``, for a runtime started by another process (``runc
     create`` under conmon). What must be undone later is recorded in the bundle's
     ``pybuild-bundle.json``; :func:`release_bundle` undoes it, from any process."""
+    spec = _in_container_network(spec)
     seccomp = _preflight(spec, isolation)
     root_fd = open_root(spec.rootfs)
     try:

@@ -2,7 +2,10 @@
 
 Each image layer is extracted once (registry.tarsafe, checked against its diffID) into
 ``<root>/layers/<diffid hex>/`` in overlayfs's own format (OCI whiteouts become 0/0 character
-devices, opaque markers become the ``trusted.overlay.opaque`` xattr), so a stack of layers is just a list of lower directories.
+devices, opaque markers become the ``trusted.overlay.opaque`` xattr, or ``user.overlay.opaque``
+inside a user namespace: rootless, overlay is mounted with ``userxattr``), so a stack of layers
+is just a list of lower directories. A store holds one format (builder.runtime.userns records
+which in ``<root>/mode``): a lower directory marked the other way would silently not be opaque.
 A RUN step mounts ``lowerdirs + upper + work``; afterwards the upper directory *is* the change
 and can itself be adopted as the extracted directory of the new layer (no re-extraction).
 
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from registry.compression import open_decompressed
-from registry.fsutil import private_dir
+from registry.fsutil import in_initial_user_namespace, overlay_opaque_xattr, private_dir
 from registry.tarsafe import extract_tar
 
 from ..errors import BuildError
@@ -32,7 +35,7 @@ from ..root import Root
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
-OPAQUE_XATTR = "trusted.overlay.opaque"
+OPAQUE_XATTR = "trusted.overlay.opaque"      # as root; overlay_opaque_xattr() names this process's
 SHORT_ID = 12
 
 
@@ -142,6 +145,25 @@ def _apply_verified(blob: BinaryIO, dest: Path, diff_id: str) -> None:
                          f"{algorithm}:{got}): corrupt or forged image; pull it again from a source you trust")
 
 
+def is_opaque(path: str | os.PathLike) -> bool:
+    """True when the directory ``path`` (of an extracted layer or an upper dir) is opaque for
+    the overlay mounts of this process (the xattr of its mode: see overlay_opaque_xattr)."""
+    try:
+        return os.getxattr(path, overlay_opaque_xattr(), follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def overlay_options() -> str:
+    """Mount options after the directories: no index, no metacopy (an upper dir must hold
+    whole files: it becomes the layer), and the opaque/whiteout xattrs in the trusted.*
+    namespace as root, in user.* (``userxattr``) inside a user namespace. redirect_dir is off
+    by default with userxattr, which refuses it being named."""
+    if in_initial_user_namespace():
+        return ",index=off,metacopy=off,redirect_dir=off"
+    return ",userxattr,index=off,metacopy=off"
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -210,18 +232,34 @@ def mount_snapshot(root: Path, lower_ids: list[str], writable: bool = True,
     opts = "lowerdir=" + ":".join(lowers)
     if writable:
         opts += f",upperdir=snapshots/{sid}/upper,workdir=snapshots/{sid}/work"
-    opts += ",index=off,metacopy=off,redirect_dir=off"
+    opts += overlay_options()
     if use_overlay:
         r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts,
                             f"snapshots/{sid}/merged"], cwd=root, capture_output=True, text=True)
     if use_overlay and r.returncode == 0:
         snap.mounted = True
         return snap
+    if use_overlay:
+        _warn_copy_fallback(r.stderr)
     try:
         return _copy_snapshot(dirs, lower_ids, snap)
     except BaseException:
         snap.cleanup()
         raise
+
+
+_warned = False
+
+
+def _warn_copy_fallback(detail: str) -> None:
+    """Say once per process that snapshots are copies: every RUN then pays a full copy and a
+    tree diff, which used to happen without a word (the rootless mount options were refused)."""
+    global _warned
+    if not _warned:
+        _warned = True
+        import sys
+        print(f"warning: the kernel refused the overlay mount ({detail.strip() or 'no reason given'}); "
+              "RUN steps and containers use a copied root filesystem (slower)", file=sys.stderr)
 
 
 def _umount(path: Path) -> None:
@@ -248,11 +286,7 @@ def _apply_overlay_dir(src: Path, dst: Path) -> None:
         rel = os.path.relpath(dirpath, src)
         out = dst if rel == "." else dst / rel
         if rel != ".":
-            try:
-                opaque = os.getxattr(dirpath, OPAQUE_XATTR) == b"y"
-            except OSError:
-                opaque = False
-            if opaque and out.is_dir():
+            if is_opaque(dirpath) and out.is_dir():
                 shutil.rmtree(out)
             if not out.is_dir():
                 _remove(str(out))
@@ -322,7 +356,7 @@ def _copy_changes(snap: Snapshot) -> Path:
             shutil.copystat(src, dst)
             os.chown(dst, st.st_uid, st.st_gid)
             if rel in before and not stat.S_ISDIR(before[rel][0]):
-                os.setxattr(dst, OPAQUE_XATTR, b"y")
+                os.setxattr(dst, overlay_opaque_xattr(), b"y")
         else:
             _remove(str(dst))
             _copy_entry(str(src), dst, st)

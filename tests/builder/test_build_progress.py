@@ -12,7 +12,7 @@ import time
 import pytest
 
 from builder.progress import Progress
-from tests.fixtures.cli import start_pybuild
+from tests.fixtures.cli import pybuild_argv, run_on_pty
 
 
 class Screen:
@@ -222,32 +222,13 @@ DOCKERFILE = ("FROM busybox AS build\nRUN echo built > /b\n"
 
 def _build_on_pty(root, ctx, *, env: dict[str, str] | None = None, cols: int = 80, rows: int = 24) -> str:
     """Run `pybuild build` with a terminal of ``cols`` x ``rows`` as its stdio; its output."""
-    import fcntl
-    import pty
-    import struct
-    import subprocess
-    import sys
-    import termios
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     full_env = {**os.environ, "TERM": "xterm", **(env or {})}
     full_env.pop("COLUMNS", None)
     full_env.pop("LINES", None)
-    proc = start_pybuild("build", "--no-cache", "-t", "progress:tty", ctx, root=root, stdin=slave, stdout=slave,
-                         stderr=slave, text=False, cwd=None, env=full_env, close_fds=True)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:                   # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    assert proc.wait(timeout=120) == 0, b"".join(chunks).decode(errors="replace")
-    return b"".join(chunks).decode("utf-8", "replace")
+    rc, out = run_on_pty(pybuild_argv("build", "--no-cache", "-t", "progress:tty", ctx, root=root), env=full_env,
+                         rows=rows, cols=cols, timeout=120)
+    assert rc == 0, out.decode(errors="replace")
+    return out.decode("utf-8", "replace")
 
 
 def test_tty_build_at_80_columns(busybox_image, tmp_path):

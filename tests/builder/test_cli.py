@@ -46,3 +46,10 @@ def test_unknown_first_word_means_build(tmp_path: Path) -> None:
     r = _pybuild("-f", "missing.Dockerfile", str(tmp_path), cwd=tmp_path)
     assert r.returncode != 0
     assert "missing.Dockerfile" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unknown_option_of_run_is_a_usage_error(tmp_path: Path) -> None:
+    # `run` keeps the container's argv in args.command, the name the dispatcher's own dest has.
+    r = run_pybuild("run", "--rm", "--bogus", "x", "busybox", "true", root=tmp_path / "r")
+    assert r.returncode == 2 and "pybuild run: error: unrecognized arguments: --bogus" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
+import shlex
 import shutil
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 
 from builder.containers import lifecycle as ct
 from tests.builder.test_run import CLI_ENV, pybuild
-from tests.fixtures.cli import REPO
+from tests.fixtures.cli import REPO, run_on_pty
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (namespaces, overlay mounts)"),
@@ -109,6 +108,107 @@ def test_detached_container_runs_under_conmon_and_survives_its_starter(busybox_i
     assert list((root / "snapshots").iterdir()) == []
 
 
+def test_what_stays_per_container_holds_none_of_the_starters_secrets(busybox_image: Path):
+    """conmon and the health loop live as long as the container: they get a few variables, not the
+    environment of `pybuild run -d` (registry and signing passwords, whatever `-e K` read)."""
+    root = busybox_image
+    canary = "canary-" + os.urandom(6).hex()
+    env = {**CLI_ENV, "PYBUILD_REGISTRY_PASSWORD": canary, "COSIGN_PASSWORD": canary, "SECRET_K": canary}
+    cid = pybuild(root, "run", "-d", "--name", "envless", "-e", "SECRET_K", "--health-cmd", "true",
+                  "--health-interval", "1s", "busybox", "sh", "-c", "echo $SECRET_K; sleep 300",
+                  check_rc=0, env=env).stdout.strip()
+    try:
+        c = ct.load(root, cid)
+        assert _comm(c.state.pid) == "conmon"
+        _until(lambda: _health_of(root, "envless") == "healthy", what="a health check")
+        kept = [c.state.pid] + _proc_tree(int((c.dir / "health" / "pid").read_text()))
+        environs = {p: Path(f"/proc/{p}/environ").read_bytes() for p in kept if ct._alive(p)}
+        assert c.state.pid in environs and len(environs) >= 2          # conmon and the check loop
+        for p, e in environs.items():
+            assert canary.encode() not in e, (_comm(p), [kv.split(b"=")[0] for kv in e.split(b"\0")])
+            assert b"PATH=" in e
+        # The container itself got what -e asked for.
+        _until(lambda: canary in pybuild(root, "logs", "envless").stdout, what="the container's output")
+    finally:
+        pybuild(root, "rm", "-f", "envless", check_rc=0)
+    # conmon's exit command, with that small environment, still ran the cleanup of a --rm container.
+    cid = pybuild(root, "run", "-d", "--rm", "busybox", "sh", "-c", "exit 3", check_rc=0, env=env).stdout.strip()
+    _until(lambda: not (root / "containers" / cid).exists(), what="the --rm container's removal")
+    assert list((root / "snapshots").iterdir()) == []
+
+
+def _inspect(root: Path, name: str) -> dict:
+    return json.loads(pybuild(root, "inspect", "--format", "json", name, check_rc=0).stdout)
+
+
+def _nothing_left_of(root: Path, rid: str) -> None:
+    """No conmon, runc container, restarting pybuild or mount is left for the container."""
+    _until(lambda: _pybuild_procs(root) == [], what="pybuild's processes for the store to end")
+    runc = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True).stdout
+    assert rid not in runc
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _comm(int(p)) == "conmon"
+                and rid.encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def test_restart_policies_of_detached_containers(busybox_image: Path):
+    """--restart as Docker's: on the container's own writable layer, by conmon's exit command;
+    on-failure:N at most N times and only after a failure, always until `stop` or `rm -f`."""
+    root = busybox_image
+    count = "echo x >> /count; wc -l < /count"
+    pybuild(root, "run", "-d", "--name", "rf", "--restart", "on-failure:2", "busybox", "sh", "-c",
+            count + "; exit 3", check_rc=0)
+    try:
+        assert pybuild(root, "wait", "rf", check_rc=0).stdout == "3\n"     # after the last run
+        assert pybuild(root, "logs", "rf").stdout.split() == ["1", "2", "3"]  # one layer, three runs
+        doc = _inspect(root, "rf")
+        assert doc["RestartCount"] == 2 and doc["State"]["Status"] == "exited"
+        assert doc["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
+    finally:
+        pybuild(root, "rm", "-f", "rf", check_rc=0)
+    # on-failure does not restart a success.
+    pybuild(root, "run", "-d", "--name", "ok", "--restart", "on-failure", "busybox", "echo", "once", check_rc=0)
+    try:
+        assert pybuild(root, "wait", "ok", check_rc=0).stdout == "0\n"
+        assert pybuild(root, "logs", "ok").stdout == "once\n" and _inspect(root, "ok")["RestartCount"] == 0
+    finally:
+        pybuild(root, "rm", "-f", "ok", check_rc=0)
+    # always: after a success too, until stopped; a stopped container stays stopped.
+    cid = pybuild(root, "run", "-d", "--name", "al", "--restart", "always", "busybox", "sh", "-c", count,
+                  check_rc=0).stdout.strip()
+    rid = ct.load(root, cid).state.runtime_id
+    try:
+        _until(lambda: len(pybuild(root, "logs", "al").stdout.split()) >= 3, what="two restarts")
+        pybuild(root, "stop", "al", check_rc=0)
+        doc = _inspect(root, "al")
+        assert doc["State"]["Status"] == "exited" and not doc["State"]["Restarting"]
+        assert ct.load(root, cid).state.status == "exited"
+        _nothing_left_of(root, rid)
+        assert str(root) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        pybuild(root, "rm", "-f", "al", check_rc=0)
+    # rm -f ends one that keeps failing, whether it runs or waits for its restart at that moment.
+    cid = pybuild(root, "run", "-d", "--name", "al2", "--restart", "always", "busybox", "sh", "-c", "exit 1",
+                  check_rc=0).stdout.strip()
+    rid = ct.load(root, cid).state.runtime_id
+    _until(lambda: _inspect(root, "al2")["RestartCount"] >= 2, what="two restarts")
+    # Running, exited for a moment or waiting for its restart: never a stopped one for prune.
+    pybuild(root, "system", "prune", "-f", check_rc=0)
+    assert (root / "containers" / cid).is_dir()
+    assert "al2" in pybuild(root, "ps", check_rc=0).stdout
+    pybuild(root, "rm", "al2", check_rc=1)                     # not without -f
+    pybuild(root, "rm", "-f", "al2", check_rc=0)
+    assert not (root / "containers" / cid).exists()
+    _nothing_left_of(root, rid)
+    assert list((root / "snapshots").iterdir()) == []
+    # Refused up front, as Docker refuses them.
+    r = pybuild(root, "run", "--restart", "always", "busybox", "true")
+    assert r.returncode == 125 and "-d" in r.stderr
+    r = pybuild(root, "run", "-d", "--rm", "--restart", "always", "busybox", "true")
+    assert r.returncode == 125 and "--restart and --rm" in r.stderr
+    r = pybuild(root, "run", "-d", "--restart", "sometimes", "busybox", "true")
+    assert r.returncode == 125 and "on-failure[:MAX_RETRIES]" in r.stderr and "Traceback" not in r.stderr
+
+
 def _alive_any(pids: list[int]) -> bool:
     return any(ct._alive(p) for p in pids)
 
@@ -150,36 +250,9 @@ def test_stdin_is_forwarded_with_i(busybox_image: Path):
 
 
 def _in_pty(argv: list[str], send: bytes = b"", rows: int = 0, cols: int = 0, timeout: float = 60) -> tuple[int, bytes]:
-    """Run ``argv`` on a new pty (size rows x cols); type ``send``; (exit code, what it printed)."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        try:
-            if rows:
-                import fcntl, struct, termios
-                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-            os.chdir(REPO)
-            os.execvpe(argv[0], argv, CLI_ENV)
-        finally:
-            os._exit(127)
-    out = b""
-    sent = False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([fd], [], [], 0.2)
-        if r:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        if send and not sent and b"$ " in out.replace(b"# ", b"$ "):
-            os.write(fd, send)
-            sent = True
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    return os.waitstatus_to_exitcode(status), out
+    """Run ``argv`` on a new pty (size rows x cols); type ``send`` at the shell prompt; (exit code, what it printed)."""
+    return run_on_pty(argv, [((b"$ ", b"# "), send)] if send else [], env=CLI_ENV, rows=rows, cols=cols,
+                      timeout=timeout)
 
 
 def test_t_gives_a_pty_of_the_terminal_size(busybox_image: Path):
@@ -207,6 +280,49 @@ def test_t_gives_a_pty_of_the_terminal_size(busybox_image: Path):
     # Without a terminal, -t is refused as docker refuses it.
     r = pybuild(busybox_image, "run", "--rm", "-t", "busybox", "true", stdin=subprocess.DEVNULL)
     assert r.returncode == 125 and "TTY" in r.stderr
+
+
+def _pane(tmux: list[str]) -> str:
+    return subprocess.run(tmux + ["capture-pane", "-p", "-t", "it"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs Debian's tmux (scripts/setup.sh installs it)")
+def test_it_shell_in_tmux_runs_what_is_typed_and_follows_a_resize(busybox_image: Path, tmp_path: Path):
+    """`pybuild run -it --rm busybox sh` in a real terminal emulator (a tmux of its own): a prompt,
+    typed commands run, `stty size` follows tmux's resize-window, `exit` ends the pane's command
+    with the shell's code and the --rm container is gone."""
+    root = busybox_image
+    conf = tmp_path / "tmux.conf"
+    conf.write_text("set -g remain-on-exit on\n")           # keep the pane to read its exit status
+    tmux = ["tmux", "-S", str(tmp_path / "tmux.sock"), "-f", str(conf)]
+    cmd = shlex.join([sys.executable, "-m", "builder", "--root", str(root), "run", "-it", "--rm", "busybox", "sh"])
+    subprocess.run(tmux + ["new-session", "-d", "-s", "it", "-x", "100", "-y", "30", "-c", str(REPO), cmd],
+                   check=True, env=CLI_ENV)
+    try:
+        _until(lambda: _pane(tmux).rstrip().endswith("/ #"), timeout=60, what="the shell's prompt")
+        nonce = os.urandom(4).hex()
+        # The typed line shows $((40+2)); only the shell's output has 42.
+        subprocess.run(tmux + ["send-keys", "-t", "it", f"echo hi-$((40+2))-{nonce}; stty size", "Enter"], check=True)
+        _until(lambda: f"hi-42-{nonce}\n30 100\n" in _pane(tmux), what="the typed command's output")
+        subprocess.run(tmux + ["resize-window", "-t", "it", "-x", "120", "-y", "40"], check=True)
+
+        def size_inside() -> bool:
+            subprocess.run(tmux + ["send-keys", "-t", "it", "stty size", "Enter"], check=True)
+            time.sleep(0.5)
+            return "\n40 120\n" in _pane(tmux)
+        _until(size_inside, what="the new size inside the container")
+        assert list((root / "containers").glob("[0-9a-f]*"))                   # one container, running
+        subprocess.run(tmux + ["send-keys", "-t", "it", "exit 7", "Enter"], check=True)
+
+        def pane_dead() -> list[str]:
+            out = subprocess.run(tmux + ["display", "-p", "-t", "it", "#{pane_dead} #{pane_dead_status}"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            return out if out[0] == "1" else []
+        assert _until(pane_dead, timeout=60, what="the pane's command to end") == ["1", "7"]
+        assert list((root / "containers").glob("[0-9a-f]*")) == []              # --rm: removed
+    finally:
+        subprocess.run(tmux + ["kill-server"], capture_output=True)
 
 
 def test_exec_runs_confined_in_the_running_container(busybox_image: Path):
@@ -248,14 +364,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_published_port_is_reachable_from_the_host(busybox_image: Path, tmp_path: Path):
+@pytest.mark.parametrize("backend", ["bridge", "pasta"])
+def test_published_port_is_reachable_from_the_host(busybox_image: Path, tmp_path: Path, backend: str):
+    """A busybox httpd published with -p 127.0.0.1:PORT:8080 answers from the host: on the bridge
+    (root's default: a DNAT rule) and through pasta (rootless' default: pasta forwards it)."""
     root = busybox_image
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text("served from the container\n")
     port = _free_port()
-    pybuild(root, "run", "-d", "--name", "web", "-p", f"127.0.0.1:{port}:8080", "-v", f"{www}:/www:ro",
-            "busybox", "httpd", "-f", "-p", "8080", "-h", "/www", check_rc=0)
+    env = dict(CLI_ENV, PYBUILD_CONTAINER_NETWORK=backend)
+    cid = pybuild(root, "run", "-d", "--name", "web", "-p", f"127.0.0.1:{port}:8080", "-v", f"{www}:/www:ro",
+                  "busybox", "httpd", "-f", "-p", "8080", "-h", "/www", check_rc=0, env=env).stdout.strip()
+    assert ct.load(root, cid).network_backend == backend
     try:
         def get() -> str:
             try:
@@ -301,18 +422,32 @@ def _health_of(root: Path, name: str) -> str | None:
 def test_healthcheck_goes_starting_healthy_unhealthy(busybox_image: Path, tmp_path: Path):
     root = busybox_image
     image = _health_image(root, tmp_path)
-    pybuild(root, "run", "-d", "--name", "doc", image, "sh", "-c",
-            "sleep 1.5; touch /tmp/ok; sleep 300", check_rc=0)
+    # A start period longer than the test: failures before the first success are not counted,
+    # so the status is "starting" for sure until the check can pass.
+    pybuild(root, "run", "-d", "--name", "doc", "--health-start-period", "10m", image, "sleep", "300",
+            check_rc=0)
+    results = ct.lookup(root, "doc").dir / "health" / "results"
+
+    def checks() -> list[int]:
+        try:
+            return [int(line.split()[1]) for line in results.read_text().splitlines() if len(line.split()) == 2]
+        except OSError:
+            return []
     try:
-        assert _health_of(root, "doc") == "starting"             # before its first interval
+        _until(lambda: len(checks()) >= 2, what="two checks")
+        assert set(checks()) == {1}                               # test -f fails: no file yet
+        assert _health_of(root, "doc") == "starting"
         assert "(health: starting)" in pybuild(root, "ps", check_rc=0).stdout
-        # healthy within its interval of the file appearing (plus the slack of a loaded machine)
-        t0 = time.monotonic()
-        _until(lambda: _health_of(root, "doc") == "healthy", timeout=20, what="healthy")
-        assert time.monotonic() - t0 < 10
+        # Healthy within its interval of the file appearing: the first check that starts after
+        # it (the next one, or the one after if one was under way) passes, and none fails after.
+        before = len(checks())
+        pybuild(root, "exec", "doc", "touch", "/tmp/ok", check_rc=0)
+        _until(lambda: _health_of(root, "doc") == "healthy", what="healthy")
+        after = checks()[before:]
+        assert 0 in after[:2] and after[after.index(0):] == [0] * (len(after) - after.index(0)), after
         assert "(healthy)" in pybuild(root, "ps", check_rc=0).stdout
         pybuild(root, "exec", "doc", "rm", "/tmp/ok", check_rc=0)
-        _until(lambda: _health_of(root, "doc") == "unhealthy", timeout=20, what="unhealthy")
+        _until(lambda: _health_of(root, "doc") == "unhealthy", what="unhealthy")   # counted after a success
         doc = json.loads(pybuild(root, "inspect", "--format", "json", "doc", check_rc=0).stdout)
         assert doc["State"]["Health"]["FailingStreak"] >= 2
         assert doc["Config"]["Healthcheck"]["Test"] == ["/bin/sh", "-c", "test -f /tmp/ok"]

@@ -5,11 +5,13 @@ Each test builds for real FROM the test store's busybox (or scratch) and checks 
   COPY source, matched by a wildcard), and not at all when nothing under it is re-included;
 - a wildcard that matches nothing is a no-op; a literal source that is missing is an error;
 - one wildcard matching several files with a file destination copies each in turn (the last
-  wins); `\\?` and `\\*` match literally;
+  wins); `\\?` is the wildcard `?` (BuildKit's lexer consumes the escape), `\\\\?` a literal `?`;
 - `COPY --from` uses the same Go glob as the context (`[^x]` negates, `[!x]` does not);
 - `COPY --from --parents` keeps parents and honours the `/./` pivot;
 - cache mounts with the same id but different uid are different directories;
-- `WORKDIR /tmp/` is stored as given.
+- `WORKDIR /tmp/` is stored as given;
+- `**` is one segment without --parents and any depth with it, from the context and a stage alike;
+- a RUN on scratch keeps the /proc, /dev and /sys directories runc made, not its mount points.
 """
 from __future__ import annotations
 
@@ -82,12 +84,19 @@ def test_wildcard_matching_nothing_is_a_noop(busybox_image, tmp_path):
 def test_wildcard_to_file_destination_and_escaped_wildcards(busybox_image, tmp_path):
     files = {"app/nope/file.txt": "nope", "app/n?pe/file.txt": "literal?", "app/st*uv/file.txt": "literal*",
              "app/strauv/file.txt": "strauv", "m/a.txt": "a", "m/b.txt": "b"}
+    # Current BuildKit expands every COPY source with its shell lexer, which consumes the
+    # escape character: `n\?pe` is the wildcard `n?pe`, matching `n?pe` then `nope` (the last
+    # wins, as Docker 20.10 gives too); `n\\?pe` reaches the glob as `n\?pe`, a literal `?`.
     rootfs = _build(busybox_image, tmp_path, "esc",
                     "FROM scratch\nCOPY ./app/n\\?pe/file.txt /app4/file.txt\n"
-                    "COPY ./app/st\\*uv/file.txt /app5/file.txt\nCOPY m/*.txt /one.txt\n", files)
-    assert (rootfs / "app4/file.txt").read_text() == "literal?"
-    assert (rootfs / "app5/file.txt").read_text() == "literal*"
+                    "COPY ./app/st\\*uv/file.txt /app5/file.txt\nCOPY m/*.txt /one.txt\n"
+                    "COPY ./app/n\\\\?pe/file.txt /lit4/file.txt\n"
+                    "COPY ./app/st\\\\*uv/file.txt ./app/st[*]uv/file.txt /lit5/\n", files)
+    assert (rootfs / "app4/file.txt").read_text() == "nope"
+    assert (rootfs / "app5/file.txt").read_text() == "strauv"
     assert (rootfs / "one.txt").read_text() == "b"
+    assert (rootfs / "lit4/file.txt").read_text() == "literal?"
+    assert (rootfs / "lit5/file.txt").read_text() == "literal*"
 
 
 def test_copy_from_uses_the_go_glob_and_keeps_parents(busybox_image, tmp_path):
@@ -195,3 +204,39 @@ def test_cmd_sets_args_escaped_and_created_parents_are_reproducible(busybox_imag
         # The epoch, not the build time (a deliberate difference from BuildKit): the same COPY
         # gives the same layer on every build.
         assert os.stat(rootfs / d).st_mtime == 0, d
+
+
+def test_double_star_and_escapes_match_alike_from_context_and_stage(busybox_image, tmp_path):
+    # Current BuildKit: without --parents a source wildcard goes through fsutil's
+    # copy.ResolveWildcards (Go's filepath.Match: `**` is `*` twice, one segment); with
+    # --parents it becomes an include pattern (patternmatcher: `**` spans any depth, zero too).
+    files = {"top.txt": "t", "a/x.txt": "x", "a/b/y.txt": "y", "q?/l.txt": "literal", "qz/l.txt": "z"}
+    df = ("FROM busybox AS s\nCOPY . /src/\nFROM scratch\n"
+          "COPY **/*.txt /ctx1/\nCOPY --parents **/*.txt /ctx2/\nCOPY q\\\\?/l.txt /ctx3/\n"
+          "COPY q\\?/l.txt /ctx4/\n"
+          "COPY --from=s /src/**/*.txt /from1/\nCOPY --from=s --parents /src/./**/*.txt /from2/\n"
+          "COPY --from=s /src/q\\\\?/l.txt /from3/\nCOPY --from=s /src/q\\?/l.txt /from4/\n")
+    rootfs = _build(busybox_image, tmp_path, "dstar", df, files)
+    one_level = ["l.txt", "x.txt"]                   # a/x.txt, q?/l.txt then qz/l.txt (last wins)
+    any_depth = ["a", "a/b", "a/b/y.txt", "a/x.txt", "q?", "q?/l.txt", "qz", "qz/l.txt", "top.txt"]
+    assert _files(rootfs, "ctx1") == _files(rootfs, "from1") == one_level
+    assert (rootfs / "ctx1/l.txt").read_text() == (rootfs / "from1/l.txt").read_text() == "z"
+    assert _files(rootfs, "ctx2") == _files(rootfs, "from2") == any_depth
+    assert (rootfs / "ctx3/l.txt").read_text() == (rootfs / "from3/l.txt").read_text() == "literal"
+    assert (rootfs / "ctx4/l.txt").read_text() == (rootfs / "from4/l.txt").read_text() == "z"   # `q?`, then `qz`
+
+
+def test_run_on_scratch_keeps_the_runtime_dirs_not_its_mount_points(busybox_image, tmp_path):
+    # BuildKit's runc executor removes the step's own mount points and the /etc/hosts and
+    # /etc/resolv.conf stubs (with their parents), but /proc, /dev and /sys, which runc makes
+    # when the image lacks them, stay in the layer (moby/buildkit#6686; Docker 20.10 too).
+    df = ("FROM scratch\nCOPY busybox /\n"
+          "RUN --mount=type=tmpfs,destination=/tmp --mount=type=cache,destination=/sub/other [\"/busybox\", \"true\"]\n")
+    from tests.fixtures.building import write_context
+    ctx = write_context(tmp_path / "ctx", df, {"busybox": Path("/bin/busybox").read_bytes()})
+    (ctx / "busybox").chmod(0o755)
+    res = build_in(busybox_image, ctx, df, {}, tags=["stubs:1"])
+    assert sorted(_last_layer_names(busybox_image, res)) == ["dev", "proc", "sys"]
+    rootfs = unpack_image(busybox_image, "stubs:1", tmp_path / "out")
+    assert _files(rootfs) == ["busybox", "dev", "proc", "sys"]
+    assert all((rootfs / d).stat().st_mode & 0o7777 == 0o755 for d in ("dev", "proc", "sys"))

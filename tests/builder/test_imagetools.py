@@ -1,5 +1,6 @@
-"""`pybuild imagetools create|inspect` against a real registry:2: the fan-out pattern (each
-platform built on its own and pushed by digest, then merged into one index by digest).
+"""`pybuild imagetools create|inspect` and `pybuild manifest create|inspect|add|push` against a
+real registry:2: the fan-out pattern (each platform built on its own and pushed by digest, then
+merged into one index by digest), and podman's local lists.
 
 The images are `FROM scratch` + COPY, so building linux/arm64 needs no emulation.
 """
@@ -14,6 +15,7 @@ import pytest
 
 from registry import mediatypes as mt
 from registry.platform import parse_platform
+from registry.store import Store
 from tests.fixtures.building import need, write_context
 from tests.fixtures.cli import run_pybuild
 
@@ -58,9 +60,11 @@ def test_create_merges_two_digests_into_one_index(two_images, registry, tmp_path
     data, raw = _skopeo_raw(skopeo, f"{repo}:multi")
     assert raw["mediaType"] == mt.OCI_INDEX
     # Each source is the build's index (its image and the image's provenance attestation): the
-    # merged index lists the entries of both, in order.
-    want = [m for d in (d1, d2) for m in _skopeo_raw(skopeo, f"{repo}@{d}")[1]["manifests"]]
-    assert raw["manifests"] == want
+    # merged index lists the images of both, then their attestations (BuildKit's order).
+    got = [m for d in (d1, d2) for m in _skopeo_raw(skopeo, f"{repo}@{d}")[1]["manifests"]]
+    want = [m for m in got if m["platform"]["architecture"] != "unknown"] + \
+        [m for m in got if m["platform"]["architecture"] == "unknown"]
+    assert raw["manifests"] == want and len(want) == 4
     images = [m for m in raw["manifests"] if m["platform"]["architecture"] != "unknown"]
     assert [(m["platform"]["os"], m["platform"]["architecture"]) for m in images] == [("linux", "amd64"),
                                                                                      ("linux", "arm64")]
@@ -96,7 +100,7 @@ def test_dry_run_prints_the_index_and_pushes_nothing(two_images, registry, tmp_p
                     f"{repo}@{d1}", f"{repo}@{d2}", check_rc=0)
     doc = json.loads(r.stdout)
     assert doc["mediaType"] == mt.OCI_INDEX and doc["annotations"] == {"org.opencontainers.image.title": "it"}
-    assert [m["platform"]["architecture"] for m in doc["manifests"]] == ["amd64", "unknown", "arm64", "unknown"]
+    assert [m["platform"]["architecture"] for m in doc["manifests"]] == ["amd64", "arm64", "unknown", "unknown"]
     tags = run_pybuild("tags", "--insecure-registry", registry.host, repo, check_rc=0).stdout.split()
     assert "dry" not in tags
 
@@ -166,3 +170,84 @@ def test_usage_errors(registry):
     assert r.returncode == 2 and "name at least one SRC" in r.stderr
     r = run_pybuild("imagetools", "create", "-t", f"{registry.host}/it/app@sha256:" + "0" * 64, "x/y:1")
     assert r.returncode == 2 and "names a tag, not a digest" in r.stderr
+
+
+# ---- pybuild manifest ------------------------------------------------------------------------------
+
+def test_manifest_create_and_inspect_are_imagetools_create(two_images, registry, tmp_path):
+    skopeo = need("skopeo")
+    repo, (d1, d2) = two_images
+    host = registry.host
+    srcs = [f"{repo}@{d1}", f"{repo}@{d2}"]
+    run_pybuild("imagetools", "create", "--insecure-registry", host, "-t", f"{repo}:by-it", *srcs, check_rc=0)
+    r = run_pybuild("manifest", "create", "--insecure-registry", host, "-t", f"{repo}:by-manifest",
+                    "--annotation", "org.opencontainers.image.title=m", *srcs, check_rc=0)
+    data, raw = _skopeo_raw(skopeo, f"{repo}:by-manifest")
+    assert r.stdout.strip() == f"{repo}:by-manifest@sha256:" + hashlib.sha256(data).hexdigest()
+    it = _skopeo_raw(skopeo, f"{repo}:by-it")[1]
+    assert raw["manifests"] == it["manifests"] and raw["annotations"] == {"org.opencontainers.image.title": "m"}
+    # inspect: the registry's bytes (docker/podman manifest inspect print the JSON); with no local
+    # store REF is looked up in its registry; `manifest REF` is the same, as before.
+    out = run_pybuild("manifest", "inspect", "--insecure-registry", host, f"{repo}:by-manifest",
+                      root=tmp_path / "none", check_rc=0, text=False).stdout
+    assert out.rstrip(b"\n") == data.rstrip(b"\n")
+    assert not (tmp_path / "none").exists()          # looking did not make a store
+    out = run_pybuild("manifest", f"{repo}:by-manifest", check_rc=0, text=False).stdout
+    assert out.rstrip(b"\n") == data.rstrip(b"\n")
+    r = run_pybuild("manifest", "creat", "x")
+    assert r.returncode == 2 and "invalid choice: 'creat'" in r.stderr
+    r = run_pybuild("manifest", "create", "--amend", "-t", f"{repo}:x", *srcs)
+    assert r.returncode == 2 and "--amend is for a local LIST" in r.stderr
+
+
+def test_manifest_local_list_podman_spelling(registry, tmp_path):
+    """`manifest create LIST IMAGE`, `manifest add`, `manifest inspect`, `manifest push` (podman's
+    words) on images in the local store; what skopeo then reads from the registry."""
+    skopeo = need("skopeo")
+    root = tmp_path / "root"
+    for arch in ("amd64", "arm64"):
+        ctx = write_context(tmp_path / f"ctx-{arch}", "FROM scratch\nCOPY arch /arch\n", {"arch": arch})
+        run_pybuild("build", "-q", "--platform", f"linux/{arch}", "-t", f"app:{arch}", ctx, root=root, check_rc=0)
+    amd = Store(root).resolve("app:amd64").digest
+    arm = Store(root).resolve("app:arm64").digest
+    r = run_pybuild("manifest", "create", "app:list", "app:amd64", root=root, check_rc=0)
+    assert r.stdout.strip() == Store(root).resolve("app:list").digest
+    r = run_pybuild("manifest", "create", "app:list", "app:arm64", root=root)
+    assert r.returncode == 1 and "already names an image" in r.stderr and "manifest add" in r.stderr
+    run_pybuild("manifest", "add", "--annotation", "org.opencontainers.image.title=l", "app:list", "app:arm64",
+                root=root, check_rc=0)
+    doc = json.loads(run_pybuild("manifest", "inspect", "app:list", root=root, check_rc=0).stdout)
+    assert doc["mediaType"] == mt.OCI_INDEX and doc["annotations"] == {"org.opencontainers.image.title": "l"}
+    assert [(m["digest"], m["platform"]["architecture"]) for m in doc["manifests"]] == [(amd, "amd64"), (arm, "arm64")]
+    # Adding the same image again changes nothing; a second image for a platform is refused.
+    run_pybuild("manifest", "add", "app:list", "app:arm64", root=root, check_rc=0)
+    assert len(json.loads(run_pybuild("manifest", "inspect", "app:list", root=root).stdout)["manifests"]) == 2
+    ctx = write_context(tmp_path / "ctx-arm2", "FROM scratch\nCOPY arch /other\n", {"arch": "x"})
+    run_pybuild("build", "-q", "--platform", "linux/arm64", "-t", "app:arm2", ctx, root=root, check_rc=0)
+    r = run_pybuild("manifest", "add", "app:list", "app:arm2", root=root)
+    assert r.returncode == 1 and "platform linux/arm64 is given twice" in r.stderr and "Traceback" not in r.stderr
+    r = run_pybuild("manifest", "add", "nolist:1", "app:arm64", root=root)
+    assert r.returncode == 1 and "no list nolist:1 in the local store" in r.stderr
+    r = run_pybuild("manifest", "create", "other:list", "app:missing", root=root)
+    assert r.returncode == 1 and "app:missing: not in the local store" in r.stderr
+    r = run_pybuild("manifest", "add", "app:amd64", "app:arm64", root=root)
+    assert r.returncode == 1 and "is an image, not a list" in r.stderr
+
+    dest = f"{registry.host}/it/list:v1"
+    r = run_pybuild("manifest", "push", "--all", "--insecure-registry", registry.host, "app:list", dest,
+                    root=root, check_rc=0)
+    data, raw = _skopeo_raw(skopeo, dest)
+    assert data == Store(root).read_blob(Store(root).resolve("app:list").digest)
+    assert r.stdout.strip() == f"{dest}@sha256:" + hashlib.sha256(data).hexdigest()
+    for m in raw["manifests"]:
+        _, child = _skopeo_raw(skopeo, f"{registry.host}/it/list@{m['digest']}")
+        assert child["mediaType"] == mt.OCI_MANIFEST
+
+
+def test_manifest_create_of_a_missing_source_names_it(registry, tmp_path):
+    missing = f"{registry.host}/it/none@sha256:" + "0" * 64
+    r = run_pybuild("manifest", "create", "--insecure-registry", registry.host, "-t", f"{registry.host}/it/none:x",
+                    missing)
+    assert r.returncode == 1 and f"{registry.host}/it/none" in r.stderr and "Traceback" not in r.stderr
+    tags = run_pybuild("tags", "--insecure-registry", registry.host, f"{registry.host}/it/none").stdout.split()
+    assert "x" not in tags

@@ -6,9 +6,13 @@ The arm64 base is made offline from Debian's busybox-static:arm64 (scripts/setup
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,8 +21,9 @@ import pytest
 from builder.engine.emulation import emulation_problem
 from builder.errors import BuildError
 from registry.platform import parse_platform
-from tests.fixtures.building import build_in, need
-from tests.fixtures.images import make_busybox_rootfs, make_busybox_rootfs_arm64
+from tests.fixtures.building import build_in, need, write_context
+from tests.fixtures.cli import run_pybuild
+from tests.fixtures.images import import_busybox_index
 
 ARM64 = parse_platform("linux/arm64")
 
@@ -66,22 +71,10 @@ def test_emulation_detection_says_what_is_missing(tmp_path):
 def _mp_layout(tmp_path_factory) -> Path:
     """A store with busybox:latest (amd64), arm64-busybox:latest (arm64/v8) and bb:multi, an index
     of the two."""
-    from registry import mediatypes as mt
-    from registry.imports import import_image
-    from registry.manifest import ContainerConfig, Descriptor, Index
     from registry.store import Store
     base = tmp_path_factory.mktemp("mp-images")
     store = Store(base / "root")
-    cmd = ContainerConfig(cmd=["sh"])
-    amd = import_image(store, make_busybox_rootfs(base / "amd64"), "busybox:latest", container=cmd,
-                       created="2000-01-01T00:00:00Z")
-    arm = import_image(store, make_busybox_rootfs_arm64(base / "arm64", base), "arm64-busybox:latest",
-                       container=cmd, platform=parse_platform("linux/arm64/v8"), created="2000-01-01T00:00:00Z")
-    entries = []
-    for name, plat in (("busybox:latest", "linux/amd64"), ("arm64-busybox:latest", "linux/arm64/v8")):
-        d = store.resolve(name)
-        entries.append(Descriptor(d.media_type, d.digest, d.size, platform=parse_platform(plat)))
-    store.tag("bb:multi", store.put_manifest(Index(manifests=entries, media_type=mt.OCI_INDEX)))
+    import_busybox_index(store, base, "bb:multi")
     return store.layout
 
 
@@ -125,7 +118,11 @@ def test_two_platform_build_index_push_pull(mp_root, tmp_path, registry):
     res = build_in(mp_root, tmp_path / "ctx", MP_DOCKERFILE, platform="linux/amd64,linux/arm64", tags=[ref],
                    push=True, insecure_registries=(registry.host,),
                    outputs=[f"type=local,dest={out}", f"type=oci,dest={tmp_path / 'app.tar'}"],
-                   metadata_file=str(tmp_path / "meta.json"))
+                   metadata_file=str(tmp_path / "meta.json"), progress_out=(log := io.StringIO()))
+    # Progress names the platform as BuildKit does (the build stage: build platform -> target).
+    assert "[linux/amd64->arm64 build 5/5] RUN echo" in log.getvalue()
+    assert "[linux/arm64 stage-1 4/4] RUN uname -m" in log.getvalue()
+    assert "[linux/amd64 build 5/5] RUN echo" in log.getvalue()
     assert res.manifest.media_type == mt.OCI_INDEX and len(res.platforms) == 2
     assert [p.config["architecture"] for p in res.platforms] == ["amd64", "arm64"]
     # Per-platform local output; the build stage ran natively for both (x86_64).
@@ -141,14 +138,17 @@ def test_two_platform_build_index_push_pull(mp_root, tmp_path, registry):
     raw = json.loads(subprocess.run([skopeo, "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
                                     capture_output=True, text=True, check=True).stdout)
     assert raw["mediaType"] == mt.OCI_INDEX
-    assert sorted(m["platform"]["architecture"] for m in raw["manifests"]) == ["amd64", "arm64"]
+    # Both platforms, then the provenance of each (on by default for a push, as buildx).
+    assert index_shape(raw) == [("image", "linux/amd64"), ("image", "linux/arm64"),
+                                ("attestation", "of #0"), ("attestation", "of #1")]
+    assert [raw["manifests"][i]["digest"] for i in (0, 1)] == [p.manifest.digest for p in res.platforms]
     info = json.loads(subprocess.run([skopeo, "inspect", "--tls-verify=false", "--override-arch", "arm64",
                                       f"docker://{ref}"], capture_output=True, text=True, check=True).stdout)
     assert info["Architecture"] == "arm64"
     # The OCI archive holds the index.
     oci = json.loads(subprocess.run([skopeo, "inspect", "--raw", f"oci-archive:{tmp_path / 'app.tar'}"],
                                     capture_output=True, text=True, check=True).stdout)
-    assert len(oci["manifests"]) == 2
+    assert index_shape(oci) == index_shape(raw)
 
     # Pulled back for arm64 into another store.
     from tests.fixtures.cli import run_pybuild
@@ -163,6 +163,190 @@ def test_two_platform_build_index_push_pull(mp_root, tmp_path, registry):
     assert [p.layers for p in again.platforms] == [p.layers for p in res.platforms]
     work = [s for s in again.steps if s.instruction.startswith(("RUN", "COPY"))]
     assert len(work) == 6 and all(s.cached for s in work)
+
+
+def index_shape(raw: dict) -> list[tuple[str, str]]:
+    """An index as [(kind, what)]: ("image", "linux/arm64") or ("attestation", "of #N"), N the
+    position of the image entry its vnd.docker.reference.digest names."""
+    pos = {m["digest"]: i for i, m in enumerate(raw["manifests"])}
+    out = []
+    for m in raw["manifests"]:
+        ann = m.get("annotations") or {}
+        if ann.get("vnd.docker.reference.type") == "attestation-manifest":
+            assert m["platform"] == {"architecture": "unknown", "os": "unknown"}
+            out.append(("attestation", f"of #{pos[ann['vnd.docker.reference.digest']]}"))
+        else:
+            assert m["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+            out.append(("image", f"{m['platform']['os']}/{m['platform']['architecture']}"))
+    return out
+
+
+@contextlib.contextmanager
+def _podman_private():
+    """podman on a storage of its own (removed afterwards; the run root must be a short path),
+    with the flags this machine needs."""
+    from tests.fixtures.building import PODMAN_FLAGS
+    podman = need("podman")
+    d = Path(tempfile.mkdtemp(prefix="pb-pm-", dir="/tmp"))
+    argv = [podman, *PODMAN_FLAGS, "--root", str(d / "s"), "--runroot", str(d / "r"), "--storage-driver", "overlay"]
+    try:
+        yield argv
+    finally:
+        subprocess.run([*argv, "rmi", "-a", "-f"], capture_output=True, timeout=120)
+        subprocess.run(["umount", str(d / "s" / "overlay")], capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_done_when_push_then_podman_runs_arm64_and_attestations(mp_root, tmp_path, registry):
+    """Issue 13's Done-when: the pushed index has both platforms (skopeo), `podman run --platform
+    linux/arm64` prints aarch64 from its RUN-made file while the build stage ran natively; each
+    platform image has its own provenance and SBOM (BuildKit's shape) and `--sign` signs the index
+    and both images."""
+    from tests.fixtures.building import PODMAN_RUN_FLAGS
+    skopeo = need("skopeo")
+    env = {**os.environ, "COSIGN_PASSWORD": "pw"}
+    run_pybuild("generate-key-pair", "--output-key-prefix", tmp_path / "k", env=env, check_rc=0)
+    ref = f"{registry.host}/mp/done:v1"
+    ctx = write_context(tmp_path / "ctx", MP_DOCKERFILE)
+    run_pybuild("build", "-q", "--platform", "linux/amd64,linux/arm64", "-t", ref, "--push", "--sbom=true",
+                "--sign", tmp_path / "k.key", "--insecure-registry", registry.host, ctx, root=mp_root, env=env,
+                check_rc=0, timeout=600)
+    raw = json.loads(subprocess.run([skopeo, "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert index_shape(raw) == [("image", "linux/amd64"), ("image", "linux/arm64"),
+                                ("attestation", "of #0"), ("attestation", "of #1")]
+    images = {raw["manifests"][i]["platform"]["architecture"]: raw["manifests"][i]["digest"] for i in (0, 1)}
+
+    with _podman_private() as podman:
+        r = subprocess.run([*podman, "run", *PODMAN_RUN_FLAGS, "--platform", "linux/arm64", "--tls-verify=false",
+                            ref, "cat", "/arch", "/made"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["aarch64", "arm64 linux/arm64 on linux/amd64 x86_64"]
+
+    listing = json.loads(run_pybuild("attestations", "--remote", "--format", "json", "--insecure-registry",
+                                     registry.host, ref, check_rc=0).stdout)
+    atts = [a for a in listing["attachments"] if a["kind"] == "attestation"]
+    assert sorted(a["subject"] for a in atts) == sorted(images.values())
+    for a in atts:
+        assert a["foundBy"] == ["index", "referrers"]
+        arch = next(k for k, v in images.items() if v == a["subject"])
+        by_type = {e["predicateType"]: e["content"] for e in a["entries"]}
+        assert sorted(by_type) == ["https://slsa.dev/provenance/v1", "https://spdx.dev/Document"]
+        for stmt in by_type.values():
+            assert [s["digest"]["sha256"] for s in stmt["subject"]] == [a["subject"].split(":")[1]]
+            assert f"/mp/done@v1?platform=linux%2F{arch}" in stmt["subject"][0]["name"]
+        prov = by_type["https://slsa.dev/provenance/v1"]["predicate"]["buildDefinition"]
+        assert prov["externalParameters"]["request"]["args"]["platform"].startswith(f"linux/{arch}")
+        deps = sorted(d["uri"] for d in prov["resolvedDependencies"])
+        # The $BUILDPLATFORM stage's base was resolved for the host, the target stage's for arm64/amd64.
+        assert deps == sorted(["pkg:docker/bb@multi?platform=" + f"linux%2F{arch}",
+                               "pkg:docker/busybox@latest?platform=linux%2Famd64"])
+        spdx = by_type["https://spdx.dev/Document"]["predicate"]
+        assert spdx["spdxVersion"].startswith("SPDX-")
+    # --sign: the index and each platform image (not the attestation manifests).
+    sigs = sorted(a["subject"] for a in listing["attachments"] if a["kind"] == "signature")
+    assert sigs == sorted([listing["digest"], *images.values()])
+    for d in images.values():
+        run_pybuild("verify", "--key", tmp_path / "k.pub", "--insecure-registry", registry.host,
+                    f"{registry.host}/mp/done@{d}", check_rc=0)
+
+
+def test_done_when_two_runner_fan_out_gives_the_same_index(mp_root, _mp_layout, tmp_path, registry):
+    """Issue 13's Done-when: two store roots (two runners) each build one platform and push it by
+    digest (buildx's -o spelling, --metadata-file), `manifest create` merges them; the index has the
+    shape of the one-machine build's (the images, then an attestation of each), and
+    (SOURCE_DATE_EPOCH) the very same platform images."""
+    skopeo = need("skopeo")
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
+    ctx = write_context(tmp_path / "ctx", MP_DOCKERFILE)
+    host = registry.host
+    one = f"{host}/mp/fan:one"
+    run_pybuild("build", "-q", "--platform", "linux/amd64,linux/arm64", "-t", one, "--push",
+                "--insecure-registry", host, ctx, root=mp_root, env=env, check_rc=0, timeout=600)
+    digests = []
+    for arch in ("amd64", "arm64"):
+        runner = tmp_path / f"runner-{arch}"
+        shutil.copytree(_mp_layout, runner / "images", ignore=shutil.ignore_patterns(".lock", ".gc.lock", "leases"))
+        meta = tmp_path / f"meta-{arch}.json"
+        run_pybuild("build", "-q", "--platform", f"linux/{arch}", "--metadata-file", meta, "--insecure-registry", host,
+                    "-o", f"type=image,push-by-digest=true,name={host}/mp/fan,push=true", ctx,
+                    root=runner, env=env, check_rc=0, timeout=600)
+        m = json.loads(meta.read_text())
+        assert m["image.name"] == f"{host}/mp/fan@{m['containerimage.digest']}"
+        digests.append(m["image.name"])
+    r = run_pybuild("manifest", "create", "--insecure-registry", host, "-t", f"{host}/mp/fan:merged", *digests,
+                    check_rc=0)
+    assert r.stdout.startswith(f"{host}/mp/fan:merged@sha256:")
+
+    def raw(ref):
+        return json.loads(subprocess.run([skopeo, "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                                         capture_output=True, text=True, check=True).stdout)
+    merged, single = raw(f"{host}/mp/fan:merged"), raw(one)
+    assert index_shape(merged) == index_shape(single) == [("image", "linux/amd64"), ("image", "linux/arm64"),
+                                                          ("attestation", "of #0"), ("attestation", "of #1")]
+    assert merged["manifests"][:2] == single["manifests"][:2]
+    # The merged index is what a user pulls: the arm64 image for linux/arm64.
+    info = json.loads(subprocess.run([skopeo, "inspect", "--tls-verify=false", "--override-arch", "arm64",
+                                      f"docker://{host}/mp/fan:merged"], capture_output=True, text=True,
+                                     check=True).stdout)
+    arm = raw(f"{host}/mp/fan@{single['manifests'][1]['digest']}")
+    assert info["Architecture"] == "arm64" and info["Layers"] == [l["digest"] for l in arm["layers"]]
+
+
+def test_a_build_platform_stage_without_target_args_runs_once(mp_root, tmp_path):
+    """The cross-compilation stage (FROM --platform=$BUILDPLATFORM, no TARGET* argument) is the
+    same work for every target: it runs once (the platforms share its cache key) and both images
+    carry its one result, as with BuildKit."""
+    df = ("FROM --platform=$BUILDPLATFORM busybox AS build\n"
+          "RUN cat /proc/sys/kernel/random/uuid > /stamp\n"
+          "FROM bb:multi\nCOPY --from=build /stamp /stamp\n")
+    out = tmp_path / "out"
+    res = build_in(mp_root, tmp_path / "ctx", df, platform="linux/amd64,linux/arm64",
+                   outputs=[f"type=local,dest={out}"])
+    runs = [s for s in res.steps if s.instruction.startswith("RUN")]
+    assert len(runs) == 2 and sorted(s.cached for s in runs) == [False, True]
+    stamps = {(out / d / "stamp").read_text() for d in ("linux_amd64", "linux_arm64")}
+    assert len(stamps) == 1
+    assert res.platforms[0].layers[-1].diff_id == res.platforms[1].layers[-1].diff_id
+
+
+def test_run_platform_picks_the_image_of_an_index(mp_root, tmp_path):
+    build_in(mp_root, tmp_path / "ctx", MP_DOCKERFILE, platform="linux/amd64,linux/arm64", tags=["mprun:1"])
+
+    def run(*argv):
+        return run_pybuild("run", "--rm", "--network", "none", *argv, root=mp_root, timeout=300)
+    r = run("--platform", "linux/arm64", "mprun:1", "cat", "/arch", "/made")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["aarch64", "arm64 linux/arm64 on linux/amd64 x86_64"]
+    assert run("mprun:1", "cat", "/arch").stdout.strip() == "x86_64"      # default: this host's
+    r = run("--pull", "never", "--platform", "linux/s390x", "mprun:1", "true")
+    assert r.returncode == 125 and "no image for platform linux/s390x; it has linux/amd64, linux/arm64" in r.stderr
+    r = run("--platform", "a/b/c/d", "mprun:1", "true")
+    assert r.returncode == 125 and "--platform a/b/c/d: invalid platform" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_images_lists_an_index_platforms(mp_root, tmp_path):
+    """`images --tree` (docker image ls --tree): a row per platform under an index, marked when the
+    store lacks that platform's image; --format json carries the same as ``platforms``."""
+    from registry import mediatypes as mt
+    from registry.manifest import Descriptor, Index
+    from registry.store import Store
+    store = Store(mp_root)
+    idx = store.get_manifest(store.resolve("bb:multi").digest)
+    absent = Descriptor(mt.OCI_MANIFEST, "sha256:" + "5" * 64, 500, platform=parse_platform("linux/s390x"))
+    store.tag("partial:1", store.put_manifest(Index(manifests=[*idx.manifests, absent], media_type=mt.OCI_INDEX)))
+    rows = {r["name"]: r for r in json.loads(run_pybuild("images", "--format", "json", root=mp_root,
+                                                         check_rc=0).stdout)}
+    assert "platforms" not in rows["busybox:latest"]
+    plats = rows["partial:1"]["platforms"]
+    assert [(p["platform"], p["present"]) for p in plats] == [("linux/amd64", True), ("linux/arm64/v8", True),
+                                                              ("linux/s390x", False)]
+    assert plats[1]["id"] == store.image_manifest("bb:multi", ARM64)[1].config.digest
+    out = run_pybuild("images", "--tree", "partial", root=mp_root, check_rc=0).stdout.splitlines()
+    assert out[1].startswith("partial ") and out[2].split()[:2] == ["\u2514", "linux/amd64"]
+    assert out[3].split()[:2] == ["\u2514", "linux/arm64/v8"]
+    assert out[4].split()[:5] == ["\u2514", "linux/s390x", "(not", "in", "the"] and "5555555555" in out[4]
+    assert "\u2514" not in run_pybuild("images", "partial", root=mp_root, check_rc=0).stdout
 
 
 def test_docker_output_refuses_several_platforms(root, tmp_path):
