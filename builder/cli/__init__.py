@@ -204,11 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         args = _parse(argv, i)
         if isinstance(args, int):
             return args
-    return _run(args)
+    # The command's word, not args.command (`run` and `exec` have an argument of that name);
+    # _parse may have put `build` there.
+    return _run(args, argv[i] if i < len(argv) else None)
 
 
 def _parse(argv: list[str], i: int) -> "argparse.Namespace | int":
-    """The command line parsed by argparse (an exit status instead when it is not a command)."""
+    """The command line parsed by argparse (an exit status instead when it is not a command);
+    `build` is inserted at argv[i] when the line is a bare build (`pybuild -f Dockerfile .`)."""
     # An explicit command needs only its own module's parsers (building them all is a start-up cost).
     owner = COMMAND_OWNERS.get(argv[i]) if i < len(argv) else None
     parsers: dict[str, argparse.ArgumentParser] = {}
@@ -220,7 +223,6 @@ def _parse(argv: list[str], i: int) -> "argparse.Namespace | int":
             return 2
         argv.insert(i, "build")
     args, extra = parser.parse_known_args(argv)
-    # The command's word, not args.command (`run` and `exec` have an argument of that name).
     word = argv[i] if i < len(argv) else None
     if extra:
         # Report on the (sub)command's own parser: its usage line is the one that helps.
@@ -232,8 +234,8 @@ def _parse(argv: list[str], i: int) -> "argparse.Namespace | int":
     return args
 
 
-def _run(args: "argparse.Namespace") -> int:
-    """Run the parsed command; errors pybuild raises become a message and exit status 1."""
+def _run(args: "argparse.Namespace", word: str | None) -> int:
+    """Run the parsed command (`word`); errors pybuild raises become a message and exit status 1."""
     root = getattr(args, "root", None)
     # Absolute, because runc bundles and overlay mount options are resolved from other cwds.
     args.root = os.path.abspath(root) if root else None
