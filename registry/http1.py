@@ -158,7 +158,7 @@ def _readline(rfile: Any) -> bytes:
 
 def _read_head(rfile: Any) -> tuple[int, str, int, Headers]:
     """Status, reason, version (10 or 11) and headers of the next final (non-1xx) answer."""
-    while True:
+    for _ in range(MAX_HEADERS):       # interim answers before it, bounded too
         line = _readline(rfile)
         if not line:
             raise ConnectionResetError("the server closed the connection without answering")
@@ -185,6 +185,7 @@ def _read_head(rfile: Any) -> tuple[int, str, int, Headers]:
         if 100 <= status < 200 and status != 101:
             continue                                       # an interim answer (100 Continue)
         return status, reason, version, Headers(pairs)
+    raise ProtocolError(f"more than {MAX_HEADERS} interim (1xx) answers")
 
 
 class RawResponse:
@@ -266,8 +267,11 @@ class RawResponse:
                 except ValueError:
                     raise ProtocolError(f"bad chunk size line {line[:40]!r} in the answer") from None
                 if size == 0:
-                    while _readline(self.fp) not in (b"\r\n", b"\n", b""):
-                        pass                               # trailer fields
+                    for _ in range(MAX_HEADERS + 1):       # trailer fields, bounded as headers are
+                        if _readline(self.fp) in (b"\r\n", b"\n", b""):
+                            break
+                    else:
+                        raise ProtocolError(f"more than {MAX_HEADERS} trailer lines in the answer")
                     self.fp = None
                     break
                 self._chunk_left = size

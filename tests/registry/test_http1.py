@@ -135,6 +135,10 @@ def test_keep_alive_reuses_one_connection_and_http10_body_ends_with_it(session):
     (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n", "longer than 64 KiB"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: nine\r\n\r\n", "bad Content-Length"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n" + b"T: x\r\n" * 200 + b"\r\n",
+     "more than 100 trailer lines"),
+    (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n", "more than 100 header lines"),
+    (b"HTTP/1.1 100 Continue\r\n\r\n" * 101, "more than 100 interim"),
     (None, "closed the connection without answering"),
 ])
 def test_answers_that_are_not_http_are_read_errors(session, answer, words):
