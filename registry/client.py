@@ -8,7 +8,6 @@ registry's upload status.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import threading
@@ -19,9 +18,9 @@ from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from . import mediatypes
-from .http import (ERROR_BODY_MAX, ConnectError, HTTPError, NameResolutionError, Response, Session, TLSConfig,
-                   TLSError, origin)
-from .digest import digest_bytes, is_digest as _is_digest, parse_digest
+from .http import (ERROR_BODY_MAX, ConnectError, HTTPError, NameResolutionError, ReadError, Response, Session,
+                   TLSConfig, TLSError, origin)
+from .digest import digest_bytes, is_digest as _is_digest, new_hasher, parse_digest
 from .errors import AuthError, DigestMismatchError, LimitError, NotFoundError, RegistryError
 from .reference import DEFAULT_REGISTRY, DOCKER_HUB_API_HOST, LEGACY_DEFAULT_REGISTRY
 from .manifest import MAX_MANIFEST_SIZE, loads_limited
@@ -86,6 +85,9 @@ class _Host:
     name: str                     # as written in references ("docker.io", "127.0.0.1:5000")
     netloc: str                   # what we connect to ("registry-1.docker.io")
     scheme: str | None = None     # decided by the first request
+    guess: str = "http"           # a loopback host's scheme until its first answer decides it
+    tls_tried: bool = False       # https was tried after plain http was refused or hung up on
+    hung_up: bool = False         # ... after a hang-up (which a plain-HTTP server may do too)
     verify: bool | str = True
     cert: tuple[str, str] | None = None
     auth: Any = None              # registry.auth.Authenticator, or None for anonymous access
@@ -302,9 +304,17 @@ class RegistryClient:
                 # Per-host CAs from certs.d are added to the default roots (tlsconfig).
                 h.verify = False if self.is_insecure(host) else (ca_bundle_for(host) or True)
                 h.cert = client_cert_for(host)
-                h.auth = self._authenticator(host)
                 self._hosts[host] = h
             return h
+
+    def _auth(self, h: _Host) -> Any:
+        """The host's Authenticator, made at its first 401: until a registry asks, no request
+        carries credentials, and an anonymous pull needs neither auth.py nor the credential
+        stores (start-up)."""
+        with self._hosts_lock:
+            if h.auth is None:
+                h.auth = self._authenticator(h.name)
+            return h.auth
 
     def _authenticator(self, host: str) -> Any:
         from .auth import Authenticator
@@ -335,51 +345,50 @@ class RegistryClient:
 
     def _scheme(self, h: _Host) -> str:
         """Decide https vs http for a host once. Remote hosts: https. Loopback hosts (Docker's
-        rule) may speak plain http: ask over http first (cheap, no TLS set-up) and switch to https
-        when the server says it wants TLS. Hosts in insecure_registries: https first, unverified,
-        then http, so that nothing goes in clear text where TLS works."""
+        rule) may speak plain http: the first request goes over http (no probe, no TLS set-up)
+        and its answer decides; a server that wants TLS (Go's 400 "Client sent an HTTP request
+        to an HTTPS server", or a hang-up) gets the request again over https (see request).
+        Hosts in insecure_registries: https first, unverified, then http, so that nothing goes
+        in clear text where TLS works."""
         if h.scheme is not None:
             return h.scheme
+        if is_loopback(h.name):
+            return h.guess
         with h.lock:
             if h.scheme is not None:
                 return h.scheme
-            if is_loopback(h.name):
-                scheme = self._probe_http_first(h)
-            elif self.is_insecure(h.name):
-                scheme = self._probe_https_first(h)
-            else:
-                scheme = "https"
+            scheme = self._probe_https_first(h) if self.is_insecure(h.name) else "https"
             if scheme is None:
                 # Unreachable for now: decide nothing, so that a retry probes again; the request
                 # this call serves reports the failure, naming the scheme it would first speak
-                # (plain http for loopback and insecure hosts, whose probes try http).
-                return "http" if is_loopback(h.name) or self.is_insecure(h.name) else "https"
+                # (plain http for insecure hosts, whose probe ends with http).
+                return "http"
             h.scheme = scheme
             return scheme
+
+    def _learn_scheme(self, h: _Host, base: str, resp: Response | None) -> bool:
+        """After the first answer (or hang-up: `resp` None) from a loopback host whose scheme is
+        undecided: True when the request should be sent again over https."""
+        if h.scheme is not None or not is_loopback(h.name):
+            return False
+        if base.startswith("http:"):
+            if resp is None:
+                if h.tls_tried:
+                    return False            # hung up again: retried as any dropped request
+                h.guess, h.tls_tried, h.hung_up = "https", True, True
+                return True
+            if resp.status_code == 400 and "HTTPS" in resp.text:
+                resp.close()
+                h.guess, h.tls_tried, h.hung_up = "https", True, False
+                return True
+        h.scheme = "https" if base.startswith("https:") else "http"
+        return False
 
     def _probe(self, url: str, h: _Host) -> Response:
         resp = self._session.request("GET", url, {"User-Agent": self.options.user_agent},
                                      tls=TLSConfig(h.verify, h.cert), max_body=ERROR_BODY_MAX)
         resp.close()
         return resp
-
-    def _probe_http_first(self, h: _Host) -> str | None:
-        try:
-            r: Response | None = self._probe(f"http://{h.netloc}/v2/", h)
-        except HTTPError:
-            r = None
-        # Go's TLS servers answer a plain request with this 400; others may just hang up.
-        if r is not None and not (r.status_code == 400 and "HTTPS" in r.text):
-            return "http"
-        try:
-            self._probe(f"https://{h.netloc}/v2/", h)
-        except TLSError as exc:
-            raise RegistryError(
-                f"TLS connection to {h.name} failed: {_short_exc(exc)}; put its CA certificate in "
-                f"/etc/docker/certs.d/{h.name}/ca.crt or pass --insecure-registry {h.name}") from None
-        except HTTPError:
-            return None
-        return "https"
 
     def _probe_https_first(self, h: _Host) -> str | None:
         try:
@@ -438,11 +447,16 @@ class RegistryClient:
             try:
                 resp = self._send(h, method, url, hdrs, data, stream)
             except TLSError as exc:
+                if h.scheme is None and h.hung_up and base.startswith("https:"):
+                    h.guess, h.hung_up = "http", False      # not TLS either: the hang-up was a fault
+                    continue
                 # A certificate problem does not heal by retrying.
                 raise RegistryError(
                     f"{method} {url}: TLS failed: {_short_exc(exc)}; put the registry's CA certificate "
                     f"in /etc/docker/certs.d/{host}/ca.crt or pass --insecure-registry {host}") from None
             except (HTTPError, _Transport) as exc:
+                if isinstance(exc, ReadError) and self._learn_scheme(h, base, None):
+                    continue        # a TLS server hung up on plain http
                 if not retry_transport:
                     raise _Transport(f"{method} {url}: {_short_exc(exc)}") from None
                 if isinstance(exc, NameResolutionError):
@@ -463,6 +477,8 @@ class RegistryClient:
                     self._backoff(attempt, None)
                 attempt += 1
                 continue
+            if self._learn_scheme(h, base, resp):
+                continue
             status = resp.status_code
             if status in ok_set or (not_found_ok and status == 404):
                 return resp
@@ -473,9 +489,9 @@ class RegistryClient:
                 raise AuthError(f"{what + ': ' if what else ''}{method} {_safe(resp.url)} asks for "
                                 f"authentication, but it is not registry {host} ({base}); pybuild sends "
                                 f"{host}'s credentials only to {base}")
-            if status == 401 and authenticate and h.auth is not None and auth_tries < 2:
+            if status == 401 and authenticate and auth_tries < 2:
                 auth_tries += 1
-                if h.auth.challenge(resp, scopes):
+                if self._auth(h).challenge(resp, scopes):
                     resp.close()
                     continue
             if status == 429 and resp.headers.get("ratelimit-remaining", "").split(";")[0].strip() == "0":
@@ -606,6 +622,120 @@ def _short_exc(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
+class BlobReader:
+    """A blob's bytes from an offset, resuming with Range after dropped connections: `read(n)`
+    gives bytes, `readinto(buffer)` fills a caller's buffer (a download loop that reuses one
+    buffer makes no garbage and touches no fresh memory). `close()` when done.
+
+    Raises RegistryError when the body is longer than `size` or the retries are spent; the
+    caller verifies the digest.
+    """
+
+    def __init__(self, repo: "Repository", digest: str, size: int | None, offset: int = 0) -> None:
+        self.repo = repo
+        self.digest = digest
+        self.size = size
+        self.pos = offset
+        self.what = f"blob {digest} of {repo.ref}"
+        self._resp: Response | None = None
+        self._skip = 0              # bytes the server re-sends that we already have (Range ignored)
+        self._progressed = False    # this response gave bytes
+        self._failures = 0          # in a row without progress
+        self._interruptions = 0     # in all: a server that cuts every response short must not loop forever
+        # Nothing left to ask for (a partial download may already hold every byte).
+        self._complete = size is not None and offset >= size
+
+    def close(self) -> None:
+        """Release the connection."""
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+
+    __del__ = close     # as a generator's finally: a reader dropped half-read gives its connection back
+
+    def read(self, n: int) -> bytearray:
+        """The next `n` bytes (fewer only at the end of the blob; empty there)."""
+        buf = bytearray(n)
+        del buf[self.readinto(memoryview(buf)):]
+        return buf
+
+    def readinto(self, buf: memoryview) -> int:
+        """Fill `buf` with the next bytes: all of it unless the blob ends first; 0 at the end."""
+        filled = 0
+        while filled < len(buf):
+            resp = self._response()
+            if resp is None:
+                break
+            view = buf[filled:]
+            try:
+                n = resp.readinto(view)
+            except HTTPError as exc:
+                self._dropped(exc)
+                continue
+            if not n:
+                self._ended()
+                continue
+            if self._skip:
+                cut = min(self._skip, n)
+                view[:n - cut] = view[cut:n]
+                n, self._skip = n - cut, self._skip - cut
+                if not n:
+                    continue
+            self._advance(n)
+            filled += n
+        return filled
+
+    def _advance(self, n: int) -> None:
+        self.pos += n
+        if self.size is not None and self.pos > self.size:
+            raise DigestMismatchError(f"{self.what}: more data than the announced {self.size} bytes")
+        self._progressed = True
+
+    def _response(self) -> Response | None:
+        """The open answer (asking from `pos`); None once the blob is complete."""
+        if self._resp is not None or self._complete:
+            return self._resp
+        repo = self.repo
+        # identity: a transparently compressed body would not hash to the digest.
+        headers = {"Accept-Encoding": "identity"}
+        if self.pos:
+            headers["Range"] = f"bytes={self.pos}-"
+        resp = repo.client.request(repo.host, "GET", repo._path("blobs", self.digest), scopes=repo.pull_scope,
+                                   headers=headers, stream=True, ok=(200, 206), what=self.what)
+        self._skip = 0
+        if self.pos and resp.status_code == 200:
+            self._skip = self.pos       # the server ignored Range: drop what we already have
+        elif resp.status_code == 206:
+            got = resp.headers.get("Content-Range", "")
+            m = re.match(r"bytes (\d+)-", got)
+            if not m or int(m.group(1)) != self.pos:
+                resp.close()
+                raise RegistryError(f"{self.what}: asked for bytes from {self.pos}, got range {got!r}")
+        self._progressed = False
+        self._resp = resp
+        return resp
+
+    def _ended(self) -> None:
+        """The answer's body ended: the blob is complete, or the connection was cut short."""
+        self.close()
+        if self.size is None or self.pos == self.size:
+            self._complete = True
+            return
+        self._dropped(_Transport(f"body ended at byte {self.pos} of {self.size}"))
+
+    def _dropped(self, exc: BaseException) -> None:
+        """The answer broke off: count it, give up when the retries are spent, else wait before
+        the next request (made by `_response`, from `pos`)."""
+        self.close()
+        options = self.repo.client.options
+        self._failures = 0 if self._progressed else self._failures + 1
+        self._interruptions += 1
+        if self._failures > options.retries or self._interruptions > 4 * options.retries:
+            raise RegistryError(f"{self.what}: download failed {self._interruptions} times, last at byte "
+                                f"{self.pos} of {self.size if self.size is not None else '?'}: {_short_exc(exc)}")
+        self.repo.client._backoff(self._failures, None)
+
+
 class Repository:
     """One repository on one registry: blobs, manifests, tags and referrers."""
 
@@ -649,53 +779,16 @@ class Repository:
         The caller verifies the digest (the store's blob writer does). Raises RegistryError when
         the body is longer than `size` or the retries are spent.
         """
-        pos = offset
-        failures = 0        # in a row without progress
-        interruptions = 0   # in all: a server that cuts every response short must not loop forever
-        what = f"blob {digest} of {self.ref}"
-        while True:
-            # identity: a transparently compressed body would not hash to the digest.
-            headers = {"Accept-Encoding": "identity"}
-            if pos:
-                headers["Range"] = f"bytes={pos}-"
-            resp = self.client.request(self.host, "GET", self._path("blobs", digest),
-                                       scopes=self.pull_scope, headers=headers, stream=True,
-                                       ok=(200, 206), what=what)
-            skip = 0
-            if pos and resp.status_code == 200:
-                skip = pos          # the server ignored Range: drop what we already have
-            elif resp.status_code == 206:
-                got = resp.headers.get("Content-Range", "")
-                m = re.match(r"bytes (\d+)-", got)
-                if not m or int(m.group(1)) != pos:
-                    resp.close()
-                    raise RegistryError(f"{what}: asked for bytes from {pos}, got range {got!r}")
-            progressed = False
-            try:
-                for chunk in resp.iter_bytes(chunk_size):
-                    if skip:
-                        cut = min(skip, len(chunk))
-                        chunk, skip = chunk[cut:], skip - cut
-                        if not chunk:
-                            continue
-                    pos += len(chunk)
-                    if size is not None and pos > size:
-                        raise DigestMismatchError(f"{what}: more data than the announced {size} bytes")
-                    progressed = True
-                    yield chunk
-                if size is None or pos == size:
-                    return
-                dropped: BaseException = _Transport(f"body ended at byte {pos} of {size}")
-            except HTTPError as exc:
-                dropped = exc
-            finally:
-                resp.close()
-            failures = 0 if progressed else failures + 1
-            interruptions += 1
-            if failures > self.client.options.retries or interruptions > 4 * self.client.options.retries:
-                raise RegistryError(f"{what}: download failed {interruptions} times, last at byte {pos} of "
-                                    f"{size if size is not None else '?'}: {_short_exc(dropped)}")
-            self.client._backoff(failures, None)
+        reader = self.blob_reader(digest, size, offset)
+        try:
+            while chunk := reader.read(chunk_size):
+                yield chunk
+        finally:
+            reader.close()
+
+    def blob_reader(self, digest: str, size: int | None = None, offset: int = 0) -> "BlobReader":
+        """A BlobReader of the blob from `offset` (as iter_blob, but `readinto` a caller's buffer)."""
+        return BlobReader(self, digest, size, offset)
 
     def fetch_blob(self, digest: str, max_size: int = MAX_MANIFEST_SIZE) -> bytes:
         """A small blob (a config) in memory, verified against its digest."""
@@ -792,7 +885,7 @@ class Repository:
         readers: list[_SizedReader] = []
 
         def body() -> _SizedReader:
-            r = _SizedReader(as_reader(source(0)), size, hashlib.new(parse_digest(digest).algorithm) if verify else None,
+            r = _SizedReader(as_reader(source(0)), size, new_hasher(parse_digest(digest).algorithm) if verify else None,
                              on_progress)
             readers.append(r)
             return r
@@ -841,7 +934,7 @@ class Repository:
         what = f"upload of {digest} to {self.ref}"
         step = max(chunk or size, min_chunk, 1)
         algorithm = parse_digest(digest).algorithm
-        hasher = hashlib.new(algorithm) if verify else None
+        hasher = new_hasher(algorithm) if verify else None
         offset = 0
         stream = as_reader(source(0))
         failures = 0
@@ -864,7 +957,7 @@ class Repository:
                 self.client._backoff(failures - 1, None)
                 if on_progress is not None:
                     on_progress(have - offset - reader.sent)
-                hasher = None if have else (hashlib.new(algorithm) if verify else None)
+                hasher = None if have else (new_hasher(algorithm) if verify else None)
                 offset = have
                 stream = as_reader(source(offset))
         if hasher is not None:

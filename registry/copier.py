@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .digest import parse_digest
 from .errors import NotFoundError
 from .image import ImageSink, ImageSource, RawManifest, image_blobs, select_path, walk
 from .manifest import Descriptor, Index, Manifest
@@ -174,10 +175,17 @@ def run_copy(plan: CopyPlan, src: ImageSource, dst: ImageSink, *, tag: str | Non
         if kind != "foreign":
             remember(desc.digest)
 
+    has = getattr(dst, "has_blob", None)
+    if _up_to_date(plan, dst, tag, has):
+        # A pull of what the tag already names: nothing to write, so no lease, no index.json
+        # rewrite and no fsync.
+        for d in plan.blobs.values():
+            progress.task(parse_digest(d.digest).short, d.size).finish("already exists")
+            counter.add("skipped")
+        return counter.fill(_result(plan, tag, plan.top.digest, platforms_from if platforms_from is not None else src))
     with dst.session():
         # What the sink already holds is settled here, without a thread (a pull of a cached image
         # starts none); the rest moves in parallel.
-        has = getattr(dst, "has_blob", None)
         jobs: list[Callable[[], None]] = []
         if not dst.ordered:
             jobs += [lambda m=m: dst.put_manifest(m) for m in [*plan.manifests, plan.top]
@@ -194,11 +202,22 @@ def run_copy(plan: CopyPlan, src: ImageSource, dst: ImageSink, *, tag: str | Non
         for m in plan.images:           # a later push of the manifest's blobs may mount them
             remember(m.digest, both=False)
         digest = dst.finish(plan.top, tag)
-    reader = platforms_from if platforms_from is not None else src
-    result = TransferResult(reference=tag or "", digest=digest, media_type=plan.top.media_type,
-                            size=len(plan.top.data), platforms=[_platform(reader, m) for m in plan.images],
-                            images=[m.digest for m in plan.images], source_digest=plan.source.digest)
-    return counter.fill(result)
+    return counter.fill(_result(plan, tag, digest, platforms_from if platforms_from is not None else src))
+
+
+def _up_to_date(plan: CopyPlan, dst: ImageSink, tag: str | None, has: Any) -> bool:
+    """True when an unordered sink (the Store) already has `tag` on the plan's top manifest and
+    holds every manifest and blob of the plan."""
+    tagged = getattr(dst, "tagged", None)
+    if not tag or dst.ordered or tagged is None or has is None or tagged(tag) != plan.top.digest:
+        return False
+    return all(has(m.digest) for m in plan.manifests) and all(has(d) for d in plan.blobs)
+
+
+def _result(plan: CopyPlan, tag: str | None, digest: str, reader: Any) -> TransferResult:
+    return TransferResult(reference=tag or "", digest=digest, media_type=plan.top.media_type,
+                          size=len(plan.top.data), platforms=[_platform(reader, m) for m in plan.images],
+                          images=[m.digest for m in plan.images], source_digest=plan.source.digest)
 
 
 def copy_image(src: ImageSource, dst: ImageSink, ref: str, *, tag: str | None = None,

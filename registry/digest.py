@@ -1,8 +1,8 @@
 """Content digests (`algorithm:hex`): validation, hashing of bytes, files and streams."""
 from __future__ import annotations
 
-import hashlib
 import re
+import sys
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -61,18 +61,37 @@ def is_digest(value: str) -> bool:
     return True
 
 
+# Below this size data is hashed by the interpreter's own sha256 (a builtin module): hashlib
+# loads OpenSSL (~2 ms of start-up), which only pays off on more data than a manifest.
+_SMALL = 64 << 10
+
+
 def new_hasher(algorithm: str = "sha256"):
     """A hashlib object for a digest algorithm name."""
     if algorithm not in _HEX_LEN:
         raise InvalidDigestError(f"unsupported digest algorithm {algorithm!r} (use sha256 or sha512)")
+    import hashlib
     return hashlib.new(algorithm)
 
 
 def digest_bytes(data: bytes, algorithm: str = "sha256") -> str:
     """The digest string of `data`."""
+    if algorithm == "sha256" and len(data) < _SMALL:
+        return f"sha256:{_builtin_sha256()(data).hexdigest()}"
     h = new_hasher(algorithm)
     h.update(data)
     return f"{algorithm}:{h.hexdigest()}"
+
+
+def _builtin_sha256():
+    try:
+        if sys.version_info >= (3, 12):
+            from _sha2 import sha256
+        else:
+            from _sha256 import sha256
+    except ImportError:                     # an interpreter built without it
+        from hashlib import sha256
+    return sha256
 
 
 def digest_stream(stream: BinaryIO, algorithm: str = "sha256") -> tuple[str, int]:

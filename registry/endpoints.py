@@ -12,7 +12,7 @@ import queue
 import threading
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from . import mediatypes as mt
 from .digest import parse_digest
@@ -66,59 +66,81 @@ class BlobSources:
         return [e[len(prefix):] for e in self.get(digest) if e.startswith(prefix)]
 
 
-# ---- background reading --------------------------------------------------------------------------
+# ---- reading into buffers -------------------------------------------------------------------------
 
-# Blobs at least this big are received on a helper thread while the store writes and hashes,
-# so network and disk overlap even for an image of one big layer.
+# Blobs at least this big are read on a helper thread, a few buffers ahead, while the store
+# hashes and writes, so that network and disk overlap even for an image of one big layer.
 PREFETCH_MIN = 8 << 20
-PREFETCH_DEPTH = 8      # chunks of 1 MiB in flight: bounds the memory a download uses
+BUFFER_SIZE = 1 << 20
+PREFETCH_DEPTH = 4      # buffers per download: bounds the memory a download uses
 
 
-def prefetched(chunks: Iterator[bytes], depth: int = PREFETCH_DEPTH) -> Iterator[bytes]:
-    """Iterate `chunks` on a background thread, `depth` items ahead; errors are re-raised here.
+class BufferPool:
+    """Page-aligned buffers (for O_DIRECT writes) kept across the blobs of a transfer: a fresh
+    buffer costs a page fault per page on first touch, a reused one nothing."""
 
-    Stopping early (an exception in the consumer) stops the producer and closes `chunks`.
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
+    def __init__(self, size: int = BUFFER_SIZE) -> None:
+        self.size = size
+        self._free: list[memoryview] = []
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> list[memoryview]:
+        from .fsutil import aligned_buffer
+        with self._lock:
+            got, self._free = self._free[:n], self._free[n:]
+        return got + [aligned_buffer(self.size) for _ in range(n - len(got))]
+
+    def give(self, bufs: list[memoryview]) -> None:
+        with self._lock:
+            self._free.extend(bufs)
+
+
+def filled(readinto: Callable[[memoryview], int], bufs: list[memoryview]) -> Iterator[memoryview]:
+    """Views of `bufs` filled by `readinto(buffer)` (which fills it whole unless the data ends;
+    0 at the end), in order. Each view is valid until the next one is asked for. With more than
+    one buffer the reading runs on a helper thread, up to len(bufs) - 1 buffers ahead; its
+    errors are re-raised here, and stopping early (an exception in the consumer) stops it."""
+    if len(bufs) == 1:
+        buf = bufs[0]
+        while n := readinto(buf):
+            yield buf[:n]
+            if n < len(buf):
+                return
+        return
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    full: queue.SimpleQueue = queue.SimpleQueue()
+    for b in bufs:
+        free.put(b)
     stop = threading.Event()
-    end = object()
-
-    def put(item: Any) -> bool:
-        """Hand `item` to the consumer; False once it has stopped."""
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
 
     def produce() -> None:
         try:
-            for chunk in chunks:
-                if not put(chunk):
-                    break
-            item: Any = end
+            while True:
+                buf = free.get()
+                if buf is None or stop.is_set():
+                    return
+                n = readinto(buf)
+                full.put((buf, n))
+                if n < len(buf):
+                    return
         except BaseException as exc:   # handed to the consumer, which re-raises it
-            item = exc
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-        put(item)
+            full.put((None, exc))
 
     t = threading.Thread(target=produce, name="pybuild-prefetch", daemon=True)
     t.start()
     try:
         while True:
-            item = q.get()
-            if item is end:
+            buf, n = full.get()
+            if buf is None:
+                raise n
+            if n:
+                yield buf[:n]
+            if n < len(buf):
                 return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            free.put(buf)
     finally:
         stop.set()
+        free.put(None)
         t.join()
 
 
@@ -150,6 +172,7 @@ class StoreEndpoint:
         self.sources = BlobSources(store.root)
         self._opened: list = []
         self._opened_lock = threading.Lock()
+        self._buffers = BufferPool()
 
     # -- source --
     def read_manifest(self, ref: "str | Descriptor") -> RawManifest:
@@ -215,6 +238,11 @@ class StoreEndpoint:
         """True when the store holds `digest` (inside session(): also kept from gc by the lease)."""
         return self.store.has_blob(digest)
 
+    def tagged(self, tag: str) -> str | None:
+        """The digest `tag` names in the store now (None when it names nothing)."""
+        desc = self.store.lookup(tag)
+        return desc.digest if desc is not None else None
+
     def receive_blob(self, desc: Descriptor, src: Any, progress: Any) -> tuple[str, int]:
         """Stream one blob into the store, resuming a partial download left by an earlier attempt
         (in this process or a killed one). Content that fails verification is never stored; it is
@@ -233,12 +261,7 @@ class StoreEndpoint:
                                            resumable=True, defer_sync=True) as w:
                         resumed = w.offset
                         task.advance(resumed)
-                        chunks = iter_chunks(src.open_blob(desc, w.offset))
-                        if desc.size - w.offset >= PREFETCH_MIN:
-                            chunks = prefetched(chunks)
-                        for chunk in chunks:
-                            w.write(chunk)
-                            task.advance(len(chunk))
+                        self._copy_into(w, src.open_blob(desc, w.offset), desc.size - w.offset, task)
                     break
                 except DigestMismatchError as exc:
                     task.advance(-desc.size)
@@ -247,6 +270,24 @@ class StoreEndpoint:
                     progress.message(f"{label(desc.digest)}: content did not match its digest, downloading again")
         task.finish("downloaded")
         return "transferred", desc.size - resumed
+
+    def _copy_into(self, w: Any, stream: Any, remaining: int, task: Any) -> None:
+        """Write a blob source's bytes into a blob writer. A source that can `readinto` (a
+        registry's BlobReader, a file) fills reused page-aligned buffers, which the writer puts
+        on disk without the page cache (BlobWriter.write_aligned); other sources give chunks."""
+        if not hasattr(stream, "readinto"):
+            for chunk in iter_chunks(stream):
+                w.write(chunk)
+                task.advance(len(chunk))
+            return
+        bufs = self._buffers.take(PREFETCH_DEPTH if remaining >= PREFETCH_MIN else 1)
+        try:
+            for view in filled(stream.readinto, bufs):
+                w.write_aligned(view)
+                task.advance(len(view))
+        finally:
+            stream.close()
+            self._buffers.give(bufs)
 
     def put_manifest(self, raw: RawManifest) -> None:
         if not self.store.has_blob(raw.digest):
@@ -289,7 +330,7 @@ class RemoteEndpoint:
         return RawManifest.parse(m.data, m.media_type, m.digest, where=f"manifest {repo.ref}{sep}{ref}")
 
     def open_blob(self, desc: Descriptor, offset: int = 0) -> Any:
-        return self.repo.iter_blob(desc.digest, desc.size, offset=offset)
+        return self.repo.blob_reader(desc.digest, desc.size, offset)
 
     def read_config(self, digest: str) -> ImageConfig:
         return ImageConfig.from_bytes(self.repo.fetch_blob(digest))

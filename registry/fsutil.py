@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import stat
 from pathlib import Path
@@ -49,6 +50,31 @@ def tighten_dir(path: str | os.PathLike) -> None:
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.EROFS):
                 raise
+
+
+# O_DIRECT wants the buffer's address, the length and the file offset aligned to the device's
+# logical block (512 or 4096 bytes); a page satisfies both.
+PAGE = mmap.PAGESIZE
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """A writable buffer of `size` bytes at a page-aligned address (anonymous memory), for
+    reads into it and O_DIRECT writes from it."""
+    return memoryview(mmap.mmap(-1, size))
+
+
+def set_direct(fd: int, on: bool) -> bool:
+    """Turn O_DIRECT on or off for an open file; False when the file system refuses it (tmpfs,
+    some FUSE and network file systems)."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    want = flags | os.O_DIRECT if on else flags & ~os.O_DIRECT
+    if want == flags:
+        return True
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, want)
+    except OSError:
+        return False
+    return True
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

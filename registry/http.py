@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 client on the standard library's http.client, for the registry client.
+"""A small HTTP/1.1 client for the registry client (the wire format is in http1.py).
 
 Why not requests: importing it costs more CPU than a whole small pull, and every `pybuild`
 command pays it at start-up. This module keeps what the registry protocol needs: keep-alive
@@ -105,7 +105,7 @@ class Response:
         self.url = request.url
         self.status_code: int = raw.status
         self.reason: str = raw.reason
-        self.headers = raw.msg           # http.client.HTTPMessage: case-insensitive get/in
+        self.headers = raw.msg           # http1.Headers: case-insensitive get/in
         self._content: bytes | None = None   # the whole body, once read by `content`
         self._served = 0                      # how much of _content read() has handed out
         self.max_body = max_body
@@ -128,21 +128,41 @@ class Response:
             data = self._content[self._served:end]
             self._served += len(data)
             return data
+        data = self._raw_call(self._raw.read, amt) if amt is not None else self._raw_call(self._raw.read)
+        if (not data and amt != 0) or amt is None:
+            self._ended()
+        return data
+
+    def readinto(self, buf: memoryview) -> int:
+        """Read the next bytes of the body into `buf` (up to its length, no bytes object made);
+        how many, 0 at the end."""
+        if self._content is not None:
+            data = self.read(len(buf))
+            buf[:len(data)] = data
+            return len(data)
+        n = self._raw_call(self._raw.readinto, buf)
+        if not n and len(buf):
+            self._ended()
+        return n
+
+    def _raw_call(self, fn: Any, *args: Any) -> Any:
+        """A read of the raw answer; a broken connection drops it and raises ReadError."""
         try:
-            data = self._raw.read(amt) if amt is not None else self._raw.read()
+            return fn(*args)
         except (OSError, ValueError) as exc:
             self._done(False)
             raise ReadError(f"reading the answer from {self.url}: {exc}") from None
-        except Exception as exc:           # http.client.IncompleteRead and friends
+        except Exception as exc:           # http1.ProtocolError and friends
             self._done(False)
             raise ReadError(f"reading the answer from {self.url}: {type(exc).__name__}: {exc}") from None
-        if (not data and amt != 0) or amt is None:
-            left = self._raw.length
-            if left:
-                self._done(False)
-                raise ReadError(f"the answer from {self.url} ended {left} bytes early")
-            self._done(True)
-        return data
+
+    def _ended(self) -> None:
+        """The body ended: shorter than announced is a ReadError, else the connection is reusable."""
+        left = self._raw.length
+        if left:
+            self._done(False)
+            raise ReadError(f"the answer from {self.url} ended {left} bytes early")
+        self._done(True)
 
     def iter_bytes(self, amt: int = READ_BLOCK) -> Iterator[bytes]:
         """The body in pieces of at most `amt` bytes."""
@@ -308,7 +328,7 @@ class Session:
         except (OSError, ValueError) as exc:
             conn.close()
             raise ReadError(f"{method} {url}: the connection broke: {exc}") from None
-        except Exception as exc:            # http.client.RemoteDisconnected, BadStatusLine...
+        except Exception as exc:            # http1.ProtocolError (not an HTTP answer)
             conn.close()
             raise ReadError(f"{method} {url}: the connection broke: {type(exc).__name__}: {exc}") from None
         resp = Response(raw, conn, pool, Request(method, url, hdrs),
@@ -325,22 +345,15 @@ class Session:
 
     def _connect(self, scheme: str, host: str, port: int, proxy: tuple | None, tls: TLSConfig,
                  url: str) -> Any:
-        import http.client
-        timeout = self.connect_timeout
-        if scheme == "https":
-            ctx = self._context(tls)
-            if proxy:
-                conn = http.client.HTTPSConnection(proxy[0], proxy[1], timeout=timeout, context=ctx,
-                                                   blocksize=READ_BLOCK)
-                conn.set_tunnel(host, port, headers={"Proxy-Authorization": proxy[2]} if proxy[2] else None)
-            else:
-                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx, blocksize=READ_BLOCK)
+        from .http1 import Connection
+        ctx = self._context(tls) if scheme == "https" else None
+        if proxy and scheme == "https":
+            conn = Connection(proxy[0], proxy[1], self.connect_timeout, ctx,
+                              tunnel=(host, port, {"Proxy-Authorization": proxy[2]} if proxy[2] else {}))
+        elif proxy:
+            conn = Connection(proxy[0], proxy[1], self.connect_timeout, target=(host, port))
         else:
-            at = (proxy[0], proxy[1]) if proxy else (host, port)
-            conn = http.client.HTTPConnection(at[0], at[1], timeout=timeout, blocksize=READ_BLOCK)
-        if (proxy[0] if proxy else host).isascii():
-            # An ASCII name given as bytes spares getaddrinfo the idna codec (and its import).
-            conn._create_connection = _connect_ascii
+            conn = Connection(host, port, self.connect_timeout, ctx)
         try:
             conn.connect()
         except socket.gaierror as exc:
@@ -362,12 +375,6 @@ class Session:
             if ctx is None:
                 ctx = self._contexts[tls] = _make_context(tls)
             return ctx
-
-
-def _connect_ascii(address: tuple, *args: Any, **kwargs: Any) -> socket.socket:
-    host, port = address
-    return socket.create_connection((host.encode("ascii") if isinstance(host, str) else host, port),
-                                    *args, **kwargs)
 
 
 def _no_query(url: str) -> str:

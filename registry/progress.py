@@ -3,7 +3,6 @@ when quiet. Thread-safe (parallel blob transfers report into one reporter); no d
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import threading
 import time
@@ -158,6 +157,7 @@ class BarProgress(Progress):
         try:
             return os.get_terminal_size(self.stream.fileno()).columns
         except (AttributeError, OSError, ValueError):
+            import shutil     # only for bars on a terminal
             return shutil.get_terminal_size().columns
 
     def _line(self, t: Task) -> str:

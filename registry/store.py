@@ -36,7 +36,7 @@ from typing import BinaryIO, Iterable, Iterator
 from . import mediatypes as mt
 from .digest import CHUNK, InvalidDigestError, digest_bytes, is_digest, new_hasher, parse_digest
 from .errors import DigestMismatchError, NotFoundError, RegistryError
-from .fsutil import FileLock, atomic_write, create_if_absent, fsync_dir, private_dir, tighten_dir
+from .fsutil import PAGE, FileLock, atomic_write, create_if_absent, fsync_dir, private_dir, set_direct, tighten_dir
 from .manifest import (Descriptor, ImageConfig, Index, InvalidManifestError, Manifest, dump_json,
                        parse_manifest)
 from .platform import Platform, host_platform, platform_matches
@@ -129,6 +129,8 @@ class BlobWriter:
         self._lock: FileLock | None = None
         self.descriptor: Descriptor | None = None
         self._size = 0
+        self._direct = False            # O_DIRECT is on for the file (write_aligned)
+        self._direct_refused = False    # the file system refused it: never ask again
         ingest = store.layout / "ingest"
         self.resumable = False
         if resumable and expected_digest:
@@ -166,20 +168,61 @@ class BlobWriter:
 
     def write(self, data: bytes) -> int:
         """Append `data`, hashing it."""
+        if self._direct:
+            self._set_direct(False)
         try:
             self._file.write(data)
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            # A full disk: even a resumable partial blob goes, or the disk would stay full.
-            self._discard()
-            blob = f"blob {self.expected_digest}" if self.expected_digest else "a blob"
-            raise RegistryError(f"no space left on device writing {blob} into "
-                                f"{self.store.layout} after {self._size} bytes: free some space (e.g. "
-                                "`pybuild store gc`) or use another --root; the partial blob was removed") from None
+            self._write_failed(exc)
         self._hasher.update(data)
         self._size += len(data)
         return len(data)
+
+    def write_aligned(self, view: memoryview) -> int:
+        """Append `view`, which must start at a page-aligned address (fsutil.aligned_buffer),
+        hashing it. Whole pages at a page-aligned offset are written with O_DIRECT: the bytes of
+        a download then take no page-cache pages, whose allocation is most of what a buffered
+        write of fresh data costs here (see benchmarks/registry); a tail, a resumed offset or a
+        file system without O_DIRECT go through the page cache. Committing fsyncs either way."""
+        n = len(view)
+        direct = not self._direct_refused and n % PAGE == 0 and self._size % PAGE == 0
+        if direct != self._direct:
+            self._set_direct(direct)
+        fd = self._file.fileno()
+        done = 0
+        try:
+            while done < n:
+                try:
+                    done += os.write(fd, view[done:])
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL or not self._direct:
+                        raise
+                    # Alignment stricter than a page (or no O_DIRECT after all): the page cache.
+                    self._direct_refused = True
+                    self._set_direct(False)
+        except OSError as exc:
+            self._write_failed(exc)
+        self._hasher.update(view)
+        self._size += n
+        return n
+
+    def _set_direct(self, on: bool) -> None:
+        self._file.flush()              # nothing buffered may land after a direct write
+        if set_direct(self._file.fileno(), on):
+            self._direct = on
+        else:
+            self._direct_refused = True
+            self._direct = False
+
+    def _write_failed(self, exc: OSError) -> None:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise exc
+        # A full disk: even a resumable partial blob goes, or the disk would stay full.
+        self._discard()
+        blob = f"blob {self.expected_digest}" if self.expected_digest else "a blob"
+        raise RegistryError(f"no space left on device writing {blob} into "
+                            f"{self.store.layout} after {self._size} bytes: free some space (e.g. "
+                            "`pybuild store gc`) or use another --root; the partial blob was removed") from None
 
     def reset(self) -> None:
         """Discard what was written and start from byte 0 (e.g. the server ignored a Range)."""
@@ -623,6 +666,13 @@ class Store:
                                     f"{'; '.join(sorted(map(shown, hits.values())))}; give more digits")
         raise NotFoundError(f"image {text!r} not found in the store at {self.root} "
                             "(see `pybuild images`; pull, build or import it first)")
+
+    def lookup(self, name: str | Reference) -> Descriptor | None:
+        """The descriptor tagged `name` (as resolve, but names only, and None when untagged)."""
+        try:
+            return self._find(self.read_index(), name)
+        except NotFoundError:
+            return None
 
     def tag_of(self, name: str | Reference) -> Reference | None:
         """The reference ``name`` is when it names a tag in the index; None for an image ID, a

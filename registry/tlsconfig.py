@@ -10,7 +10,6 @@ Like Docker, the host's CAs are added to the system's trusted roots rather than 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -49,6 +48,7 @@ def ca_bundle_for(host: str) -> str | None:
         data = f.read_bytes()
         parts.append(data if data.endswith(b"\n") else data + b"\n")
     bundle = b"".join(parts)
+    import hashlib
     digest = hashlib.sha256(bundle).hexdigest()[:32]
     import tempfile     # only with a certs.d CA: not on the start-up path of other commands
     cache = Path(tempfile.gettempdir()) / f"pybuild-ca-{os.getuid()}"

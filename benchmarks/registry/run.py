@@ -7,6 +7,9 @@
    seconds, the ratio pybuild/skopeo (targets: one layer <= 0.8x, nine layers <= 0.6x), and median
    CPU seconds (user+sys of the child: steadier than wall time on a shared machine).
 2. pybuild's peak RSS (of the child process, via wait4) pulling a 500 MB image (target < 150 MB).
+3. Start-up (issue 18: under 40 ms): `pybuild --version`, and `pybuild pull` of an image the store
+   already holds (one manifest GET), against `skopeo --version` and `skopeo copy` of an image its
+   layout already holds; medians of --startup-trials alternating runs.
 
 Usage: python3 benchmarks/registry/run.py [--trials N] [--cases 1x51,9x31.1,20x51.2] [--big-mb MB]
 (a case is LAYERSxMB_PER_LAYER). Needs Debian's docker-registry and skopeo (scripts/setup.sh).
@@ -127,6 +130,31 @@ def bench_rss(work: Path, big_mb: int) -> tuple[float, float]:
 
 
 TARGETS = {1: 0.8, 9: 0.6}      # issue 18: ratio to skopeo by number of layers
+STARTUP_TARGET_MS = 40
+
+
+def bench_startup(work: Path, trials: int) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) seconds of the start-up-bound commands, alternating the tools."""
+    src = work / "startup-src"
+    build_image(src, "bench/small:v1", 1, 1 << 20, seed=3)
+    reg = start_registry()
+    try:
+        ref = f"{reg.host}/bench/small:v1"
+        store, layout = work / "startup-store", work / "startup-layout"
+        run_child(PYBUILD + ["--root", str(src), "-q", "push", "bench/small:v1", ref])
+        run_child(PYBUILD + ["--root", str(store), "-q", "pull", ref])
+        skopeo_pull = ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:app"]
+        run_child(skopeo_pull)
+        cmds = {"pybuild --version": PYBUILD + ["--version"], "skopeo --version": ["skopeo", "--version"],
+                "pybuild pull (cached)": PYBUILD + ["--root", str(store), "-q", "pull", ref],
+                "skopeo pull (cached)": skopeo_pull}
+        runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in cmds}
+        for t in range(trials):
+            for name in (list(cmds) if t % 2 == 0 else list(reversed(cmds))):
+                runs[name].append(run_child(cmds[name]))
+    finally:
+        reg.stop()
+    return {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for k, v in runs.items()}
 
 
 def parse_case(text: str) -> tuple[int, float]:
@@ -141,10 +169,20 @@ def main() -> int:
                     help="comma-separated LAYERSxMB cases (default: the 51 MB, 280 MB and 1 GB images)")
     ap.add_argument("--big-trials", type=int, default=3, help="trials of cases over 500 MB")
     ap.add_argument("--big-mb", type=int, default=500, help="RSS measurement image (0: skip)")
+    ap.add_argument("--startup-trials", type=int, default=15, help="runs of each start-up command (0: skip)")
     args = ap.parse_args()
     if not shutil.which("skopeo"):
         raise SystemExit("skopeo is not installed (run scripts/setup.sh)")
     run_child(PYBUILD + ["--help"])      # warm-up: writes the bytecode caches
+    if args.startup_trials:
+        with tempfile.TemporaryDirectory(prefix="pybuild-bench-") as tmp:
+            res = bench_startup(Path(tmp), args.startup_trials)
+        print(f"start-up, median of {args.startup_trials} runs (load average {os.getloadavg()[0]:.1f}):")
+        for what in ("--version", "pull (cached)"):
+            (ours, ours_cpu), (theirs, theirs_cpu) = res[f"pybuild {what}"], res[f"skopeo {what}"]
+            print(f"  {what}: pybuild {ours * 1000:.1f} ms (target < {STARTUP_TARGET_MS} ms), skopeo "
+                  f"{theirs * 1000:.1f} ms, ratio {ours / theirs:.2f}x; CPU {ours_cpu * 1000:.1f} ms vs "
+                  f"{theirs_cpu * 1000:.1f} ms", flush=True)
     for text in args.cases.split(","):
         layers, mb = parse_case(text)
         size = layers * mb

@@ -7,12 +7,15 @@ stays cheap (it is part of every warm build).
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
-import signal
 import sys
-from typing import Callable
+
+# Neither typing nor signal (enum, re) at import: `pybuild --version` needs only this module.
+# Type checkers take a TYPE_CHECKING constant as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Callable
 
 # Order is the order of `pybuild --help`.
 COMMAND_MODULES = [
@@ -95,6 +98,7 @@ class Terminated(KeyboardInterrupt):
 def _terminate(signum: int, _frame) -> None:
     # Only the first one unwinds: another SIGTERM while cleaning up (a CI runner repeating
     # itself) must not cut the cleanup short. SIGKILL remains the way to stop at once.
+    import signal
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _ignore)
     raise Terminated(signum)
@@ -109,12 +113,14 @@ def _install_signal_handlers() -> None:
     command like SIGINT does. Without this, Python dies at once and leaves the RUN command,
     its container, mounts and snapshot behind. `pybuild run` replaces them while its container
     runs, to stop the container instead (builder.containers)."""
+    import signal
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) is signal.SIG_DFL:      # not when ignored, e.g. under nohup
             signal.signal(sig, _terminate)
 
 
 def _common_options() -> argparse.ArgumentParser:
+    import argparse
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", default=argparse.SUPPRESS,
                         help="store root (default: $PYBUILD_ROOT or $XDG_DATA_HOME/pybuild)")
@@ -123,10 +129,24 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+class _Unneeded:
+    """Stands in for the parser of a command this run does not run: every call is a no-op (argparse
+    builds each parser eagerly, with gettext look-ups per string: ~1 ms a command)."""
+
+    def __getattr__(self, name: str):
+        return self._ignore
+
+    def _ignore(self, *args, **kwargs) -> "_Unneeded":
+        return self
+
+
 def build_parser(modules: list[str] | None = None, parsers: dict[str, argparse.ArgumentParser] | None = None,
-                 ) -> tuple[argparse.ArgumentParser, set[str]]:
+                 only: str | None = None) -> tuple[argparse.ArgumentParser, set[str]]:
     """Build the argument parser (of ``modules``, default all); returns it and the command names
-    (and fills ``parsers`` with each command's own parser, when given)."""
+    (and fills ``parsers`` with each command's own parser, when given). With ``only``, the other
+    commands are named but get no parser."""
+    import argparse
+    import importlib
     common = _common_options()
     parser = argparse.ArgumentParser(
         prog="pybuild", parents=[common],
@@ -137,6 +157,8 @@ def build_parser(modules: list[str] | None = None, parsers: dict[str, argparse.A
 
     def add_command(name: str, help: str, **kw) -> argparse.ArgumentParser:
         names.add(name)
+        if only is not None and name != only:
+            return _Unneeded()          # type: ignore[return-value]
         p = sub.add_parser(name, help=help, parents=[common], **kw)
         if parsers is not None:
             parsers[name] = p
@@ -157,6 +179,7 @@ def command_group(add_command, name: str, help: str):
     """Add a command that only groups subcommands (`cache ls`, `system df`): returns its
     subparsers and a parent parser carrying the global options, so that they may also follow
     the subcommand. The bare group prints its help and exits 2."""
+    import argparse
     p = add_command(name, help)
     sub = p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -175,10 +198,24 @@ def main(argv: list[str] | None = None) -> int:
         from .._version import __version__
         print(f"pybuild version {__version__}")
         return 0
+    from .quick import parse as quick_parse
+    args = quick_parse(argv)            # `pull REF`, `push NAME DEST`: no argparse at all
+    if args is None:
+        args = _parse(argv, i)
+        if isinstance(args, int):
+            return args
+    # The command's word, not args.command (`run` and `exec` have an argument of that name);
+    # _parse may have put `build` there.
+    return _run(args, argv[i] if i < len(argv) else None)
+
+
+def _parse(argv: list[str], i: int) -> "argparse.Namespace | int":
+    """The command line parsed by argparse (an exit status instead when it is not a command);
+    `build` is inserted at argv[i] when the line is a bare build (`pybuild -f Dockerfile .`)."""
     # An explicit command needs only its own module's parsers (building them all is a start-up cost).
     owner = COMMAND_OWNERS.get(argv[i]) if i < len(argv) else None
     parsers: dict[str, argparse.ArgumentParser] = {}
-    parser, names = build_parser([owner] if owner else None, parsers)
+    parser, names = build_parser([owner] if owner else None, parsers, only=argv[i] if owner else None)
     # `pybuild -f Dockerfile .` means `pybuild build -f Dockerfile .`, like `docker build`.
     if "build" in names and i < len(argv) and argv[i] not in names and argv[i] not in ("-h", "--help"):
         if _looks_like_command(argv[i]):
@@ -186,26 +223,31 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         argv.insert(i, "build")
     args, extra = parser.parse_known_args(argv)
-    # The command's word, not args.command (`run` and `exec` have an argument of that name).
     word = argv[i] if i < len(argv) else None
     if extra:
         # Report on the (sub)command's own parser: its usage line is the one that helps.
         _innermost(parsers.get(word or "", parser), args).error(
             f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return args
+
+
+def _run(args: "argparse.Namespace", word: str | None) -> int:
+    """Run the parsed command (`word`); errors pybuild raises become a message and exit status 1."""
     root = getattr(args, "root", None)
     # Absolute, because runc bundles and overlay mount options are resolved from other cwds.
     args.root = os.path.abspath(root) if root else None
     args.quiet = getattr(args, "quiet", False)
-    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return 2
+    func: Callable[[argparse.Namespace], int] = args.func
     _install_signal_handlers()
     try:
         if word not in STORELESS_COMMANDS:
             _enter_store(args.root, _container_args(args))
         return int(func(args) or 0)
     except Terminated as exc:
+        import signal
         print(f"interrupted by {signal.Signals(exc.signum).name}", file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:
@@ -257,6 +299,7 @@ def _unknown_command(word: str, names: set[str]) -> str:
 
 def _innermost(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The deepest subcommand parser ``args`` went through (`cache prune`, not `cache`)."""
+    import argparse
     while True:
         subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
         chosen = [a.choices[getattr(args, a.dest)] for a in subs

@@ -6,10 +6,12 @@ stdout so that scripts can use them: pull/push/copy print the reference with its
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse     # annotations only: `pull` and `push` run without it (builder.cli.quick)
 
 
 def _registry_options(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,61 @@ def test_one_command_parses_like_the_full_parser():
     assert vars(own.parse_args(argv)) == vars(full.parse_args(argv))
 
 
+_PARSER: list = []
+
+
+def _argparse_namespace(argv: list[str]):
+    """vars() of what argparse makes of argv, or None when it refuses it."""
+    import contextlib
+    import io
+    if not _PARSER:
+        _PARSER.append(cli.build_parser()[0])
+    parser = _PARSER[0]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            ns, extra = parser.parse_known_args(argv)
+    except SystemExit:
+        return None
+    return None if extra else vars(ns)
+
+
+def test_quick_command_lines_read_like_argparse():
+    """builder.cli.quick reads `pull`/`push` lines without argparse: on every line it accepts it
+    gives argparse's namespace, and it declines the lines argparse reads its own way."""
+    from builder.cli import quick
+    accepted = [["pull", "x"], ["--root", "/r", "-q", "pull", "x"], ["pull", "--platform", "linux/arm64", "x"],
+                ["pull", "--platform=linux/arm64", "--all-platforms", "x", "-q"],
+                ["pull", "x", "--insecure-registry", "a", "--insecure-registry=b", "--root", "/r"],
+                ["push", "a"], ["push", "a", "b", "--root=/r"], ["--quiet", "push", "a", "b"], ["push", "-q", "a", "b"]]
+    for argv in accepted:
+        got = quick.parse(argv)
+        assert got is not None, argv
+        assert vars(got) == _argparse_namespace(argv), argv
+    declined = [["pull"], ["pull", "x", "y"], ["pull", "--plat", "p", "x"], ["pull", "-h"], ["pull", "--platform", "-x", "r"],
+                ["push", "a", "--insecure-registry", "h", "b"], ["pull", "--", "x"], ["-q", "-q", "pull", "x"],
+                ["pull", "--root", "a", "--root", "b", "x"], ["build", "."], ["pull", "--platform"], ["tags", "x"],
+                ["pull", "--root=", "x"], ["pull", "--all-platforms=1", "x"]]
+    for argv in declined:
+        assert quick.parse(argv) is None, argv
+    # Generated lines: whatever quick accepts, argparse reads the same.
+    import random
+    rng = random.Random(18)
+    items = [["x"], ["y"], ["-"], ["-q"], ["--quiet"], ["--root", "/r"], ["--root=/s"], ["--platform", "linux/arm64"],
+             ["--platform=linux/amd64"], ["--all-platforms"], ["--all"], ["--insecure-registry", "h:5000"],
+             ["--insecure-registry=i"], ["--"], ["-h"], ["--bogus"], ["--platform"], ["--root"]]
+    taken = 0
+    for _ in range(3000):
+        head = [w for item in rng.sample(items[3:7], rng.randint(0, 2)) for w in item]
+        tail = [w for item in rng.choices(items, weights=[6, 4] + [1] * (len(items) - 2), k=rng.randint(1, 5))
+                for w in item]
+        argv = head + [rng.choice(["pull", "push"])] + tail
+        got = quick.parse(argv)
+        if got is not None:
+            taken += 1
+            assert vars(got) == _argparse_namespace(argv), argv
+    assert taken > 300, taken
+
+
 def test_registry_import_is_lazy_and_complete():
     """`import registry` loads only its errors; every exported name still resolves."""
     code = ("import sys, registry; loaded = sorted(m for m in sys.modules if m.startswith('registry'));"
@@ -50,33 +105,56 @@ def test_no_uuid_on_start_up_paths():
 # Start-up is most of a small pull or a no-op rebuild: these tests keep what those paths import
 # from growing back. Raise a limit only with a reason (and a measurement) in the commit message.
 
-# (random is not listed: http.client imports it through email.utils.)
 HEAVY = ("requests", "urllib3", "lark", "rich", "certifi", "cryptography", "dockerfile_grammar",
          "concurrent", "tempfile", "logging", "uuid", "platform", "subprocess",
          "multiprocessing", "asyncio", "zstandard", "isal", "zlib_ng", "tarfile", "gzip")
-PULL_CACHED_MAX_MODULES = 180      # `pybuild pull` of a cached image: 171 when written (183 before)
-VERSION_MAX_MODULES = 70           # `pybuild --version`: 61 when written
-FAST_BUILD_MAX_MODULES = 90        # builder.cli.build + builder.cache.fast: 81 when written
+# What the transfer commands do without: http.client (with the email package and ssl: ~10 ms),
+# argparse (with gettext, locale, shutil: ~10 ms with its parsers; builder.cli.quick reads these
+# command lines), hashlib (OpenSSL: the few small digests use the builtin sha256), auth and the
+# credential stores (made at a registry's first 401), random (only for a retry's jitter).
+TRANSFER_NEVER = HEAVY + ("http.client", "email", "ssl", "argparse", "gettext", "locale", "shutil", "bz2", "lzma",
+                          "hashlib", "_hashlib", "random", "base64", "registry.auth", "registry.credentials")
+PULL_CACHED_MAX_MODULES = 140      # `pybuild pull` of a cached image: 130 in sys.modules when written (175 before)
+PUSH_CACHED_MAX_MODULES = 140      # `pybuild push` of what the registry holds: 130 when written
+VERSION_MAX_MODULES = 62           # `pybuild --version`: 58 when written (73 before)
+FAST_BUILD_MAX_MODULES = 95        # builder.cli.build + builder.cache.fast: 83 when written
+
+# Runs a command as `python3 -m builder` does and writes what sys.modules holds at exit to a file.
+_DUMP = """
+def _dump(out):
+    mods = sorted(sys.modules)          # before json is imported to write them
+    import json
+    open(out, "w").write(json.dumps(mods))
+"""
+_RUNNER = "import atexit, runpy, sys\n" + _DUMP + """
+atexit.register(_dump, sys.argv.pop(1))
+sys.argv[0] = "pybuild"
+runpy.run_module("builder", run_name="__main__", alter_sys=True)
+"""
 
 
-def _imported(args: list[str], root=None) -> list[str]:
-    """Modules a `python3 -X importtime ARGS` run imports (stdlib start-up included)."""
+def _imported(args: list[str], tmp_path) -> list[str]:
+    """Modules in sys.modules at the end of `pybuild ARGS` (`-c CODE`: of that code), run in a
+    fresh interpreter with bytecode caches as users have them."""
+    import json
     import os
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    r = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True,
-                       env=env, timeout=60)
+    out = tmp_path / "modules.json"
+    if args[0] == "-c":
+        cmd = [sys.executable, "-c", args[1] + "\nimport sys\n" + _DUMP + f"_dump({str(out)!r})"]
+    else:
+        cmd = [sys.executable, "-c", _RUNNER, str(out), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
-    return [line.split("|")[2].strip() for line in r.stderr.splitlines()
-            if line.startswith("import time:") and "|" in line][1:]     # [0] is the header
+    return json.loads(out.read_text())
 
 
-def _heavy(mods: list[str]) -> list[str]:
-    return [m for m in mods if m.split(".")[0] in HEAVY or m.startswith("builder.engine")]
+def _heavy(mods: list[str], never: tuple[str, ...] = HEAVY) -> list[str]:
+    return [m for m in mods if m.split(".")[0] in never or m in never or m.startswith("builder.engine")]
 
 
-def test_pull_of_a_cached_image_imports_little(registry, tmp_path):
-    """`pybuild pull REF` of an image already in the store: only the client, the store and the
-    copier, no thread pool, no logging, no temp-file module, nothing of the build engine."""
+def _pushed_and_pulled(registry, tmp_path):
+    """An image pushed to the test registry and pulled into a store: (source root, ref, store root)."""
     from registry.client import ClientOptions, RegistryClient
     from registry.platform import host_platform
     from registry.store import Store
@@ -90,21 +168,38 @@ def test_pull_of_a_cached_image_imports_little(registry, tmp_path):
     with RegistryClient(ClientOptions(use_credentials=False)) as client:
         push(client, src, "startup/app:v1", ref)
         pull(client, ref, Store(root))
-    mods = _imported(["-m", "builder", "--root", str(root), "-q", "pull", ref])
+    return src.root, ref, root
+
+
+def test_pull_of_a_cached_image_imports_little(registry, tmp_path):
+    """`pybuild pull REF` of an image already in the store: the client, the store and the copier;
+    no thread pool, logging, temp-file module, http.client, argparse, hashlib or auth."""
+    _, ref, root = _pushed_and_pulled(registry, tmp_path)
+    mods = _imported(["--root", str(root), "-q", "pull", ref], tmp_path)
     assert "registry.copier" in mods and "registry.store" in mods   # the real path ran
-    assert not _heavy(mods), _heavy(mods)
+    assert not _heavy(mods, TRANSFER_NEVER), _heavy(mods, TRANSFER_NEVER)
     assert len(mods) <= PULL_CACHED_MAX_MODULES, (len(mods), mods)
 
 
-def test_version_imports_little():
-    mods = _imported(["-m", "builder", "--version"])
-    assert not [m for m in mods if m.startswith(("registry.", "builder.engine"))] and not _heavy(mods)
+def test_push_of_what_the_registry_holds_imports_little(registry, tmp_path):
+    """`pybuild push NAME REF` when the registry has every blob (HEADs, then the manifest PUT)."""
+    src_root, ref, _ = _pushed_and_pulled(registry, tmp_path)
+    mods = _imported(["--root", str(src_root), "-q", "push", "startup/app:v1", ref], tmp_path)
+    assert "registry.copier" in mods and "registry.endpoints" in mods
+    assert not _heavy(mods, TRANSFER_NEVER), _heavy(mods, TRANSFER_NEVER)
+    assert len(mods) <= PUSH_CACHED_MAX_MODULES, (len(mods), mods)
+
+
+def test_version_imports_little(tmp_path):
+    mods = _imported(["--version"], tmp_path)
+    never = TRANSFER_NEVER + ("typing", "signal", "re", "dataclasses", "json")
+    assert not [m for m in mods if m.startswith(("registry", "builder.engine"))] and not _heavy(mods, never), mods
     assert len(mods) <= VERSION_MAX_MODULES, (len(mods), mods)
 
 
-def test_fast_build_path_imports_little():
+def test_fast_build_path_imports_little(tmp_path):
     """What `pybuild build` loads before a no-op rebuild is recognised (builder.cache.fast)."""
-    mods = _imported(["-c", "import builder.cli, builder.cli.build, builder.cache.fast"])
+    mods = _imported(["-c", "import builder.cli, builder.cli.build, builder.cache.fast"], tmp_path)
     assert not [m for m in mods if m.startswith(("registry.client", "registry.http", "builder.engine"))]
     assert not _heavy(mods), _heavy(mods)
     assert len(mods) <= FAST_BUILD_MAX_MODULES, (len(mods), mods)

@@ -381,6 +381,43 @@ def test_failed_pull_resumes_next_time(registry, fault_proxy, tmp_path):
     direct.close()
 
 
+@pytest.mark.parametrize("kind", ["manifest", "index"])
+def test_pull_of_a_cached_image_is_one_request_and_writes_nothing(kind, registry, fault_proxy, tmp_path):
+    """Pulling what the tag already names asks the registry once (the manifest or index GET; an
+    index's platform manifest is read from the store) and writes nothing: no lease, no
+    index.json rewrite. A changed tag is pulled again."""
+    a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
+    if kind == "index":
+        multi_platform_image(a, "local/cached:v1", seed=5)
+    else:
+        make_image(a, "local/cached:v1", [tar_layer({"etc/v": b"1"})])
+    with RegistryClient() as direct:
+        push(direct, a, "local/cached:v1", f"{registry.host}/cached/{kind}:v1")
+    ref = f"{fault_proxy.host}/cached/{kind}:v1"
+    with RegistryClient() as c:
+        first = pull(c, ref, b, platform="linux/arm64/v8")
+    index_json = b.layout / "index.json"
+    before = (index_json.stat().st_mtime_ns, index_json.read_bytes())
+    fault_proxy.settled_log()           # the first pull's requests all recorded, then forgotten
+    fault_proxy.clear()
+    with RegistryClient() as c:
+        again = pull(c, ref, b, platform="linux/arm64/v8")
+    assert [(m, p) for m, p, _, _ in fault_proxy.settled_log()] == [("GET", f"/v2/cached/{kind}/manifests/v1")]
+    assert (again.digest, again.source_digest, again.platforms) == (first.digest, first.source_digest,
+                                                                    first.platforms)
+    assert again.blobs_transferred == 0 and again.blobs_skipped == first.blobs_transferred
+    assert (index_json.stat().st_mtime_ns, index_json.read_bytes()) == before
+    assert list((b.layout / "leases").iterdir()) == []
+    # The tag moves on at the registry: the next pull fetches the new image.
+    make_image(a, "local/cached:v1", [tar_layer({"etc/v": b"2"})], platform=Platform("linux", "arm64", "v8"))
+    with RegistryClient() as direct:
+        push(direct, a, "local/cached:v1", f"{registry.host}/cached/{kind}:v1")
+    with RegistryClient() as c:
+        moved = pull(c, ref, b, platform="linux/arm64/v8")
+    assert moved.digest != first.digest and moved.blobs_transferred >= 2
+    assert b.resolve(ref).digest == moved.digest
+
+
 @pytest.mark.parametrize("chunked", [False, True])
 def test_copy_of_corrupt_source_commits_nothing(registry, registry2, tmp_path, chunked):
     """A source blob that does not match its digest is refused on the way (by the client before

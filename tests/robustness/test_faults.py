@@ -111,6 +111,28 @@ def test_pull_recovers(scenario, client, registry, fault_proxy, tmp_path):
     assert assert_store_sound(b) == 5
 
 
+@pytest.mark.parametrize("size", [2 << 20, 9 << 20], ids=["one-buffer", "read-ahead"])
+def test_pull_resumes_from_a_server_that_ignores_range(size, client, registry, fault_proxy, tmp_path):
+    """A download cut short at an odd byte resumes with Range; the server answers with the whole
+    blob (200), whose first bytes are dropped. Both download loops: one reused buffer (small blobs)
+    and buffers read ahead on a helper thread (blobs of 8 MiB and more)."""
+    a = Store(tmp_path / "src")
+    layer = random_layer(a, size, seed=size)
+    make_image(a, "local/big:v1", layer_descs=[layer], cmd=["/bin/true"])
+    repo = f"faults/norange-{size}"
+    push(client, a, "local/big:v1", f"{registry.host}/{repo}:v1")
+    blob = BLOB + layer[0].digest.split(":")[1]
+    rules = _program(fault_proxy, [dict(action="truncate", method="GET", path=blob, after=size // 2 + 12345,
+                                                        times=1),
+                                   dict(action="norange", method="GET", path=blob, times=1)])
+    b = Store(tmp_path / "dst")
+    res = pull(client, f"{fault_proxy.host}/{repo}:v1", b)
+    assert all(r.hits == 1 for r in rules), fault_proxy.log
+    assert [(m, st) for m, p, st, act in fault_proxy.settled_log(2) if blob in p] == [("GET", 200), ("GET", 200)]
+    assert _tree(b, res.digest) == _tree(a, a.resolve("local/big:v1").digest)
+    assert assert_store_sound(b) == 3
+
+
 PULL_CORRUPTING = {
     "corrupt blob body": [dict(action="corrupt", method="GET", path=BLOB, after=12345, times=1)],
     "corrupt blob body on every try": [dict(action="corrupt", method="GET", path=BLOB, after=7, times=-1)],
