@@ -1,7 +1,7 @@
 """Command lines of the plainest shapes, read without argparse.
 
 `pybuild [--root DIR] [-q] pull [--platform P] [--all-platforms] [--insecure-registry H]... REF`
-and `push NAME [DEST]` are what scripts and CI run, most often for an image that is already
+and `push [--platform P] NAME [DEST]` are what scripts and CI run, most often for an image that is already
 there, where start-up is most of the time: importing argparse, its gettext look-ups and
 building the parsers are ~10 ms of a cached pull. A line of another shape (help, an unknown,
 abbreviated or repeated option, a value that looks like an option, a missing or extra argument)
@@ -30,7 +30,8 @@ class Shape:
 SHAPES = {
     "pull": Shape(("ref",), values={"--platform": "platform"}, flags={"--all-platforms": "all_platforms"},
                   lists={"--insecure-registry": "insecure_registry"}, func="builder.cli.remote:_pull"),
-    "push": Shape(("name", "dest?"), lists={"--insecure-registry": "insecure_registry"},
+    "push": Shape(("name", "dest?"), values={"--platform": "platform"},
+                  lists={"--insecure-registry": "insecure_registry"},
                   func="builder.cli.remote:_push"),
 }
 GLOBAL_VALUES = {"--root": "root"}
