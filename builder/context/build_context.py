@@ -379,6 +379,14 @@ class BuildContext:
             raise self._changed(host, e) from None
         return pfd, name, st
 
+    def _open_at(self, name: str, flags: int, dir_fd: int, host: str) -> int:
+        """`name` opened in the directory descriptor `dir_fd`; if that fails, the BuildError
+        saying that `host` (its label) disappeared or changed while the build read it."""
+        try:
+            return os.open(name, flags, dir_fd=dir_fd)
+        except OSError as e:
+            raise self._changed(host, e) from None
+
     def _changed(self, host: str, exc: OSError) -> BuildError:
         if isinstance(exc, FileNotFoundError):
             return BuildError(f"{host}: disappeared from the build context while it was being read")
@@ -551,8 +559,8 @@ class BuildContext:
                 host = label + inner
                 try:
                     st = e.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    raise BuildError(f"{host}: disappeared from the build context while it was being read") from None
+                except FileNotFoundError as exc:
+                    raise self._changed(host, exc) from None
                 dstate: MatchState | None = None
                 if admit is not None:
                     keep, dstate = admit(inner, st, pstate)
@@ -560,10 +568,7 @@ class BuildContext:
                         continue
                 yield inner, host, st, dfd, e.name
                 if S_ISDIR(st.st_mode):
-                    try:
-                        sub = os.open(e.name, _DIR_FLAGS, dir_fd=dfd)
-                    except OSError as exc:
-                        raise self._changed(host, exc) from None
+                    sub = self._open_at(e.name, _DIR_FLAGS, dfd, host)
                     stack.append((iter(_scandir_sorted(sub, bytes_order=bytes_order)), inner + "/", dstate, sub))
         finally:
             for item in stack:
@@ -587,10 +592,7 @@ class BuildContext:
                 yield "", entry.host, st, pfd, name
                 if not stat.S_ISDIR(st.st_mode):
                     return
-                try:
-                    top = os.open(name, _DIR_FLAGS, dir_fd=pfd)
-                except OSError as e:
-                    raise self._changed(entry.host, e) from None
+                top = self._open_at(name, _DIR_FLAGS, pfd, entry.host)
             finally:
                 os.close(pfd)
         yield from self._walk_open(top, entry.host + "/", bytes_order=True, skip=skip)
@@ -611,10 +613,7 @@ class BuildContext:
         try:
             if not stat.S_ISREG(st.st_mode):
                 return None
-            try:
-                fd = os.open(name, FILE_FLAGS, dir_fd=pfd)
-            except OSError as e:
-                raise self._changed(entry.host, e) from None
+            fd = self._open_at(name, FILE_FLAGS, pfd, entry.host)
         finally:
             os.close(pfd)
         now = os.fstat(fd)
@@ -686,8 +685,6 @@ class BuildContext:
         `name` opened in the directory descriptor `dir_fd`, else from `host`."""
         try:
             digest = self.hash_cache.digest(host, st, dir_fd=dir_fd, name=name)
-        except FileNotFoundError:
-            raise BuildError(f"{host}: disappeared from the build context while it was being read") from None
         except OSError as e:
             raise self._changed(host, e) from None
         if st is not None:
@@ -751,7 +748,7 @@ def _records(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[str], pa
             yield path, kind, mode, owner_uid, owner_gid, content
     except FileNotFoundError as exc:
         # Something else deleted a source between resolving and reading it (lstat, readlink, walk).
-        raise BuildError(f"{exc.filename}: disappeared from the build context while it was being read") from None
+        raise ctx._changed(exc.filename, exc) from None
 
 
 def source_records(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[str] = (), *,
