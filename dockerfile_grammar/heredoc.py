@@ -216,11 +216,22 @@ class _WordLexer:
         return "<<" + "".join(space)
 
 
-def parse_heredoc_word(word: str) -> Heredoc | None:
+def parse_heredoc_word(word: str, *, strict: bool = True) -> Heredoc | None:
     """The heredoc a single word introduces (``<<EOF``, ``3<<-"EOF"``...), or None.
 
-    Raises HeredocSyntaxError for a delimiter with unbalanced quotes (``<<'EOF``).
+    Raises HeredocSyntaxError for a delimiter with unbalanced quotes (``<<'EOF``); with
+    ``strict=False`` such a word is no heredoc (BuildKit's MustParseHeredoc, which COPY and
+    ADD use on their arguments).
     """
+    try:
+        return _parse_heredoc_word(word)
+    except HeredocSyntaxError:
+        if strict:
+            raise
+        return None
+
+
+def _parse_heredoc_word(word: str) -> Heredoc | None:
     m = _HEREDOC_WORD.match(word)
     if m is None or not m.group(3):
         return None
