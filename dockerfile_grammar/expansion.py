@@ -16,12 +16,21 @@ from functools import lru_cache
 from typing import Mapping
 
 from .errors import DockerfileError
+from .goquote import GO_SPACE
 
-# Go's unicode.IsSpace: the Latin-1 blanks plus the Unicode White_Space code points.
-_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008" \
-            "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-_WS_RUN = re.compile("[" + re.escape(_GO_SPACE) + "]+")
-_SPECIAL_PARAMS = frozenset("@*#?-$!0")
+_WS_RUN = re.compile("[" + re.escape(GO_SPACE) + "]+")
+# The shell's special parameters, each a whole variable name on its own ($@, $?, ${#}...).
+SPECIAL_PARAMS = frozenset("@*#?-$!0")
+
+
+def substitution_start_error(first: str) -> str | None:
+    """BuildKit's complaint about the character after ``${`` ("" at the end of the input), or
+    None when a name may start there."""
+    if first == "":
+        return "syntax error: missing '}'"
+    if first in "{}:":
+        return "syntax error: bad substitution"
+    return None
 
 
 @dataclass
@@ -266,7 +275,7 @@ class _State:
                 j += 1
             self.i = j
             return s[i:j]
-        if ch in _SPECIAL_PARAMS:
+        if ch in SPECIAL_PARAMS:
             self.i = i + 1
             return ch
         j = i
@@ -286,11 +295,9 @@ class _State:
                 return "$" + name
             return value
         self.i += 1
-        nxt = self.peek()
-        if nxt == "":
-            raise _ExpandError("syntax error: missing '}'")
-        if nxt in "{}:":
-            raise _ExpandError("syntax error: bad substitution")
+        err = substitution_start_error(self.peek())
+        if err:
+            raise _ExpandError(err)
         name = self.name()
         ch = self.peek()
         if not ch:

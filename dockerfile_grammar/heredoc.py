@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import re
 
+from .expansion import SPECIAL_PARAMS, substitution_start_error
 from .goquote import GO_SPACE
 from .syntax import Heredoc
 
 _HEREDOC_WORD = re.compile(r"([0-9]*)<<(-?)[\t\n\f\r ]*([^<]*)\Z")
-_SPECIAL_PARAMS = "@*#?-$!0"
 _ESC = "\\"
 
 
@@ -90,12 +90,7 @@ class _WordLexer:
                     for c in tmp:
                         add_char(c)
                 elif ch == "<" or ch == "'" or ch == '"':
-                    if ch == "<":
-                        tmp = self._process_possible_heredoc()
-                    elif ch == "'":
-                        tmp = self._process_single_quote()
-                    else:
-                        tmp = self._process_double_quote()
+                    tmp = self._process_possible_heredoc() if ch == "<" else self._process_quoted()
                     result.append(tmp)
                     if tmp:
                         buf.append(tmp)
@@ -123,42 +118,28 @@ class _WordLexer:
         finally:
             self.raw_escapes = saved
 
-    def _process_single_quote(self) -> str:
-        out = []
-        ch = self.next()
-        if self.raw_quotes:
-            out.append(ch)
-        while True:
-            ch = self.next()
-            if ch == "":
-                raise HeredocSyntaxError(
-                    "unexpected end of statement while looking for matching single-quote")
-            if ch == "'":
-                if self.raw_quotes:
-                    out.append(ch)
-                return "".join(out)
-            out.append(ch)
-
-    def _process_double_quote(self) -> str:
-        out = []
-        ch = self.next()
-        if self.raw_quotes:
-            out.append(ch)
+    def _process_quoted(self) -> str:
+        """A quoted string, the quotes kept with raw_quotes: inside '...' everything is literal;
+        inside "..." $ references are lexed and the escape character escapes only " $ and
+        itself."""
+        quote = self.next()
+        double = quote == '"'
+        out = [quote] if self.raw_quotes else []
         while True:
             nxt = self.peek()
             if nxt == "":
-                raise HeredocSyntaxError(
-                    "unexpected end of statement while looking for matching double-quote")
-            if nxt == '"':
-                ch = self.next()
+                raise HeredocSyntaxError("unexpected end of statement while looking for matching "
+                                         + ("double-quote" if double else "single-quote"))
+            if nxt == quote:
+                self.next()
                 if self.raw_quotes:
-                    out.append(ch)
+                    out.append(quote)
                 return "".join(out)
-            if nxt == "$":
+            if double and nxt == "$":
                 out.append(self._process_dollar())
                 continue
             ch = self.next()
-            if ch == _ESC:
+            if double and ch == _ESC:
                 if self.raw_escapes:
                     out.append(ch)
                 after = self.peek()
@@ -176,7 +157,7 @@ class _WordLexer:
                 while self.peek() != "" and self.peek().isdecimal():
                     name.append(self.next())
                 return "".join(name)
-            if not name and ch in _SPECIAL_PARAMS:
+            if not name and ch in SPECIAL_PARAMS:
                 return self.next()
             if not (ch.isalpha() or ch.isdecimal() or ch == "_"):
                 break
@@ -189,11 +170,9 @@ class _WordLexer:
             name = self._process_name()
             return "$" + name if name else "$"
         self.next()
-        first = self.peek()
-        if first == "":
-            raise HeredocSyntaxError("syntax error: missing '}'")
-        if first in "{}:":
-            raise HeredocSyntaxError("syntax error: bad substitution")
+        err = substitution_start_error(self.peek())
+        if err:
+            raise HeredocSyntaxError(err)
         name = self._process_name()
         ch = self.next()
         mod = ch
@@ -207,30 +186,24 @@ class _WordLexer:
             raw = ch in "#%"
             if null_is_unset and raw:
                 raise HeredocSyntaxError(f"unsupported modifier ({mod}) in substitution")
-            try:
-                word, _ = self._process_stop_on("}", raw)
-            except HeredocSyntaxError:
-                if self.peek() == "":
-                    raise HeredocSyntaxError("syntax error: missing '}'") from None
-                raise
+            word = self._word_until("}", raw, "'}'")
             return "${" + name + mod + word + "}"
         if ch == "/":
             if self.peek() == "/":
                 self.next()
-            try:
-                pattern, _ = self._process_stop_on("/", True)
-            except HeredocSyntaxError:
-                if self.peek() == "":
-                    raise HeredocSyntaxError("syntax error: missing '/' in ${}") from None
-                raise
-            try:
-                repl, _ = self._process_stop_on("}", True)
-            except HeredocSyntaxError:
-                if self.peek() == "":
-                    raise HeredocSyntaxError("syntax error: missing '}'") from None
-                raise
+            pattern = self._word_until("/", True, "'/' in ${}")
+            repl = self._word_until("}", True, "'}'")
             return "${" + name + "/" + pattern + "/" + repl + "}"
         raise HeredocSyntaxError(f"unsupported modifier ({mod}) in substitution")
+
+    def _word_until(self, stop: str, raw_escapes: bool, missing: str) -> str:
+        """The word up to ``stop``; running out of input names what is missing."""
+        try:
+            return self._process_stop_on(stop, raw_escapes)[0]
+        except HeredocSyntaxError:
+            if self.peek() == "":
+                raise HeredocSyntaxError(f"syntax error: missing {missing}") from None
+            raise
 
     def _process_possible_heredoc(self) -> str:
         self.next()
@@ -243,11 +216,22 @@ class _WordLexer:
         return "<<" + "".join(space)
 
 
-def parse_heredoc_word(word: str) -> Heredoc | None:
+def parse_heredoc_word(word: str, *, strict: bool = True) -> Heredoc | None:
     """The heredoc a single word introduces (``<<EOF``, ``3<<-"EOF"``...), or None.
 
-    Raises HeredocSyntaxError for a delimiter with unbalanced quotes (``<<'EOF``).
+    Raises HeredocSyntaxError for a delimiter with unbalanced quotes (``<<'EOF``); with
+    ``strict=False`` such a word is no heredoc (BuildKit's MustParseHeredoc, which COPY and
+    ADD use on their arguments).
     """
+    try:
+        return _parse_heredoc_word(word)
+    except HeredocSyntaxError:
+        if strict:
+            raise
+        return None
+
+
+def _parse_heredoc_word(word: str) -> Heredoc | None:
     m = _HEREDOC_WORD.match(word)
     if m is None or not m.group(3):
         return None

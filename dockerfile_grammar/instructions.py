@@ -17,7 +17,7 @@ from .instructions_mounts import (Device, Mount, MountError, parse_device, parse
                                   parse_security)
 from .heredoc import chomp_heredoc_content, parse_heredoc_word
 from .suggest import suggest
-from .syntax import Heredoc, Node, SyntaxTree
+from .syntax import Node, SyntaxTree
 from .values import MINIMUM_DURATION_NS, parse_chmod, parse_go_duration
 
 INSTRUCTION_NAMES = ("ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK",
@@ -444,13 +444,13 @@ def _sources_and_dest(node: Node) -> tuple[list[str], str, list[SourceContent]]:
                        "Destination could not be determined", f"write {what} <src>... <dest>")
     *srcs, dest = node.args
     # BuildKit looks for heredoc words in the JSON form too (and rejects one as destination).
-    if _heredoc_word(dest) is not None:
+    if parse_heredoc_word(dest, strict=False) is not None:
         raise _Invalid(f"{what} cannot accept a heredoc as a destination", needle=dest)
     bodies = {h.name: h for h in node.heredocs}
     paths: list[str] = []
     contents: list[SourceContent] = []
     for src in srcs:
-        word = _heredoc_word(src)
+        word = parse_heredoc_word(src, strict=False)
         if word is None:
             paths.append(src)
             continue
@@ -460,13 +460,6 @@ def _sources_and_dest(node: Node) -> tuple[list[str], str, list[SourceContent]]:
             data = chomp_heredoc_content(data)
         contents.append(SourceContent(word.name, data, word.expand))
     return paths, dest, contents
-
-
-def _heredoc_word(word: str) -> Heredoc | None:
-    try:
-        return parse_heredoc_word(word)
-    except ValueError:
-        return None
 
 
 def _check_chmod(value: str) -> None:

@@ -60,14 +60,10 @@ class Platform:
     def to_dict(self) -> dict:
         """The JSON object, fields in the OCI order, empty ones left out."""
         d: dict = {"architecture": self.architecture, "os": self.os}
-        if self.os_version:
-            d["os.version"] = self.os_version
-        if self.os_features:
-            d["os.features"] = list(self.os_features)
-        if self.variant:
-            d["variant"] = self.variant
-        if self.features:
-            d["features"] = list(self.features)
+        for key, value in (("os.version", self.os_version), ("os.features", list(self.os_features)),
+                           ("variant", self.variant), ("features", list(self.features))):
+            if value:
+                d[key] = value
         d.update(self.extra)
         return d
 

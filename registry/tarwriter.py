@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
+from tarfile import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE,  # ustar type flags
+                     XHDTYPE as PAXTYPE)
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from registry.errors import RegistryError
@@ -18,15 +20,6 @@ BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _CHUNK = 1 << 20
 _SMALL_FILE = 256 << 10
-
-REGTYPE = b"0"
-LNKTYPE = b"1"
-SYMTYPE = b"2"
-CHRTYPE = b"3"
-BLKTYPE = b"4"
-DIRTYPE = b"5"
-FIFOTYPE = b"6"
-PAXTYPE = b"x"
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"

@@ -45,21 +45,28 @@ def register(add_command) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.set_defaults(func=_generate)
 
-    p = add_command("sign", "sign an image in a registry with a cosign key (the sha256-<digest>.sig tag)")
-    p.add_argument("--key", required=True, metavar="KEY", help="cosign private key file (password: COSIGN_PASSWORD)")
-    p.add_argument("ref", metavar="REF", help="image in a registry (a tag is signed as the digest it names now)")
+    p = _keyed_command(add_command, "sign", "sign an image in a registry with a cosign key (the sha256-<digest>.sig tag)",
+                       _sign, key_metavar="KEY", key_help="cosign private key file (password: COSIGN_PASSWORD)",
+                       ref_help="image in a registry (a tag is signed as the digest it names now)")
     p.add_argument("--recursive", action="store_true",
                    help="an index: sign each platform image too (what podman and skopeo look for when they pull one)")
-    _registry_options(p)
-    p.set_defaults(func=_sign)
 
-    p = add_command("verify", "check an image's cosign signature against a public key (exit 1 if none verifies)")
-    p.add_argument("--key", required=True, metavar="PUB", help="cosign public key file (PEM)")
-    p.add_argument("ref", metavar="REF", help="image in a registry")
+    p = _keyed_command(add_command, "verify", "check an image's cosign signature against a public key (exit 1 if none verifies)",
+                       _verify, key_metavar="PUB", key_help="cosign public key file (PEM)", ref_help="image in a registry")
     p.add_argument("--identity", metavar="REPO",
                    help="also require the signature to name this repository (its docker-reference)")
+
+
+def _keyed_command(add_command, name: str, summary: str, func: Any, *, key_metavar: str, key_help: str,
+                   ref_help: str) -> argparse.ArgumentParser:
+    """A command on an image in a registry with a cosign key file (sign, verify): --key, REF and
+    the registry options; the caller adds the command's own flags."""
+    p = add_command(name, summary)
+    p.add_argument("--key", required=True, metavar=key_metavar, help=key_help)
+    p.add_argument("ref", metavar="REF", help=ref_help)
     _registry_options(p)
-    p.set_defaults(func=_verify)
+    p.set_defaults(func=func)
+    return p
 
 
 def _client(args: argparse.Namespace) -> Any:

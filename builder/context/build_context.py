@@ -379,6 +379,14 @@ class BuildContext:
             raise self._changed(host, e) from None
         return pfd, name, st
 
+    def _open_at(self, name: str, flags: int, dir_fd: int, host: str) -> int:
+        """`name` opened in the directory descriptor `dir_fd`; if that fails, the BuildError
+        saying that `host` (its label) disappeared or changed while the build read it."""
+        try:
+            return os.open(name, flags, dir_fd=dir_fd)
+        except OSError as e:
+            raise self._changed(host, e) from None
+
     def _changed(self, host: str, exc: OSError) -> BuildError:
         if isinstance(exc, FileNotFoundError):
             return BuildError(f"{host}: disappeared from the build context while it was being read")
@@ -494,12 +502,49 @@ class BuildContext:
             for i in range(len(parts)):
                 _, parent_state = m.match_child("/".join(parts[:i + 1]), parent_state)
         S_ISDIR = stat.S_ISDIR
+
+        def admit(inner: str, st: os.stat_result, pstate: MatchState | None) -> tuple[bool, MatchState | None]:
+            state: MatchState | None = None
+            if m is not None:
+                if not S_ISDIR(st.st_mode) and pstate is not None:
+                    if m.child_excluded(prefix + inner, pstate):
+                        if hidden is not None:
+                            hidden.append(inner)
+                        return False, None
+                else:
+                    ignored, state = m.match_child(prefix + inner, pstate)
+                    if ignored and not (S_ISDIR(st.st_mode) and self._descend_ignored(prefix + inner, "", st)):
+                        if hidden is not None:
+                            hidden.append(inner)
+                        return False, None
+            if ex is not None and ex(inner):
+                return False, None
+            return True, state
+
         try:
             top = self.open_dir(base) if top_fd is None else os.open(".", _DIR_FLAGS, dir_fd=top_fd)
         except OSError as e:
             raise self._changed(entry.host, e) from None
-        stack: list[tuple[Iterator[os.DirEntry], str, MatchState | None, int]] = [
-            (iter(_scandir_sorted(top)), "", parent_state, top)]
+        yield from self._walk_open(top, host_prefix, state=parent_state,
+                                   admit=admit if m is not None or ex is not None else None)
+
+    def _walk_open(self, top: int, label: str, *, bytes_order: bool = False, state: MatchState | None = None,
+                   skip: Callable[[str], bool] | None = None,
+                   admit: Callable[[str, os.stat_result, MatchState | None], tuple[bool, MatchState | None]]
+                   | None = None) -> Iterator[tuple[str, str, os.stat_result, int, str]]:
+        """The one descriptor walk under the open directory `top` (closed here), depth-first in
+        name order (byte order with `bytes_order`, as tars are written): (path relative to it,
+        `label` + that path, lstat, directory descriptor, name in it), the descriptor valid
+        until the next item. `skip(inner)` prunes an entry before it is read;
+        `admit(inner, lstat, parent's state)` -> (False, _) prunes it after, (True, state) keeps
+        it and hands `state` to a directory's children (`state` is the top's)."""
+        S_ISDIR = stat.S_ISDIR
+        try:
+            first = _scandir_sorted(top, bytes_order=bytes_order)
+        except BaseException:
+            os.close(top)
+            raise
+        stack: list[tuple[Iterator[os.DirEntry], str, MatchState | None, int]] = [(iter(first), "", state, top)]
         try:
             while stack:
                 entries, inner_dir, pstate, dfd = stack[-1]
@@ -509,35 +554,22 @@ class BuildContext:
                     os.close(dfd)
                     continue
                 inner = inner_dir + e.name
+                if skip is not None and skip(inner):
+                    continue
+                host = label + inner
                 try:
                     st = e.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    raise BuildError(f"{self._host(prefix + inner)}: disappeared from the build context "
-                                     "while it was being read") from None
-                is_dir = S_ISDIR(st.st_mode)
-                state: MatchState | None = None
-                if m is not None:
-                    if not is_dir and pstate is not None:
-                        if m.child_excluded(prefix + inner, pstate):
-                            if hidden is not None:
-                                hidden.append(inner)
-                            continue
-                    else:
-                        ignored, state = m.match_child(prefix + inner, pstate)
-                        if ignored and not (is_dir and self._descend_ignored(prefix + inner, "", st)):
-                            if hidden is not None:
-                                hidden.append(inner)
-                            continue
-                if ex is not None and ex(inner):
-                    continue
-                host = host_prefix + inner
+                except FileNotFoundError as exc:
+                    raise self._changed(host, exc) from None
+                dstate: MatchState | None = None
+                if admit is not None:
+                    keep, dstate = admit(inner, st, pstate)
+                    if not keep:
+                        continue
                 yield inner, host, st, dfd, e.name
-                if is_dir:
-                    try:
-                        sub = os.open(e.name, _DIR_FLAGS, dir_fd=dfd)
-                    except OSError as exc:
-                        raise self._changed(host, exc) from None
-                    stack.append((iter(_scandir_sorted(sub)), inner + "/", state, sub))
+                if S_ISDIR(st.st_mode):
+                    sub = self._open_at(e.name, _DIR_FLAGS, dfd, host)
+                    stack.append((iter(_scandir_sorted(sub, bytes_order=bytes_order)), inner + "/", dstate, sub))
         finally:
             for item in stack:
                 os.close(item[3])
@@ -560,40 +592,10 @@ class BuildContext:
                 yield "", entry.host, st, pfd, name
                 if not stat.S_ISDIR(st.st_mode):
                     return
-                try:
-                    top = os.open(name, _DIR_FLAGS, dir_fd=pfd)
-                except OSError as e:
-                    raise self._changed(entry.host, e) from None
+                top = self._open_at(name, _DIR_FLAGS, pfd, entry.host)
             finally:
                 os.close(pfd)
-        stack: list[tuple[Iterator[os.DirEntry], str, int]] = []
-        try:
-            stack.append((iter(_scandir_sorted(top, bytes_order=True)), "", top))
-            while stack:
-                entries, inner_dir, dfd = stack[-1]
-                e = next(entries, None)
-                if e is None:
-                    stack.pop()
-                    os.close(dfd)
-                    continue
-                inner = inner_dir + e.name
-                if skip is not None and skip(inner):
-                    continue
-                host = f"{entry.host}/{inner}"
-                try:
-                    st = e.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    raise BuildError(f"{host}: disappeared from the build context while it was being read") from None
-                yield inner, host, st, dfd, e.name
-                if stat.S_ISDIR(st.st_mode):
-                    try:
-                        sub = os.open(e.name, _DIR_FLAGS, dir_fd=dfd)
-                    except OSError as exc:
-                        raise self._changed(host, exc) from None
-                    stack.append((iter(_scandir_sorted(sub, bytes_order=True)), inner + "/", sub))
-        finally:
-            for item in stack:
-                os.close(item[2])
+        yield from self._walk_open(top, entry.host + "/", bytes_order=True, skip=skip)
 
     def entry_stat(self, entry: ContextEntry) -> os.stat_result:
         """lstat of a resolved entry, read through its parent's descriptor."""
@@ -611,10 +613,7 @@ class BuildContext:
         try:
             if not stat.S_ISREG(st.st_mode):
                 return None
-            try:
-                fd = os.open(name, FILE_FLAGS, dir_fd=pfd)
-            except OSError as e:
-                raise self._changed(entry.host, e) from None
+            fd = self._open_at(name, FILE_FLAGS, pfd, entry.host)
         finally:
             os.close(pfd)
         now = os.fstat(fd)
@@ -686,8 +685,6 @@ class BuildContext:
         `name` opened in the directory descriptor `dir_fd`, else from `host`."""
         try:
             digest = self.hash_cache.digest(host, st, dir_fd=dir_fd, name=name)
-        except FileNotFoundError:
-            raise BuildError(f"{host}: disappeared from the build context while it was being read") from None
         except OSError as e:
             raise self._changed(host, e) from None
         if st is not None:
@@ -751,7 +748,7 @@ def _records(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[str], pa
             yield path, kind, mode, owner_uid, owner_gid, content
     except FileNotFoundError as exc:
         # Something else deleted a source between resolving and reading it (lstat, readlink, walk).
-        raise BuildError(f"{exc.filename}: disappeared from the build context while it was being read") from None
+        raise ctx._changed(exc.filename, exc) from None
 
 
 def source_records(ctx: BuildContext, srcs: Sequence[str], excludes: Sequence[str] = (), *,
