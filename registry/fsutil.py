@@ -198,8 +198,22 @@ def forget_user_namespace() -> None:
     _initial_userns = None
 
 
+_user_xattrs = False
+
+
+def use_user_overlay_xattrs() -> None:
+    """Keep overlay metadata in ``user.*`` xattrs from now on, in the host's user namespace too:
+    for root without CAP_SYS_ADMIN that could make no user namespace (builder's isolation
+    ``none``), which cannot set trusted.* xattrs. Its store has the rootless format."""
+    global _user_xattrs
+    _user_xattrs = True
+
+
 def overlay_opaque_xattr() -> str:
     """The xattr that marks an opaque directory for the overlay mounts this process makes:
     ``trusted.overlay.opaque`` in the host's user namespace, ``user.overlay.opaque`` (the
-    ``userxattr`` mount option) in any other, where trusted.* xattrs cannot be set."""
-    return "trusted.overlay.opaque" if in_initial_user_namespace() else "user.overlay.opaque"
+    ``userxattr`` mount option) in any other, where trusted.* xattrs cannot be set (and after
+    :func:`use_user_overlay_xattrs`)."""
+    if _user_xattrs or not in_initial_user_namespace():
+        return "user.overlay.opaque"
+    return "trusted.overlay.opaque"
