@@ -240,7 +240,7 @@ class _Runtime:
     def remove(self) -> None:
         """Take away everything this made, if it is still what was made (never through a link
         the step planted: every entry is re-found beneath the root, link-free, by inode)."""
-        from .sandbox import _mtime_in_root, _remove_stubs
+        from .sandbox import _remove_stubs
         for path, dev, ino in self.filled:
             fd = self._open_stub(path, dev, ino, os.O_WRONLY)
             if fd is not None:
@@ -252,6 +252,11 @@ class _Runtime:
             except OSError:
                 dev_fd = None
             if dev_fd is not None:
+                # /dev untouched by the step (its time still the one the nodes gave it) gets
+                # its time from before them back: no change for the layer.
+                before, after = self.dev_mtime
+                if os.fstat(dev_fd).st_mtime_ns != after:
+                    before = None
                 try:
                     for name, sdev, ino in self.nodes:
                         try:
@@ -260,13 +265,8 @@ class _Runtime:
                                 os.unlink(name, dir_fd=dev_fd)
                         except OSError:
                             pass
-                    before, after = self.dev_mtime
-                    st = os.fstat(dev_fd)
-                    if before is not None and st.st_mtime_ns != before:
-                        # /dev untouched by the step gets its time back (no change for the layer).
-                        now = _mtime_in_root(self.root_fd, "/dev")
-                        if now is not None and now != after:
-                            before = now
+                    if before is not None:
+                        st = os.fstat(dev_fd)
                         os.utime(f"/proc/self/fd/{dev_fd}", ns=(st.st_atime_ns, before))
                 finally:
                     os.close(dev_fd)
