@@ -398,8 +398,10 @@ def _copy_changes(snap: Snapshot) -> Path:
         if rel in after:
             continue
         parent = os.path.dirname(rel)
-        if parent and parent not in after:
-            continue                 # a removed parent's whiteout covers it
+        if parent and (parent not in after or not stat.S_ISDIR(after[parent][0])):
+            # A removed parent's whiteout covers it, or what replaced the parent does: never
+            # make a whiteout through it (a link the step put there points anywhere).
+            continue
         if any(rel.startswith(d + "/") for d in replaced):
             continue                 # an opaque directory above hides it
         dst = snap.upper / rel
