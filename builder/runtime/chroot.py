@@ -309,7 +309,7 @@ def _run_chrooted(spec: RunSpec, root_fd: int, output: OutputCallback | None,
                   cancel: threading.Event | None, stdin: int | None) -> int:
     import subprocess
 
-    from .sandbox import _exit_code, _pump, _track, _untrack
+    from .sandbox import _exit_code, _track, _untrack
     cfg = json.dumps({"args": spec.args, "env": spec.env, "cwd": spec.cwd or "/", "uid": spec.uid,
                       "gid": spec.gid, "groups": sorted(set(spec.additional_gids))}).encode()
     rfd, wfd = os.pipe()
@@ -335,7 +335,7 @@ def _run_chrooted(spec: RunSpec, root_fd: int, output: OutputCallback | None,
             os.close(wfd)
         if cancel is not None and cancel.is_set():
             proc.kill()
-        _pump(proc, output)
+        _pump_until_exit(proc, output)
         return _exit_code(proc.wait())
     except BaseException:
         proc.kill()
@@ -344,6 +344,31 @@ def _run_chrooted(spec: RunSpec, root_fd: int, output: OutputCallback | None,
     finally:
         _untrack(proc)
         _kill_session(proc.pid)
+
+
+def _pump_until_exit(proc, output: OutputCallback | None) -> None:
+    """Forward the step's output until it exits, then kill what it left in its session (a
+    background child holding the pipes would otherwise keep the step open forever; under runc
+    the end of its pid namespace does this) and forward what is left, for as long as it comes."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    for name, f in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+        sel.register(f, selectors.EVENT_READ, name)
+    exited = False
+    while sel.get_map():
+        events = sel.select(timeout=1.0 if exited else 0.2)
+        if not events and exited:
+            break                   # held open by a process outside the session: stop here
+        for key, _ in events:
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                sel.unregister(key.fileobj)
+            elif output is not None:
+                output(key.data, chunk)
+        if not exited and proc.poll() is not None:
+            exited = True
+            _kill_session(proc.pid)
+    sel.close()
 
 
 def _kill_session(sid: int) -> None:

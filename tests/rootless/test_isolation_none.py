@@ -155,3 +155,56 @@ def test_what_isolation_none_refuses_is_a_clear_error(pod, tmp_path):
         assert all(w in r.stderr for w in wanted) and "Traceback" not in r.stderr, (args, r.stderr)
     r = pod.pybuild("images", "--format", "json", volumes=vols, options=opts)
     assert r.returncode == 0 and '"x' not in r.stdout, r
+
+
+# --- asked for explicitly, as root on the host ---------------------------------------------------
+
+def _leftover(marker: str) -> list[int]:
+    """Pids of processes whose command line is `sleep MARKER`."""
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and Path(f"/proc/{d}/cmdline").read_bytes() == f"sleep\0{marker}\0".encode():
+                out.append(int(d))
+        except OSError:
+            continue
+    return out
+
+
+def test_explicit_isolation_none_on_the_host_gives_the_oci_image_and_leaves_nothing_running(tmp_path):
+    """--isolation none where namespaces can be made (no notice then): the image is the oci
+    one; a process the step left in the background is killed before the tree is diffed."""
+    store, ctx = _context(tmp_path, REPLACING + "RUN (sleep 987651 &) ; echo left\n")
+    env = {**os.environ, "SOURCE_DATE_EPOCH": SDE}
+    ids = {}
+    for mode in ("none", "oci"):
+        root = tmp_path / f"store-{mode}"
+        run_pybuild("import", ctx / "rootfs", "busybox:latest", root=root, check_rc=0, env=env)
+        r = run_pybuild("build", "--isolation", mode, "--progress", "plain", "--iidfile", tmp_path / f"iid-{mode}",
+                        "-t", "app", ctx, root=root, check_rc=0, env=env)
+        assert NOTICE not in r.stderr
+        ids[mode] = (tmp_path / f"iid-{mode}").read_text()
+        if mode == "none":
+            left = _leftover("987651")
+            for pid in left:           # ours: started by this test's build
+                os.kill(pid, 9)
+            assert not left, "the step's background process outlived it"
+    assert ids["none"] == ids["oci"]
+
+
+def test_a_step_replacing_a_directory_by_a_link_gets_no_whiteout_through_it(tmp_path):
+    """The tree diff once made the whiteouts of a removed directory's entries through the link
+    that replaced it: as root on the host, `rm -rf /x && ln -s HOSTDIR /x` put character devices
+    into HOSTDIR. Now the link covers them, as on an overlay."""
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "keep").write_text("HOST-CANARY\n")
+    store, ctx = _context(tmp_path, f"FROM busybox\nRUN mkdir -p /x/sub && echo 1 > /x/sub/f && echo 2 > /x/g\n"
+                                    f"RUN rm -rf /x && ln -s {canary} /x\n")
+    env = {**os.environ, "SOURCE_DATE_EPOCH": SDE}
+    run_pybuild("import", ctx / "rootfs", "busybox:latest", root=store, check_rc=0, env=env)
+    run_pybuild("build", "--isolation", "none", "-q", "-t", "app", ctx, root=store, check_rc=0, env=env)
+    assert sorted(os.listdir(canary)) == ["keep"] and (canary / "keep").read_text() == "HOST-CANARY\n"
+    r = run_pybuild("run", "--rm", "app", "sh", "-c", "readlink /x; ls /x/ 2>&1 | head -1", root=store, check_rc=0,
+                    env=env)
+    assert r.stdout.splitlines()[0] == str(canary)
