@@ -131,7 +131,7 @@ def _preflight(spec: RunSpec) -> None:
 # the descriptor, make and enter the working directory as root (runc does the same), drop to
 # the step's user, set no_new_privs, exec. The settings come on a pipe, not argv (env secrets).
 _SHIM = r"""
-import ctypes, json, os, sys
+import ctypes, json, os, sys, warnings  # warnings: os.execvpe imports it, after the chroot
 cfg_fd, root_fd = int(sys.argv[1]), int(sys.argv[2])
 with os.fdopen(cfg_fd, "rb") as f:
     cfg = json.loads(f.read())
@@ -309,8 +309,11 @@ def _run_chrooted(spec: RunSpec, root_fd: int, output: OutputCallback | None,
                   cancel: threading.Event | None, stdin: int | None) -> int:
     import subprocess
 
-    from .sandbox import _exit_code, _track, _untrack
-    cfg = json.dumps({"args": spec.args, "env": spec.env, "cwd": spec.cwd or "/", "uid": spec.uid,
+    from .sandbox import DEFAULT_PATH, _exit_code, _track, _untrack
+    env = list(spec.env)
+    if not any(e.startswith("PATH=") for e in env):
+        env.insert(0, "PATH=" + DEFAULT_PATH)          # as the oci config gets it
+    cfg = json.dumps({"args": spec.args, "env": env, "cwd": spec.cwd or "/", "uid": spec.uid,
                       "gid": spec.gid, "groups": sorted(set(spec.additional_gids))}).encode()
     rfd, wfd = os.pipe()
     try:
