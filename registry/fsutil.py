@@ -192,6 +192,17 @@ def in_initial_user_namespace() -> bool:
     return _initial_userns
 
 
+def has_capability(bit: int) -> bool:
+    """True when capability number ``bit`` (CAP_MKNOD is 27) is in this process's effective set."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool((int(line.split()[1], 16) >> bit) & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 def forget_user_namespace() -> None:
     """Ask again on the next call (after the process entered a user namespace)."""
     global _initial_userns

@@ -33,7 +33,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from registry.fsutil import use_user_overlay_xattrs
+from registry.fsutil import has_capability, use_user_overlay_xattrs
 from registry.inroot import open_beneath, open_in_root, open_root, split_parent
 
 from ..errors import BuildError
@@ -99,22 +99,12 @@ def check_mounts(types: list[tuple[str, bool]]) -> None:
                          "profile) for this step")
 
 
-def _has_cap(bit: int) -> bool:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return bool((int(line.split()[1], 16) >> bit) & 1)
-    except (OSError, ValueError):
-        pass
-    return False
-
-
 def _preflight(spec: RunSpec) -> None:
     if not spec.args:
         raise BuildError("nothing to run: the command is empty")
     if os.geteuid() != 0:
         raise BuildError("--isolation none runs RUN steps with chroot(2), which needs root (of the container)")
-    if not _has_cap(CAP_SYS_CHROOT):
+    if not has_capability(CAP_SYS_CHROOT):
         raise BuildError("--isolation none runs RUN steps in a chroot, which needs CAP_SYS_CHROOT, and this "
                          "process lacks it: start the container with it (Docker's and podman's default "
                          "capabilities include it; e.g. `--cap-add SYS_CHROOT`)")
@@ -178,7 +168,7 @@ class _Runtime:
 
     def _devices(self) -> None:
         from .sandbox import DEVICES, _mtime_in_root
-        if not _has_cap(CAP_MKNOD):
+        if not has_capability(CAP_MKNOD):
             return                  # podman's default capabilities lack it: /dev as the image has it
         before = _mtime_in_root(self.root_fd, "/dev")
         try:

@@ -208,3 +208,15 @@ def test_a_step_replacing_a_directory_by_a_link_gets_no_whiteout_through_it(tmp_
     r = run_pybuild("run", "--rm", "app", "sh", "-c", "readlink /x; ls /x/ 2>&1 | head -1", root=store, check_rc=0,
                     env=env)
     assert r.stdout.splitlines()[0] == str(canary)
+
+
+def test_without_cap_mknod_device_nodes_of_layers_are_skipped(pod, tmp_path):
+    """podman's default capabilities lack CAP_MKNOD: a base layer's device node is skipped (as
+    rootless), not a failed extraction, and the build runs."""
+    store, ctx = _context(tmp_path, "FROM busybox\nRUN ls /dev; echo ran > /ran\n")
+    os.mknod(ctx / "rootfs" / "dev" / "null", 0o20666, os.makedev(1, 3))
+    vols = {store: "/store", ctx: "/ctx:ro"}
+    opts = docker_like(tmp_path)[:2]              # the profile, podman's capabilities
+    assert pod.pybuild("import", "/ctx/rootfs", "busybox:latest", volumes=vols, options=opts).returncode == 0
+    r = pod.pybuild("build", "--progress", "plain", "-t", "app", "/ctx", volumes=vols, options=opts)
+    assert r.returncode == 0 and NOTICE in r.stderr, r.stderr
