@@ -220,3 +220,18 @@ def test_without_cap_mknod_device_nodes_of_layers_are_skipped(pod, tmp_path):
     assert pod.pybuild("import", "/ctx/rootfs", "busybox:latest", volumes=vols, options=opts).returncode == 0
     r = pod.pybuild("build", "--progress", "plain", "-t", "app", "/ctx", volumes=vols, options=opts)
     assert r.returncode == 0 and NOTICE in r.stderr, r.stderr
+
+
+def test_an_environment_secret_works_and_a_secret_file_is_refused(tmp_path):
+    """`--mount=type=secret,env=NAME` needs no mount: it works chrooted; a secret file would."""
+    store, ctx = _context(tmp_path, "FROM busybox\n"
+                                    "RUN --mount=type=secret,id=tok,env=TOK test \"$TOK\" = s3cret && echo secret-ok\n")
+    env = {**os.environ, "SOURCE_DATE_EPOCH": SDE, "PB_TEST_TOK": "s3cret"}
+    run_pybuild("import", ctx / "rootfs", "busybox:latest", root=store, check_rc=0, env=env)
+    r = run_pybuild("build", "--isolation", "none", "--progress", "plain", "--secret", "id=tok,env=PB_TEST_TOK",
+                    "-t", "app", ctx, root=store, check_rc=0, env=env)
+    assert "secret-ok" in r.stderr
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN --mount=type=secret,id=tok cat /run/secrets/tok\n")
+    r = run_pybuild("build", "--isolation", "none", "--secret", "id=tok,env=PB_TEST_TOK", "-t", "app2", ctx,
+                    root=store, check_rc=1, env=env)
+    assert "--mount=type=secret needs a mount" in r.stderr and "Traceback" not in r.stderr
