@@ -218,14 +218,39 @@ def in_initial_user_namespace() -> bool:
     return _initial_userns
 
 
+def has_capability(bit: int) -> bool:
+    """True when capability number ``bit`` (CAP_MKNOD is 27) is in this process's effective set."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool((int(line.split()[1], 16) >> bit) & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 def forget_user_namespace() -> None:
     """Ask again on the next call (after the process entered a user namespace)."""
     global _initial_userns
     _initial_userns = None
 
 
+_user_xattrs = False
+
+
+def use_user_overlay_xattrs() -> None:
+    """Keep overlay metadata in ``user.*`` xattrs from now on, in the host's user namespace too:
+    for root without CAP_SYS_ADMIN that could make no user namespace (builder's isolation
+    ``none``), which cannot set trusted.* xattrs. Its store has the rootless format."""
+    global _user_xattrs
+    _user_xattrs = True
+
+
 def overlay_opaque_xattr() -> str:
     """The xattr that marks an opaque directory for the overlay mounts this process makes:
     ``trusted.overlay.opaque`` in the host's user namespace, ``user.overlay.opaque`` (the
-    ``userxattr`` mount option) in any other, where trusted.* xattrs cannot be set."""
-    return "trusted.overlay.opaque" if in_initial_user_namespace() else "user.overlay.opaque"
+    ``userxattr`` mount option) in any other, where trusted.* xattrs cannot be set (and after
+    :func:`use_user_overlay_xattrs`)."""
+    if _user_xattrs or not in_initial_user_namespace():
+        return "user.overlay.opaque"
+    return "trusted.overlay.opaque"

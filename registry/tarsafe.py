@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
 from registry import inroot
-from registry.fsutil import in_initial_user_namespace, overlay_opaque_xattr
+from registry.fsutil import has_capability, in_initial_user_namespace, overlay_opaque_xattr
 from registry.compression import algorithm_for_media_type, open_decompressed
 from registry.errors import RegistryError
 
@@ -234,8 +234,9 @@ class _Extractor:
         self.same_owner = same_owner or chown is not None
         self.chown = chown
         self.max_bytes = max_bytes
-        # Real device nodes need root in the host's user namespace (a 0/0 whiteout does not).
-        self.can_mknod = os.geteuid() == 0 and in_initial_user_namespace()
+        # Real device nodes need root in the host's user namespace with CAP_MKNOD (podman's
+        # containers lack it); a 0/0 whiteout needs neither.
+        self.can_mknod = os.geteuid() == 0 and in_initial_user_namespace() and has_capability(27)
         self.stats = ExtractStats()
         # Archive path -> the real (link-free) path inside the root it resolved to.
         self._dircache: dict[Rel, Rel] = {}

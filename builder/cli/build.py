@@ -56,9 +56,10 @@ def register(add_command) -> None:
     p.add_argument("--compression", default="gzip", metavar="ALGO[,level=N]",
                    help="layer compression: gzip (ISA-L), zstd, uncompressed")
     # chroot stays a choice so that it gets the message saying why it was removed.
-    p.add_argument("--isolation", default="oci", choices=["oci", "default", "chroot"],
-                   help="RUN sandbox: oci (runc; `default` is the same); chroot was removed (it "
-                        "could not confine a RUN)")
+    p.add_argument("--isolation", default=None, choices=["oci", "default", "none", "chroot"],
+                   help="RUN sandbox: oci (runc; `default` is the same, and picks none with a notice "
+                        "where no user namespace can be made); none, a chroot without namespaces "
+                        "(weaker: SECURITY.md 4d); chroot was removed (it could not confine a RUN)")
     # Attestations (issue 17), as docker buildx takes them.
     p.add_argument("--sbom", metavar="true|false|format=spdx|cyclonedx",
                    help="attach an SBOM (SPDX 2.3 JSON; format=cyclonedx for CycloneDX 1.5) made by pybuild from "
@@ -99,9 +100,14 @@ def _labels(values: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     """Handler of `pybuild build`."""
     if args.isolation != "oci":
-        # Before the no-op fast path, which would otherwise answer for a removed isolation.
-        from ..runtime.sandbox import check_isolation
-        args.isolation = check_isolation(args.isolation)
+        # Before the no-op fast path, which would otherwise answer for a removed isolation
+        # (None: oci, or none where no user namespace can be made).
+        if args.isolation in (None, "default", "none"):
+            from ..runtime.chroot import resolve_isolation      # light: not the sandbox module
+            args.isolation = resolve_isolation(args.isolation)
+        else:
+            from ..runtime.sandbox import check_isolation
+            args.isolation = check_isolation(args.isolation)
     from ..cache.fast import try_fast_build      # a no-op rebuild needs no engine (start-up)
     # The fast path knows single-platform OCI builds only (it remembers no index).
     fast = args.format == "oci" and "," not in (args.platform or "")

@@ -476,7 +476,7 @@ def create(store: Store, root: Path, opts: RunOptions, progress=None) -> Contain
     network = "default" if opts.network == "bridge" else opts.network   # docker's name for it
     if network not in NETWORKS:
         raise BuildError(f"--network {opts.network}: use one of {', '.join(NETWORKS)}")
-    isolation = check_isolation(opts.isolation)
+    isolation = check_isolation(opts.isolation, containers=True)
     if not runtime_available():
         # Never a weaker sandbox instead: without runc nothing runs.
         raise BuildError("runc not found: containers run only under runc, which confines them "

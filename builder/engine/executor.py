@@ -31,6 +31,7 @@ from registry.store import Store
 from . import config as cfgmod
 from ..errors import BuildError
 from ..root import Root
+from ..runtime.chroot import check_mounts as check_chroot_mounts
 from ..runtime.layers import LayerMaker, LayerRef, prune_upper
 from ..runtime.sandbox import Mount, NetworkPool, RunSpec, run as sandbox_run
 from ..runtime.snapshot import _umount, mount_snapshot
@@ -157,7 +158,8 @@ class Executor:
 
     def warm_network(self) -> None:
         """A step is about to be executed: have the private network ready by the first RUN."""
-        self.networks.prewarm()
+        if self.isolation != "none":         # chrooted steps share the container's network
+            self.networks.prewarm()
 
     def close(self) -> None:
         """Release what the build's steps shared (the private network)."""
@@ -188,8 +190,12 @@ class Executor:
         user = self.user(state)
         cwd = state.config.config.working_dir or "/"
         lower_ids = [l.diff_id for l in state.layers]
+        chrooted = self.isolation == "none"
+        if chrooted:           # no mount namespace: refused before anything is set up
+            check_chroot_mounts([(m.type, m.type == "secret" and bool(m.env) and not m.target) for m in mounts])
         self.layers.dirs(state.layers)
-        snap = mount_snapshot(self.root, lower_ids)
+        # isolation none: a copied rootfs and a tree diff (nothing can be mounted).
+        snap = mount_snapshot(self.root, lower_ids, use_overlay=not chrooted)
         try:
             with contextlib.ExitStack() as stack:
                 sb_mounts, extra_env = self._mounts(state, mounts, cwd, stack)

@@ -65,7 +65,7 @@ DEVICES = [
 ]
 
 NETWORK_MODES = ("default", "none", "host")
-ISOLATIONS = ("oci", "default")        # "default" is docker build's name for the only one
+ISOLATIONS = ("oci", "default", "none")   # "default": docker build's name for oci; none: chroot.py
 
 # The private network pasta gives a sandbox (the addresses slirp4netns and podman use): the
 # sandbox is 10.0.2.100, its gateway 10.0.2.2, and DNS queries to 10.0.2.3 are forwarded to
@@ -77,13 +77,16 @@ _CHROOT_REMOVED = ("--isolation chroot was removed: a chroot cannot confine a RU
                    "(Debian's runc package); use --isolation oci (the default)")
 
 
-def check_isolation(isolation: str | None) -> str:
-    """The isolation to use for ``isolation`` as given (None: the default); "oci" or BuildError."""
-    if isolation in (None, "", "oci", "default"):
-        return "oci"
+def check_isolation(isolation: str | None, containers: bool = False) -> str:
+    """The isolation to use for ``isolation`` as given (None: the default): "oci", or "none"
+    (builder.runtime.chroot: asked for, or where no user namespace can be made; builds only,
+    not ``containers``), or BuildError."""
     if isolation == "chroot":
         raise BuildError(_CHROOT_REMOVED)
-    raise BuildError(f"unknown isolation {isolation!r}: use oci (or default)")
+    if isolation not in (None, "", "oci", "default", "none"):
+        raise BuildError(f"unknown isolation {isolation!r}: use oci (or default), or none")
+    from .chroot import resolve_isolation
+    return resolve_isolation(isolation, containers)
 
 
 @dataclass
@@ -185,6 +188,9 @@ def run(spec: RunSpec, output: OutputCallback | None = None, isolation: str = "o
     """
     if cancel is not None and cancel.is_set():
         raise BuildError("interrupted: the command was not started")
+    if isolation == "none":
+        from . import chroot
+        return chroot.run(spec, output, cancel=cancel, stdin=stdin)
     spec = _in_container_network(spec)
     seccomp = _preflight(spec, isolation)
     root_fd = open_root(spec.rootfs)

@@ -275,6 +275,9 @@ def _umount(path: Path) -> None:
 def _copy_snapshot(dirs: LayerDirs, lower_ids: list[str], snap: Snapshot) -> Snapshot:
     for d in lower_ids:
         _apply_overlay_dir(dirs.path(d), snap.merged)
+    # The root of an overlay of extracted layers is 0755 (theirs): a step as another user
+    # than root must be able to reach its files (the snapshot's own directory is 0700).
+    os.chmod(snap.merged, 0o755)
     snap.kind = "copy"
     snap._before = _scan(snap.merged)
     return snap
@@ -282,6 +285,7 @@ def _copy_snapshot(dirs: LayerDirs, lower_ids: list[str], snap: Snapshot) -> Sna
 
 def _apply_overlay_dir(src: Path, dst: Path) -> None:
     """Apply one extracted layer (overlay format) onto a plain tree."""
+    times: list[tuple[Path, os.stat_result]] = []
     for dirpath, dirnames, filenames in os.walk(src):
         rel = os.path.relpath(dirpath, src)
         out = dst if rel == "." else dst / rel
@@ -294,6 +298,7 @@ def _apply_overlay_dir(src: Path, dst: Path) -> None:
             shutil.copystat(dirpath, out, follow_symlinks=False)
             st = os.lstat(dirpath)
             os.chown(out, st.st_uid, st.st_gid)
+            times.append((out, st))
         for name in list(dirnames):
             p = os.path.join(dirpath, name)
             if os.path.islink(p):
@@ -307,6 +312,10 @@ def _apply_overlay_dir(src: Path, dst: Path) -> None:
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 continue                                   # whiteout: deletion only
             _copy_entry(p, target, st)
+    # Directories' times last (deepest first): making their entries changed them, and a step
+    # that leaves a directory alone must find the layer's time there, as on an overlay.
+    for out, st in reversed(times):
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _copy_entry(src: str, dst: Path, st: os.stat_result) -> None:
@@ -332,14 +341,39 @@ def _scan(top: Path) -> dict[str, tuple]:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
             out[os.path.relpath(p, top)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size,
-                                           st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                                           st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                                           _generation(p) if stat.S_ISDIR(st.st_mode) else 0)
     return out
+
+
+_FS_IOC_GETVERSION = 0x80087601
+
+
+def _generation(path: str) -> int:
+    """The inode's generation (ext4 and others; 0 where not kept): ext4 gives a directory
+    removed and made again the same inode number, but never the same generation."""
+    import fcntl
+    import struct
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        return struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETVERSION, bytes(8)))[0]
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
 
 
 def _copy_changes(snap: Snapshot) -> Path:
     """For a copied snapshot: write the before/after difference into ``snap.upper``."""
     after = _scan(snap.merged)
     before = snap._before
+    # A directory removed and made again (another inode) hides everything it held, as the
+    # opaque directory overlay makes for it: its old entries need no whiteouts of their own.
+    replaced = {rel for rel, st in after.items() if stat.S_ISDIR(st[0]) and rel in before
+                and stat.S_ISDIR(before[rel][0]) and before[rel][6:8] != st[6:8]}
     for rel in sorted(after):
         if before.get(rel) == after[rel] and not stat.S_ISDIR(after[rel][0]):
             continue
@@ -355,7 +389,7 @@ def _copy_changes(snap: Snapshot) -> Path:
             dst.mkdir(exist_ok=True)
             shutil.copystat(src, dst)
             os.chown(dst, st.st_uid, st.st_gid)
-            if rel in before and not stat.S_ISDIR(before[rel][0]):
+            if (rel in before and not stat.S_ISDIR(before[rel][0])) or rel in replaced:
                 os.setxattr(dst, overlay_opaque_xattr(), b"y")
         else:
             _remove(str(dst))
@@ -364,8 +398,12 @@ def _copy_changes(snap: Snapshot) -> Path:
         if rel in after:
             continue
         parent = os.path.dirname(rel)
-        if parent and parent not in after:
-            continue                 # a removed parent's whiteout covers it
+        if parent and (parent not in after or not stat.S_ISDIR(after[parent][0])):
+            # A removed parent's whiteout covers it, or what replaced the parent does: never
+            # make a whiteout through it (a link the step put there points anywhere).
+            continue
+        if any(rel.startswith(d + "/") for d in replaced):
+            continue                 # an opaque directory above hides it
         dst = snap.upper / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.mknod(dst, stat.S_IFCHR, os.makedev(0, 0))
@@ -377,4 +415,5 @@ def _copy_changes(snap: Snapshot) -> Path:
             if st is not None:
                 os.chmod(os.path.join(dirpath, name), stat.S_IMODE(st.st_mode))
                 os.chown(os.path.join(dirpath, name), st.st_uid, st.st_gid)
+                os.utime(os.path.join(dirpath, name), ns=(st.st_atime_ns, st.st_mtime_ns))
     return snap.upper

@@ -22,7 +22,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.fsutil import atomic_write, forget_user_namespace, in_initial_user_namespace, private_dir
+from registry.fsutil import (atomic_write, forget_user_namespace, in_initial_user_namespace, overlay_opaque_xattr,
+                             private_dir)
 
 from ..errors import BuildError
 from ..root import Root
@@ -42,6 +43,10 @@ _MS_PRIVATE = 1 << 18
 
 class UserNamespaceError(BuildError):
     """pybuild cannot make its user namespace here (the message names the fix)."""
+
+
+class NamespaceRefused(UserNamespaceError):
+    """unshare(CLONE_NEWUSER) was refused by seccomp or the kernel (EPERM, ENOSYS)."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,9 @@ def rootless() -> bool:
 
 
 def mode() -> str:
-    """"rootless" inside a user namespace, else "rootful": the store format this process makes."""
-    return "rootless" if rootless() else "rootful"
+    """"rootless" inside a user namespace (or with overlay metadata in user.* xattrs: isolation
+    none, builder.runtime.chroot), else "rootful": the store format this process makes."""
+    return "rootless" if rootless() or overlay_opaque_xattr().startswith("user.") else "rootful"
 
 
 def _map_args(pid: int, outer: int, ranges: list[IdRange]) -> list[str]:
@@ -165,7 +171,13 @@ def enter(store_root: Path | None = None, join_pids: list[int] = ()) -> None:
             return (f"pybuild in an unprivileged container could not map ids 0-{NESTED_IDS - 1} in its user "
                     f"namespace ({detail or f'exit {code}'}): the container needs CAP_SETUID and CAP_SETGID "
                     "(podman's and Docker's defaults)")
-        _unshare_mapped(script, failed, "pybuild in an unprivileged container")
+        try:
+            _unshare_mapped(script, failed, "pybuild in an unprivileged container")
+        except NamespaceRefused as exc:
+            # Docker's default seccomp profile: builds fall back to isolation none (a chroot).
+            from .chroot import no_namespace
+            no_namespace(str(exc))
+            return
         os.environ[NESTED_ENV] = "1"
     else:
         script, failed = _user_maps(pid)
@@ -235,8 +247,8 @@ def _unshare_mapped(script: str, failed, who: str) -> None:
                    "allowed, e.g. podman's default profile; Docker's default seccomp profile refuses them)")
         else:
             why = os.strerror(err)
-        raise UserNamespaceError(f"{who} cannot create a user namespace: unshare(CLONE_NEWUSER): "
-                                 f"{os.strerror(err)}: {why}")
+        raise (NamespaceRefused if err in (errno.EPERM, errno.ENOSYS) else UserNamespaceError)(
+            f"{who} cannot create a user namespace: unshare(CLONE_NEWUSER): {os.strerror(err)}: {why}")
     _, stderr = helper.communicate(b"go\n")
     if helper.returncode != 0:
         raise UserNamespaceError(failed(helper.returncode, stderr.decode(errors="replace").strip()))

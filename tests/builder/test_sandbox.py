@@ -15,7 +15,9 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (namespaces, mounts)"),
               pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs Debian's busybox-static")]
 
-ISOLATIONS = ["oci"]
+ISOLATIONS = ["oci", "none"]     # none: builder.runtime.chroot
+# none makes no mounts and no network namespace: its refusals are in tests/rootless/test_isolation_none.py
+MOUNTING = ["oci"]
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ def test_env_cwd_user(rootfs, isolation):
     assert sorted(lines[4].split()) == ["10", "20", "65534"]
 
 
-@pytest.mark.parametrize("isolation", ISOLATIONS)
+@pytest.mark.parametrize("isolation", MOUNTING)
 def test_proc_dev_etc_files(rootfs, isolation):
     script = ("test -r /proc/self/status && echo proc; "
               "for d in null zero full random urandom tty; do test -c /dev/$d || echo missing $d; done; "
@@ -83,7 +85,7 @@ def test_proc_dev_etc_files(rootfs, isolation):
         assert not (rootfs / p).exists(), p
 
 
-@pytest.mark.parametrize("isolation", ISOLATIONS)
+@pytest.mark.parametrize("isolation", MOUNTING)
 def test_network_none_has_no_interfaces_but_lo(rootfs, isolation):
     rc, out, _ = _run(RunSpec(args=["/bin/sh", "-c", "cat /proc/net/dev; ping -c1 -W2 127.0.0.1 >/dev/null && echo lo-up"],
                               rootfs=rootfs, network="none"), isolation)
@@ -95,7 +97,7 @@ def test_network_none_has_no_interfaces_but_lo(rootfs, isolation):
     assert sorted(l.split(":")[0].strip() for l in out.splitlines()[2:]) == sorted(host_ifaces)
 
 
-@pytest.mark.parametrize("isolation", ISOLATIONS)
+@pytest.mark.parametrize("isolation", MOUNTING)
 def test_bind_and_tmpfs_mounts(rootfs, tmp_path, isolation):
     src = tmp_path / "ctx"
     src.mkdir()
