@@ -1,0 +1,253 @@
+"""SECURITY.md 4b: rootless mode attacked from outside (issue 12's review).
+
+Each test runs one attack as a hostile build context, image, other local user, container or
+environment against host canaries: a file of the user's outside the store (which root of the
+user's namespace could write, were it reachable), host root's files, another user's directory.
+The outcome asserted is the safe one: canary untouched, a clear error, no traceback.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.rootless import RootlessUser, store_with
+
+pytestmark = pytest.mark.skipif(shutil.which("runc") is None, reason="runc not installed (Debian's runc)")
+
+CANARY = "the user's own file, outside the store\n"
+NOBODY = 65534
+
+
+def _canary(user: RootlessUser, d: Path) -> Path:
+    """A file of the user's in ``d`` (outside the store): root of the namespace may write it."""
+    c = d / "canary"
+    c.write_text(CANARY)
+    os.chown(c, user.uid, user.gid)
+    return c
+
+
+def _ok(r: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+def _context(user: RootlessUser, scratch: Path, dockerfile: str, files: dict[str, bytes] = {}) -> Path:
+    ctx = scratch / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(dockerfile)
+    for name, data in files.items():
+        (ctx / name).write_bytes(data)
+    user.give(ctx)
+    return ctx
+
+
+def _tar(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return raw.getvalue()
+
+
+def _entry(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, linkname: str = "",
+           pax: dict[str, str] | None = None, uid: int = 0, devmajor: int = 0, devminor: int = 0,
+           ) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname, info.uid, info.gid = kind, mode, linkname, uid, uid
+    info.devmajor, info.devminor = devmajor, devminor
+    if pax:
+        info.pax_headers = dict(pax)
+    return info
+
+
+def _image_on_busybox(store_root: Path, tag: str, layers: list[bytes]) -> None:
+    """Tag ``tag`` in the store: busybox's layers, then ``layers`` (uncompressed tars) on top."""
+    from registry import mediatypes as mt
+    from registry.platform import host_platform
+    from registry.store import Store
+    from tests.fixtures.synthetic_images import make_image
+
+    store = Store(store_root)
+    _, man = store.image_manifest("busybox")
+    base = list(zip(man.layers, store.image_config("busybox").diff_ids))
+    extra = [(store.put_blob(gzip.compress(t, mtime=0), mt.OCI_LAYER_GZIP), "sha256:" + hashlib.sha256(t).hexdigest())
+             for t in layers]
+    make_image(store, tag, layer_descs=base + extra, platform=host_platform(), cmd=["true"])
+
+
+# --- hostile environment ---------------------------------------------------------------------
+
+def test_an_inherited_pybuild_nested_does_not_share_the_hosts_pid_namespace(user, scratch, _busybox_layout):
+    """PYBUILD_NESTED=1 in the environment (a CI variable, a copied env file) must not turn an
+    ordinary user's RUN steps into the in-container mode, which shares the caller's pid
+    namespace and /proc: the step still gets a pid namespace of its own (pid 1 is its shell)."""
+    store = store_with(_busybox_layout, scratch / "store", user)
+    ctx = _context(user, scratch, "FROM busybox\nRUN echo pid1=$(cat /proc/1/comm) n=$(ls -d /proc/[0-9]* | wc -l)\n")
+    r = user.pybuild("build", "--progress", "plain", "--no-cache", ctx, root=store, env={"PYBUILD_NESTED": "1"})
+    _ok(r)
+    assert r.returncode == 0, r.stderr
+    assert "pid1=sh " in r.stderr, r.stderr
+
+
+def _other_users_dir(scratch: Path, name: str) -> Path:
+    """A world-writable directory of another user (nobody) beside the user's scratch tree."""
+    d = scratch / name
+    d.mkdir()
+    os.chmod(scratch, 0o755)
+    os.chown(d, NOBODY, NOBODY)
+    os.chmod(d, 0o777)
+    return d
+
+
+def test_runc_state_never_goes_to_a_runtime_dir_another_user_planted(user, scratch, _busybox_layout):
+    """XDG_RUNTIME_DIR set to a shared directory where another user made `pybuild-runc`
+    (world-writable, theirs): runc's state (each container's config and state, the init's
+    pid) must not land where that user can read or swap it. pybuild uses the store's own
+    `runc/` instead and the other user's directory stays empty."""
+    shared = _other_users_dir(scratch, "shared")
+    planted = shared / "pybuild-runc"
+    planted.mkdir()
+    os.chown(planted, NOBODY, NOBODY)
+    os.chmod(planted, 0o777)
+    before = planted.stat().st_mtime_ns
+    store = store_with(_busybox_layout, scratch / "store", user)
+    ctx = _context(user, scratch, "FROM busybox\nRUN sleep 1 && echo ran\n")
+    r = user.pybuild("build", "--progress", "plain", "--no-cache", ctx, root=store, env={"XDG_RUNTIME_DIR": shared})
+    _ok(r)
+    assert r.returncode == 0, r.stderr
+    # runc removes a container's state when it ends: the directory's mtime shows it was used.
+    assert planted.stat().st_mtime_ns == before and list(planted.iterdir()) == []
+    assert (store / "runc").is_dir() and (store / "runc").stat().st_uid == user.uid
+
+
+def test_a_runc_root_in_the_environment_owned_by_another_user_is_refused(user, scratch, _busybox_layout):
+    """PYBUILD_RUNC_ROOT pointing at another user's world-writable directory: refused with a
+    clear error naming it and its owner; nothing is written there."""
+    planted = _other_users_dir(scratch, "planted")
+    store = store_with(_busybox_layout, scratch / "store", user)
+    ctx = _context(user, scratch, "FROM busybox\nRUN echo ran\n")
+    r = user.pybuild("build", "--no-cache", ctx, root=store, env={"PYBUILD_RUNC_ROOT": planted})
+    _ok(r)
+    assert r.returncode == 1 and str(planted) in r.stderr and "65534" in r.stderr, r.stderr
+    assert list(planted.iterdir()) == []
+
+
+def test_a_store_root_made_by_another_user_is_refused(user, scratch, _busybox_layout):
+    """`--root` (or $PYBUILD_ROOT, or a pre-created ~/.local/share/pybuild) at a directory
+    another user made: that user could swap its blobs and layers under the build. Refused
+    with a clear error naming the directory and its owner; nothing is written in it."""
+    planted = _other_users_dir(scratch, "planted")
+    r = user.pybuild("images", root=planted)
+    _ok(r)
+    assert r.returncode == 1 and str(planted) in r.stderr and "65534" in r.stderr, r.stderr
+    assert list(planted.iterdir()) == []
+
+    home = scratch / "home"
+    (home / ".local" / "share").mkdir(parents=True)
+    user.give(home)
+    (home / ".local" / "share" / "pybuild").mkdir(mode=0o777)
+    os.chown(home / ".local" / "share" / "pybuild", NOBODY, NOBODY)
+    r = user.run("python3", "-m", "builder", "images", env={"HOME": str(home)})
+    _ok(r)
+    assert r.returncode == 1 and "65534" in r.stderr, r.stderr
+    assert list((home / ".local" / "share" / "pybuild").iterdir()) == []
+
+
+# --- hostile Dockerfile / RUN step ---------------------------------------------------------
+
+def test_a_run_step_reaches_nothing_of_the_host_through_proc_or_fds(user, scratch, _busybox_layout):
+    """A RUN step (root of the namespace, where the user's own files are writable) tries every
+    way out through /proc: /proc/*/root and /proc/*/cwd, fds it inherited (/proc/self/fd/*,
+    and `..` from any directory fd), /proc/self/root. The user's canary beside the store is
+    neither read nor written; the step holds only its stdio fds."""
+    canary = _canary(user, scratch)
+    store = store_with(_busybox_layout, scratch / "store", user)
+    c = str(canary)
+    step = (f"ls -l /proc/self/fd/ > /fds.txt; "
+            f"for p in /proc/[0-9]*/root /proc/[0-9]*/cwd /proc/self/root /proc/self/fd/*; do "
+            f"cat $p{c} 2>/dev/null && echo LE\\AK; echo pwned > $p{c} 2>/dev/null; "
+            f"cat $p/../../../../../..{c} 2>/dev/null && echo LE\\AK; done; "
+            "ls /proc/[0-9]* -d > /pids.txt; true")
+    ctx = _context(user, scratch, f"FROM busybox\nRUN sh -c '{step}'\nRUN cat /fds.txt /pids.txt\n")
+    r = user.pybuild("build", "--progress", "plain", "--no-cache", "-t", "probe", ctx, root=store)
+    _ok(r)
+    assert r.returncode == 0, r.stderr
+    assert "LEAK" not in r.stderr and canary.read_text() == CANARY
+    fds = [l.split()[-3:] for l in r.stderr.splitlines() if " -> " in l]
+    # 0-2 are the step's stdio (pipes, /fds.txt), 3 at most ls's own listing of /proc/self/fd.
+    names = {f[0] for f in fds}
+    assert {"0", "1", "2"} <= names <= {"0", "1", "2", "3"}, fds
+    assert not [f for f in fds if f[2].startswith(str(scratch))], fds
+
+
+# --- hostile image layers --------------------------------------------------------------------
+
+def test_hostile_layer_links_write_nothing_outside_the_layer(user, scratch, _busybox_layout):
+    """An image whose layers carry a hard link to the user's canary (absolute and by `..`), a
+    symlink to the canary's directory with a file written through it (same layer), and a
+    symlink in one layer with a file through it in the next. Run rootless: the canary is
+    unchanged and nothing lands beside it (a refused entry is a clear error)."""
+    canary = _canary(user, scratch)
+    c, d = str(canary), str(scratch)
+    low = _tar([(_entry("out", tarfile.SYMTYPE, 0o777, linkname=d), None)])
+    high = _tar([(_entry("hard-abs", tarfile.LNKTYPE, linkname=c), None),
+                 (_entry("hard-rel", tarfile.LNKTYPE, linkname="../../../../../../.." + c), None),
+                 (_entry("esc", tarfile.SYMTYPE, 0o777, linkname=d), None),
+                 (_entry("esc/planted-same-layer"), b"pwned\n"),
+                 (_entry("out/planted-next-layer"), b"pwned\n")])
+    store = store_with(_busybox_layout, scratch / "store", user)
+    _image_on_busybox(store, "hostile:latest", [low, high])
+    user.give(store)
+    r = user.pybuild("run", "--rm", "hostile", "sh", "-c",
+                     "cat /hard-abs /hard-rel; echo pwned > /hard-abs; echo pwned > /out/x; true", root=store)
+    _ok(r)
+    assert canary.read_text() == CANARY
+    assert sorted(p.name for p in scratch.iterdir()) == ["canary", "store"]
+    assert CANARY not in r.stdout
+    assert r.returncode == 0 or "error:" in r.stderr, r.stderr
+
+
+def test_hostile_layer_devices_setuid_and_overlay_xattrs(user, scratch, _busybox_layout):
+    """An image whose top layer carries device nodes (mem 1:1, sda 8:0), a setuid file, and
+    `user.overlay.*` / `trusted.overlay.*` xattrs meant to make a directory opaque, redirect
+    it, or turn a file into a whiteout in the rootless overlay (userxattr). Run rootless: the
+    devices are absent, the lower layer's files the xattrs meant to hide are all there, and
+    the setuid file cannot be reached by another user (the store is 0700)."""
+    low = _tar([(_entry("keep", tarfile.DIRTYPE, 0o755), None),
+                (_entry("keep/lower.txt"), b"lower\n"),
+                (_entry("keep2", tarfile.DIRTYPE, 0o755), None),
+                (_entry("keep2/lower.txt"), b"lower\n"),
+                (_entry("keep3.txt"), b"lower\n")])
+    high = _tar([(_entry("dev/mem1", tarfile.CHRTYPE, 0o666, devmajor=1, devminor=1), None),
+                 (_entry("dev/sda1", tarfile.BLKTYPE, 0o666, devmajor=8, devminor=0), None),
+                 (_entry("suid", mode=0o4755), b"#!/bin/sh\nid -u\n"),
+                 (_entry("keep", tarfile.DIRTYPE, 0o755, pax={"SCHILY.xattr.user.overlay.opaque": "y",
+                                                               "SCHILY.xattr.trusted.overlay.opaque": "y"}), None),
+                 (_entry("keep2", tarfile.DIRTYPE, 0o755,
+                         pax={"SCHILY.xattr.user.overlay.redirect": "/nowhere"}), None),
+                 (_entry("keep3.txt", pax={"SCHILY.xattr.user.overlay.whiteout": "y"}), b"upper\n"),
+                 (_entry("./", tarfile.DIRTYPE, 0o755, pax={"SCHILY.xattr.user.overlay.whiteouts": "y"}), None)])
+    store = store_with(_busybox_layout, scratch / "store", user)
+    _image_on_busybox(store, "hostile:latest", [low, high])
+    user.give(store)
+    r = user.pybuild("run", "--rm", "hostile", "sh", "-c",
+                     "cat /keep/lower.txt /keep2/lower.txt /keep3.txt; ls /dev/mem1 /dev/sda1; ls -ln /suid; true",
+                     root=store)
+    _ok(r)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("lower") == 2 and "upper" in r.stdout, r.stdout + r.stderr
+    assert "/dev/mem1" not in r.stdout and "/dev/sda1" not in r.stdout
+    assert "-rwsr-xr-x" in r.stdout
+    suid = [p for p in (store / "layers").rglob("suid")]
+    assert suid
+    probe = subprocess.run(["runuser", "-u", "nobody", "--", "test", "-e", str(suid[0])])
+    assert probe.returncode != 0
