@@ -365,6 +365,8 @@ def own_private_dir(path: Path, what: str) -> Path:
     (not a symlink) that no one else may write: else UserNamespaceError naming it and its
     owner. One of ours that is too open is tightened."""
     try:
+        if not path.parent.exists():
+            private_dir(path.parent)          # a new store root: 0700 as it would be made anyway
         private_dir(path)
         st = os.lstat(path)
     except OSError as exc:

@@ -251,3 +251,139 @@ def test_hostile_layer_devices_setuid_and_overlay_xattrs(user, scratch, _busybox
     assert suid
     probe = subprocess.run(["runuser", "-u", "nobody", "--", "test", "-e", str(suid[0])])
     assert probe.returncode != 0
+
+
+def test_hostile_build_context_tar_in_add(user, scratch, _busybox_layout):
+    """A build context whose `ADD evil.tar /` carries a symlink out of the rootfs with a file
+    written through it, a world-writable device node and a `user.overlay.opaque` xattr on /etc
+    (to hide busybox's /etc/passwd in the rootless overlay): confined, the file lands inside
+    the image, no device, /etc/passwd still there. The same tar with a hard link to the
+    user's canary: a clear error naming the entry. The canary unchanged, nothing beside it."""
+    canary = _canary(user, scratch)
+    entries = [(_entry("esc", tarfile.SYMTYPE, 0o777, linkname=str(scratch)), None),
+               (_entry("esc/planted"), b"pwned\n"),
+               (_entry("mem", tarfile.CHRTYPE, 0o666, devmajor=1, devminor=1), None),
+               (_entry("etc", tarfile.DIRTYPE, 0o755, pax={"SCHILY.xattr.user.overlay.opaque": "y"}), None)]
+    store = store_with(_busybox_layout, scratch / "store", user)
+    ctx = _context(user, scratch, "FROM busybox\nADD evil.tar /\nRUN ls /etc/passwd; ls /mem; "
+                   "echo pwned > /esc/x; true\n", {"evil.tar": _tar(entries)})
+    r = user.pybuild("build", "--progress", "plain", "--no-cache", ctx, root=store)
+    _ok(r)
+    assert r.returncode == 0, r.stderr
+    assert " /etc/passwd\n" in r.stderr and "ls: /mem: No such file" in r.stderr, r.stderr
+    assert canary.read_text() == CANARY
+    assert sorted(p.name for p in scratch.iterdir()) == ["canary", "ctx", "store"]
+
+    hard = [(_entry("hard", tarfile.LNKTYPE, linkname=str(canary)), None)]
+    (ctx / "evil.tar").write_bytes(_tar(entries + hard))
+    (ctx / "Dockerfile").write_text("FROM busybox\nADD evil.tar /\nRUN cat /hard; echo pwned > /hard\n")
+    r = user.pybuild("build", "--progress", "plain", "--no-cache", ctx, root=store)
+    _ok(r)
+    assert r.returncode == 1 and "error:" in r.stderr and "'hard'" in r.stderr, r.stderr
+    assert canary.read_text() == CANARY
+    assert sorted(p.name for p in scratch.iterdir()) == ["canary", "ctx", "store"]
+
+
+# --- hostile container -------------------------------------------------------------------------
+
+def test_a_hostile_container_leaves_diff_commit_and_rm_inside_the_store(user, scratch, _busybox_layout):
+    """A detached container plants symlinks to the user's canary and its directory, a hard
+    link attempt, a fifo, and tries to signal every process it sees. `diff`, `commit`, `stop`
+    and `rm` as the user then read and remove the upper directory: the canary is unchanged,
+    nothing is created beside it, and the committed image holds the symlinks as symlinks."""
+    canary = _canary(user, scratch)
+    store = store_with(_busybox_layout, scratch / "store", user)
+    pb = lambda *a, **kw: user.pybuild(*a, root=store, **kw)   # noqa: E731
+    plant = (f"ln -s {canary} /l; ln -s {scratch} /d; ln /l /hl; mkfifo /f; mkdir -p /x; ln -s /proc/self/root /x/r; "
+             "kill -9 -1; ls /proc | grep -c '^[0-9]' > /nprocs; sleep 300")
+    pb("run", "-d", "--name", "evil", "busybox", "sh", "-c", plant, check_rc=0)
+    pb("exec", "evil", "sh", "-c", "for i in $(seq 100); do test -e /nprocs && exit 0; sleep 0.1; done; exit 1",
+       check_rc=0)
+    diff = pb("diff", "evil", check_rc=0).stdout.split("\n")
+    assert {"A /l", "A /d", "A /f"} <= set(diff), diff
+    pb("stop", "-t", "1", "evil", check_rc=0)
+    pb("commit", "evil", "evil-img", check_rc=0)
+    out = pb("run", "--rm", "evil-img", "sh", "-c", "readlink /l; readlink /d; cat /nprocs; cat /l; echo pwned > /d/new; true",
+             check_rc=0).stdout.split()
+    assert out[:2] == [str(canary), str(scratch)] and int(out[2]) <= 3, out
+    pb("rm", "evil", check_rc=0)
+    assert canary.read_text() == CANARY and sorted(p.name for p in scratch.iterdir()) == ["canary", "store"]
+
+
+# --- another local user; forged state ---------------------------------------------------------
+
+HOLDER = """\
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x10000000) == 0, ctypes.get_errno()
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_forged_container_record_cannot_make_pybuild_join_roots_namespace(user, scratch):
+    """A container record in the store names as its running monitor a process host root put
+    in a user namespace with exactly the uid map rootless pybuild makes (0 -> the user, 1.. ->
+    the range): joining it would run the command in root's mount namespace. pybuild does not
+    join it (root owns that namespace, setns is refused) and runs in a namespace of its own;
+    a record naming pid 1 or a dead pid is ignored the same way."""
+    holder = subprocess.Popen([shutil.which("python3") or "/usr/bin/python3", "-c", HOLDER],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        Path(f"/proc/{holder.pid}/uid_map").write_text(f"0 {user.uid} 1\n1 200000 65536\n")
+        Path(f"/proc/{holder.pid}/gid_map").write_text(f"0 {user.gid} 1\n1 200000 65536\n")
+        theirs = os.readlink(f"/proc/{holder.pid}/ns/user")
+        store = scratch / "store"
+        user.pybuild("images", root=store, check_rc=0)
+        for n, pid in (("a", holder.pid), ("b", 1), ("c", 999999999)):
+            rec = store / "containers" / f"{n * 64}"
+            rec.mkdir(parents=True)
+            (rec / "state.json").write_text(f'{{"status": "running", "pid": {pid}}}')
+        user.give(store)
+        r = user.pybuild("unshare", "sh", "-c", "readlink /proc/self/ns/user; cat /proc/self/uid_map", root=store)
+        _ok(r)
+        assert r.returncode == 0, r.stderr
+        ns, *maps = r.stdout.splitlines()
+        assert ns != theirs
+        assert [m.split() for m in maps] == [["0", str(user.uid), "1"], ["1", "200000", "65536"]]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_unshare_argument_handling(user, scratch):
+    """`pybuild unshare` with a missing program, with `--` before an option-like command, and
+    passing the exit code through; the command inherits no fd of pybuild's."""
+    store = scratch / "store"
+    r = user.pybuild("unshare", "/nonexistent/prog", root=store)
+    _ok(r)
+    assert r.returncode != 0 and "/nonexistent/prog" in r.stderr, r.stderr
+    r = user.pybuild("unshare", "--", "--help", root=store)
+    _ok(r)
+    assert r.returncode != 0 and "'--help'" in r.stderr, r.stderr
+    r = user.pybuild("unshare", "sh", "-c", "exit 7", root=store)
+    assert r.returncode == 7
+    r = user.pybuild("unshare", "ls", "/proc/self/fd", root=store, check_rc=0)
+    assert set(r.stdout.split()) <= {"0", "1", "2", "3"}, r.stdout
+
+
+def test_a_symlink_at_the_runc_root_is_refused(user, scratch, _busybox_layout):
+    """`pybuild-runc` in the user's own XDG_RUNTIME_DIR replaced by a symlink to a directory
+    of the user's elsewhere: refused with a clear error, nothing written through it. A new
+    store's runc/ (no XDG_RUNTIME_DIR) is made 0700 with its root."""
+    run = scratch / "run"
+    run.mkdir(mode=0o700)
+    elsewhere = scratch / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, run / "pybuild-runc")
+    user.give(run)
+    user.give(elsewhere)
+    r = user.pybuild("images", root=scratch / "store", env={"XDG_RUNTIME_DIR": run})
+    _ok(r)
+    assert r.returncode == 1 and str(run / "pybuild-runc") in r.stderr and "symlink" in r.stderr, r.stderr
+    assert list(elsewhere.iterdir()) == []
+
+    r = user.pybuild("images", root=scratch / "new" / "store", check_rc=0)
+    for d in (scratch / "new" / "store", scratch / "new" / "store" / "runc"):
+        assert d.stat().st_mode & 0o777 == 0o700 and d.stat().st_uid == user.uid
