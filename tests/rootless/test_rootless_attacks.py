@@ -387,3 +387,36 @@ def test_a_symlink_at_the_runc_root_is_refused(user, scratch, _busybox_layout):
     r = user.pybuild("images", root=scratch / "new" / "store", check_rc=0)
     for d in (scratch / "new" / "store", scratch / "new" / "store" / "runc"):
         assert d.stat().st_mode & 0o777 == 0o700 and d.stat().st_uid == user.uid
+
+
+def test_repair_as_the_user_leaves_another_users_dev_shm_entries_alone(user, scratch):
+    """Another user plants /dev/shm/pybuild-<hash of the user's store>-* as a symlink to a
+    directory of the user's and as a directory of their own: the user's `store verify
+    --repair` follows neither (the user's files stay), removes nothing of theirs, and ends
+    without a traceback. (tests/security/test_store_hygiene.py has root's case, where the
+    symlink made root unmount its target.)"""
+    from builder.engine.executor import MEMORY_TMP, memory_dir_prefix
+    store = scratch / "store"
+    user.pybuild("images", root=store, check_rc=0)
+    mine = scratch / "mine"
+    mine.mkdir()
+    _canary(user, mine)
+    user.give(mine)
+    prefix = MEMORY_TMP / memory_dir_prefix(store)
+    link, theirs = Path(f"{prefix}link"), Path(f"{prefix}theirs")
+    try:
+        os.symlink(mine, link)
+        os.lchown(link, NOBODY, NOBODY)
+        theirs.mkdir(mode=0o777)
+        (theirs / "f").write_text("theirs\n")
+        os.chown(theirs / "f", NOBODY, NOBODY)
+        os.chown(theirs, NOBODY, NOBODY)
+        r = user.pybuild("store", "verify", "--repair", root=store)
+        _ok(r)
+        assert r.returncode == 0, r.stderr
+        assert (mine / "canary").read_text() == CANARY
+        assert link.is_symlink() and (theirs / "f").read_text() == "theirs\n"
+    finally:
+        if link.is_symlink():
+            link.unlink()
+        shutil.rmtree(theirs, ignore_errors=True)
