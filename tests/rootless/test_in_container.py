@@ -132,6 +132,37 @@ def test_a_run_step_in_the_container_cannot_reach_pybuilds_filesystem_through_pr
     assert "python3 -m builder" in pod.pybuild("run", "--rm", "probe", "cat", "/ps.txt", volumes=vols).stdout
 
 
+def test_a_run_step_in_the_container_cannot_read_pybuilds_environment_or_fds(pod, tmp_path):
+    """The job's environment (a CI token) and the fds of pybuild, runc and the job's shell,
+    which the step sees as processes of its pid namespace: /proc/PID/environ, the targets of
+    /proc/PID/fd/*, /proc/PID/cwd and /proc/PID/mem of every pid are refused to it (no
+    CAP_SYS_PTRACE, and fewer capabilities than pybuild); only its own shell answers. (It can
+    list their fd numbers and read their command lines, as any process of the same uid.)"""
+    store, ctx = tmp_path / "store", tmp_path / "ctx"
+    store.mkdir()
+    make_busybox_rootfs(ctx / "rootfs")
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox\nRUN me=$$; for p in $(ls /proc | grep -E '^[0-9]+$'); do "
+        "tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | grep CI_TOKEN && echo GOT-E\"\"NV $p; "
+        "for f in /proc/$p/fd/*; do readlink $f 2>/dev/null | grep -q . && echo GOT-F\"\"D $(cat /proc/$p/comm) $p; done; "
+        "ls /proc/$p/cwd/ 2>/dev/null | grep -q . && echo GOT-C\"\"WD $(cat /proc/$p/comm) $p; "
+        "head -c 1 /proc/$p/mem 2>/dev/null >/dev/null && echo GOT-M\"\"EM $p; done; "
+        "echo self=$me seen=$(ls /proc | grep -cE '^[0-9]+$'); true\n")
+    vols = {store: "/store", ctx: "/ctx:ro"}
+    assert pod.pybuild("import", "/ctx/rootfs", "busybox:latest", volumes=vols).returncode == 0
+    r = pod.run("sh", "-c", f"{pod.PYBUILD} build --progress plain --no-cache -t probe /ctx", volumes=vols,
+                options=("-e", "CI_TOKEN=tok-s3cret-value"))
+    assert r.returncode == 0, r.stderr
+    assert "tok-s3cret-value" not in r.stdout + r.stderr
+    got = [l.split()[-2:] for l in r.stderr.splitlines() if " GOT-" in l and "$p" not in l]
+    (me, seen), = [l.split("self=", 1)[1].replace("seen=", "").split() for l in r.stderr.splitlines()
+                  if " self=" in l and "$me" not in l]
+    assert int(seen) > 3, r.stderr           # it does see pybuild's and the job's processes
+    # Only the step's own shell may answer (the environment it has is the build's, no token).
+    assert [g for g in got if g[0] == "GOT-ENV" or g[1] != me] == [], got
+    assert [g for g in got if g[1] == me], r.stderr          # the probe works: on the step's own shell
+
+
 def test_a_seccomp_profile_refusing_user_namespaces_is_a_clear_error(pod, tmp_path):
     """podman's profile with unshare denied (EPERM, as Docker's default profile denies it without
     CAP_SYS_ADMIN): pybuild says it cannot create a user namespace and why, no traceback."""
