@@ -420,3 +420,38 @@ def test_repair_as_the_user_leaves_another_users_dev_shm_entries_alone(user, scr
         if link.is_symlink():
             link.unlink()
         shutil.rmtree(theirs, ignore_errors=True)
+
+
+def test_context_symlinks_out_of_the_context_reach_nothing_rootless(user, scratch, _busybox_layout):
+    """A build context with symlinks to the user's canary and its directory, used by
+    `COPY`, `RUN --mount=type=bind` (whole context and through the link) and `ADD`: nothing of
+    the user's outside the context is copied, mounted or written; a source through a link
+    that leaves the context is a clear error."""
+    outside = scratch / "outside"
+    outside.mkdir()
+    canary = _canary(user, outside)
+    user.give(outside)
+    store = store_with(_busybox_layout, scratch / "store", user)
+    ctx = _context(user, scratch, "FROM busybox\nCOPY . /c\nRUN --mount=type=bind,target=/m,rw "
+                   "sh -c 'cat /m/l /m/d/canary /c/l /c/d/canary; echo pwned > /m/d/canary; "
+                   "echo pwned > /m/l; readlink /c/l; true'\n")
+    os.symlink(canary, ctx / "l")
+    os.symlink(outside, ctx / "d")
+    os.lchown(ctx / "l", user.uid, user.gid)
+    os.lchown(ctx / "d", user.uid, user.gid)
+    r = user.pybuild("build", "--progress", "plain", "--no-cache", ctx, root=store)
+    _ok(r)
+    assert r.returncode == 0, r.stderr
+    assert CANARY.strip() not in r.stderr and str(canary) in r.stderr      # the link, copied as a link
+    assert canary.read_text() == CANARY and sorted(p.name for p in outside.iterdir()) == ["canary"]
+
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN --mount=type=bind,source=d,target=/m cat /m/canary\n")
+    r = user.pybuild("build", "--progress", "plain", "--no-cache", ctx, root=store)
+    _ok(r)
+    assert CANARY.strip() not in r.stderr
+    assert r.returncode != 0 and "error:" in r.stderr, r.stderr
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY d/canary /x\n")
+    r = user.pybuild("build", "--progress", "plain", "--no-cache", "-t", "x", ctx, root=store)
+    _ok(r)
+    assert r.returncode != 0 and "error:" in r.stderr, r.stderr
+    assert canary.read_text() == CANARY
