@@ -455,3 +455,27 @@ def test_context_symlinks_out_of_the_context_reach_nothing_rootless(user, scratc
     _ok(r)
     assert r.returncode != 0 and "error:" in r.stderr, r.stderr
     assert canary.read_text() == CANARY
+
+
+def test_pasta_of_a_rootless_container_runs_as_the_user(user, scratch, _busybox_layout):
+    """The private network's pasta of a rootless container is the user's process (an exploit
+    of pasta through the container's traffic lands as the user): while the container runs,
+    the pasta in the user namespace of the container's monitor belongs to the user."""
+    import json
+    store = store_with(_busybox_layout, scratch / "store", user)
+    pb = lambda *a, **kw: user.pybuild(*a, root=store, **kw)   # noqa: E731
+    pb("run", "-d", "--name", "net", "busybox", "sleep", "300", check_rc=0)
+    try:
+        (state,) = (store / "containers").glob("*/state.json")
+        ns = os.readlink(f"/proc/{json.loads(state.read_text())['pid']}/ns/user")
+        found = []
+        for p in Path("/proc").iterdir():
+            try:
+                if p.name.isdigit() and (p / "comm").read_text().startswith(("pasta", "passt")) \
+                        and os.readlink(p / "ns" / "user") == ns:
+                    found.append(p.stat().st_uid)
+            except OSError:
+                continue
+        assert found and set(found) == {user.uid}, found
+    finally:
+        pb("rm", "-f", "net")
