@@ -399,7 +399,11 @@ def check_store_owner(root: Path) -> None:
     """As an ordinary user (before entering the namespace), refuse a store root that is not
     the user's own: another user who made the directory (a shared --root, a pre-created
     ~/.local/share/pybuild or $PYBUILD_ROOT) could swap its blobs and layers under pybuild.
-    A root that does not exist yet is fine (pybuild makes it 0700)."""
+    A root that does not exist yet is fine (pybuild makes it 0700). Nor may a directory above
+    it be another user's: they could rename the store away and put theirs in its place. (A
+    root-owned directory writable by everyone without the sticky bit would allow the same; it is
+    not refused: some machines' /tmp is 0777.)"""
+    _check_ancestors(Path(os.path.abspath(root)).parent, root)
     try:
         st = os.stat(root)
     except FileNotFoundError:
@@ -412,6 +416,21 @@ def check_store_owner(root: Path) -> None:
         raise BuildError(f"the store {root} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}): another user "
                          "made it and could change its images and layers under pybuild; give pybuild a store "
                          "of your own (--root or $PYBUILD_ROOT)")
+
+
+def _check_ancestors(path: Path, root: Path) -> None:
+    """Refuse ``root`` if ``path`` or a directory above it (symlinks resolved) is another
+    non-root user's."""
+    me = os.geteuid()
+    for d in [path.resolve(), *path.resolve().parents]:
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue                 # not made yet: pybuild makes it, as this user
+        if st.st_uid not in (0, me):
+            raise BuildError(f"cannot use the store {root}: {d} above it belongs to uid {st.st_uid}, who could "
+                             "put another store in its place; give pybuild a store of your own (--root or "
+                             "$PYBUILD_ROOT)")
 
 
 def check_store_mode(root: Path) -> None:

@@ -479,3 +479,20 @@ def test_pasta_of_a_rootless_container_runs_as_the_user(user, scratch, _busybox_
         assert found and set(found) == {user.uid}, found
     finally:
         pb("rm", "-f", "net")
+
+
+def test_a_store_under_a_directory_another_user_may_write_is_refused(user, scratch):
+    """The store root is the user's own, but the directory above it is another user's: they
+    could rename the store away and put theirs in its place between two commands. Refused,
+    naming that directory; under a directory of root's it is fine."""
+    shared = _other_users_dir(scratch, "shared")
+    store = shared / "store"
+    store.mkdir(mode=0o700)
+    os.chown(store, user.uid, user.gid)
+    r = user.pybuild("images", root=store)
+    _ok(r)
+    assert r.returncode == 1 and f"{shared} above it belongs to uid 65534" in r.stderr, r.stderr
+    assert list(store.iterdir()) == []
+
+    os.chown(shared, 0, 0)             # root's: fine
+    user.pybuild("images", root=store, check_rc=0)
