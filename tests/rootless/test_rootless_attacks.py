@@ -525,3 +525,23 @@ def test_whiteouts_through_a_lower_layers_symlink_delete_nothing_outside(user, s
         assert not (out / "out").is_symlink() or os.readlink(out / "out") == str(mine)
     else:
         assert "error:" in r.stderr, r.stderr
+
+
+def test_a_user_beyond_the_mapped_ids_and_an_unreachable_volume_are_clear_errors(user, scratch, _busybox_layout):
+    """A Dockerfile's `USER 70000` (no such id in the namespace) before a RUN, a `COPY
+    --chown=70000`: each a clear error naming the id, no traceback, nothing run as some other
+    id. `pybuild run -v /root:/r` (a directory the user cannot enter): root of the container
+    cannot list it either."""
+    store = store_with(_busybox_layout, scratch / "store", user)
+    ctx = _context(user, scratch, "FROM busybox\nUSER 70000\nRUN id -u > /tmp/ran\n", {"f": b"x\n"})
+    r = user.pybuild("build", "--no-cache", ctx, root=store)
+    _ok(r)
+    assert r.returncode == 1 and "error:" in r.stderr and "70000" in r.stderr, r.stderr
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY --chown=70000 f /f\nRUN ls -ln /f\n")
+    r = user.pybuild("build", "--no-cache", ctx, root=store)
+    _ok(r)
+    assert r.returncode == 1 and "error:" in r.stderr and "70000" in r.stderr, r.stderr
+    r = user.pybuild("run", "--rm", "-v", "/root:/r", "busybox", "ls", "/r", root=store)
+    _ok(r)
+    # The bind is made (only /root itself is looked up); its contents stay the user's to not read.
+    assert r.returncode != 0 and "Permission denied" in r.stderr and not r.stdout, r.stderr
