@@ -163,6 +163,31 @@ def test_a_run_step_in_the_container_cannot_read_pybuilds_environment_or_fds(pod
     assert [g for g in got if g[1] == me], r.stderr          # the probe works: on the step's own shell
 
 
+@pytest.mark.parametrize("tun", [False, True], ids=["no-tun", "tun"])
+def test_run_steps_share_the_containers_network_only_without_tun(pod, tmp_path, tun):
+    """SECURITY.md 4c: without /dev/net/tun (podman's and Docker's default) a RUN step shares
+    the container's network namespace and reaches a server on the container's loopback, and
+    pybuild says so; with `--device /dev/net/tun` the step gets pasta's private network and
+    does not."""
+    store, ctx = tmp_path / "store", tmp_path / "ctx"
+    store.mkdir()
+    make_busybox_rootfs(ctx / "rootfs")
+    # busybox's nc, not its wget (which crashes in this static build).
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN printf 'GET /canary HTTP/1.0\\r\\n\\r\\n' | "
+                                    "nc -w 5 127.0.0.1 8765 || echo NOT-RE\"\"ACHED\n")
+    vols = {store: "/store", ctx: "/ctx:ro"}
+    assert pod.pybuild("import", "/ctx/rootfs", "busybox:latest", volumes=vols).returncode == 0
+    server = "/usr/bin/python3 -m http.server --bind 127.0.0.1 -d /etc 8765 >/dev/null 2>&1 &"
+    r = pod.run("sh", "-c", f"{server} sleep 1; {pod.PYBUILD} build --progress plain --no-cache /ctx", volumes=vols,
+                options=("--device", "/dev/net/tun") if tun else ())
+    assert r.returncode == 0, r.stderr
+    if tun:
+        assert "NOT-REACHED" in r.stderr and "container's own file" not in r.stderr, r.stderr
+    else:
+        assert "container's own file" in r.stderr and "NOT-REACHED" not in r.stderr, r.stderr
+        assert "without /dev/net/tun" in r.stderr
+
+
 def test_a_seccomp_profile_refusing_user_namespaces_is_a_clear_error(pod, tmp_path):
     """podman's profile with unshare denied (EPERM, as Docker's default profile denies it without
     CAP_SYS_ADMIN): pybuild says it cannot create a user namespace and why, no traceback."""
