@@ -137,7 +137,7 @@ def test_a_run_step_in_the_container_cannot_read_pybuilds_environment_or_fds(pod
     which the step sees as processes of its pid namespace: /proc/PID/environ, the targets of
     /proc/PID/fd/*, /proc/PID/cwd and /proc/PID/mem of every pid are refused to it (no
     CAP_SYS_PTRACE, and fewer capabilities than pybuild); only its own shell answers. (It can
-    list their fd numbers and read their command lines, as any process of the same uid.)"""
+    list their fd numbers, read their command lines and signal pybuild, as SECURITY.md 4c says.)"""
     store, ctx = tmp_path / "store", tmp_path / "ctx"
     store.mkdir()
     make_busybox_rootfs(ctx / "rootfs")
@@ -146,7 +146,8 @@ def test_a_run_step_in_the_container_cannot_read_pybuilds_environment_or_fds(pod
         "tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | grep CI_TOKEN && echo GOT-E\"\"NV $p; "
         "for f in /proc/$p/fd/*; do readlink $f 2>/dev/null | grep -q . && echo GOT-F\"\"D $(cat /proc/$p/comm) $p; done; "
         "ls /proc/$p/cwd/ 2>/dev/null | grep -q . && echo GOT-C\"\"WD $(cat /proc/$p/comm) $p; "
-        "head -c 1 /proc/$p/mem 2>/dev/null >/dev/null && echo GOT-M\"\"EM $p; done; "
+        "head -c 1 /proc/$p/mem 2>/dev/null >/dev/null && echo GOT-M\"\"EM $p; "
+        "[ \"$(cat /proc/$p/comm)\" = python3 ] && kill -0 $p && echo CAN-SIG\"\"NAL $p; done; "
         "echo self=$me seen=$(ls /proc | grep -cE '^[0-9]+$'); true\n")
     vols = {store: "/store", ctx: "/ctx:ro"}
     assert pod.pybuild("import", "/ctx/rootfs", "busybox:latest", volumes=vols).returncode == 0
@@ -161,6 +162,8 @@ def test_a_run_step_in_the_container_cannot_read_pybuilds_environment_or_fds(pod
     # Only the step's own shell may answer (the environment it has is the build's, no token).
     assert [g for g in got if g[0] == "GOT-ENV" or g[1] != me] == [], got
     assert [g for g in got if g[1] == me], r.stderr          # the probe works: on the step's own shell
+    # What SECURITY.md 4c states it can do: signal pybuild (uid 0 in the same namespace).
+    assert [l for l in r.stderr.splitlines() if " CAN-SIGNAL " in l and "$p" not in l], r.stderr
 
 
 @pytest.mark.parametrize("tun", [False, True], ids=["no-tun", "tun"])
