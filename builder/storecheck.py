@@ -31,6 +31,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -270,6 +271,8 @@ class _Checker:
         from .engine.executor import MEMORY_TMP, memory_dir_prefix
         prefix = memory_dir_prefix(self.root)
         for p in sorted(MEMORY_TMP.glob(prefix + "*")) if MEMORY_TMP.is_dir() else ():
+            if not _own_directory(p):
+                continue     # planted by another user in the shared /dev/shm: not ours to touch
             self._report("leftover", f"in-memory temporary {p} (maybe holding a build secret) of a "
                          "process that did not finish", lambda p=p: _remove_snapshot(p))
         self._networks()
@@ -335,6 +338,17 @@ def _hash_file(path: Path, algorithm: str) -> str:
 def _untag(store: Store, entry) -> None:
     with store._index_update() as index:
         index.manifests = [d for d in index.manifests if d.digest != entry.digest or d.annotations != entry.annotations]
+
+
+def _own_directory(path: Path) -> bool:
+    """True for a directory (not a symlink) this user owns. /dev/shm is everyone's: a name
+    there matching our prefix may be another user's symlink to a mount point (which the
+    removal would unmount) or to a directory of ours (which it would empty)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def _rm(path: Path) -> None:

@@ -73,6 +73,8 @@ def _enter_store(root: str | None, containers: list[str] = ()) -> None:
     from ..runtime import userns
     path = resolve(root)
     first: list[str] = []
+    if os.geteuid() != 0:
+        userns.check_store_owner(path)
     namespaced = os.geteuid() != 0 or userns.in_unprivileged_container()
     if containers and namespaced:
         from ..containers.lifecycle import lookup

@@ -34,7 +34,7 @@ from ..root import Root
 from ..runtime.chroot import check_mounts as check_chroot_mounts
 from ..runtime.layers import LayerMaker, LayerRef, prune_upper
 from ..runtime.sandbox import Mount, NetworkPool, RunSpec, run as sandbox_run
-from ..runtime.snapshot import _umount, mount_snapshot
+from ..runtime.snapshot import _umount, mount_snapshot, overlay_options
 from ..runtime.users import ResolvedUser, resolve_user
 
 
@@ -351,7 +351,8 @@ class Executor:
             st = ms.lstat(d)
             os.utime(upper / d, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.utime(upper, ns=(ms.st.st_atime_ns, ms.st.st_mtime_ns))
-        opts = f"lowerdir={fd_path},upperdir={upper},workdir={work},index=off,metacopy=off,redirect_dir=off"
+        # The snapshot's options: rootless (userxattr) refuses redirect_dir being named.
+        opts = f"lowerdir={fd_path},upperdir={upper},workdir={work}{overlay_options()}"
         r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)],
                            capture_output=True, text=True)
         if r.returncode != 0:

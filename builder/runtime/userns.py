@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +32,7 @@ from ..root import resolve as resolve_root
 
 SUBUID_FILE = "/etc/subuid"
 SUBGID_FILE = "/etc/subgid"
-RUNC_ROOT_ENV = "PYBUILD_RUNC_ROOT"
-NESTED_ENV = "PYBUILD_NESTED"           # set by enter() for root of an unprivileged container
+RUNC_ROOT_ENV = "PYBUILD_RUNC_ROOT"     # runc's state directory, checked by enter() and passed on
 NESTED_IDS = 65536
 
 _CLONE_NEWNS = 0x00020000
@@ -136,8 +136,12 @@ def in_unprivileged_container() -> bool:
 
 def nested() -> bool:
     """True in the namespace :func:`enter` made for root of an unprivileged container: its RUN
-    steps and containers share the container's pid namespace and /proc (builder.runtime.sandbox)."""
-    return os.environ.get(NESTED_ENV) == "1" and rootless()
+    steps and containers share the container's pid namespace and /proc (builder.runtime.sandbox).
+
+    Told by the namespace itself (it maps ids 0-65535 to themselves; an ordinary user's maps
+    0 to the user), never by the environment: an inherited variable must not weaken an
+    ordinary user's RUN steps (tests/rootless/test_rootless_attacks.py)."""
+    return rootless() and _uid_map_of("self") == [(0, 0, NESTED_IDS)]
 
 
 def enter(store_root: Path | None = None, join_pids: list[int] = ()) -> None:
@@ -158,7 +162,7 @@ def enter(store_root: Path | None = None, join_pids: list[int] = ()) -> None:
     if join_pids:
         want = [(0, 0, NESTED_IDS)] if as_root else _user_uid_map()
         if want and any(_join(pid, want) for pid in join_pids):
-            os.environ.setdefault(RUNC_ROOT_ENV, str(runc_root(store_root)))
+            _set_runc_root(store_root)
             return
     pid = os.getpid()
     if as_root:
@@ -178,11 +182,22 @@ def enter(store_root: Path | None = None, join_pids: list[int] = ()) -> None:
             from .chroot import no_namespace
             no_namespace(str(exc))
             return
-        os.environ[NESTED_ENV] = "1"
     else:
         script, failed = _user_maps(pid)
         _unshare_mapped(script, failed, "rootless pybuild")
-    os.environ.setdefault(RUNC_ROOT_ENV, str(runc_root(store_root)))
+    _set_runc_root(store_root)
+
+
+def _set_runc_root(store_root: Path | None) -> None:
+    """Check (and make) runc's state directory and pass it on in the environment: the one
+    given there by a parent pybuild (a container's monitor runs `pybuild container-cleanup`),
+    else :func:`runc_root`. Either way it must be this user's own private directory: runc
+    keeps each container's config (its environment, secrets given as env) and init pid
+    there, and whoever can write it can make runc signal or enter another process."""
+    given = os.environ.get(RUNC_ROOT_ENV)
+    path = Path(given) if given else runc_root(store_root)
+    os.environ[RUNC_ROOT_ENV] = str(own_private_dir(path, "runc's state directory"
+                                                    + (f" (${RUNC_ROOT_ENV})" if given else "")))
 
 
 def _user_maps(pid: int):
@@ -295,7 +310,7 @@ def _user_uid_map() -> list[tuple[int, int, int]]:
     return out if len(out) > 1 else []
 
 
-def _uid_map_of(pid: int) -> list[tuple[int, int, int]]:
+def _uid_map_of(pid: int | str) -> list[tuple[int, int, int]]:
     try:
         lines = Path(f"/proc/{pid}/uid_map").read_text().splitlines()
         return [tuple(int(x) for x in line.split()) for line in lines if line.strip()]
@@ -340,11 +355,44 @@ def _join(pid: int, want: list[tuple[int, int, int]]) -> bool:
 
 def runc_root(store_root: Path | None) -> Path:
     """Where runc keeps container state rootless: $XDG_RUNTIME_DIR/pybuild-runc (a tmpfs of
-    the user's, emptied at reboot as runc's state should be), else ``<store root>/runc``."""
+    the user's, emptied at reboot as runc's state should be), else ``<store root>/runc``.
+
+    $XDG_RUNTIME_DIR counts only when it is what the XDG spec says it is, a directory of the
+    user's that no one else may enter: one set to a shared directory (/tmp) would let another
+    user plant `pybuild-runc` there."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
-        return Path(xdg) / "pybuild-runc"
+    if xdg and os.path.isabs(xdg):
+        try:
+            st = os.stat(xdg)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() \
+                and not st.st_mode & 0o077:
+            return Path(xdg) / "pybuild-runc"
     return Root(resolve_root(store_root)).runc
+
+
+def own_private_dir(path: Path, what: str) -> Path:
+    """Make ``path`` (0700) unless it exists, and check that it is a directory of this user's
+    (not a symlink) that no one else may write: else UserNamespaceError naming it and its
+    owner. One of ours that is too open is tightened."""
+    try:
+        if not path.parent.exists():
+            private_dir(path.parent)          # a new store root: 0700 as it would be made anyway
+        private_dir(path)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise UserNamespaceError(f"cannot make {what} {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise UserNamespaceError(f"{what} {path} is not a directory (a symlink or a file): remove it, or "
+                                 "give pybuild another place")
+    if st.st_uid != os.geteuid():
+        raise UserNamespaceError(f"{what} {path} belongs to uid {st.st_uid}, not to this user: another user made "
+                                 "it and could change what pybuild keeps there; remove it, or give pybuild "
+                                 "another place")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
 
 
 def runc_argv() -> list[str]:
@@ -357,6 +405,44 @@ def runc_argv() -> list[str]:
         # printed on runc's stderr).
         return ["runc", "--root", root, *(["--log", "/dev/null"] if nested() else [])]
     return ["runc"]
+
+
+def check_store_owner(root: Path) -> None:
+    """As an ordinary user (before entering the namespace), refuse a store root that is not
+    the user's own: another user who made the directory (a shared --root, a pre-created
+    ~/.local/share/pybuild or $PYBUILD_ROOT) could swap its blobs and layers under pybuild.
+    A root that does not exist yet is fine (pybuild makes it 0700). Nor may a directory above
+    it be another user's: they could rename the store away and put theirs in its place. (A
+    root-owned directory writable by everyone without the sticky bit would allow the same; it is
+    not refused: some machines' /tmp is 0777.)"""
+    _check_ancestors(Path(os.path.abspath(root)).parent, root)
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BuildError(f"cannot use the store {root}: {exc.strerror} (a symlink another user planted in a "
+                         "shared directory is refused by the kernel): give pybuild a store of your own "
+                         "(--root or $PYBUILD_ROOT)") from None
+    if st.st_uid != os.geteuid():
+        raise BuildError(f"the store {root} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}): another user "
+                         "made it and could change its images and layers under pybuild; give pybuild a store "
+                         "of your own (--root or $PYBUILD_ROOT)")
+
+
+def _check_ancestors(path: Path, root: Path) -> None:
+    """Refuse ``root`` if ``path`` or a directory above it (symlinks resolved) is another
+    non-root user's."""
+    me = os.geteuid()
+    for d in [path.resolve(), *path.resolve().parents]:
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue                 # not made yet: pybuild makes it, as this user
+        if st.st_uid not in (0, me):
+            raise BuildError(f"cannot use the store {root}: {d} above it belongs to uid {st.st_uid}, who could "
+                             "put another store in its place; give pybuild a store of your own (--root or "
+                             "$PYBUILD_ROOT)")
 
 
 def check_store_mode(root: Path) -> None:

@@ -133,6 +133,65 @@ def test_a_run_step_in_the_container_cannot_reach_pybuilds_filesystem_through_pr
     assert "python3 -m builder" in pod.pybuild("run", "--rm", "probe", "cat", "/ps.txt", volumes=vols).stdout
 
 
+def test_a_run_step_in_the_container_cannot_read_pybuilds_environment_or_fds(pod, tmp_path):
+    """The job's environment (a CI token) and the fds of pybuild, runc and the job's shell,
+    which the step sees as processes of its pid namespace: /proc/PID/environ, the targets of
+    /proc/PID/fd/*, /proc/PID/cwd and /proc/PID/mem of every pid are refused to it (no
+    CAP_SYS_PTRACE, and fewer capabilities than pybuild); only its own shell answers. (It can
+    list their fd numbers, read their command lines and signal pybuild, as SECURITY.md 4c says.)"""
+    store, ctx = tmp_path / "store", tmp_path / "ctx"
+    store.mkdir()
+    make_busybox_rootfs(ctx / "rootfs")
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox\nRUN me=$$; for p in $(ls /proc | grep -E '^[0-9]+$'); do "
+        "tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | grep CI_TOKEN && echo GOT-E\"\"NV $p; "
+        "for f in /proc/$p/fd/*; do readlink $f 2>/dev/null | grep -q . && echo GOT-F\"\"D $(cat /proc/$p/comm) $p; done; "
+        "ls /proc/$p/cwd/ 2>/dev/null | grep -q . && echo GOT-C\"\"WD $(cat /proc/$p/comm) $p; "
+        "head -c 1 /proc/$p/mem 2>/dev/null >/dev/null && echo GOT-M\"\"EM $p; "
+        "[ \"$(cat /proc/$p/comm)\" = python3 ] && kill -0 $p && echo CAN-SIG\"\"NAL $p; done; "
+        "echo self=$me seen=$(ls /proc | grep -cE '^[0-9]+$'); true\n")
+    vols = {store: "/store", ctx: "/ctx:ro"}
+    assert pod.pybuild("import", "/ctx/rootfs", "busybox:latest", volumes=vols).returncode == 0
+    r = pod.run("sh", "-c", f"{pod.PYBUILD} build --progress plain --no-cache -t probe /ctx", volumes=vols,
+                options=("-e", "CI_TOKEN=tok-s3cret-value"))
+    assert r.returncode == 0, r.stderr
+    assert "tok-s3cret-value" not in r.stdout + r.stderr
+    got = [l.split()[-2:] for l in r.stderr.splitlines() if " GOT-" in l and "$p" not in l]
+    (me, seen), = [l.split("self=", 1)[1].replace("seen=", "").split() for l in r.stderr.splitlines()
+                  if " self=" in l and "$me" not in l]
+    assert int(seen) > 3, r.stderr           # it does see pybuild's and the job's processes
+    # Only the step's own shell may answer (the environment it has is the build's, no token).
+    assert [g for g in got if g[0] == "GOT-ENV" or g[1] != me] == [], got
+    assert [g for g in got if g[1] == me], r.stderr          # the probe works: on the step's own shell
+    # What SECURITY.md 4c states it can do: signal pybuild (uid 0 in the same namespace).
+    assert [l for l in r.stderr.splitlines() if " CAN-SIGNAL " in l and "$p" not in l], r.stderr
+
+
+@pytest.mark.parametrize("tun", [False, True], ids=["no-tun", "tun"])
+def test_run_steps_share_the_containers_network_only_without_tun(pod, tmp_path, tun):
+    """SECURITY.md 4c: without /dev/net/tun (podman's and Docker's default) a RUN step shares
+    the container's network namespace and reaches a server on the container's loopback, and
+    pybuild says so; with `--device /dev/net/tun` the step gets pasta's private network and
+    does not."""
+    store, ctx = tmp_path / "store", tmp_path / "ctx"
+    store.mkdir()
+    make_busybox_rootfs(ctx / "rootfs")
+    # busybox's nc, not its wget (which crashes in this static build).
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN printf 'GET /canary HTTP/1.0\\r\\n\\r\\n' | "
+                                    "nc -w 5 127.0.0.1 8765 || echo NOT-RE\"\"ACHED\n")
+    vols = {store: "/store", ctx: "/ctx:ro"}
+    assert pod.pybuild("import", "/ctx/rootfs", "busybox:latest", volumes=vols).returncode == 0
+    server = "/usr/bin/python3 -m http.server --bind 127.0.0.1 -d /etc 8765 >/dev/null 2>&1 &"
+    r = pod.run("sh", "-c", f"{server} sleep 1; {pod.PYBUILD} build --progress plain --no-cache /ctx", volumes=vols,
+                options=("--device", "/dev/net/tun") if tun else ())
+    assert r.returncode == 0, r.stderr
+    if tun:
+        assert "NOT-REACHED" in r.stderr and "container's own file" not in r.stderr, r.stderr
+    else:
+        assert "container's own file" in r.stderr and "NOT-REACHED" not in r.stderr, r.stderr
+        assert "without /dev/net/tun" in r.stderr
+
+
 def test_a_seccomp_profile_refusing_user_namespaces_is_a_clear_error(pod, tmp_path):
     """podman's profile with unshare denied (EPERM, as Docker's default profile denies it without
     CAP_SYS_ADMIN): a container (which needs namespaces) is refused: pybuild says it cannot

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -175,12 +176,15 @@ def test_store_modes_refuse_each_other(user, scratch, tmp_path):
 def test_clear_errors_without_a_range_or_newuidmap(user, scratch):
     """No subordinate range (nobody has none): the usermod line to run. No newuidmap on PATH:
     the package to install. Never a raw runc or unshare message, never a traceback."""
+    # nobody's own directory, under root's /tmp: a store below the test user's scratch would be
+    # refused first (another user's directory above it, tests/rootless/test_rootless_attacks.py).
     nobody = RootlessUser("nobody", 65534, 65534, scratch)
-    d = scratch / "nobody"
-    d.mkdir()
+    d = Path(tempfile.mkdtemp(prefix="pybuild-nobody-", dir="/tmp"))
     os.chown(d, 65534, 65534)
-    os.chmod(scratch, 0o755)
-    r = nobody.pybuild("images", root=d / "store")
+    try:
+        r = nobody.pybuild("images", root=d / "store")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
     assert r.returncode == 1, r
     assert "usermod --add-subuids" in r.stderr and "/etc/subuid" in r.stderr and "Traceback" not in r.stderr
 

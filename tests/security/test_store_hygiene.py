@@ -251,3 +251,41 @@ def _repair_with_containers(root: Path) -> None:
     _pybuild(root, "rm", "live", "done")
     assert list(snaps.iterdir()) == []
     assert check_root(root) == []
+
+
+@needs_root
+def test_repair_leaves_other_users_entries_in_dev_shm_alone(tmp_path: Path) -> None:
+    """Another local user plants, under the predictable name of a store's in-memory directories
+    (/dev/shm/pybuild-<hash of the root>-*), a symlink to a mount point and a directory of
+    theirs. `store verify --repair` as root unmounts nothing (before the fix it unmounted the
+    target: `-> /` would have meant `umount -l /`) and removes neither; it still removes a
+    real leftover directory of its own (the control)."""
+    from builder.engine.executor import MEMORY_TMP, memory_dir_prefix
+    root = tmp_path / "store"
+    run_pybuild("images", root=root, check_rc=0)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "pybuild-test-canary", str(mnt)], check=True)
+    prefix = MEMORY_TMP / memory_dir_prefix(root)
+    link, theirs, ours = Path(f"{prefix}link"), Path(f"{prefix}theirs"), Path(f"{prefix}ours")
+    try:
+        (mnt / "f").write_text("canary\n")
+        os.symlink(mnt, link)
+        os.lchown(link, NOBODY, NOBODY)
+        theirs.mkdir()
+        (theirs / "f").write_text("theirs\n")
+        os.chown(theirs / "f", NOBODY, NOBODY)
+        os.chown(theirs, NOBODY, NOBODY)
+        ours.mkdir(mode=0o700)
+        r = run_pybuild("store", "verify", "--repair", root=root)
+        assert "Traceback" not in r.stderr
+        assert (mnt / "f").read_text() == "canary\n"
+        assert os.path.ismount(mnt)
+        assert link.is_symlink() and (theirs / "f").read_text() == "theirs\n"
+        assert not ours.exists(), r.stdout + r.stderr
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+        for p in (link, ours):
+            if p.is_symlink() or p.exists():
+                p.unlink() if p.is_symlink() else shutil.rmtree(p)
+        shutil.rmtree(theirs, ignore_errors=True)
