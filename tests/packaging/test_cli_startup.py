@@ -1,6 +1,7 @@
 """The command line's start-up shortcuts: they must not change which commands exist or what they do."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -112,8 +113,10 @@ HEAVY = ("requests", "urllib3", "lark", "rich", "certifi", "cryptography", "dock
 # argparse (with gettext, locale, shutil: ~10 ms with its parsers; builder.cli.quick reads these
 # command lines), hashlib (OpenSSL: the few small digests use the builtin sha256), auth and the
 # credential stores (made at a registry's first 401), random (only for a retry's jitter).
+# Nor, for root on a store recorded rootful, the rootless machinery (builder.cli._rootful_as_recorded).
 TRANSFER_NEVER = HEAVY + ("http.client", "email", "ssl", "argparse", "gettext", "locale", "shutil", "bz2", "lzma",
-                          "hashlib", "_hashlib", "random", "base64", "registry.auth", "registry.credentials")
+                          "hashlib", "_hashlib", "random", "base64", "registry.auth", "registry.credentials",
+                          *(("builder.runtime", "builder.runtime.userns") if os.geteuid() == 0 else ()))
 PULL_CACHED_MAX_MODULES = 140      # `pybuild pull` of a cached image: 130 in sys.modules when written (175 before)
 PUSH_CACHED_MAX_MODULES = 140      # `pybuild push` of what the registry holds: 130 when written
 VERSION_MAX_MODULES = 62           # `pybuild --version`: 58 when written (73 before)
@@ -154,7 +157,8 @@ def _heavy(mods: list[str], never: tuple[str, ...] = HEAVY) -> list[str]:
 
 
 def _pushed_and_pulled(registry, tmp_path):
-    """An image pushed to the test registry and pulled into a store: (source root, ref, store root)."""
+    """An image pushed to the test registry and pulled into a store, both stores used by the CLI
+    once (which records their mode): (source root, ref, store root)."""
     from registry.client import ClientOptions, RegistryClient
     from registry.platform import host_platform
     from registry.store import Store
@@ -168,6 +172,10 @@ def _pushed_and_pulled(registry, tmp_path):
     with RegistryClient(ClientOptions(use_credentials=False)) as client:
         push(client, src, "startup/app:v1", ref)
         pull(client, ref, Store(root))
+    for store in (src.root, root):
+        r = subprocess.run([sys.executable, "-m", "builder", "--root", str(store), "-q", "images"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
     return src.root, ref, root
 
 
@@ -203,3 +211,21 @@ def test_fast_build_path_imports_little(tmp_path):
     assert not [m for m in mods if m.startswith(("registry.client", "registry.http", "builder.engine"))]
     assert not _heavy(mods), _heavy(mods)
     assert len(mods) <= FAST_BUILD_MAX_MODULES, (len(mods), mods)
+
+
+def test_root_skips_the_namespace_only_on_a_store_recorded_rootful(tmp_path):
+    """The shortcut that spares root builder.runtime.userns changes no outcome: a store recorded
+    rootless still refuses root, and one with no record gets `rootful` written."""
+    if os.geteuid() != 0:
+        import pytest
+        pytest.skip("the shortcut is root's (an ordinary user always enters the namespace)")
+    marked = tmp_path / "marked"
+    marked.mkdir(mode=0o700)
+    (marked / "mode").write_text("rootless\n")
+    r = subprocess.run([sys.executable, "-m", "builder", "--root", str(marked), "images"], capture_output=True, text=True)
+    assert r.returncode == 1 and "was made by pybuild rootless" in r.stderr and "Traceback" not in r.stderr
+    fresh = tmp_path / "fresh"
+    mods = _imported(["--root", str(fresh), "images"], tmp_path)
+    assert (fresh / "mode").read_text() == "rootful\n" and "builder.runtime.userns" in mods   # the whole way
+    mods = _imported(["--root", str(fresh), "images"], tmp_path)
+    assert "builder.runtime.userns" not in mods
