@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from registry.compression import open_decompressed
 from registry.fsutil import in_initial_user_namespace, overlay_opaque_xattr, private_dir
-from registry.tarsafe import extract_tar
 
 from ..errors import BuildError
 from ..root import Root
@@ -132,6 +130,10 @@ def _apply_verified(blob: BinaryIO, dest: Path, diff_id: str) -> None:
     Extracted layers are shared by every image naming that diffID, so an image whose config
     lies about a layer must not get its content in under another layer's name.
     """
+    # Only a first extraction needs the tar and decompression modules: `run` of an image
+    # already extracted (every start after the first) imports neither.
+    from registry.compression import open_decompressed
+    from registry.tarsafe import extract_tar
     algorithm, _, want = diff_id.partition(":")
     if algorithm not in ("sha256", "sha512") or not want:
         raise BuildError(f"layer diff_id {diff_id!r} is not a sha256 or sha512 digest")
