@@ -28,7 +28,6 @@ import ipaddress
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 from dataclasses import asdict, dataclass, field
@@ -215,6 +214,7 @@ def _in_netns(netns: Path, cmd: list[str], stdin: str) -> subprocess.CompletedPr
 
 def _check_host_port(ip: str, port: int, proto: str) -> None:
     """Refuse a host port a host process already listens on (a DNAT would steal its traffic)."""
+    import socket                      # only with -p: not a cost of every container's start
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as s:
         try:
@@ -225,6 +225,7 @@ def _check_host_port(ip: str, port: int, proto: str) -> None:
 
 
 def _free_port(ip: str, proto: str, used: set[tuple[str, int]]) -> int:
+    import socket
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     for _ in range(100):
         with socket.socket(socket.AF_INET, kind) as s:

@@ -10,15 +10,17 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from registry.compression import Compression
-from registry.layer import LayerWriter, TarEmitter, write_overlay_upper_tar
 from registry.manifest import Descriptor
 from registry.store import Store
 
 from .rootview import RootView
 from .snapshot import LayerDirs, is_opaque
+
+if TYPE_CHECKING:
+    from registry.compression import Compression
+    from registry.layer import TarEmitter
 
 
 @dataclass
@@ -51,6 +53,8 @@ class LayerMaker:
 
     def commit_tar(self, write: Callable[[TarEmitter], None]) -> LayerRef | None:
         """Build a layer from entries emitted by ``write``; None when it emitted nothing."""
+        from registry.layer import TarEmitter
+
         def body(sink) -> int:
             em = TarEmitter(sink, source_date_epoch=self.source_date_epoch)
             write(em)
@@ -65,6 +69,7 @@ class LayerMaker:
         """
         if not any(os.scandir(upper)):
             return None
+        from registry.layer import write_overlay_upper_tar
         ref = self._commit(lambda sink: write_overlay_upper_tar(
             upper, sink, source_date_epoch=self.source_date_epoch))
         if ref is not None:
@@ -72,6 +77,9 @@ class LayerMaker:
         return ref
 
     def _commit(self, body: Callable) -> LayerRef | None:
+        # The tar and compression modules are the build's: a container's `run --rm` and exit
+        # command come here only for prune_upper, without them.
+        from registry.layer import LayerWriter
         w = self.store.blob_writer(media_type=self.compression.media_type())
         try:
             with LayerWriter(w, self.compression) as lw:

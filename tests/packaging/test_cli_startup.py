@@ -229,3 +229,48 @@ def test_root_skips_the_namespace_only_on_a_store_recorded_rootful(tmp_path):
     assert (fresh / "mode").read_text() == "rootful\n" and "builder.runtime.userns" in mods   # the whole way
     mods = _imported(["--root", str(fresh), "images"], tmp_path)
     assert "builder.runtime.userns" not in mods
+
+
+# ---- the import graph of `run -d` and `run --rm` (issue 16) -----------------------------------
+# Twenty `run -d` at once on two cores are CPU-bound, and Python start-up and imports are most of
+# pybuild's share of each start: what the run path imports is kept from growing back. It needs
+# subprocess, tempfile, ctypes and threading (runc, conmon, the network namespace's thread).
+RUN_NEVER = tuple(m for m in HEAVY if m not in ("subprocess", "tempfile")) + (
+    "socket", "datetime", "secrets", "hmac", "shlex", "registry.tarsafe", "registry.compression",
+    "registry.layer", "registry.tarwriter", "registry.client", "registry.http", "registry.transfer",
+    "builder.cli.build", "builder.cli.images")
+RUN_MAX_MODULES = 165              # `run -d` / `run --rm`: 156 / 157 when written (171 / 178 before)
+
+
+def _container_tests_possible() -> str | None:
+    import os
+    import shutil
+    if os.geteuid() != 0:
+        return "containers need root (namespaces, overlay mounts)"
+    if shutil.which("runc") is None or shutil.which("conmon") is None:
+        return "needs Debian's runc and conmon"
+    return None
+
+
+def test_run_path_imports_little(busybox_image, tmp_path):
+    """`pybuild run -d` and `run --rm` of an image already extracted: no tar or decompression
+    module, no registry client, no socket/datetime/secrets/shlex, nothing of the build engine."""
+    import pytest
+    why = _container_tests_possible()
+    if why:
+        pytest.skip(why)
+    root = busybox_image
+    base = ["--root", str(root), "-q"]
+    subprocess.run([sys.executable, "-m", "builder", *base, "run", "--rm", "busybox", "true"],
+                   check=True, capture_output=True, timeout=60)           # extracts the layer once
+    try:
+        mods = _imported([*base, "run", "-d", "--name", "startup", "busybox", "sleep", "30"], tmp_path)
+    finally:
+        subprocess.run([sys.executable, "-m", "builder", *base, "rm", "-f", "startup"], capture_output=True, timeout=60)
+    assert "builder.containers.lifecycle" in mods and "builder.runtime.bridge" in mods   # the real path ran
+    assert not _heavy(mods, RUN_NEVER), _heavy(mods, RUN_NEVER)
+    assert len(mods) <= RUN_MAX_MODULES, (len(mods), mods)
+    mods = _imported([*base, "run", "--rm", "busybox", "true"], tmp_path)
+    assert "builder.runtime.sandbox" in mods and "builder.runtime.layers" in mods
+    assert not _heavy(mods, RUN_NEVER), _heavy(mods, RUN_NEVER)
+    assert len(mods) <= RUN_MAX_MODULES, (len(mods), mods)
