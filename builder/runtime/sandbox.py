@@ -654,6 +654,7 @@ class _PrivateNetwork:
                 args = Path(f"/proc/{self.pasta_pid}/cmdline").read_bytes().split(b"\0")
                 if os.fsencode(self.path) in args:
                     os.kill(self.pasta_pid, signal.SIGTERM)
+                    _wait_gone(self.pasta_pid)
             except (OSError, ValueError):
                 pass
             self.pasta_pid = 0
@@ -665,6 +666,20 @@ class _PrivateNetwork:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
+
+
+def _wait_gone(pid: int, timeout: float = 2.0) -> None:
+    """Wait a little for a process that is not our child (pasta daemonizes) to exit, so that
+    what it held (published ports) is free when `rm` or `run --rm` returns."""
+    import time
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return              # exited; its parent has yet to reap it
+        except (OSError, IndexError):
+            return
+        time.sleep(0.01)
 
 
 PORTS_RECORD = "ports.json"      # in a bundle: the published ports, host ports as chosen
