@@ -83,17 +83,25 @@ def pod(tmp_path: Path):
     p.close()
 
 
+def _busybox_context(pod, tmp_path: Path, dockerfile: str) -> dict:
+    """tmp_path/store (a store volume) and tmp_path/ctx (a busybox rootfs and ``dockerfile``),
+    busybox imported into the store from inside the container; the volumes to mount."""
+    store, ctx = tmp_path / "store", tmp_path / "ctx"
+    store.mkdir()
+    make_busybox_rootfs(ctx / "rootfs")
+    (ctx / "Dockerfile").write_text(dockerfile)
+    vols = {store: "/store", ctx: "/ctx:ro"}
+    r = pod.pybuild("import", "/ctx/rootfs", "busybox:latest", volumes=vols)
+    assert r.returncode == 0, r.stderr
+    return vols
+
+
 def test_build_and_run_with_run_steps_inside_an_unprivileged_podman_container(pod, tmp_path):
     """No --privileged: pybuild (root there, without CAP_SYS_ADMIN) enters a user namespace of
     its own, mounts overlay with userxattr on the volume and runs runc sharing the container's
     pid namespace; the image is the one root builds on the host, and it runs."""
     store, ctx = tmp_path / "store", tmp_path / "ctx"
-    store.mkdir()
-    make_busybox_rootfs(ctx / "rootfs")
-    (ctx / "Dockerfile").write_text(DOCKERFILE)
-    vols = {store: "/store", ctx: "/ctx:ro"}
-    r = pod.pybuild("import", "/ctx/rootfs", "busybox:latest", volumes=vols)
-    assert r.returncode == 0, r.stderr
+    vols = _busybox_context(pod, tmp_path, DOCKERFILE)
     r = pod.pybuild("build", "--progress", "plain", "--iidfile", "/store/iid", "-t", "app", "/ctx", volumes=vols)
     assert r.returncode == 0, r.stderr
     assert "warning: the kernel refused the overlay mount" not in r.stderr       # not the copy fallback
@@ -116,15 +124,10 @@ def test_a_run_step_in_the_container_cannot_reach_pybuilds_filesystem_through_pr
     enter them: /proc/PID/root of pybuild (in the same user namespace, with more capabilities)
     and of the container's first process (in the parent one) are refused, so the container's
     own files stay out of reach."""
-    store, ctx = tmp_path / "store", tmp_path / "ctx"
-    store.mkdir()
-    make_busybox_rootfs(ctx / "rootfs")
-    (ctx / "Dockerfile").write_text(
+    vols = _busybox_context(pod, tmp_path, (
         "FROM busybox\nRUN ps > /ps.txt; for p in $(ls /proc | grep -E '^[0-9]+$'); do "
         "cat /proc/$p/root/etc/canary 2>/dev/null && echo REACHED $p; "
-        "echo pwned 2>/dev/null > /proc/$p/root/etc/canary && echo WROTE $p; done; true\n")
-    vols = {store: "/store", ctx: "/ctx:ro"}
-    assert pod.pybuild("import", "/ctx/rootfs", "busybox:latest", volumes=vols).returncode == 0
+        "echo pwned 2>/dev/null > /proc/$p/root/etc/canary && echo WROTE $p; done; true\n"))
     # The build, then the container's canary, in one container.
     r = pod.run("sh", "-c", f"{pod.PYBUILD} build --progress plain -t probe /ctx && cat /etc/canary", volumes=vols)
     assert r.returncode == 0, r.stderr
@@ -139,19 +142,14 @@ def test_a_run_step_in_the_container_cannot_read_pybuilds_environment_or_fds(pod
     /proc/PID/fd/*, /proc/PID/cwd and /proc/PID/mem of every pid are refused to it (no
     CAP_SYS_PTRACE, and fewer capabilities than pybuild); only its own shell answers. (It can
     list their fd numbers, read their command lines and signal pybuild, as SECURITY.md 4c says.)"""
-    store, ctx = tmp_path / "store", tmp_path / "ctx"
-    store.mkdir()
-    make_busybox_rootfs(ctx / "rootfs")
-    (ctx / "Dockerfile").write_text(
+    vols = _busybox_context(pod, tmp_path, (
         "FROM busybox\nRUN me=$$; for p in $(ls /proc | grep -E '^[0-9]+$'); do "
         "tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | grep CI_TOKEN && echo GOT-E\"\"NV $p; "
         "for f in /proc/$p/fd/*; do readlink $f 2>/dev/null | grep -q . && echo GOT-F\"\"D $(cat /proc/$p/comm) $p; done; "
         "ls /proc/$p/cwd/ 2>/dev/null | grep -q . && echo GOT-C\"\"WD $(cat /proc/$p/comm) $p; "
         "head -c 1 /proc/$p/mem 2>/dev/null >/dev/null && echo GOT-M\"\"EM $p; "
         "[ \"$(cat /proc/$p/comm)\" = python3 ] && kill -0 $p && echo CAN-SIG\"\"NAL $p; done; "
-        "echo self=$me seen=$(ls /proc | grep -cE '^[0-9]+$'); true\n")
-    vols = {store: "/store", ctx: "/ctx:ro"}
-    assert pod.pybuild("import", "/ctx/rootfs", "busybox:latest", volumes=vols).returncode == 0
+        "echo self=$me seen=$(ls /proc | grep -cE '^[0-9]+$'); true\n"))
     r = pod.run("sh", "-c", f"{pod.PYBUILD} build --progress plain --no-cache -t probe /ctx", volumes=vols,
                 options=("-e", "CI_TOKEN=tok-s3cret-value"))
     assert r.returncode == 0, r.stderr
@@ -173,14 +171,9 @@ def test_run_steps_share_the_containers_network_only_without_tun(pod, tmp_path, 
     the container's network namespace and reaches a server on the container's loopback, and
     pybuild says so; with `--device /dev/net/tun` the step gets pasta's private network and
     does not."""
-    store, ctx = tmp_path / "store", tmp_path / "ctx"
-    store.mkdir()
-    make_busybox_rootfs(ctx / "rootfs")
     # busybox's nc, not its wget (which crashes in this static build).
-    (ctx / "Dockerfile").write_text("FROM busybox\nRUN printf 'GET /canary HTTP/1.0\\r\\n\\r\\n' | "
-                                    "nc -w 5 127.0.0.1 8765 || echo NOT-RE\"\"ACHED\n")
-    vols = {store: "/store", ctx: "/ctx:ro"}
-    assert pod.pybuild("import", "/ctx/rootfs", "busybox:latest", volumes=vols).returncode == 0
+    vols = _busybox_context(pod, tmp_path, "FROM busybox\nRUN printf 'GET /canary HTTP/1.0\\r\\n\\r\\n' | "
+                                           "nc -w 5 127.0.0.1 8765 || echo NOT-RE\"\"ACHED\n")
     server = "/usr/bin/python3 -m http.server --bind 127.0.0.1 -d /etc 8765 >/dev/null 2>&1 &"
     r = pod.run("sh", "-c", f"{server} sleep 1; {pod.PYBUILD} build --progress plain --no-cache /ctx", volumes=vols,
                 options=("--device", "/dev/net/tun") if tun else ())
